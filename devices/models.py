@@ -1,0 +1,102 @@
+"""Devices, device groups, registration tokens and the events devices report."""
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class DeviceGroup(models.Model):
+    factory = models.ForeignKey("factory.Factory", on_delete=models.CASCADE, related_name="device_groups")
+    name = models.CharField(max_length=64)
+    description = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["factory", "name"], name="devicegroup_factory_name_unique")]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Device(models.Model):
+    """A registered device. `is_production` is copied from its certificate at registration, never edited."""
+
+    factory = models.ForeignKey("factory.Factory", on_delete=models.CASCADE, related_name="devices")
+    uuid = models.UUIDField(default=uuid.uuid4)
+    name = models.CharField(max_length=128)
+    is_production = models.BooleanField(default=False)
+    tag = models.CharField(max_length=64)
+    group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL, related_name="devices")
+    hardware_id = models.CharField(max_length=128, blank=True)
+    target_name = models.CharField(max_length=255, blank=True)
+    target_version = models.PositiveIntegerField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    certificate = models.TextField(blank=True)
+    certificate_serial = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Random sort key, fixed at creation, so a pseudo-random sample is an index range scan.
+    sample_key = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["factory", "uuid"], name="device_factory_uuid_unique")]
+        indexes = [
+            models.Index(fields=["uuid"], name="device_uuid"),
+            models.Index(fields=["factory", "is_production", "tag", "group"], name="device_scope"),
+            models.Index(fields=["factory", "is_production", "tag", "sample_key"], name="device_sample"),
+            models.Index(fields=["group", "sample_key"], name="device_group_sample"),
+            models.Index(fields=["factory", "tag", "target_version"], name="device_tag_version"),
+            models.Index(fields=["factory", "last_seen"], name="device_last_seen"),
+            models.Index(fields=["factory", "name"], name="device_name"),
+        ]
+
+    def __str__(self):
+        return self.name or str(self.uuid)
+
+
+class RegistrationToken(models.Model):
+    """Lets a device register itself. Only a SHA-256 of the secret is stored."""
+
+    factory = models.ForeignKey("factory.Factory", on_delete=models.CASCADE, related_name="registration_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    tag = models.CharField(max_length=64)
+    group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL)
+    allow_production = models.BooleanField(default=False)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(max_uses__isnull=True) | Q(uses__lte=models.F("max_uses")), name="regtoken_uses_within_max"),
+        ]
+
+
+class DeviceEvent(models.Model):
+    """A progress report from a device: download and install steps, with success or failure."""
+
+    class Type(models.TextChoices):
+        DOWNLOAD_STARTED = "download-started"
+        DOWNLOAD_COMPLETED = "download-completed"
+        INSTALL_STARTED = "install-started"
+        INSTALL_APPLIED = "install-applied"
+        INSTALL_COMPLETED = "install-completed"
+
+    factory = models.ForeignKey("factory.Factory", on_delete=models.CASCADE, related_name="device_events")
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="events")
+    event_type = models.CharField(max_length=32, choices=Type.choices)
+    target_name = models.CharField(max_length=255, blank=True)
+    target_version = models.PositiveIntegerField(null=True, blank=True)
+    success = models.BooleanField(null=True, blank=True)
+    detail = models.TextField(blank=True)
+    reported_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["device", "-reported_at"], name="event_device_recent"),
+            models.Index(fields=["factory", "target_version", "event_type"], name="event_version_type"),
+        ]

@@ -1,0 +1,48 @@
+"""The demo factory, built through the same services every door uses."""
+from django.contrib.auth import get_user_model
+
+from devices.fleet import fleet_seed
+from devices.models import Device
+
+from .models import CiTarget, Factory, Membership, Role
+from .services import ci_build_publish, factory_create, user_create
+
+DEMO_FACTORY = "demo"
+DEMO_TAG = "production"
+DEMO_HARDWARE_IDS = ["intel-corei7-64", "raspberrypi4-64"]
+DEMO_BUILDS = [40, 41, 42]
+DEMO_USERS = [
+    ("admin", Role.ADMIN, "admin-demo-pass"),
+    ("release", Role.RELEASE_MANAGER, "release-demo-pass"),
+    ("qa", Role.QA, "qa-demo-pass"),
+    ("support", Role.SUPPORT, "support-demo-pass"),
+]
+DEMO_GROUPS = {"canary": 5, "beta": 20, "us-east": 250, "us-west": 200, "eu-emea": 250, "apac": 175}
+DEMO_UNGROUPED = 100
+DEMO_TEST_DEVICES = 50
+
+
+def demo_load(stdout=None):
+    factory = Factory.objects.filter(name=DEMO_FACTORY).first() or factory_create(name=DEMO_FACTORY)
+    users = []
+    for username, role, password in DEMO_USERS:
+        user = get_user_model().objects.filter(username=username).first()
+        membership = Membership.objects.filter(user=user, factory=factory).first() if user else None
+        if membership is None or membership.role != role or not user.check_password(password):
+            user_create(username=username, factory=factory, role=role, password=password)
+        users.append((username, role.value, password))
+    for version in DEMO_BUILDS:
+        if not CiTarget.objects.filter(factory=factory, version=version).exists():
+            ci_build_publish(factory=factory, version=version, hardware_ids=DEMO_HARDWARE_IDS, tags=[DEMO_TAG])
+    if not Device.objects.filter(factory=factory).exists():
+        fleet_seed(
+            factory=factory,
+            tag=DEMO_TAG,
+            groups=DEMO_GROUPS,
+            ungrouped=DEMO_UNGROUPED,
+            test_devices=DEMO_TEST_DEVICES,
+            online_ratio=0.9,
+            version=41,
+            hardware_ids=DEMO_HARDWARE_IDS,
+        )
+    return {"factory": factory, "users": users, "notes": []}

@@ -1,0 +1,103 @@
+"""Factories (tenants), who may act on them, what they did, and the CI builds they publish."""
+from django.conf import settings
+from django.db import models
+
+
+class Factory(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "factories"
+
+    def __str__(self):
+        return self.name
+
+
+class Role(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    RELEASE_MANAGER = "release-manager", "Release manager"
+    QA = "qa", "QA"
+    SUPPORT = "support", "Support"
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=32, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "factory"], name="membership_user_factory_unique")]
+
+    def __str__(self):
+        return f"{self.user} @ {self.factory} ({self.role})"
+
+
+class ApiToken(models.Model):
+    """A per-user token for one factory. Only a SHA-256 of the secret is stored."""
+
+    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+
+class AuditEntry(models.Model):
+    """Append-only record of every state change: who, what, when, details."""
+
+    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="audit_entries")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=255, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["factory", "-created_at"], name="audit_factory_recent"),
+            models.Index(fields=["factory", "action", "-created_at"], name="audit_factory_action"),
+        ]
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError("audit entries are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("audit entries are append-only")
+
+
+class CiTarget(models.Model):
+    """One target of a CI build: one per hardware ID, named <hwid>-lmp-<version>."""
+
+    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="ci_targets")
+    name = models.CharField(max_length=255)
+    version = models.PositiveIntegerField()
+    hardware_id = models.CharField(max_length=128)
+    sha256 = models.CharField(max_length=64)
+    length = models.PositiveBigIntegerField()
+    custom = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["factory", "name"], name="citarget_factory_name_unique"),
+            models.UniqueConstraint(fields=["factory", "version", "hardware_id"], name="citarget_factory_version_hwid_unique"),
+        ]
+        indexes = [models.Index(fields=["factory", "-version"], name="citarget_factory_version")]
+
+    @property
+    def tags(self):
+        return self.custom.get("tags", [])
+
+    def __str__(self):
+        return self.name

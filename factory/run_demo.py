@@ -1,0 +1,68 @@
+"""`make demo`: load the demo factory, then run every Breakwater process until Ctrl-C.
+
+Processes: the web server, a Celery worker and beat, the device gateway and the fleet
+simulator. Each is a child process; stopping one (or pressing Ctrl-C) stops them all.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE = Path(__file__).resolve().parent.parent
+PY = sys.executable
+WEB_ADDR = os.environ.get("BREAKWATER_WEB_ADDR", "127.0.0.1:8000")
+
+
+def processes():
+    """(name, argv) of every process the demo runs."""
+    return [
+        ("web", [PY, "-m", "gunicorn", "factory.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", "-"]),
+        ("worker", [PY, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--concurrency", "2"]),
+        ("beat", [PY, "-m", "celery", "-A", "factory", "beat", "-l", "info"]),
+    ] + extra_processes()
+
+
+def extra_processes():
+    """Device-side processes (gateway, simulator), once those modules exist."""
+    try:
+        from devices.demo import demo_processes
+    except ImportError:
+        return []
+    return demo_processes(PY)
+
+
+def main():
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+    subprocess.run([PY, "manage.py", "demo"], cwd=BASE, check=True)
+    children = []
+    for name, argv in processes():
+        print(f"starting {name}: {' '.join(argv[1:])}", flush=True)
+        children.append((name, subprocess.Popen(argv, cwd=BASE)))
+    print(f"\nBreakwater is running on http://{WEB_ADDR}/ (Ctrl-C stops everything)\n", flush=True)
+
+    def stop(*_):
+        for _, child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.time() + 10
+        for _, child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        for name, child in children:
+            if child.poll() is not None:
+                print(f"{name} exited with {child.returncode}; stopping the demo", flush=True)
+                stop()
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""URL configuration: dashboard pages per app, the REST API under /api/v1/."""
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", views.home, name="home"),
+    path("factory/switch/", views.factory_switch, name="factory-switch"),
+    path("", include("factory.dashboard_urls")),
+    path("devices/", include("devices.urls")),
+    path("waves/", include("waves.urls")),
+    path("api/v1/", include("factory.api_urls")),
+]

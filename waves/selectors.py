@@ -1,0 +1,1 @@
+"""Reads for waves: status, lists, rollout history and factory status."""
