@@ -31,6 +31,9 @@ class Device(models.Model):
     hardware_id = models.CharField(max_length=128, blank=True)
     target_name = models.CharField(max_length=255, blank=True)
     target_version = models.PositiveIntegerField(null=True, blank=True)
+    # The highest targets metadata version the gateway served this device (from its check-ins):
+    # tells whether a device has seen a wave's targets, even if it has not installed them.
+    targets_version_seen = models.PositiveIntegerField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     certificate = models.TextField(blank=True)
     certificate_serial = models.CharField(max_length=64, blank=True)
@@ -54,11 +57,45 @@ class Device(models.Model):
         return self.name or str(self.uuid)
 
 
+class DeviceCA(models.Model):
+    """The factory's device certificate authority: it signs the certificates devices register with.
+
+    The private key is encrypted at rest with the settings' key encryption key.
+    """
+
+    factory = models.OneToOneField("factory.Factory", on_delete=models.CASCADE, related_name="device_ca")
+    certificate = models.TextField()
+    private_key = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"device CA of {self.factory_id}"
+
+
+class GatewayIdentity(models.Model):
+    """The TLS identity the device gateway presents, and the CA devices trust it by.
+
+    Generated when no certificate is configured, and kept in the database so that every gateway
+    process on every machine presents the same one.
+    """
+
+    name = models.CharField(max_length=32, unique=True, default="default")
+    ca_certificate = models.TextField()
+    ca_private_key = models.BinaryField()
+    certificate = models.TextField()
+    private_key = models.BinaryField()
+    hosts = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+
 class RegistrationToken(models.Model):
     """Lets a device register itself. Only a SHA-256 of the secret is stored."""
 
     factory = models.ForeignKey("factory.Factory", on_delete=models.CASCADE, related_name="registration_tokens")
     name = models.CharField(max_length=100, blank=True)
+    # The start of the secret, shown in lists so an admin can tell tokens apart.
+    prefix = models.CharField(max_length=16, blank=True)
     token_hash = models.CharField(max_length=64, unique=True)
     tag = models.CharField(max_length=64)
     group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL)
