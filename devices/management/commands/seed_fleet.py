@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from devices.fleet import fleet_seed
-from factory.management.commands._base import application_errors, get_factory
+from factory.management.commands._base import VersionOptionMixin, application_errors, get_factory
 
 
 def group_count(value):
@@ -11,7 +11,7 @@ def group_count(value):
     return name, int(count)
 
 
-class Command(BaseCommand):
+class Command(VersionOptionMixin, BaseCommand):
     help = "Register a fleet of devices (production unless counted as --test-devices)."
 
     def add_arguments(self, parser):

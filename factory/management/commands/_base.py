@@ -18,3 +18,10 @@ def application_errors():
 def get_factory(name):
     with application_errors():
         return factory_get(name)
+
+
+class VersionOptionMixin:
+    """Lets a command take `--version N` (a target version) instead of Django's own --version."""
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        return super().create_parser(prog_name, subcommand, conflict_handler="resolve", **kwargs)

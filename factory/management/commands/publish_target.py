@@ -2,10 +2,10 @@ from django.core.management.base import BaseCommand
 
 from factory.services import ci_build_publish
 
-from ._base import application_errors, get_factory
+from ._base import VersionOptionMixin, application_errors, get_factory
 
 
-class Command(BaseCommand):
+class Command(VersionOptionMixin, BaseCommand):
     help = "Publish a CI build: one target per hardware ID, named <hwid>-lmp-<version>."
 
     def add_arguments(self, parser):
