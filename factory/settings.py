@@ -185,6 +185,18 @@ BREAKWATER_OFFLINE_THRESHOLD_HOURS = float(os.environ.get("BREAKWATER_OFFLINE_TH
 BREAKWATER_ROLLOUT_MAX_UUIDS = 10_000
 BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INTERVAL_SECONDS", 15))
 
+# Device gateway (mutual TLS). Its TLS identity is generated and kept in the database unless
+# BREAKWATER_GATEWAY_CERTFILE, _KEYFILE and _SERVER_CA (the CA devices trust it by) are set.
+BREAKWATER_GATEWAY_URL = os.environ.get("BREAKWATER_GATEWAY_URL", "https://127.0.0.1:8443")
+BREAKWATER_GATEWAY_HOSTS = env_list("BREAKWATER_GATEWAY_HOSTS", "localhost,127.0.0.1")
+BREAKWATER_GATEWAY_CERTFILE = os.environ.get("BREAKWATER_GATEWAY_CERTFILE", "")
+BREAKWATER_GATEWAY_KEYFILE = os.environ.get("BREAKWATER_GATEWAY_KEYFILE", "")
+BREAKWATER_GATEWAY_SERVER_CA = os.environ.get("BREAKWATER_GATEWAY_SERVER_CA", "")
+# Check-ins are coalesced (in Redis when REDIS_URL is set) and written in batches this often.
+BREAKWATER_CHECKIN_FLUSH_SECONDS = float(os.environ.get("BREAKWATER_CHECKIN_FLUSH_SECONDS", 5))
+# How long a gateway process trusts what it read about a device (deletion, group, certificate).
+BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS", 5))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
