@@ -1,1 +1,256 @@
-"""Reads for waves: status, lists, rollout history and factory status."""
+"""Wave reads: lists, rollout history, wave status, factory status.
+
+Status is set-based SQL (one pass over the tag's devices, grouped), never a loop over devices.
+"""
+from collections import defaultdict
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import Case, Count, IntegerField, Q, Value, When
+from django.utils import timezone
+
+from devices.models import Device, DeviceEvent, DeviceGroup
+from factory.errors import ApplicationError, NotFound
+from factory.models import CiTarget
+
+from .models import Rollout, Wave, WaveDevice, WaveGroup
+
+NO_GROUP = "(No Group)"
+
+
+def offline_cutoff(offline_threshold_hours=None):
+    hours = settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS if offline_threshold_hours is None else offline_threshold_hours
+    try:
+        hours = float(hours)
+    except (TypeError, ValueError):
+        raise ApplicationError(f"offline threshold {str(hours)[:20]!r} is not a number of hours") from None
+    if not 0 < hours <= 24 * 365:
+        raise ApplicationError("the offline threshold must be between 0 and 8760 hours")
+    return timezone.now() - timedelta(hours=hours)
+
+
+def wave_get(*, factory, name):
+    wave = Wave.objects.select_related("factory", "created_by", "finished_by").filter(factory=factory, name=name).first()
+    if wave is None:
+        raise NotFound(f"wave {name} does not exist")
+    return wave
+
+
+def wave_list(*, factory, status=None, tag=None, page=1, per_page=20):
+    """Waves, open ones first, newest first; filterable by status and tag; paged."""
+    waves = Wave.objects.filter(factory=factory).select_related("created_by")
+    if status:
+        if status not in Wave.Status.values:
+            raise ApplicationError(f"unknown wave status {status!r}; choose one of {', '.join(Wave.Status.values)}")
+        waves = waves.filter(status=status)
+    if tag:
+        waves = waves.filter(tag=tag)
+    waves = waves.annotate(
+        open_first=Case(When(status__in=Wave.OPEN_STATUSES, then=Value(0)), default=Value(1), output_field=IntegerField())
+    ).order_by("open_first", "-created_at", "-id")
+    try:
+        per_page = max(1, min(int(per_page), 200))
+        page = int(page)
+    except (TypeError, ValueError):
+        raise ApplicationError("page and page size must be numbers") from None
+    return Paginator(waves, per_page).get_page(page)
+
+
+def wave_signing_payload(wave):
+    from factory.tuf import services as tuf
+
+    return tuf.wave_signing_payload(bytes(wave.targets))
+
+
+def wave_show(*, wave):
+    """The wave's facts and its rollout history: who, when, scope, device count."""
+    rollouts = [
+        {
+            "id": r.id,
+            "created_at": r.created_at,
+            "created_by": r.created_by.get_username() if r.created_by else "",
+            "group": r.group_name,
+            "limit": r.limit,
+            "uuids": r.uuids_count,
+            "full_group": r.full_group,
+            "device_count": r.device_count,
+        }
+        for r in Rollout.objects.filter(wave=wave).select_related("created_by")
+    ]
+    return {"wave": wave, "rollouts": rollouts}
+
+
+def rollout_device_uuids(*, rollout):
+    """The exact devices a rollout staged. A full-group rollout stages the group itself: its
+    list is the group's production devices on the tag that are staged through it now."""
+    if rollout.full_group:
+        return [
+            str(u)
+            for u in Device.objects.filter(
+                group_id=rollout.group_id, is_production=True, tag=rollout.wave.tag, factory_id=rollout.wave.factory_id
+            )
+            .order_by("name", "id")
+            .values_list("uuid", flat=True)
+        ]
+    return [str(u) for u in WaveDevice.objects.filter(rollout=rollout).order_by("device__name", "device_id").values_list("device__uuid", flat=True)]
+
+
+def device_wave(*, device):
+    """The active wave on the device's tag in which the device is staged, or None."""
+    if not device.is_production:
+        return None
+    wave = Wave.objects.filter(factory_id=device.factory_id, tag=device.tag, status=Wave.Status.ACTIVE).first()
+    if wave is None:
+        return None
+    if WaveDevice.objects.filter(wave=wave, device_id=device.id).exists():
+        return wave
+    if device.group_id and WaveGroup.objects.filter(wave=wave, group_id=device.group_id).exists():
+        return wave
+    return None
+
+
+_STATUS_SQL = """
+SELECT d.group_id,
+       COUNT(*) AS total,
+       COUNT(*) FILTER (WHERE d.last_seen >= %(cutoff)s) AS online,
+       COUNT(*) FILTER (WHERE d.target_version = %(version)s) AS on_wave,
+       COUNT(*) FILTER (WHERE d.target_version > %(version)s) AS newer,
+       COUNT(*) FILTER (WHERE d.target_version IS NULL OR d.target_version < %(version)s) AS older,
+       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)
+                          AND (d.target_version IS NULL OR d.target_version < %(version)s)) AS scheduled,
+       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)
+                          AND (d.target_version IS NULL OR d.target_version < %(version)s)
+                          AND d.targets_version_seen >= %(version)s) AS held
+  FROM devices_device d
+  LEFT JOIN waves_wavedevice wd ON wd.device_id = d.id AND wd.wave_id = %(wave)s
+  LEFT JOIN waves_wavegroup wg ON wg.group_id = d.group_id AND wg.wave_id = %(wave)s
+ WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+ GROUP BY d.group_id
+"""
+
+_VERSIONS_SQL = """
+SELECT d.group_id, d.target_version, COUNT(*)
+  FROM devices_device d
+ WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+ GROUP BY d.group_id, d.target_version
+"""
+
+_FAILED_SQL = """
+SELECT d.group_id, COUNT(DISTINCT e.device_id)
+  FROM devices_deviceevent e
+  JOIN devices_device d ON d.id = e.device_id
+ WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.success = %(false)s
+   AND d.tag = %(tag)s AND d.is_production
+   AND (d.target_version IS NULL OR d.target_version <> %(version)s)
+ GROUP BY d.group_id
+"""
+
+
+def _rows(sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def wave_status(*, wave, offline_threshold_hours=None):
+    """Per group on the wave's tag (rollout groups first, then other groups, then "(No Group)"):
+    total, online, on the wave version, newer, older, scheduled, failed, held, rollout time;
+    totals; and the version distribution per group."""
+    cutoff = offline_cutoff(offline_threshold_hours)
+    params = {"cutoff": cutoff, "version": wave.version, "wave": wave.id, "factory": wave.factory_id, "tag": wave.tag, "false": False}
+    counts = {row[0]: row[1:] for row in _rows(_STATUS_SQL, params)}
+    failed = dict(_rows(_FAILED_SQL, params))
+    versions = defaultdict(dict)
+    for group_id, version, count in _rows(_VERSIONS_SQL, params):
+        versions[group_id][version] = count
+
+    rollout_times = {}
+    for group_id, created_at in (
+        WaveDevice.objects.filter(wave=wave).values_list("device__group_id", "rollout__created_at").order_by("rollout__created_at").distinct()
+    ):
+        rollout_times.setdefault(group_id, created_at)
+    for group_id, created_at in WaveGroup.objects.filter(wave=wave).values_list("group_id", "rollout__created_at"):
+        if group_id not in rollout_times or created_at < rollout_times[group_id]:
+            rollout_times[group_id] = created_at
+
+    names = dict(DeviceGroup.objects.filter(factory_id=wave.factory_id).values_list("id", "name"))
+    rows = []
+    for group_id, values in counts.items():
+        total, online, on_wave, newer, older, scheduled, held = values
+        rows.append(
+            {
+                "group": names.get(group_id, NO_GROUP) if group_id else NO_GROUP,
+                "group_id": group_id,
+                "total": total,
+                "online": online,
+                "on_wave": on_wave,
+                "newer": newer,
+                "older": older,
+                "scheduled": scheduled if wave.status == Wave.Status.ACTIVE else 0,
+                "held": held if wave.status == Wave.Status.CANCELED else 0,
+                "failed": failed.get(group_id, 0),
+                "rollout_time": rollout_times.get(group_id),
+                "versions": dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0)))),
+            }
+        )
+    # rollout groups first (in rollout order), then other groups by name, then "(No Group)"
+    rows.sort(
+        key=lambda r: (
+            r["group_id"] is None,
+            r["rollout_time"] is None,
+            r["rollout_time"] or timezone.now(),
+            r["group"],
+        )
+    )
+    totals = {key: sum(r[key] for r in rows) for key in ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held")}
+    return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff}
+
+
+def factory_status(*, factory, offline_threshold_hours=None):
+    """Per tag, production and test devices apart: latest target version, devices, on latest,
+    online, and on orphan targets (a version that the tag's targets no longer list)."""
+    from factory.tuf import selectors as tuf_selectors
+
+    cutoff = offline_cutoff(offline_threshold_hours)
+    rows = (
+        Device.objects.filter(factory=factory)
+        .values("tag", "is_production", "target_version")
+        .annotate(
+            total=Count("id"),
+            online=Count("id", filter=Q(last_seen__gte=cutoff)),
+        )
+    )
+    by_key = defaultdict(list)
+    for row in rows:
+        by_key[(row["tag"], row["is_production"])].append(row)
+
+    ci_versions = defaultdict(set)
+    for version, custom in CiTarget.objects.filter(factory=factory).values_list("version", "custom"):
+        for tag in custom.get("tags", []):
+            ci_versions[tag].add(version)
+
+    out = []
+    for (tag, production), group_rows in sorted(by_key.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        if production:
+            known = set(tuf_selectors.production_targets_versions(factory=factory, tag=tag))
+            latest = tuf_selectors.production_targets_version(factory=factory, tag=tag)
+        else:
+            known = ci_versions.get(tag, set())
+            latest = max(known) if known else None
+        total = sum(r["total"] for r in group_rows)
+        out.append(
+            {
+                "tag": tag,
+                "production": production,
+                "latest_version": latest,
+                "total": total,
+                "on_latest": sum(r["total"] for r in group_rows if latest is not None and r["target_version"] == latest),
+                "online": sum(r["online"] for r in group_rows),
+                "orphan": sum(r["total"] for r in group_rows if r["target_version"] is not None and r["target_version"] not in known),
+                "versions": {r["target_version"]: r["total"] for r in sorted(group_rows, key=lambda r: -(r["target_version"] or 0))},
+            }
+        )
+    return out
+

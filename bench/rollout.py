@@ -1,0 +1,127 @@
+"""Rollout selection at 1,000,000 devices on PostgreSQL.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/rollout.py
+
+Prints, for `--limit 10000` fleet-wide with 0 / 100,000 / 900,000 devices already staged, the
+service time next to the best single SQL statement for the same selection; `--uuids` with
+10,000 UUIDs; a full-group rollout of a 100,000-device group; and `wave_status`. Each rollout
+runs inside a transaction that is rolled back, so every measurement starts from the same state.
+Goals: each rollout <= 1 s, full-group <= 50 ms, status <= 1 s, limit within 1.5x of the SQL.
+"""
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fleet import bench_fleet, bench_wave  # noqa: E402  (sets up Django)
+
+from django.db import connection, transaction  # noqa: E402
+
+from devices.models import Device, DeviceGroup  # noqa: E402
+from waves.models import Rollout, WaveDevice  # noqa: E402
+from waves.selectors import offline_cutoff, wave_status  # noqa: E402
+from waves.services import wave_rollout  # noqa: E402
+
+REPEAT = 3
+
+
+class Rollback(Exception):
+    pass
+
+
+def measure(fn, repeat=REPEAT, rollback=True):
+    """Median seconds and peak traced memory (MiB) of `fn`, each run rolled back."""
+    times, peaks = [], []
+    for _ in range(repeat):
+        tracemalloc.start()
+        started = time.perf_counter()
+        try:
+            with transaction.atomic():
+                fn()
+                if rollback:
+                    raise Rollback
+        except Rollback:
+            pass
+        times.append(time.perf_counter() - started)
+        peaks.append(tracemalloc.get_traced_memory()[1] / 2**20)
+        tracemalloc.stop()
+    return statistics.median(times), max(peaks)
+
+
+BASELINE_SQL = """
+WITH picked AS (
+  SELECT d.id FROM devices_device d
+   WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+     AND (d.target_version IS NULL OR d.target_version < %(version)s)
+     AND NOT EXISTS (SELECT 1 FROM waves_wavedevice wd WHERE wd.wave_id = %(wave)s AND wd.device_id = d.id)
+     AND (d.group_id IS NULL OR d.group_id NOT IN (SELECT group_id FROM waves_wavegroup WHERE wave_id = %(wave)s))
+   ORDER BY (d.last_seen >= %(cutoff)s) DESC, d.sample_key
+   LIMIT %(limit)s
+)
+INSERT INTO waves_wavedevice (wave_id, device_id, rollout_id) SELECT %(wave)s, id, %(rollout)s FROM picked
+"""
+
+
+def baseline(wave, rollout_id, limit=10_000):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            BASELINE_SQL,
+            {"factory": wave.factory_id, "tag": wave.tag, "version": wave.version, "wave": wave.id, "cutoff": offline_cutoff(), "limit": limit, "rollout": rollout_id},
+        )
+
+
+def stage_randomly(wave, count):
+    """Pre-stage `count` devices of the fleet in one rollout row (outside any measurement)."""
+    WaveDevice.objects.filter(wave=wave).delete()
+    Rollout.objects.filter(wave=wave).delete()
+    if not count:
+        return None
+    rollout = Rollout.objects.create(wave=wave, device_count=count, limit=str(count))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO waves_wavedevice (wave_id, device_id, rollout_id) "
+            "SELECT %s, id, %s FROM devices_device WHERE factory_id = %s ORDER BY random() LIMIT %s",
+            [wave.id, rollout.id, wave.factory_id, count],
+        )
+        cursor.execute("ANALYZE waves_wavedevice")
+    return rollout
+
+
+def main():
+    factory = bench_fleet()
+    wave = bench_wave(factory)
+    user = None  # the operator's shell: no role check cost in the figures
+    rows = []
+    scratch = Rollout.objects.create(wave=wave, limit="bench")
+    for staged in (0, 100_000, 900_000):
+        stage_randomly(wave, staged)
+        scratch = Rollout.objects.create(wave=wave, limit="bench")
+        t, mem = measure(lambda: wave_rollout(wave=wave, actor=user, limit="10000"))
+        b, _ = measure(lambda: baseline(wave, scratch.id))
+        rows.append((f"rollout --limit 10000 ({staged:,} staged)", t, mem, f"SQL baseline {b * 1000:.0f} ms, ratio {t / b:.2f}"))
+    stage_randomly(wave, 0)
+    listed = [str(u) for u in Device.objects.filter(factory=factory).order_by("?").values_list("uuid", flat=True)[:10_000]]
+    text = "\n".join(listed)
+    t, mem = measure(lambda: wave_rollout(wave=wave, actor=user, uuids=text))
+    rows.append(("rollout --uuids (10,000 UUIDs)", t, mem, ""))
+    big = DeviceGroup.objects.get(factory=factory, name="big")
+    t, mem = measure(lambda: wave_rollout(wave=wave, actor=user, group=big.name))
+    rows.append((f"rollout full group ({Device.objects.filter(group=big).count():,} devices)", t, mem, ""))
+    t, mem = measure(lambda: wave_rollout(wave=wave, actor=user, group=big.name, limit="10000"))
+    rows.append(("rollout --group big --limit 10000", t, mem, ""))
+    stage_randomly(wave, 100_000)
+    t, mem = measure(lambda: wave_status(wave=wave), rollback=False)
+    rows.append(("wave_status (100 groups, 100,000 staged)", t, mem, ""))
+    stage_randomly(wave, 0)
+
+    print(f"\n{'operation':<48} {'time':>10} {'peak mem':>10}  notes")
+    for name, t, mem, note in rows:
+        print(f"{name:<48} {t * 1000:>7.0f} ms {mem:>7.1f} MiB  {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,466 @@
+"""Wave writes: init, sign, rollout, complete, cancel, and QA's saved device lists.
+
+Every door (dashboard, API, CLI, plans, tasks) calls these; they check the role, lock the wave
+row so concurrent commands on one wave run one after another, and write the audit log.
+"""
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from devices.models import Device, DeviceGroup
+from factory.auth import authorize
+from factory.errors import ApplicationError, Conflict, NotFound
+from factory.models import CiTarget
+from factory.services import audit_record
+from factory.tuf import selectors as tuf_selectors
+from factory.tuf import services as tuf
+
+from .models import Rollout, Wave, WaveDevice, WaveGroup
+from .selectors import offline_cutoff
+from .uuids import MAX_UUIDS, parse_uuid_list
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_EXPIRES_DAYS = 365
+MAX_EXPIRES_DAYS = 3650
+LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
+
+
+# --- init and sign ---------------------------------------------------------------------------
+
+
+def _validate_name(name, what):
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ApplicationError(f"{what} {str(name)[:70]!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def _expiry(expires_days, expires_at, now):
+    if expires_days is not None and expires_at is not None:
+        raise ApplicationError("give either an expiry in days or an expiry date, not both")
+    if expires_at is not None:
+        if isinstance(expires_at, str):
+            try:
+                expires_at = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+            except ValueError:
+                raise ApplicationError(f"expiry {expires_at[:40]!r} is not an RFC 3339 date-time") from None
+        if timezone.is_naive(expires_at):
+            raise ApplicationError("the expiry date needs a time zone (e.g. 2027-06-01T00:00:00Z)")
+        if expires_at <= now + timedelta(days=1):
+            raise ApplicationError("the expiry date must be more than a day in the future")
+        if expires_at > now + timedelta(days=MAX_EXPIRES_DAYS):
+            raise ApplicationError(f"the expiry date may be at most {MAX_EXPIRES_DAYS} days away")
+        return expires_at.replace(microsecond=0)
+    days = DEFAULT_EXPIRES_DAYS if expires_days is None else expires_days
+    try:
+        days = int(days)
+    except (TypeError, ValueError):
+        raise ApplicationError(f"expiry days {days!r} is not a whole number") from None
+    if not 1 < days <= MAX_EXPIRES_DAYS:
+        raise ApplicationError(f"expiry days must be between 2 and {MAX_EXPIRES_DAYS}")
+    return (now + timedelta(days=days)).replace(microsecond=0)
+
+
+def _int_list(values, what):
+    if isinstance(values, str):
+        values = [v for v in re.split(r"[,\s]+", values) if v]
+    out = []
+    for value in values or ():
+        try:
+            out.append(int(value))
+        except (TypeError, ValueError):
+            raise ApplicationError(f"{what} {str(value)[:20]!r} is not a version number") from None
+    return sorted(set(out))
+
+
+def wave_init(*, factory, actor, name, version, tag, prune=(), expires_days=None, expires_at=None, source_tag=None, dry_run=False):
+    """Create a wave of CI build `version` for production devices on `tag`.
+
+    The wave holds the tag's production targets plus the build's targets, signed by the online
+    targets key; devices see it only once `wave_sign` has met the production root's threshold.
+    """
+    authorize(user=actor, factory=factory, action="wave.manage")
+    _validate_name(name, "wave name")
+    _validate_name(tag, "tag")
+    if source_tag:
+        _validate_name(source_tag, "source tag")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise ApplicationError(f"target version {str(version)[:20]!r} is not a number") from None
+    prune = _int_list(prune, "prune version")
+    now = timezone.now()
+    expires = _expiry(expires_days, expires_at, now)
+
+    build = CiTarget.objects.filter(factory=factory, version=version)
+    if not build.exists():
+        raise NotFound(f"CI build {version} does not exist")
+    wanted_tag = source_tag or tag
+    if not any(wanted_tag in t.tags for t in build):
+        raise ApplicationError(f"CI build {version} has no targets for tag {wanted_tag}")
+    production_versions = tuf_selectors.production_targets_versions(factory=factory, tag=tag)
+    current = tuf_selectors.production_targets_version(factory=factory, tag=tag)
+    if version in production_versions:
+        raise Conflict(f"version {version} is already in the production targets of tag {tag}")
+    if current is not None and version <= current:
+        raise ApplicationError(f"version {version} must be higher than tag {tag}'s current production targets version {current}")
+    unknown = [v for v in prune if v not in production_versions]
+    if unknown:
+        raise ApplicationError(f"cannot prune {', '.join(map(str, unknown))}: not in the production targets of tag {tag}")
+    if Wave.objects.filter(factory=factory, name=name).exists():
+        raise Conflict(f"a wave named {name} already exists")
+    open_wave = Wave.objects.filter(factory=factory, tag=tag, status__in=Wave.OPEN_STATUSES).first()
+    if open_wave is not None:
+        raise Conflict(f"wave {open_wave.name} is still {open_wave.status} on tag {tag}; complete or cancel it first")
+
+    targets = tuf.wave_targets_build(factory=factory, tag=tag, version=version, prune=prune, expires_at=expires, source_tag=source_tag)
+    wave = Wave(
+        factory=factory,
+        name=name,
+        version=version,
+        tag=tag,
+        source_tag=source_tag or "",
+        pruned_versions=prune,
+        expires_at=expires,
+        targets=targets,
+        created_by=actor,
+    )
+    if dry_run:
+        return wave
+    try:
+        with transaction.atomic():
+            wave.save()
+            audit_record(
+                factory=factory,
+                actor=actor,
+                action="wave.init",
+                target=name,
+                details={"version": version, "tag": tag, "prune": prune, "expires": expires.isoformat(), "source_tag": source_tag or ""},
+            )
+    except IntegrityError:
+        # Lost a race with a concurrent init: the database constraints decided.
+        raise Conflict(f"another wave was just created on tag {tag} or with the name {name}") from None
+    return wave
+
+
+def wave_sign(*, wave, actor, signatures=None, key_archive=None):
+    """Add offline signatures (made elsewhere, or here from a key archive held in memory)."""
+    authorize(user=actor, factory=wave.factory, action="wave.manage")
+    if not signatures and not key_archive:
+        raise ApplicationError("give signatures or a key archive to sign with")
+    with transaction.atomic():
+        wave = _locked(wave)
+        if wave.status != Wave.Status.UNSIGNED:
+            raise Conflict(f"wave {wave.name} is {wave.status}; only an unsigned wave takes signatures")
+        if key_archive:
+            payload = tuf.wave_signing_payload(bytes(wave.targets))
+            signatures = list(signatures or []) + tuf.key_archive_signatures(payload=payload, archive_bytes=key_archive)
+        targets, threshold_met = tuf.wave_signatures_add(factory=wave.factory, targets_bytes=bytes(wave.targets), signatures=signatures)
+        wave.targets = targets
+        fields = ["targets"]
+        if threshold_met:
+            wave.status = Wave.Status.ACTIVE
+            wave.activated_at = timezone.now()
+            fields += ["status", "activated_at"]
+        wave.save(update_fields=fields)
+        if threshold_met:
+            tuf.wave_view_publish(wave=wave)
+        audit_record(
+            factory=wave.factory,
+            actor=actor,
+            action="wave.sign",
+            target=wave.name,
+            details={"keyids": [s.get("keyid", "") for s in signatures], "active": threshold_met},
+        )
+        _views_changed_on_commit(wave)
+    return wave
+
+
+# --- rollout ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RolloutResult:
+    wave: Wave
+    dry_run: bool
+    group_name: str = ""
+    full_group: bool = False
+    count: int = 0
+    devices: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    rollout: Rollout | None = None
+
+    @property
+    def message(self):
+        verb = "would be" if self.dry_run else "is being"
+        scope = f' in group "{self.group_name}"' if self.group_name else ""
+        if self.full_group:
+            return (
+                f"A Wave {verb} rolled out to all {self.count} devices{scope}; "
+                "devices that join the group later get it too"
+            )
+        return f"A Wave {verb} rolled out to {self.count} devices{scope}"
+
+
+def _parse_limit(limit):
+    """'N' or 'N%' -> (n, is_percent); None stays None."""
+    if limit is None or (isinstance(limit, str) and not limit.strip()):
+        return None
+    match = LIMIT_RE.match(str(limit))
+    if not match:
+        raise ApplicationError(f"limit {str(limit)[:20]!r} must be a number of devices (N) or a percentage (N%)")
+    n, percent = int(match.group(1)), bool(match.group(2))
+    if percent and not 0 < n <= 100:
+        raise ApplicationError("a percentage limit must be between 1% and 100%")
+    if not percent and not 0 < n <= MAX_UUIDS:
+        raise ApplicationError(f"limit must be between 1 and {MAX_UUIDS:,} devices")
+    return n, percent
+
+
+def _locked(wave):
+    return Wave.objects.select_for_update().select_related("factory").get(pk=wave.pk)
+
+
+def _views_changed_on_commit(wave):
+    factory, tag = wave.factory, wave.tag
+    transaction.on_commit(lambda: tuf.views_changed(factory=factory, tag=tag))
+
+
+def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuids=None, dry_run=False):
+    """Stage devices of an active wave: a group, a sample, an exact UUID list, or a mix.
+
+    Candidates are production devices on the wave's tag (in the group, in the list), minus
+    devices already staged (individually or through their group) and devices already on the
+    wave's version or newer. A dry run selects the same way and changes nothing.
+    """
+    factory = wave.factory
+    authorize(user=actor, factory=factory, action="rollout.preview" if dry_run else "wave.manage")
+    if group and group_option:
+        raise ApplicationError("give the group either as an argument or with --group, not both")
+    group_name = group or group_option or None
+    parsed_limit = _parse_limit(limit)
+    listed = None
+    if uuids is not None and not (isinstance(uuids, str) and not uuids.strip()):
+        listed = parse_uuid_list(uuids)
+    if group_name is None and parsed_limit is None and listed is None:
+        raise ApplicationError("choose what to roll out to: a group, a limit, a UUID list, or a combination")
+    group_obj = None
+    if group_name is not None:
+        group_obj = DeviceGroup.objects.filter(factory=factory, name=group_name).first()
+        if group_obj is None:
+            raise NotFound(f"device group {group_name} does not exist")
+    full_group = group_obj is not None and parsed_limit is None and listed is None
+
+    with transaction.atomic():
+        # Lock the wave: rollouts, complete and cancel on one wave run one after another, so a
+        # device is never staged twice and a racing complete/cancel sees a finished rollout.
+        wave = _locked(wave) if not dry_run else Wave.objects.select_related("factory").get(pk=wave.pk)
+        if wave.status != Wave.Status.ACTIVE:
+            raise Conflict(f"wave {wave.name} is {wave.status}; only an active wave can be rolled out")
+        result = RolloutResult(wave=wave, dry_run=dry_run, group_name=group_name or "", full_group=full_group)
+        scope = Device.objects.filter(factory=factory, is_production=True, tag=wave.tag)
+        if group_obj is not None:
+            scope = scope.filter(group=group_obj)
+        if listed is not None:
+            result.skipped = _skipped(wave=wave, listed=listed, group=group_obj)
+            skipped_uuids = {s["uuid"] for s in result.skipped}
+            scope = scope.filter(uuid__in=[u for u in listed if str(u) not in skipped_uuids])
+        candidates = _candidates(scope, wave)
+
+        if full_group:
+            if WaveGroup.objects.filter(wave=wave, group=group_obj).exists():
+                raise Conflict(f"wave {wave.name} was already rolled out to every device in group {group_obj.name}")
+            result.count = candidates.count()
+            if dry_run:
+                result.devices = _device_rows(candidates.order_by("name", "id"), wave)
+                return result
+            rollout = _rollout_record(wave, actor, group_obj, limit, 0, True, result.count)
+            WaveGroup.objects.create(wave=wave, group=group_obj, rollout=rollout)
+        else:
+            n = None
+            if parsed_limit is not None:
+                n, percent = parsed_limit
+                if percent:
+                    in_scope = Device.objects.filter(factory=factory, is_production=True, tag=wave.tag)
+                    if group_obj is not None:
+                        in_scope = in_scope.filter(group=group_obj)
+                    if listed is not None:
+                        in_scope = in_scope.filter(uuid__in=listed)
+                    total = in_scope.count()
+                    n = math.ceil(total * n / 100)
+                    if n > MAX_UUIDS:
+                        raise ApplicationError(
+                            f"{parsed_limit[0]}% of {total:,} devices is {n:,}, more than the {MAX_UUIDS:,} one rollout may stage; "
+                            "use a smaller percentage or roll out to the whole group"
+                        )
+            selected = _sample(candidates, wave, n) if n is not None else _device_rows(candidates.order_by("name", "id"), wave)
+            result.devices = selected
+            result.count = len(selected)
+            if dry_run:
+                return result
+            if not selected:
+                raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty", extra={"skipped": result.skipped})
+            rollout = _rollout_record(wave, actor, group_obj, limit, len(listed or ()), False, len(selected))
+            WaveDevice.objects.bulk_create(
+                [WaveDevice(wave=wave, device_id=row["id"], rollout=rollout) for row in selected], batch_size=2000
+            )
+        result.rollout = rollout
+        audit_record(
+            factory=factory,
+            actor=actor,
+            action="wave.rollout",
+            target=wave.name,
+            details={
+                "rollout": rollout.pk,
+                "group": group_name or "",
+                "limit": str(limit or ""),
+                "uuids": len(listed or ()),
+                "full_group": full_group,
+                "devices": result.count,
+                "skipped": len(result.skipped),
+            },
+        )
+        _views_changed_on_commit(wave)
+    return result
+
+
+def _rollout_record(wave, actor, group, limit, uuids_count, full_group, count):
+    return Rollout.objects.create(
+        wave=wave,
+        created_by=actor,
+        group=group,
+        group_name=group.name if group else "",
+        limit=str(limit or "").strip(),
+        uuids_count=uuids_count,
+        full_group=full_group,
+        device_count=count,
+        options={"group": group.name if group else None, "limit": str(limit or "").strip() or None, "uuids": uuids_count},
+    )
+
+
+def _candidates(scope, wave):
+    """Exclude devices already staged in this wave (alone or via their group) or already updated."""
+    staged_groups = WaveGroup.objects.filter(wave=wave).values("group_id")
+    return (
+        scope.exclude(pk__in=WaveDevice.objects.filter(wave=wave).values("device_id"))
+        .exclude(group_id__in=staged_groups)
+        .exclude(target_version__gte=wave.version)
+    )
+
+
+def _device_rows(queryset, wave):
+    cutoff = offline_cutoff()
+    rows = queryset.values("id", "uuid", "name", "group__name", "target_version", "last_seen")
+    return [
+        {
+            "id": r["id"],
+            "uuid": str(r["uuid"]),
+            "name": r["name"],
+            "group": r["group__name"] or "",
+            "target_version": r["target_version"],
+            "online": bool(r["last_seen"] and r["last_seen"] >= cutoff),
+        }
+        for r in rows
+    ]
+
+
+def _sample(candidates, wave, n):
+    """A pseudo-random sample of `n` candidates, recently active devices first.
+
+    Each device carries a random `sample_key`; a sample is the window of keys starting at a
+    random point (wrapping around), read in index order: online devices first, then offline.
+    It stays an index range scan however many devices are already staged.
+    """
+    start = random.random()
+    cutoff = offline_cutoff()
+    online = candidates.filter(last_seen__gte=cutoff)
+    offline = candidates.exclude(last_seen__gte=cutoff)
+    chosen = []
+    for part in (online, offline):
+        for window in (part.filter(sample_key__gte=start), part.filter(sample_key__lt=start)):
+            if len(chosen) >= n:
+                return chosen
+            chosen += _device_rows(window.order_by("sample_key")[: n - len(chosen)], wave)
+    return chosen
+
+
+def _skipped(*, wave, listed, group):
+    """Why each listed UUID is not a candidate: unknown, test device, other tag, other group,
+    already staged, already updated."""
+    devices = {
+        d["uuid"]: d
+        for d in Device.objects.filter(factory=wave.factory, uuid__in=listed).values(
+            "id", "uuid", "is_production", "tag", "group_id", "target_version"
+        )
+    }
+    staged_ids = set(WaveDevice.objects.filter(wave=wave, device_id__in=[d["id"] for d in devices.values()]).values_list("device_id", flat=True))
+    staged_groups = set(WaveGroup.objects.filter(wave=wave).values_list("group_id", flat=True))
+    skipped = []
+    for uuid in listed:
+        d = devices.get(uuid)
+        reason = None
+        if d is None:
+            reason = "unknown device"
+        elif not d["is_production"]:
+            reason = "test device"
+        elif d["tag"] != wave.tag:
+            reason = f"other tag ({d['tag']})"
+        elif group is not None and d["group_id"] != group.id:
+            reason = "other group"
+        elif d["id"] in staged_ids or (d["group_id"] is not None and d["group_id"] in staged_groups):
+            reason = "already staged"
+        elif d["target_version"] is not None and d["target_version"] >= wave.version:
+            reason = "already updated"
+        if reason:
+            skipped.append({"uuid": str(uuid), "reason": reason})
+    return skipped
+
+
+# --- complete and cancel -----------------------------------------------------------------------
+
+
+def wave_complete(*, wave, actor):
+    """The wave's targets (bytes and signatures unchanged) become the tag's production targets."""
+    authorize(user=actor, factory=wave.factory, action="wave.manage")
+    with transaction.atomic():
+        wave = _locked(wave)
+        if wave.status == Wave.Status.CANCELED:
+            raise Conflict(f"wave {wave.name} is canceled; it cannot be completed")
+        if wave.status == Wave.Status.COMPLETE:
+            raise Conflict(f"wave {wave.name} is already complete")
+        if wave.status == Wave.Status.UNSIGNED:
+            raise Conflict(f"wave {wave.name} is not signed yet; sign it before completing it")
+        tuf.production_targets_promote(wave=wave)
+        wave.status = Wave.Status.COMPLETE
+        wave.finished_at = timezone.now()
+        wave.finished_by = actor
+        wave.save(update_fields=["status", "finished_at", "finished_by"])
+        audit_record(factory=wave.factory, actor=actor, action="wave.complete", target=wave.name, details={"version": wave.version, "tag": wave.tag})
+        _views_changed_on_commit(wave)
+    return wave
+
+
+def wave_cancel(*, wave, actor):
+    """Stop serving the wave. Devices already on it stay; no other device is updated to it."""
+    authorize(user=actor, factory=wave.factory, action="wave.manage")
+    with transaction.atomic():
+        wave = _locked(wave)
+        if wave.status == Wave.Status.COMPLETE:
+            raise Conflict(f"wave {wave.name} is complete; it cannot be canceled")
+        if wave.status == Wave.Status.CANCELED:
+            raise Conflict(f"wave {wave.name} is already canceled")
+        was_active = wave.status == Wave.Status.ACTIVE
+        if was_active:
+            tuf.wave_view_drop(wave=wave)
+        wave.status = Wave.Status.CANCELED
+        wave.finished_at = timezone.now()
+        wave.finished_by = actor
+        wave.save(update_fields=["status", "finished_at", "finished_by"])
+        audit_record(factory=wave.factory, actor=actor, action="wave.cancel", target=wave.name, details={"version": wave.version, "tag": wave.tag})
+        _views_changed_on_commit(wave)
+    return wave
