@@ -105,3 +105,119 @@ class SavedDeviceList(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class WaveStatusSample(models.Model):
+    """One point of a wave's status time series: per-group counts of devices in each state.
+
+    `bucket` is the sample time divided by the aggregation interval; the unique constraint makes
+    a re-run of the same aggregation (a retried or duplicated task) a no-op instead of a double count.
+    """
+
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="status_samples")
+    bucket = models.BigIntegerField()
+    taken_at = models.DateTimeField()
+    totals = models.JSONField(default=dict)
+    groups = models.JSONField(default=dict)
+    update_times = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["wave", "bucket"], name="wavestatussample_once_per_bucket")]
+        ordering = ["wave", "bucket"]
+
+
+class RolloutPlan(models.Model):
+    """Ordered rollout phases for one wave, advanced by evidence (gates) or approval."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        RUNNING = "running"
+        PAUSED = "paused"
+        HALTED = "halted"
+        FINISHED = "finished"
+        CANCELED = "canceled"
+
+    wave = models.OneToOneField(Wave, on_delete=models.CASCADE, related_name="plan")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    webhook_url = models.URLField(blank=True)
+    halted_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # Claimed by the evaluator with a conditional update so two workers never act twice.
+    evaluating_until = models.DateTimeField(null=True, blank=True)
+
+
+class PlanPhase(models.Model):
+    class Advance(models.TextChoices):
+        AUTO = "auto"
+        APPROVAL = "approval"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        WATCHING = "watching"
+        AWAITING_APPROVAL = "awaiting-approval"
+        PASSED = "passed"
+        FAILED = "failed"
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="phases")
+    position = models.PositiveIntegerField()
+    name = models.CharField(max_length=64, blank=True)
+    # scope: the exact rollout semantics of the seed
+    group_name = models.CharField(max_length=64, blank=True)
+    limit = models.CharField(max_length=16, blank=True)
+    saved_list = models.ForeignKey(SavedDeviceList, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    uuids = models.TextField(blank=True)
+    # wait-and-watch and gates
+    wait_minutes = models.PositiveIntegerField(default=60)
+    min_reporting = models.PositiveIntegerField(default=0)
+    min_success_ratio = models.FloatField(null=True, blank=True)
+    max_failure_ratio = models.FloatField(null=True, blank=True)
+    max_unhealthy = models.PositiveIntegerField(null=True, blank=True)
+    stuck_after_minutes = models.PositiveIntegerField(null=True, blank=True)
+    advance = models.CharField(max_length=16, choices=Advance.choices, default=Advance.AUTO)
+    approver_must_differ = models.BooleanField(default=False)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    rollout = models.ForeignKey(Rollout, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["plan", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "position"], name="planphase_position_unique"),
+            models.CheckConstraint(
+                condition=(Q(min_success_ratio__isnull=True) | Q(min_success_ratio__gte=0, min_success_ratio__lte=1))
+                & (Q(max_failure_ratio__isnull=True) | Q(max_failure_ratio__gte=0, max_failure_ratio__lte=1)),
+                name="planphase_ratios_between_0_and_1",
+            ),
+        ]
+
+
+class PlanDecision(models.Model):
+    """Every decision on a plan, with its evidence: advance, wait, halt, approve, pause, resume."""
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="decisions")
+    phase = models.ForeignKey(PlanPhase, null=True, blank=True, on_delete=models.CASCADE, related_name="decisions")
+    kind = models.CharField(max_length=16)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reason = models.TextField(blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+
+class PlanTemplate(models.Model):
+    """A saved plan (phases as data) that can be applied to any new wave."""
+
+    factory = models.ForeignKey("factory.Factory", on_delete=models.CASCADE, related_name="plan_templates")
+    name = models.CharField(max_length=100)
+    phases = models.JSONField(default=list)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["factory", "name"], name="plantemplate_factory_name_unique")]
+        ordering = ["name"]
