@@ -1,0 +1,76 @@
+"""API schemas for devices, device groups and device events."""
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from ninja import Schema
+from pydantic import Field
+
+from factory.schemas import PageMeta, Text
+
+GroupName = Annotated[Text, Field(min_length=1, max_length=64)]
+
+
+class DeviceOut(Schema):
+    uuid: UUID
+    name: str
+    production: bool
+    tag: str
+    group: str | None
+    hardware_id: str
+    target_name: str
+    target_version: int | None
+    last_seen: datetime | None
+    online: bool
+    created_at: datetime
+
+
+class DevicePage(PageMeta):
+    items: list[DeviceOut]
+
+
+class DeviceEventOut(Schema):
+    event_type: str
+    target_name: str
+    target_version: int | None
+    success: bool | None
+    detail: str
+    reported_at: datetime
+    received_at: datetime
+
+
+class DeviceEventPage(PageMeta):
+    items: list[DeviceEventOut]
+
+
+class DeviceGroupOut(Schema):
+    name: str
+    description: str
+    devices: int
+    created_at: datetime
+
+
+class DeviceGroupIn(Schema):
+    name: GroupName
+    description: Annotated[Text, Field(max_length=255)] = ""
+
+
+class DeviceGroupRenameIn(Schema):
+    name: GroupName
+
+
+UuidList = Annotated[
+    Text | list[Annotated[Text, Field(max_length=100)]],
+    Field(description="Device UUIDs: a list, or text separated by , ; | or any whitespace (at most 10,000)."),
+]
+
+
+class DeviceGroupAssignIn(Schema):
+    group: GroupName | None = Field(description="The group to put the devices in; null takes them out of their group.")
+    uuids: UuidList
+
+
+class DeviceGroupAssignOut(Schema):
+    group: str | None
+    moved: int
+    unknown: list[UUID] = Field(description="Listed UUIDs that are not devices of this factory.")

@@ -1,0 +1,5 @@
+"""`breakwater keys ...`: offline keys and TUF roots."""
+
+
+def register(sub, common):
+    pass

@@ -1,0 +1,137 @@
+"""`breakwater targets ...` (CI builds, production targets) and `breakwater audit`."""
+import json
+import re
+from urllib.parse import quote
+
+from .client import UsageError
+from .output import dump_json, out, pages, table, when
+
+
+def register(sub, common):
+    targets = sub.add_parser("targets", help="CI builds and production targets", parents=[common])
+    commands = targets.add_subparsers(dest="targets_command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("list", parents=[common], help="CI builds, newest first (or a tag's production targets)")
+    p.add_argument("--production", action="store_true", help="list the production targets of --by-tag instead")
+    p.add_argument("--by-tag", metavar="TAG", help="only builds for TAG")
+    p.add_argument("--version", type=int, metavar="VERSION", help="only this build")
+    p.add_argument("--hardware-id", metavar="HWID", help="only targets for this hardware ID")
+    p.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="builds per page (default 20)")
+    p.add_argument("-p", "--page", type=int, default=1, metavar="PAGE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=targets_list)
+
+    p = commands.add_parser(
+        "publish",
+        parents=[common],
+        help="publish a CI build (for CI systems)",
+        description="Publish CI build VERSION: one target per hardware ID, named <hwid>-lmp-<VERSION>, "
+        "seen by test devices on the given tags.",
+    )
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("-H", "--hardware-id", action="append", required=True, metavar="HWID[,HWID]", help="hardware IDs (repeat or comma-separate)")
+    p.add_argument("-T", "--tag", action="append", required=True, metavar="TAG[,TAG]", help="tags (repeat or comma-separate)")
+    p.add_argument("--target", action="append", default=[], metavar="HWID=SHA256:LENGTH", help="the real artifact of a hardware ID")
+    p.add_argument("--custom", metavar="JSON", help="extra fields for each target's custom metadata, as a JSON object")
+    p.set_defaults(handler=targets_publish)
+
+    p = sub.add_parser("audit", parents=[common], help="the factory's audit log, newest first")
+    p.add_argument("--action", metavar="PREFIX", help="only actions starting with PREFIX, e.g. wave.")
+    p.add_argument("--actor", metavar="USER")
+    p.add_argument("--target", metavar="NAME")
+    p.add_argument("-n", "--limit", type=int, default=50, metavar="N")
+    p.add_argument("-p", "--page", type=int, default=1, metavar="PAGE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=audit_list)
+
+
+def _split(values):
+    return [item for value in values for item in re.split(r"[,\s]+", value) if item]
+
+
+def targets_list(args, ctx):
+    if args.page < 1 or not 1 <= args.limit <= 1000:
+        raise UsageError("--page must be at least 1 and --limit between 1 and 1000")
+    if args.production:
+        if not args.by_tag:
+            raise UsageError("--production needs --by-tag TAG")
+        data = ctx.client.get(ctx.path(f"targets/production/{quote(args.by_tag, safe='')}"))
+        if args.json:
+            dump_json(data)
+            return 0
+        if data["version"] is None:
+            out(f"Tag {args.by_tag} has no production targets yet: complete a wave to create them.")
+            return 0
+        out(f"Production targets of tag {data['tag']}: version {data['version']}, expires {when(data.get('expires_at'))}")
+        signed = (data.get("targets") or {}).get("signed", {})
+        rows = []
+        for name, meta in sorted(signed.get("targets", {}).items()):
+            custom = meta.get("custom", {})
+            rows.append([custom.get("version", "-"), name, ",".join(custom.get("hardwareIds", [])), meta.get("length", "-")])
+        rows.sort(key=lambda r: (-int(r[0]) if str(r[0]).isdigit() else 0, r[1]))
+        table(["VERSION", "TARGET", "HARDWARE IDS", "LENGTH"], rows)
+        return 0
+    params = {"tag": args.by_tag, "version": args.version, "hardware_id": args.hardware_id, "page": args.page, "per_page": args.limit}
+    data = ctx.client.get(ctx.path("targets/"), params)
+    if args.json:
+        dump_json(data)
+        return 0
+    table(
+        ["VERSION", "TAGS", "HARDWARE IDS", "CREATED AT"],
+        [[b["version"], ",".join(b["tags"]), ",".join(b["hardware_ids"]), when(b["created_at"])] for b in data["items"]],
+    )
+    pages(args.page, data["next"], data["total"])
+    return 0
+
+
+def _artifacts(values):
+    artifacts = {}
+    for value in values:
+        match = re.fullmatch(r"([^=\s]+)=([0-9a-fA-F]{64}):(\d+)", value.strip())
+        if not match:
+            raise UsageError(f"--target takes HWID=SHA256:LENGTH (64 hex digits, a byte count), not {value!r}")
+        artifacts[match.group(1)] = {"sha256": match.group(2).lower(), "length": int(match.group(3))}
+    return artifacts
+
+
+def targets_publish(args, ctx):
+    if not args.version.isdigit():
+        raise UsageError(f"VERSION must be a build number, not {args.version!r}")
+    payload = {"version": int(args.version), "hardware_ids": _split(args.hardware_id), "tags": _split(args.tag)}
+    artifacts = _artifacts(args.target)
+    if artifacts:
+        payload["targets"] = artifacts
+    if args.custom:
+        try:
+            custom = json.loads(args.custom)
+        except ValueError:
+            raise UsageError("--custom must be a JSON object") from None
+        if not isinstance(custom, dict):
+            raise UsageError("--custom must be a JSON object")
+        payload["custom"] = custom
+    build = ctx.client.post(ctx.path("targets/"), payload)
+    out(f"Published CI build {build['version']} for tags {', '.join(build['tags'])}:")
+    for target in build["targets"]:
+        out(f"  {target['name']}  sha256 {target['sha256']}  {target['length']} bytes")
+    return 0
+
+
+def audit_list(args, ctx):
+    if args.page < 1 or not 1 <= args.limit <= 1000:
+        raise UsageError("--page must be at least 1 and --limit between 1 and 1000")
+    params = {"action": args.action, "actor": args.actor, "target": args.target, "page": args.page, "per_page": args.limit}
+    data = ctx.client.get(ctx.path("audit/"), params)
+    if args.json:
+        dump_json(data)
+        return 0
+    table(
+        ["AT", "ACTOR", "ACTION", "TARGET", "DETAILS"],
+        [[when(e["created_at"]), e["actor"], e["action"], e["target"], _details(e["details"])] for e in data["items"]],
+    )
+    pages(args.page, data["next"], data["total"])
+    return 0
+
+
+def _details(details):
+    text = ", ".join(f"{k}={v}" for k, v in details.items())
+    return text if len(text) <= 70 else text[:69] + "…"

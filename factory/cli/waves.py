@@ -1,0 +1,412 @@
+"""`breakwater waves ...` and `breakwater status`: the seed's production release commands."""
+import base64
+import json
+import re
+from urllib.parse import quote
+
+from .client import CliError, UsageError
+from .common import read_binary, uuids_arg
+from .output import dump_json, err, fields, out, pages, progress, table, when
+
+STATUSES = ("unsigned", "active", "complete", "canceled")
+
+
+def register(sub, common):
+    waves = sub.add_parser("waves", aliases=["wave"], help="production releases: init, rollout, status, complete, cancel", parents=[common])
+    commands = waves.add_subparsers(dest="waves_command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser(
+        "init",
+        parents=[common],
+        help="create a wave from CI build VERSION for production devices on TAG",
+        description="Create a wave of CI build VERSION for production devices on TAG. With -k, the wave's "
+        "targets are signed on this machine with your offline targets key: the key never leaves it.",
+    )
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("tag", metavar="TAG")
+    p.add_argument("-k", "--keys", metavar="KEYS.tgz", help="offline keys archive to sign the wave's targets with (locally)")
+    p.add_argument("-e", "--expires-days", type=int, metavar="DAYS", help="targets expire after DAYS days (default 365)")
+    p.add_argument("-E", "--expires-at", metavar="RFC3339", help="targets expire at this time, e.g. 2027-06-01T00:00:00Z")
+    p.add_argument("--prune", action="append", default=[], metavar="V1,V2", help="drop these versions from the production targets")
+    p.add_argument("--source-tag", metavar="TAG", help="match this tag when looking for the build's targets")
+    p.add_argument("-d", "--dry-run", action="store_true", help="print the wave's targets without creating it")
+    p.set_defaults(handler=waves_init)
+
+    p = commands.add_parser("sign", parents=[common], help="add your offline signature to an unsigned wave")
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("-k", "--keys", metavar="KEYS.tgz", required=True, help="offline keys archive (used on this machine only)")
+    p.set_defaults(handler=waves_sign)
+
+    p = commands.add_parser(
+        "rollout",
+        parents=[common],
+        help="roll a wave out to a group, a sample, or exact devices",
+        description="Roll out a wave to a subset of the production devices on its tag. Give at least one of "
+        "GROUP (or --group), --limit and --uuids. A group alone is a full-group rollout: devices that join "
+        "the group later get the wave too.",
+        epilog="--uuids takes UUIDs separated by , ; | or white space, or @FILE to read them from a file on "
+        "this machine (@- reads standard input). With --print-uuids/--print-names the devices go to standard "
+        "output, one per line, and the summary to standard error, so a dry run's list can be edited and "
+        "passed back with --uuids @FILE.",
+    )
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("group", nargs="?", metavar="GROUP", help="device group to roll out to")
+    p.add_argument("-g", "--group", dest="group_option", metavar="GROUP", help="device group to roll out to")
+    p.add_argument("-l", "--limit", metavar="N|N%", help="a pseudo-random sample of N devices, or N%% of the devices in scope")
+    p.add_argument("--uuids", metavar="LIST|@FILE", help="exact device UUIDs, or @FILE")
+    p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
+    p.add_argument("--print-uuids", action="store_true", help="print the UUIDs of the devices rolled out to (or that would be)")
+    p.add_argument("--print-names", action="store_true", help="print the names of the devices rolled out to (or that would be)")
+    p.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    p.set_defaults(handler=waves_rollout)
+
+    p = commands.add_parser("status", parents=[common], help="a wave's progress per device group (no WAVE: every active wave)")
+    p.add_argument("wave", nargs="?", metavar="WAVE")
+    p.add_argument("--offline-threshold", type=float, metavar="HOURS", help="hours without a check-in before a device is offline (default 4)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=waves_status)
+
+    p = commands.add_parser("complete", parents=[common], help="make the wave the tag's production targets (no WAVE: the one active wave)")
+    p.add_argument("wave", nargs="?", metavar="WAVE")
+    p.set_defaults(handler=waves_complete)
+
+    p = commands.add_parser("cancel", parents=[common], help="stop serving a wave; devices already on it stay")
+    p.add_argument("wave", metavar="WAVE")
+    p.set_defaults(handler=waves_cancel)
+
+    p = commands.add_parser("list", parents=[common], help="waves, open ones first, newest first")
+    p.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="waves per page (default 20)")
+    p.add_argument("-p", "--page", type=int, default=1, metavar="PAGE")
+    p.add_argument("-S", "--status", choices=STATUSES)
+    p.add_argument("-T", "--tag", metavar="TAG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=waves_list)
+
+    p = commands.add_parser("show", parents=[common], help="a wave and its rollout history")
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("-s", "--show-targets", action="store_true", help="also print the wave's signed targets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=waves_show)
+
+    p = sub.add_parser("status", parents=[common], help="factory status: devices per tag, production and test apart, and active waves")
+    p.add_argument("--offline-threshold", type=float, metavar="HOURS", help="hours without a check-in before a device is offline (default 4)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=factory_status)
+
+
+def wave_path(ctx, name, rest=""):
+    return ctx.path(f"waves/{quote(name, safe='')}{rest}")
+
+
+# --- init and sign ---------------------------------------------------------------------------
+
+
+def _versions(values):
+    out_values = []
+    for value in values:
+        for item in re.split(r"[,\s]+", value):
+            if not item:
+                continue
+            if not item.isdigit():
+                raise UsageError(f"--prune takes version numbers, not {item!r}")
+            out_values.append(int(item))
+    return out_values
+
+
+def waves_init(args, ctx):
+    if not args.version.isdigit():
+        raise UsageError(f"VERSION must be a CI build number, not {args.version!r}")
+    if args.expires_days is not None and args.expires_at:
+        raise UsageError("give --expires-days or --expires-at, not both")
+    payload = {
+        "name": args.wave,
+        "version": int(args.version),
+        "tag": args.tag,
+        "prune": _versions(args.prune),
+        "expires_days": args.expires_days,
+        "expires_at": args.expires_at,
+        "source_tag": args.source_tag,
+    }
+    payload = {k: v for k, v in payload.items() if v is not None}
+    if args.dry_run:
+        dump_json(ctx.client.post(ctx.path("waves/"), {**payload, "dry_run": True}))
+        return 0
+    signer = None
+    if args.keys:
+        from .signing import OfflineSigner
+
+        # Check the archive holds a key the production root trusts before creating anything, so
+        # a wrong archive does not leave an unsigned wave blocking the tag.
+        signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
+    wave = ctx.client.post(ctx.path("waves/"), payload)
+    out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
+    if signer is None:
+        out(f"It is unsigned: sign it with `breakwater waves sign {wave['name']} -k KEYS.tgz` before rolling it out.")
+        return 0
+    try:
+        wave = _sign(ctx, wave, signer)
+    except CliError as exc:
+        raise CliError(
+            f"wave {wave['name']} was created but not signed: {exc.message}; "
+            f"retry with `breakwater waves sign {wave['name']} -k KEYS.tgz` or cancel it"
+        ) from None
+    _print_signed(wave)
+    return 0
+
+
+def _sign(ctx, wave, signer):
+    payload = base64.b64decode(wave["signing_payload"]) if wave.get("signing_payload") else None
+    if payload is None:
+        raise CliError(f"wave {wave['name']} is {wave['status']}; only an unsigned wave takes signatures")
+    signatures = signer.sign(payload)
+    return ctx.client.post(wave_path(ctx, wave["name"], "/sign"), {"signatures": signatures})
+
+
+def _print_signed(wave):
+    if wave["status"] == "active":
+        out(f"Wave {wave['name']} is signed and active: roll it out with `breakwater waves rollout {wave['name']} ...`")
+    else:
+        out(f"Wave {wave['name']} has {len(wave['signed_keyids'])} signatures; it needs more offline signatures before it can be rolled out")
+
+
+def waves_sign(args, ctx):
+    from .signing import OfflineSigner
+
+    signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
+    wave = ctx.client.get(wave_path(ctx, args.wave))
+    _print_signed(_sign(ctx, wave, signer))
+    return 0
+
+
+# --- rollout ---------------------------------------------------------------------------------
+
+
+def waves_rollout(args, ctx):
+    if args.group and args.group_option:
+        raise UsageError("give the group either as an argument or with --group, not both")
+    group = args.group or args.group_option
+    if group is None and args.limit is None and args.uuids is None:
+        raise UsageError("choose what to roll out to: GROUP (or --group), --limit, --uuids, or a combination")
+    payload = {"group": group, "limit": args.limit, "uuids": uuids_arg(args.uuids), "dry_run": args.dry_run}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    with progress("Rolling out" if not args.dry_run else "Selecting devices"):
+        result = ctx.client.post(wave_path(ctx, args.wave, "/rollout"), payload)
+    if args.json:
+        dump_json(result)
+        return 0
+    printing = args.print_uuids or args.print_names
+    report = err if printing else out
+    if printing:
+        for device in result["devices"]:
+            columns = []
+            if args.print_uuids:
+                columns.append(device["uuid"])
+            if args.print_names:
+                columns.append(device["name"])
+            out("\t".join(columns))
+    report(result["message"])
+    if result["skipped"]:
+        err(f"{len(result['skipped'])} listed devices were not rolled out:")
+        for item in result["skipped"][:50]:
+            err(f"  {item['uuid']}  {item['reason']}")
+        if len(result["skipped"]) > 50:
+            err(f"  … and {len(result['skipped']) - 50} more (use --json to see all)")
+    return 0
+
+
+# --- status, list, show, complete, cancel ---------------------------------------------------
+
+
+def waves_status(args, ctx):
+    params = {"offline_threshold": args.offline_threshold}
+    if args.wave:
+        status = ctx.client.get(wave_path(ctx, args.wave, "/status"), params)
+        if args.json:
+            dump_json(status)
+        else:
+            print_wave_status(status)
+        return 0
+    active = ctx.client.get(ctx.path("waves/"), {"status": "active", "per_page": 200})["items"]
+    statuses = [ctx.client.get(wave_path(ctx, w["name"], "/status"), params) for w in active]
+    if args.json:
+        dump_json(statuses)
+    elif not statuses:
+        out("There is no active wave.")
+    else:
+        for i, status in enumerate(statuses):
+            if i:
+                out("\n" + "=" * 72 + "\n")
+            print_wave_status(status)
+    return 0
+
+
+def print_wave_status(status):
+    totals = status["totals"]
+    tag = status["tag"]
+    out(f"Wave '{status['name']}' for tag '{tag}' version {status['version']} is {status['status']}")
+    out()
+    if status["status"] not in ("active", "unsigned"):
+        out("Device numbers are for the current time, not for when the wave finished.")
+        out()
+    pairs = [("Created At", when(status["created_at"]))]
+    if status.get("finished_at"):
+        pairs.append(("Finished At", when(status["finished_at"])))
+    out_of_wave = totals["older"] - totals["scheduled"]
+    rollout_groups = [g for g in status["groups"] if g["rollout_time"]]
+    pairs += [
+        (f"Device Groups on Tag '{tag}'", len(status["groups"])),
+        ("Device Groups Rollout", len(rollout_groups)),
+        (f"Devices on Tag '{tag}'", totals["total"]),
+        ("Devices Online", totals["online"]),
+        ("Devices Updated", totals["on_wave"] + totals["newer"]),
+        ("Devices Scheduled for Update", totals["scheduled"]),
+        ("Devices Not Scheduled", out_of_wave),
+        ("Devices Failed to Install", totals["failed"]),
+    ]
+    if status["status"] == "canceled":
+        pairs.append(("Devices Held (fetched the canceled wave)", totals["held"]))
+    fields(pairs)
+    if not status["groups"]:
+        return
+    out()
+    pending = {"canceled": "Never (Wave Canceled)", "complete": "At Wave Completion (Done)"}.get(status["status"], "At Wave Completion")
+    table(
+        ["GROUP", "TOTAL", "ONLINE", "UPDATED", "NEED UPDATE", "SCHEDULED", "FAILED", "ROLLOUT AT"],
+        [
+            [g["group"], g["total"], g["online"], g["on_wave"] + g["newer"], g["older"], g["scheduled"], g["failed"], when(g["rollout_time"]) if g["rollout_time"] else pending]
+            for g in status["groups"]
+        ],
+    )
+    if status["status"] != "active":
+        return
+    out()
+    out("The wave's target version is marked with an arrow (<-)")
+    for group in status["groups"]:
+        if not group["versions"]:
+            continue
+        out(f"\n## Device Group: {group['group']}")
+        rows = []
+        for version, count in group["versions"].items():
+            mark = "<-" if version == str(status["version"]) else ""
+            rows.append([f"{version:<6}{mark:>2}", count])
+        table(["TARGET", "DEVICES"], rows, indent=1)
+
+
+def waves_list(args, ctx):
+    if args.limit < 1 or args.page < 1:
+        raise UsageError("--limit and --page must be at least 1")
+    params = {"status": args.status, "tag": args.tag, "page": args.page, "per_page": args.limit}
+    data = ctx.client.get(ctx.path("waves/"), params)
+    if args.json:
+        dump_json(data)
+        return 0
+    table(
+        ["NAME", "VERSION", "TAG", "STATUS", "CREATED AT", "FINISHED AT"],
+        [[w["name"], w["version"], w["tag"], w["status"], when(w["created_at"]), when(w["finished_at"]) if w["finished_at"] else ""] for w in data["items"]],
+    )
+    pages(args.page, data["next"], data["total"])
+    return 0
+
+
+def waves_show(args, ctx):
+    wave = ctx.client.get(wave_path(ctx, args.wave), {"targets": args.show_targets})
+    if args.json:
+        dump_json(wave)
+        return 0
+    pairs = [
+        ("Name", wave["name"]),
+        ("Version", wave["version"]),
+        ("Tag", wave["tag"]),
+        ("Status", wave["status"]),
+        ("Created At", when(wave["created_at"])),
+        ("Created By", wave["created_by"] or "-"),
+        ("Expires At", when(wave["expires_at"])),
+    ]
+    if wave["pruned_versions"]:
+        pairs.append(("Pruned Versions", ", ".join(map(str, wave["pruned_versions"]))))
+    if wave["finished_at"]:
+        pairs += [("Finished At", when(wave["finished_at"])), ("Finished By", wave["finished_by"] or "-")]
+    fields(pairs)
+    if wave["rollouts"]:
+        out()
+        rows = []
+        for r in wave["rollouts"]:
+            scope = []
+            if r["group"]:
+                scope.append(f"group {r['group']}" + (" (whole group)" if r["full_group"] else ""))
+            if r["limit"]:
+                scope.append(f"limit {r['limit']}")
+            if r["uuids"]:
+                scope.append(f"{r['uuids']} listed UUIDs")
+            rows.append([r["id"], when(r["created_at"]), r["created_by"] or "-", ", ".join(scope) or "-", r["device_count"]])
+        table(["ROLLOUT", "AT", "BY", "SCOPE", "DEVICES"], rows)
+    if args.show_targets:
+        out("\nTargets:")
+        out("  " + json.dumps(wave["targets"], indent=2).replace("\n", "\n  "))
+    return 0
+
+
+def _the_active_wave(ctx):
+    """The one open wave of the factory, for `waves complete` without a name (as in the seed)."""
+    candidates = ctx.client.get(ctx.path("waves/"), {"status": "active", "per_page": 200})["items"]
+    if not candidates:
+        raise CliError("there is no active wave to complete")
+    if len(candidates) > 1:
+        names = ", ".join(w["name"] for w in candidates)
+        raise UsageError(f"several waves are active ({names}); name the one to complete")
+    return candidates[0]["name"]
+
+
+def waves_complete(args, ctx):
+    name = args.wave or _the_active_wave(ctx)
+    wave = ctx.client.post(wave_path(ctx, name, "/complete"))
+    out(f"Wave {wave['name']} is complete: version {wave['version']} is now the production targets of tag {wave['tag']}")
+    return 0
+
+
+def waves_cancel(args, ctx):
+    wave = ctx.client.post(wave_path(ctx, args.wave, "/cancel"))
+    out(f"Wave {wave['name']} is canceled: devices already on version {wave['version']} stay, no other device gets it")
+    return 0
+
+
+# --- factory status --------------------------------------------------------------------------
+
+
+def factory_status(args, ctx):
+    params = {"offline_threshold": args.offline_threshold}
+    status = ctx.client.get(ctx.path("status"), params)
+    waves = [ctx.client.get(wave_path(ctx, w["name"], "/status"), params) for w in status["active_waves"]]
+    if args.json:
+        dump_json({**status, "active_wave_status": waves})
+        return 0
+    hours = status["offline_threshold_hours"]
+    out(f"Factory {status['factory']} (a device is offline after {hours:g} hours without a check-in)")
+    for production, title in ((True, "Production devices"), (False, "Test devices")):
+        rows = [t for t in status["tags"] if t["production"] is production]
+        out(f"\n{title}:")
+        if not rows:
+            out("  none")
+            continue
+        total = sum(t["total"] for t in rows)
+        out(f"  Total: {total}")
+        table(
+            ["TAG", "LATEST TARGET", "DEVICES", "ON LATEST", "ONLINE", "ON ORPHAN TARGETS"],
+            [[t["tag"], t["latest_version"] if t["latest_version"] is not None else "-", t["total"], t["on_latest"], t["online"], t["orphan"]] for t in rows],
+            indent=2,
+        )
+    out("\nActive waves:")
+    if not waves:
+        out("  none")
+        return 0
+    table(
+        ["WAVE", "TAG", "VERSION", "DEVICES", "UPDATED", "SCHEDULED", "FAILED", "ONLINE"],
+        [
+            [w["name"], w["tag"], w["version"], w["totals"]["total"], w["totals"]["on_wave"] + w["totals"]["newer"], w["totals"]["scheduled"], w["totals"]["failed"], w["totals"]["online"]]
+            for w in waves
+        ],
+        indent=2,
+    )
+    return 0
+

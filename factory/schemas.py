@@ -1,0 +1,110 @@
+"""API schemas of the factory app (errors, paging, identity, CI targets, audit) and shared types."""
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from ninja import Schema
+
+
+def _clean_text(value: str) -> str:
+    # PostgreSQL cannot store NUL characters and UTF-8 cannot carry lone surrogates: both would
+    # otherwise surface as a server error deep in a service instead of a clear 400.
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean_text)]
+# Versions and counts are stored in 32-bit integer columns.
+Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+PageNumber = Annotated[int, Field(ge=1, le=1_000_000)]
+PerPage = Annotated[int, Field(ge=1, le=1000)]
+
+
+class ErrorOut(Schema):
+    detail: str = Field(description="One sentence for the person who made the request.")
+    code: str = Field(description="Stable machine-readable error code, e.g. invalid, not_found, conflict.")
+    errors: list[dict[str, Any]] | None = Field(None, description="Per-field problems for invalid input.")
+
+
+class PageMeta(Schema):
+    total: int
+    page: int
+    per_page: int
+    next: int | None = Field(None, description="The next page number, if there is one.")
+
+
+class WhoAmIOut(Schema):
+    user: str
+    factory: str
+    role: str
+    token: str = Field(description="The token's public prefix.")
+
+
+class FactoryOut(Schema):
+    name: str
+    role: str
+    created_at: datetime
+
+
+class CiTargetOut(Schema):
+    name: str
+    version: int
+    hardware_id: str
+    sha256: str
+    length: int
+    tags: list[str]
+    custom: dict[str, Any]
+    created_at: datetime
+
+
+class CiBuildOut(Schema):
+    version: int
+    tags: list[str]
+    hardware_ids: list[str]
+    created_at: datetime
+    targets: list[CiTargetOut]
+
+
+class CiBuildPage(PageMeta):
+    items: list[CiBuildOut]
+
+
+class TargetFile(Schema):
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    length: Annotated[int, Field(ge=0, le=2**62)]
+
+
+class CiBuildIn(Schema):
+    version: Version
+    hardware_ids: Annotated[list[Annotated[Text, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=100)]
+    tags: Annotated[list[Annotated[Text, Field(min_length=1, max_length=64)]], Field(min_length=1, max_length=50)]
+    targets: dict[Text, TargetFile] | None = Field(
+        None, description="Hardware ID -> sha256 and length of the real artifact; without it a synthetic demo artifact is used."
+    )
+    custom: dict[Text, Any] | None = Field(None, description="Extra fields for each target's `custom` metadata.")
+
+
+class ProductionTargetsOut(Schema):
+    tag: str
+    version: int | None = Field(description="The version of the tag's production targets metadata; null before the first wave completes.")
+    versions: list[int] = Field(description="Build versions listed in the production targets.")
+    targets: dict[str, Any] | None = Field(description="The signed TUF targets metadata, as served to production devices.")
+
+
+class AuditEntryOut(Schema):
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+class AuditPage(PageMeta):
+    items: list[AuditEntryOut]

@@ -1,0 +1,192 @@
+"""API schemas for waves, rollouts, wave and factory status, and saved device lists."""
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from ninja import Schema
+from pydantic import Field
+
+from devices.schemas import UuidList
+from factory.schemas import PageMeta, Text, Version
+
+Name = Annotated[Text, Field(min_length=1, max_length=64)]
+Base64 = Annotated[Text, Field(max_length=8 * 1024 * 1024, description="Base64-encoded bytes.")]
+
+
+class SignatureIn(Schema):
+    keyid: Annotated[Text, Field(pattern=r"^[0-9a-fA-F]{1,128}$")]
+    sig: Annotated[Text, Field(pattern=r"^[0-9a-fA-F]{1,2048}$")]
+
+
+class WaveInitIn(Schema):
+    name: Name
+    version: Version
+    tag: Name
+    prune: list[Version] = Field(default_factory=list, description="Versions to drop from the production targets.")
+    expires_days: Annotated[int, Field(ge=2, le=3650)] | None = None
+    expires_at: datetime | None = Field(None, description="RFC 3339; overrides expires_days.")
+    source_tag: Name | None = Field(None, description="Match this tag when looking for the build's targets.")
+    dry_run: bool = Field(False, description="Build and return the wave's targets without creating the wave.")
+    signatures: list[SignatureIn] | None = Field(
+        None, description="Offline signatures over the signing payload, when made before the request (rare: the payload comes from init)."
+    )
+    key_archive: Base64 | None = Field(
+        None, description="A keys .tgz to sign with on the server, used in memory once. The CLI signs locally instead."
+    )
+
+
+class WaveSignIn(Schema):
+    signatures: list[SignatureIn] | None = Field(None, description="Signatures made over the wave's signing payload.")
+    key_archive: Base64 | None = Field(None, description="A keys .tgz to sign with on the server, used in memory once.")
+
+
+class RolloutSummaryOut(Schema):
+    id: int
+    created_at: datetime
+    created_by: str
+    group: str
+    limit: str
+    uuids: int
+    full_group: bool
+    device_count: int
+
+
+class WaveOut(Schema):
+    name: str
+    version: int
+    tag: str
+    source_tag: str
+    status: Literal["unsigned", "active", "complete", "canceled"]
+    pruned_versions: list[int]
+    expires_at: datetime
+    created_at: datetime | None
+    created_by: str
+    activated_at: datetime | None
+    finished_at: datetime | None
+    finished_by: str
+    signing_payload: str | None = Field(
+        None, description="Base64 of the canonical bytes the offline targets key(s) must sign; only while the wave is unsigned."
+    )
+    signed_keyids: list[str] = Field(default_factory=list, description="Key IDs that have signed the wave's targets.")
+    rollouts: list[RolloutSummaryOut] = Field(default_factory=list)
+    targets: dict[str, Any] | None = Field(None, description="The signed TUF targets metadata (with ?targets=true or a dry run).")
+
+
+class WavePage(PageMeta):
+    items: list[WaveOut]
+
+
+Limit = Annotated[
+    Text | Annotated[int, Field(ge=1, le=10_000)],
+    Field(description="A number of devices (N) or a percentage of the devices in scope (N%)."),
+]
+
+
+class RolloutIn(Schema):
+    group: Name | None = Field(None, description="Roll out in this device group (the whole group without limit and uuids).")
+    limit: Limit | None = None
+    uuids: UuidList | None = None
+    dry_run: bool = Field(False, description="Select the same way and change nothing.")
+
+
+class RolloutDeviceOut(Schema):
+    uuid: UUID
+    name: str
+    group: str
+    target_version: int | None
+    online: bool
+
+
+class SkippedDeviceOut(Schema):
+    uuid: str
+    reason: str
+
+
+class RolloutResultOut(Schema):
+    message: str
+    dry_run: bool
+    count: int
+    group: str
+    full_group: bool
+    rollout: int | None = Field(description="The recorded rollout's id; null for a dry run.")
+    devices: list[RolloutDeviceOut] = Field(description="The devices staged (or that would be). For a full-group rollout, the group's devices now.")
+    skipped: list[SkippedDeviceOut] = Field(description="Listed UUIDs that were not rolled out, with the reason.")
+
+
+class RolloutDevicesOut(Schema):
+    rollout: int
+    uuids: list[UUID]
+
+
+class GroupStatusOut(Schema):
+    group: str
+    total: int
+    online: int
+    on_wave: int
+    newer: int
+    older: int
+    scheduled: int
+    failed: int
+    held: int
+    rollout_time: datetime | None
+    versions: dict[str, int] = Field(description="Devices per target version ('none' for devices that never reported one).")
+
+
+class StatusTotalsOut(Schema):
+    total: int
+    online: int
+    on_wave: int
+    newer: int
+    older: int
+    scheduled: int
+    failed: int
+    held: int
+
+
+class WaveStatusOut(Schema):
+    name: str
+    version: int
+    tag: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    offline_cutoff: datetime
+    groups: list[GroupStatusOut]
+    totals: StatusTotalsOut
+
+
+class TagStatusOut(Schema):
+    tag: str
+    production: bool
+    latest_version: int | None
+    total: int
+    on_latest: int
+    online: int
+    orphan: int
+    versions: dict[str, int]
+
+
+class FactoryStatusOut(Schema):
+    factory: str
+    offline_threshold_hours: float
+    tags: list[TagStatusOut]
+    active_waves: list[WaveOut]
+
+
+class DeviceListOut(Schema):
+    name: str
+    uuids: list[UUID]
+    count: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeviceListIn(Schema):
+    name: Annotated[Text, Field(min_length=1, max_length=100)]
+    uuids: UuidList
+
+
+class DeviceListUpdateIn(Schema):
+    name: Annotated[Text, Field(min_length=1, max_length=100)] | None = Field(None, description="A new name.")
+    uuids: UuidList | None = Field(None, description="The new contents, replacing the old.")
