@@ -60,6 +60,9 @@ class Device(models.Model):
 class DeviceCA(models.Model):
     """The factory's device certificate authority: it signs the certificates devices register with.
 
+    It is itself signed by the device root CA (GatewayIdentity), so gateways trust one root and
+    still tell factories apart by the CA that issued a device's certificate.
+
     The private key is encrypted at rest with the settings' key encryption key.
     """
 
@@ -73,10 +76,11 @@ class DeviceCA(models.Model):
 
 
 class GatewayIdentity(models.Model):
-    """The TLS identity the device gateway presents, and the CA devices trust it by.
+    """The gateway's TLS trust: its server certificate and the CA devices trust it by, and the
+    device root CA that signs every factory's device CA (the one CA gateways ask clients to chain to).
 
-    Generated when no certificate is configured, and kept in the database so that every gateway
-    process on every machine presents the same one.
+    Generated on first use and kept in the database so that every gateway process on every machine
+    presents and trusts the same ones.
     """
 
     name = models.CharField(max_length=32, unique=True, default="default")
@@ -85,6 +89,8 @@ class GatewayIdentity(models.Model):
     certificate = models.TextField()
     private_key = models.BinaryField()
     hosts = models.JSONField(default=list)
+    device_root_certificate = models.TextField(default="")
+    device_root_private_key = models.BinaryField(default=b"")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

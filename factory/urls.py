@@ -2,6 +2,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from devices import registration as device_registration
+
 from . import views
 
 urlpatterns = [
@@ -10,6 +12,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("factory/switch/", views.factory_switch, name="factory-switch"),
     path("", include("factory.dashboard_urls")),
+    path("devices/register/", device_registration.register, name="device-register"),
     path("devices/", include("devices.urls")),
     path("waves/", include("waves.urls")),
     path("api/v1/", include("factory.api_urls")),

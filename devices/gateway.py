@@ -1,0 +1,421 @@
+"""The device gateway: a WSGI application that gunicorn serves with mutual TLS.
+
+gunicorn (`--cert-reqs 2 --ca-certs <device root>`) refuses a client without a certificate
+chaining to the device root at the handshake; this application then reads the verified peer
+certificate from the TLS socket and refuses it unless it is the current certificate of a
+registered device, issued by that device's own factory CA. A device reads only its own view:
+
+    GET  /repo/<N>.root.json, /repo/timestamp.json, /repo/snapshot.json, /repo/targets.json
+    GET  /targets/<name>        a target file of the device's targets metadata
+    POST /events                download and install progress, for the device itself only
+    GET  /device                what the gateway knows about the device
+
+Every request is a check-in (last seen; `x-ats-tags` and `x-ats-target` headers carry the tag and
+the current target), buffered and written in batches by `devices.checkins`: no database write
+per request, and after warm-up no database read per request either.
+"""
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid as uuid_lib
+from collections import OrderedDict
+from datetime import datetime, timezone as dt_timezone
+from http import HTTPStatus
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from cryptography.x509.oid import NameOID  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.db import DatabaseError, close_old_connections  # noqa: E402
+
+from factory.artifacts import synthetic_artifact  # noqa: E402
+from factory.errors import NotFound  # noqa: E402
+
+from . import checkins, pki  # noqa: E402
+from .models import Device, DeviceCA, DeviceEvent  # noqa: E402
+
+logger = logging.getLogger("breakwater.gateway")
+
+REPO_FILE = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json$")
+TARGET_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}$")
+VERSION_IN_NAME = re.compile(r"-(\d{1,9})$")
+TAG = re.compile(r"^[^\s,;|@]{1,64}$")
+EVENT_TYPES = frozenset(DeviceEvent.Type.values)
+MAX_EVENTS_BODY = 64 * 1024
+MAX_EVENTS = 100
+MAX_DETAIL = 2000
+CA_CACHE_SECONDS = 60.0
+
+
+class Refused(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class LRU:
+    """A small thread-safe LRU map."""
+
+    def __init__(self, size):
+        self.size = size
+        self._data = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            value = self._data.get(key, default)
+            if key in self._data:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key, value):
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def clear(self):
+        with self._lock:
+            self._data.clear()
+
+
+class Peer:
+    """What a verified client certificate says."""
+
+    __slots__ = ("cert", "fingerprint", "uuid", "factory", "production", "serial")
+
+    def __init__(self, der):
+        cert = pki.cert_load(der)
+        self.cert = cert
+        self.fingerprint = hashlib.sha256(der).digest()
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        categories = cert.subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY)
+        try:
+            self.uuid = uuid_lib.UUID(names[0].value) if len(names) == 1 else None
+        except ValueError:
+            self.uuid = None
+        self.factory = units[0].value if len(units) == 1 else None
+        # The production flag is read from the certificate and nothing else.
+        self.production = len(categories) == 1 and categories[0].value == pki.PRODUCTION
+        self.serial = pki.serial_hex(cert)
+
+
+def target_version(name):
+    match = VERSION_IN_NAME.search(name or "")
+    return int(match.group(1)) if match else None
+
+
+def _etag_matches(header, etag):
+    if not header:
+        return False
+    bare = etag.strip('"')
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == "*" or candidate.strip('"') == bare:
+            return True
+    return False
+
+
+def _device_metadata():
+    from factory.tuf.selectors import device_metadata
+
+    return device_metadata
+
+
+class Gateway:
+    def __init__(self, device_cache_seconds=None):
+        self.device_cache_seconds = (
+            settings.BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS if device_cache_seconds is None else device_cache_seconds
+        )
+        self._peers = LRU(20_000)  # certificate DER -> Peer
+        self._devices = LRU(20_000)  # (factory name, uuid) -> (expires, Device or None)
+        self._issuers = LRU(20_000)  # (certificate DER, CA PEM) -> issued by that CA?
+        self._cas = LRU(1_000)  # factory id -> (expires, CA PEM, CA certificate)
+        self._targets = LRU(256)  # targets ETag -> (version, {name: (length, sha256)})
+        self._artifacts = LRU(256)  # (factory, name, sha256) -> bytes
+
+    # --- WSGI ---------------------------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        try:
+            status, headers, body = self.handle(environ)
+        except Refused as exc:
+            status, headers, body = self._json(exc.status, {"error": exc.message})
+        except DatabaseError:
+            # A dropped database connection (a restart, a failover): reconnect on the next request.
+            logger.exception("database error in the gateway")
+            close_old_connections()
+            _close_connections()
+            status, headers, body = self._json(503, {"error": "the gateway cannot reach its database; retry later"})
+        except Exception:
+            logger.exception("gateway error")
+            status, headers, body = self._json(500, {"error": "internal error"})
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
+
+    def handle(self, environ):
+        peer = self.peer(environ)
+        device = self.device(peer)
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        seen = checkins.now()
+        tag = self._header_tag(environ)
+        target_name = environ.get("HTTP_X_ATS_TARGET")
+        if target_name is not None:
+            target_name = target_name.strip()
+            if not TARGET_FILE.match(target_name):
+                raise Refused(400, "x-ats-target is not a valid target name")
+        checkin = checkins.Checkin(seen=seen, target_name=target_name, target_version=target_version(target_name), tag=tag)
+        # The view follows the tag the device says it follows, at once; the database catches up
+        # with the next flush.
+        view_device = device
+        if tag is not None and tag != device.tag:
+            view_device = copy.copy(device)
+            view_device.tag = tag
+        try:
+            if path.startswith("/repo/"):
+                self._allow(method, "GET")
+                response = self.metadata(view_device, path[len("/repo/") :], environ, checkin)
+            elif path.startswith("/targets/"):
+                self._allow(method, "GET")
+                response = self.target_file(view_device, path[len("/targets/") :])
+            elif path == "/events":
+                self._allow(method, "POST")
+                response = self.events(device, environ)
+            elif path == "/device":
+                self._allow(method, "GET")
+                response = self._json(200, self.device_facts(device, peer))
+            else:
+                raise Refused(404, "no such resource")
+        finally:
+            # A refused request of an authenticated device still tells us it is alive.
+            checkins.buffer().checkin(device.pk, checkin)
+        return response
+
+    # --- who is asking ------------------------------------------------------------------------
+
+    def peer(self, environ):
+        sock = environ.get("gunicorn.socket")
+        der = sock.getpeercert(binary_form=True) if hasattr(sock, "getpeercert") else None
+        if not der:
+            raise Refused(403, "a client certificate is required")
+        peer = self._peers.get(der)
+        if peer is None:
+            peer = Peer(der)
+            self._peers.put(der, peer)
+        if peer.uuid is None or not peer.factory:
+            raise Refused(403, "the client certificate does not name a device (CN = UUID, OU = factory)")
+        return peer
+
+    def device(self, peer):
+        """The registered device this certificate belongs to, or Refused."""
+        key = (peer.factory, peer.uuid)
+        now = time.monotonic()
+        cached = self._devices.get(key)
+        if cached is None or cached[0] <= now:
+            device = Device.objects.select_related("factory", "group").filter(factory__name=peer.factory, uuid=peer.uuid).first()
+            cached = (now + self.device_cache_seconds, device)
+            self._devices.put(key, cached)
+        device = cached[1]
+        if device is None:
+            raise Refused(403, "this device is not registered (unknown or deleted)")
+        if peer.serial != device.certificate_serial:
+            raise Refused(403, "this certificate is not the device's current certificate")
+        if peer.production != device.is_production:
+            raise Refused(403, "the certificate's production status does not match the device's registration")
+        ca_pem, ca_cert = self._factory_ca(device.factory_id)
+        der_key = (peer.fingerprint, ca_pem)
+        issued = self._issuers.get(der_key)
+        if issued is None:
+            issued = ca_cert is not None and pki.issued_by(peer.cert, ca_cert)
+            self._issuers.put(der_key, issued)
+        if not issued:
+            raise Refused(403, "the certificate was not issued by the device's factory CA")
+        return device
+
+    def _factory_ca(self, factory_id):
+        now = time.monotonic()
+        cached = self._cas.get(factory_id)
+        if cached is None or cached[0] <= now:
+            pem = DeviceCA.objects.filter(factory_id=factory_id).values_list("certificate", flat=True).first()
+            cached = (now + CA_CACHE_SECONDS, pem, pki.cert_load(pem) if pem else None)
+            self._cas.put(factory_id, cached)
+        return cached[1], cached[2]
+
+    @staticmethod
+    def _header_tag(environ):
+        raw = environ.get("HTTP_X_ATS_TAGS")
+        if raw is None:
+            return None
+        # aktualizr-lite sends a comma-separated list; a Breakwater device follows one tag.
+        tag = raw.split(",")[0].strip()
+        if not TAG.match(tag):
+            raise Refused(400, "x-ats-tags must name a tag (at most 64 characters, no spaces or , ; | @)")
+        return tag
+
+    @staticmethod
+    def _allow(method, allowed):
+        if method != allowed:
+            raise Refused(405, f"use {allowed}")
+
+    # --- what it gets -------------------------------------------------------------------------
+
+    def metadata(self, device, filename, environ, checkin):
+        if not REPO_FILE.match(filename):
+            raise Refused(404, "no such metadata file")
+        try:
+            data, etag = _device_metadata()(device=device, filename=filename)
+        except NotFound as exc:
+            raise Refused(404, exc.message) from None
+        if filename.endswith("targets.json"):
+            checkin.targets_version = self._targets_info(data, etag)[0]
+        quoted = f'"{etag.strip(chr(34))}"'
+        headers = [("ETag", quoted), ("Cache-Control", "no-cache")]
+        if _etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
+            return 304, headers, b""
+        return 200, [("Content-Type", "application/json")] + headers, bytes(data)
+
+    def _targets_info(self, data, etag):
+        info = self._targets.get(etag)
+        if info is None:
+            signed = json.loads(data)["signed"]
+            files = {
+                name: (int(meta.get("length", -1)), (meta.get("hashes") or {}).get("sha256"))
+                for name, meta in (signed.get("targets") or {}).items()
+            }
+            info = (int(signed["version"]), files)
+            self._targets.put(etag, info)
+        return info
+
+    def target_file(self, device, name):
+        if not TARGET_FILE.match(name):
+            raise Refused(404, "no such target")
+        try:
+            data, etag = _device_metadata()(device=device, filename="targets.json")
+        except NotFound:
+            raise Refused(404, "no targets for this device") from None
+        files = self._targets_info(data, etag)[1]
+        if name not in files and "." in name:
+            # Consistent snapshots name target files "<sha256>.<name>".
+            digest, _, rest = name.partition(".")
+            if rest in files and files[rest][1] == digest:
+                name = rest
+        if name not in files:
+            raise Refused(404, "this target is not in the device's targets")
+        length, sha256 = files[name]
+        key = (device.factory.name, name, sha256)
+        blob = self._artifacts.get(key)
+        if blob is None:
+            blob = synthetic_artifact(device.factory.name, name)
+            if len(blob) != length or hashlib.sha256(blob).hexdigest() != sha256:
+                raise Refused(404, "this target's file is not stored on this server")
+            self._artifacts.put(key, blob)
+        return 200, [("Content-Type", "application/octet-stream")], blob
+
+    def events(self, device, environ):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise Refused(400, "bad Content-Length") from None
+        if length > MAX_EVENTS_BODY:
+            raise Refused(413, f"at most {MAX_EVENTS_BODY} bytes of events per request")
+        try:
+            data = json.loads(environ["wsgi.input"].read(length) or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise Refused(400, "the body must be JSON") from None
+        if isinstance(data, dict):
+            data = data.get("events")
+        if not isinstance(data, list) or not data:
+            raise Refused(400, "send a JSON list of events (or {\"events\": [...]})")
+        if len(data) > MAX_EVENTS:
+            raise Refused(413, f"at most {MAX_EVENTS} events per request")
+        rows = [self._event_row(device, item, index) for index, item in enumerate(data)]
+        checkins.buffer().add_events(rows)
+        return self._json(202, {"accepted": len(rows)})
+
+    def _event_row(self, device, item, index):
+        where = f"event {index}"
+        if not isinstance(item, dict):
+            raise Refused(400, f"{where} is not an object")
+        claimed = item.get("device")
+        if claimed is not None and str(claimed).lower() != str(device.uuid):
+            # A device reports for itself only; the whole request is refused.
+            raise Refused(403, f"{where} names another device; a device may report only for itself")
+        event_type = item.get("type")
+        if event_type not in EVENT_TYPES:
+            raise Refused(400, f"{where}: type must be one of {', '.join(sorted(EVENT_TYPES))}")
+        target = item.get("target") or ""
+        if not isinstance(target, str) or (target and not TARGET_FILE.match(target)):
+            raise Refused(400, f"{where}: target must be a target name")
+        version = item.get("version", target_version(target))
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**31):
+            raise Refused(400, f"{where}: version must be a positive integer")
+        success = item.get("success")
+        if success is not None and not isinstance(success, bool):
+            raise Refused(400, f"{where}: success must be true, false or absent")
+        detail = item.get("detail") or ""
+        if not isinstance(detail, str) or len(detail) > MAX_DETAIL:
+            raise Refused(400, f"{where}: detail must be text of at most {MAX_DETAIL} characters")
+        reported = item.get("time")
+        if reported is None:
+            reported_at = datetime.now(dt_timezone.utc)
+        else:
+            try:
+                reported_at = datetime.fromisoformat(str(reported).replace("Z", "+00:00"))
+            except ValueError:
+                raise Refused(400, f"{where}: time must be an ISO 8601 timestamp") from None
+            if reported_at.tzinfo is None:
+                reported_at = reported_at.replace(tzinfo=dt_timezone.utc)
+        return {
+            "device_id": device.pk,
+            "factory_id": device.factory_id,
+            "event_type": event_type,
+            "target_name": target,
+            "target_version": version,
+            "success": success,
+            "detail": detail,
+            "reported_at": reported_at.isoformat(),
+        }
+
+    @staticmethod
+    def device_facts(device, peer):
+        return {
+            "uuid": str(device.uuid),
+            "name": device.name,
+            "factory": device.factory.name,
+            "production": peer.production,
+            "tag": device.tag,
+            "group": device.group.name if device.group_id else None,
+            "hardware_id": device.hardware_id,
+            "target_name": device.target_name,
+            "target_version": device.target_version,
+        }
+
+    @staticmethod
+    def _json(status, payload):
+        return status, [("Content-Type", "application/json")], json.dumps(payload).encode()
+
+
+def _close_connections():
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+
+
+application = Gateway()

@@ -1,0 +1,56 @@
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from devices import pki
+from devices.services import gateway_identity_get
+from factory.management.commands._base import application_errors
+
+
+class Command(BaseCommand):
+    help = "Run the device gateway: gunicorn with mutual TLS (clients must chain to the device root CA)."
+
+    def add_arguments(self, parser):
+        url = urlsplit(settings.BREAKWATER_GATEWAY_URL)
+        parser.add_argument("--bind", default=f"{url.hostname or '127.0.0.1'}:{url.port or 443}")
+        parser.add_argument("--workers", type=int, default=2)
+        parser.add_argument("--threads", type=int, default=8)
+        parser.add_argument("--tls-dir", default=str(settings.VAR_DIR / "gateway"), help="where the TLS files are written")
+        parser.add_argument("--print-command", action="store_true", help="write the TLS files, print the gunicorn command, do not run it")
+
+    def handle(self, *args, bind, workers, threads, tls_dir, print_command, **options):
+        argv = self.prepare(bind=bind, workers=workers, threads=threads, tls_dir=Path(tls_dir))
+        if print_command:
+            self.stdout.write(" ".join(argv))
+            return
+        self.stdout.write(f"Device gateway on https://{bind}/ (mutual TLS)")
+        sys.stdout.flush()
+        os.execv(argv[0], argv)
+
+    @staticmethod
+    def prepare(*, bind, workers, threads, tls_dir):
+        """Write the server certificate, its key and the device root CA; return the gunicorn argv."""
+        with application_errors():
+            identity = gateway_identity_get()
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        if settings.BREAKWATER_GATEWAY_CERTFILE:
+            certfile, keyfile = settings.BREAKWATER_GATEWAY_CERTFILE, settings.BREAKWATER_GATEWAY_KEYFILE
+        else:
+            certfile, keyfile = tls_dir / "server.crt", tls_dir / "server.key"
+            certfile.write_text(identity.certificate)
+            fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(pki.key_pem(pki.key_decrypt(identity.private_key)))
+        root = tls_dir / "device-root.pem"
+        root.write_text(identity.device_root_certificate)
+        return [
+            sys.executable, "-m", "gunicorn", "devices.gateway:application",
+            "-c", "python:devices.gunicorn_gateway",
+            "--bind", bind, "--workers", str(workers), "--threads", str(threads),
+            "--certfile", str(certfile), "--keyfile", str(keyfile), "--ca-certs", str(root), "--cert-reqs", "2",
+            "--no-control-socket",
+        ]

@@ -1,0 +1,97 @@
+"""Reads for devices: lookups, filtered lists, event timelines, certificate facts, tokens."""
+import uuid as uuid_lib
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from factory.errors import ApplicationError, NotFound
+
+from . import pki
+from .models import Device, DeviceCA, DeviceEvent, RegistrationToken
+
+NO_GROUP = "-"
+
+
+def device_get(*, factory, uuid):
+    try:
+        key = uuid if isinstance(uuid, uuid_lib.UUID) else uuid_lib.UUID(str(uuid))
+    except ValueError:
+        raise ApplicationError(f"{str(uuid)[:40]!r} is not a device UUID") from None
+    device = Device.objects.select_related("group", "factory").filter(factory=factory, uuid=key).first()
+    if device is None:
+        raise NotFound(f"device {key} does not exist in factory {factory.name}")
+    return device
+
+
+def device_list(*, factory, tag=None, group=None, production=None, online=None, target_version=None, search=None, offline_threshold_hours=None):
+    """Devices of a factory, filtered, ordered by name then id (a queryset: page it).
+
+    `group`: a group name, or "-" for devices without a group. `search`: a UUID, or text in the name.
+    """
+    devices = Device.objects.filter(factory=factory).select_related("group").order_by("name", "id")
+    if tag:
+        devices = devices.filter(tag=tag)
+    if group == NO_GROUP:
+        devices = devices.filter(group__isnull=True)
+    elif group:
+        devices = devices.filter(group__name=group)
+    if production is not None:
+        devices = devices.filter(is_production=production)
+    if online is not None:
+        hours = settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS if offline_threshold_hours is None else float(offline_threshold_hours)
+        cutoff = timezone.now() - timedelta(hours=hours)
+        devices = devices.filter(last_seen__gte=cutoff) if online else devices.exclude(last_seen__gte=cutoff)
+    if target_version is not None:
+        devices = devices.filter(target_version=target_version)
+    if search:
+        search = search.strip()
+        try:
+            devices = devices.filter(uuid=uuid_lib.UUID(search))
+        except ValueError:
+            devices = devices.filter(name__icontains=search)
+    return devices
+
+
+def device_events(*, device, limit=100):
+    """The device's reported events, newest first."""
+    return list(DeviceEvent.objects.filter(device=device).order_by("-reported_at", "-id")[:limit])
+
+
+def device_certificate_facts(*, device):
+    """What the device's certificate says (subject, issuer, serial, validity, production), or None."""
+    if not device.certificate:
+        return None
+    return pki.certificate_facts(pki.cert_load(device.certificate))
+
+
+def device_ca_certificate(*, factory):
+    """The PEM of the factory's device CA, or None before the first registration."""
+    ca = DeviceCA.objects.filter(factory=factory).first()
+    return ca.certificate if ca else None
+
+
+def registration_token_list(*, factory, include_revoked=False):
+    tokens = RegistrationToken.objects.filter(factory=factory).select_related("group").order_by("-created_at", "-id")
+    if not include_revoked:
+        tokens = tokens.filter(revoked_at__isnull=True)
+    return tokens
+
+
+def registration_token_get(*, factory, prefix):
+    token = RegistrationToken.objects.select_related("group", "factory").filter(factory=factory, prefix=prefix).first()
+    if token is None:
+        raise NotFound(f"registration token {prefix} does not exist in factory {factory.name}")
+    return token
+
+
+def gateway_endpoint():
+    """Where devices reach the gateway and the CA they trust it by: {"url", "ca_certificate"}."""
+    if settings.BREAKWATER_GATEWAY_SERVER_CA:
+        ca = Path(settings.BREAKWATER_GATEWAY_SERVER_CA).read_text()
+    else:
+        from .services import gateway_identity_get
+
+        ca = gateway_identity_get(hosts=settings.BREAKWATER_GATEWAY_HOSTS).ca_certificate
+    return {"url": settings.BREAKWATER_GATEWAY_URL, "ca_certificate": ca}
