@@ -1,50 +1,122 @@
-"""Seeding a fleet of registered devices for demos, tests and benchmarks."""
+"""Seeding a fleet of registered devices for demos and tests, and a separate bulk loader for
+benchmarks.
+
+`fleet_seed` registers each device like a provisioning line would: a key generated for the
+device, a CSR, a certificate signed by the factory's device CA through the registration service
+(`devices_register`). Their history (last seen, current target) is written as check-ins, like
+the gateway's. The private keys are not kept: the fleet simulator takes devices over by having
+new certificates issued to keys it generates (see devices.simulator).
+
+`fleet_load_for_benchmark` is not registration: it inserts device rows without certificates
+(such devices cannot reach the gateway) so that benchmarks can build million-device factories.
+"""
 import random
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.db import transaction
 from django.utils import timezone
 
 from factory.models import CiTarget
 
+from . import pki
+from .checkins import Checkin, checkins_write
 from .models import Device, DeviceGroup
-from .services import device_create
+from .services import device_group_create, devices_register
+
+DEFAULT_HARDWARE_ID = "intel-corei7-64"
+
+
+def _hardware_ids(factory, hardware_ids):
+    if hardware_ids:
+        return list(hardware_ids)
+    return sorted(set(CiTarget.objects.filter(factory=factory).values_list("hardware_id", flat=True))) or [DEFAULT_HARDWARE_ID]
+
+
+def _group(factory, name):
+    if not name:
+        return None
+    return DeviceGroup.objects.filter(factory=factory, name=name).first() or device_group_create(factory=factory, name=name)
+
+
+def _history(version, hwid, online, now):
+    last_seen = now - timedelta(minutes=random.randint(0, 30)) if online else now - timedelta(days=random.randint(1, 5))
+    if version is None:
+        return Checkin(seen=last_seen.timestamp())
+    return Checkin(seen=last_seen.timestamp(), target_name=f"{hwid}-lmp-{version}", target_version=version)
 
 
 def fleet_seed(*, factory, tag, groups=None, ungrouped=0, test_devices=0, online_ratio=1.0, version=None, hardware_ids=None):
     """Register production devices per group, ungrouped ones and test devices on `tag`.
 
-    Each device is registered like a real one (see devices.services.device_create); `version`
-    sets the target it already runs, `online_ratio` how many were seen recently.
+    `version` sets the target they already run, `online_ratio` how many were seen recently.
+    Returns {"production": n, "test": n}.
     """
     groups = groups or {}
-    if not hardware_ids:
-        hardware_ids = sorted(set(CiTarget.objects.filter(factory=factory).values_list("hardware_id", flat=True))) or ["intel-corei7-64"]
+    hardware_ids = _hardware_ids(factory, hardware_ids)
     now = timezone.now()
     counts = {"production": 0, "test": 0}
     plan = [(name, count, True) for name, count in groups.items()] + [(None, ungrouped, True), (None, test_devices, False)]
     with transaction.atomic():
         for group_name, count, production in plan:
-            group = DeviceGroup.objects.get_or_create(factory=factory, name=group_name)[0] if group_name else None
+            if not count:
+                continue
+            group = _group(factory, group_name)
             prefix = group_name or ("prod" if production else "test")
             start = Device.objects.filter(factory=factory, name__startswith=f"{prefix}-").count()
+            requests = []
             for i in range(count):
-                hwid = hardware_ids[i % len(hardware_ids)]
-                device = device_create(
-                    factory=factory,
-                    uuid=uuid.uuid4(),
-                    name=f"{prefix}-{start + i + 1:04d}",
-                    tag=tag,
-                    is_production=production,
-                    group=group,
-                    hardware_id=hwid,
+                requests.append(
+                    {
+                        "csr": pki.device_csr_build(private_key=pki.key_generate(), device_uuid=uuid.uuid4(), factory_name=factory.name, production=production),
+                        "name": f"{prefix}-{start + i + 1:04d}",
+                        "hardware_id": hardware_ids[i % len(hardware_ids)],
+                    }
                 )
-                online = random.random() < online_ratio
-                last_seen = now - timedelta(minutes=random.randint(0, 30)) if online else now - timedelta(days=random.randint(1, 5))
-                fields = {"last_seen": last_seen}
-                if version is not None:
-                    fields.update(target_version=version, target_name=f"{hwid}-lmp-{version}")
-                Device.objects.filter(pk=device.pk).update(**fields)
-                counts["production" if production else "test"] += 1
+            registered = devices_register(factory=factory, actor=None, tag=tag, group=group, requests=requests, allow_production=production)
+            checkins_write(
+                {r.device.pk: _history(version, r.device.hardware_id, random.random() < online_ratio, now) for r in registered}
+            )
+            counts["production" if production else "test"] += len(registered)
+    return counts
+
+
+def fleet_load_for_benchmark(*, factory, tag, groups=None, ungrouped=0, test_devices=0, online_ratio=1.0, version=None, hardware_ids=None, batch=5000):
+    """Insert device rows in bulk, without certificates, for benchmarks of million-device factories.
+
+    Same shape as `fleet_seed` (names, groups, history), minutes instead of hours at 1,000,000
+    devices; these devices cannot connect to the gateway.
+    """
+    groups = groups or {}
+    hardware_ids = _hardware_ids(factory, hardware_ids)
+    now = timezone.now()
+    counts = {"production": 0, "test": 0}
+    plan = [(name, count, True) for name, count in groups.items()] + [(None, ungrouped, True), (None, test_devices, False)]
+    for group_name, count, production in plan:
+        group = _group(factory, group_name)
+        prefix = group_name or ("prod" if production else "test")
+        start = Device.objects.filter(factory=factory, name__startswith=f"{prefix}-").count()
+        for offset in range(0, count, batch):
+            rows = []
+            for i in range(offset, min(count, offset + batch)):
+                hwid = hardware_ids[i % len(hardware_ids)]
+                history = _history(version, hwid, random.random() < online_ratio, now)
+                rows.append(
+                    Device(
+                        factory=factory,
+                        uuid=uuid.uuid4(),
+                        name=f"{prefix}-{start + i + 1:04d}",
+                        tag=tag,
+                        is_production=production,
+                        group=group,
+                        hardware_id=hwid,
+                        target_name=history.target_name or "",
+                        target_version=history.target_version,
+                        last_seen=datetime.fromtimestamp(history.seen, tz=dt_timezone.utc),
+                        sample_key=random.random(),
+                    )
+                )
+            with transaction.atomic():
+                Device.objects.bulk_create(rows, batch_size=1000)
+            counts["production" if production else "test"] += len(rows)
     return counts
