@@ -101,3 +101,6 @@ class CiTarget(models.Model):
 
     def __str__(self):
         return self.name
+
+
+from .tuf.models import *  # noqa
