@@ -1,5 +1,26 @@
+"""Dashboard pages of waves and saved device lists. "new" and "lists" are reserved path words,
+so a wave with one of those names is reached through the API and CLI only."""
 from django.urls import path
 
 from . import views
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.wave_list, name="wave-list"),
+    path("new/", views.wave_create, name="wave-create"),
+    path("lists/", views.device_list_index, name="devicelist-list"),
+    path("lists/new/", views.device_list_create, name="devicelist-create"),
+    path("lists/<int:list_id>/", views.device_list_detail, name="devicelist-detail"),
+    path("lists/<int:list_id>/export/", views.device_list_export, name="devicelist-export"),
+    path("lists/<int:list_id>/delete/", views.device_list_delete, name="devicelist-delete"),
+    path("<str:name>/", views.wave_detail, name="wave-detail"),
+    path("<str:name>/sign/", views.wave_sign, name="wave-sign"),
+    path("<str:name>/complete/", views.wave_complete, name="wave-complete"),
+    path("<str:name>/cancel/", views.wave_cancel, name="wave-cancel"),
+    path("<str:name>/rollouts/<int:rollout_id>/devices.txt", views.rollout_devices_download, name="rollout-devices"),
+    path("<str:name>/rollout/", views.rollout_preview, name="rollout-preview"),
+    path("<str:name>/rollout/<str:token>/", views.rollout_preview_show, name="rollout-preview-show"),
+    path("<str:name>/rollout/<str:token>/edit/", views.rollout_preview_edit, name="rollout-preview-edit"),
+    path("<str:name>/rollout/<str:token>/download/", views.rollout_preview_download, name="rollout-preview-download"),
+    path("<str:name>/rollout/<str:token>/save/", views.rollout_preview_save, name="rollout-preview-save"),
+    path("<str:name>/rollout/<str:token>/go/", views.rollout_perform, name="rollout-perform"),
+]

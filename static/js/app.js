@@ -1,7 +1,8 @@
-// Breakwater's one script: redraw Plotly charts whenever htmx swaps content in.
+// Breakwater's one script: redraw Plotly charts when htmx swaps content in, show errors that
+// htmx would otherwise swallow, and keep focus where a keyboard user expects it.
 (function () {
   function drawCharts(root) {
-    if (!window.Plotly) return;
+    if (!window.Plotly || !root.querySelectorAll) return;
     root.querySelectorAll("[data-chart]").forEach(function (el) {
       var source = document.getElementById(el.dataset.chart);
       if (!source) return;
@@ -9,6 +10,57 @@
       window.Plotly.react(el, fig.data, fig.layout || {}, Object.assign({ responsive: true, displaylogo: false }, fig.config || {}));
     });
   }
+
+  var toastTimer = null;
+  function toast(message) {
+    var el = document.getElementById("toast");
+    if (!el) return;
+    el.textContent = message;
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(function () { el.hidden = true; }, 8000);
+  }
+
+  function messageFrom(xhr) {
+    // Error pages carry their message in the first paragraph of the main card.
+    try {
+      var doc = new DOMParser().parseFromString(xhr.responseText || "", "text/html");
+      var p = doc.querySelector("main .card p, main p");
+      if (p && p.textContent.trim()) return p.textContent.trim();
+    } catch (e) { /* fall through */ }
+    return "The server answered " + xhr.status + ".";
+  }
+
   document.addEventListener("DOMContentLoaded", function () { drawCharts(document); });
   document.addEventListener("htmx:afterSettle", function (evt) { drawCharts(evt.target); });
+  document.addEventListener("htmx:responseError", function (evt) {
+    var xhr = evt.detail.xhr;
+    if (xhr.status === 403) toast("Not allowed: " + messageFrom(xhr));
+    else if (xhr.status === 404) toast("Not found: " + messageFrom(xhr));
+    else toast("Something went wrong (" + xhr.status + "). Nothing was changed by this click; try again.");
+  });
+  document.addEventListener("htmx:sendError", function () { toast("The server cannot be reached. Check your connection and try again."); });
+  // A page swapped into <main> by navigation moves focus there, as a full page load would.
+  document.addEventListener("htmx:afterSwap", function (evt) {
+    if (evt.detail.target && evt.detail.target.id === "main") {
+      evt.detail.target.focus({ preventScroll: true });
+      window.scrollTo(0, 0);
+    }
+    var autofocus = evt.detail.target && evt.detail.target.querySelector && evt.detail.target.querySelector("[data-autofocus]");
+    if (autofocus) autofocus.focus();
+  });
+  // Confirmation inputs: the confirm button stays disabled until the exact expected text is
+  // typed (the server checks it again; without JavaScript the button is simply enabled).
+  function syncConfirm(input) {
+    var button = document.getElementById(input.dataset.confirmFor);
+    if (button) button.disabled = input.value.trim() !== input.dataset.expected;
+  }
+  function initConfirms(root) {
+    if (root.querySelectorAll) root.querySelectorAll("[data-confirm-for]").forEach(syncConfirm);
+  }
+  document.addEventListener("DOMContentLoaded", function () { initConfirms(document); });
+  document.addEventListener("htmx:load", function (evt) { initConfirms(evt.target); });
+  document.addEventListener("input", function (evt) {
+    if (evt.target.dataset && evt.target.dataset.confirmFor) syncConfirm(evt.target);
+  });
 })();

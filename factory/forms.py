@@ -1,0 +1,26 @@
+"""Forms of the factory app's dashboard pages: status threshold and audit log filters."""
+from django import forms
+
+
+class StatusForm(forms.Form):
+    offline_threshold = forms.FloatField(
+        required=False,
+        min_value=0.1,
+        max_value=24 * 365,
+        label="Offline after (hours)",
+        help_text="Devices not seen for this long count as offline.",
+    )
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.ChoiceField(required=False, label="Action")
+    actor = forms.CharField(required=False, max_length=150, label="Who", help_text="Username, exactly.")
+    target = forms.CharField(required=False, max_length=255, label="Target", help_text="Wave, group, version…")
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self):
+        data = super().clean()
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            self.add_error("until", "The end date is before the start date.")
+        return data

@@ -1,0 +1,178 @@
+"""Forms of the wave pages: list filters, create and sign, the rollout phase flow, confirmations,
+and QA's saved device lists."""
+from django import forms
+
+from devices.forms import UuidListField, parse_uuids, read_uuid_file
+
+from .models import Wave
+
+WHOLE_FLEET = ""
+LIMIT_HELP = "A number of devices (10) or a percentage of the scope (5%). Leave empty for all of the scope."
+
+
+class WaveFilterForm(forms.Form):
+    status = forms.ChoiceField(required=False, label="Status", choices=[("", "Any status")] + [(s, s) for s in Wave.Status.values])
+    tag = forms.ChoiceField(required=False, label="Tag")
+
+    def __init__(self, *args, tags=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["tag"].choices = [("", "Any tag")] + [(t, t) for t in tags]
+
+
+class WaveCreateForm(forms.Form):
+    name = forms.CharField(max_length=64, label="Wave name", help_text="For example v2.0-update. Letters, digits, . _ and -.")
+    version = forms.TypedChoiceField(coerce=int, label="CI build", help_text="The CI build (target version) to release.")
+    tag = forms.ChoiceField(label="Tag", help_text="Production devices following this tag get the wave.")
+    prune = forms.TypedMultipleChoiceField(
+        coerce=int,
+        required=False,
+        label="Prune versions",
+        help_text="Versions to drop from the tag's production targets in this wave.",
+        widget=forms.CheckboxSelectMultiple,
+    )
+    expires_days = forms.IntegerField(
+        required=False,
+        min_value=2,
+        max_value=3650,
+        label="Expires after (days)",
+        help_text="Production targets cannot be re-signed online: devices refuse them once expired. Default 365.",
+        widget=forms.NumberInput(attrs={"placeholder": "365"}),
+    )
+    key_archive = forms.FileField(
+        required=False,
+        label="Offline targets key archive (.tgz)",
+        help_text="Used once, in memory, to sign this wave; it is never stored.",
+    )
+
+    def __init__(self, *args, versions=(), tags=(), prune_choices=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["version"].choices = [(v, f"Build {v}") for v in versions]
+        self.fields["tag"].choices = [(t, t) for t in tags]
+        self.fields["prune"].choices = [(v, f"version {v}") for v in prune_choices]
+
+    def clean_key_archive(self):
+        upload = self.cleaned_data.get("key_archive")
+        if upload is None:
+            return None
+        if upload.size > 1024 * 1024:
+            raise forms.ValidationError("A key archive is a few kilobytes; this file is larger than 1 MB.")
+        return upload.read()
+
+
+class WaveSignForm(forms.Form):
+    key_archive = forms.FileField(
+        label="Offline targets key archive (.tgz)", help_text="Used once, in memory, to sign this wave; it is never stored."
+    )
+
+    def clean_key_archive(self):
+        upload = self.cleaned_data["key_archive"]
+        if upload.size > 1024 * 1024:
+            raise forms.ValidationError("A key archive is a few kilobytes; this file is larger than 1 MB.")
+        return upload.read()
+
+
+class RolloutForm(forms.Form):
+    group = forms.ChoiceField(required=False, label="Scope", help_text="A device group, or the whole fleet on the wave's tag.")
+    limit = forms.CharField(required=False, max_length=16, label="Limit", help_text=LIMIT_HELP, widget=forms.TextInput(attrs={"placeholder": "e.g. 10 or 5%"}))
+    uuids = UuidListField(required=False, label="Device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
+    uuids_file = forms.FileField(required=False, label="…or upload a UUID file")
+    saved_list = forms.ChoiceField(required=False, label="…or use a saved device list")
+
+    def __init__(self, *args, groups=(), saved_lists=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["group"].choices = [(WHOLE_FLEET, "Whole fleet (every group and no group)")] + [(g.name, f"Group {g.name}") for g in groups]
+        self.saved_lists = {str(s.id): s for s in saved_lists}
+        self.fields["saved_list"].choices = [("", "No saved list")] + [(str(s.id), s.name) for s in saved_lists]
+
+    def clean_limit(self):
+        return self.cleaned_data["limit"].strip()
+
+    def clean_uuids_file(self):
+        return read_uuid_file(self.cleaned_data.get("uuids_file"))
+
+    def clean(self):
+        data = super().clean()
+        sources = []
+        if data.get("uuids", "").strip():
+            sources.append(("uuids", data["uuids"], "pasted"))
+        if data.get("uuids_file"):
+            sources.append(("uuids_file", data["uuids_file"], "file"))
+        saved = self.saved_lists.get(data.get("saved_list") or "")
+        if saved is not None:
+            sources.append(("saved_list", saved.uuids, f"saved list {saved.name}"))
+        data["uuid_list"] = None
+        data["uuid_source"] = ", ".join(label for _, _, label in sources)
+        if sources:
+            parsed = []
+            for field, text, _ in sources:
+                try:
+                    parsed.extend(parse_uuids(text, purpose="to one rollout"))
+                except forms.ValidationError as error:
+                    self.add_error(field, error)
+                    return data
+            unique = list(dict.fromkeys(parsed))
+            if len(unique) > 10_000:
+                self.add_error("uuids", f"Together the lists hold {len(unique):,} devices; at most 10,000 may be given to one rollout.")
+            data["uuid_list"] = unique
+        if not data.get("group") and not data.get("limit") and not sources and not self.errors:
+            raise forms.ValidationError(
+                "Choose what to roll out to: a group, a limit, a UUID list, or a combination. "
+                "For the whole fleet, give a limit (for example 100%)."
+            )
+        return data
+
+
+class PreviewAddForm(forms.Form):
+    uuids = UuidListField(label="Add device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
+
+    def clean_uuids(self):
+        return parse_uuids(self.cleaned_data["uuids"], purpose="to one rollout")
+
+
+class SaveListForm(forms.Form):
+    name = forms.CharField(max_length=100, label="List name")
+
+
+class ConfirmNameForm(forms.Form):
+    """The user types the wave's name to confirm an action that cannot be undone."""
+
+    confirm = forms.CharField(max_length=64, label="Type the wave's name to confirm")
+
+    def __init__(self, *args, expected, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.expected = expected
+        self.fields["confirm"].widget.attrs.update(
+            {"autocomplete": "off", "spellcheck": "false", "data-expected": expected, "data-confirm-for": "finish-button"}
+        )
+
+    def clean_confirm(self):
+        if self.cleaned_data["confirm"].strip() != self.expected:
+            raise forms.ValidationError(f"Type {self.expected} exactly.")
+        return self.cleaned_data["confirm"]
+
+
+class RolloutConfirmForm(forms.Form):
+    """Carries what the user saw, so a list edited in another tab is not rolled out blindly."""
+
+    count = forms.IntegerField(min_value=0, widget=forms.HiddenInput)
+    digest = forms.CharField(max_length=64, widget=forms.HiddenInput)
+
+
+class DeviceListForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Name")
+    uuids = UuidListField(required=False, label="Device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
+    uuids_file = forms.FileField(required=False, label="…or import a file", help_text="Its UUIDs are added to the ones above.")
+
+    def clean_uuids_file(self):
+        return read_uuid_file(self.cleaned_data.get("uuids_file"))
+
+    def clean(self):
+        data = super().clean()
+        text = "\n".join(t for t in (data.get("uuids", ""), data.get("uuids_file", "")) if t and t.strip())
+        data["uuid_list"] = []
+        if text and "uuids" in data and "uuids_file" in data:
+            try:
+                data["uuid_list"] = parse_uuids(text, purpose="in one list")
+            except forms.ValidationError as error:
+                self.add_error("uuids_file" if not data.get("uuids", "").strip() else "uuids", error)
+        return data
