@@ -5,13 +5,13 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
-from ninja import Query, Router
+from ninja import Query, Router, Status
 from pydantic import Field
 from typing import Annotated
 
 from factory.api import actor_scope, paginate, responses
 from factory.errors import ApplicationError, NotFound
-from factory.schemas import PageNumber, PerPage, Text, Version
+from factory.schemas import FactoryName, PageNumber, PerPage, Text, Version
 from waves.uuids import parse_uuid_list
 
 from .models import Device, DeviceEvent, DeviceGroup
@@ -80,7 +80,7 @@ def group_lookup(factory, name):
 @router.get("/devices/", response=responses(200, DevicePage), summary="Devices, filtered and paged")
 def devices_list(
     request,
-    factory: str,
+    factory: FactoryName,
     tag: Text | None = None,
     group: Text | None = Query(None, description="A group name; '-' lists devices without a group."),
     production: bool | None = None,
@@ -134,7 +134,7 @@ def _uuid_filter(devices, text):
 
 
 @router.patch("/devices/", response=responses(200, DeviceGroupAssignOut), summary="Put devices in a group, or in none (bulk)")
-def devices_set_group(request, factory: str, payload: DeviceGroupAssignIn):
+def devices_set_group(request, factory: FactoryName, payload: DeviceGroupAssignIn):
     factory_obj, user = actor_scope(request)
     group = group_lookup(factory_obj, payload.group) if payload.group is not None else None
     uuids = parse_uuid_list(payload.uuids)
@@ -143,13 +143,13 @@ def devices_set_group(request, factory: str, payload: DeviceGroupAssignIn):
 
 
 @router.get("/devices/{device}", response=responses(200, DeviceOut), summary="One device, by UUID or unique name")
-def devices_show(request, factory: str, device: str, offline_threshold: ThresholdHours | None = None):
+def devices_show(request, factory: FactoryName, device: str, offline_threshold: ThresholdHours | None = None):
     factory_obj, _ = actor_scope(request)
     return _device_out(device_lookup(factory_obj, device), _cutoff(offline_threshold))
 
 
 @router.get("/devices/{device}/events", response=responses(200, DeviceEventPage), summary="A device's reported events, newest first")
-def devices_events(request, factory: str, device: str, page: PageNumber = 1, per_page: PerPage = 50):
+def devices_events(request, factory: FactoryName, device: str, page: PageNumber = 1, per_page: PerPage = 50):
     factory_obj, _ = actor_scope(request)
     device_obj = device_lookup(factory_obj, device)
     events = DeviceEvent.objects.filter(device=device_obj).order_by("-reported_at", "-id")
@@ -179,34 +179,34 @@ def _group_out(group, count=None):
 
 
 @router.get("/groups/", response=responses(200, list[DeviceGroupOut]), summary="Device groups with their device counts")
-def groups_list(request, factory: str):
+def groups_list(request, factory: FactoryName):
     factory_obj, _ = actor_scope(request)
     groups = DeviceGroup.objects.filter(factory=factory_obj).annotate(count=Count("devices")).order_by("name")
     return [_group_out(g, g.count) for g in groups]
 
 
 @router.post("/groups/", response=responses(201, DeviceGroupOut), summary="Create a device group")
-def groups_create(request, factory: str, payload: DeviceGroupIn):
+def groups_create(request, factory: FactoryName, payload: DeviceGroupIn):
     factory_obj, user = actor_scope(request)
     group = device_group_create(factory=factory_obj, name=payload.name, description=payload.description, actor=user)
-    return 201, _group_out(group, 0)
+    return Status(201, _group_out(group, 0))
 
 
 @router.get("/groups/{group}", response=responses(200, DeviceGroupOut), summary="One device group")
-def groups_show(request, factory: str, group: str):
+def groups_show(request, factory: FactoryName, group: str):
     factory_obj, _ = actor_scope(request)
     return _group_out(group_lookup(factory_obj, group))
 
 
 @router.patch("/groups/{group}", response=responses(200, DeviceGroupOut), summary="Rename a device group")
-def groups_rename(request, factory: str, group: str, payload: DeviceGroupRenameIn):
+def groups_rename(request, factory: FactoryName, group: str, payload: DeviceGroupRenameIn):
     factory_obj, user = actor_scope(request)
     group_obj = device_group_rename(group=group_lookup(factory_obj, group), new_name=payload.name, actor=user)
     return _group_out(group_obj)
 
 
 @router.delete("/groups/{group}", response=responses(204, None), summary="Delete a device group (its devices stay, without a group)")
-def groups_delete(request, factory: str, group: str):
+def groups_delete(request, factory: FactoryName, group: str):
     factory_obj, user = actor_scope(request)
     device_group_delete(group=group_lookup(factory_obj, group), actor=user)
-    return 204, None
+    return Status(204, None)

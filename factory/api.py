@@ -8,7 +8,7 @@ import logging
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
-from ninja import NinjaAPI, Query, Router
+from ninja import NinjaAPI, Router, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.security.http import HttpAuthBase
 
@@ -21,6 +21,7 @@ from .schemas import (
     CiBuildOut,
     CiBuildPage,
     ErrorOut,
+    FactoryName,
     FactoryOut,
     PageNumber,
     PerPage,
@@ -197,7 +198,7 @@ router = Router(tags=["factory"])
 
 
 @router.get("/", response=responses(200, FactoryOut), summary="The factory and your role in it")
-def factory_show(request, factory: str):
+def factory_show(request, factory: FactoryName):
     factory_obj, user = actor_scope(request)
     return {"name": factory_obj.name, "role": role_of(user, factory_obj), "created_at": factory_obj.created_at}
 
@@ -238,7 +239,7 @@ def _target_out(target):
 @router.get("/targets/", response=responses(200, CiBuildPage), summary="CI builds, newest first")
 def targets_list(
     request,
-    factory: str,
+    factory: FactoryName,
     version: Version | None = None,
     tag: Text | None = None,
     hardware_id: Text | None = None,
@@ -269,7 +270,7 @@ def paginate_list(values, *, page, per_page):
 
 
 @router.post("/targets/", response=responses(201, CiBuildOut), summary="Publish a CI build (for CI systems)")
-def targets_publish(request, factory: str, payload: CiBuildIn):
+def targets_publish(request, factory: FactoryName, payload: CiBuildIn):
     factory_obj, user = actor_scope(request)
     targets = {hwid: meta.dict() for hwid, meta in (payload.targets or {}).items()}
     unknown = sorted(set(targets) - set(payload.hardware_ids))
@@ -284,12 +285,12 @@ def targets_publish(request, factory: str, payload: CiBuildIn):
         custom=payload.custom,
         actor=user,
     )
-    return 201, _builds(factory_obj, [payload.version])[0]
+    return Status(201, _builds(factory_obj, [payload.version])[0])
 
 
 @router.get("/audit/", response=responses(200, AuditPage), summary="The audit log, newest first")
 def audit_list(
-    request, factory: str, action: Text | None = None, actor: Text | None = None, target: Text | None = None, page: PageNumber = 1, per_page: PerPage = 50
+    request, factory: FactoryName, action: Text | None = None, actor: Text | None = None, target: Text | None = None, page: PageNumber = 1, per_page: PerPage = 50
 ):
     factory_obj, _ = actor_scope(request)
     entries = AuditEntry.objects.filter(factory=factory_obj).order_by("-created_at", "-id")

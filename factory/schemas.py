@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field
 
 from ninja import Schema
+from ninja.params.functions import Path as PathParam
 
 
 def _clean_text(value: str) -> str:
@@ -20,6 +21,8 @@ def _clean_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_clean_text)]
+# Routers are mounted under /factories/{factory}/, so the parameter must be declared a path one.
+FactoryName = Annotated[str, PathParam(..., description="The factory's name; it must be the API token's factory.")]
 # Versions and counts are stored in 32-bit integer columns.
 Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
 PageNumber = Annotated[int, Field(ge=1, le=1_000_000)]

@@ -5,12 +5,12 @@ import binascii
 import json
 from typing import Annotated, Literal
 
-from ninja import Router
+from ninja import Router, Status
 from pydantic import Field
 
 from factory.api import actor_scope, responses
 from factory.errors import ApplicationError
-from factory.schemas import PageNumber, PerPage, Text
+from factory.schemas import FactoryName, PageNumber, PerPage, Text
 
 from . import selectors
 from .schemas import (
@@ -95,7 +95,7 @@ def _wave(request, name, action="view"):
 @router.get("/waves/", response=responses(200, WavePage), summary="Waves, open ones first, newest first")
 def waves_list(
     request,
-    factory: str,
+    factory: FactoryName,
     status: Literal["unsigned", "active", "complete", "canceled"] | None = None,
     tag: Text | None = None,
     page: PageNumber = 1,
@@ -116,7 +116,7 @@ def waves_list(
 
 
 @router.post("/waves/", response=responses(201, WaveOut) | {200: WaveOut}, summary="Initialize a wave from a CI build")
-def waves_init(request, factory: str, payload: WaveInitIn):
+def waves_init(request, factory: FactoryName, payload: WaveInitIn):
     """Creates an unsigned wave and returns its `signing_payload`: sign it with your offline targets
     key and POST the signatures to `/waves/{wave}/sign`, or give `signatures` / `key_archive` here.
     With `dry_run`, nothing is created and the targets it would have are returned."""
@@ -135,11 +135,11 @@ def waves_init(request, factory: str, payload: WaveInitIn):
         dry_run=payload.dry_run,
     )
     if payload.dry_run:
-        return 200, wave_out(wave, targets=True)
+        return Status(200, wave_out(wave, targets=True))
     if payload.signatures or archive:
         signatures = [s.dict() for s in payload.signatures] if payload.signatures else None
         wave = services.wave_sign(wave=wave, actor=user, signatures=signatures, key_archive=archive)
-    return 201, wave_out(wave)
+    return Status(201, wave_out(wave))
 
 
 def _rollouts(wave):
@@ -147,13 +147,13 @@ def _rollouts(wave):
 
 
 @router.get("/waves/{wave}", response=responses(200, WaveOut), summary="A wave, its rollout history and optionally its targets")
-def waves_show(request, factory: str, wave: str, targets: bool = False):
+def waves_show(request, factory: FactoryName, wave: str, targets: bool = False):
     wave_obj, _ = _wave(request, wave)
     return wave_out(wave_obj, rollouts=_rollouts(wave_obj), targets=targets)
 
 
 @router.post("/waves/{wave}/sign", response=responses(200, WaveOut), summary="Add offline signatures to an unsigned wave")
-def waves_sign(request, factory: str, wave: str, payload: WaveSignIn):
+def waves_sign(request, factory: FactoryName, wave: str, payload: WaveSignIn):
     wave_obj, user = _wave(request, wave)
     signatures = [s.dict() for s in payload.signatures] if payload.signatures else None
     wave_obj = services.wave_sign(wave=wave_obj, actor=user, signatures=signatures, key_archive=_decode_archive(payload.key_archive))
@@ -161,7 +161,7 @@ def waves_sign(request, factory: str, wave: str, payload: WaveSignIn):
 
 
 @router.post("/waves/{wave}/rollout", response=responses(200, RolloutResultOut), summary="Roll a wave out (or preview it with dry_run)")
-def waves_rollout(request, factory: str, wave: str, payload: RolloutIn):
+def waves_rollout(request, factory: FactoryName, wave: str, payload: RolloutIn):
     """At least one of group, limit and uuids. A group alone is a full-group rollout: devices that
     join the group later get the wave too. QA may preview (dry_run); rolling out needs a release manager."""
     wave_obj, user = _wave(request, wave)
@@ -182,13 +182,13 @@ def waves_rollout(request, factory: str, wave: str, payload: RolloutIn):
 
 
 @router.get("/waves/{wave}/rollouts", response=responses(200, list[RolloutSummaryOut]), summary="A wave's rollout history")
-def waves_rollouts(request, factory: str, wave: str):
+def waves_rollouts(request, factory: FactoryName, wave: str):
     wave_obj, _ = _wave(request, wave)
     return _rollouts(wave_obj)
 
 
 @router.get("/waves/{wave}/rollouts/{rollout}", response=responses(200, RolloutDevicesOut), summary="The exact devices one rollout staged")
-def waves_rollout_devices(request, factory: str, wave: str, rollout: Annotated[int, Field(ge=1, le=2**63 - 1)]):
+def waves_rollout_devices(request, factory: FactoryName, wave: str, rollout: Annotated[int, Field(ge=1, le=2**63 - 1)]):
     wave_obj, _ = _wave(request, wave)
     rollout_obj = wave_obj.rollouts.filter(pk=rollout).first()
     if rollout_obj is None:
@@ -199,14 +199,14 @@ def waves_rollout_devices(request, factory: str, wave: str, rollout: Annotated[i
 
 
 @router.post("/waves/{wave}/complete", response=responses(200, WaveOut), summary="Make the wave the tag's production targets")
-def waves_complete(request, factory: str, wave: str):
+def waves_complete(request, factory: FactoryName, wave: str):
     wave_obj, user = _wave(request, wave)
     wave_obj = services.wave_complete(wave=wave_obj, actor=user)
     return wave_out(wave_obj, rollouts=_rollouts(wave_obj))
 
 
 @router.post("/waves/{wave}/cancel", response=responses(200, WaveOut), summary="Stop serving the wave")
-def waves_cancel(request, factory: str, wave: str):
+def waves_cancel(request, factory: FactoryName, wave: str):
     wave_obj, user = _wave(request, wave)
     wave_obj = services.wave_cancel(wave=wave_obj, actor=user)
     return wave_out(wave_obj, rollouts=_rollouts(wave_obj))
@@ -217,7 +217,7 @@ def _versions(versions):
 
 
 @router.get("/waves/{wave}/status", response=responses(200, WaveStatusOut), summary="Per-group progress of a wave")
-def waves_status(request, factory: str, wave: str, offline_threshold: ThresholdHours | None = None):
+def waves_status(request, factory: FactoryName, wave: str, offline_threshold: ThresholdHours | None = None):
     wave_obj, _ = _wave(request, wave)
     status = selectors.wave_status(wave=wave_obj, offline_threshold_hours=offline_threshold)
     return {
@@ -234,7 +234,7 @@ def waves_status(request, factory: str, wave: str, offline_threshold: ThresholdH
 
 
 @router.get("/status", response=responses(200, FactoryStatusOut), summary="Factory status: devices per tag, production and test apart")
-def factory_status(request, factory: str, offline_threshold: ThresholdHours | None = None):
+def factory_status(request, factory: FactoryName, offline_threshold: ThresholdHours | None = None):
     from django.conf import settings
 
     factory_obj, _ = actor_scope(request)
