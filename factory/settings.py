@@ -179,6 +179,10 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {}
+# TUF upkeep (factory/tuf/tasks.py) is not an app-level tasks module, so autodiscovery misses it.
+CELERY_IMPORTS = ["factory.tuf.tasks"]
+CELERY_BEAT_SCHEDULE["tuf-views-refresh"] = {"task": "factory.tuf.tasks.tuf_views_refresh", "schedule": 600.0}
+CELERY_BEAT_SCHEDULE["tuf-roots-renew"] = {"task": "factory.tuf.tasks.tuf_roots_renew", "schedule": 6 * 3600.0}
 
 # Domain settings.
 BREAKWATER_OFFLINE_THRESHOLD_HOURS = float(os.environ.get("BREAKWATER_OFFLINE_THRESHOLD_HOURS", 4))

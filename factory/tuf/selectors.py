@@ -10,7 +10,7 @@ import re
 from datetime import timedelta
 
 from django.core.cache import cache
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from tuf.api.metadata import Targets
 
@@ -348,3 +348,34 @@ def root_change_payloads(*, change):
         )
     return out
 
+
+
+# --- periodic re-signing -----------------------------------------------------------------------
+
+
+def views_due(*, now=None, limit=None):
+    """Ids of the anchors (CI or production views) whose tag needs re-signing, soonest first."""
+    from .services import ci_targets_margin, refresh_margin
+
+    now = now or timezone.now()
+    soon = now + refresh_margin()
+    due = (
+        TufView.objects.filter(Q(timestamp_expires_at__lt=soon) | Q(snapshot_expires_at__lt=soon))
+        .order_by("timestamp_expires_at")
+        .values_list("id", "kind", "factory_id", "tag")
+    )
+    ci_due = TufView.objects.filter(kind=TufView.Kind.CI, targets_expires_at__lt=now + ci_targets_margin()).values_list("id", flat=True)
+    anchors, waves = [], set()
+    for view_id, kind, factory_id, tag in due:
+        if kind == TufView.Kind.WAVE:
+            waves.add((factory_id, tag))
+        else:
+            anchors.append(view_id)
+    if waves:
+        q = Q()
+        for factory_id, tag in waves:
+            q |= Q(factory_id=factory_id, tag=tag)
+        anchors += list(TufView.objects.filter(q, kind=TufView.Kind.PRODUCTION).values_list("id", flat=True))
+    anchors += list(ci_due)
+    ordered = list(dict.fromkeys(anchors))
+    return ordered[:limit] if limit else ordered

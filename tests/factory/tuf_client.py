@@ -1,0 +1,151 @@
+"""TUF test support: offline keys, and devices running python-tuf's real client.
+
+`TufDevice` is a device with its own persistent TUF metadata folder, polling through
+`ngclient.Updater` with a fetcher that asks the repository exactly what the gateway asks it
+(`factory.tuf.selectors.device_metadata` / `device_targets`), so every byte a test device
+trusts was verified by the standard client.
+"""
+import json
+import tempfile
+from pathlib import Path
+
+from tuf.api import exceptions as tuf_exceptions
+from tuf.ngclient import FetcherInterface, Updater
+
+from factory.artifacts import synthetic_artifact
+from factory.errors import NotFound
+from factory.tuf import selectors as tuf_selectors
+from factory.tuf.services import offline_key_generate
+
+BASE_URL = "https://gateway.test/repo/"
+TARGETS_URL = "https://gateway.test/targets/"
+
+
+def offline_targets_key(*, factory, actor, threshold=None):
+    """Register a new offline targets key for `factory`; returns its .tgz archive bytes."""
+    return offline_key_generate(factory=factory, actor=actor, role="targets", threshold=threshold)
+
+
+class RepositoryFetcher(FetcherInterface):
+    """Serves a device's metadata and targets the way the gateway does; optional tampering."""
+
+    def __init__(self, device, tamper=None):
+        self.device = device
+        self.tamper = tamper  # callable(filename, bytes) -> bytes
+        self.requests = []
+
+    def _fetch(self, url):
+        self.device.refresh_from_db()
+        if url.startswith(BASE_URL):
+            filename = url[len(BASE_URL):]
+            self.requests.append(filename)
+            try:
+                data, _etag = tuf_selectors.device_metadata(device=self.device, filename=filename)
+            except NotFound:
+                raise tuf_exceptions.DownloadHTTPError(f"{filename} not found", 404) from None
+            if self.tamper is not None:
+                data = self.tamper(filename, data)
+            return iter([data])
+        if url.startswith(TARGETS_URL):
+            name = url[len(TARGETS_URL):]
+            if name not in tuf_selectors.target_names_for(device=self.device):
+                raise tuf_exceptions.DownloadHTTPError(f"{name} not found", 404)
+            return iter([synthetic_artifact(self.device.factory.name, name)])
+        raise tuf_exceptions.DownloadHTTPError(url, 404)
+
+
+class TufDevice:
+    """A device's TUF client state across polls: trusted metadata on disk, installed target."""
+
+    def __init__(self, device, root_dir=None):
+        self.device = device
+        self._tmp = None if root_dir else tempfile.TemporaryDirectory()
+        base = Path(root_dir or self._tmp.name) / str(device.uuid)
+        self.metadata_dir = base / "metadata"
+        self.targets_dir = base / "targets"
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        # Provisioned with root version 1 of its channel, as at registration.
+        self.bootstrap, _ = tuf_selectors.device_metadata(device=device, filename="1.root.json")
+        self.installed = device.target_version
+        self.history = []  # versions after each successful refresh
+        self.last_error = None
+
+    def updater(self, tamper=None):
+        bootstrap = None if (self.metadata_dir / "root.json").exists() else self.bootstrap
+        return Updater(
+            str(self.metadata_dir),
+            BASE_URL,
+            str(self.targets_dir),
+            TARGETS_URL,
+            fetcher=RepositoryFetcher(self.device, tamper=tamper),
+            bootstrap=bootstrap,
+        )
+
+    def refresh(self, tamper=None):
+        """Run the TUF client workflow; returns the verified targets, or raises its error."""
+        try:
+            self.updater(tamper=tamper).refresh()
+        except Exception as error:
+            self.last_error = error
+            raise
+        self.last_error = None
+        self.history.append(self.versions())
+        return self.targets()
+
+    def poll(self, tamper=None):
+        """Refresh like a device in the field: errors are kept, not raised."""
+        try:
+            return self.refresh(tamper=tamper)
+        except (tuf_exceptions.RepositoryError, tuf_exceptions.DownloadError):
+            return None
+
+    def _read(self, role):
+        path = self.metadata_dir / f"{role}.json"
+        return json.loads(path.read_bytes()) if path.exists() else None
+
+    def versions(self):
+        """Versions of the trusted metadata on disk: {root, timestamp, snapshot, targets}."""
+        return {role: (self._read(role) or {}).get("signed", {}).get("version") for role in ("root", "timestamp", "snapshot", "targets")}
+
+    def targets(self):
+        """{name: {version, hardware_ids, length}} from the verified targets on disk."""
+        data = self._read("targets") or {"signed": {"targets": {}}}
+        return {
+            name: {
+                "version": int(info.get("custom", {}).get("version", 0)),
+                "hardware_ids": info.get("custom", {}).get("hardwareIds", []),
+                "tags": info.get("custom", {}).get("tags", []),
+                "length": info["length"],
+            }
+            for name, info in data["signed"]["targets"].items()
+        }
+
+    def update(self):
+        """Poll, then download and install the newest target for the device's hardware ID.
+
+        Returns the installed version; a refresh that fails installs nothing.
+        """
+        try:
+            updater = self.updater()
+            updater.refresh()
+        except (tuf_exceptions.RepositoryError, tuf_exceptions.DownloadError) as error:
+            self.last_error = error
+            return self.installed
+        self.last_error = None
+        self.history.append(self.versions())
+        # Like aktualizr-lite: targets for this hardware ID and the tag the device follows.
+        mine = [
+            (t["version"], name)
+            for name, t in self.targets().items()
+            if self.device.hardware_id in t["hardware_ids"] and self.device.tag in t["tags"]
+        ]
+        if not mine:
+            return self.installed
+        version, name = max(mine)
+        if self.installed is not None and version <= self.installed:
+            return self.installed
+        info = updater.get_targetinfo(name)
+        updater.download_target(info)
+        self.installed = version
+        return version
