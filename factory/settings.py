@@ -188,6 +188,9 @@ CELERY_BEAT_SCHEDULE["tuf-roots-renew"] = {"task": "factory.tuf.tasks.tuf_roots_
 BREAKWATER_OFFLINE_THRESHOLD_HOURS = float(os.environ.get("BREAKWATER_OFFLINE_THRESHOLD_HOURS", 4))
 BREAKWATER_ROLLOUT_MAX_UUIDS = 10_000
 BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INTERVAL_SECONDS", 15))
+# A staged device with no progress for this long counts as stuck in the wave status.
+BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))
+CELERY_BEAT_SCHEDULE["wave-status"] = {"task": "waves.tasks.wave_status_schedule", "schedule": BREAKWATER_STATUS_INTERVAL_SECONDS}
 
 # Device gateway (mutual TLS). Its TLS identity is generated and kept in the database unless
 # BREAKWATER_GATEWAY_CERTFILE, _KEYFILE and _SERVER_CA (the CA devices trust it by) are set.

@@ -1,0 +1,309 @@
+"""Plotly figures of a wave's live status: pure functions from status data to figure dicts.
+
+Each figure carries a `uirevision`, so `Plotly.react` with fresh data keeps the user's zoom and
+hidden traces, and a `config` naming the PNG that Plotly's camera button saves.
+"""
+from datetime import timezone as dt_timezone
+
+STATE_ORDER = ("updated", "installing", "downloading", "scheduled", "failed", "held", "offline", "not_scheduled")
+STATE_LABELS = {
+    "not_scheduled": "not scheduled",
+    "scheduled": "scheduled",
+    "downloading": "downloading",
+    "installing": "installing",
+    "updated": "updated",
+    "failed": "failed",
+    "held": "held after cancel",
+    "offline": "offline",
+}
+STATE_COLORS = {
+    "updated": "#1f9d55",
+    "installing": "#6f5bd3",
+    "downloading": "#3d7fd1",
+    "scheduled": "#9dbfe6",
+    "failed": "#d64545",
+    "held": "#e0a030",
+    "offline": "#7a8291",
+    "not_scheduled": "#d5d9e0",
+}
+VERSION_COLORS = ("#0b5cad", "#1f9d55", "#e0a030", "#6f5bd3", "#d64545", "#3aa6b9", "#8a6d3b", "#b35c9e", "#5b6577", "#9aa5b1")
+PHASE_COLOR = "#0f2742"
+MAX_GROUPS = 40
+FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12, "color": "#1b2230"}
+
+
+def _time(value):
+    """Plotly reads naive "YYYY-MM-DD HH:MM:SS" times; the axes say they are UTC."""
+    return value.astimezone(dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _layout(uirevision, *, height=320, **extra):
+    layout = {
+        "uirevision": uirevision,
+        "height": height,
+        "margin": {"l": 60, "r": 20, "t": 30, "b": 40},
+        "font": FONT,
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
+        "legend": {"orientation": "h", "y": -0.18},
+        "hovermode": "x unified",
+    }
+    layout.update(extra)
+    return layout
+
+
+def _config(filename):
+    return {
+        "displaylogo": False,
+        "responsive": True,
+        "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+        "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
+    }
+
+
+def _empty(uirevision, filename, message, height=220):
+    layout = _layout(uirevision, height=height, hovermode=False)
+    layout.update(
+        {
+            "xaxis": {"visible": False},
+            "yaxis": {"visible": False},
+            "annotations": [{"text": message, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 14, "color": "#5b6577"}}],
+        }
+    )
+    return {"data": [], "layout": layout, "config": _config(filename)}
+
+
+def _shown_groups(groups, max_groups):
+    shown = list(groups)[:max_groups]
+    hidden = max(0, len(groups) - len(shown))
+    return shown, hidden
+
+
+def progress(series, phases, *, uirevision, filename="wave-progress"):
+    """Devices per state over time, stacked (updated at the bottom), each phase marked.
+
+    `series`: [{"taken_at": datetime, "totals": {state: count}}], oldest first.
+    `phases`: [{"at": datetime, "label": str, "kind": "rollout" | "complete" | "canceled"}].
+    """
+    if not series:
+        return _empty(uirevision, filename, "No status sample yet")
+    x = [_time(point["taken_at"]) for point in series]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "stackgroup": "states",
+            "name": STATE_LABELS[state],
+            "x": x,
+            "y": [point["totals"].get(state, 0) for point in series],
+            "line": {"width": 0.5, "color": STATE_COLORS[state]},
+            "fillcolor": STATE_COLORS[state],
+            "hovertemplate": "%{y:,}",
+        }
+        for state in STATE_ORDER
+    ]
+    shapes, annotations = [], []
+    for phase in phases:
+        at = _time(phase["at"])
+        color = "#b42318" if phase.get("kind") == "canceled" else PHASE_COLOR
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": at, "x1": at, "y0": 0, "y1": 1, "line": {"color": color, "width": 1, "dash": "dot"}})
+        annotations.append(
+            {"x": at, "y": 1, "xref": "x", "yref": "paper", "text": phase["label"], "showarrow": False, "xanchor": "left", "yanchor": "top", "font": {"size": 10, "color": color}, "textangle": -90}
+        )
+    layout = _layout(
+        uirevision,
+        height=340,
+        shapes=shapes,
+        annotations=annotations,
+        xaxis={"type": "date", "title": {"text": "time (UTC)"}},
+        yaxis={"title": {"text": "devices"}, "rangemode": "tozero", "tickformat": ",d"},
+    )
+    return {"data": data, "layout": layout, "config": _config(filename)}
+
+
+def group_progress(groups, *, uirevision, filename="wave-groups", max_groups=MAX_GROUPS):
+    """One progress bar per group: the share of its devices in each state.
+
+    `groups`: [{"group": name, "total": n, "states": {state: count}}] in display order.
+    """
+    shown, hidden = _shown_groups(groups, max_groups)
+    if not shown:
+        return _empty(uirevision, filename, "No production devices on this tag")
+    names = [g["group"] for g in shown]
+    data = [
+        {
+            "type": "bar",
+            "orientation": "h",
+            "name": STATE_LABELS[state],
+            "y": names,
+            "x": [g["states"].get(state, 0) for g in shown],
+            "marker": {"color": STATE_COLORS[state]},
+            "hovertemplate": "%{y}: %{x:,} " + STATE_LABELS[state] + "<extra></extra>",
+        }
+        for state in STATE_ORDER
+    ]
+    title = f"first {len(shown)} groups; {hidden} more in the CSV export" if hidden else ""
+    layout = _layout(
+        uirevision,
+        height=max(200, 90 + 26 * len(shown)),
+        barmode="stack",
+        barnorm="percent",
+        hovermode="closest",
+        margin={"l": 120, "r": 20, "t": 30 if title else 10, "b": 40},
+        title={"text": title, "font": {"size": 11}} if title else None,
+        xaxis={"title": {"text": "% of the group's devices"}, "range": [0, 100]},
+        yaxis={"autorange": "reversed", "automargin": True},
+    )
+    if not title:
+        del layout["title"]
+    return {"data": data, "layout": layout, "config": _config(filename)}
+
+
+def _version_key(version):
+    return (version == "none", -int(version) if version != "none" else 0)
+
+
+def version_distribution(groups, *, uirevision, filename="wave-versions", wave_version=None, max_groups=MAX_GROUPS):
+    """Devices per running version, per group, stacked (newest version first).
+
+    `groups`: [{"group": name, "versions": {"42": n, "none": n}}].
+    """
+    shown, hidden = _shown_groups(groups, max_groups)
+    if not shown:
+        return _empty(uirevision, filename, "No production devices on this tag")
+    names = [g["group"] for g in shown]
+    versions = sorted({v for g in shown for v in g["versions"]}, key=_version_key)
+    data = []
+    for i, version in enumerate(versions):
+        label = "no target" if version == "none" else f"v{version}"
+        if wave_version is not None and version == str(wave_version):
+            label += " (wave)"
+        data.append(
+            {
+                "type": "bar",
+                "name": label,
+                "x": names,
+                "y": [g["versions"].get(version, 0) for g in shown],
+                "marker": {"color": VERSION_COLORS[i % len(VERSION_COLORS)]},
+                "hovertemplate": "%{x}: %{y:,} on " + label + "<extra></extra>",
+            }
+        )
+    layout = _layout(
+        uirevision,
+        barmode="stack",
+        hovermode="closest",
+        xaxis={"type": "category", "automargin": True},
+        yaxis={"title": {"text": "devices"}, "tickformat": ",d"},
+    )
+    if hidden:
+        layout["title"] = {"text": f"first {len(shown)} groups; {hidden} more in the CSV export", "font": {"size": 11}}
+    return {"data": data, "layout": layout, "config": _config(filename)}
+
+
+FAILURE_PANELS = (("reason", "by reason"), ("hardware_id", "by hardware ID"), ("version", "by starting version"))
+
+
+def failures(breakdown, *, uirevision, filename="wave-failures"):
+    """Failed devices by reason, by hardware ID and by the version they were on: three panels.
+
+    `breakdown`: {"reason": {text: n}, "hardware_id": {hwid: n}, "version": {"41": n}}.
+    """
+    if not any(breakdown.get(kind) for kind, _ in FAILURE_PANELS):
+        return _empty(uirevision, filename, "No failures reported", height=160)
+    domains = ((0.72, 1.0), (0.38, 0.64), (0.0, 0.28))
+    data, annotations, layout_axes = [], [], {}
+    for i, ((kind, title), domain) in enumerate(zip(FAILURE_PANELS, domains), start=1):
+        counts = breakdown.get(kind) or {}
+        if kind == "version":
+            items = sorted(counts.items(), key=lambda kv: _version_key(kv[0]))
+            labels = ["no target" if k == "none" else f"v{k}" for k, _ in items]
+        else:
+            items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            labels = [k for k, _ in items]
+        suffix = "" if i == 1 else str(i)
+        data.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": title,
+                "y": labels,
+                "x": [n for _, n in items],
+                "xaxis": f"x{suffix}",
+                "yaxis": f"y{suffix}",
+                "marker": {"color": "#d64545"},
+                "showlegend": False,
+                "hovertemplate": "%{y}: %{x:,} failed<extra></extra>",
+            }
+        )
+        layout_axes[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": [0, 1], "tickformat": ",d", "rangemode": "tozero"}
+        layout_axes[f"yaxis{suffix}"] = {"anchor": f"x{suffix}", "domain": list(domain), "autorange": "reversed", "automargin": True, "type": "category"}
+        annotations.append(
+            {"text": f"<b>{title}</b>", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0, "y": domain[1], "xanchor": "left", "yanchor": "bottom", "font": {"size": 11}}
+        )
+    layout = _layout(uirevision, height=420, hovermode="closest", annotations=annotations, margin={"l": 160, "r": 20, "t": 24, "b": 30}, **layout_axes)
+    return {"data": data, "layout": layout, "config": _config(filename)}
+
+
+def _duration_unit(seconds):
+    if seconds < 120:
+        return "seconds", 1
+    if seconds < 3 * 3600:
+        return "minutes", 60
+    return "hours", 3600
+
+
+def time_to_update(update_times, *, uirevision, filename="wave-time-to-update"):
+    """p50 and p95 time from rollout to installed, per phase.
+
+    `update_times`: [{"label", "count", "p50", "p95"}] in phase order (seconds).
+    """
+    phases = [p for p in update_times if p.get("count")]
+    if not phases:
+        return _empty(uirevision, filename, "No device has finished updating yet")
+    unit, divisor = _duration_unit(max(p["p95"] for p in phases))
+    labels = [p["label"] for p in phases]
+    counts = [p["count"] for p in phases]
+    data = [
+        {
+            "type": "bar",
+            "name": name,
+            "x": labels,
+            "y": [round(p[key] / divisor, 2) for p in phases],
+            "customdata": counts,
+            "marker": {"color": color},
+            "hovertemplate": "%{x}: " + name + " %{y} " + unit + " (%{customdata:,} updated)<extra></extra>",
+        }
+        for key, name, color in (("p50", "p50", "#3d7fd1"), ("p95", "p95", "#0f2742"))
+    ]
+    layout = _layout(uirevision, barmode="group", hovermode="closest", xaxis={"type": "category", "automargin": True}, yaxis={"title": {"text": unit}, "rangemode": "tozero"})
+    return {"data": data, "layout": layout, "config": _config(filename)}
+
+
+def online_offline(series, *, uirevision, filename="wave-online"):
+    """Online and offline devices on the wave's tag over time."""
+    if not series:
+        return _empty(uirevision, filename, "No status sample yet")
+    x = [_time(point["taken_at"]) for point in series]
+    online = [point["totals"].get("online", 0) for point in series]
+    offline = [point["totals"].get("total", 0) - n for point, n in zip(series, online)]
+    data = [
+        {"type": "scatter", "mode": "lines", "stackgroup": "seen", "name": name, "x": x, "y": values, "line": {"width": 0.5, "color": color}, "fillcolor": color, "hovertemplate": "%{y:,}"}
+        for name, values, color in (("online", online, "#1f9d55"), ("offline", offline, "#7a8291"))
+    ]
+    layout = _layout(uirevision, height=260, xaxis={"type": "date", "title": {"text": "time (UTC)"}}, yaxis={"title": {"text": "devices"}, "rangemode": "tozero", "tickformat": ",d"})
+    return {"data": data, "layout": layout, "config": _config(filename)}
+
+
+def wave_figures(live):
+    """Every figure of the wave's live status panel, keyed by the element that shows it."""
+    wave = live["wave"]
+    key = f"wave-{wave.pk}"
+    slug = f"wave-{wave.name}"
+    return {
+        "progress": progress(live["series"], live["phases"], uirevision=f"{key}-progress", filename=f"{slug}-progress"),
+        "groups": group_progress(live["groups"], uirevision=f"{key}-groups", filename=f"{slug}-groups"),
+        "versions": version_distribution(live["groups"], uirevision=f"{key}-versions", filename=f"{slug}-versions", wave_version=wave.version),
+        "failures": failures(live["failures"], uirevision=f"{key}-failures", filename=f"{slug}-failures"),
+        "update_times": time_to_update(live["update_times"], uirevision=f"{key}-update-times", filename=f"{slug}-time-to-update"),
+        "online": online_offline(live["series"], uirevision=f"{key}-online", filename=f"{slug}-online"),
+    }

@@ -1,0 +1,546 @@
+"""Live wave status: per-group device states, stuck devices, failures and time to update,
+computed set-based (a few grouped SQL statements, never a loop over devices) and stored as a
+time series of samples, one per wave and aggregation interval.
+
+Every device on the wave's tag is in exactly one state, decided in this order:
+
+    updated        on the wave's version or newer (from its own check-ins)
+    failed         reported a failure for the wave's version since the wave was created
+    held           the wave was canceled after the device fetched its targets: TUF forbids
+                   the lower production version, so it stays where it is
+    installing     reported install-started/applied/completed for the wave's version
+    downloading    reported download-started/completed for the wave's version
+    offline        not seen within the offline threshold
+    scheduled      staged (or, once the wave is complete, on the tag) and waiting
+    not_scheduled  none of the above
+
+A device is *stuck* (counted apart, across states) when it is scheduled, downloading,
+installing or offline, and nothing has happened since: it was staged, or last reported
+progress, longer ago than the stuck threshold.
+"""
+import math
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Max, Min, Q
+from django.db.models.functions import Mod
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from devices.models import DeviceGroup
+from factory.auth import authorize
+
+from .models import Rollout, Wave, WaveStatusSample
+from .selectors import NO_GROUP, offline_cutoff
+
+STATES = ("not_scheduled", "scheduled", "downloading", "installing", "updated", "failed", "held", "offline")
+STATE_LABELS = {
+    "not_scheduled": "not scheduled",
+    "scheduled": "scheduled",
+    "downloading": "downloading",
+    "installing": "installing",
+    "updated": "updated",
+    "failed": "failed",
+    "held": "held after cancel",
+    "offline": "offline",
+}
+# A finished wave is still sampled for a while: devices keep updating to a completed wave, and
+# the held devices of a canceled one only show after the cancel.
+FOLLOW_FINISHED = timedelta(hours=24)
+# Failure reasons are free text from devices; the most frequent ones are kept per group.
+TOP_REASONS = 10
+REASON_CHARS = 80
+OTHER_REASONS = "(other reasons)"
+SERIES_POINTS = 400
+
+
+# --- SQL helpers ---------------------------------------------------------------------------------
+
+
+def _param(value):
+    """A datetime as the backend stores it, so raw SQL compares like the ORM does (SQLite keeps text)."""
+    if isinstance(value, datetime) and connection.vendor == "sqlite":
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
+
+
+def _as_datetime(value):
+    if value is None or isinstance(value, datetime):
+        return value if value is None or timezone.is_aware(value) else timezone.make_aware(value, dt_timezone.utc)
+    parsed = parse_datetime(str(value))
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, dt_timezone.utc)
+
+
+def _rows(sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+# Per device: the furthest step reported for the wave's version (1 download, 2 install), whether
+# any report was a failure, and the last report.
+_EVENTS = """
+SELECT e.device_id,
+       MAX(CASE WHEN e.event_type IN ('install-started', 'install-applied', 'install-completed') THEN 2 ELSE 1 END) AS progress,
+       MAX(CASE WHEN e.success = %(false)s THEN 1 ELSE 0 END) AS failed,
+       MAX(e.reported_at) AS last_report
+  FROM devices_deviceevent e
+ WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.reported_at >= %(since)s
+ GROUP BY e.device_id
+"""
+
+_STAGED_DEVICES = """
+SELECT wd.device_id, r.created_at FROM waves_wavedevice wd JOIN waves_rollout r ON r.id = wd.rollout_id WHERE wd.wave_id = %(wave)s
+"""
+
+_STAGED_GROUPS = """
+SELECT wg.group_id, wg.rollout_id, r.created_at FROM waves_wavegroup wg JOIN waves_rollout r ON r.id = wg.rollout_id WHERE wg.wave_id = %(wave)s
+"""
+
+_STATES_SQL = """
+SELECT group_id, target_version, state, online, stuck, COUNT(*), MIN(staged_at)
+  FROM (
+    SELECT d.group_id, d.target_version,
+           CASE
+             WHEN d.target_version >= %(version)s THEN 'updated'
+             WHEN ev.failed = 1 THEN 'failed'
+             WHEN {held} THEN 'held'
+             WHEN ev.progress = 2 THEN 'installing'
+             WHEN ev.progress = 1 THEN 'downloading'
+             WHEN d.last_seen IS NULL OR d.last_seen < %(cutoff)s THEN 'offline'
+             WHEN {scheduled} THEN 'scheduled'
+             ELSE 'not_scheduled'
+           END AS state,
+           CASE WHEN d.last_seen >= %(cutoff)s THEN 1 ELSE 0 END AS online,
+           CASE
+             WHEN ({scheduled})
+              AND (d.target_version IS NULL OR d.target_version < %(version)s)
+              AND COALESCE(ev.failed, 0) = 0
+              AND COALESCE(ev.last_report, {waiting_since}) < %(stuck_cutoff)s THEN 1
+             ELSE 0
+           END AS stuck,
+           {staged_at} AS staged_at
+      FROM devices_device d
+      LEFT JOIN ({events}) ev ON ev.device_id = d.id
+      LEFT JOIN ({staged_devices}) sd ON sd.device_id = d.id
+      LEFT JOIN ({staged_groups}) sg ON sg.group_id = d.group_id
+     WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+  ) per_device
+ GROUP BY group_id, target_version, state, online, stuck
+"""
+
+# The latest failure report of each device that is not on the wave's version.
+_FAILURES_SQL = """
+SELECT d.group_id, d.hardware_id, d.target_version, f.event_type, f.reason, COUNT(*)
+  FROM (
+    SELECT e.device_id, e.event_type, SUBSTR(e.detail, 1, {chars}) AS reason,
+           ROW_NUMBER() OVER (PARTITION BY e.device_id ORDER BY e.reported_at DESC, e.id DESC) AS rn
+      FROM devices_deviceevent e
+     WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.success = %(false)s AND e.reported_at >= %(since)s
+  ) f
+  JOIN devices_device d ON d.id = f.device_id
+ WHERE f.rn = 1 AND d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+   AND (d.target_version IS NULL OR d.target_version < %(version)s)
+ GROUP BY d.group_id, d.hardware_id, d.target_version, f.event_type, f.reason
+"""
+
+# Time to update per phase (rollout): from the rollout to the device's first successful
+# install-completed report. Within a phase every device shares the start time, so ordering by
+# the report time orders by duration, and the nearest-rank percentiles are picked by row
+# number: only a handful of rows per phase leave the database.
+_UPDATE_TIMES_SQL = """
+SELECT phase, rn, n, at
+  FROM (
+    SELECT x.phase, x.at,
+           ROW_NUMBER() OVER (PARTITION BY x.phase ORDER BY x.at) AS rn,
+           COUNT(*) OVER (PARTITION BY x.phase) AS n
+      FROM (
+        SELECT COALESCE(wd.rollout_id, sg.rollout_id, 0) AS phase, done.at
+          FROM (
+            SELECT e.device_id, MIN(e.reported_at) AS at
+              FROM devices_deviceevent e
+             WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.event_type = 'install-completed'
+               AND e.success = %(true)s AND e.reported_at >= %(since)s
+             GROUP BY e.device_id
+          ) done
+          JOIN devices_device d ON d.id = done.device_id
+          LEFT JOIN waves_wavedevice wd ON wd.device_id = d.id AND wd.wave_id = %(wave)s
+          LEFT JOIN ({staged_groups}) sg ON sg.group_id = d.group_id AND d.created_at <= sg.created_at
+         WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+           AND (wd.rollout_id IS NOT NULL OR sg.rollout_id IS NOT NULL OR {after_complete})
+      ) x
+  ) ranked
+ WHERE rn = 1 OR rn = n OR rn = (50 * n + 99) / 100 OR rn = (95 * n + 99) / 100
+"""
+
+PERCENTILES = (("p50", 50), ("p95", 95))
+
+
+def _nearest_rank(p, n):
+    return (p * n + 99) // 100
+
+
+# --- snapshots -------------------------------------------------------------------------------
+
+
+def _state_conditions(wave):
+    """SQL for "scheduled", "held", when a device was staged and since when it has been waiting,
+    by the wave's status."""
+    staged = "(sd.device_id IS NOT NULL OR sg.group_id IS NOT NULL)"
+    # A device that joined a fully rolled-out group later was staged when it joined.
+    staged_at = "COALESCE(sd.created_at, CASE WHEN d.created_at > sg.created_at THEN d.created_at ELSE sg.created_at END)"
+    if wave.status == Wave.Status.ACTIVE:
+        return {"scheduled": staged, "held": "1 = 0", "staged_at": staged_at, "waiting_since": staged_at}
+    if wave.status == Wave.Status.COMPLETE:
+        # The wave's targets are the tag's production targets: every device on the tag gets them.
+        return {"scheduled": "1 = 1", "held": "1 = 0", "staged_at": staged_at, "waiting_since": f"COALESCE({staged_at}, %(finished)s)"}
+    held = f"{staged} AND d.targets_version_seen >= %(version)s" if wave.status == Wave.Status.CANCELED else "1 = 0"
+    return {"scheduled": "1 = 0", "held": held, "staged_at": staged_at, "waiting_since": staged_at}
+
+
+def _params(wave, *, now, cutoff, stuck_cutoff):
+    return {
+        "factory": wave.factory_id,
+        "tag": wave.tag,
+        "version": wave.version,
+        "wave": wave.id,
+        "since": _param(wave.created_at),
+        "cutoff": _param(cutoff),
+        "stuck_cutoff": _param(stuck_cutoff),
+        "finished": _param(wave.finished_at or now),
+        "false": False,
+        "true": True,
+    }
+
+
+def _empty_states():
+    return {state: 0 for state in STATES}
+
+
+def _states(wave, params):
+    sql = _STATES_SQL.format(events=_EVENTS, staged_devices=_STAGED_DEVICES, staged_groups=_STAGED_GROUPS, **_state_conditions(wave))
+    groups = defaultdict(lambda: {"states": _empty_states(), "total": 0, "online": 0, "stuck": 0, "versions": defaultdict(int), "rollout_time": None})
+    for group_id, version, state, online, stuck, count, staged_at in _rows(sql, params):
+        row = groups[group_id]
+        row["states"][state] += count
+        row["total"] += count
+        row["online"] += count if online else 0
+        row["stuck"] += count if stuck else 0
+        row["versions"]["none" if version is None else str(version)] += count
+        staged_at = _as_datetime(staged_at)
+        if staged_at is not None and (row["rollout_time"] is None or staged_at < row["rollout_time"]):
+            row["rollout_time"] = staged_at
+    return groups
+
+
+def _failures(params):
+    sql = _FAILURES_SQL.format(chars=REASON_CHARS)
+    out = defaultdict(lambda: {"reason": defaultdict(int), "hardware_id": defaultdict(int), "version": defaultdict(int)})
+    for group_id, hardware_id, version, event_type, reason, count in _rows(sql, params):
+        reason = " ".join((reason or "").split()) or f"{event_type} failed"
+        row = out[group_id]
+        row["reason"][reason] += count
+        row["hardware_id"][hardware_id or "(unknown)"] += count
+        row["version"]["none" if version is None else str(version)] += count
+    for row in out.values():
+        reasons = sorted(row["reason"].items(), key=lambda kv: (-kv[1], kv[0]))
+        kept = dict(reasons[:TOP_REASONS])
+        rest = sum(n for _, n in reasons[TOP_REASONS:])
+        if rest:
+            kept[OTHER_REASONS] = kept.get(OTHER_REASONS, 0) + rest
+        row["reason"] = kept
+        row["hardware_id"] = dict(row["hardware_id"])
+        row["version"] = dict(row["version"])
+    return out
+
+
+def wave_update_times(*, wave, params=None, now=None):
+    """Time to update per phase: {phase key: {label, started_at, count, min, p50, p95, max}} in seconds.
+
+    Phases are the wave's rollouts in order, then "after complete" for devices that were not
+    staged and updated once the wave was complete. Percentiles are nearest-rank.
+    """
+    now = now or timezone.now()
+    if params is None:
+        params = _params(wave, now=now, cutoff=now, stuck_cutoff=now)
+    after_complete = "done.at >= %(finished)s" if wave.status == Wave.Status.COMPLETE else "1 = 0"
+    sql = _UPDATE_TIMES_SQL.format(staged_groups=_STAGED_GROUPS, after_complete=after_complete)
+    phases = phase_list(wave=wave)
+    starts = {p["id"]: p["at"] for p in phases}
+    picked = defaultdict(dict)
+    sizes = {}
+    for phase, rn, n, at in _rows(sql, params):
+        picked[phase][rn] = _as_datetime(at)
+        sizes[phase] = n
+    out = {}
+    for p in phases:
+        if p["kind"] != "rollout" and p["id"] not in sizes:
+            continue
+        n = sizes.get(p["id"], 0)
+        entry = {"label": p["label"], "started_at": p["at"].isoformat(), "count": n, "min": None, "p50": None, "p95": None, "max": None}
+        if n:
+            # Device clocks can run behind the server's: a report before the rollout counts as 0 s.
+            def seconds(rank):
+                return max(0.0, round((picked[p["id"]][rank] - starts[p["id"]]).total_seconds(), 3))
+
+            entry.update({"min": seconds(1), "max": seconds(n), **{name: seconds(_nearest_rank(q, n)) for name, q in PERCENTILES}})
+        out[str(p["id"])] = entry
+    return out
+
+
+def phase_list(*, wave):
+    """The wave's phases, in order: each rollout, then complete or cancel if it happened."""
+    phases = []
+    for i, r in enumerate(Rollout.objects.filter(wave=wave).order_by("created_at", "id"), start=1):
+        scope = [r.group_name or "fleet"]
+        if r.limit:
+            scope.append(f"--limit {r.limit}")
+        if r.uuids_count:
+            scope.append(f"{r.uuids_count} UUIDs")
+        if r.full_group:
+            scope.append("whole group")
+        phases.append({"id": r.id, "kind": "rollout", "at": r.created_at, "label": f"#{i} {' '.join(scope)}", "devices": r.device_count})
+    if wave.finished_at and wave.status in (Wave.Status.COMPLETE, Wave.Status.CANCELED):
+        label = "complete" if wave.status == Wave.Status.COMPLETE else "canceled"
+        phases.append({"id": 0, "kind": label, "at": wave.finished_at, "label": "after complete" if label == "complete" else label, "devices": None})
+    return phases
+
+
+def _group_order(rows):
+    # As `waves status`: groups the wave was rolled out to first (in rollout order), then the
+    # other groups by name, then "(No Group)".
+    far = datetime.max.replace(tzinfo=dt_timezone.utc)
+    return sorted(rows, key=lambda r: (r["group_id"] is None, r["rollout_time"] is None, r["rollout_time"] or far, r["group"]))
+
+
+def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_minutes=None):
+    """The wave's status now: {"taken_at", "totals", "groups" (ordered list), "update_times"}.
+
+    Reads only; `wave_status_sample_take` stores it. On PostgreSQL the statements share one
+    snapshot of the database, so the per-state counts and the failure breakdown agree.
+    """
+    now = now or timezone.now()
+    cutoff = offline_cutoff(offline_threshold_hours)
+    stuck_after = settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES if stuck_after_minutes is None else stuck_after_minutes
+    params = _params(wave, now=now, cutoff=cutoff, stuck_cutoff=now - timedelta(minutes=float(stuck_after)))
+    def read():
+        return _states(wave, params), _failures(params), wave_update_times(wave=wave, params=params, now=now)
+
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            groups, failures, update_times = read()
+    else:
+        # On SQLite a transaction would take the write lock up front (IMMEDIATE), holding off the
+        # gateway's check-in writes for nothing; inside a caller's transaction, theirs applies.
+        groups, failures, update_times = read()
+
+    names = dict(DeviceGroup.objects.filter(factory_id=wave.factory_id).values_list("id", "name"))
+    rows = []
+    for group_id, row in groups.items():
+        rows.append(
+            {
+                "group": names.get(group_id, NO_GROUP) if group_id else NO_GROUP,
+                "group_id": group_id,
+                "total": row["total"],
+                "online": row["online"],
+                "stuck": row["stuck"],
+                "states": row["states"],
+                "versions": dict(sorted(row["versions"].items(), key=lambda kv: (kv[0] == "none", -int(kv[0]) if kv[0] != "none" else 0))),
+                "failures": failures.get(group_id, {"reason": {}, "hardware_id": {}, "version": {}}),
+                "rollout_time": row["rollout_time"],
+            }
+        )
+    rows = _group_order(rows)
+    totals = {"total": 0, "online": 0, "stuck": 0, **_empty_states()}
+    for row in rows:
+        for key in ("total", "online", "stuck"):
+            totals[key] += row[key]
+        for state, count in row["states"].items():
+            totals[state] += count
+    return {"taken_at": now, "totals": totals, "groups": rows, "update_times": update_times}
+
+
+# --- samples ---------------------------------------------------------------------------------
+
+
+def status_interval():
+    return float(settings.BREAKWATER_STATUS_INTERVAL_SECONDS)
+
+
+def status_bucket(when=None):
+    """The aggregation interval `when` falls in: the key that makes a sample once-only."""
+    when = when or timezone.now()
+    return int(when.timestamp() // status_interval())
+
+
+def _stored_groups(rows):
+    # JSON object keys lose their order in PostgreSQL's jsonb: the position is kept explicitly.
+    out = {}
+    for position, row in enumerate(rows):
+        out[row["group"]] = {
+            "position": position,
+            "group_id": row["group_id"],
+            "total": row["total"],
+            "online": row["online"],
+            "stuck": row["stuck"],
+            "states": row["states"],
+            "versions": row["versions"],
+            "failures": row["failures"],
+            "rollout_time": row["rollout_time"].isoformat() if row["rollout_time"] else None,
+        }
+    return out
+
+
+def wave_status_sample_take(*, wave, bucket=None, actor=None, now=None):
+    """Store the wave's status for one aggregation interval; return (sample, created).
+
+    Once-only per (wave, bucket): a retried, duplicated or redelivered run of the same interval
+    finds the sample (or loses the insert race to the database's unique constraint) and leaves
+    it as it is, so nothing is ever counted twice. A sample is a measurement, not a change
+    anyone made, so it is not written to the audit log (it would add 5,760 rows a day per wave).
+    """
+    authorize(user=actor, factory=wave.factory, action="view")
+    now = now or timezone.now()
+    bucket = status_bucket(now) if bucket is None else int(bucket)
+    existing = WaveStatusSample.objects.filter(wave=wave, bucket=bucket).first()
+    if existing is not None:
+        return existing, False
+    snapshot = wave_snapshot(wave=wave, now=now)
+    with transaction.atomic():
+        return WaveStatusSample.objects.get_or_create(
+            wave=wave,
+            bucket=bucket,
+            defaults={
+                "taken_at": now,
+                "totals": snapshot["totals"],
+                "groups": _stored_groups(snapshot["groups"]),
+                "update_times": snapshot["update_times"],
+            },
+        )
+
+
+def waves_followed(*, now=None):
+    """Waves whose status is sampled: active ones, and those finished in the last day."""
+    now = now or timezone.now()
+    return Wave.objects.filter(
+        Q(status=Wave.Status.ACTIVE) | Q(status__in=(Wave.Status.COMPLETE, Wave.Status.CANCELED), finished_at__gte=now - FOLLOW_FINISHED)
+    ).order_by("id")
+
+
+def wave_is_followed(wave, *, now=None):
+    now = now or timezone.now()
+    return wave.status == Wave.Status.ACTIVE or (
+        wave.status in (Wave.Status.COMPLETE, Wave.Status.CANCELED) and wave.finished_at is not None and wave.finished_at >= now - FOLLOW_FINISHED
+    )
+
+
+# --- reads for pages, charts and exports --------------------------------------------------------
+
+
+def wave_status_series(*, wave, max_points=SERIES_POINTS):
+    """The totals over time, thinned to at most about `max_points` evenly spaced samples (and the
+    latest), so a wave watched for a month still draws from a few hundred rows."""
+    samples = WaveStatusSample.objects.filter(wave=wave)
+    bounds = samples.aggregate(first=Min("bucket"), last=Max("bucket"))
+    if bounds["first"] is None:
+        return []
+    step = max(1, math.ceil((bounds["last"] - bounds["first"] + 1) / max_points))
+    if step > 1:
+        samples = samples.annotate(phase=Mod(F("bucket") - bounds["first"], step)).filter(Q(phase=0) | Q(bucket=bounds["last"]))
+    return [{"taken_at": taken_at, "totals": totals} for taken_at, totals in samples.order_by("bucket").values_list("taken_at", "totals")]
+
+
+def _groups_from_sample(groups):
+    rows = []
+    for name, row in groups.items():
+        rollout_time = row.get("rollout_time")
+        rows.append({**row, "group": name, "rollout_time": _as_datetime(rollout_time) if rollout_time else None})
+    return sorted(rows, key=lambda r: r.get("position", 0))
+
+
+def failures_merged(groups):
+    """The failure breakdowns of every group added up (reasons beyond the top ones folded)."""
+    merged = {"reason": defaultdict(int), "hardware_id": defaultdict(int), "version": defaultdict(int)}
+    for row in groups:
+        for kind, counts in (row.get("failures") or {}).items():
+            for key, count in counts.items():
+                merged[kind][key] += count
+    reasons = sorted(merged["reason"].items(), key=lambda kv: (kv[0] == OTHER_REASONS, -kv[1], kv[0]))
+    kept, rest = dict(reasons[:TOP_REASONS]), sum(n for _, n in reasons[TOP_REASONS:])
+    if rest:
+        kept[OTHER_REASONS] = kept.get(OTHER_REASONS, 0) + rest
+    return {"reason": kept, "hardware_id": dict(merged["hardware_id"]), "version": dict(merged["version"])}
+
+
+def wave_live_status(*, wave, now=None):
+    """What the live status panel shows: the latest sample (or, before the first one, the status
+    computed now), the totals over time, the phases and the merged failure breakdown."""
+    now = now or timezone.now()
+    latest = WaveStatusSample.objects.filter(wave=wave).order_by("-bucket").first()
+    if latest is not None:
+        groups = _groups_from_sample(latest.groups)
+        current = {"taken_at": latest.taken_at, "totals": latest.totals, "groups": groups, "update_times": latest.update_times, "sampled": True}
+    else:
+        current = {**wave_snapshot(wave=wave, now=now), "sampled": False}
+    # Phases are keyed by rollout id; jsonb does not keep key order, the start times do.
+    current["update_times"] = sorted(current["update_times"].values(), key=lambda p: p["started_at"])
+    series = wave_status_series(wave=wave)
+    if not series:
+        series = [{"taken_at": current["taken_at"], "totals": current["totals"]}]
+    return {
+        "wave": wave,
+        **current,
+        "series": series,
+        "phases": phase_list(wave=wave),
+        "failures": failures_merged(current["groups"]),
+        "followed": wave_is_followed(wave, now=now),
+        "interval": status_interval(),
+    }
+
+
+CSV_STATE_COLUMNS = STATES + ("stuck",)
+
+
+def wave_status_csv_rows(*, wave, offline_threshold_hours=None):
+    """The status per group as CSV rows (header first, a total row last), computed now."""
+    snapshot = wave_snapshot(wave=wave, offline_threshold_hours=offline_threshold_hours)
+    header = ["group", "total", "online", "on_wave_version", "newer", "older", *CSV_STATE_COLUMNS, "rollout_time"]
+    rows = [header]
+
+    def version_split(versions):
+        on, newer, older = 0, 0, 0
+        for version, count in versions.items():
+            if version == "none" or int(version) < wave.version:
+                older += count
+            elif int(version) == wave.version:
+                on += count
+            else:
+                newer += count
+        return on, newer, older
+
+    all_versions = defaultdict(int)
+    for row in snapshot["groups"]:
+        for version, count in row["versions"].items():
+            all_versions[version] += count
+        rows.append(
+            [
+                row["group"], row["total"], row["online"], *version_split(row["versions"]),
+                *[row["states"][s] for s in STATES], row["stuck"],
+                row["rollout_time"].isoformat() if row["rollout_time"] else "",
+            ]
+        )
+    totals = snapshot["totals"]
+    rows.append(["(Total)", totals["total"], totals["online"], *version_split(all_versions), *[totals[s] for s in STATES], totals["stuck"], ""])
+    return snapshot["taken_at"], rows
+
+
+def wave_status_history_csv_rows(*, wave):
+    """Every stored sample's totals, oldest first."""
+    rows = [["taken_at", "total", "online", *CSV_STATE_COLUMNS]]
+    for taken_at, totals in WaveStatusSample.objects.filter(wave=wave).order_by("bucket").values_list("taken_at", "totals").iterator(chunk_size=2000):
+        rows.append([taken_at.isoformat(), totals.get("total", 0), totals.get("online", 0), *[totals.get(s, 0) for s in CSV_STATE_COLUMNS]])
+    return rows

@@ -1,0 +1,47 @@
+"""Celery tasks of the waves app: the live status aggregation.
+
+Beat runs `wave_status_schedule` every BREAKWATER_STATUS_INTERVAL_SECONDS; it sends one
+`wave_status_aggregate` per followed wave for the current interval. A sample is once-only per
+(wave, interval), so these tasks are safe to retry, duplicate and redeliver: that is why
+`wave_status_aggregate` acknowledges late and asks to be redelivered if its worker dies.
+"""
+import logging
+
+from celery import shared_task
+from django.db import transaction
+from django.utils import timezone
+
+from . import status
+from .models import Wave
+
+logger = logging.getLogger(__name__)
+
+
+def stale_after_seconds():
+    """A message older than this describes an interval long gone; the next one covers the wave."""
+    return max(60.0, 4 * status.status_interval())
+
+
+@shared_task(name="waves.tasks.wave_status_schedule", ignore_result=True)
+def wave_status_schedule():
+    """Send one aggregation per followed wave, for the interval that is starting now."""
+    bucket = status.status_bucket()
+    wave_ids = list(status.waves_followed().values_list("id", flat=True))
+    expires = stale_after_seconds()
+    for wave_id in wave_ids:
+        transaction.on_commit(lambda wave_id=wave_id: wave_status_aggregate.apply_async((wave_id, bucket), expires=expires))
+    return len(wave_ids)
+
+
+@shared_task(name="waves.tasks.wave_status_aggregate", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def wave_status_aggregate(wave_id, bucket):
+    """Store the wave's status sample for interval `bucket` (once: a second run changes nothing)."""
+    wave = Wave.objects.select_related("factory").filter(pk=wave_id).first()
+    if wave is None:
+        return "gone"
+    age = timezone.now().timestamp() - int(bucket) * status.status_interval()
+    if age > stale_after_seconds():
+        logger.info("skipping the status sample of wave %s for an interval %.0f s old", wave.name, age)
+        return "stale"
+    _, created = status.wave_status_sample_take(wave=wave, bucket=bucket)
+    return "created" if created else "exists"
