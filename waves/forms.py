@@ -1,10 +1,12 @@
 """Forms of the wave pages: list filters, create and sign, the rollout phase flow, confirmations,
 and QA's saved device lists."""
 from django import forms
+from django.core.validators import RegexValidator
 
 from devices.forms import UuidListField, parse_uuids, read_uuid_file
 
 from .models import Wave
+from .services import NAME_RE
 
 WHOLE_FLEET = ""
 LIMIT_HELP = "A number of devices (10) or a percentage of the scope (5%). Leave empty for all of the scope."
@@ -20,7 +22,12 @@ class WaveFilterForm(forms.Form):
 
 
 class WaveCreateForm(forms.Form):
-    name = forms.CharField(max_length=64, label="Wave name", help_text="For example v2.0-update. Letters, digits, . _ and -.")
+    name = forms.CharField(
+        max_length=64,
+        label="Wave name",
+        help_text="For example v2.0-update. Letters, digits, . _ and -.",
+        validators=[RegexValidator(NAME_RE, "A wave name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.")],
+    )
     version = forms.TypedChoiceField(coerce=int, label="CI build", help_text="The CI build (target version) to release.")
     tag = forms.ChoiceField(label="Tag", help_text="Production devices following this tag get the wave.")
     prune = forms.TypedMultipleChoiceField(

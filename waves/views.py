@@ -45,6 +45,21 @@ ROLLOUT_DONE = "rollout-done"
 
 # Which form field a service error belongs to, by its code.
 ROLLOUT_ERROR_FIELDS = {"uuids_invalid": "uuids", "uuids_too_many": "uuids", "uuids_empty": "uuids", "not_found": "group"}
+# wave_init's errors share codes, so their field is told by what the message is about.
+INIT_ERROR_WORDS = (
+    ("wave name", "name"),
+    ("wave named", "name"),
+    ("prune", "prune"),
+    ("expir", "expires_days"),
+    ("CI build", "version"),
+    ("on tag", "tag"),
+    ("tag", "tag"),
+    ("version", "version"),
+)
+
+
+def _init_error_field(error):
+    return next((field for word, field in INIT_ERROR_WORDS if word in error.message), None)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -187,13 +202,12 @@ def wave_create(request):
             "prune": data["prune"],
             "expires_days": data["expires_days"],
         }
-        fields = {"not_found": "version", "conflict": "name"}
         if request.POST.get("action") != "create":
             try:
                 preview = _wave_preview(services.wave_init(**args, dry_run=True))
                 status = 200
             except ApplicationError as error:
-                add_service_error(form, error, fields)
+                add_service_error(form, error, {error.code: _init_error_field(error)})
                 status = service_error_status(error)
         else:
             try:
@@ -209,7 +223,7 @@ def wave_create(request):
                             raise
             except ApplicationError as error:
                 if not form.errors:
-                    add_service_error(form, error, fields)
+                    add_service_error(form, error, {error.code: _init_error_field(error)})
                 status = service_error_status(error)
             else:
                 if wave.status == Wave.Status.ACTIVE:

@@ -60,17 +60,20 @@ def test_device_list_filters(client, dave, fleet, factory):
 
 @pytest.mark.django_db
 def test_device_list_active_wave_filter(client, dave, fleet, factory, bob):
-    from waves.models import Rollout, Wave, WaveDevice, WaveGroup
+    from factory.services import ci_build_publish
+    from tests.tuf_helpers import offline_targets_key
+    from waves.services import wave_cancel, wave_init, wave_rollout, wave_sign
 
-    # The wave rows are written the way the engine stores them; the engine itself is tested in tests/waves.
-    wave = Wave.objects.create(factory=factory, name="w", version=42, tag="production", status="active", expires_at=timezone.now() + timedelta(days=9))
-    rollout = Rollout.objects.create(wave=wave, device_count=1)
-    WaveDevice.objects.create(wave=wave, device=fleet.get(name="prod-0001"), rollout=rollout)
-    WaveGroup.objects.create(wave=wave, group=DeviceGroup.objects.get(name="canary"), rollout=rollout)
+    ci_build_publish(factory=factory, version=42, hardware_ids=["intel-corei7-64"], tags=["production"])
+    key_archive = offline_targets_key(factory=factory, actor=bob)
+    wave = wave_init(factory=factory, actor=bob, name="w", version=42, tag="production")
+    wave = wave_sign(wave=wave, actor=bob, key_archive=key_archive)
+    wave_rollout(wave=wave, actor=bob, uuids=[str(fleet.get(name="prod-0001").uuid)])
+    wave_rollout(wave=wave, actor=bob, group="canary")
     login(client, dave)
     assert sorted(names(client.get(reverse("device-list"), {"wave": "yes"}))) == ["canary-0001", "canary-0002", "canary-0003", "prod-0001"]
     assert "prod-0001" not in names(client.get(reverse("device-list"), {"wave": "no"}))
-    Wave.objects.filter(pk=wave.pk).update(status="canceled")
+    wave_cancel(wave=wave, actor=bob)
     assert names(client.get(reverse("device-list"), {"wave": "yes"})) == []
 
 
