@@ -24,8 +24,19 @@ from .schemas import (
     DeviceGroupRenameIn,
     DeviceOut,
     DevicePage,
+    RegistrationTokenIn,
+    RegistrationTokenOut,
 )
-from .services import device_group_create, device_group_delete, device_group_rename, devices_assign_group
+from .selectors import registration_token_get, registration_token_list
+from .services import (
+    device_delete,
+    device_group_create,
+    device_group_delete,
+    device_group_rename,
+    devices_assign_group,
+    registration_token_create,
+    registration_token_revoke,
+)
 
 router = Router(tags=["devices"])
 
@@ -148,6 +159,13 @@ def devices_show(request, factory: FactoryName, device: str, offline_threshold: 
     return _device_out(device_lookup(factory_obj, device), _cutoff(offline_threshold))
 
 
+@router.delete("/devices/{device}", response=responses(204, None), summary="Delete a device; the gateway refuses its certificate from then on")
+def devices_delete(request, factory: FactoryName, device: str):
+    factory_obj, user = actor_scope(request)
+    device_delete(device=device_lookup(factory_obj, device), actor=user)
+    return Status(204, None)
+
+
 @router.get("/devices/{device}/events", response=responses(200, DeviceEventPage), summary="A device's reported events, newest first")
 def devices_events(request, factory: FactoryName, device: str, page: PageNumber = 1, per_page: PerPage = 50):
     factory_obj, _ = actor_scope(request)
@@ -192,21 +210,71 @@ def groups_create(request, factory: FactoryName, payload: DeviceGroupIn):
     return Status(201, _group_out(group, 0))
 
 
-@router.get("/groups/{group}", response=responses(200, DeviceGroupOut), summary="One device group")
+@router.get("/groups/{path:group}", response=responses(200, DeviceGroupOut), summary="One device group")
 def groups_show(request, factory: FactoryName, group: str):
     factory_obj, _ = actor_scope(request)
     return _group_out(group_lookup(factory_obj, group))
 
 
-@router.patch("/groups/{group}", response=responses(200, DeviceGroupOut), summary="Rename a device group")
+@router.patch("/groups/{path:group}", response=responses(200, DeviceGroupOut), summary="Rename a device group")
 def groups_rename(request, factory: FactoryName, group: str, payload: DeviceGroupRenameIn):
     factory_obj, user = actor_scope(request)
     group_obj = device_group_rename(group=group_lookup(factory_obj, group), new_name=payload.name, actor=user)
     return _group_out(group_obj)
 
 
-@router.delete("/groups/{group}", response=responses(204, None), summary="Delete a device group (its devices stay, without a group)")
+@router.delete("/groups/{path:group}", response=responses(204, None), summary="Delete a device group (its devices stay, without a group)")
 def groups_delete(request, factory: FactoryName, group: str):
     factory_obj, user = actor_scope(request)
     device_group_delete(group=group_lookup(factory_obj, group), actor=user)
     return Status(204, None)
+
+
+# --- registration tokens ----------------------------------------------------------------------
+
+
+def _token_out(token, plain=None):
+    return {
+        "prefix": token.prefix,
+        "name": token.name,
+        "tag": token.tag,
+        "group": token.group.name if token.group_id else None,
+        "production": token.allow_production,
+        "max_uses": token.max_uses,
+        "uses": token.uses,
+        "expires_at": token.expires_at,
+        "created_at": token.created_at,
+        "revoked_at": token.revoked_at,
+        "token": plain,
+    }
+
+
+@router.get("/registration-tokens/", response=responses(200, list[RegistrationTokenOut]), summary="Registration tokens, newest first")
+def registration_tokens_list(request, factory: FactoryName, revoked: bool = False):
+    factory_obj, _ = actor_scope(request, "factory.admin")
+    return [_token_out(t) for t in registration_token_list(factory=factory_obj, include_revoked=revoked)]
+
+
+@router.post("/registration-tokens/", response=responses(201, RegistrationTokenOut), summary="Create a token devices register with (shown once)")
+def registration_tokens_create(request, factory: FactoryName, payload: RegistrationTokenIn):
+    factory_obj, user = actor_scope(request)
+    group = group_lookup(factory_obj, payload.group) if payload.group else None
+    token, plain = registration_token_create(
+        factory=factory_obj,
+        actor=user,
+        tag=payload.tag,
+        name=payload.name,
+        group=group,
+        production=payload.production,
+        max_uses=payload.max_uses,
+        expires_days=payload.expires_days,
+        expires_at=payload.expires_at,
+    )
+    return Status(201, _token_out(token, plain))
+
+
+@router.delete("/registration-tokens/{prefix}", response=responses(200, RegistrationTokenOut), summary="Revoke a registration token")
+def registration_tokens_revoke(request, factory: FactoryName, prefix: str):
+    factory_obj, user = actor_scope(request)
+    token = registration_token_revoke(token=registration_token_get(factory=factory_obj, prefix=prefix), actor=user)
+    return _token_out(token)

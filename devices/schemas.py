@@ -4,7 +4,7 @@ from typing import Annotated
 from uuid import UUID
 
 from ninja import Schema
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from factory.schemas import PageMeta, Text
 
@@ -74,3 +74,27 @@ class DeviceGroupAssignOut(Schema):
     group: str | None
     moved: int
     unknown: list[UUID] = Field(description="Listed UUIDs that are not devices of this factory.")
+
+
+class RegistrationTokenIn(Schema):
+    tag: Annotated[Text, Field(min_length=1, max_length=64)] = Field(description="The tag registered devices follow.")
+    name: Annotated[Text, Field(max_length=100)] = ""
+    group: GroupName | None = Field(None, description="The group registered devices join.")
+    production: bool = Field(False, description="Allow production certificates (businessCategory=production).")
+    max_uses: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    expires_days: Annotated[float, Field(gt=0, le=3650)] | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class RegistrationTokenOut(Schema):
+    prefix: str
+    name: str
+    tag: str
+    group: str | None
+    production: bool
+    max_uses: int | None
+    uses: int
+    expires_at: datetime | None
+    created_at: datetime
+    revoked_at: datetime | None
+    token: str | None = Field(None, description="The secret token: returned once, when it is created.")

@@ -4,25 +4,34 @@ Every resource lives under /api/v1/factories/{factory}/. The token's factory mus
 the URL (checked once, in `TokenAuth`, for every route), and each endpoint calls the same services
 as the dashboard, which check the token user's role. Errors are always {"detail", "code"}.
 """
+import json
 import logging
+from typing import Annotated, Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from ninja import NinjaAPI, Router, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.security.http import HttpAuthBase
+from pydantic import Field
 
 from .auth import authorize, role_of
-from .errors import ApplicationError, Forbidden
+from .errors import ApplicationError, Forbidden, NotFound
 from .models import AuditEntry, CiTarget
 from .schemas import (
     AuditPage,
     CiBuildIn,
     CiBuildOut,
     CiBuildPage,
+    ChangeSignIn,
     ErrorOut,
     FactoryName,
     FactoryOut,
+    KeysOut,
+    OfflineKeyIn,
+    ProductionTagOut,
+    ProductionTargetsOut,
+    RootChangeOut,
     PageNumber,
     PerPage,
     Text,
@@ -30,6 +39,8 @@ from .schemas import (
     WhoAmIOut,
 )
 from .services import api_token_authenticate, ci_build_publish
+from .tuf import selectors as tuf_selectors
+from .tuf import services as tuf_services
 
 logger = logging.getLogger(__name__)
 
@@ -308,14 +319,113 @@ def audit_list(
     return result
 
 
+@router.get("/targets/production", response=responses(200, list[ProductionTagOut]), summary="Tags with production targets")
+def targets_production_tags(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    return tuf_selectors.production_tags(factory=factory_obj)
+
+
+@router.get("/targets/production/{tag}", response=responses(200, ProductionTargetsOut), summary="A tag's production targets")
+def targets_production(request, factory: FactoryName, tag: str):
+    factory_obj, _ = actor_scope(request)
+    return {
+        "tag": tag,
+        "version": tuf_selectors.production_targets_version(factory=factory_obj, tag=tag),
+        "targets": tuf_selectors.production_targets(factory=factory_obj, tag=tag),
+    }
+
+
+# --- keys and roots ----------------------------------------------------------------------------
+
+keys = Router(tags=["keys"])
+
+
+def _change_out(change):
+    pending = change.status == change.Status.PENDING
+    return {
+        "action": change.action,
+        "status": change.status,
+        "created_at": change.created_at,
+        "created_by": change.created_by.get_username() if change.created_by else "",
+        "details": change.details,
+        "documents": tuf_selectors.root_change_payloads(change=change) if pending else [],
+    }
+
+
+@keys.get("/keys/", response=responses(200, KeysOut), summary="The factory's TUF keys, root facts and any key change waiting for signatures")
+def keys_list(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    pending = tuf_selectors.root_change_pending(factory=factory_obj)
+    return {
+        **tuf_selectors.repository_summary(factory=factory_obj),
+        "keys": tuf_selectors.key_list(factory=factory_obj),
+        "pending_change": _change_out(pending) if pending else None,
+    }
+
+
+@keys.get("/keys/root", response=responses(200, dict[str, Any]), summary="The CI root (test devices) or the production root, as signed TUF metadata")
+def keys_root(request, factory: FactoryName, production: bool = False, version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None):
+    factory_obj, _ = actor_scope(request)
+    channel = "production" if production else "ci"
+    return json.loads(tuf_selectors.root_get(factory=factory_obj, channel=channel, version=version))
+
+
+@keys.post("/keys/offline", response=responses(200, RootChangeOut), summary="Add a user-held offline key (targets signing key or the new root key)")
+def keys_offline_add(request, factory: FactoryName, payload: OfflineKeyIn):
+    """Starts a key change: new roots, and any production targets the new root makes invalid. It is
+    applied at once when the server can sign everything; otherwise it waits (status "pending") for
+    the offline signatures listed in `documents`, sent to `/keys/change/sign`."""
+    factory_obj, user = actor_scope(request)
+    change = tuf_services.offline_key_add(
+        factory=factory_obj, actor=user, role=payload.role, public_key=payload.public_key.dict(), threshold=payload.threshold
+    )
+    return _change_out(change)
+
+
+@keys.post("/keys/root/renew", response=responses(200, RootChangeOut), summary="Renew the root (same keys, a year more)")
+def keys_root_renew(request, factory: FactoryName):
+    factory_obj, user = actor_scope(request)
+    return _change_out(tuf_services.root_renew(factory=factory_obj, actor=user))
+
+
+def _pending(factory_obj):
+    change = tuf_selectors.root_change_pending(factory=factory_obj)
+    if change is None:
+        raise NotFound("no key change is waiting for signatures")
+    return change
+
+
+@keys.get("/keys/change", response=responses(200, RootChangeOut), summary="The key change waiting for offline signatures")
+def keys_change(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    return _change_out(_pending(factory_obj))
+
+
+@keys.post("/keys/change/sign", response=responses(200, RootChangeOut), summary="Add offline signatures to the pending key change")
+def keys_change_sign(request, factory: FactoryName, payload: ChangeSignIn):
+    factory_obj, user = actor_scope(request)
+    change = tuf_services.root_change_sign(factory=factory_obj, actor=user, signatures=[s.dict() for s in payload.signatures])
+    return _change_out(change)
+
+
+@keys.delete("/keys/change", response=responses(204, None), summary="Abandon the pending key change")
+def keys_change_abandon(request, factory: FactoryName):
+    factory_obj, user = actor_scope(request)
+    tuf_services.root_change_abandon(factory=factory_obj, actor=user)
+    return Status(204, None)
+
+
 def _mount():
     from devices.api import router as devices_router
     from waves.api import router as waves_router
+    from waves.status_api import router as status_router
 
     api.add_router("/", identity)
     api.add_router("/factories/{factory}/", router)
+    api.add_router("/factories/{factory}/", keys)
     api.add_router("/factories/{factory}/", devices_router)
     api.add_router("/factories/{factory}/", waves_router)
+    api.add_router("/factories/{factory}/", status_router)
 
 
 _mount()

@@ -1,6 +1,6 @@
 """API schemas of the factory app (errors, paging, identity, CI targets, audit) and shared types."""
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -93,13 +93,6 @@ class CiBuildIn(Schema):
     custom: dict[Text, Any] | None = Field(None, description="Extra fields for each target's `custom` metadata.")
 
 
-class ProductionTargetsOut(Schema):
-    tag: str
-    version: int | None = Field(description="The version of the tag's production targets metadata; null before the first wave completes.")
-    versions: list[int] = Field(description="Build versions listed in the production targets.")
-    targets: dict[str, Any] | None = Field(description="The signed TUF targets metadata, as served to production devices.")
-
-
 class AuditEntryOut(Schema):
     id: int
     created_at: datetime
@@ -111,3 +104,95 @@ class AuditEntryOut(Schema):
 
 class AuditPage(PageMeta):
     items: list[AuditEntryOut]
+
+
+class ProductionTargetOut(Schema):
+    name: str
+    version: int | None
+    hardware_ids: list[str]
+    length: int
+    sha256: str
+
+
+class ProductionTargetsOut(Schema):
+    tag: str
+    version: int | None = Field(description="The production targets metadata version (the last completed wave's build); null before the first wave completes.")
+    targets: list[ProductionTargetOut]
+
+
+class ProductionTagOut(Schema):
+    tag: str
+    version: int | None
+
+
+class TufKeyOut(Schema):
+    role: str
+    keyid: str
+    online: bool
+    created_at: datetime
+    created_by: str
+    retired_at: datetime | None
+
+
+class ChangeDocumentOut(Schema):
+    document: str
+    kind: str
+    payload: str = Field(description="Base64 of the canonical bytes to sign.")
+    keyids: list[str] = Field(description="Keys that may sign this document.")
+    signed_by: list[str]
+    missing: str = Field(description="What the document still needs, in plain words; empty when complete.")
+
+
+class RootChangeOut(Schema):
+    action: str
+    status: str
+    created_at: datetime
+    created_by: str
+    details: dict[str, Any]
+    documents: list[ChangeDocumentOut] = Field(description="Only while the change is pending.")
+
+
+class KeysOut(Schema):
+    root_version: int
+    root_expires_at: datetime
+    root_online: bool
+    production_targets_threshold: int
+    offline_targets_keys: int
+    keys: list[TufKeyOut]
+    pending_change: RootChangeOut | None
+
+
+KeyId = Annotated[Text, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PublicKeyIn(Schema):
+    keytype: Annotated[Text, Field(max_length=32)]
+    scheme: Annotated[Text, Field(max_length=32)]
+    keyval: dict[Annotated[Text, Field(max_length=32)], Annotated[Text, Field(max_length=256)]]
+
+
+class OfflineKeyIn(Schema):
+    role: Literal["targets", "root"]
+    public_key: PublicKeyIn = Field(description="The .pub content: {keytype, scheme, keyval: {public}} (ed25519).")
+    threshold: Annotated[int, Field(ge=2, le=100)] | None = Field(None, description="New production targets threshold (targets keys only).")
+
+
+class ChangeSignatureIn(Schema):
+    document: Annotated[Text, Field(max_length=200)]
+    keyid: KeyId
+    sig: Annotated[Text, Field(pattern=r"^[0-9a-f]{2,1024}$")]
+
+
+class ChangeSignIn(Schema):
+    signatures: Annotated[list[ChangeSignatureIn], Field(min_length=1, max_length=100)]
+
+
+class ExpiryWarningOut(Schema):
+    kind: str
+    tag: str
+    wave: str | None
+    version: int | None
+    expires_at: datetime
+    days_left: int
+    expired: bool
+    message: str

@@ -10,10 +10,16 @@ from pydantic import Field
 
 from factory.api import actor_scope, responses
 from factory.errors import ApplicationError
-from factory.schemas import FactoryName, PageNumber, PerPage, Text
+from factory.errors import NotFound
+from factory.schemas import FactoryName, PageNumber, Text
+from factory.tuf import selectors as tuf_selectors
 
-from . import selectors
+from . import devicelists, selectors, services
+from .models import SavedDeviceList
 from .schemas import (
+    DeviceListIn,
+    DeviceListOut,
+    DeviceListUpdateIn,
     FactoryStatusOut,
     RolloutDevicesOut,
     RolloutIn,
@@ -29,17 +35,6 @@ from .schemas import (
 router = Router(tags=["waves"])
 
 
-class _Services:
-    """waves.services, imported on first use so the URL configuration loads even while the TUF
-    layer it depends on is unavailable (e.g. a partial checkout)."""
-
-    def __getattr__(self, name):
-        from . import services as module
-
-        return getattr(module, name)
-
-
-services = _Services()
 
 ThresholdHours = Annotated[float, Field(gt=0, le=24 * 365, description="Hours without a check-in before a device counts as offline.")]
 
@@ -169,6 +164,9 @@ def waves_rollout(request, factory: FactoryName, wave: str, payload: RolloutIn):
     result = services.wave_rollout(
         wave=wave_obj, actor=user, group=payload.group, limit=limit, uuids=payload.uuids, dry_run=payload.dry_run
     )
+    devices = result.devices
+    if result.full_group and not devices and result.rollout is not None:
+        devices = _staged_devices(result.rollout)
     return {
         "message": result.message,
         "dry_run": result.dry_run,
@@ -176,9 +174,28 @@ def waves_rollout(request, factory: FactoryName, wave: str, payload: RolloutIn):
         "group": result.group_name,
         "full_group": result.full_group,
         "rollout": result.rollout.pk if result.rollout else None,
-        "devices": [{k: d[k] for k in ("uuid", "name", "group", "target_version", "online")} for d in result.devices],
+        "devices": [{k: d[k] for k in ("uuid", "name", "group", "target_version", "online")} for d in devices],
         "skipped": result.skipped,
     }
+
+
+def _staged_devices(rollout):
+    """The devices a full-group rollout staged, in the same shape as the other rollouts' rows."""
+    from devices.models import Device
+
+    cutoff = selectors.offline_cutoff()
+    uuids = selectors.rollout_device_uuids(rollout=rollout)
+    rows = Device.objects.filter(factory_id=rollout.wave.factory_id, uuid__in=uuids).order_by("name", "id")
+    return [
+        {
+            "uuid": str(d.uuid),
+            "name": d.name,
+            "group": rollout.group_name,
+            "target_version": d.target_version,
+            "online": bool(d.last_seen and d.last_seen >= cutoff),
+        }
+        for d in rows
+    ]
 
 
 @router.get("/waves/{wave}/rollouts", response=responses(200, list[RolloutSummaryOut]), summary="A wave's rollout history")
@@ -192,8 +209,6 @@ def waves_rollout_devices(request, factory: FactoryName, wave: str, rollout: Ann
     wave_obj, _ = _wave(request, wave)
     rollout_obj = wave_obj.rollouts.filter(pk=rollout).first()
     if rollout_obj is None:
-        from factory.errors import NotFound
-
         raise NotFound(f"wave {wave_obj.name} has no rollout {rollout}")
     return {"rollout": rollout_obj.pk, "uuids": selectors.rollout_device_uuids(rollout=rollout_obj)}
 
@@ -245,4 +260,60 @@ def factory_status(request, factory: FactoryName, offline_threshold: ThresholdHo
         "offline_threshold_hours": offline_threshold or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS,
         "tags": [{**t, "versions": _versions(t["versions"])} for t in tags],
         "active_waves": [wave_out(w) for w in active],
+        "warnings": tuf_selectors.expiring_targets(factory=factory_obj),
     }
+
+
+# --- saved device lists -------------------------------------------------------------------------
+
+
+def _list_out(saved):
+    uuids = devicelists.device_list_uuids(saved)
+    return {
+        "name": saved.name,
+        "uuids": uuids,
+        "count": len(uuids),
+        "created_by": saved.created_by.get_username() if saved.created_by else "",
+        "created_at": saved.created_at,
+        "updated_at": saved.updated_at,
+    }
+
+
+def _saved_list(factory_obj, name):
+    saved = SavedDeviceList.objects.select_related("created_by", "factory").filter(factory=factory_obj, name=name).first()
+    if saved is None:
+        raise NotFound(f"device list {name} does not exist")
+    return saved
+
+
+@router.get("/device-lists/", response=responses(200, list[DeviceListOut]), summary="Saved device lists")
+def device_lists_list(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    return [_list_out(saved) for saved in SavedDeviceList.objects.filter(factory=factory_obj).select_related("created_by").order_by("name")]
+
+
+@router.post("/device-lists/", response=responses(201, DeviceListOut), summary="Save a device list")
+def device_lists_create(request, factory: FactoryName, payload: DeviceListIn):
+    factory_obj, user = actor_scope(request)
+    saved = devicelists.device_list_create(factory=factory_obj, actor=user, name=payload.name, uuids=payload.uuids)
+    return Status(201, _list_out(saved))
+
+
+@router.get("/device-lists/{path:name}", response=responses(200, DeviceListOut), summary="A saved device list")
+def device_lists_show(request, factory: FactoryName, name: str):
+    factory_obj, _ = actor_scope(request)
+    return _list_out(_saved_list(factory_obj, name))
+
+
+@router.patch("/device-lists/{path:name}", response=responses(200, DeviceListOut), summary="Rename a saved list or replace its UUIDs")
+def device_lists_update(request, factory: FactoryName, name: str, payload: DeviceListUpdateIn):
+    factory_obj, user = actor_scope(request)
+    saved = devicelists.device_list_update(device_list=_saved_list(factory_obj, name), actor=user, name=payload.name, uuids=payload.uuids)
+    return _list_out(saved)
+
+
+@router.delete("/device-lists/{path:name}", response=responses(204, None), summary="Delete a saved device list")
+def device_lists_delete(request, factory: FactoryName, name: str):
+    factory_obj, user = actor_scope(request)
+    devicelists.device_list_delete(device_list=_saved_list(factory_obj, name), actor=user)
+    return Status(204, None)

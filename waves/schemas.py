@@ -4,10 +4,10 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from ninja import Schema
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from devices.schemas import UuidList
-from factory.schemas import PageMeta, Text, Version
+from factory.schemas import ExpiryWarningOut, PageMeta, Text, Version
 
 Name = Annotated[Text, Field(min_length=1, max_length=64)]
 Base64 = Annotated[Text, Field(max_length=8 * 1024 * 1024, description="Base64-encoded bytes.")]
@@ -24,7 +24,7 @@ class WaveInitIn(Schema):
     tag: Name
     prune: list[Version] = Field(default_factory=list, description="Versions to drop from the production targets.")
     expires_days: Annotated[int, Field(ge=2, le=3650)] | None = None
-    expires_at: datetime | None = Field(None, description="RFC 3339; overrides expires_days.")
+    expires_at: AwareDatetime | None = Field(None, description="RFC 3339 with a time zone, e.g. 2027-06-01T00:00:00Z.")
     source_tag: Name | None = Field(None, description="Match this tag when looking for the build's targets.")
     dry_run: bool = Field(False, description="Build and return the wave's targets without creating the wave.")
     signatures: list[SignatureIn] | None = Field(
@@ -171,6 +171,7 @@ class FactoryStatusOut(Schema):
     offline_threshold_hours: float
     tags: list[TagStatusOut]
     active_waves: list[WaveOut]
+    warnings: list[ExpiryWarningOut] = Field(description="Offline-signed metadata that expires within 30 days.")
 
 
 class DeviceListOut(Schema):
