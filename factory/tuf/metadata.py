@@ -4,6 +4,7 @@ Everything here speaks standard TUF: the bytes these functions return are what d
 TUF clients download and verify.
 """
 import hashlib
+import logging
 from datetime import datetime, timezone
 
 from securesystemslib.signer import Signature
@@ -12,6 +13,10 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from factory.errors import ApplicationError
+
+# python-tuf logs every key that has not signed at INFO; a partly signed wave or root change is
+# normal here, so those lines would only bury real messages.
+logging.getLogger("tuf.api._payload").setLevel(logging.WARNING)
 
 # Compact JSON keeps large targets files small; the signatures cover the canonical form anyway.
 SERIALIZER = JSONSerializer(compact=True)
