@@ -34,6 +34,13 @@ def demo_load(stdout=None):
     for version in DEMO_BUILDS:
         if not CiTarget.objects.filter(factory=factory, version=version).exists():
             ci_build_publish(factory=factory, version=version, hardware_ids=DEMO_HARDWARE_IDS, tags=[DEMO_TAG])
+    from django.conf import settings
+
+    from .tuf.services import demo_offline_key
+
+    release = get_user_model().objects.get(username="release")
+    key_path, _ = demo_offline_key(factory=factory, actor=release, path=settings.VAR_DIR / "demo-offline-targets-key.tgz")
+    notes = [f"\nOffline targets key (sign waves with it in the dashboard or with breakwater -k): {key_path}"]
     if not Device.objects.filter(factory=factory).exists():
         fleet_seed(
             factory=factory,
@@ -45,4 +52,4 @@ def demo_load(stdout=None):
             version=41,
             hardware_ids=DEMO_HARDWARE_IDS,
         )
-    return {"factory": factory, "users": users, "notes": []}
+    return {"factory": factory, "users": users, "notes": notes}

@@ -10,6 +10,7 @@ import base64
 import logging
 import secrets
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -849,3 +850,24 @@ def offline_key_generate(*, factory, actor, role="targets", threshold=None):
         if signatures:
             change = root_change_sign(factory=factory, actor=actor, signatures=signatures)
     return tuf_keys.key_archive_write([(role, signer)])
+
+
+def demo_offline_key(*, factory, actor, path):
+    """The demo's offline targets key archive at `path`: kept if it is still one of the factory's
+    keys, else a new key is registered and written there (owner-only). Returns (path, created)."""
+    path = Path(path)
+    if path.exists():
+        try:
+            keyids = {signer.public_key.keyid for role, signer in tuf_keys.key_archive_read(path.read_bytes()) if role == "targets"}
+        except ApplicationError:
+            keyids = set()
+        if TufKey.objects.filter(factory=factory, role="targets", online=False, retired_at__isnull=True, keyid__in=keyids).exists():
+            return path, False
+    archive = offline_key_generate(factory=factory, actor=actor, role="targets")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.touch(mode=0o600)
+    temporary.chmod(0o600)
+    temporary.write_bytes(archive)
+    temporary.replace(path)
+    return path, True

@@ -437,3 +437,18 @@ def test_the_expiry_monitor_warns_about_an_offline_root(factory, bob, settings):
     # An offline root is never renewed by the server.
     settings.BREAKWATER_TUF_ROOT_REFRESH_DAYS = 400
     assert tuf.roots_renew_due() == 0
+
+
+def test_the_demo_key_archive_is_written_once_and_signs_waves(factory, builds, bob, tmp_path):
+    path = tmp_path / "keys" / "demo.tgz"
+    written, created = tuf.demo_offline_key(factory=factory, actor=bob, path=path)
+    assert created and written == path and path.stat().st_mode & 0o777 == 0o600
+    assert tuf.demo_offline_key(factory=factory, actor=bob, path=path) == (path, False)
+    assert root_of(factory, "production").version == 2  # registered once
+    data = tuf.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
+    signatures = tuf.key_archive_signatures(payload=tuf.wave_signing_payload(data), archive_bytes=path.read_bytes())
+    assert tuf.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures)[1]
+    # An archive that is not one of the factory's keys (another database, a garbled file) is replaced.
+    path.write_bytes(b"garbage")
+    assert tuf.demo_offline_key(factory=factory, actor=bob, path=path)[1]
+    assert len(tuf_keys.key_archive_read(path.read_bytes())) == 1
