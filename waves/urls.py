@@ -2,7 +2,7 @@
 so a wave with one of those names is reached through the API and CLI only."""
 from django.urls import path
 
-from . import views
+from . import status_views, views
 
 urlpatterns = [
     path("", views.wave_list, name="wave-list"),
@@ -23,4 +23,7 @@ urlpatterns = [
     path("<str:name>/rollout/<str:token>/download/", views.rollout_preview_download, name="rollout-preview-download"),
     path("<str:name>/rollout/<str:token>/save/", views.rollout_preview_save, name="rollout-preview-save"),
     path("<str:name>/rollout/<str:token>/go/", views.rollout_perform, name="rollout-perform"),
+    path("<str:name>/live/", status_views.wave_live_status, name="wave-live-status"),
+    path("<str:name>/status.csv", status_views.wave_status_csv, name="wave-status-csv"),
+    path("<str:name>/status-history.csv", status_views.wave_status_history_csv, name="wave-status-history-csv"),
 ]

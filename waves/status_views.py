@@ -1,0 +1,150 @@
+"""Live status fragments (polled by htmx, redrawn with Plotly.react) and CSV exports, for a wave
+and for the factory. The wave panel reads stored samples, so it costs the same at any fleet size."""
+import csv
+
+from django.conf import settings
+from django.http import Http404, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET
+
+from factory import charts as factory_charts
+from factory.auth import factory_view
+from factory.errors import ApplicationError
+
+from . import charts, selectors, status
+from .models import Wave, WaveStatusSample
+
+# Spreadsheet programs run cells that start like a formula; group names and failure reasons
+# come from users and devices.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _wave_or_404(request, name):
+    try:
+        return selectors.wave_get(factory=request.factory, name=name)
+    except ApplicationError:
+        raise Http404(f"No wave named {name} in this factory.") from None
+
+
+def _threshold(request):
+    value = request.GET.get("offline_threshold", "").strip()
+    return value or None
+
+
+def _interval():
+    return status.status_interval()
+
+
+def _duration(seconds):
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min"
+
+
+def _cell(value):
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_response(rows, filename):
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    for row in rows:
+        writer.writerow([_cell(value) for value in row])
+    return response
+
+
+def _figure_list(figures, prefix):
+    # (element id, json_script id, figure) in the order the panel shows them
+    return {name: {"id": f"{prefix}-chart-{name}", "data_id": f"{prefix}-fig-{name}", "figure": figure} for name, figure in figures.items()}
+
+
+@factory_view("view")
+@require_GET
+def wave_live_status(request, name):
+    wave = _wave_or_404(request, name)
+    live = status.wave_live_status(wave=wave)
+    context = {
+        "wave": wave,
+        "live": live,
+        "charts": _figure_list(charts.wave_figures(live), "wave"),
+        "state_rows": [(state, status.STATE_LABELS[state], live["totals"].get(state, 0), charts.STATE_COLORS[state]) for state in status.STATES],
+        "group_rows": [(g["group"], g["total"], [g["states"].get(state, 0) for state in status.STATES], g["stuck"]) for g in live["groups"]],
+        "stuck_after": _duration(settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES * 60),
+        "interval": _interval(),
+    }
+    response = render(request, "waves/_live_status.html#wave-live", context)
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+@factory_view("view")
+@require_GET
+def wave_status_csv(request, name):
+    wave = _wave_or_404(request, name)
+    try:
+        taken_at, rows = status.wave_status_csv_rows(wave=wave, offline_threshold_hours=_threshold(request))
+    except ApplicationError as error:
+        return HttpResponse(error.message, status=400, content_type="text/plain; charset=utf-8")
+    return csv_response(rows, f"{wave.name}-status-{taken_at:%Y%m%dT%H%M%SZ}.csv")
+
+
+@factory_view("view")
+@require_GET
+def wave_status_history_csv(request, name):
+    wave = _wave_or_404(request, name)
+    return csv_response(status.wave_status_history_csv_rows(wave=wave), f"{wave.name}-status-history.csv")
+
+
+def _active_waves(factory):
+    """Open waves of the factory with their latest sample's totals (one query per wave, few waves)."""
+    out = []
+    for wave in Wave.objects.filter(factory=factory, status=Wave.Status.ACTIVE).order_by("tag", "name"):
+        sample = WaveStatusSample.objects.filter(wave=wave).order_by("-bucket").values("totals", "taken_at").first()
+        totals = sample["totals"] if sample else {}
+        total = totals.get("total", 0)
+        out.append(
+            {
+                "wave": wave,
+                "taken_at": sample["taken_at"] if sample else None,
+                "total": total,
+                "updated": totals.get("updated", 0),
+                "failed": totals.get("failed", 0),
+                "stuck": totals.get("stuck", 0),
+                "percent": round(100 * totals.get("updated", 0) / total, 1) if total else 0,
+            }
+        )
+    return out
+
+
+@factory_view("view")
+@require_GET
+def factory_live_status(request):
+    try:
+        rows = selectors.factory_status(factory=request.factory, offline_threshold_hours=_threshold(request))
+    except ApplicationError:
+        rows = selectors.factory_status(factory=request.factory)
+    context = {
+        "charts": _figure_list(factory_charts.factory_figures(rows, factory_name=request.factory.name), "factory"),
+        "active_waves": _active_waves(request.factory),
+        "interval": max(_interval(), 15.0),
+        "now": timezone.now(),
+        "threshold": _threshold(request) or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS,
+    }
+    response = render(request, "factory/_live_status.html#factory-live", context)
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+@factory_view("view")
+@require_GET
+def factory_status_csv(request):
+    try:
+        rows = selectors.factory_status(factory=request.factory, offline_threshold_hours=_threshold(request))
+    except ApplicationError as error:
+        return HttpResponse(error.message, status=400, content_type="text/plain; charset=utf-8")
+    return csv_response(status.factory_status_csv_rows(rows=rows), f"{request.factory.name}-status-{timezone.now():%Y%m%dT%H%M%SZ}.csv")
