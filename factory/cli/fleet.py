@@ -74,6 +74,24 @@ def register(sub, common):
     p.add_argument("name", metavar="NAME")
     p.set_defaults(handler=groups_delete)
 
+    tokens = sub.add_parser("registration-tokens", help="tokens devices register with (admins)", parents=[common])
+    token_commands = tokens.add_subparsers(dest="tokens_command", metavar="COMMAND", required=True)
+    p = token_commands.add_parser("list", parents=[common], help="registration tokens, newest first")
+    p.add_argument("--all", action="store_true", help="include revoked tokens")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=tokens_list)
+    p = token_commands.add_parser("create", parents=[common], help="create a registration token and print it (shown once)")
+    p.add_argument("--tag", required=True, help="tag the registered devices follow")
+    p.add_argument("--group", metavar="GROUP", help="group the registered devices join")
+    p.add_argument("--production", action="store_true", help="allow production certificates (businessCategory=production)")
+    p.add_argument("--max-uses", type=int, metavar="N")
+    p.add_argument("--expires-days", type=float, metavar="DAYS")
+    p.add_argument("--name", default="")
+    p.set_defaults(handler=tokens_create)
+    p = token_commands.add_parser("revoke", parents=[common], help="revoke a registration token")
+    p.add_argument("prefix", metavar="PREFIX", help="the token's prefix, as `list` shows it")
+    p.set_defaults(handler=tokens_revoke)
+
     lists = sub.add_parser("device-lists", help="saved device UUID lists for rollouts", parents=[common])
     list_commands = lists.add_subparsers(dest="lists_command", metavar="COMMAND", required=True)
     p = list_commands.add_parser("list", parents=[common], help="saved device lists")
@@ -288,4 +306,50 @@ def device_lists_update(args, ctx):
 def device_lists_delete(args, ctx):
     ctx.client.delete(_list_path(ctx, args.name))
     out(f"Saved device list {args.name} deleted")
+    return 0
+
+
+def tokens_list(args, ctx):
+    tokens = ctx.client.get(ctx.path("registration-tokens/"), {"revoked": args.all})
+    if args.json:
+        dump_json(tokens)
+        return 0
+    table(
+        ["PREFIX", "NAME", "TAG", "GROUP", "PRODUCTION", "USES", "EXPIRES AT", "REVOKED AT"],
+        [
+            [
+                t["prefix"],
+                t["name"] or "-",
+                t["tag"],
+                t["group"] or "-",
+                "yes" if t["production"] else "no",
+                f"{t['uses']}/{t['max_uses']}" if t["max_uses"] else t["uses"],
+                when(t["expires_at"]) if t["expires_at"] else "never",
+                when(t["revoked_at"]) if t["revoked_at"] else "",
+            ]
+            for t in tokens
+        ],
+    )
+    return 0
+
+
+def tokens_create(args, ctx):
+    payload = {
+        "tag": args.tag,
+        "name": args.name,
+        "group": args.group,
+        "production": args.production,
+        "max_uses": args.max_uses,
+        "expires_days": args.expires_days,
+    }
+    token = ctx.client.post(ctx.path("registration-tokens/"), {k: v for k, v in payload.items() if v is not None})
+    # The secret alone on stdout, so scripts can capture it; the explanation on stderr.
+    out(token["token"])
+    err(f"Registration token {token['prefix']} created for tag {token['tag']}; it is shown only once.")
+    return 0
+
+
+def tokens_revoke(args, ctx):
+    ctx.client.delete(ctx.path(f"registration-tokens/{quote(args.prefix, safe='')}"))
+    out(f"Registration token {args.prefix} revoked")
     return 0

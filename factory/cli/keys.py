@@ -1,5 +1,187 @@
-"""`breakwater keys ...`: offline keys and TUF roots."""
+"""`breakwater keys ...`: offline TUF keys and roots.
+
+New offline keys are generated on this machine and written to an archive here first; only the
+public key and signatures are sent to the server.
+"""
+import base64
+import os
+from pathlib import Path
+
+from factory.errors import ApplicationError
+from factory.tuf.keys import key_archive_read, key_archive_write, key_generate, payload_sign
+
+from .client import CliError, UsageError
+from .common import read_binary
+from .output import dump_json, err, fields, out, table, when
 
 
 def register(sub, common):
-    pass
+    keys = sub.add_parser("keys", help="offline TUF keys and the CI and production roots", parents=[common])
+    commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("list", parents=[common], help="the factory's TUF keys, root facts and any key change waiting for signatures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=keys_list)
+
+    p = commands.add_parser("show-root", parents=[common], help="print the CI root (test devices) or, with --prod, the production root")
+    p.add_argument("--prod", action="store_true", help="the production root")
+    p.add_argument("--version", type=int, metavar="N", help="this root version (default: the newest)")
+    p.set_defaults(handler=keys_show_root)
+
+    p = commands.add_parser(
+        "rotate-offline-key",
+        parents=[common],
+        help="generate an offline key on this machine and add it to the factory's roots",
+        description="Generate a new offline key here, save it to KEYS.tgz (readable by you only), and add its "
+        "public half to the factory's CI and production roots. A targets key signs production waves; a root "
+        "key replaces the root key(s). The private key never leaves this machine.",
+    )
+    p.add_argument("--role", choices=("targets", "root"), default="targets")
+    p.add_argument("-k", "--keys", required=True, metavar="OUT.tgz", help="where to save the new key archive (must not exist)")
+    p.add_argument("--threshold", type=int, metavar="N", help="production targets threshold after adding a targets key (default: at least 2)")
+    p.add_argument("-K", "--sign-with", action="append", default=[], metavar="KEYS.tgz", help="other key archives whose signatures the change needs")
+    p.set_defaults(handler=keys_rotate)
+
+    p = commands.add_parser("sign-change", parents=[common], help="sign the pending key change with the keys in an archive")
+    p.add_argument("-k", "--keys", action="append", required=True, metavar="KEYS.tgz")
+    p.set_defaults(handler=keys_sign_change)
+
+    p = commands.add_parser("renew-root", parents=[common], help="renew the root for another year (same keys)")
+    p.add_argument("-k", "--keys", action="append", default=[], metavar="ROOT.tgz", help="the offline root key, when the root is offline")
+    p.set_defaults(handler=keys_renew_root)
+
+    p = commands.add_parser("abandon-change", parents=[common], help="abandon the key change waiting for signatures")
+    p.set_defaults(handler=keys_abandon)
+
+
+def keys_list(args, ctx):
+    data = ctx.client.get(ctx.path("keys/"))
+    if args.json:
+        dump_json(data)
+        return 0
+    fields(
+        [
+            ("Root Version", data["root_version"]),
+            ("Root Expires", when(data["root_expires_at"])),
+            ("Root Key", "online (on the server)" if data["root_online"] else "offline"),
+            ("Production Targets Threshold", data["production_targets_threshold"]),
+            ("Offline Targets Keys", data["offline_targets_keys"]),
+        ]
+    )
+    out()
+    table(
+        ["ROLE", "KEY ID", "WHERE", "CREATED AT", "BY", "RETIRED AT"],
+        [
+            [k["role"], k["keyid"], "online" if k["online"] else "offline", when(k["created_at"]), k["created_by"] or "-", when(k["retired_at"]) if k["retired_at"] else ""]
+            for k in data["keys"]
+        ],
+    )
+    if data["pending_change"]:
+        out()
+        _print_change(data["pending_change"])
+    return 0
+
+
+def keys_show_root(args, ctx):
+    dump_json(ctx.client.get(ctx.path("keys/root"), {"production": args.prod, "version": args.version}))
+    return 0
+
+
+def _signers(paths):
+    signers = []
+    for path in paths:
+        try:
+            signers += [signer for _, signer in key_archive_read(read_binary(path, what="keys archive"))]
+        except ApplicationError as exc:
+            raise CliError(f"cannot use the keys archive {path}: {exc.message}") from None
+    return signers
+
+
+def _signatures(change, signers):
+    """Signatures the pending change still needs that these keys can make."""
+    signatures = []
+    for document in change["documents"]:
+        if not document["missing"]:
+            continue
+        payload = base64.b64decode(document["payload"])
+        for signer in signers:
+            keyid = signer.public_key.keyid
+            if keyid in document["keyids"] and keyid not in document["signed_by"]:
+                signatures.append({"document": document["document"], **payload_sign(signer, payload)})
+    return signatures
+
+
+def _sign_pending(ctx, change, signers):
+    signatures = _signatures(change, signers) if change["status"] == "pending" else []
+    if signatures:
+        change = ctx.client.post(ctx.path("keys/change/sign"), {"signatures": signatures})
+    return change
+
+
+def _print_change(change):
+    if change["status"] == "applied":
+        out(f"The key change ({change['action']}) is applied: a new root version is published.")
+        return
+    out(f"A key change ({change['action']}) is waiting for offline signatures:")
+    table(["DOCUMENT", "STILL NEEDS"], [[d["document"], d["missing"] or "complete"] for d in change["documents"]], indent=2)
+    out("Sign it with `breakwater keys sign-change -k KEYS.tgz`, or abandon it with `breakwater keys abandon-change`.")
+
+
+def _write_new_archive(path, data):
+    target = Path(path).expanduser()
+    try:
+        # O_EXCL: never overwrite an existing archive, which may hold the only copy of a key.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"{path} already exists; choose a new file so that no key is lost") from None
+    except OSError as exc:
+        raise CliError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def keys_rotate(args, ctx):
+    if args.threshold is not None and args.role != "targets":
+        raise UsageError("--threshold applies to targets keys only")
+    others = _signers(args.sign_with)
+    signer = key_generate()
+    # Save the key before the server knows it: a key the roots trust must never be lost.
+    _write_new_archive(args.keys, key_archive_write([(args.role, signer)]))
+    public = {k: v for k, v in signer.public_key.to_dict().items() if k in ("keytype", "scheme", "keyval")}
+    payload = {"role": args.role, "public_key": public}
+    if args.threshold is not None:
+        payload["threshold"] = args.threshold
+    try:
+        change = ctx.client.post(ctx.path("keys/offline"), payload)
+    except CliError as exc:
+        raise CliError(f"the server did not add the new key ({exc.message}); {args.keys} holds an unused key and can be deleted") from None
+    change = _sign_pending(ctx, change, [signer, *others])
+    out(f"New offline {args.role} key {signer.public_key.keyid} saved to {args.keys}; keep it offline and backed up.")
+    _print_change(change)
+    return 0
+
+
+def keys_sign_change(args, ctx):
+    change = ctx.client.get(ctx.path("keys/change"))
+    signers = _signers(args.keys)
+    signatures = _signatures(change, signers)
+    if not signatures:
+        raise CliError("none of the keys in the archive can add a signature the pending change still needs")
+    change = ctx.client.post(ctx.path("keys/change/sign"), {"signatures": signatures})
+    err(f"Added {len(signatures)} signatures")
+    _print_change(change)
+    return 0
+
+
+def keys_renew_root(args, ctx):
+    signers = _signers(args.keys)
+    change = ctx.client.post(ctx.path("keys/root/renew"))
+    _print_change(_sign_pending(ctx, change, signers))
+    return 0
+
+
+def keys_abandon(args, ctx):
+    ctx.client.delete(ctx.path("keys/change"))
+    out("The pending key change is abandoned")
+    return 0
+

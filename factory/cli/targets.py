@@ -62,14 +62,9 @@ def targets_list(args, ctx):
         if data["version"] is None:
             out(f"Tag {args.by_tag} has no production targets yet: complete a wave to create them.")
             return 0
-        out(f"Production targets of tag {data['tag']}: version {data['version']}, expires {when(data.get('expires_at'))}")
-        signed = (data.get("targets") or {}).get("signed", {})
-        rows = []
-        for name, meta in sorted(signed.get("targets", {}).items()):
-            custom = meta.get("custom", {})
-            rows.append([custom.get("version", "-"), name, ",".join(custom.get("hardwareIds", [])), meta.get("length", "-")])
-        rows.sort(key=lambda r: (-int(r[0]) if str(r[0]).isdigit() else 0, r[1]))
-        table(["VERSION", "TARGET", "HARDWARE IDS", "LENGTH"], rows)
+        out(f"Production targets of tag {data['tag']}: version {data['version']}")
+        rows = sorted(data["targets"], key=lambda t: (-(t["version"] or 0), t["name"]))
+        table(["VERSION", "TARGET", "HARDWARE IDS", "LENGTH"], [[t["version"], t["name"], ",".join(t["hardware_ids"]), t["length"]] for t in rows])
         return 0
     params = {"tag": args.by_tag, "version": args.version, "hardware_id": args.hardware_id, "page": args.page, "per_page": args.limit}
     data = ctx.client.get(ctx.path("targets/"), params)
