@@ -44,14 +44,6 @@ class Checkin:
         if newer.targets_version is not None and (self.targets_version is None or newer.targets_version > self.targets_version):
             self.targets_version = newer.targets_version
 
-    def dumps(self):
-        return json.dumps([self.seen, self.target_name, self.target_version, self.tag])
-
-    @classmethod
-    def loads(cls, raw):
-        seen, target_name, target_version, tag = json.loads(raw)
-        return cls(seen=seen, target_name=target_name, target_version=target_version, tag=tag)
-
 
 class MemoryBuffer:
     """One gateway process's pending check-ins and events."""
@@ -91,47 +83,58 @@ class MemoryBuffer:
 class RedisBuffer:
     """Check-ins and events shared by every gateway process through Redis.
 
-    Check-ins: a hash device id -> latest check-in, and a sorted set device id -> highest targets
-    version served (ZADD GT keeps the maximum). Events: a list. Draining is one MULTI, so two
-    flushers never take the same entries.
+    Check-ins: hashes device id -> last seen, -> latest reported target, -> latest reported tag
+    (a request without the headers leaves the earlier values), and a sorted set device id ->
+    highest targets version served (ZADD GT keeps the maximum). Events: a list. Draining is one
+    MULTI, so two flushers never take the same entries.
     """
 
     def __init__(self, url, prefix):
         import redis
 
         self._redis = redis.Redis.from_url(url)
-        self._checkins_key = f"{prefix}:checkins"
-        self._seen_key = f"{prefix}:targets-seen"
+        self._seen_key = f"{prefix}:seen"
+        self._target_key = f"{prefix}:target"
+        self._tag_key = f"{prefix}:tag"
+        self._served_key = f"{prefix}:targets-served"
         self._events_key = f"{prefix}:events"
 
     def checkin(self, device_id, checkin):
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(self._checkins_key, device_id, checkin.dumps())
+        pipe.hset(self._seen_key, device_id, checkin.seen)
+        if checkin.target_name is not None:
+            pipe.hset(self._target_key, device_id, json.dumps([checkin.target_name, checkin.target_version]))
+        if checkin.tag is not None:
+            pipe.hset(self._tag_key, device_id, checkin.tag)
         if checkin.targets_version is not None:
-            pipe.zadd(self._seen_key, {device_id: checkin.targets_version}, gt=True)
+            pipe.zadd(self._served_key, {device_id: checkin.targets_version}, gt=True)
         pipe.execute()
+
+    def drain_checkins(self):
+        keys = (self._seen_key, self._target_key, self._tag_key)
+        pipe = self._redis.pipeline(transaction=True)
+        for key in keys:
+            pipe.hgetall(key)
+        pipe.zrange(self._served_key, 0, -1, withscores=True)
+        pipe.delete(*keys, self._served_key)
+        seen, targets, tags, served, _ = pipe.execute()
+        pending = {int(k): Checkin(seen=float(v)) for k, v in seen.items()}
+
+        def entry(device_id):
+            # Entries written between two commands of a drain can lack a last-seen value.
+            return pending.setdefault(int(device_id), Checkin(seen=0.0))
+
+        for device_id, raw in targets.items():
+            entry(device_id).target_name, entry(device_id).target_version = json.loads(raw)
+        for device_id, tag in tags.items():
+            entry(device_id).tag = tag.decode()
+        for device_id, score in served:
+            entry(device_id).targets_version = int(score)
+        return pending
 
     def add_events(self, rows):
         if rows:
             self._redis.rpush(self._events_key, *[json.dumps(row) for row in rows])
-
-    def drain_checkins(self):
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hgetall(self._checkins_key)
-        pipe.delete(self._checkins_key)
-        pipe.zrange(self._seen_key, 0, -1, withscores=True)
-        pipe.delete(self._seen_key)
-        raw, _, seen, _ = pipe.execute()
-        pending = {int(k): Checkin.loads(v) for k, v in raw.items()}
-        for member, score in seen:
-            device_id = int(member)
-            entry = pending.get(device_id)
-            if entry is None:
-                # A targets version without a check-in entry cannot happen in one request, but the
-                # two keys are drained together; keep the version and nothing else.
-                entry = pending[device_id] = Checkin(seen=0.0)
-            entry.targets_version = int(score)
-        return pending
 
     def drain_events(self, limit=EVENTS_PER_FLUSH):
         pipe = self._redis.pipeline(transaction=True)
@@ -204,8 +207,16 @@ def _update_batch(items):
             c.targets_version,
         ]
     newer = f"(v.seen IS NOT NULL AND ({table}.last_seen IS NULL OR v.seen >= {table}.last_seen))"
+    values = ", ".join([row] * len(items))
+    columns = ("id", "seen", "target_name", "target_version", "tag", "targets_version")
+    if postgres:
+        source = f"(VALUES {values}) AS v({', '.join(columns)})"
+    else:
+        # SQLite names VALUES columns column1, column2...; (no CTE: Python's sqlite3 before 3.12
+        # reports no row count for statements that start with WITH).
+        names = ", ".join(f"column{i + 1} AS {name}" for i, name in enumerate(columns))
+        source = f"(SELECT {names} FROM (VALUES {values})) AS v"
     sql = f"""
-        WITH v(id, seen, target_name, target_version, tag, targets_version) AS (VALUES {", ".join([row] * len(items))})
         UPDATE {table} SET
             last_seen = CASE WHEN {newer} THEN v.seen ELSE {table}.last_seen END,
             target_name = CASE WHEN {newer} AND v.target_name IS NOT NULL THEN v.target_name ELSE {table}.target_name END,
@@ -214,7 +225,7 @@ def _update_batch(items):
             targets_version_seen = CASE
                 WHEN v.targets_version IS NOT NULL AND ({table}.targets_version_seen IS NULL OR v.targets_version > {table}.targets_version_seen)
                 THEN v.targets_version ELSE {table}.targets_version_seen END
-        FROM v WHERE {table}.id = v.id
+        FROM {source} WHERE {table}.id = v.id
     """
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)

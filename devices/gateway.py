@@ -234,11 +234,7 @@ class Gateway:
         device = cached[1]
         if device is None:
             raise Refused(403, "this device is not registered (unknown or deleted)")
-        if peer.serial != device.certificate_serial:
-            raise Refused(403, "this certificate is not the device's current certificate")
-        if peer.production != device.is_production:
-            raise Refused(403, "the certificate's production status does not match the device's registration")
-        ca_pem, ca_cert = self._factory_ca(device.factory_id)
+        ca_pem, ca_cert = self._factory_ca(device.factory_id, peer.cert.issuer)
         der_key = (peer.fingerprint, ca_pem)
         issued = self._issuers.get(der_key)
         if issued is None:
@@ -246,12 +242,18 @@ class Gateway:
             self._issuers.put(der_key, issued)
         if not issued:
             raise Refused(403, "the certificate was not issued by the device's factory CA")
+        if peer.serial != device.certificate_serial:
+            raise Refused(403, "this certificate is not the device's current certificate")
+        if peer.production != device.is_production:
+            raise Refused(403, "the certificate's production status does not match the device's registration")
         return device
 
-    def _factory_ca(self, factory_id):
+    def _factory_ca(self, factory_id, issuer):
+        """The factory's device CA; read again when the certificate names another issuer, in case
+        the CA was replaced since it was cached."""
         now = time.monotonic()
         cached = self._cas.get(factory_id)
-        if cached is None or cached[0] <= now:
+        if cached is None or cached[0] <= now or (cached[2] is not None and cached[2].subject != issuer):
             pem = DeviceCA.objects.filter(factory_id=factory_id).values_list("certificate", flat=True).first()
             cached = (now + CA_CACHE_SECONDS, pem, pki.cert_load(pem) if pem else None)
             self._cas.put(factory_id, cached)

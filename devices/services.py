@@ -234,7 +234,7 @@ def _token_claim(plain):
     """Lock and return the live token for `plain`; the failure says why, without naming other tokens."""
     if not plain or not isinstance(plain, str) or not plain.startswith(f"{REGISTRATION_TOKEN_PREFIX}_") or len(plain) > 200:
         raise Forbidden("the registration token is not valid")
-    token = RegistrationToken.objects.select_for_update().select_related("factory", "group").filter(token_hash=_secret_hash(plain)).first()
+    token = RegistrationToken.objects.select_for_update(of=("self",)).select_related("factory", "group").filter(token_hash=_secret_hash(plain)).first()
     if token is None:
         raise Forbidden("the registration token is not valid")
     if token.revoked_at is not None:
