@@ -191,6 +191,7 @@ BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INT
 # A staged device with no progress for this long counts as stuck in the wave status.
 BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))
 CELERY_BEAT_SCHEDULE["wave-status"] = {"task": "waves.tasks.wave_status_schedule", "schedule": BREAKWATER_STATUS_INTERVAL_SECONDS}
+CELERY_BEAT_SCHEDULE["rollout-plans"] = {"task": "waves.plan_tasks.plans_evaluate", "schedule": 60.0, "options": {"expires": 55}}
 
 # Device gateway (mutual TLS). Its TLS identity is generated and kept in the database unless
 # BREAKWATER_GATEWAY_CERTFILE, _KEYFILE and _SERVER_CA (the CA devices trust it by) are set.

@@ -723,7 +723,7 @@ def plan_template_get(*, factory, name):
 
 
 def _locked_plan(plan):
-    return RolloutPlan.objects.select_for_update().select_related("wave", "wave__factory", "author").get(pk=plan.pk)
+    return RolloutPlan.objects.select_for_update(of=("self",)).select_related("wave", "wave__factory", "author").get(pk=plan.pk)
 
 
 def _reason(reason, *, required, what):

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from . import status
 from .models import Wave
+from .plan_tasks import plans_evaluate  # noqa: F401 (registers the rollout plans' beat task)
 
 logger = logging.getLogger(__name__)
 
