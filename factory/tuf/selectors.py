@@ -269,7 +269,7 @@ def expiring_targets(*, factory, within_days=30):
                 "complete a wave on each of these tags"))  # fmt: skip
         if not repository.root_online and repository.root_expires_at < horizon:
             add("root", repository.root_expires_at, _expiry_message(f"root version {repository.root_version}", repository.root_expires_at, now,
-                "renew it with the offline root key (breakwater keys renew-root)"))  # fmt: skip
+                "renew it: a root renewal signed with the offline root key"))  # fmt: skip
     out.sort(key=lambda item: item["expires_at"])
     return out
 

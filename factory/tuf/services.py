@@ -80,6 +80,10 @@ def ci_targets_max_bytes():
     return int(_setting("BREAKWATER_TUF_CI_TARGETS_MAX_BYTES", 2_000_000))
 
 
+def max_tags():
+    return int(_setting("BREAKWATER_TUF_MAX_TAGS", 1000))
+
+
 REFRESH_CLAIM = timedelta(minutes=10)
 ROLES = ("root", "targets", "snapshot", "timestamp")
 
@@ -186,6 +190,9 @@ def _production_anchor(factory_id, tag, *, keyring=None, now=None):
     repository = TufRepository.objects.filter(factory_id=factory_id).first()
     if repository is None:
         raise NotFound("this factory has no TUF repository")
+    # Devices choose their tag, so the number of views they can make the server sign is capped.
+    if TufView.objects.filter(factory_id=factory_id, kind=TufView.Kind.PRODUCTION).count() >= max_tags():
+        raise NotFound(f"this factory already serves {max_tags()} production tags; tag {tag} has no view")
     keyring = keyring or Keyring(factory_id)
     view = TufView(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=tag, baseline=True, staging_token=_token())
     _view_set_targets(view, repository.baseline_targets)
@@ -760,6 +767,37 @@ def offline_key_add(*, factory, actor, role, public_key, threshold=None):
             new_key=key,
             retire_keyids=retire,
             details={"role": role, "keyid": key.keyid},
+        )
+
+
+def offline_key_retire(*, factory, actor, keyid):
+    """Remove an offline targets key from both roots (a user leaves, a key is lost or rotated).
+
+    Production targets that relied on it must first be re-signed by the remaining keys: the
+    change lists them and waits for those signatures. The last offline targets key cannot go.
+    """
+    authorize(user=actor, factory=factory, action="keys.manage")
+    with transaction.atomic():
+        repository = _repository_locked(factory)
+        row = TufKey.objects.filter(factory=factory, keyid=str(keyid), retired_at__isnull=True, online=False).first()
+        if row is None:
+            raise NotFound(f"key {str(keyid)[:64]} is not an offline key of this factory")
+        if row.role != "targets":
+            raise ApplicationError("the root key is replaced, not removed: add the new root key instead")
+        keyring = Keyring(factory.id)
+        remaining = len(_offline_targets_keyids(keyring)) - 1
+        if remaining < 1:
+            raise ApplicationError("this is the factory's only offline targets key; add another one before removing it")
+        keysets = keyring.keysets()
+        keysets["targets"] = [key for key in keysets["targets"] if key.keyid != row.keyid]
+        return _root_change_begin(
+            repository=repository,
+            actor=actor,
+            action="key.retire.targets",
+            keysets=keysets,
+            production_threshold=min(repository.production_targets_threshold, remaining + 1),
+            retire_keyids=[row.keyid],
+            details={"role": "targets", "keyid": row.keyid},
         )
 
 

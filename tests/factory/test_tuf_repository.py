@@ -452,3 +452,12 @@ def test_the_demo_key_archive_is_written_once_and_signs_waves(factory, builds, b
     path.write_bytes(b"garbage")
     assert tuf.demo_offline_key(factory=factory, actor=bob, path=path)[1]
     assert len(tuf_keys.key_archive_read(path.read_bytes())) == 1
+
+
+def test_devices_cannot_make_the_server_sign_unbounded_tags(factory, settings):
+    settings.BREAKWATER_TUF_MAX_TAGS = 2
+    for tag in ("a", "b"):
+        tuf_selectors.device_metadata(device=make_device(factory, production=True, tag=tag), filename="timestamp.json")
+    with pytest.raises(NotFound, match="already serves 2 production tags"):
+        tuf_selectors.device_metadata(device=make_device(factory, production=True, tag="c"), filename="timestamp.json")
+    assert TufView.objects.filter(factory=factory, kind="production").count() == 2

@@ -289,3 +289,50 @@ def test_signing_from_the_dashboard_leaves_no_key_material_anywhere(factory, bob
     # The archive's public key did reach the database: the scan can see key material at all.
     [(_, signer)] = tuf_keys.key_archive_read(archive)
     assert signer.public_key.keyval["public"].encode() in stored
+
+
+def test_expiring_production_and_wave_targets_are_warned_about(factory, bob, archive, fleet):
+    assert tuf_selectors.expiring_targets(factory=factory) == []
+    wave = make_wave(factory, bob, archive, "v41", 41, expires_days=10)
+    [warning] = tuf_selectors.expiring_targets(factory=factory)
+    assert warning["kind"] == "wave-targets" and warning["wave"] == "v41" and warning["days_left"] in (9, 10)
+    assert "wave v41" in warning["message"] and not warning["expired"]
+    wave_complete(wave=wave, actor=bob)
+    [warning] = tuf_selectors.expiring_targets(factory=factory)
+    assert warning["kind"] == "production-targets" and warning["tag"] == TAG and warning["version"] == 41
+    assert tuf_selectors.expiring_targets(factory=factory, within_days=5) == []
+    # A newer wave with the default year of validity replaces them, and the warning goes away.
+    wave_complete(wave=make_wave(factory, bob, archive, "v42", 42), actor=bob)
+    assert tuf_selectors.expiring_targets(factory=factory) == []
+
+
+def test_removing_an_offline_key_has_the_others_re_sign_production_targets(factory, bob, archive, fleet):
+    second = offline_targets_key(factory=factory, actor=bob)
+    wave_complete(wave=make_wave(factory, bob, archive, "v41", 41), actor=bob)  # signed by the first key only
+    production = [c for c in fleet.values() if c.device.is_production]
+    for client in production:
+        client.refresh()
+    [(_, first_signer)] = tuf_keys.key_archive_read(archive)
+    change = tuf.offline_key_retire(factory=factory, actor=bob, keyid=first_signer.public_key.keyid)
+    assert change.status == "pending"
+    payloads = {p["document"]: p for p in tuf_selectors.root_change_payloads(change=change)}
+    # The tag's production targets and the empty baseline both relied on the key.
+    assert payloads[f"production-targets:{TAG}"]["missing"] and payloads["baseline-targets"]["missing"]
+    assert not payloads["production-root"]["missing"]  # the online root key signed the roots
+    signatures = [
+        {"document": name, **s}
+        for name, p in payloads.items()
+        if p["kind"] in ("production", "baseline")
+        for s in tuf.key_archive_signatures(payload=base64.b64decode(p["payload"]), archive_bytes=second)
+    ]
+    assert tuf.root_change_sign(factory=factory, actor=bob, signatures=signatures).status == "applied"
+    for client in production:
+        client.refresh()  # new root without the key, production targets re-signed: still valid
+        assert versions_of(client) == {"41"}
+    # The removed key can no longer sign a wave.
+    wave = wave_init(factory=factory, actor=bob, name="v42", version=42, tag=TAG)
+    with pytest.raises(ApplicationError, match="may not sign"):
+        wave_sign(wave=wave, actor=bob, key_archive=archive)
+    with pytest.raises(ApplicationError, match="only offline targets key"):
+        [(_, second_signer)] = tuf_keys.key_archive_read(second)
+        tuf.offline_key_retire(factory=factory, actor=bob, keyid=second_signer.public_key.keyid)
