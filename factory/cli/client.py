@@ -191,12 +191,16 @@ def _param(value):
 
 def _network_message(url, reason):
     text = str(reason)
-    if isinstance(reason, urllib3.exceptions.SSLError):
+    errors = urllib3.exceptions
+    if isinstance(reason, errors.SSLError):
         return f"the TLS connection to {url} failed ({text}); set BREAKWATER_CA_BUNDLE if the server uses a private CA"
-    if isinstance(reason, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.TimeoutError)):
-        return f"the server at {url} did not answer in time; it may still be working on the request, so check before retrying"
-    if isinstance(reason, urllib3.exceptions.NameResolutionError) or "Name or service not known" in text:
+    # NewConnectionError is a kind of ConnectTimeoutError in urllib3: test the specific cases first.
+    if isinstance(reason, errors.NameResolutionError):
         return f"cannot resolve the host of {url}; check BREAKWATER_URL (or `breakwater login --url`)"
-    if isinstance(reason, urllib3.exceptions.NewConnectionError) or "refused" in text.lower():
+    if isinstance(reason, errors.NewConnectionError):
         return f"cannot connect to the Breakwater server at {url} (connection refused); is it running, and is BREAKWATER_URL right?"
+    if isinstance(reason, errors.ConnectTimeoutError):
+        return f"cannot connect to the Breakwater server at {url} (timed out); check the network and BREAKWATER_URL"
+    if isinstance(reason, (errors.ReadTimeoutError, errors.TimeoutError)):
+        return f"the server at {url} did not answer in time; it may still be working on the request, so check before retrying"
     return f"cannot reach the Breakwater server at {url}: {text}"
