@@ -223,7 +223,9 @@ def _parse_limit(limit):
 
 
 def _locked(wave):
-    return Wave.objects.select_for_update().select_related("factory").get(pk=wave.pk)
+    """Lock the wave's row and refresh the caller's instance, so it sees the committed state."""
+    wave.refresh_from_db(from_queryset=Wave.objects.select_for_update())
+    return wave
 
 
 def _views_changed_on_commit(wave):

@@ -11,7 +11,8 @@ HWIDS = ["intel-corei7-64", "raspberrypi4-64"]
 
 
 @pytest.fixture
-def builds(factory):
+def builds(factory, offline_key):
+    """CI builds 40-43 on the production tag (and bob's offline key, so waves can be signed)."""
     for version in (40, 41, 42, 43):
         ci_build_publish(factory=factory, version=version, hardware_ids=HWIDS, tags=[TAG])
 

@@ -21,9 +21,10 @@ def test_status_per_group_in_order_with_totals(factory, bob, fleet100, wave):
     wave_rollout(wave=wave, actor=bob, group="beta")
     wave_rollout(wave=wave, actor=bob, group="canary", limit=2)
     canary = list(Device.objects.filter(group__name="canary").order_by("name"))
-    updated = [d for d in canary if d.wave_stagings.exists()]
-    Device.objects.filter(pk=updated[0].pk).update(target_version=42)
-    Device.objects.filter(pk=canary[-1].pk).update(target_version=43, last_seen=timezone.now() - timedelta(days=2))
+    staged = [d for d in canary if d.wave_stagings.exists()]
+    unstaged = [d for d in canary if d not in staged]
+    Device.objects.filter(pk=staged[0].pk).update(target_version=42)
+    Device.objects.filter(pk=unstaged[0].pk).update(target_version=43, last_seen=timezone.now() - timedelta(days=2))
     beta = Device.objects.filter(group__name="beta").order_by("name")
     DeviceEvent.objects.create(
         factory=factory, device=beta[0], event_type="install-completed", target_version=42, success=False, detail="no space", reported_at=timezone.now()
