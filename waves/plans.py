@@ -50,7 +50,8 @@ WEBHOOK_TIMEOUT_SECONDS = 5
 GROUP_PLACEHOLDER = "{group}"
 EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
-TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+# Printable text without slashes (a template name is part of its API URL).
+TEMPLATE_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,100}$")
 
 # The settings a phase takes, as every door spells them (API, CLI, templates, the editor).
 PHASE_KEYS = (
@@ -1175,7 +1176,7 @@ def plans_evaluate_due(*, now=None, claim_seconds=CLAIM_SECONDS):
 def _template_name(name):
     name = (name or "").strip() if isinstance(name, str) else ""
     if not TEMPLATE_NAME_RE.match(name):
-        raise ApplicationError("a template name is 1-100 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit")
+        raise ApplicationError("a template name is 1-100 characters of printable text, without slashes")
     return name
 
 
