@@ -4,6 +4,7 @@ import uuid
 from django import forms
 
 from factory.errors import ApplicationError
+from factory.forms import DashboardForm
 
 UUID_FILE_MAX_BYTES = 1024 * 1024
 
@@ -11,7 +12,7 @@ ANY = ""
 NO_GROUP = "none"
 
 
-class DeviceFilterForm(forms.Form):
+class DeviceFilterForm(DashboardForm):
     q = forms.CharField(
         required=False,
         max_length=128,
@@ -48,16 +49,16 @@ class DeviceFilterForm(forms.Form):
             return None
 
 
-class GroupCreateForm(forms.Form):
+class GroupCreateForm(DashboardForm):
     name = forms.CharField(max_length=64, label="Name", help_text="Letters, digits, - and _; no spaces.")
     description = forms.CharField(max_length=255, required=False, label="Description")
 
 
-class GroupRenameForm(forms.Form):
+class GroupRenameForm(DashboardForm):
     name = forms.CharField(max_length=64, label="New name")
 
 
-class GroupDeleteForm(forms.Form):
+class GroupDeleteForm(DashboardForm):
     confirm = forms.CharField(max_length=64, label="Type the group's name to confirm")
 
     def __init__(self, *args, group, **kwargs):
@@ -100,7 +101,7 @@ def parse_uuids(text, *, max_items=10_000, purpose="at once"):
         raise forms.ValidationError(error.message) from None
 
 
-class GroupAssignForm(forms.Form):
+class GroupAssignForm(DashboardForm):
     group = forms.ChoiceField(label="Move to group")
     uuids = UuidListField(required=False, label="Device UUIDs", help_text="Paste UUIDs separated by commas, semicolons, | or new lines.")
     uuids_file = forms.FileField(required=False, label="…or upload a file of UUIDs")

@@ -2,7 +2,15 @@
 from django import forms
 
 
-class StatusForm(forms.Form):
+class DashboardForm(forms.Form):
+    """Labels without Django's trailing colon: they sit above their fields."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+
+class StatusForm(DashboardForm):
     offline_threshold = forms.FloatField(
         required=False,
         min_value=0.1,
@@ -12,7 +20,7 @@ class StatusForm(forms.Form):
     )
 
 
-class AuditFilterForm(forms.Form):
+class AuditFilterForm(DashboardForm):
     action = forms.ChoiceField(required=False, label="Action")
     actor = forms.CharField(required=False, max_length=150, label="Who", help_text="Username, exactly.")
     target = forms.CharField(required=False, max_length=255, label="Target", help_text="Wave, group, version…")

@@ -4,6 +4,7 @@ from django import forms
 from django.core.validators import RegexValidator
 
 from devices.forms import UuidListField, parse_uuids, read_uuid_file
+from factory.forms import DashboardForm
 
 from .models import Wave
 from .services import NAME_RE
@@ -12,7 +13,7 @@ WHOLE_FLEET = ""
 LIMIT_HELP = "A number of devices (10) or a percentage of the scope (5%). Leave empty for all of the scope."
 
 
-class WaveFilterForm(forms.Form):
+class WaveFilterForm(DashboardForm):
     status = forms.ChoiceField(required=False, label="Status", choices=[("", "Any status")] + [(s, s) for s in Wave.Status.values])
     tag = forms.ChoiceField(required=False, label="Tag")
 
@@ -21,7 +22,7 @@ class WaveFilterForm(forms.Form):
         self.fields["tag"].choices = [("", "Any tag")] + [(t, t) for t in tags]
 
 
-class WaveCreateForm(forms.Form):
+class WaveCreateForm(DashboardForm):
     name = forms.CharField(
         max_length=64,
         label="Wave name",
@@ -66,7 +67,7 @@ class WaveCreateForm(forms.Form):
         return upload.read()
 
 
-class WaveSignForm(forms.Form):
+class WaveSignForm(DashboardForm):
     key_archive = forms.FileField(
         label="Offline targets key archive (.tgz)", help_text="Used once, in memory, to sign this wave; it is never stored."
     )
@@ -78,7 +79,7 @@ class WaveSignForm(forms.Form):
         return upload.read()
 
 
-class RolloutForm(forms.Form):
+class RolloutForm(DashboardForm):
     group = forms.ChoiceField(required=False, label="Scope", help_text="A device group, or the whole fleet on the wave's tag.")
     limit = forms.CharField(required=False, max_length=16, label="Limit", help_text=LIMIT_HELP, widget=forms.TextInput(attrs={"placeholder": "e.g. 10 or 5%"}))
     uuids = UuidListField(required=False, label="Device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
@@ -129,18 +130,18 @@ class RolloutForm(forms.Form):
         return data
 
 
-class PreviewAddForm(forms.Form):
+class PreviewAddForm(DashboardForm):
     uuids = UuidListField(label="Add device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
 
     def clean_uuids(self):
         return parse_uuids(self.cleaned_data["uuids"], purpose="to one rollout")
 
 
-class SaveListForm(forms.Form):
+class SaveListForm(DashboardForm):
     name = forms.CharField(max_length=100, label="List name")
 
 
-class ConfirmNameForm(forms.Form):
+class ConfirmNameForm(DashboardForm):
     """The user types the wave's name to confirm an action that cannot be undone."""
 
     confirm = forms.CharField(max_length=64, label="Type the wave's name to confirm")
@@ -158,14 +159,14 @@ class ConfirmNameForm(forms.Form):
         return self.cleaned_data["confirm"]
 
 
-class RolloutConfirmForm(forms.Form):
+class RolloutConfirmForm(DashboardForm):
     """Carries what the user saw, so a list edited in another tab is not rolled out blindly."""
 
     count = forms.IntegerField(min_value=0, widget=forms.HiddenInput)
     digest = forms.CharField(max_length=64, widget=forms.HiddenInput)
 
 
-class DeviceListForm(forms.Form):
+class DeviceListForm(DashboardForm):
     name = forms.CharField(max_length=100, label="Name")
     uuids = UuidListField(required=False, label="Device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
     uuids_file = forms.FileField(required=False, label="…or import a file", help_text="Its UUIDs are added to the ones above.")
