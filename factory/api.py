@@ -418,6 +418,7 @@ def keys_change_abandon(request, factory: FactoryName):
 def _mount():
     from devices.api import router as devices_router
     from waves.api import router as waves_router
+    from waves.plan_api import router as plans_router
     from waves.status_api import router as status_router
 
     api.add_router("/", identity)
@@ -426,6 +427,7 @@ def _mount():
     api.add_router("/factories/{factory}/", devices_router)
     api.add_router("/factories/{factory}/", waves_router)
     api.add_router("/factories/{factory}/", status_router)
+    api.add_router("/factories/{factory}/", plans_router)
 
 
 _mount()

@@ -1,0 +1,315 @@
+"""Rollout plans API: a wave's plan (show, set, start, approve, pause, resume, cancel) and plan
+templates. Every endpoint calls the services in waves.plans, which check the token user's role."""
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from ninja import Router, Schema, Status
+from pydantic import ConfigDict, Field
+
+from factory.api import actor_scope, responses
+from factory.errors import ApplicationError
+from factory.schemas import FactoryName, Text
+
+from . import plans, selectors
+
+router = Router(tags=["rollout plans"])
+
+Ratio = Annotated[float, Field(ge=0, le=1)] | Annotated[Text, Field(max_length=10, description="e.g. '95%'")]
+Minutes = Annotated[int, Field(ge=0, le=plans.MAX_MINUTES)]
+Count = Annotated[int, Field(ge=0, le=10_000_000)]
+Reason = Annotated[Text, Field(max_length=plans.MAX_REASON)]
+
+
+class PhaseIn(Schema):
+    """One phase: a scope (as `waves rollout` takes it) and the gates that let the plan go on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[Text, Field(max_length=64)] | None = None
+    group: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Device group; alone, the whole group (now and later).")
+    limit: Annotated[int, Field(ge=1, le=10_000)] | Annotated[Text, Field(max_length=16)] | None = Field(None, description="N devices or N%.")
+    saved_list: Annotated[Text, Field(max_length=100)] | None = Field(None, description="A saved device list's name (its UUIDs when the phase rolls out).")
+    uuids: list[Annotated[Text, Field(max_length=60)]] | Annotated[Text, Field(max_length=500_000)] | None = Field(None, description="Exact device UUIDs.")
+    wait_minutes: Minutes | None = Field(None, description=f"Wait and watch at least this long (default {plans.DEFAULT_WAIT_MINUTES}).")
+    min_reporting: Count | None = Field(None, description="At least K devices reporting (all staged devices when fewer).")
+    min_success_ratio: Ratio | None = Field(None, description="Share of the phase's devices updated, at least.")
+    max_failure_ratio: Ratio | None = Field(None, description="Share failed or stuck, at most: above it the plan halts.")
+    max_unhealthy: Count | None = Field(None, description="Updated devices silent for stuck_after_minutes, at most: above it the plan halts.")
+    stuck_after_minutes: Annotated[int, Field(ge=1, le=plans.MAX_MINUTES)] | None = Field(
+        None, description="A staged device silent this long is stuck (failed); an updated one, unhealthy."
+    )
+    advance: Literal["auto", "approval"] | None = None
+    approver_must_differ: bool | None = Field(None, description="Approval phases: the approver may not be the plan's author.")
+
+
+class PlanSetIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    phases: list[PhaseIn] | None = Field(None, max_length=plans.MAX_PHASES)
+    template: Annotated[Text, Field(max_length=100)] | None = Field(None, description="Apply this plan template instead of giving phases.")
+    groups: list[Annotated[Text, Field(max_length=64)]] | None = Field(None, max_length=200, description="Groups for a per-group ({group}) template.")
+    webhook_url: Annotated[Text, Field(max_length=200)] | None = Field(None, description="POSTed JSON on halts, approvals needed and the end; '' removes it.")
+
+
+class ReasonIn(Schema):
+    reason: Reason = ""
+
+
+class ApproveIn(Schema):
+    reason: Reason = Field(description="Why the phase may go on; recorded with the approver's name.")
+
+
+class GateOut(Schema):
+    key: str
+    label: str
+    met: bool
+    observed: str
+    on_fail: Literal["wait", "halt"]
+
+
+class EvidenceOut(Schema):
+    staged: int
+    updated: int
+    failed: int
+    stuck: int
+    in_progress: int
+    reporting: int
+    unhealthy: int
+    success_ratio: float | None
+    failure_ratio: float | None
+    wait_ends_at: datetime | None
+    gates: list[GateOut]
+
+
+class PhaseOut(Schema):
+    position: int
+    name: str
+    label: str
+    group: str
+    limit: str
+    saved_list: str
+    uuids: list[str]
+    wait_minutes: int
+    min_reporting: int
+    min_success_ratio: float | None
+    max_failure_ratio: float | None
+    max_unhealthy: int | None
+    stuck_after_minutes: int | None
+    advance: str
+    approver_must_differ: bool
+    status: str
+    rollout: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    estimated_devices: int | None = Field(None, description="For a phase yet to start: about how many devices it would stage now.")
+    evidence: EvidenceOut | None = None
+
+
+class DecisionOut(Schema):
+    id: int
+    created_at: datetime
+    kind: str
+    phase: int | None
+    actor: str
+    reason: str
+    evidence: dict[str, Any]
+
+
+class ForecastOut(Schema):
+    completion_at: datetime | None
+    remaining_minutes: int | None
+    updates_last_hour: int
+    typical_update_minutes: float | None
+    slow_update_minutes: float | None
+    observed_updates: int
+    approvals_ahead: int
+    basis: str
+
+
+class PlanOut(Schema):
+    wave: str
+    status: str
+    author: str
+    webhook_url: str
+    halted_reason: str
+    current_phase: int | None
+    created_at: datetime
+    updated_at: datetime
+    phases: list[PhaseOut]
+    decisions: list[DecisionOut]
+    forecast: ForecastOut | None
+
+
+class TemplateIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[Text, Field(min_length=1, max_length=100)]
+    phases: list[PhaseIn] | None = Field(None, max_length=plans.MAX_PHASES, description="The phases; a group may be '{group}'.")
+    wave: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Save this wave's plan instead.")
+    replace: bool = Field(False, description="Replace a template of the same name.")
+
+
+class TemplateOut(Schema):
+    name: str
+    phases: list[dict[str, Any]]
+    created_by: str
+    created_at: datetime
+
+
+def _phases_in(phases):
+    return None if phases is None else [p.model_dump(exclude_none=True) for p in phases]
+
+
+def plan_out(shown):
+    plan = shown["plan"]
+    phases = []
+    for row in shown["phases"]:
+        phase, evidence = row["phase"], row["evidence"]
+        data = plans.phase_as_input(phase)
+        phases.append(
+            {
+                **data,
+                "uuids": [u for u in data["uuids"].split() if u],
+                "position": phase.position,
+                "label": row["label"],
+                "status": phase.status,
+                "rollout": phase.rollout_id,
+                "started_at": phase.started_at,
+                "finished_at": phase.finished_at,
+                "estimated_devices": row["estimate"],
+                "evidence": None if evidence is None else {**evidence.as_dict(), "wait_ends_at": evidence.wait_ends_at},
+            }
+        )
+    current = shown["current"]
+    return {
+        "wave": plan.wave.name,
+        "status": plan.status,
+        "author": plan.author.get_username() if plan.author else "",
+        "webhook_url": plan.webhook_url,
+        "halted_reason": plan.halted_reason,
+        "current_phase": current.position if current is not None else None,
+        "created_at": plan.created_at,
+        "updated_at": plan.updated_at,
+        "phases": phases,
+        "decisions": [
+            {
+                "id": d.pk,
+                "created_at": d.created_at,
+                "kind": d.kind,
+                "phase": d.phase.position if d.phase_id else None,
+                "actor": d.actor.get_username() if d.actor else "system",
+                "reason": d.reason,
+                "evidence": d.evidence,
+            }
+            for d in shown["decisions"]
+        ],
+        "forecast": shown["forecast"],
+    }
+
+
+def _wave(request, name):
+    factory_obj, user = actor_scope(request)
+    return selectors.wave_get(factory=factory_obj, name=name), user
+
+
+def _shown(wave):
+    return plan_out(plans.plan_show(plan=plans.plan_get(wave=wave)))
+
+
+@router.get("/waves/{wave}/plan", response=responses(200, PlanOut), summary="A wave's rollout plan: phases, gates, decisions, forecast")
+def plan_show(request, factory: FactoryName, wave: str):
+    wave_obj, _ = _wave(request, wave)
+    return _shown(wave_obj)
+
+
+@router.put("/waves/{wave}/plan", response=responses(200, PlanOut), summary="Set a wave's rollout plan (phases, or a template)")
+def plan_set(request, factory: FactoryName, wave: str, payload: PlanSetIn):
+    """Creates the plan or replaces its phases; you become its author (the scheduler rolls out as
+    you). A paused or halted plan keeps the phases that have started: give them first, unchanged
+    in scope."""
+    wave_obj, user = _wave(request, wave)
+    if (payload.phases is None) == (payload.template is None):
+        raise ApplicationError("give either phases or a template")
+    if payload.template is not None:
+        plans.plan_template_apply(wave=wave_obj, actor=user, name=payload.template, groups=payload.groups, webhook_url=payload.webhook_url)
+    else:
+        if payload.groups:
+            raise ApplicationError("groups go with a template")
+        plans.plan_set(wave=wave_obj, actor=user, phases=_phases_in(payload.phases), webhook_url=payload.webhook_url)
+    return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/start", response=responses(200, PlanOut), summary="Start the plan: roll out its first phase now")
+def plan_start(request, factory: FactoryName, wave: str):
+    wave_obj, user = _wave(request, wave)
+    plans.plan_start(wave=wave_obj, actor=user)
+    return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/approve", response=responses(200, PlanOut), summary="Approve the phase awaiting approval")
+def plan_approve(request, factory: FactoryName, wave: str, payload: ApproveIn):
+    wave_obj, user = _wave(request, wave)
+    plans.plan_approve(wave=wave_obj, actor=user, reason=payload.reason)
+    return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/pause", response=responses(200, PlanOut), summary="Pause the plan: nothing advances or halts")
+def plan_pause(request, factory: FactoryName, wave: str, payload: ReasonIn | None = None):
+    wave_obj, user = _wave(request, wave)
+    plans.plan_pause(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
+    return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/resume", response=responses(200, PlanOut), summary="Resume a paused or halted plan")
+def plan_resume(request, factory: FactoryName, wave: str, payload: ReasonIn | None = None):
+    """A halted plan needs a reason."""
+    wave_obj, user = _wave(request, wave)
+    plans.plan_resume(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
+    return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/cancel", response=responses(200, PlanOut), summary="Cancel the plan's wave and end the plan")
+def plan_cancel(request, factory: FactoryName, wave: str, payload: ReasonIn | None = None):
+    wave_obj, user = _wave(request, wave)
+    plans.plan_wave_cancel(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
+    return _shown(wave_obj)
+
+
+def _template_out(template):
+    return {
+        "name": template.name,
+        "phases": template.phases,
+        "created_by": template.created_by.get_username() if template.created_by else "",
+        "created_at": template.created_at,
+    }
+
+
+@router.get("/plan-templates/", response=responses(200, list[TemplateOut]), summary="Plan templates")
+def plan_templates_list(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    return [_template_out(t) for t in plans.plan_template_list(factory=factory_obj)]
+
+
+@router.post("/plan-templates/", response=responses(201, TemplateOut), summary="Save phases, or a wave's plan, as a template")
+def plan_templates_save(request, factory: FactoryName, payload: TemplateIn):
+    factory_obj, user = actor_scope(request)
+    if (payload.phases is None) == (payload.wave is None):
+        raise ApplicationError("give either phases or a wave whose plan to save")
+    wave_obj = selectors.wave_get(factory=factory_obj, name=payload.wave) if payload.wave else None
+    template = plans.plan_template_save(
+        factory=factory_obj, actor=user, name=payload.name, phases=_phases_in(payload.phases), wave=wave_obj, replace=payload.replace
+    )
+    return Status(201, _template_out(template))
+
+
+@router.get("/plan-templates/{name}", response=responses(200, TemplateOut), summary="A plan template")
+def plan_templates_show(request, factory: FactoryName, name: str):
+    factory_obj, _ = actor_scope(request)
+    return _template_out(plans.plan_template_get(factory=factory_obj, name=name))
+
+
+@router.delete("/plan-templates/{name}", response=responses(204, None), summary="Delete a plan template")
+def plan_templates_delete(request, factory: FactoryName, name: str):
+    factory_obj, user = actor_scope(request)
+    plans.plan_template_delete(factory=factory_obj, actor=user, name=name)
+    return Status(204, None)
