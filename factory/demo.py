@@ -1,4 +1,5 @@
 """The demo factory, built through the same services every door uses."""
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from devices.fleet import fleet_seed
@@ -6,6 +7,7 @@ from devices.models import Device
 
 from .models import CiTarget, Factory, Membership, Role
 from .services import ci_build_publish, factory_create, user_create
+from .tuf.services import demo_offline_key
 
 DEMO_FACTORY = "demo"
 DEMO_TAG = "production"
@@ -20,6 +22,25 @@ DEMO_USERS = [
 DEMO_GROUPS = {"canary": 5, "beta": 20, "us-east": 250, "us-west": 200, "eu-emea": 250, "apac": 175}
 DEMO_UNGROUPED = 100
 DEMO_TEST_DEVICES = 50
+DEMO_PRODUCTION_VERSION = 41
+DEMO_INITIAL_WAVE = "initial-41"
+
+
+def _demo_production_targets(factory, release, archive):
+    """Production targets at 41 for the tag, reached the real way: a wave, signed, completed."""
+    from waves.models import Wave
+    from waves.services import wave_complete, wave_init, wave_sign
+
+    from .tuf.selectors import production_targets_version
+
+    if production_targets_version(factory=factory, tag=DEMO_TAG) is not None:
+        return
+    wave = Wave.objects.filter(factory=factory, name=DEMO_INITIAL_WAVE).first()
+    if wave is None:
+        wave = wave_init(factory=factory, actor=release, name=DEMO_INITIAL_WAVE, version=DEMO_PRODUCTION_VERSION, tag=DEMO_TAG)
+    if wave.status == Wave.Status.UNSIGNED:
+        wave = wave_sign(wave=wave, actor=release, key_archive=archive)
+    wave_complete(wave=wave, actor=release)
 
 
 def demo_load(stdout=None):
@@ -34,13 +55,10 @@ def demo_load(stdout=None):
     for version in DEMO_BUILDS:
         if not CiTarget.objects.filter(factory=factory, version=version).exists():
             ci_build_publish(factory=factory, version=version, hardware_ids=DEMO_HARDWARE_IDS, tags=[DEMO_TAG])
-    from django.conf import settings
-
-    from .tuf.services import demo_offline_key
-
     release = get_user_model().objects.get(username="release")
     key_path, _ = demo_offline_key(factory=factory, actor=release, path=settings.VAR_DIR / "demo-offline-targets-key.tgz")
     notes = [f"\nOffline targets key (sign waves with it in the dashboard or with breakwater -k): {key_path}"]
+    _demo_production_targets(factory, release, key_path.read_bytes())
     if not Device.objects.filter(factory=factory).exists():
         fleet_seed(
             factory=factory,
@@ -49,7 +67,7 @@ def demo_load(stdout=None):
             ungrouped=DEMO_UNGROUPED,
             test_devices=DEMO_TEST_DEVICES,
             online_ratio=0.9,
-            version=41,
+            version=DEMO_PRODUCTION_VERSION,
             hardware_ids=DEMO_HARDWARE_IDS,
         )
     return {"factory": factory, "users": users, "notes": notes}

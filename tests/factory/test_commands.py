@@ -8,6 +8,9 @@ from django.core.management import CommandError, call_command
 from devices.models import Device
 from factory.models import AuditEntry, CiTarget, Factory, Membership
 from factory.services import api_token_authenticate
+from factory.tuf.models import TufKey
+from factory.tuf.selectors import production_targets_version
+from waves.models import Wave
 
 
 def run(*args):
@@ -74,6 +77,8 @@ def snapshot():
         "targets": sorted(CiTarget.objects.values_list("name", "sha256")),
         "devices": Device.objects.count(),
         "groups": sorted(Device.objects.values_list("group__name", flat=True).distinct(), key=str),
+        "waves": sorted(Wave.objects.values_list("name", "status", "version")),
+        "offline_keys": TufKey.objects.filter(role="targets", online=False).count(),
     }
 
 
@@ -87,3 +92,6 @@ def test_demo_twice_gives_the_same_data(db):
     assert Device.objects.filter(is_production=True, group__name="canary").count() == 5
     assert Device.objects.filter(is_production=True, group__name="beta").count() == 20
     assert Device.objects.filter(is_production=False).count() == 50
+    # production targets at 41 for tag production, reached through a signed, completed wave
+    assert production_targets_version(factory=Factory.objects.get(name="demo"), tag="production") == 41
+    assert first["waves"] == [("initial-41", "complete", 41)] and first["offline_keys"] == 1
