@@ -557,29 +557,43 @@ def phase_evidence(phase, *, now=None, wave=None):
     return ev
 
 
-def _phase_estimate(phase, wave):
-    """About how many devices a phase that has not started will stage."""
-    scope = Device.objects.filter(factory_id=wave.factory_id, is_production=True, tag=wave.tag)
-    if phase.group_name:
-        scope = scope.filter(group__name=phase.group_name)
-    listed = phase.uuids or (phase.saved_list.uuids if phase.saved_list_id else "")
-    if listed:
-        try:
-            scope = scope.filter(uuid__in=parse_uuid_list(listed))
-        except ApplicationError:
-            return None
-    candidates = (
-        scope.exclude(pk__in=WaveDevice.objects.filter(wave=wave).values("device_id"))
-        .exclude(group_id__in=WaveGroup.objects.filter(wave=wave).values("group_id"))
-        .exclude(target_version__gte=wave.version)
-    )
-    available = candidates.count()
-    if not phase.limit:
-        return available
-    n, percent = int(phase.limit.rstrip("%")), phase.limit.endswith("%")
-    if percent:
-        n = math.ceil(scope.count() * n / 100)
-    return min(n, available)
+def _phase_estimates(phases, wave):
+    """About how many devices each phase yet to start would stage, if it started after the phases
+    before it took their share: a sample of a group leaves the rest of that group to the next."""
+    estimates = {}
+    taken = {}  # group name ("" for the fleet) -> devices the earlier pending phases take
+    for phase in phases:
+        if phase.rollout_id is not None or phase.status != PhaseStatus.PENDING:
+            continue
+        scope = Device.objects.filter(factory_id=wave.factory_id, is_production=True, tag=wave.tag)
+        if phase.group_name:
+            scope = scope.filter(group__name=phase.group_name)
+        listed = phase.uuids or (phase.saved_list.uuids if phase.saved_list_id else "")
+        if listed:
+            try:
+                scope = scope.filter(uuid__in=parse_uuid_list(listed))
+            except ApplicationError:
+                estimates[phase.pk] = None
+                continue
+        available = (
+            scope.exclude(pk__in=WaveDevice.objects.filter(wave=wave).values("device_id"))
+            .exclude(group_id__in=WaveGroup.objects.filter(wave=wave).values("group_id"))
+            .exclude(target_version__gte=wave.version)
+            .count()
+        )
+        if not listed:
+            group = phase.group_name
+            available -= sum(taken.values()) if not group else taken.get(group, 0) + taken.get("", 0)
+        available = max(0, available)
+        if phase.limit:
+            n, percent = int(phase.limit.rstrip("%")), phase.limit.endswith("%")
+            if percent:
+                n = math.ceil(scope.count() * n / 100)
+            available = min(n, available)
+        if not listed:
+            taken[phase.group_name] = taken.get(phase.group_name, 0) + available
+        estimates[phase.pk] = available
+    return estimates
 
 
 def _update_minutes(phases, wave, *, per_phase=2000):
@@ -685,6 +699,7 @@ def plan_show(*, plan, now=None, forecast=True):
     wave = plan.wave
     phases = plan_phases(plan)
     current = current_phase(phases)
+    estimates = _phase_estimates(phases, wave)
     rows = []
     for phase in phases:
         evidence = phase_evidence(phase, now=now, wave=wave) if phase.rollout_id is not None else None
@@ -694,7 +709,7 @@ def plan_show(*, plan, now=None, forecast=True):
                 "label": phase_label(phase),
                 "current": phase is current and plan.status not in (Status.DRAFT, Status.FINISHED, Status.CANCELED),
                 "evidence": evidence,
-                "estimate": _phase_estimate(phase, wave) if phase.rollout_id is None and phase.status == PhaseStatus.PENDING else None,
+                "estimate": estimates.get(phase.pk),
             }
         )
     decisions = list(PlanDecision.objects.filter(plan=plan).select_related("actor", "phase").order_by("created_at", "id"))

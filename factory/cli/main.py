@@ -62,7 +62,7 @@ def main(argv=None):
 
 def _command_words(args):
     words = ["breakwater", args.command]
-    for attr in ("waves_command", "devices_command", "config_command", "group_command", "lists_command", "tokens_command", "targets_command", "keys_command"):
+    for attr in ("waves_command", "plan_command", "devices_command", "config_command", "group_command", "lists_command", "tokens_command", "targets_command", "keys_command"):
         value = getattr(args, attr, None)
         if value:
             words.append(value)

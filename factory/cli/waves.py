@@ -4,6 +4,7 @@ import json
 import re
 from urllib.parse import quote
 
+from . import plan
 from .client import CliError, UsageError
 from .common import read_binary, uuids_arg
 from .output import dump_json, err, fields, out, pages, progress, table, when
@@ -88,6 +89,7 @@ def register(sub, common):
     p.add_argument("-s", "--show-targets", action="store_true", help="also print the wave's signed targets")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=waves_show)
+    plan.register(commands, common)
 
     p = sub.add_parser("status", parents=[common], help="factory status: devices per tag, production and test apart, and active waves")
     p.add_argument("--offline-threshold", type=float, metavar="HOURS", help="hours without a check-in before a device is offline (default 4)")

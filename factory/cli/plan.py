@@ -1,0 +1,271 @@
+"""`breakwater waves plan ...`: a wave's rollout plan (phases that advance on evidence or approval).
+
+Phases come from a JSON file (`--file`), from `--phase` specs on the command line, or from a
+saved template (`--template`). A `--phase` spec is `key=value` pairs separated by spaces or
+commas, with short names for the gates, e.g.:
+
+    --phase "group=us-east limit=5 wait=60 reporting=5 success=90% failure=10% stuck=30 unhealthy=0"
+    --phase "group=us-east wait=120 approval four-eyes"
+"""
+import argparse
+import json
+import re
+from urllib.parse import quote
+
+from .client import CliError, UsageError
+from .common import read_file_text
+from .output import dump_json, err, fields, out, table, when
+
+ALIASES = {
+    "wait": "wait_minutes",
+    "reporting": "min_reporting",
+    "success": "min_success_ratio",
+    "failure": "max_failure_ratio",
+    "failures": "max_failure_ratio",
+    "unhealthy": "max_unhealthy",
+    "stuck": "stuck_after_minutes",
+    "list": "saved_list",
+}
+FLAGS = {
+    "approval": ("advance", "approval"),
+    "auto": ("advance", "auto"),
+    "four-eyes": ("approver_must_differ", True),
+    "approver-must-differ": ("approver_must_differ", True),
+}
+KEYS = (
+    "name", "group", "limit", "saved_list", "uuids", "wait_minutes", "min_reporting", "min_success_ratio",
+    "max_failure_ratio", "max_unhealthy", "stuck_after_minutes", "advance", "approver_must_differ",
+)  # fmt: skip
+TOKEN = re.compile(r"""([\w-]+)=("[^"]*"|'[^']*'|[^\s,]*)|([\w-]+)""")
+
+
+def register(commands, common):
+    plan = commands.add_parser(
+        "plan",
+        parents=[common],
+        help="a wave's rollout plan: phases that advance on evidence or approval, and halt on trouble",
+        description="A rollout plan rolls a wave out in phases. After each phase it waits and watches; it "
+        "advances when the phase's gates are met (or a release manager approves), and halts on trouble.",
+    )
+    sub = plan.add_subparsers(dest="plan_command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "set",
+        parents=[common],
+        help="create or replace a wave's plan",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n", 1)[1].strip(),
+        epilog="Keys: " + ", ".join(KEYS) + ". Short names: " + ", ".join(f"{k}={v}" for k, v in ALIASES.items())
+        + ". Words: approval, auto, four-eyes (the approver may not be the plan's author).",
+    )
+    p.add_argument("wave", metavar="WAVE")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", metavar="FILE", help="JSON: a list of phases, or {\"phases\": [...], \"webhook_url\": ...} (- reads stdin)")
+    source.add_argument("--phase", action="append", metavar="SPEC", help="one phase as key=value pairs; repeat for each phase, in order")
+    source.add_argument("--template", metavar="NAME", help="apply a saved plan template")
+    p.add_argument("--groups", metavar="G1,G2", help="with a per-group template: the groups to apply it to, in order")
+    p.add_argument("--webhook", metavar="URL", help="POST JSON here when the plan halts, needs an approval or ends ('' removes it)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=plan_set)
+
+    p = sub.add_parser("show", parents=[common], help="the plan: phases, gates, decisions and the forecast")
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("-n", "--decisions", type=int, default=10, metavar="N", help="show the last N decisions (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=plan_show)
+
+    p = sub.add_parser("start", parents=[common], help="start a drafted plan: its first phase rolls out now")
+    p.add_argument("wave", metavar="WAVE")
+    p.set_defaults(handler=plan_action, action="start")
+
+    p = sub.add_parser("approve", parents=[common], help="approve the phase awaiting approval; the next phase rolls out as you")
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("-r", "--reason", required=True, help="why the plan may go on (recorded with your name)")
+    p.set_defaults(handler=plan_action, action="approve")
+
+    p = sub.add_parser("pause", parents=[common], help="pause the plan: nothing advances until it resumes")
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("-r", "--reason", default="", help="why (recorded)")
+    p.set_defaults(handler=plan_action, action="pause")
+
+    p = sub.add_parser("resume", parents=[common], help="resume a paused or halted plan (a halted one needs --reason)")
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("-r", "--reason", default="", help="why it is safe to go on (recorded)")
+    p.set_defaults(handler=plan_action, action="resume")
+
+
+def plan_path(ctx, wave, rest=""):
+    return ctx.path(f"waves/{quote(wave, safe='')}/plan{rest}")
+
+
+def _value(text):
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def phase_parse(spec, index):
+    """One `--phase` spec -> a phase dict for the API (the server checks the values)."""
+    phase = {}
+    position = 0
+    spec = spec.strip()
+    while position < len(spec):
+        if spec[position] in " ,\t":
+            position += 1
+            continue
+        match = TOKEN.match(spec, position)
+        if not match or match.end() == position:
+            raise UsageError(f"phase {index}: cannot read {spec[position:position + 20]!r}; write key=value pairs")
+        position = match.end()
+        if match.group(3):
+            word = match.group(3).lower()
+            if word not in FLAGS:
+                raise UsageError(f"phase {index}: {word!r} is not a setting; write key=value, or one of {', '.join(FLAGS)}")
+            key, value = FLAGS[word]
+        else:
+            key = match.group(1).lower().replace("-", "_")
+            key = ALIASES.get(key, key)
+            if key not in KEYS:
+                raise UsageError(f"phase {index}: unknown setting {match.group(1)!r}; use {', '.join(KEYS)}")
+            value = _value(match.group(2))
+            if key == "uuids" and value.startswith("@"):
+                value = read_file_text(value[1:], what="UUID list file")
+            if key == "approver_must_differ":
+                value = value.lower() in ("1", "true", "yes", "on")
+        if key in phase:
+            raise UsageError(f"phase {index}: {key} is given twice")
+        phase[key] = value
+    if not phase:
+        raise UsageError(f"phase {index} is empty")
+    return phase
+
+
+def _file_phases(path):
+    text = read_file_text(path, what="plan file")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"the plan file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(data, dict) and isinstance(data.get("phases"), list):
+        return data["phases"], data.get("webhook_url")
+    if isinstance(data, list):
+        return data, None
+    raise CliError(f"the plan file {path} must hold a list of phases or an object with \"phases\"")
+
+
+def plan_set(args, ctx):
+    payload = {}
+    webhook = args.webhook
+    if args.template:
+        payload["template"] = args.template
+        if args.groups:
+            payload["groups"] = [g for g in re.split(r"[,\s]+", args.groups) if g]
+    else:
+        if args.groups:
+            raise UsageError("--groups goes with --template")
+        if args.file:
+            payload["phases"], file_webhook = _file_phases(args.file)
+            webhook = webhook if webhook is not None else file_webhook
+        else:
+            payload["phases"] = [phase_parse(spec, i) for i, spec in enumerate(args.phase, start=1)]
+    if webhook is not None:
+        payload["webhook_url"] = webhook
+    plan = ctx.client.request("PUT", plan_path(ctx, args.wave), payload=payload)
+    if args.json:
+        dump_json(plan)
+        return 0
+    out(f"Plan of wave {plan['wave']} set: {len(plan['phases'])} phases, {plan['status']}.")
+    _phases_table(plan)
+    if plan["status"] == "draft":
+        err(f"\nStart it with: breakwater waves plan start {args.wave}")
+    return 0
+
+
+def plan_action(args, ctx):
+    payload = {"reason": args.reason} if getattr(args, "reason", None) is not None else {}
+    plan = ctx.client.post(plan_path(ctx, args.wave, f"/{args.action}"), payload)
+    current = plan["current_phase"]
+    words = {"start": "started", "approve": "approved", "pause": "paused", "resume": "resumed"}
+    if args.action == "approve" and current is not None:
+        out(f"Approved. Phase {current} ({_phase_title(plan['phases'][current - 1])}) is rolling out.")
+    else:
+        out(f"Plan of wave {plan['wave']} {words[args.action]}: it is {plan['status']}.")
+    if plan["status"] == "halted":
+        out(f"HALTED: {plan['halted_reason']}")
+    return 0
+
+
+def _percent(value):
+    return "-" if value is None else f"{value * 100:.4g}%"
+
+
+def _phase_title(phase):
+    return phase["name"] or phase["label"]
+
+
+def _gates(phase):
+    parts = [f"wait {phase['wait_minutes']}m"]
+    if phase["min_reporting"]:
+        parts.append(f"reporting≥{phase['min_reporting']}")
+    if phase["min_success_ratio"] is not None:
+        parts.append(f"success≥{_percent(phase['min_success_ratio'])}")
+    if phase["max_failure_ratio"] is not None:
+        parts.append(f"failures≤{_percent(phase['max_failure_ratio'])}")
+    if phase["stuck_after_minutes"] is not None:
+        parts.append(f"stuck>{phase['stuck_after_minutes']}m")
+    if phase["max_unhealthy"] is not None:
+        parts.append(f"silent≤{phase['max_unhealthy']}")
+    if phase["advance"] == "approval":
+        parts.append("approval" + (" (not the author)" if phase["approver_must_differ"] else ""))
+    return " ".join(parts)
+
+
+def _phases_table(plan):
+    rows = []
+    for phase in plan["phases"]:
+        ev = phase["evidence"]
+        devices = f"{ev['updated']}/{ev['staged']}" if ev else (f"~{phase['estimated_devices']}" if phase["estimated_devices"] is not None else "")
+        trouble = f"{ev['failed']}/{ev['stuck']}/{ev['unhealthy']}" if ev else ""
+        marker = "→" if phase["position"] == plan["current_phase"] and plan["status"] not in ("draft", "finished", "canceled") else ""
+        rows.append([f"{marker}{phase['position']}", _phase_title(phase), phase["status"], devices, trouble, _gates(phase)])
+    table(["#", "PHASE", "STATUS", "UPDATED", "FAILED/STUCK/SILENT", "GATES"], rows)
+
+
+def plan_show(args, ctx):
+    plan = ctx.client.get(plan_path(ctx, args.wave))
+    if args.json:
+        dump_json(plan)
+        return 0
+    if plan["status"] == "halted":
+        out(f"HALTED: {plan['halted_reason']}")
+        out(f"Resume with `breakwater waves plan resume {args.wave} --reason ...`, or cancel the wave.\n")
+    forecast = plan["forecast"] or {}
+    fields(
+        [
+            ("Wave", plan["wave"]),
+            ("Status", plan["status"]),
+            ("Author", plan["author"] or "-"),
+            ("Webhook", plan["webhook_url"] or "-"),
+            ("Forecast", when(forecast.get("completion_at")) + (f" (+{forecast['approvals_ahead']} approvals)" if forecast.get("approvals_ahead") else "")),
+            ("Basis", forecast.get("basis") or "-"),
+        ]
+    )
+    out()
+    _phases_table(plan)
+    current = plan["current_phase"]
+    if current is not None and plan["status"] in ("running", "paused", "halted"):
+        phase = plan["phases"][current - 1]
+        if phase["evidence"]:
+            out(f"\nPhase {current} gates:")
+            for gate in phase["evidence"]["gates"]:
+                mark = "ok " if gate["met"] else ("!! " if gate["on_fail"] == "halt" else ".. ")
+                out(f"  {mark}{gate['label']}: {gate['observed']}")
+    decisions = plan["decisions"][-args.decisions :] if args.decisions > 0 else []
+    if decisions:
+        out("\nDecisions:")
+        table(
+            ["WHEN", "PHASE", "DECISION", "BY", "REASON"],
+            [[when(d["created_at"]), d["phase"] or "", d["kind"], d["actor"], d["reason"]] for d in decisions],
+            indent=2,
+        )
+    return 0
