@@ -123,6 +123,7 @@ class TufView(models.Model):
     counter = models.PositiveBigIntegerField(default=0)
     staging_token = models.CharField(max_length=32, blank=True)
     refresh_claimed_until = models.DateTimeField(null=True, blank=True)
+    refresh_claim = models.CharField(max_length=32, blank=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

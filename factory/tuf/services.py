@@ -98,10 +98,20 @@ def _token():
 class Keyring:
     """The factory's live keys, loaded once per operation; online signers decrypted on demand."""
 
-    def __init__(self, factory_id):
+    def __init__(self, factory_id, rows=None):
         self.factory_id = factory_id
-        self.rows = list(TufKey.objects.filter(factory_id=factory_id, retired_at__isnull=True).order_by("id"))
+        if rows is None:
+            rows = TufKey.objects.filter(factory_id=factory_id, retired_at__isnull=True).order_by("id")
+        self.rows = list(rows)
         self._signers = {}
+
+    @classmethod
+    def for_factories(cls, factory_ids):
+        """{factory id: Keyring} in one query."""
+        rows = {factory_id: [] for factory_id in factory_ids}
+        for row in TufKey.objects.filter(factory_id__in=list(rows), retired_at__isnull=True).order_by("id"):
+            rows[row.factory_id].append(row)
+        return {factory_id: cls(factory_id, keys) for factory_id, keys in rows.items()}
 
     def keys(self, role):
         return [SSlibKey.from_dict(row.keyid, dict(row.public)) for row in self.rows if row.role == role]
@@ -219,7 +229,7 @@ def _tag_views(anchor):
 VIEW_FIELDS = [
     "targets", "snapshot", "timestamp", "targets_hash", "snapshot_hash", "timestamp_hash", "targets_version", "version",
     "targets_expires_at", "snapshot_expires_at", "timestamp_expires_at", "baseline", "token", "counter", "staging_token",
-    "refresh_claimed_until", "updated_at",
+    "updated_at",
 ]  # fmt: skip
 
 
@@ -500,46 +510,75 @@ def production_targets_promote(*, wave):
 # --- periodic re-signing -----------------------------------------------------------------------
 
 
-def _due_q(now):
-    soon = now + refresh_margin()
-    return Q(timestamp_expires_at__lt=soon) | Q(snapshot_expires_at__lt=soon)
-
-
 def _anchor_due(anchor, views, now):
-    due = any(v.timestamp_expires_at < now + refresh_margin() or v.snapshot_expires_at < now + refresh_margin() for v in views)
+    soon = now + refresh_margin()
+    due = any(v.timestamp_expires_at < soon or v.snapshot_expires_at < soon for v in views)
     if anchor.kind == TufView.Kind.CI:
         due = due or anchor.targets_expires_at < now + ci_targets_margin()
     return due
 
 
-def tag_views_refresh(*, anchor_id, now=None):
-    """Re-sign one tag's (or the CI) views if they expire soon. Returns True if it signed.
+RESIGN_FIELDS = [
+    "snapshot", "timestamp", "snapshot_hash", "timestamp_hash", "version", "snapshot_expires_at", "timestamp_expires_at", "token",
+    "counter", "updated_at",
+]  # fmt: skip
 
-    Claimed with a conditional update first, so two workers never sign the same tag twice; the
-    due check is repeated under the row lock, so a late duplicate run changes nothing.
+
+def views_refresh(*, anchor_ids, now=None):
+    """Re-sign the tags (or CI views) of `anchor_ids` whose views expire soon; returns how many.
+
+    A batch is claimed with one conditional update (claimed_until in the past -> ours, under a
+    fresh claim token), so two workers never sign the same tag twice; the due check is repeated
+    under the row locks, so a late duplicate run changes nothing. Signing happens in one
+    transaction per batch: a few queries for any number of tags.
     """
     now = now or timezone.now()
-    claimed = (
-        TufView.objects.filter(pk=anchor_id, kind__in=[TufView.Kind.CI, TufView.Kind.PRODUCTION])
-        .filter(Q(refresh_claimed_until__isnull=True) | Q(refresh_claimed_until__lt=now))
-        .update(refresh_claimed_until=now + REFRESH_CLAIM)
-    )
-    if not claimed:
-        return False
+    claim = _token()
+    TufView.objects.filter(pk__in=list(anchor_ids), kind__in=[TufView.Kind.CI, TufView.Kind.PRODUCTION]).filter(
+        Q(refresh_claimed_until__isnull=True) | Q(refresh_claimed_until__lt=now)
+    ).update(refresh_claimed_until=now + REFRESH_CLAIM, refresh_claim=claim)
     try:
         with transaction.atomic():
-            anchor = TufView.objects.select_for_update().get(pk=anchor_id)
-            views = _tag_views(anchor)
-            if not _anchor_due(anchor, views, now):
-                return False
-            keyring = Keyring(anchor.factory_id)
-            if anchor.kind == TufView.Kind.CI and anchor.targets_expires_at < now + ci_targets_margin():
-                _ci_targets_sign(anchor, keyring, now, version=anchor.targets_version + 1)
-            _tag_resign(anchor, keyring, now)
-            logger.info("re-signed %d TUF view(s) of factory %s tag %r", len(views), anchor.factory_id, anchor.tag)
-            return True
+            anchors = list(TufView.objects.select_for_update().filter(refresh_claim=claim).order_by("id"))
+            if not anchors:
+                return 0
+            waves = {}
+            production = [a for a in anchors if a.kind == TufView.Kind.PRODUCTION]
+            if production:
+                pairs = Q()
+                for anchor in production:
+                    pairs |= Q(factory_id=anchor.factory_id, tag=anchor.tag)
+                for view in TufView.objects.select_for_update().filter(pairs, kind=TufView.Kind.WAVE).order_by("id"):
+                    waves.setdefault((view.factory_id, view.tag), []).append(view)
+            keyrings = Keyring.for_factories({a.factory_id for a in anchors})
+            signed, changed = 0, []
+            for anchor in anchors:
+                views = [anchor] + waves.get((anchor.factory_id, anchor.tag), []) if anchor.kind == TufView.Kind.PRODUCTION else [anchor]
+                if not _anchor_due(anchor, views, now):
+                    continue
+                keyring = keyrings[anchor.factory_id]
+                if anchor.kind == TufView.Kind.CI and anchor.targets_expires_at < now + ci_targets_margin():
+                    _ci_targets_sign(anchor, keyring, now, version=anchor.targets_version + 1)
+                    anchor.save(update_fields=["targets", "targets_hash", "targets_version", "targets_expires_at"])
+                # Production first, then the wave view, each above the last.
+                for view in views:
+                    _view_sign(view, keyring, version=_next_version(anchor, now), now=now)
+                    view.updated_at = now
+                changed += views
+                signed += 1
+            # One plain UPDATE per view: much cheaper than bulk_update's CASE expressions here.
+            for view in changed:
+                view.save(update_fields=RESIGN_FIELDS)
+            if signed:
+                logger.info("re-signed the TUF views of %d tag(s)", signed)
+            return signed
     finally:
-        TufView.objects.filter(pk=anchor_id).update(refresh_claimed_until=None)
+        TufView.objects.filter(refresh_claim=claim).update(refresh_claimed_until=None, refresh_claim="")
+
+
+def tag_views_refresh(*, anchor_id, now=None):
+    """Re-sign one tag's (or the CI) views if they expire soon. Returns True if it signed."""
+    return views_refresh(anchor_ids=[anchor_id], now=now) == 1
 
 
 def roots_renew_due(*, now=None):

@@ -19,7 +19,7 @@ def tuf_views_refresh(now=None):
     """Re-sign the views that expire soon, a batch at a time; returns how many tags were signed."""
     moment = datetime.fromisoformat(now) if now else timezone.now()
     due = selectors.views_due(now=moment, limit=BATCH + 1)
-    signed = sum(services.tag_views_refresh(anchor_id=anchor_id, now=moment) for anchor_id in due[:BATCH])
+    signed = services.views_refresh(anchor_ids=due[:BATCH], now=moment)
     if len(due) > BATCH and not now:
         tuf_views_refresh.delay()
     return signed
