@@ -1,6 +1,14 @@
 """Live wave status: per-group device states from check-ins and events, stuck devices, failure
 breakdowns, time to update, samples stored once per interval, and the Celery tasks that take them."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from datetime import timedelta
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -364,3 +372,150 @@ def test_the_live_status_reads_the_latest_sample_and_thins_a_long_series(factory
     series = status.wave_status_series(wave=wave, max_points=100)
     assert 90 <= len(series) <= 101
     assert series[0]["totals"] == {"total": 0} and series[-1]["totals"] == {"total": 999}
+
+
+# --- a real worker, killed mid-task ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _embedded_env(var):
+    """The embedded install in `var`: a SQLite file and the filesystem broker, nothing shared."""
+    drop = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_TASK_ALWAYS_EAGER", "SQLITE_TEST_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(
+        BREAKWATER_VAR_DIR=str(var),
+        SQLITE_PATH=str(var / "db.sqlite3"),
+        DJANGO_SETTINGS_MODULE="factory.settings",
+        # a long interval, so no message of this test is old enough to be skipped as stale
+        BREAKWATER_STATUS_INTERVAL_SECONDS="60",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def _step(env, *args):
+    done = subprocess.run([sys.executable, "-m", "tests.waves.status_worker", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class Worker:
+    """A `celery worker` process (and its pool) in its own process group."""
+
+    def __init__(self, env, log, pool):
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--pool", pool, "--concurrency", "1",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"status-{pool}@%h"],
+            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def text(self):
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle, count=1, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.text().count(needle) >= count:
+                return
+            assert self.proc.poll() is None or needle in self.text(), f"worker exited:\n{self.text()[-4000:]}"
+            time.sleep(0.2)
+        raise AssertionError(f"no {needle!r} in the worker log:\n{self.text()[-4000:]}")
+
+    def pool_children(self):
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
+
+    def kill(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _wait_for(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def _states(totals):
+    return {state: totals[state] for state in status.STATES}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the pool's child process through /proc (Linux)")
+def test_a_worker_killed_mid_aggregation_loses_nothing_and_counts_nothing_twice(tmp_path):
+    env = _embedded_env(tmp_path)
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-4000:]
+    wave = _step(env, "setup")["wave"]
+    bucket = int(time.time() // 60)
+    # Holding SQLite's write lock stops the task at its INSERT: it has read and counted
+    # everything and has not stored the sample yet. That is "mid-task".
+    lock = sqlite3.connect(tmp_path / "db.sqlite3", timeout=30, isolation_level=None)
+
+    def samples_now():
+        return lock.execute("SELECT bucket FROM waves_wavestatussample WHERE wave_id = ?", (wave,)).fetchall()
+
+    # 1. The pool process running the task is killed: the task acknowledges late and asks to be
+    #    redelivered when its worker is lost, so the interval is aggregated again, and stored once.
+    lock.execute("BEGIN IMMEDIATE")
+    worker = Worker(env, tmp_path / "prefork.log", "prefork")
+    try:
+        worker.wait_for("ready.")
+        _step(env, "send", wave, bucket)
+        worker.wait_for("wave_status_aggregate[", 1)
+        time.sleep(2)
+        assert samples_now() == []
+        [child] = worker.pool_children()
+        os.kill(child, signal.SIGKILL)
+        worker.wait_for("SIGKILL")
+        lock.execute("ROLLBACK")
+        _wait_for(lambda: samples_now() == [(bucket,)])
+        worker.wait_for("succeeded", 1)
+        time.sleep(3)  # time enough for a duplicate to show up, if there were one
+        result = _step(env, "check", wave)
+        assert list(result["samples"]) == [str(bucket)]
+        assert _states(result["samples"][str(bucket)]) == result["direct"]
+        assert result["direct"]["updated"] == 1 and result["direct"]["failed"] == 1 and result["direct"]["downloading"] == 1
+    finally:
+        worker.stop()
+
+    # 2. The whole worker is killed -9 mid-task: no partial sample is left behind. The filesystem
+    #    broker had already handed the message over, so after a restart the next run (the next
+    #    interval, or a redelivered copy with a broker server) stores the sample, once.
+    lock.execute("BEGIN IMMEDIATE")
+    worker = Worker(env, tmp_path / "solo.log", "solo")
+    try:
+        worker.wait_for("ready.")
+        _step(env, "send", wave, bucket + 1)
+        worker.wait_for("wave_status_aggregate[", 1)
+        time.sleep(2)
+        worker.kill()
+    finally:
+        worker.stop()
+    lock.execute("ROLLBACK")
+    assert sorted(samples_now()) == [(bucket,)]
+
+    worker = Worker(env, tmp_path / "restart.log", "solo")
+    try:
+        worker.wait_for("ready.")
+        _step(env, "send", wave, bucket + 1, bucket + 1, bucket)  # the redelivered interval, a duplicate, an old one
+        worker.wait_for("succeeded", 3)
+        result = _step(env, "check", wave)
+        assert sorted(result["samples"]) == sorted([str(bucket), str(bucket + 1)])
+        assert result["samples"][str(bucket)] == _step(env, "check", wave)["samples"][str(bucket)]
+        assert _states(result["samples"][str(bucket + 1)]) == result["direct"]
+        log = worker.text()
+        assert log.count("'created'") == 1 and log.count("'exists'") == 2
+    finally:
+        worker.stop()
+        lock.close()
