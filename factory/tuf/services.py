@@ -933,6 +933,8 @@ def demo_offline_key(*, factory, actor, path):
     """The demo's offline targets key archive at `path`: kept if it is still one of the factory's
     keys, else a new key is registered and written there (owner-only). Returns (path, created)."""
     path = Path(path)
+    if not TufRepository.objects.filter(factory=factory).exists():
+        repository_init(factory=factory)  # a demo database from before the TUF repository existed
     if path.exists():
         try:
             keyids = {signer.public_key.keyid for role, signer in tuf_keys.key_archive_read(path.read_bytes()) if role == "targets"}

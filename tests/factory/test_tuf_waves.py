@@ -336,3 +336,23 @@ def test_removing_an_offline_key_has_the_others_re_sign_production_targets(facto
     with pytest.raises(ApplicationError, match="only offline targets key"):
         [(_, second_signer)] = tuf_keys.key_archive_read(second)
         tuf.offline_key_retire(factory=factory, actor=bob, keyid=second_signer.public_key.keyid)
+
+
+def test_through_the_gateway_each_device_gets_its_own_view(factory, bob, archive, tmp_path):
+    from devices.fleet import fleet_seed
+    from devices.models import Device
+
+    fleet_seed(factory=factory, tag=TAG, groups={"canary": 2}, ungrouped=2, test_devices=1, version=40, hardware_ids=HWIDS)
+    clients = {d.name: TufDevice(d, tmp_path, via_gateway=True) for d in Device.objects.filter(factory=factory).select_related("group")}
+    wave = make_wave(factory, bob, archive, "v42", 42)
+    wave_rollout(wave=wave, actor=bob, group="canary")
+    for name, client in clients.items():
+        client.refresh()
+        if name.startswith("test-"):
+            assert versions_of(client) == {"40", "41", "42", "43", "44"}
+        elif name.startswith("canary-"):
+            assert versions_of(client) == {"42"} and client.update() == 42
+        else:
+            assert versions_of(client) == set() and client.update() == 40
+    wave_complete(wave=wave, actor=bob)
+    assert all(c.update() == 42 for n, c in clients.items() if not n.startswith("test-"))

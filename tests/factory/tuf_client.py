@@ -2,8 +2,9 @@
 
 `TufDevice` is a device with its own persistent TUF metadata folder, polling through
 `ngclient.Updater` with a fetcher that asks the repository exactly what the gateway asks it
-(`factory.tuf.selectors.device_metadata` / `device_targets`), so every byte a test device
-trusts was verified by the standard client.
+(`factory.tuf.selectors.device_metadata` / `device_targets`), or that runs each request through
+the gateway's WSGI app with the device's certificate, so every byte a test device trusts was
+verified by the standard client.
 """
 import json
 import tempfile
@@ -54,11 +55,57 @@ class RepositoryFetcher(FetcherInterface):
         raise tuf_exceptions.DownloadHTTPError(url, 404)
 
 
+class _PeerSocket:
+    """What gunicorn hands the gateway after the TLS handshake: the verified client certificate."""
+
+    def __init__(self, der):
+        self.der = der
+
+    def getpeercert(self, binary_form=False):
+        return self.der
+
+
+class GatewayFetcher(FetcherInterface):
+    """Runs each request through the device gateway's WSGI app, as the device's certificate."""
+
+    def __init__(self, device, tag=None):
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from devices.gateway import Gateway
+
+        self.gateway = Gateway(device_cache_seconds=0)
+        self.der = x509.load_pem_x509_certificate(device.certificate.encode()).public_bytes(Encoding.DER)
+        self.tag = tag
+        self.requests = []
+
+    def _fetch(self, url):
+        for prefix, path in ((BASE_URL, "/repo/"), (TARGETS_URL, "/targets/")):
+            if url.startswith(prefix):
+                break
+        else:
+            raise tuf_exceptions.DownloadHTTPError(url, 404)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path + url[len(prefix):], "gunicorn.socket": _PeerSocket(self.der)}
+        if self.tag:
+            environ["HTTP_X_ATS_TAGS"] = self.tag
+        answer = {}
+
+        def start_response(status, headers):
+            answer["status"] = int(status.split()[0])
+
+        body = b"".join(self.gateway(environ, start_response))
+        self.requests.append((url, answer["status"]))
+        if answer["status"] != 200:
+            raise tuf_exceptions.DownloadHTTPError(body.decode(errors="replace"), answer["status"])
+        return iter([body])
+
+
 class TufDevice:
     """A device's TUF client state across polls: trusted metadata on disk, installed target."""
 
-    def __init__(self, device, root_dir=None):
+    def __init__(self, device, root_dir=None, via_gateway=False):
         self.device = device
+        self.via_gateway = via_gateway
         self._tmp = None if root_dir else tempfile.TemporaryDirectory()
         base = Path(root_dir or self._tmp.name) / str(device.uuid)
         self.metadata_dir = base / "metadata"
@@ -78,7 +125,7 @@ class TufDevice:
             BASE_URL,
             str(self.targets_dir),
             TARGETS_URL,
-            fetcher=RepositoryFetcher(self.device, tamper=tamper),
+            fetcher=GatewayFetcher(self.device) if self.via_gateway else RepositoryFetcher(self.device, tamper=tamper),
             bootstrap=bootstrap,
         )
 
