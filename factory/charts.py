@@ -6,7 +6,7 @@ FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "siz
 
 
 def _label(row):
-    return f"{row['tag']} · {'production' if row['production'] else 'test'}"
+    return f"tag {row['tag']} · {'production' if row['production'] else 'test'}"
 
 
 def _config(filename):
@@ -22,18 +22,27 @@ def _layout(uirevision, **extra):
     layout = {
         "uirevision": uirevision,
         "height": 320,
-        "margin": {"l": 60, "r": 20, "t": 20, "b": 40},
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
         "font": FONT,
         "paper_bgcolor": "rgba(0,0,0,0)",
         "plot_bgcolor": "rgba(0,0,0,0)",
-        "legend": {"orientation": "h", "y": -0.2},
+        "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
         "hovermode": "closest",
+        "showlegend": True,  # also with a single version, so the colour is named
         "barmode": "stack",
         "xaxis": {"type": "category", "automargin": True},
         "yaxis": {"title": {"text": "devices"}, "tickformat": ",d", "rangemode": "tozero"},
     }
     layout.update(extra)
     return layout
+
+
+def _count_axis(largest):
+    """Whole numbers of devices only, even when there are just a few."""
+    axis = {"title": {"text": "devices"}, "tickformat": ",d", "rangemode": "tozero"}
+    if largest <= 8:
+        axis["dtick"] = 1
+    return axis
 
 
 def _empty(uirevision, filename):
@@ -70,7 +79,7 @@ def devices_per_tag_version(rows, *, uirevision, filename="factory-versions"):
                 "hovertemplate": "%{x}: %{y:,} on " + name + " %{customdata}<extra></extra>",
             }
         )
-    return {"data": data, "layout": _layout(uirevision), "config": _config(filename)}
+    return {"data": data, "layout": _layout(uirevision, yaxis=_count_axis(max(r["total"] for r in rows))), "config": _config(filename)}
 
 
 def online_per_tag(rows, *, uirevision, filename="factory-online"):
@@ -89,7 +98,7 @@ def online_per_tag(rows, *, uirevision, filename="factory-online"):
             "hovertemplate": "%{x}: %{y:,} offline<extra></extra>",
         },
     ]
-    return {"data": data, "layout": _layout(uirevision, height=280), "config": _config(filename)}
+    return {"data": data, "layout": _layout(uirevision, height=280, yaxis=_count_axis(max(r["total"] for r in rows))), "config": _config(filename)}
 
 
 def factory_figures(rows, *, factory_name):

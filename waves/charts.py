@@ -26,7 +26,7 @@ STATE_COLORS = {
     "offline": "#7a8291",
     "not_scheduled": "#d5d9e0",
 }
-VERSION_COLORS = ("#0b5cad", "#1f9d55", "#e0a030", "#6f5bd3", "#d64545", "#3aa6b9", "#8a6d3b", "#b35c9e", "#5b6577", "#9aa5b1")
+VERSION_COLORS = ("#0b5cad", "#e0a030", "#6f5bd3", "#d64545", "#3aa6b9", "#8a6d3b", "#b35c9e", "#5b6577", "#9aa5b1")
 PHASE_COLOR = "#0f2742"
 MAX_GROUPS = 40
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12, "color": "#1b2230"}
@@ -41,11 +41,11 @@ def _layout(uirevision, *, height=320, **extra):
     layout = {
         "uirevision": uirevision,
         "height": height,
-        "margin": {"l": 60, "r": 20, "t": 30, "b": 40},
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
         "font": FONT,
         "paper_bgcolor": "rgba(0,0,0,0)",
         "plot_bgcolor": "rgba(0,0,0,0)",
-        "legend": {"orientation": "h", "y": -0.18},
+        "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
         "hovermode": "x unified",
     }
     layout.update(extra)
@@ -59,6 +59,14 @@ def _config(filename):
         "modeBarButtonsToRemove": ["lasso2d", "select2d"],
         "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
     }
+
+
+def _count_axis(largest, **extra):
+    """An axis of device counts: whole numbers only, even when there are just a few devices."""
+    axis = {"tickformat": ",d", "rangemode": "tozero", **extra}
+    if largest <= 8:
+        axis["dtick"] = 1
+    return axis
 
 
 def _empty(uirevision, filename, message, height=220):
@@ -116,7 +124,7 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
         shapes=shapes,
         annotations=annotations,
         xaxis={"type": "date", "title": {"text": "time (UTC)"}},
-        yaxis={"title": {"text": "devices"}, "rangemode": "tozero", "tickformat": ",d"},
+        yaxis=_count_axis(max(point["totals"].get("total", 0) for point in series), title={"text": "devices"}),
     )
     return {"data": data, "layout": layout, "config": _config(filename)}
 
@@ -149,7 +157,7 @@ def group_progress(groups, *, uirevision, filename="wave-groups", max_groups=MAX
         barmode="stack",
         barnorm="percent",
         hovermode="closest",
-        margin={"l": 120, "r": 20, "t": 30 if title else 10, "b": 40},
+        margin={"l": 120, "r": 20, "t": 60 if title else 40, "b": 40},
         title={"text": title, "font": {"size": 11}} if title else None,
         xaxis={"title": {"text": "% of the group's devices"}, "range": [0, 100]},
         yaxis={"autorange": "reversed", "automargin": True},
@@ -174,17 +182,20 @@ def version_distribution(groups, *, uirevision, filename="wave-versions", wave_v
     names = [g["group"] for g in shown]
     versions = sorted({v for g in shown for v in g["versions"]}, key=_version_key)
     data = []
-    for i, version in enumerate(versions):
+    others = iter(VERSION_COLORS * (1 + len(versions) // len(VERSION_COLORS)))
+    for version in versions:
         label = "no target" if version == "none" else f"v{version}"
+        color = next(others)
         if wave_version is not None and version == str(wave_version):
-            label += " (wave)"
+            # the wave's version in the "updated" colour of the other charts
+            label, color = label + " (wave)", STATE_COLORS["updated"]
         data.append(
             {
                 "type": "bar",
                 "name": label,
                 "x": names,
                 "y": [g["versions"].get(version, 0) for g in shown],
-                "marker": {"color": VERSION_COLORS[i % len(VERSION_COLORS)]},
+                "marker": {"color": color},
                 "hovertemplate": "%{x}: %{y:,} on " + label + "<extra></extra>",
             }
         )
@@ -193,7 +204,7 @@ def version_distribution(groups, *, uirevision, filename="wave-versions", wave_v
         barmode="stack",
         hovermode="closest",
         xaxis={"type": "category", "automargin": True},
-        yaxis={"title": {"text": "devices"}, "tickformat": ",d"},
+        yaxis=_count_axis(max(sum(g["versions"].values()) for g in shown), title={"text": "devices"}),
     )
     if hidden:
         layout["title"] = {"text": f"first {len(shown)} groups; {hidden} more in the CSV export", "font": {"size": 11}}
@@ -235,7 +246,7 @@ def failures(breakdown, *, uirevision, filename="wave-failures"):
                 "hovertemplate": "%{y}: %{x:,} failed<extra></extra>",
             }
         )
-        layout_axes[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": [0, 1], "tickformat": ",d", "rangemode": "tozero"}
+        layout_axes[f"xaxis{suffix}"] = _count_axis(max(counts.values(), default=0), anchor=f"y{suffix}", domain=[0, 1])
         layout_axes[f"yaxis{suffix}"] = {"anchor": f"x{suffix}", "domain": list(domain), "autorange": "reversed", "automargin": True, "type": "category"}
         annotations.append(
             {"text": f"<b>{title}</b>", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0, "y": domain[1], "xanchor": "left", "yanchor": "bottom", "font": {"size": 11}}
@@ -290,7 +301,8 @@ def online_offline(series, *, uirevision, filename="wave-online"):
         {"type": "scatter", "mode": "lines", "stackgroup": "seen", "name": name, "x": x, "y": values, "line": {"width": 0.5, "color": color}, "fillcolor": color, "hovertemplate": "%{y:,}"}
         for name, values, color in (("online", online, "#1f9d55"), ("offline", offline, "#7a8291"))
     ]
-    layout = _layout(uirevision, height=260, xaxis={"type": "date", "title": {"text": "time (UTC)"}}, yaxis={"title": {"text": "devices"}, "rangemode": "tozero", "tickformat": ",d"})
+    largest = max(point["totals"].get("total", 0) for point in series)
+    layout = _layout(uirevision, height=260, xaxis={"type": "date", "title": {"text": "time (UTC)"}}, yaxis=_count_axis(largest, title={"text": "devices"}))
     return {"data": data, "layout": layout, "config": _config(filename)}
 
 

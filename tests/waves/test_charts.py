@@ -101,6 +101,15 @@ def test_version_distribution_stacks_versions_newest_first_and_names_the_wave():
         ("no target", [0, 2, 0]),
     ]
     assert fig["data"][0]["x"] == ["canary", "beta", "(No Group)"] and fig["layout"]["barmode"] == "stack"
+    assert fig["data"][1]["marker"]["color"] == charts.STATE_COLORS["updated"]  # the wave's version stands out
+    assert len({t["marker"]["color"] for t in fig["data"]}) == 4
+    assert "dtick" not in fig["layout"]["yaxis"]  # 20 devices: Plotly picks the steps
+
+
+def test_a_few_devices_are_counted_in_whole_steps():
+    fig = charts.version_distribution(GROUPS[:1], uirevision="v")
+    assert fig["layout"]["yaxis"]["dtick"] == 1 and fig["layout"]["yaxis"]["tickformat"] == ",d"
+    assert charts.progress(SERIES[:1], [], uirevision="u")["layout"]["yaxis"].get("dtick") is None  # 100 devices
 
 
 def test_failures_in_three_panels_by_reason_hardware_id_and_starting_version():
@@ -114,6 +123,7 @@ def test_failures_in_three_panels_by_reason_hardware_id_and_starting_version():
     assert (version["y"], version["x"], version["yaxis"]) == (["v41", "v40"], [6, 1], "y3")
     layout = fig["layout"]
     assert layout["yaxis2"]["anchor"] == "x2" and layout["xaxis3"]["anchor"] == "y3"
+    assert layout["xaxis"]["dtick"] == 1 and layout["xaxis3"]["dtick"] == 1
     domains = [layout[k]["domain"] for k in ("yaxis", "yaxis2", "yaxis3")]
     assert all(a[0] > b[1] for a, b in zip(domains, domains[1:]))  # panels stacked, not overlapping
     assert [a["text"] for a in layout["annotations"]] == ["<b>by reason</b>", "<b>by hardware ID</b>", "<b>by starting version</b>"]
@@ -165,10 +175,10 @@ FACTORY_ROWS = [
 def test_factory_devices_per_tag_and_version():
     fig = factory_charts.devices_per_tag_version(FACTORY_ROWS, uirevision="factory-acme-versions")
     assert [(t["name"], t["x"], t["y"], t["customdata"]) for t in fig["data"]] == [
-        ("v43", ["production · production", "production · test"], [0, 10], ["", "latest"]),
-        ("v42", ["production · production", "production · test"], [60, 0], ["latest", ""]),
-        ("v41", ["production · production", "production · test"], [40, 0], ["", ""]),
-        ("no target", ["production · production", "production · test"], [0, 2], ["", ""]),
+        ("v43", ["tag production · production", "tag production · test"], [0, 10], ["", "latest"]),
+        ("v42", ["tag production · production", "tag production · test"], [60, 0], ["latest", ""]),
+        ("v41", ["tag production · production", "tag production · test"], [40, 0], ["", ""]),
+        ("no target", ["tag production · production", "tag production · test"], [0, 2], ["", ""]),
     ]
     assert fig["layout"]["barmode"] == "stack" and fig["layout"]["uirevision"] == "factory-acme-versions"
 

@@ -155,7 +155,7 @@ def test_factory_panel_charts_devices_per_tag_and_version(client, dave, rolled):
     assert response.status_code == 200
     figs = figures(response)
     versions = figs["factory-fig-versions"]
-    assert versions["data"][0]["x"] == ["production · production", "production · test"]
+    assert versions["data"][0]["x"] == ["tag production · production", "tag production · test"]
     assert {t["name"]: t["y"] for t in versions["data"]} == {"v42": [1, 0], "v41": [99, 10]}
     assert versions["layout"]["uirevision"] == "factory-acme-versions"
     html = response.content.decode()
