@@ -325,6 +325,7 @@ def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_m
     cutoff = offline_cutoff(offline_threshold_hours)
     stuck_after = settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES if stuck_after_minutes is None else stuck_after_minutes
     params = _params(wave, now=now, cutoff=cutoff, stuck_cutoff=now - timedelta(minutes=float(stuck_after)))
+
     def read():
         return _states(wave, params), _failures(params), wave_update_times(wave=wave, params=params, now=now)
 
@@ -544,3 +545,14 @@ def wave_status_history_csv_rows(*, wave):
     for taken_at, totals in WaveStatusSample.objects.filter(wave=wave).order_by("bucket").values_list("taken_at", "totals").iterator(chunk_size=2000):
         rows.append([taken_at.isoformat(), totals.get("total", 0), totals.get("online", 0), *[totals.get(s, 0) for s in CSV_STATE_COLUMNS]])
     return rows
+
+
+def factory_status_csv_rows(*, rows):
+    """One line per tag, kind and version; the tag's totals are repeated so a filter keeps them."""
+    out = [["tag", "kind", "latest_version", "devices", "on_latest", "online", "on_orphan_targets", "version", "devices_on_version"]]
+    for row in rows:
+        kind = "production" if row["production"] else "test"
+        head = [row["tag"], kind, "" if row["latest_version"] is None else row["latest_version"], row["total"], row["on_latest"], row["online"], row["orphan"]]
+        for version, count in row["versions"].items():
+            out.append([*head, "none" if version is None else version, count])
+    return out

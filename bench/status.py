@@ -1,0 +1,165 @@
+"""Live wave status at 1,000,000 devices and 100 groups on PostgreSQL.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/status.py
+
+Stages the bench wave like a wave in full swing (the 100,000-device group as a full-group
+rollout, 10,000 devices fleet-wide, devices downloading, installing, updated and failed, with
+their events), then prints the time of one aggregation cycle (the sample the Celery task stores
+every interval) and its parts, and the server time of the live status pages and exports
+through Django's full request stack. Everything runs in one transaction that is rolled back,
+so the shared bench database is left as it was. Goals: aggregation <= 1 s, page <= 300 ms.
+"""
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fleet import bench_fleet, bench_wave  # noqa: E402  (sets up Django)
+
+from django.db import connection, transaction  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.urls import reverse  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from factory.models import Role  # noqa: E402
+from factory.services import user_create  # noqa: E402
+from waves import status  # noqa: E402
+from waves.models import Rollout, WaveDevice, WaveGroup, WaveStatusSample  # noqa: E402
+from waves.services import wave_rollout  # noqa: E402
+
+REPEAT = 5
+REASONS = ("no space left on device", "checksum mismatch", "download timed out", "ostree deploy failed", "reboot loop")
+
+
+class Rollback(Exception):
+    pass
+
+
+def median_ms(fn, repeat=REPEAT, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000, max(times) * 1000
+
+
+def stage(wave):
+    """A wave in full swing; returns a description of what was staged."""
+    WaveDevice.objects.filter(wave=wave).delete()
+    WaveGroup.objects.filter(wave=wave).delete()
+    Rollout.objects.filter(wave=wave).delete()
+    wave_rollout(wave=wave, actor=None, group="big")
+    wave_rollout(wave=wave, actor=None, limit="10000")
+    since = wave.created_at
+    with connection.cursor() as cursor:
+        # Of the staged devices (the big group and the fleet-wide sample), by id modulo 20:
+        # 0-7 updated, 8-9 installing, 10-12 downloading, 13 failed, 14-19 not started yet.
+        cursor.execute(
+            """
+            CREATE TEMP TABLE bench_staged ON COMMIT DROP AS
+            SELECT d.id, d.hardware_id, d.id %% 20 AS k FROM devices_device d
+             WHERE d.factory_id = %(factory)s AND (d.group_id IN (SELECT group_id FROM waves_wavegroup WHERE wave_id = %(wave)s)
+                   OR d.id IN (SELECT device_id FROM waves_wavedevice WHERE wave_id = %(wave)s))
+            """,
+            {"factory": wave.factory_id, "wave": wave.id},
+        )
+        steps = [
+            ("download-started", "NULL", "k <= 13", 60),
+            ("download-completed", "NULL", "k <= 12", 120),
+            ("install-started", "NULL", "k <= 9", 180),
+            ("install-applied", "NULL", "k <= 9", 240),
+            ("install-completed", "TRUE", "k <= 7", 300),
+            ("install-completed", "FALSE", "k = 13", 300),
+        ]
+        for event_type, success, where, seconds in steps:
+            cursor.execute(
+                f"""
+                INSERT INTO devices_deviceevent (factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at)
+                SELECT %(factory)s, id, %(type)s, hardware_id || '-lmp-42', 42, {success},
+                       CASE WHEN {success} IS FALSE THEN (ARRAY{list(REASONS)!r})[1 + id %% 5] ELSE '' END,
+                       %(since)s + make_interval(secs => %(seconds)s + id %% 600), now()
+                  FROM bench_staged WHERE {where}
+                """,
+                {"factory": wave.factory_id, "type": event_type, "since": since, "seconds": seconds},
+            )
+        cursor.execute(
+            "UPDATE devices_device d SET target_version = 42, target_name = d.hardware_id || '-lmp-42' FROM bench_staged s WHERE d.id = s.id AND s.k <= 7"
+        )
+        cursor.execute("SELECT COUNT(*) FROM bench_staged")
+        staged = cursor.fetchone()[0]
+        cursor.execute("SELECT COUNT(*) FROM devices_deviceevent WHERE factory_id = %s AND target_version = 42", [wave.factory_id])
+        events = cursor.fetchone()[0]
+        for table in ("devices_device", "devices_deviceevent", "waves_wavedevice", "waves_wavegroup"):
+            cursor.execute(f"ANALYZE {table}")
+    return staged, events
+
+
+def main():
+    factory = bench_fleet()
+    wave = bench_wave(factory)
+    rows = []
+    try:
+        with transaction.atomic():
+            started = time.perf_counter()
+            staged, events = stage(wave)
+            print(f"staged {staged:,} devices with {events:,} events in {time.perf_counter() - started:.1f}s (rolled back at the end)")
+            params = status._params(wave, now=timezone.now(), cutoff=status.offline_cutoff(), stuck_cutoff=timezone.now())
+
+            bucket = [status.status_bucket() + 1000]
+
+            def cycle():
+                bucket[0] += 1
+                status.wave_status_sample_take(wave=wave, bucket=bucket[0])
+
+            rows.append(("aggregation cycle (one sample, 100 groups)", *median_ms(cycle), "goal <= 1000 ms"))
+            rows.append(("  states per group (1 statement)", *median_ms(lambda: status._states(wave, params)), ""))
+            rows.append(("  failures by reason/hardware/version", *median_ms(lambda: status._failures(params)), ""))
+            rows.append(("  time to update per phase", *median_ms(lambda: status.wave_update_times(wave=wave, params=params)), ""))
+            rows.append(("  sample already taken (a re-run)", *median_ms(lambda: status.wave_status_sample_take(wave=wave, bucket=bucket[0])), ""))
+            sample = WaveStatusSample.objects.filter(wave=wave).order_by("-bucket").first()
+            totals = sample.totals
+
+            # A month of samples every 15 s for the time series the page draws from.
+            first = status.status_bucket() - 30 * 24 * 240
+            WaveStatusSample.objects.bulk_create(
+                [WaveStatusSample(wave=wave, bucket=first + i, taken_at=timezone.now(), totals=totals, groups={}) for i in range(0, 30 * 24 * 240, 1)],
+                batch_size=5000,
+            )
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE waves_wavestatussample")
+
+            user = user_create(username="bench-support", factory=factory, role=Role.SUPPORT)
+            client = Client()
+            client.force_login(user)
+            hx = {"HTTP_HX_REQUEST": "true"}
+
+            def get(url, **headers):
+                response = client.get(url, **headers)
+                assert response.status_code == 200, (url, response.status_code)
+                return response
+
+            rows.append(("wave live panel (htmx poll, 172,800 samples)", *median_ms(lambda: get(reverse("wave-live-status", args=[wave.name]), **hx, HTTP_HX_TARGET="wave-live")), "goal <= 300 ms"))
+            rows.append(("factory live panel (htmx poll)", *median_ms(lambda: get(reverse("factory-live-status"), **hx, HTTP_HX_TARGET="factory-live")), "goal <= 300 ms"))
+            rows.append(("wave status CSV (computed now)", *median_ms(lambda: get(reverse("wave-status-csv", args=[wave.name])), repeat=3), "an export"))
+            rows.append(("wave status history CSV (172,800 rows)", *median_ms(lambda: get(reverse("wave-status-history-csv", args=[wave.name])), repeat=3), "an export"))
+            try:
+                rows.append(("wave detail page (full, for reference)", *median_ms(lambda: get(reverse("wave-detail", args=[wave.name])), repeat=3), "dashboard page"))
+            except AssertionError as error:
+                print(f"wave detail page not measured: {error}")
+            print("\nlatest sample totals:", {k: totals[k] for k in ("total", "online", "stuck", *status.STATES)})
+            raise Rollback
+    except Rollback:
+        pass
+
+    print(f"\n{'measurement':<48} {'median':>10} {'max':>10}  notes")
+    for name, median, worst, note in rows:
+        print(f"{name:<48} {median:>7.0f} ms {worst:>7.0f} ms  {note}")
+
+
+if __name__ == "__main__":
+    main()
