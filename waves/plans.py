@@ -973,17 +973,20 @@ def plan_evaluate(*, plan, now=None):
     now = now or timezone.now()
     with transaction.atomic():
         plan = _locked_plan(plan)
-        if plan.status != Status.RUNNING:
-            return Evaluation(plan, "idle")
         wave = plan.wave
-        if wave.status != Wave.Status.ACTIVE:
-            # The wave was completed or canceled by hand: the plan has nothing left to do.
+        if plan.status in (Status.FINISHED, Status.CANCELED):
+            return Evaluation(plan, "idle")
+        if wave.status in (Wave.Status.COMPLETE, Wave.Status.CANCELED):
+            # The wave was completed or canceled by hand (even while the plan was paused or
+            # halted): the plan has nothing left to do.
             ended = Status.FINISHED if wave.status == Wave.Status.COMPLETE else Status.CANCELED
             plan.status = ended
             plan.save(update_fields=["status", "updated_at"])
             reason = f"wave {wave.name} was {'completed' if ended == Status.FINISHED else 'canceled'}"
             _decide(plan, None, "finish" if ended == Status.FINISHED else "cancel", None, reason=reason, evidence={"status": ended})
             return Evaluation(plan, "finished" if ended == Status.FINISHED else "canceled", reason=reason)
+        if plan.status != Status.RUNNING:
+            return Evaluation(plan, "idle")
         phases = plan_phases(plan)
         phase = current_phase(phases)
         if phase is None:
@@ -1170,10 +1173,14 @@ def plans_evaluate_due(*, now=None, claim_seconds=CLAIM_SECONDS):
     workers (or a slow run overlapping the next tick) never act on the same plan twice."""
     now = now or timezone.now()
     free = Q(evaluating_until__isnull=True) | Q(evaluating_until__lt=now)
+    # Running plans, and plans of any other open status whose wave was completed or canceled.
+    due = Q(status=Status.RUNNING) | Q(
+        status__in=(Status.DRAFT, Status.PAUSED, Status.HALTED), wave__status__in=(Wave.Status.COMPLETE, Wave.Status.CANCELED)
+    )
     results = []
-    for plan_id in list(RolloutPlan.objects.filter(free, status=Status.RUNNING).order_by("id").values_list("id", flat=True)):
+    for plan_id in list(RolloutPlan.objects.filter(free & due).order_by("id").values_list("id", flat=True)):
         until = now + timedelta(seconds=claim_seconds)
-        if not RolloutPlan.objects.filter(free, pk=plan_id, status=Status.RUNNING).update(evaluating_until=until):
+        if not RolloutPlan.objects.filter(free & due, pk=plan_id).update(evaluating_until=until):
             continue
         try:
             results.append(plan_evaluate(plan=RolloutPlan(pk=plan_id), now=now))

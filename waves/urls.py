@@ -2,7 +2,7 @@
 so a wave with one of those names is reached through the API and CLI only."""
 from django.urls import path
 
-from . import status_views, views
+from . import plan_views, status_views, views
 
 urlpatterns = [
     path("", views.wave_list, name="wave-list"),
@@ -16,6 +16,12 @@ urlpatterns = [
     path("<str:name>/sign/", views.wave_sign, name="wave-sign"),
     path("<str:name>/complete/", views.wave_complete, name="wave-complete"),
     path("<str:name>/cancel/", views.wave_cancel, name="wave-cancel"),
+    path("<str:name>/plan/", plan_views.plan_detail, name="plan-detail"),
+    path("<str:name>/plan/panel/", plan_views.plan_panel, name="plan-panel"),
+    path("<str:name>/plan/edit/", plan_views.plan_edit, name="plan-edit"),
+    path("<str:name>/plan/templates/save/", plan_views.plan_template_save, name="plan-template-save"),
+    path("<str:name>/plan/templates/<int:template_id>/delete/", plan_views.plan_template_delete, name="plan-template-delete"),
+    path("<str:name>/plan/<slug:action>/", plan_views.plan_action, name="plan-action"),
     path("<str:name>/rollouts/<int:rollout_id>/devices.txt", views.rollout_devices_download, name="rollout-devices"),
     path("<str:name>/rollout/", views.rollout_preview, name="rollout-preview"),
     path("<str:name>/rollout/<str:token>/", views.rollout_preview_show, name="rollout-preview-show"),

@@ -1,0 +1,167 @@
+"""Forms of the rollout plan pages: the phase editor (a formset), fill-ins from the seed's
+large-fleet example or a template, saving a template, and the reasons recorded with decisions.
+
+The forms only shape the input; waves.plans checks it, so the editor, the API and the CLI give
+the same answers."""
+from django import forms
+from django.forms import BaseFormSet, formset_factory
+
+from factory.forms import DashboardForm
+
+from . import plans
+from .models import PlanPhase
+
+WHOLE_FLEET = ""
+
+
+def percent(ratio):
+    """0.9 -> "90%" for the editor; None -> ""."""
+    if ratio is None or ratio == "":
+        return ""
+    if isinstance(ratio, str):
+        return ratio
+    return f"{ratio * 100:.4g}%"
+
+
+class PhaseForm(DashboardForm):
+    name = forms.CharField(required=False, max_length=64, label="Name", widget=forms.TextInput(attrs={"placeholder": "e.g. us-east canary"}))
+    group = forms.ChoiceField(required=False, label="Scope")
+    limit = forms.CharField(
+        required=False, max_length=16, label="Limit", help_text="N devices or N% of the scope; empty: all of it.", widget=forms.TextInput(attrs={"placeholder": "5 or 5%"})
+    )
+    saved_list = forms.ChoiceField(required=False, label="Saved device list")
+    uuids = forms.CharField(
+        required=False, label="…or device UUIDs", widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "autocomplete": "off", "class": "mono"})
+    )
+    wait_minutes = forms.IntegerField(min_value=0, max_value=plans.MAX_MINUTES, initial=plans.DEFAULT_WAIT_MINUTES, label="Wait and watch (min)")
+    min_reporting = forms.IntegerField(required=False, min_value=0, label="At least reporting", help_text="Devices (all staged, if fewer).")
+    min_success_ratio = forms.CharField(required=False, max_length=10, label="Success at least", widget=forms.TextInput(attrs={"placeholder": "90%"}))
+    max_failure_ratio = forms.CharField(
+        required=False, max_length=10, label="Failures at most", help_text="Above it the plan halts.", widget=forms.TextInput(attrs={"placeholder": "10%"})
+    )
+    stuck_after_minutes = forms.IntegerField(
+        required=False, min_value=1, max_value=plans.MAX_MINUTES, label="Silent after (min)", help_text="Staged and silent: stuck (failed)."
+    )
+    max_unhealthy = forms.IntegerField(
+        required=False, min_value=0, label="Silent after updating, at most", help_text="Above it the plan halts."
+    )
+    advance = forms.ChoiceField(choices=[("auto", "Automatically"), ("approval", "On approval")], initial="auto", label="Advance")
+    approver_must_differ = forms.BooleanField(required=False, label="Approver must not be the author")
+
+    SCOPE = ("group", "limit", "saved_list", "uuids")
+
+    def __init__(self, *args, groups=(), saved_lists=(), lock=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        group_choices = [(WHOLE_FLEET, "Whole fleet")] + [(g, f"Group {g}") for g in groups]
+        list_choices = [("", "No saved list")] + [(s, s) for s in saved_lists]
+        # A value no longer offered (a deleted group, a template's {group}) still shows as it is.
+        for name, choices in (("group", group_choices), ("saved_list", list_choices)):
+            current = self.initial.get(name) or ""
+            if current and current not in dict(choices):
+                choices.append((current, f"{current} (missing)"))
+            self.fields[name].choices = choices
+        self.lock = lock
+        # A phase that rolled out keeps its scope; a passed one keeps everything.
+        locked = self.fields if lock == "all" else (self.SCOPE if lock == "scope" else ())
+        for name in locked:
+            self.fields[name].disabled = True
+
+    def phase(self):
+        """The phase in the services' spelling."""
+        data = self.cleaned_data
+        return {key: data.get(key) for key in plans.PHASE_KEYS if data.get(key) not in (None, "")} | {
+            "approver_must_differ": bool(data.get("approver_must_differ")),
+            "wait_minutes": data.get("wait_minutes") if data.get("wait_minutes") is not None else plans.DEFAULT_WAIT_MINUTES,
+        }
+
+
+class BasePhaseFormSet(BaseFormSet):
+    def __init__(self, *args, groups=(), saved_lists=(), locks=(), **kwargs):
+        self.groups, self.saved_lists, self.locks = groups, saved_lists, list(locks)
+        super().__init__(*args, **kwargs)
+
+    def get_form_kwargs(self, index):
+        lock = self.locks[index] if index is not None and index < len(self.locks) else None
+        return {"groups": self.groups, "saved_lists": self.saved_lists, "lock": lock}
+
+    def add_fields(self, form, index):
+        super().add_fields(form, index)
+        if "DELETE" in form.fields:
+            form.fields["DELETE"].label = "Remove this phase"
+            if index is not None and index < len(self.locks) and self.locks[index]:
+                form.fields["DELETE"].disabled = True
+
+    def phases(self):
+        """The kept phases, in order; untouched new rows are left out."""
+        out = []
+        for index, form in enumerate(self.forms):
+            if not hasattr(form, "cleaned_data") or (self.can_delete and self._should_delete_form(form)):
+                continue
+            if index >= self.initial_form_count() and not form.has_changed():
+                continue
+            out.append(form.phase())
+        return out
+
+
+PhaseFormSet = formset_factory(
+    PhaseForm, formset=BasePhaseFormSet, extra=0, can_delete=True, max_num=plans.MAX_PHASES, validate_max=True, absolute_max=plans.MAX_PHASES
+)
+
+
+def phase_initial(phase):
+    """A phase (stored, or a dict in the services' spelling) as the editor's initial values."""
+    data = plans.phase_as_input(phase) if isinstance(phase, PlanPhase) else dict(phase)
+    data["min_success_ratio"] = percent(data.get("min_success_ratio"))
+    data["max_failure_ratio"] = percent(data.get("max_failure_ratio"))
+    uuids = data.get("uuids") or ""
+    data["uuids"] = "\n".join(uuids) if isinstance(uuids, list) else uuids
+    return {k: v for k, v in data.items() if v is not None}
+
+
+class PlanSettingsForm(DashboardForm):
+    webhook_url = forms.URLField(
+        required=False,
+        max_length=200,
+        assume_scheme="https",
+        label="Webhook URL",
+        help_text="Optional. Breakwater POSTs JSON here when the plan halts, needs an approval, or ends.",
+    )
+
+
+class LargeFleetForm(DashboardForm):
+    group = forms.ChoiceField(label="Group", help_text="5 devices, then 20, then 100, then the rest of this group.")
+    wait_minutes = forms.IntegerField(min_value=0, max_value=plans.MAX_MINUTES, initial=60, label="Wait after each phase (min)")
+    approval_before_rest = forms.BooleanField(required=False, label="Ask for an approval before the rest of the group")
+
+    def __init__(self, *args, groups=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["group"].choices = [(g, g) for g in groups]
+
+
+class TemplateFillForm(DashboardForm):
+    template = forms.ChoiceField(label="Template")
+    groups = forms.CharField(
+        required=False, max_length=2000, label="Groups, in order", help_text="For a per-group template: e.g. us-east, us-west, eu-emea."
+    )
+
+    def __init__(self, *args, templates=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["template"].choices = [(t, t) for t in templates]
+
+    def group_list(self):
+        return [g for g in self.cleaned_data["groups"].replace(",", " ").split() if g]
+
+
+class TemplateSaveForm(DashboardForm):
+    name = forms.CharField(max_length=100, label="Template name", widget=forms.TextInput(attrs={"placeholder": "e.g. canary, 5%, 25%, all"}))
+    replace = forms.BooleanField(required=False, label="Replace a template of the same name")
+    per_group = forms.CharField(
+        required=False,
+        max_length=64,
+        label="Make it per group",
+        help_text="Optional: this group's name becomes {group}, so the template applies to any group.",
+    )
+
+
+class ReasonForm(DashboardForm):
+    reason = forms.CharField(required=False, max_length=plans.MAX_REASON, label="Reason", widget=forms.Textarea(attrs={"rows": 2}))
