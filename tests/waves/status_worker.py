@@ -47,8 +47,9 @@ def setup():
 def send(wave_id, *buckets):
     from waves.tasks import wave_status_aggregate
 
+    queue = os.environ.get("STATUS_TEST_QUEUE")
     for bucket in buckets:
-        wave_status_aggregate.apply_async((int(wave_id), int(bucket)))
+        wave_status_aggregate.apply_async((int(wave_id), int(bucket)), **({"queue": queue} if queue else {}))
     return {"sent": [int(b) for b in buckets]}
 
 
