@@ -259,6 +259,9 @@ def test_uuids_from_stdin_and_a_saved_list(cli, tokens, fleet, keys_file, env):
     assert rolled.code == 0 and sorted(rolled.out.split()) == sorted(picks)
     assert {str(u) for u in WaveDevice.objects.values_list("device__uuid", flat=True)} == set(picks)
     assert "does not exist" in one_sentence_error(cli("waves", "rollout", "v2", "--uuids", "@/no/such/file.lst", token=bob))
+    nobody = cli("waves", "rollout", "v2", "--uuids", f"{picks[0]},00000000-0000-4000-8000-00000000abcd", token=bob)
+    assert nobody.code == 1 and "nothing was staged" in nobody.err
+    assert f"{picks[0]}  already staged" in nobody.err and "00000000-0000-4000-8000-00000000abcd  unknown device" in nobody.err
     updated = cli("device-lists", "update", "picks", "--uuids", picks[0], "--rename", "one", token=tokens["carol"])
     assert updated.code == 0 and SavedDeviceList.objects.get().name == "one"
     assert cli("device-lists", "delete", "one", token=tokens["carol"]).code == 0

@@ -5,7 +5,7 @@ import re
 from urllib.parse import quote
 
 from . import plan
-from .client import CliError, UsageError
+from .client import ApiError, CliError, UsageError
 from .common import read_binary, uuids_arg
 from .output import dump_json, err, fields, out, pages, progress, table, when
 
@@ -192,8 +192,13 @@ def waves_rollout(args, ctx):
         raise UsageError("choose what to roll out to: GROUP (or --group), --limit, --uuids, or a combination")
     payload = {"group": group, "limit": args.limit, "uuids": uuids_arg(args.uuids), "dry_run": args.dry_run}
     payload = {k: v for k, v in payload.items() if v is not None}
-    with progress("Rolling out" if not args.dry_run else "Selecting devices"):
-        result = ctx.client.post(wave_path(ctx, args.wave, "/rollout"), payload)
+    try:
+        with progress("Rolling out" if not args.dry_run else "Selecting devices"):
+            result = ctx.client.post(wave_path(ctx, args.wave, "/rollout"), payload)
+    except ApiError as exc:
+        # An empty rollout says why each listed device was left out: show that before the error.
+        _print_skipped(exc.body.get("skipped") or [])
+        raise
     if args.json:
         dump_json(result)
         return 0
@@ -208,13 +213,18 @@ def waves_rollout(args, ctx):
                 columns.append(device["name"])
             out("\t".join(columns))
     report(result["message"])
-    if result["skipped"]:
-        err(f"{len(result['skipped'])} listed devices were not rolled out:")
-        for item in result["skipped"][:50]:
-            err(f"  {item['uuid']}  {item['reason']}")
-        if len(result["skipped"]) > 50:
-            err(f"  … and {len(result['skipped']) - 50} more (use --json to see all)")
+    _print_skipped(result["skipped"])
     return 0
+
+
+def _print_skipped(skipped):
+    if not skipped:
+        return
+    err(f"{len(skipped)} listed devices were not rolled out:")
+    for item in skipped[:50]:
+        err(f"  {item['uuid']}  {item['reason']}")
+    if len(skipped) > 50:
+        err(f"  … and {len(skipped) - 50} more (use --json to see all)")
 
 
 # --- status, list, show, complete, cancel ---------------------------------------------------
