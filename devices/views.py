@@ -3,7 +3,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Q
+from django.db.models.expressions import RawSQL
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.utils import timezone
@@ -18,7 +19,7 @@ from . import selectors, services
 from .forms import NO_GROUP, DeviceFilterForm, GroupAssignForm, GroupCreateForm, GroupDeleteForm, GroupRenameForm
 from .models import Device, DeviceEvent, DeviceGroup
 
-COUNT_CAP = 10_000
+COUNT_CAP = 1_000
 EVENT_LABELS = {
     "download-started": "Download started",
     "download-completed": "Download completed",
@@ -33,13 +34,23 @@ def _online_cutoff():
     return timezone.now() - timedelta(hours=settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS)
 
 
-def _in_active_wave():
-    """Devices staged in their tag's active wave, one by one or through a full-group rollout."""
+def _in_active_wave(factory):
+    """Devices staged in their tag's active wave, one by one or through a full-group rollout.
+
+    Built per active wave (one per tag at most) as plain IN conditions, which the database
+    answers with a hashed lookup while it walks the name index, instead of a correlated
+    subquery per device.
+    """
     from waves.models import Wave, WaveDevice, WaveGroup  # noqa: PLC0415 (waves depends on devices)
 
-    by_device = WaveDevice.objects.filter(device=OuterRef("pk"), wave__status=Wave.Status.ACTIVE)
-    by_group = WaveGroup.objects.filter(group=OuterRef("group"), wave__status=Wave.Status.ACTIVE, wave__tag=OuterRef("tag"))
-    return Q(is_production=True) & (Exists(by_device) | Exists(by_group))
+    condition = Q(pk__in=[])
+    for wave in Wave.objects.filter(factory=factory, status=Wave.Status.ACTIVE).only("id", "tag"):
+        staged = Q(pk__in=WaveDevice.objects.filter(wave=wave).values("device_id"))
+        groups = list(WaveGroup.objects.filter(wave=wave).values_list("group_id", flat=True))
+        if groups:
+            staged |= Q(group_id__in=groups)
+        condition |= Q(tag=wave.tag) & staged
+    return Q(is_production=True) & condition
 
 
 def _name_prefix(prefix):
@@ -71,9 +82,9 @@ def _filtered_devices(factory, form):
     if data["version"] is not None:
         devices = devices.filter(target_version=data["version"])
     if data["wave"] == "yes":
-        devices = devices.filter(_in_active_wave())
+        devices = devices.filter(_in_active_wave(factory))
     elif data["wave"] == "no":
-        devices = devices.exclude(_in_active_wave())
+        devices = devices.exclude(_in_active_wave(factory))
     return devices
 
 
@@ -154,13 +165,18 @@ def device_detail(request, uuid):
 # --- groups ---------------------------------------------------------------------------------
 
 
+GROUP_COUNT_CAP = 1_000
+
+
 def _groups_with_counts(factory):
-    """Groups with their device counts: one grouped count the database answers from the group index."""
-    groups = list(DeviceGroup.objects.filter(factory=factory))
-    counts = dict(Device.objects.filter(group__in=[g.id for g in groups]).values("group").annotate(n=Count("id")).values_list("group", "n"))
-    for group in groups:
-        group.device_count = counts.get(group.id, 0)
-    return groups
+    """Groups with their device counts, each counted no further than GROUP_COUNT_CAP (shown as
+    "1,000+"): a short index-only scan per group instead of counting the whole fleet."""
+    capped = RawSQL(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {Device._meta.db_table} d "
+        f"WHERE d.group_id = {DeviceGroup._meta.db_table}.id LIMIT %s) capped",
+        (GROUP_COUNT_CAP + 1,),
+    )
+    return list(DeviceGroup.objects.filter(factory=factory).annotate(device_count=capped))
 
 
 def _groups_page(request, *, create_form=None, assign_form=None, assign_result=None, status=200):
@@ -170,6 +186,7 @@ def _groups_page(request, *, create_form=None, assign_form=None, assign_result=N
         "create_form": create_form or GroupCreateForm(),
         "assign_form": assign_form or GroupAssignForm(groups=groups),
         "assign_result": assign_result,
+        "count_cap": GROUP_COUNT_CAP,
         "own_messages": True,
     }
     return render_page(

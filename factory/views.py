@@ -4,6 +4,7 @@ from datetime import datetime, time, timedelta
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.db.models import Min, Q
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -116,6 +117,17 @@ def distinct_values(queryset, field, *, limit=200):
     return values
 
 
+def status_cache_key(kind, factory, *parts):
+    """Cache key of a status read: it changes with every recorded change in the factory (any
+    audit row: rollouts, completes, group moves) and with each status interval (check-ins)."""
+    latest = AuditEntry.objects.filter(factory=factory).order_by("-created_at", "-id").values_list("id", "created_at").first()
+    interval = max(1, int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS))
+    bucket = int(timezone.now().timestamp()) // interval
+    # Times as well as ids: ids can repeat after a rolled-back transaction (SQLite), times do not.
+    change = f"{latest[0]}@{latest[1].timestamp()}" if latest else "none"
+    return ":".join(str(p) for p in ("bw", kind, factory.id, factory.created_at.timestamp(), *parts, change, bucket)), interval
+
+
 # --- pages ----------------------------------------------------------------------------------
 
 
@@ -141,7 +153,13 @@ def factory_status(request):
 
     form = StatusForm(request.GET)
     hours = form.cleaned_data["offline_threshold"] if form.is_valid() and form.cleaned_data["offline_threshold"] else None
-    rows = factory_status_rows(factory=request.factory, offline_threshold_hours=hours)
+    # Aggregating a million devices takes the database a few hundred milliseconds: viewers and
+    # polls within one status interval share one computation.
+    key, interval = status_cache_key("factory-status", request.factory, hours)
+    rows = cache.get(key)
+    if rows is None:
+        rows = factory_status_rows(factory=request.factory, offline_threshold_hours=hours)
+        cache.set(key, rows, interval * 2)
     return render_page(
         request,
         "factory/status.html",

@@ -1,5 +1,6 @@
 """Dashboard pages for devices and groups: the filtered, keyset-paged fleet list, a device's
 page, and group management (create, rename, delete, bulk assign) with role checks."""
+import re
 import uuid
 from datetime import timedelta
 
@@ -279,3 +280,17 @@ def test_bulk_assign_errors_name_the_bad_tokens_and_change_nothing(client, bob, 
     assert Device.objects.get(pk=device.pk).group_id is None
     empty = client.post(reverse("group-assign"), {"group": canary.id, "uuids": "  "})
     assert empty.status_code == 400 and b"Paste at least one device UUID" in empty.content
+
+
+@pytest.mark.django_db
+def test_counts_stop_at_their_cap(client, dave, fleet, monkeypatch):
+    from devices import views
+
+    monkeypatch.setattr(views, "COUNT_CAP", 5)
+    monkeypatch.setattr(views, "GROUP_COUNT_CAP", 3)
+    login(client, dave)
+    assert b"5+ devices match" in client.get(reverse("device-list")).content
+    assert b"2 devices match" in client.get(reverse("device-list"), {"kind": "test"}).content
+    groups = client.get(reverse("group-list")).content.decode()
+    assert re.search(r">beta</a></td>\s*<td>[^<]*</td>\s*<td class=\"num\">3\+</td>", groups)
+    assert re.search(r">canary</a></td>\s*<td>[^<]*</td>\s*<td class=\"num\">3</td>", groups)

@@ -117,7 +117,7 @@ def test_edit_export_and_delete(client, carol, factory, fleet100):
     login(client, carol)
     page = client.get(reverse("devicelist-detail", args=[saved.id]))
     assert page.status_code == 200 and known[0].encode() in page.content
-    assert b'<span class="n">2</span><span class="l">production devices</span>' in page.content
+    assert b'<span class="n">2</span><span class="l">devices of this factory</span>' in page.content
     extra = some_uuids(1)[0]
     edited = client.post(reverse("devicelist-detail", args=[saved.id]), {"name": "l2", "uuids": "\n".join(known + [extra])}, **hx("main"))
     assert edited.status_code == 200 and edited["HX-Redirect"] == reverse("devicelist-detail", args=[saved.id])
