@@ -83,16 +83,19 @@ class MemoryBuffer:
 class RedisBuffer:
     """Check-ins and events shared by every gateway process through Redis.
 
+    A request only updates this process's memory; each flush first pushes that memory to Redis in
+    one pipeline, then drains Redis, so whichever process flushes writes every process's check-ins.
     Check-ins: hashes device id -> last seen, -> latest reported target, -> latest reported tag
     (a request without the headers leaves the earlier values), and a sorted set device id ->
-    highest targets version served (ZADD GT keeps the maximum). Events: a list. Draining is one
-    MULTI, so two flushers never take the same entries.
+    highest targets version served (ZADD GT keeps the maximum). Events go straight to a list.
+    Draining is one MULTI, so two flushers never take the same entries.
     """
 
     def __init__(self, url, prefix):
         import redis
 
         self._redis = redis.Redis.from_url(url)
+        self._local = MemoryBuffer()
         self._seen_key = f"{prefix}:seen"
         self._target_key = f"{prefix}:target"
         self._tag_key = f"{prefix}:tag"
@@ -100,17 +103,29 @@ class RedisBuffer:
         self._events_key = f"{prefix}:events"
 
     def checkin(self, device_id, checkin):
+        self._local.checkin(device_id, checkin)
+
+    def push(self):
+        """Move this process's check-ins to Redis."""
+        pending = self._local.drain_checkins()
+        if not pending:
+            return
+        seen = {device_id: c.seen for device_id, c in pending.items()}
+        targets = {device_id: json.dumps([c.target_name, c.target_version]) for device_id, c in pending.items() if c.target_name is not None}
+        tags = {device_id: c.tag for device_id, c in pending.items() if c.tag is not None}
+        served = {device_id: c.targets_version for device_id, c in pending.items() if c.targets_version is not None}
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(self._seen_key, device_id, checkin.seen)
-        if checkin.target_name is not None:
-            pipe.hset(self._target_key, device_id, json.dumps([checkin.target_name, checkin.target_version]))
-        if checkin.tag is not None:
-            pipe.hset(self._tag_key, device_id, checkin.tag)
-        if checkin.targets_version is not None:
-            pipe.zadd(self._served_key, {device_id: checkin.targets_version}, gt=True)
+        pipe.hset(self._seen_key, mapping=seen)
+        if targets:
+            pipe.hset(self._target_key, mapping=targets)
+        if tags:
+            pipe.hset(self._tag_key, mapping=tags)
+        if served:
+            pipe.zadd(self._served_key, served, gt=True)
         pipe.execute()
 
     def drain_checkins(self):
+        self.push()
         keys = (self._seen_key, self._target_key, self._tag_key)
         pipe = self._redis.pipeline(transaction=True)
         for key in keys:
