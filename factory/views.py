@@ -192,6 +192,8 @@ def audit_log(request):
     else:
         entries = entries.none()
     page = keyset_paginate(entries, request, fields=("-created_at", "-id"))
+    for entry in page:
+        entry.detail_items = [(key, _detail_text(value)) for key, value in (entry.details or {}).items()]
     return render_page(
         request,
         "factory/audit_log.html",
@@ -200,6 +202,17 @@ def audit_log(request):
         section="audit",
         fragments=("audit-results",),
     )
+
+
+def _detail_text(value):
+    """An audit detail as a person reads it: lists joined, yes/no, a dash for nothing."""
+    if value is None or value == "" or value == []:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _query_without_cursor(request):

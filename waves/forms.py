@@ -131,7 +131,7 @@ class RolloutForm(DashboardForm):
 
 
 class PreviewAddForm(DashboardForm):
-    uuids = UuidListField(label="Add device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
+    uuids = UuidListField(label="Device UUIDs to add or remove", help_text="Separated by commas, semicolons, | or new lines.")
 
     def clean_uuids(self):
         return parse_uuids(self.cleaned_data["uuids"], purpose="to one rollout")

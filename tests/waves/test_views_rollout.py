@@ -262,3 +262,18 @@ def test_group_with_markup_in_device_name_is_escaped_in_preview(client, bob, fac
     response, _ = preview(login(client, bob), wave, {"group": "canary"})
     assert b"<script>alert(1)</script>" not in response.content
     assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in response.content
+
+
+@pytest.mark.django_db
+def test_pasted_uuids_can_be_removed_from_a_long_preview(client, bob, fleet100, wave):
+    login(client, bob)
+    response, token = preview(client, wave, {"limit": "30"})
+    shown = listed(response)
+    drop = shown[:12]
+    edit = client.post(
+        reverse("rollout-preview-edit", args=[wave.name, token]), {"uuids": "\n".join(drop), "op": "remove"}, **hx("rollout-panel")
+    )
+    assert edit.status_code == 200 and b'id="preview-count">18<' in edit.content
+    assert not set(drop) & set(listed(edit))
+    bad = client.post(reverse("rollout-preview-edit", args=[wave.name, token]), {"uuids": "zzz", "op": "remove"}, **hx("rollout-panel"))
+    assert bad.status_code == 400 and b'id="id_uuids_error"' in bad.content and b'id="preview-count">18<' in bad.content
