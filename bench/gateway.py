@@ -278,7 +278,6 @@ def main():
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bw-bench-gateway-"))
-    os.environ.setdefault("BREAKWATER_VAR_DIR", str(work / "var"))
     django_setup()
     from django.conf import settings
     from django.db import connection, connections

@@ -386,6 +386,11 @@ class SimDevice:
             return self.sim.next_poll()
         self.state = UPDATING
         self.sim.count("updates-started")
+        # Failure rates are per group, and groups change: ask the gateway which one it is in now.
+        response = pool.request("GET", "/device", headers=self.headers(), timeout=self.sim.timeout)
+        self.sim.count("requests")
+        if response.status == 200:
+            self.identity.group = json.loads(response.data).get("group")
         self._post_events(pool, [{"type": "download-started", "target": name, "version": version}])
         path = self.folder / "download"
         try:
