@@ -87,8 +87,24 @@ def _shown_groups(groups, max_groups):
     return shown, hidden
 
 
+def _phase_clusters(phases, series):
+    """Phases too close to tell apart on the time axis (within 1/60 of it) share one marker."""
+    times = [p["at"] for p in phases] + [point["taken_at"] for point in series]
+    if not phases:
+        return []
+    gap = (max(times) - min(times)) / 60
+    clusters = [[phases[0]]]
+    for phase in phases[1:]:
+        if phase["at"] - clusters[-1][0]["at"] <= gap:
+            clusters[-1].append(phase)
+        else:
+            clusters.append([phase])
+    return clusters
+
+
 def progress(series, phases, *, uirevision, filename="wave-progress"):
-    """Devices per state over time, stacked (updated at the bottom), each phase marked.
+    """Devices per state over time, stacked (updated at the bottom), each phase marked; devices
+    not scheduled start hidden.
 
     `series`: [{"taken_at": datetime, "totals": {state: count}}], oldest first.
     `phases`: [{"at": datetime, "label": str, "kind": "rollout" | "complete" | "canceled"}].
@@ -107,16 +123,21 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
             "line": {"width": 0.5, "color": STATE_COLORS[state]},
             "fillcolor": STATE_COLORS[state],
             "hovertemplate": "%{y:,}",
+            # Devices outside the wave would flatten its progress; one click on the legend shows them.
+            **({"visible": "legendonly"} if state == "not_scheduled" else {}),
         }
         for state in STATE_ORDER
     ]
     shapes, annotations = [], []
-    for phase in phases:
-        at = _time(phase["at"])
-        color = "#b42318" if phase.get("kind") == "canceled" else PHASE_COLOR
+    for cluster in _phase_clusters(phases, series):
+        at = _time(cluster[0]["at"])
+        color = "#b42318" if any(p.get("kind") == "canceled" for p in cluster) else PHASE_COLOR
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": at, "x1": at, "y0": 0, "y1": 1, "line": {"color": color, "width": 1, "dash": "dot"}})
         annotations.append(
-            {"x": at, "y": 1, "xref": "x", "yref": "paper", "text": phase["label"], "showarrow": False, "xanchor": "left", "yanchor": "top", "font": {"size": 10, "color": color}, "textangle": -90}
+            {
+                "x": at, "y": 1, "xref": "x", "yref": "paper", "text": "<br>".join(p["label"] for p in cluster), "showarrow": False,
+                "xanchor": "left", "yanchor": "top", "font": {"size": 10, "color": color}, "textangle": -90,
+            }
         )
     layout = _layout(
         uirevision,
@@ -124,7 +145,7 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
         shapes=shapes,
         annotations=annotations,
         xaxis={"type": "date", "title": {"text": "time (UTC)"}},
-        yaxis=_count_axis(max(point["totals"].get("total", 0) for point in series), title={"text": "devices"}),
+        yaxis=_count_axis(max(point["totals"].get("total", 0) - point["totals"].get("not_scheduled", 0) for point in series), title={"text": "devices"}),
     )
     return {"data": data, "layout": layout, "config": _config(filename)}
 

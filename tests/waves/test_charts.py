@@ -38,6 +38,7 @@ def test_progress_is_a_stacked_area_per_state_with_updated_at_the_bottom():
         "hovertemplate": "%{y:,}",
     }
     assert fig["data"][3]["y"] == [5, 2] and fig["data"][7]["y"] == [95, 95]
+    assert fig["data"][7]["visible"] == "legendonly" and all("visible" not in t for t in fig["data"][:7])
     assert fig["layout"]["uirevision"] == "wave-7-progress"
     assert fig["layout"]["xaxis"]["type"] == "date" and fig["layout"]["shapes"] == []
     assert fig["config"]["toImageButtonOptions"] == {"format": "png", "filename": "wave-v2-progress", "scale": 2}
@@ -55,6 +56,18 @@ def test_progress_marks_each_phase_on_the_time_axis_in_utc():
         ("2026-03-01 12:00:10", "2026-03-01 12:00:10", "paper", "#b42318"),
     ]
     assert [(a["x"], a["text"]) for a in layout["annotations"]] == [("2026-03-01 12:00:05", "#1 canary whole group"), ("2026-03-01 12:00:10", "canceled")]
+
+
+def test_phases_too_close_to_tell_apart_share_one_marker():
+    series = [{"taken_at": T0 + timedelta(minutes=m), "totals": totals(scheduled=1)} for m in (0, 60)]
+    phases = [
+        {"at": T0, "label": "#1 canary whole group", "kind": "rollout"},
+        {"at": T0 + timedelta(seconds=30), "label": "#2 beta whole group", "kind": "rollout"},
+        {"at": T0 + timedelta(minutes=30), "label": "#3 us-east --limit 50", "kind": "rollout"},
+    ]
+    layout = charts.progress(series, phases, uirevision="u")["layout"]
+    assert [s["x0"] for s in layout["shapes"]] == ["2026-03-01 12:00:00", "2026-03-01 12:30:00"]
+    assert [a["text"] for a in layout["annotations"]] == ["#1 canary whole group<br>#2 beta whole group", "#3 us-east --limit 50"]
 
 
 def test_charts_without_data_say_so():
@@ -109,7 +122,10 @@ def test_version_distribution_stacks_versions_newest_first_and_names_the_wave():
 def test_a_few_devices_are_counted_in_whole_steps():
     fig = charts.version_distribution(GROUPS[:1], uirevision="v")
     assert fig["layout"]["yaxis"]["dtick"] == 1 and fig["layout"]["yaxis"]["tickformat"] == ",d"
-    assert charts.progress(SERIES[:1], [], uirevision="u")["layout"]["yaxis"].get("dtick") is None  # 100 devices
+    # the progress chart's axis counts the wave's devices, those not scheduled start hidden
+    assert charts.progress(SERIES[:1], [], uirevision="u")["layout"]["yaxis"]["dtick"] == 1
+    many = [{"taken_at": T0, "totals": totals(scheduled=50, not_scheduled=50, total=100)}]
+    assert "dtick" not in charts.progress(many, [], uirevision="u")["layout"]["yaxis"]
 
 
 def test_failures_in_three_panels_by_reason_hardware_id_and_starting_version():
