@@ -21,6 +21,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 from devices.models import Device, DeviceGroup
 from factory.auth import factory_view
 from factory.errors import ApplicationError
+from factory.forms import StatusForm
 from factory.models import CiTarget
 from factory.views import add_service_error, distinct_values, render_page, service_error_status, status_cache_key
 
@@ -136,19 +137,28 @@ def _expiry_warning(wave):
     return None
 
 
-def cached_wave_status(wave):
+def cached_wave_status(wave, offline_threshold_hours=None):
     """The wave's status table, computed at most once per status interval and factory change.
 
     Aggregating a million devices takes the database most of a second; every viewer and every
     poll within the interval shares that one computation.
     """
-    key, interval = status_cache_key("wave-status", wave.factory, wave.id, wave.created_at.timestamp(), wave.status)
+    key, interval = status_cache_key(
+        "wave-status", wave.factory, wave.id, wave.created_at.timestamp(), wave.status, offline_threshold_hours
+    )
     status = cache.get(key)
     if status is None:
-        status = {**selectors.wave_status(wave=wave), "computed_at": timezone.now()}
+        status = {**selectors.wave_status(wave=wave, offline_threshold_hours=offline_threshold_hours), "computed_at": timezone.now()}
         status["wave"] = None  # the wave row is not cached with the numbers
         cache.set(key, status, interval * 2)
     return {**status, "wave": wave}
+
+
+def _threshold(request):
+    """The `offline_threshold` (hours) asked for, like fioctl's --offline-threshold; None: the default."""
+    form = StatusForm(request.GET)
+    hours = form.cleaned_data.get("offline_threshold") if form.is_valid() else None
+    return form, hours
 
 
 def _sign_command(wave):
@@ -289,7 +299,8 @@ def _rollout_form(request, wave, data=None, files=None):
 
 def _detail(request, wave, *, sign_form=None, rollout_form=None, status=200):
     shown = selectors.wave_show(wave=wave)
-    wave_status = cached_wave_status(wave)
+    threshold_form, hours = _threshold(request)
+    wave_status = cached_wave_status(wave, hours)
     context = {
         "wave": wave,
         "rollouts": shown["rollouts"],
@@ -300,6 +311,7 @@ def _detail(request, wave, *, sign_form=None, rollout_form=None, status=200):
         "sign_command": _sign_command(wave),
         "rollout_form": rollout_form or _rollout_form(request, wave),
         "status_interval": int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS),
+        "threshold_form": threshold_form,
     }
     return render_page(
         request,
@@ -318,7 +330,13 @@ def wave_detail(request, name):
     wave = _wave_or_404(request, name)
     if request.htmx and request.htmx.target == "wave-status":
         # The status panel polls: answer it without the rest of the page's reads.
-        context = {"wave": wave, "status": cached_wave_status(wave), "status_interval": int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS)}
+        threshold_form, hours = _threshold(request)
+        context = {
+            "wave": wave,
+            "status": cached_wave_status(wave, hours),
+            "status_interval": int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS),
+            "threshold_form": threshold_form,
+        }
         return render_page(request, "waves/detail.html", context, title=f"Wave {wave.name}", section="waves", fragments=("wave-status",))
     return _detail(request, wave)
 

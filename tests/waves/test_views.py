@@ -1,5 +1,6 @@
 """Dashboard pages for waves: list, create and sign, detail with status, complete and cancel.
 Each page as a plain request, as an htmx request (its fragment only) and for a wrong role."""
+import re
 from datetime import timedelta
 
 import pytest
@@ -255,3 +256,20 @@ def test_complete_and_cancel_are_refused_for_qa_and_support(client, request, use
         assert client.post(reverse(name, args=[wave.name]), {"confirm": wave.name}, **hx("main")).status_code == 403
     wave.refresh_from_db()
     assert wave.status == "active"
+
+
+@pytest.mark.django_db
+def test_status_offline_threshold_is_per_request(client, dave, fleet100, wave):
+    from devices.models import Device
+
+    stale = Device.objects.filter(is_production=True).order_by("name")[:10]
+    Device.objects.filter(pk__in=[d.pk for d in stale]).update(last_seen=timezone.now() - timedelta(hours=10))
+    login(client, dave)
+    default = client.get(reverse("wave-detail", args=[wave.name]), **hx("wave-status")).content.decode()
+    wide = client.get(reverse("wave-detail", args=[wave.name]), {"offline_threshold": 24}, **hx("wave-status")).content.decode()
+    online = re.compile(r'<span class="n">(\d+)</span><span class="l">online</span>')
+    assert int(online.search(default).group(1)) == 90
+    assert int(online.search(wide).group(1)) == 100
+    assert "offline_threshold=24" in wide  # the poll keeps the threshold
+    bad = client.get(reverse("wave-detail", args=[wave.name]), {"offline_threshold": "-1"})
+    assert bad.status_code == 200 and b'id="id_offline_threshold_error"' in bad.content
