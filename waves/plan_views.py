@@ -53,7 +53,13 @@ def _rows(shown):
         phase = row["phase"]
         gates = row["evidence"].gates if row["evidence"] is not None else plans.phase_evidence(phase, wave=shown["wave"]).gates
         decisions = [d for d in shown["decisions"] if d.phase_id == phase.pk]
-        rows.append({**row, "gates": gates, "decisions": decisions, "wait_label": f"wait {phase.wait_minutes} min"})
+        recorded_at = None
+        if phase.status == phase.Status.PASSED:
+            # A passed phase shows its gates as they were when it passed, not as they read now.
+            passing = next((d for d in reversed(decisions) if d.kind in ("advance", "approve") and d.evidence.get("gates")), None)
+            if passing is not None:
+                gates, recorded_at = passing.evidence["gates"], passing.created_at
+        rows.append({**row, "gates": gates, "recorded_at": recorded_at, "decisions": decisions, "wait_label": f"wait {phase.wait_minutes} min"})
     return rows
 
 
@@ -189,9 +195,9 @@ def _editor(request, wave, *, formset=None, settings_form=None, error=None, noti
         "editable": wave.is_open and (plan is None or plan.status in (RolloutPlan.Status.DRAFT, RolloutPlan.Status.PAUSED, RolloutPlan.Status.HALTED)),
         "formset": formset or _formset(request, plan),
         "settings_form": settings_form or PlanSettingsForm(initial={"webhook_url": plan.webhook_url if plan else ""}),
-        "large_fleet_form": LargeFleetForm(groups=groups, initial={"group": "us-east" if "us-east" in groups else None}),
-        "template_fill_form": TemplateFillForm(templates=templates),
-        "template_save_form": TemplateSaveForm(),
+        "large_fleet_form": LargeFleetForm(groups=groups, initial={"group": "us-east" if "us-east" in groups else None}, prefix="example"),
+        "template_fill_form": TemplateFillForm(templates=templates, prefix="fill"),
+        "template_save_form": TemplateSaveForm(prefix="template"),
         "templates": PlanTemplate.objects.filter(factory=request.factory).select_related("created_by").order_by("name"),
         "error": error,
         "notice": notice,
@@ -217,7 +223,7 @@ def plan_edit(request, name):
     do = request.POST.get("do", "save")
     groups, _, templates = _editor_sources(request)
     if do == "large-fleet":
-        form = LargeFleetForm(request.POST, groups=groups)
+        form = LargeFleetForm(request.POST, groups=groups, prefix="example")
         if not form.is_valid():
             return _editor(request, wave, error="Choose a group and a wait time for the example.", status=400)
         phases = plans.large_fleet_phases(
@@ -225,7 +231,7 @@ def plan_edit(request, name):
         )
         return _editor_filled(request, wave, plan, phases, f"Filled in the large-fleet example for group {form.cleaned_data['group']}.")
     if do == "template":
-        form = TemplateFillForm(request.POST, templates=templates)
+        form = TemplateFillForm(request.POST, templates=templates, prefix="fill")
         if not form.is_valid():
             return _editor(request, wave, error="Choose a template.", status=400)
         try:
@@ -273,7 +279,7 @@ def _editor_filled(request, wave, plan, phases, notice):
 @require_POST
 def plan_template_save(request, name):
     wave = _wave_or_404(request, name)
-    form = TemplateSaveForm(request.POST)
+    form = TemplateSaveForm(request.POST, prefix="template")
     if not form.is_valid():
         return _editor(request, wave, error="Give the template a name.", status=400)
     try:

@@ -105,3 +105,15 @@ def test_two_workers_at_once_advance_a_plan_once(factory, bob, builds, offline_k
     assert outcomes == ["advanced"]
     assert Rollout.objects.filter(wave=wave).count() == 2
     assert PlanDecision.objects.filter(plan__wave=wave, kind="advance").count() == 1
+
+
+def test_a_halted_or_paused_plan_ends_when_its_wave_is_canceled_by_hand(factory, bob, fleet100, wave):
+    from waves.services import wave_cancel
+
+    plan_set(wave=wave, actor=bob, phases=one_phase_then_fleet())
+    plan_start(wave=wave, actor=bob)
+    plans.plan_pause(wave=wave, actor=bob)
+    wave_cancel(wave=wave, actor=bob)
+    (result,) = plans_evaluate_due()
+    assert result.outcome == "canceled" and plan_get(wave=wave).status == RolloutPlan.Status.CANCELED
+    assert plans_evaluate_due() == []

@@ -44,7 +44,7 @@ def test_the_large_fleet_example_runs_as_one_plan_from_the_dashboard(client, fac
     assert b'hx-get="%s"' % reverse("plan-panel", args=[wave.name]).encode() in client.get(reverse("wave-detail", args=[wave.name])).content
 
     # fill the editor in from the seed's example, then save what it shows
-    filled = client.post(reverse("plan-edit", args=[wave.name]), {"do": "large-fleet", "group": "us-east", "wait_minutes": 45})
+    filled = client.post(reverse("plan-edit", args=[wave.name]), {"do": "large-fleet", "example-group": "us-east", "example-wait_minutes": 45})
     assert filled.status_code == 200
     html = filled.content.decode()
     assert "Filled in the large-fleet example for group us-east" in html
@@ -176,11 +176,11 @@ def test_the_editor_keeps_started_phases_and_reports_service_errors(client, fact
 def test_templates_from_the_dashboard(client, factory, bob, us_east, wave):
     plan_set(wave=wave, actor=bob, phases=[{"name": "us-east canary", "group": "us-east", "limit": "2"}, {"name": "us-east rest", "group": "us-east"}])
     login(client, bob)
-    saved = client.post(reverse("plan-template-save", args=[wave.name]), {"name": "canary then all", "per_group": "us-east"})
+    saved = client.post(reverse("plan-template-save", args=[wave.name]), {"template-name": "canary then all", "template-per_group": "us-east"})
     assert saved.status_code == 200 and b"Saved template canary then all" in saved.content
     template = PlanTemplate.objects.get(name="canary then all")
     assert [(p["name"], p["group"]) for p in template.phases] == [("{group} canary", "{group}"), ("{group} rest", "{group}")]
-    filled = client.post(reverse("plan-edit", args=[wave.name]), {"do": "template", "template": "canary then all", "groups": "us-west, us-east"}).content.decode()
+    filled = client.post(reverse("plan-edit", args=[wave.name]), {"do": "template", "fill-template": "canary then all", "fill-groups": "us-west, us-east"}).content.decode()
     assert filled.index('value="us-west canary"') < filled.index('value="us-east canary"')
     client.post(reverse("plan-template-delete", args=[wave.name, template.pk]))
     assert not PlanTemplate.objects.exists()
