@@ -55,6 +55,8 @@ def _in_active_wave(factory):
 
 def _name_prefix(prefix):
     """Names starting with `prefix`, as an index range (LIKE cannot use the index under most collations)."""
+    if ord(prefix[-1]) >= 0x10FFFF:
+        return Q(name__startswith=prefix)
     upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     return Q(name__gte=prefix, name__lt=upper, name__startswith=prefix)
 

@@ -11,10 +11,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 # Sync Playwright runs an event loop in the test thread; the ORM calls the tests make to set up
 # data are safe there (the live server runs in its own thread).
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# A loaded CI machine can take a few seconds for an htmx round trip with a dry run in it.
+expect.set_options(timeout=15_000)
 
 
 def chromium_path():
