@@ -95,8 +95,8 @@ def test_production_devices_get_production_targets_and_staged_ones_the_wave(fact
     assert served == bytes(Wave.objects.get(pk=wave.pk).targets)
     # A device that joins a fully staged group later gets the wave too.
     late = next(c for c in production if c.device.group and c.device.group.name == "beta")
+    # No invalidation call needed: cached staging decisions are keyed by the device's group.
     devices_assign_group(factory=factory, uuids=[late.device.uuid], group=DeviceGroup.objects.get(name="canary"), actor=bob)
-    tuf.views_changed(factory=factory, tag=TAG)  # what the group service's callers do on commit
     late.device.refresh_from_db()
     late.refresh()
     assert versions_of(late) == {"41", "42"}
