@@ -58,6 +58,7 @@ class Identity:
     target_name: str = ""
     target_version: int | None = None
     source: str = "taken-over"  # or "registered"
+    last_seen: float | None = None  # when the server last saw it (epoch), at take-over
 
     def dumps(self):
         return json.dumps(self.__dict__, indent=1)
@@ -133,10 +134,11 @@ def take_over(*, factory, keystore, limit=None, names=None):
             serial=device.certificate_serial,
             target_name=device.target_name,
             target_version=device.target_version,
+            last_seen=device.last_seen.timestamp() if device.last_seen else None,
         )
         mine = known.get(identity.uuid)
         if mine is not None and mine.serial == device.certificate_serial:
-            mine.group, mine.tag = identity.group, identity.tag
+            mine.group, mine.tag, mine.last_seen = identity.group, identity.tag, identity.last_seen
             identities.append(mine)
             continue
         key = pki.key_generate()
@@ -472,10 +474,15 @@ class Simulator:
         self.devices = [SimDevice(sim=self, identity=i, folder=keystore.folder(i.uuid)) for i in identities]
         order = list(self.devices)
         self.random.shuffle(order)
+        # The devices the server has not seen for longest stay offline, so a seeded fleet's
+        # offline devices are the ones that keep quiet (a stable sort keeps the shuffle for ties).
+        now = time.time()
+        order.sort(key=lambda d: d.identity.last_seen if d.identity.last_seen is not None else now)
         offline = int(round(len(order) * float(offline_ratio)))
         for device in order[:offline]:
             device.offline = True
         production = [d for d in order[offline:] if d.identity.production]
+        self.random.shuffle(production)
         for device in production[: int(never_return)]:
             device.never_returns = True
 
