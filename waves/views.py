@@ -409,28 +409,41 @@ def _scope_label(state):
     return group
 
 
-def _preview_context(request, wave, token, state, result, *, add_form=None, save_form=None, confirm=False, error=None):
-    devices = result.devices if result is not None else []
-    skipped = {s["uuid"]: s for s in state.get("skipped", [])}
-    if result is not None:
-        skipped.update({s["uuid"]: s for s in result.skipped})
-    state["skipped"] = list(skipped.values())
-    state["count"] = result.count if result is not None else 0
+def _preview_context(request, wave, token, state, result, *, stored=False, add_form=None, save_form=None, confirm=False, error=None):
+    """What the preview shows. A fresh dry run (`result`) is summarised into the state, so
+    showing the preview again (the confirmation step, a reload) needs no new dry run; the
+    roll-out itself selects again and reports any device that changed meanwhile."""
+    if stored and "view" in state:
+        view = state["view"]
+    else:
+        devices = result.devices if result is not None else []
+        skipped = {s["uuid"]: s for s in state.get("skipped", [])}
+        if result is not None:
+            skipped.update({s["uuid"]: s for s in result.skipped})
+        state["skipped"] = list(skipped.values())
+        view = {
+            "rows": sorted(devices, key=lambda d: (d["group"], d["name"]))[:PREVIEW_ROWS],
+            "count": result.count if result is not None else 0,
+            "breakdown": _breakdown(devices),
+        }
+        if error is None:
+            state["view"] = view
+    state["count"] = view["count"]
     return {
         "wave": wave,
         "token": token,
         "state": state,
-        "devices": sorted(devices, key=lambda d: (d["group"], d["name"]))[:PREVIEW_ROWS],
-        "count": state["count"],
-        "shown_rows": min(len(devices), PREVIEW_ROWS),
+        "devices": view["rows"],
+        "count": view["count"],
+        "shown_rows": len(view["rows"]),
         "skipped": state["skipped"],
-        "breakdown": _breakdown(devices),
+        "breakdown": view["breakdown"],
         "scope_label": _scope_label(state),
         "digest": _digest(state),
         "add_form": add_form or PreviewAddForm(),
         "save_form": save_form or SaveListForm(),
         "confirm": confirm,
-        "editable": not state["full_group"] or state["count"] <= 10_000,
+        "editable": not state["full_group"] or view["count"] <= 10_000,
         "error": error,
     }
 
@@ -486,11 +499,11 @@ def rollout_preview(request, name):
 def rollout_preview_show(request, name, token):
     wave = _wave_or_404(request, name)
     state = _preview_load(request, wave, token)
-    try:
-        result = _dry_run(request, wave, state)
-    except ApplicationError as error:
-        return _render_preview(request, wave, _preview_context(request, wave, token, state, None, error=error.message), status=409)
-    return _render_preview(request, wave, _preview_context(request, wave, token, state, result, confirm=request.GET.get("confirm") == "1"))
+    if wave.status != Wave.Status.ACTIVE:
+        error = f"wave {wave.name} is {wave.status}; only an active wave can be rolled out"
+        return _render_preview(request, wave, _preview_context(request, wave, token, state, None, stored=True, error=error), status=409)
+    context = _preview_context(request, wave, token, state, None, stored=True, confirm=request.GET.get("confirm") == "1")
+    return _render_preview(request, wave, context)
 
 
 @factory_view("rollout.preview")
@@ -535,7 +548,7 @@ def rollout_preview_edit(request, name, token):
     try:
         result = _dry_run(request, wave, state)
     except ApplicationError as error:
-        return _render_preview(request, wave, _preview_context(request, wave, token, state, None, error=error.message), status=409)
+        return _render_preview(request, wave, _preview_context(request, wave, token, state, None, stored=True, error=error.message), status=409)
     if result is not None and status == 200:
         # Listed UUIDs that are not candidates leave the list: it holds exactly what would be staged.
         state["uuids"] = [d["uuid"] for d in result.devices]
@@ -561,12 +574,11 @@ def rollout_preview_save(request, name, token):
     wave = _wave_or_404(request, name)
     state = _preview_load(request, wave, token)
     form = SaveListForm(request.POST)
-    result = None
     status = 400
     if form.is_valid():
         try:
-            result = _dry_run(request, wave, state)
-            uuids = [d["uuid"] for d in result.devices] if result is not None else []
+            # The reviewed list as it stands; a full-group preview lists the group's devices today.
+            uuids = [d["uuid"] for d in _dry_run(request, wave, state).devices] if state["full_group"] else state["uuids"]
             saved = devicelists.device_list_create(factory=request.factory, actor=request.user, name=form.cleaned_data["name"], uuids=uuids)
         except ApplicationError as error:
             add_service_error(form, error, {"name": "name", "conflict": "name"})
@@ -575,9 +587,7 @@ def rollout_preview_save(request, name, token):
             messages.success(request, f"Saved {len(uuids)} device UUIDs as list {saved.name}.")
             form = None
             status = 200
-    if result is None and status == 400:
-        result = _dry_run(request, wave, state)
-    return _render_preview(request, wave, _preview_context(request, wave, token, state, result, save_form=form), status=status)
+    return _render_preview(request, wave, _preview_context(request, wave, token, state, None, stored=True, save_form=form), status=status)
 
 
 @factory_view("wave.manage")
@@ -589,9 +599,9 @@ def rollout_perform(request, name, token):
     state = _preview_load(request, wave, token)
     form = RolloutConfirmForm(request.POST)
     if not form.is_valid() or form.cleaned_data["digest"] != _digest(state):
-        result = _dry_run(request, wave, state)
         context = _preview_context(
-            request, wave, token, state, result, error="The list changed since you confirmed it (edited in another tab?). Review it and confirm again."
+            request, wave, token, state, None, stored=True,
+            error="The list changed since you confirmed it (edited in another tab?). Review it and confirm again.",
         )
         return _render_preview(request, wave, context, status=409)
     try:
@@ -600,8 +610,8 @@ def rollout_perform(request, name, token):
         else:
             result = services.wave_rollout(wave=wave, actor=request.user, group=state["group"] or None, uuids=state["uuids"])
     except ApplicationError as error:
-        result = _dry_run(request, wave, state) if wave.status == Wave.Status.ACTIVE else None
-        return _render_preview(request, wave, _preview_context(request, wave, token, state, result, error=error.message), status=service_error_status(error))
+        context = _preview_context(request, wave, token, state, None, stored=True, error=error.message)
+        return _render_preview(request, wave, context, status=service_error_status(error))
     cache.delete(_preview_key(request, wave, token))
     expected = form.cleaned_data["count"]
     text = f"{result.message}."
