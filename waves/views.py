@@ -552,8 +552,9 @@ def rollout_preview_edit(request, name, token):
     if result is not None and status == 200:
         # Listed UUIDs that are not candidates leave the list: it holds exactly what would be staged.
         state["uuids"] = [d["uuid"] for d in result.devices]
-    _preview_save(request, wave, token, state)
-    return _render_preview(request, wave, _preview_context(request, wave, token, state, result, add_form=add_form), status=status)
+    context = _preview_context(request, wave, token, state, result, add_form=add_form)
+    _preview_save(request, wave, token, state)  # after the context: it keeps the summary in the state
+    return _render_preview(request, wave, context, status=status)
 
 
 @factory_view("rollout.preview")

@@ -110,6 +110,8 @@ def test_editing_a_full_group_preview_turns_it_into_an_exact_list(client, bob, f
     drop = listed(response)[0]
     edit = client.post(reverse("rollout-preview-edit", args=[wave.name, token]), {"remove": drop}, **hx("rollout-panel"))
     assert b"join group canary later" not in edit.content and b"edited list" in edit.content
+    shown_again = client.get(reverse("rollout-preview-show", args=[wave.name, token]), {"confirm": "1"})
+    assert b"to exactly 4 devices?" in shown_again.content and drop.encode() not in shown_again.content
     go = client.post(reverse("rollout-perform", args=[wave.name, token]), confirmation(client, wave, token))
     assert go.status_code == 302
     assert not WaveGroup.objects.filter(wave=wave).exists()
