@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from ninja import Schema
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from devices.schemas import UuidList
 from factory.schemas import ExpiryWarningOut, PageMeta, Text, Version
@@ -89,7 +89,9 @@ class RolloutIn(Schema):
     dry_run: bool = Field(False, description="Select the same way and change nothing.")
 
 
-class RolloutDeviceOut(Schema):
+# Rollout answers list up to 10,000 devices: plain pydantic models validate them several times
+# faster than ninja's Schema, whose per-object getter is meant for ORM instances.
+class RolloutDeviceOut(BaseModel):
     uuid: UUID
     name: str
     group: str
@@ -97,12 +99,12 @@ class RolloutDeviceOut(Schema):
     online: bool
 
 
-class SkippedDeviceOut(Schema):
+class SkippedDeviceOut(BaseModel):
     uuid: str
     reason: str
 
 
-class RolloutResultOut(Schema):
+class RolloutResultOut(BaseModel):
     message: str
     dry_run: bool
     count: int
