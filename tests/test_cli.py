@@ -383,3 +383,21 @@ def test_the_installed_console_script(env, tokens, live_server):
     assert "dave" in done.stdout and "support" in done.stdout
     failed = subprocess.run([str(script), "waves", "show", "nope"], env=environ, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and failed.stderr.startswith("Error: ") and "Traceback" not in failed.stderr
+
+
+def test_dry_run_print_uuids_edit_and_roll_out_exactly_that_list(cli, tokens, factory, keys_file, env):
+    """breakwater waves rollout W --limit 1000 --dry-run --print-uuids > pre.lst; edit; --uuids @pre.lst"""
+    ci_build_publish(factory=factory, version=42, hardware_ids=["intel-corei7-64"], tags=[TAG])
+    fleet_load_for_benchmark(factory=factory, tag=TAG, groups={"eu": 600}, ungrouped=600, version=41)
+    bob = tokens["bob"]
+    assert cli("waves", "init", "-k", keys_file, "v2", 42, TAG, token=bob).code == 0
+    preview = cli("waves", "rollout", "v2", "--limit", "1000", "--dry-run", "--print-uuids", token=bob)
+    assert preview.code == 0 and preview.err.strip() == "A Wave would be rolled out to 1000 devices"
+    listed = preview.out.split()
+    assert len(listed) == len(set(listed)) == 1000 and not WaveDevice.objects.exists()
+    others = [str(u) for u in Device.objects.filter(factory=factory).exclude(uuid__in=listed).values_list("uuid", flat=True)[:20]]
+    edited = listed[100:] + others
+    (env.tmp / "pre.lst").write_text("\n".join(edited) + "\n")
+    result = cli("waves", "rollout", "v2", "--uuids", f"@{env.tmp / 'pre.lst'}", token=bob)
+    assert result.code == 0 and result.out.strip() == "A Wave is being rolled out to 920 devices" and result.err == ""
+    assert {str(u) for u in WaveDevice.objects.values_list("device__uuid", flat=True)} == set(edited)
