@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "template_partials",
+    "ninja",  # serves the API docs page's Swagger UI from local static files, not a CDN
     "factory",
     "devices",
     "waves",
