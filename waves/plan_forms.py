@@ -20,7 +20,7 @@ def percent(ratio):
         return ""
     if isinstance(ratio, str):
         return ratio
-    return f"{ratio * 100:.4g}%"
+    return f"{ratio * 100:.10g}%"
 
 
 class PhaseForm(DashboardForm):

@@ -19,14 +19,12 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
-from django.db import IntegrityError, transaction
-from django.db.models import Case, CharField, Count, Min, OuterRef, Q, Subquery, Value, When
-from django.db.models.functions import Coalesce, Greatest
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from devices.models import Device, DeviceEvent, DeviceGroup
@@ -46,9 +44,10 @@ MAX_REASON = 2000
 DEFAULT_WAIT_MINUTES = 60
 # How long the evaluator holds a plan it claimed; a worker that dies frees it after this.
 CLAIM_SECONDS = 600
+# After an evaluation the plan stays taken this long: less than the beat's minute.
+EVALUATED_REST_SECONDS = 45
 WEBHOOK_TIMEOUT_SECONDS = 5
 GROUP_PLACEHOLDER = "{group}"
-EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
 # Printable text without slashes (a template name is part of its API URL).
 TEMPLATE_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,100}$")
@@ -464,42 +463,72 @@ def _percent(ratio):
     return f"{ratio * 100:.1f}".rstrip("0").rstrip(".") + "%"
 
 
+# One pass over a phase's devices and their reports for the wave's version: each device's latest
+# report, latest success and latest failure (one aggregate over a join, no sort, no window; FILTER
+# runs on SQLite and PostgreSQL alike), its state, and the counts. Grouping the join by device
+# keeps the planner's row estimates right: a large phase gets a hash join over the version's
+# events, a small one index lookups, and neither is mistaken for a huge query.
+_COUNTS_SQL = """
+WITH phase AS ({devices}),
+latest AS (
+  SELECT p.target_version, p.last_seen,
+         MAX(e.reported_at) AS last_report,
+         MAX(e.reported_at) FILTER (WHERE e.success = %(true)s) AS last_success,
+         MAX(e.reported_at) FILTER (WHERE e.success = %(false)s) AS last_failure
+    FROM phase p
+    LEFT JOIN devices_deviceevent e ON e.device_id = p.id AND e.factory_id = %(factory)s AND e.target_version = %(version)s
+   GROUP BY p.id, p.target_version, p.last_seen
+),
+states AS (
+  SELECT last_seen, last_report,
+         CASE
+           WHEN target_version >= %(version)s
+             OR (last_success IS NOT NULL AND (last_failure IS NULL OR last_success >= last_failure)) THEN 'updated'
+           WHEN last_failure IS NOT NULL THEN 'failed'
+           WHEN {stuck} THEN 'stuck'
+           WHEN last_report IS NOT NULL THEN 'in_progress'
+           ELSE 'waiting'
+         END AS state
+    FROM latest
+)
+SELECT COUNT(*),
+       COUNT(*) FILTER (WHERE state = 'updated'),
+       COUNT(*) FILTER (WHERE state = 'failed'),
+       COUNT(*) FILTER (WHERE state = 'stuck'),
+       COUNT(*) FILTER (WHERE state = 'in_progress'),
+       COUNT(*) FILTER (WHERE state IN ('updated', 'failed') OR last_report IS NOT NULL),
+       COUNT(*) FILTER (WHERE {unhealthy})
+  FROM states
+"""
+_COUNT_KEYS = ("staged", "updated", "failed", "stuck", "in_progress", "reporting", "unhealthy")
+
+
 def phase_counts(phase, *, now, wave=None):
     """Set-based counts of the phase's devices (one query, whatever the phase's size)."""
     wave = wave or phase.plan.wave
-    counts = {"staged": 0, "updated": 0, "failed": 0, "stuck": 0, "in_progress": 0, "reporting": 0, "unhealthy": 0}
     if phase.rollout_id is None:
-        return counts
-    events = DeviceEvent.objects.filter(device=OuterRef("pk"), target_version=wave.version)
-    devices = phase_devices(phase, wave).annotate(
-        last_report=Subquery(events.order_by("-reported_at", "-id").values("reported_at")[:1]),
-        # The latest outcome wins: a success after a failed attempt, a rollback after a success.
-        last_outcome=Subquery(events.filter(success__isnull=False).order_by("-reported_at", "-id").values("success")[:1]),
-    )
-    # Each device is in exactly one state; CASE keeps SQL's NULLs out of the counting.
-    states = [
-        When(Q(target_version__gte=wave.version) | Q(last_outcome=True), then=Value("updated")),
-        When(last_outcome=False, then=Value("failed")),
-    ]
-    silent_since = None
+        return dict.fromkeys(_COUNT_KEYS, 0)
+    devices_sql, devices_params = phase_devices(phase, wave).values("id", "target_version", "last_seen").query.sql_with_params()
+    params = {"factory": wave.factory_id, "version": wave.version, "true": True, "false": False}
+    # The devices' query comes with positional parameters; the rest of the statement uses names.
+    for index, value in enumerate(devices_params):
+        params[f"d{index}"] = value
+    names = iter(range(len(devices_params)))
+    devices_sql = re.sub(r"(?<!%)%s", lambda _: f"%(d{next(names)})s", devices_sql)
+    stuck = unhealthy = "1 = 0"
     if phase.stuck_after_minutes is not None:
-        silent_since = now - timedelta(minutes=phase.stuck_after_minutes)
-        silent = Q(last_report__lt=silent_since)
-        if (phase.started_at or now) < silent_since:
-            silent |= Q(last_report__isnull=True)  # nothing reported since the phase started
-        states.append(When(silent, then=Value("stuck")))
-    states.append(When(last_report__isnull=False, then=Value("in_progress")))
-    devices = devices.annotate(state=Case(*states, default=Value("waiting"), output_field=CharField()))
-    aggregates = {
-        "staged": Count("pk"),
-        **{state: Count("pk", filter=Q(state=state)) for state in ("updated", "failed", "stuck", "in_progress")},
-        "reporting": Count("pk", filter=Q(state__in=("updated", "failed")) | Q(last_report__isnull=False)),
-    }
-    if silent_since is not None:
-        devices = devices.annotate(last_contact=Greatest(Coalesce("last_seen", EPOCH), Coalesce("last_report", EPOCH)))
-        aggregates["unhealthy"] = Count("pk", filter=Q(state="updated", last_contact__lt=silent_since))
-    counts.update(devices.aggregate(**aggregates))
-    return counts
+        params["silent_since"] = connection.ops.adapt_datetimefield_value(now - timedelta(minutes=phase.stuck_after_minutes))
+        stuck = "last_report < %(silent_since)s"
+        if (phase.started_at or now) < now - timedelta(minutes=phase.stuck_after_minutes):
+            stuck += " OR last_report IS NULL"  # nothing reported since the phase started
+        stuck = f"({stuck})"
+        unhealthy = (
+            "state = 'updated' AND (last_seen IS NULL OR last_seen < %(silent_since)s) "
+            "AND (last_report IS NULL OR last_report < %(silent_since)s)"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(_COUNTS_SQL.format(devices=devices_sql, stuck=stuck, unhealthy=unhealthy), params)
+        return dict(zip(_COUNT_KEYS, cursor.fetchone()))
 
 
 def phase_evidence(phase, *, now=None, wave=None):
@@ -753,9 +782,6 @@ def _reason(reason, *, required, what):
     return reason
 
 
-SCOPE_FIELDS = ("group", "limit", "saved_list", "uuids")
-
-
 def plan_set(*, wave, actor, phases, webhook_url=None):
     """Create the wave's plan or replace its phases; the actor becomes the plan's author.
 
@@ -793,7 +819,7 @@ def plan_set(*, wave, actor, phases, webhook_url=None):
                 if phase in started:
                     where = f"phase {position} ({phase.name or phase_label(phase)})"
                     old = phase_as_input(phase)
-                    if any((old[k] or "") != (new[k] or "") for k in SCOPE_FIELDS):
+                    if any((old[k] or "") != (new[k] or "") for k in SCOPE_KEYS):
                         raise ApplicationError(f"{where} has already rolled out; its scope cannot change")
                     if phase.status == PhaseStatus.PASSED:
                         if old != new:
@@ -1180,15 +1206,22 @@ def plans_evaluate_due(*, now=None, claim_seconds=CLAIM_SECONDS):
     results = []
     for plan_id in list(RolloutPlan.objects.filter(free & due).order_by("id").values_list("id", flat=True)):
         until = now + timedelta(seconds=claim_seconds)
-        if not RolloutPlan.objects.filter(free & due, pk=plan_id).update(evaluating_until=until):
+        # The claim filters on the plan's own row only: a join would turn it into a subquery
+        # that PostgreSQL does not re-check against a concurrent claim.
+        open_statuses = (Status.RUNNING, Status.DRAFT, Status.PAUSED, Status.HALTED)
+        if not RolloutPlan.objects.filter(free, pk=plan_id, status__in=open_statuses).update(evaluating_until=until):
             continue
+        rest = None
         try:
             results.append(plan_evaluate(plan=RolloutPlan(pk=plan_id), now=now))
+            # Evaluated for this tick: a duplicate tick (a second beat, a redelivered message)
+            # finds it taken; the next tick, a minute later, finds it free.
+            rest = now + timedelta(seconds=EVALUATED_REST_SECONDS)
         except Exception:
             # One broken plan must not stop the others; the next tick tries it again.
             logger.exception("evaluating rollout plan %s failed", plan_id)
         finally:
-            RolloutPlan.objects.filter(pk=plan_id, evaluating_until=until).update(evaluating_until=None)
+            RolloutPlan.objects.filter(pk=plan_id, evaluating_until=until).update(evaluating_until=rest)
     return results
 
 

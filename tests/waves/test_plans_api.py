@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factory.test_api import API, as_user, assert_error, tokens  # noqa: F401  (fixtures)
-from waves.models import PlanDecision, RolloutPlan, Wave
+from waves.models import RolloutPlan, Wave
 from waves.plans import large_fleet_phases, plan_evaluate, plan_get
 
 from .conftest import seed

@@ -1,0 +1,122 @@
+"""Rollout plan evaluation at scale on PostgreSQL: the seed's large-fleet example on a
+100,000-device group of a 1,000,000-device fleet.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/plans.py
+
+Plans group "big" as 5, then 20, then 100, then the rest (99,875 devices: a full-group rollout),
+reports for every staged device (97% updated, 2% failed, 1% stuck) written with SQL, and prints
+for each phase the time of `plan_evaluate` (the gates: one set-based query over the phase's
+devices, plus the rollout of the next phase) and of `plan_show` (the timeline with every phase's
+gates and the forecast). The scheduler evaluates every running plan once a minute, so the goal is
+well under a second per plan even for the largest phase.
+"""
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+# Run as `python bench/x.py`, this folder comes first on sys.path, and bench/tuf.py would shadow
+# the tuf package: put the project root there instead.
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from bench.fleet import BENCH_TAG, bench_fleet  # noqa: E402  (sets up Django)
+
+from django.db import connection  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from waves.models import PlanPhase, Wave  # noqa: E402
+from waves.plans import large_fleet_phases, phase_devices, plan_evaluate, plan_get, plan_set, plan_show, plan_start  # noqa: E402
+from waves.services import wave_cancel, wave_init, wave_sign  # noqa: E402
+
+REPEAT = 3
+
+REPORT_SQL = """
+WITH events AS (
+  INSERT INTO devices_deviceevent (factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at)
+  SELECT %(factory)s, d.id, 'install-completed', d.hardware_id || '-lmp-' || %(version)s, %(version)s, s.fate = 'updated', '', %(at)s, %(at)s
+    FROM bench_staged s JOIN devices_device d ON d.id = s.id WHERE s.fate <> 'stuck'
+)
+UPDATE devices_device d SET target_version = %(version)s, target_name = d.hardware_id || '-lmp-' || %(version)s, last_seen = %(later)s
+  FROM bench_staged s WHERE d.id = s.id AND s.fate = 'updated'
+"""
+
+
+def fresh_wave(factory):
+    """A new active wave on the bench tag (an earlier run's open wave is canceled first)."""
+    from factory.tuf.services import offline_key_generate
+
+    for open_wave in Wave.objects.filter(factory=factory, tag=BENCH_TAG, status__in=Wave.OPEN_STATUSES):
+        wave_cancel(wave=open_wave, actor=None)
+    with connection.cursor() as cursor:
+        # Every device back on the old version, so each run measures the same fleet.
+        cursor.execute("UPDATE devices_device SET target_version = 41, target_name = hardware_id || '-lmp-41' WHERE factory_id = %s AND target_version <> 41", [factory.id])
+        cursor.execute("DELETE FROM devices_deviceevent WHERE factory_id = %s", [factory.id])
+    archive = offline_key_generate(factory=factory, actor=None, role="targets")
+    wave = wave_init(factory=factory, actor=None, name=f"bench-plan-{int(time.time())}", version=42, tag=BENCH_TAG)
+    return wave_sign(wave=wave, actor=None, key_archive=archive)
+
+
+def report(phase, wave, at):
+    """Reports of the phase's devices: 97% updated and checking in, 2% failed, 1% nothing (stuck)."""
+    devices_sql, params = phase_devices(phase, wave).values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS bench_staged")
+        # Each device's fate, drawn at random: 2% (rounded down) fail, 1% report nothing.
+        cursor.execute(
+            "CREATE TEMP TABLE bench_staged AS SELECT id, CASE WHEN n <= total / 50 THEN 'failed' WHEN n <= total / 50 + total / 100 THEN 'stuck' "
+            "ELSE 'updated' END AS fate FROM (SELECT pk AS id, row_number() OVER (ORDER BY random()) AS n, count(*) OVER () AS total "
+            f"FROM ({devices_sql}) AS phase(pk)) AS drawn",
+            params,
+        )
+        cursor.execute("ANALYZE bench_staged")
+        cursor.execute(
+            REPORT_SQL,
+            {"factory": wave.factory_id, "version": wave.version, "at": at + timedelta(minutes=5), "later": at + timedelta(minutes=59)},
+        )
+        cursor.execute("ANALYZE devices_deviceevent")
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def main():
+    from factory.models import Role
+    from factory.services import user_create
+
+    factory = bench_fleet()
+    wave = fresh_wave(factory)
+    # The scheduler rolls phases out as the plan's author, a release manager.
+    author = user_create(username="bench-release-manager", factory=factory, role=Role.RELEASE_MANAGER)
+    plan_set(wave=wave, actor=author, phases=large_fleet_phases("big", wait_minutes=60))
+    t0 = timezone.now()
+    elapsed_start, _ = timed(lambda: plan_start(wave=wave, actor=author, now=t0))
+    rows = [("plan_start (rolls out 5 devices)", elapsed_start, "")]
+    start = t0
+    for position in (1, 2, 3, 4):
+        phase = PlanPhase.objects.select_related("plan__wave", "rollout").get(plan__wave=wave, position=position)
+        size = phase_devices(phase, wave).count()
+        report(phase, wave, start)
+        # Evaluations that wait (the gates are read, nothing changes): the steady state of the beat.
+        waits = []
+        for _ in range(REPEAT):
+            t, result = timed(lambda: plan_evaluate(plan=plan_get(wave=wave), now=start + timedelta(minutes=30)))
+            assert result.outcome == "wait", result.reason
+            waits.append(t)
+        show, _ = timed(lambda: plan_show(plan=plan_get(wave=wave), now=start + timedelta(minutes=30)))
+        t, result = timed(lambda: plan_evaluate(plan=plan_get(wave=wave), now=start + timedelta(minutes=60)))
+        assert result.outcome in ("advanced", "finished"), result.reason
+        rows.append((f"phase {position}: {size:,} devices, evaluate (waiting)", statistics.median(waits), f"plan_show {show * 1000:.0f} ms"))
+        rows.append((f"phase {position}: evaluate and {result.outcome}", t, result.reason[:60]))
+        start = start + timedelta(minutes=60)
+    wave_cancel(wave=wave, actor=None)
+    print(f"\n{'operation':<52} {'time':>9}  notes")
+    for name, t, note in rows:
+        print(f"{name:<52} {t * 1000:>6.0f} ms  {note}")
+
+
+if __name__ == "__main__":
+    main()
