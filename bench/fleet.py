@@ -11,7 +11,9 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as `python bench/x.py`, this folder comes first on sys.path, and bench/tuf.py would shadow
+# the tuf package: put the project root there instead.
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
 
 import django  # noqa: E402
@@ -82,3 +84,17 @@ def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9
         cursor.execute("ANALYZE devices_device")
     print(f"loaded {n:,} devices in {time.perf_counter() - started:.1f}s", file=stdout)
     return factory
+
+
+def bench_wave(factory, name="bench-wave", version=42):
+    """The bench factory's active wave of `version`, signed with a freshly registered offline key."""
+    from factory.tuf.services import offline_key_generate
+    from waves.models import Wave
+    from waves.services import wave_init, wave_sign
+
+    wave = Wave.objects.filter(factory=factory, name=name, status=Wave.Status.ACTIVE).first()
+    if wave is not None:
+        return wave
+    archive = offline_key_generate(factory=factory, actor=None, role="targets")
+    wave = wave_init(factory=factory, actor=None, name=name, version=version, tag=BENCH_TAG)
+    return wave_sign(wave=wave, actor=None, key_archive=archive)

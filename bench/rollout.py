@@ -15,7 +15,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as `python bench/x.py`, this folder comes first on sys.path, and bench/tuf.py would shadow
+# the tuf package: put the project root there instead.
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from bench.fleet import bench_fleet, bench_wave  # noqa: E402  (sets up Django)
 

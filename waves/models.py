@@ -69,13 +69,14 @@ class Rollout(models.Model):
 class WaveDevice(models.Model):
     """A device staged in a wave by a rollout."""
 
-    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="staged_devices")
+    # The (wave, device) unique index serves lookups by wave; fewer indexes keep a 10,000-device
+    # rollout's insert cheap.
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="staged_devices", db_index=False)
     device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="wave_stagings")
     rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="staged_devices")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["wave", "device"], name="wavedevice_once_per_wave")]
-        indexes = [models.Index(fields=["device"], name="wavedevice_device")]
 
 
 class WaveGroup(models.Model):

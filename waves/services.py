@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from devices.models import Device, DeviceGroup
@@ -268,39 +269,39 @@ def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuid
         scope = Device.objects.filter(factory=factory, is_production=True, tag=wave.tag)
         if group_obj is not None:
             scope = scope.filter(group=group_obj)
-        if listed is not None:
-            result.skipped = _skipped(wave=wave, listed=listed, group=group_obj)
-            skipped_uuids = {s["uuid"] for s in result.skipped}
-            scope = scope.filter(uuid__in=[u for u in listed if str(u) not in skipped_uuids])
-        candidates = _candidates(scope, wave)
 
         if full_group:
             if WaveGroup.objects.filter(wave=wave, group=group_obj).exists():
                 raise Conflict(f"wave {wave.name} was already rolled out to every device in group {group_obj.name}")
+            candidates = _candidates(scope, wave)
             result.count = candidates.count()
             if dry_run:
-                result.devices = _device_rows(candidates.order_by("name", "id"), wave)
+                result.devices = _device_rows(candidates.order_by("name", "id"))
                 return result
             rollout = _rollout_record(wave, actor, group_obj, limit, 0, True, result.count)
             WaveGroup.objects.create(wave=wave, group=group_obj, rollout=rollout)
         else:
+            if listed is not None:
+                # A UUID list bounds the scope to at most 10,000 devices: one query reads them
+                # all, and the reasons, the sample and the percentage are worked out from it.
+                listed_rows, result.skipped, in_scope = _listed(wave=wave, listed=listed, group=group_obj)
             n = None
             if parsed_limit is not None:
                 n, percent = parsed_limit
                 if percent:
-                    in_scope = Device.objects.filter(factory=factory, is_production=True, tag=wave.tag)
-                    if group_obj is not None:
-                        in_scope = in_scope.filter(group=group_obj)
-                    if listed is not None:
-                        in_scope = in_scope.filter(uuid__in=listed)
-                    total = in_scope.count()
+                    total = in_scope if listed is not None else scope.count()
                     n = math.ceil(total * n / 100)
                     if n > MAX_UUIDS:
                         raise ApplicationError(
                             f"{parsed_limit[0]}% of {total:,} devices is {n:,}, more than the {MAX_UUIDS:,} one rollout may stage; "
                             "use a smaller percentage or roll out to the whole group"
                         )
-            selected = _sample(candidates, wave, n) if n is not None else _device_rows(candidates.order_by("name", "id"), wave)
+            if listed is not None:
+                selected = _sample_rows(listed_rows, n) if n is not None else sorted(listed_rows, key=lambda r: (r["name"], r["id"]))
+            elif n is not None:
+                selected = _sample(_candidates(scope, wave), n)
+            else:
+                selected = _device_rows(_candidates(scope, wave).order_by("name", "id"))
             result.devices = selected
             result.count = len(selected)
             if dry_run:
@@ -308,9 +309,7 @@ def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuid
             if not selected:
                 raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty", extra={"skipped": result.skipped})
             rollout = _rollout_record(wave, actor, group_obj, limit, len(listed or ()), False, len(selected))
-            WaveDevice.objects.bulk_create(
-                [WaveDevice(wave=wave, device_id=row["id"], rollout=rollout) for row in selected], batch_size=2000
-            )
+            _stage(wave, rollout, [row["id"] for row in selected])
         result.rollout = rollout
         audit_record(
             factory=factory,
@@ -347,31 +346,32 @@ def _rollout_record(wave, actor, group, limit, uuids_count, full_group, count):
 
 def _candidates(scope, wave):
     """Exclude devices already staged in this wave (alone or via their group) or already updated."""
-    staged_groups = WaveGroup.objects.filter(wave=wave).values("group_id")
-    return (
-        scope.exclude(pk__in=WaveDevice.objects.filter(wave=wave).values("device_id"))
-        .exclude(group_id__in=staged_groups)
-        .exclude(target_version__gte=wave.version)
+    # NOT EXISTS, not NOT IN: PostgreSQL turns it into an anti-join or a probe of the
+    # (wave, device) unique index, where NOT IN over 900,000 staged rows degrades to a scan per device.
+    return scope.filter(
+        ~Exists(WaveDevice.objects.filter(wave=wave, device_id=OuterRef("pk"))),
+        ~Exists(WaveGroup.objects.filter(wave=wave, group_id=OuterRef("group_id"))),
+        Q(target_version__isnull=True) | Q(target_version__lt=wave.version),
     )
 
 
-def _device_rows(queryset, wave):
+def _row(r, cutoff):
+    return {
+        "id": r["id"],
+        "uuid": str(r["uuid"]),
+        "name": r["name"],
+        "group": r["group__name"] or "",
+        "target_version": r["target_version"],
+        "online": bool(r["last_seen"] and r["last_seen"] >= cutoff),
+    }
+
+
+def _device_rows(queryset):
     cutoff = offline_cutoff()
-    rows = queryset.values("id", "uuid", "name", "group__name", "target_version", "last_seen")
-    return [
-        {
-            "id": r["id"],
-            "uuid": str(r["uuid"]),
-            "name": r["name"],
-            "group": r["group__name"] or "",
-            "target_version": r["target_version"],
-            "online": bool(r["last_seen"] and r["last_seen"] >= cutoff),
-        }
-        for r in rows
-    ]
+    return [_row(r, cutoff) for r in queryset.values("id", "uuid", "name", "group__name", "target_version", "last_seen")]
 
 
-def _sample(candidates, wave, n):
+def _sample(candidates, n):
     """A pseudo-random sample of `n` candidates, recently active devices first.
 
     Each device carries a random `sample_key`; a sample is the window of keys starting at a
@@ -387,22 +387,24 @@ def _sample(candidates, wave, n):
         for window in (part.filter(sample_key__gte=start), part.filter(sample_key__lt=start)):
             if len(chosen) >= n:
                 return chosen
-            chosen += _device_rows(window.order_by("sample_key")[: n - len(chosen)], wave)
+            chosen += _device_rows(window.order_by("sample_key")[: n - len(chosen)])
     return chosen
 
 
-def _skipped(*, wave, listed, group):
-    """Why each listed UUID is not a candidate: unknown, test device, other tag, other group,
-    already staged, already updated."""
-    devices = {
-        d["uuid"]: d
-        for d in Device.objects.filter(factory=wave.factory, uuid__in=listed).values(
-            "id", "uuid", "is_production", "tag", "group_id", "target_version"
+def _listed(*, wave, listed, group):
+    """The listed devices that are candidates, why each other one is not (unknown, test device,
+    other tag, other group, already staged, already updated), and how many are in scope."""
+    cutoff = offline_cutoff()
+    rows = (
+        Device.objects.filter(factory=wave.factory, uuid__in=listed)
+        .annotate(
+            staged=Exists(WaveDevice.objects.filter(wave=wave, device_id=OuterRef("pk")))
+            | Exists(WaveGroup.objects.filter(wave=wave, group_id=OuterRef("group_id")))
         )
-    }
-    staged_ids = set(WaveDevice.objects.filter(wave=wave, device_id__in=[d["id"] for d in devices.values()]).values_list("device_id", flat=True))
-    staged_groups = set(WaveGroup.objects.filter(wave=wave).values_list("group_id", flat=True))
-    skipped = []
+        .values("id", "uuid", "name", "is_production", "tag", "group_id", "group__name", "target_version", "last_seen", "staged")
+    )
+    devices = {d["uuid"]: d for d in rows}
+    candidates, skipped, in_scope = [], [], 0
     for uuid in listed:
         d = devices.get(uuid)
         reason = None
@@ -414,13 +416,36 @@ def _skipped(*, wave, listed, group):
             reason = f"other tag ({d['tag']})"
         elif group is not None and d["group_id"] != group.id:
             reason = "other group"
-        elif d["id"] in staged_ids or (d["group_id"] is not None and d["group_id"] in staged_groups):
-            reason = "already staged"
-        elif d["target_version"] is not None and d["target_version"] >= wave.version:
-            reason = "already updated"
+        else:
+            in_scope += 1
+            if d["staged"]:
+                reason = "already staged"
+            elif d["target_version"] is not None and d["target_version"] >= wave.version:
+                reason = "already updated"
         if reason:
             skipped.append({"uuid": str(uuid), "reason": reason})
-    return skipped
+        else:
+            candidates.append(_row(d, cutoff))
+    return candidates, skipped, in_scope
+
+
+def _sample_rows(rows, n):
+    """The same sampling rule for rows already in hand: online first, then random."""
+    shuffled = random.sample(rows, len(rows))
+    shuffled.sort(key=lambda r: not r["online"])
+    return shuffled[:n]
+
+
+def _stage(wave, rollout, device_ids):
+    if connection.vendor == "postgresql":
+        # One statement for up to 10,000 rows instead of a statement per batch.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO waves_wavedevice (wave_id, device_id, rollout_id) SELECT %s, unnest(%s::bigint[]), %s",
+                [wave.id, device_ids, rollout.id],
+            )
+    else:
+        WaveDevice.objects.bulk_create([WaveDevice(wave=wave, device_id=i, rollout=rollout) for i in device_ids], batch_size=2000)
 
 
 # --- complete and cancel -----------------------------------------------------------------------
