@@ -223,3 +223,10 @@ def test_audit_log_is_filtered_paged_and_scoped_to_the_factory(as_user, factory,
     published = dave.get("audit/", {"action": "targets."}).json()
     assert published["total"] == 1 and published["items"][0]["target"] == "1"
     assert dave.get("audit/", {"actor": "bob", "action": "group"}).json()["total"] == 1
+
+
+def test_docs_page_works_offline(client):
+    page = client.get(f"{API}/docs")
+    assert page.status_code == 200
+    assert b"cdn." not in page.content and b"/static/ninja/swagger-ui-bundle.js" in page.content
+    assert client.get("/static/ninja/swagger-ui-bundle.js").status_code == 200
