@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
+from django.utils.dateparse import parse_datetime
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
@@ -58,7 +59,7 @@ def _rows(shown):
             # A passed phase shows its gates as they were when it passed, not as they read now.
             passing = next((d for d in reversed(decisions) if d.kind in ("advance", "approve") and d.evidence.get("gates")), None)
             if passing is not None:
-                gates, recorded_at = passing.evidence["gates"], passing.created_at
+                gates, recorded_at = passing.evidence["gates"], parse_datetime(passing.evidence.get("measured_at") or "") or passing.created_at
         rows.append({**row, "gates": gates, "recorded_at": recorded_at, "decisions": decisions, "wait_label": f"wait {phase.wait_minutes} min"})
     return rows
 

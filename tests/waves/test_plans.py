@@ -585,3 +585,19 @@ def test_phase_evidence_counts(factory, bob, fleet100, wave):
     # silent since the start (10) or since their download began (2); updated and silent since (6)
     assert (ev.stuck, ev.unhealthy) == (12, 6)
     assert [g.key for g in ev.halting] == ["max_unhealthy"]
+
+
+def test_a_dead_webhook_never_blocks_a_halt(factory, bob, fleet100, wave, django_capture_on_commit_callbacks):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    fleet = Fleet(factory, wave)
+    plan_set(wave=wave, actor=bob, phases=canary_beta_fleet(), webhook_url=f"http://127.0.0.1:{port}/hook")
+    t0 = timezone.now()
+    plan_start(wave=wave, actor=bob, now=t0)
+    fleet.update(fleet.staged(1), minutes(t0, 2), fail_rate=0.6)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert evaluate(wave, minutes(t0, 3)).outcome == "halted"
+    assert len(callbacks) == 1 and plan_get(wave=wave).status == Status.HALTED
