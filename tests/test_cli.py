@@ -401,3 +401,28 @@ def test_dry_run_print_uuids_edit_and_roll_out_exactly_that_list(cli, tokens, fa
     result = cli("waves", "rollout", "v2", "--uuids", f"@{env.tmp / 'pre.lst'}", token=bob)
     assert result.code == 0 and result.out.strip() == "A Wave is being rolled out to 920 devices" and result.err == ""
     assert {str(u) for u in WaveDevice.objects.values_list("device__uuid", flat=True)} == set(edited)
+
+
+def test_root_key_goes_offline_and_root_changes_are_signed_locally(cli, tokens, factory, env):
+    bob = tokens["bob"]
+    root_file = env.tmp / "root.tgz"
+    rotated = cli("keys", "rotate-offline-key", "--role", "root", "-k", root_file, token=bob)
+    assert rotated.code == 0 and "applied" in rotated.out, rotated.err
+    listing = json.loads(cli("keys", "list", "--json", token=bob).out)
+    assert listing["root_online"] is False and listing["root_version"] == 2
+    # With the root key offline, a renewal waits for its signature...
+    pending = cli("keys", "renew-root", token=bob)
+    assert pending.code == 0 and "waiting for offline signatures" in pending.out and "ci-root" in pending.out
+    assert "waiting for offline signatures" in cli("keys", "list", token=tokens["dave"]).out
+    stranger = env.tmp / "stranger.tgz"
+    stranger.write_bytes(key_archive_write([("root", key_generate())]))
+    assert "none of the keys" in one_sentence_error(cli("keys", "sign-change", "-k", stranger, token=bob))
+    signed = cli("keys", "sign-change", "-k", root_file, token=bob)
+    assert signed.code == 0 and "applied" in signed.out
+    assert json.loads(cli("keys", "show-root", "--prod", token=bob).out)["signed"]["version"] == 3
+    # ...or is abandoned.
+    assert cli("keys", "renew-root", token=bob).code == 0
+    assert cli("keys", "abandon-change", token=bob).code == 0
+    assert "no key change is waiting" in one_sentence_error(cli("keys", "sign-change", "-k", root_file, token=bob))
+    renewed = cli("keys", "renew-root", "-k", root_file, token=bob)
+    assert renewed.code == 0 and "applied" in renewed.out
