@@ -23,6 +23,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import F, Max, Min, Q
 from django.db.models.functions import Mod
@@ -79,57 +80,64 @@ def _rows(sql, params):
         return cursor.fetchall()
 
 
-# Per device: the furthest step reported for the wave's version (1 download, 2 install), whether
-# any report was a failure, and the last report.
-_EVENTS = """
-SELECT e.device_id,
-       MAX(CASE WHEN e.event_type IN ('install-started', 'install-applied', 'install-completed') THEN 2 ELSE 1 END) AS progress,
-       MAX(CASE WHEN e.success = %(false)s THEN 1 ELSE 0 END) AS failed,
-       MAX(e.reported_at) AS last_report
-  FROM devices_deviceevent e
- WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.reported_at >= %(since)s
- GROUP BY e.device_id
-"""
-
-_STAGED_DEVICES = """
-SELECT wd.device_id, r.created_at FROM waves_wavedevice wd JOIN waves_rollout r ON r.id = wd.rollout_id WHERE wd.wave_id = %(wave)s
+# Per device that reported on the wave's version since the wave was created, or was staged on
+# its own: the furthest step reported (1 download, 2 install), whether any report was a failure,
+# the last report, and when it was staged. One subquery, so the pass over the devices probes a
+# single hash table.
+_ACTIVITY = """
+SELECT device_id, MAX(progress) AS progress, MAX(failed) AS failed, MAX(last_report) AS last_report, MAX(staged_at) AS staged_at
+  FROM (
+    SELECT e.device_id,
+           CASE WHEN e.event_type IN ('install-started', 'install-applied', 'install-completed') THEN 2 ELSE 1 END AS progress,
+           CASE WHEN e.success = %(false)s THEN 1 ELSE 0 END AS failed,
+           e.reported_at AS last_report,
+           NULL AS staged_at
+      FROM devices_deviceevent e
+     WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.reported_at >= %(since)s
+    UNION ALL
+    SELECT wd.device_id, NULL, NULL, NULL, r.created_at
+      FROM waves_wavedevice wd JOIN waves_rollout r ON r.id = wd.rollout_id
+     WHERE wd.wave_id = %(wave)s
+  ) activity
+ GROUP BY device_id
 """
 
 _STAGED_GROUPS = """
 SELECT wg.group_id, wg.rollout_id, r.created_at FROM waves_wavegroup wg JOIN waves_rollout r ON r.id = wg.rollout_id WHERE wg.wave_id = %(wave)s
 """
 
+# One pass over the tag's devices. Each device's state, whether it is online and whether it is
+# stuck are packed in one small integer (state * 4 + online * 2 + stuck), so the database groups
+# on three narrow columns however many devices there are. Fully rolled-out groups are few and
+# are written into the statement (`d.group_id IN (...)`) rather than joined.
 _STATES_SQL = """
-SELECT group_id, target_version, state, online, stuck, COUNT(*), MIN(staged_at)
-  FROM (
-    SELECT d.group_id, d.target_version,
-           CASE
-             WHEN d.target_version >= %(version)s THEN 'updated'
-             WHEN ev.failed = 1 THEN 'failed'
-             WHEN {held} THEN 'held'
-             WHEN ev.progress = 2 THEN 'installing'
-             WHEN ev.progress = 1 THEN 'downloading'
-             WHEN d.last_seen IS NULL OR d.last_seen < %(cutoff)s THEN 'offline'
-             WHEN {scheduled} THEN 'scheduled'
-             ELSE 'not_scheduled'
-           END AS state,
-           CASE WHEN d.last_seen >= %(cutoff)s THEN 1 ELSE 0 END AS online,
-           CASE
-             WHEN ({scheduled})
-              AND (d.target_version IS NULL OR d.target_version < %(version)s)
-              AND COALESCE(ev.failed, 0) = 0
-              AND COALESCE(ev.last_report, {waiting_since}) < %(stuck_cutoff)s THEN 1
-             ELSE 0
-           END AS stuck,
-           {staged_at} AS staged_at
-      FROM devices_device d
-      LEFT JOIN ({events}) ev ON ev.device_id = d.id
-      LEFT JOIN ({staged_devices}) sd ON sd.device_id = d.id
-      LEFT JOIN ({staged_groups}) sg ON sg.group_id = d.group_id
-     WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
-  ) per_device
- GROUP BY group_id, target_version, state, online, stuck
+SELECT d.group_id, d.target_version,
+       CASE
+         WHEN d.target_version >= %(version)s THEN {updated}
+         WHEN a.failed = 1 THEN {failed}
+         WHEN {held} THEN {held_code}
+         WHEN a.progress = 2 THEN {installing}
+         WHEN a.progress = 1 THEN {downloading}
+         WHEN d.last_seen IS NULL OR d.last_seen < %(cutoff)s THEN {offline}
+         WHEN {scheduled} THEN {scheduled_code}
+         ELSE {not_scheduled}
+       END * 4
+       + CASE WHEN d.last_seen >= %(cutoff)s THEN 2 ELSE 0 END
+       + CASE
+           WHEN ({scheduled})
+            AND (d.target_version IS NULL OR d.target_version < %(version)s)
+            AND COALESCE(a.failed, 0) = 0
+            AND COALESCE(a.last_report, {waiting_since}) < %(stuck_cutoff)s THEN 1
+           ELSE 0
+         END AS code,
+       COUNT(*),
+       MIN(a.staged_at)
+  FROM devices_device d
+  LEFT JOIN ({activity}) a ON a.device_id = d.id
+ WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+ GROUP BY 1, 2, 3
 """
+STATE_CODES = {state: code for code, state in enumerate(STATES)}
 
 # The latest failure report of each device that is not on the wave's version.
 _FAILURES_SQL = """
@@ -185,19 +193,28 @@ def _nearest_rank(p, n):
 # --- snapshots -------------------------------------------------------------------------------
 
 
-def _state_conditions(wave):
-    """SQL for "scheduled", "held", when a device was staged and since when it has been waiting,
-    by the wave's status."""
-    staged = "(sd.device_id IS NOT NULL OR sg.group_id IS NOT NULL)"
+def _state_conditions(wave, staged_groups, params):
+    """SQL for "scheduled", "held" and since when a device has been waiting, by the wave's
+    status; `staged_groups` ({group id: rollout time}) go into `params`."""
+    if staged_groups:
+        ids = ", ".join(str(int(group_id)) for group_id in staged_groups)
+        whens = []
+        for group_id, created_at in staged_groups.items():
+            params[f"group_{int(group_id)}"] = _param(created_at)
+            whens.append(f"WHEN {int(group_id)} THEN %(group_{int(group_id)})s")
+        in_group, group_time = f"d.group_id IN ({ids})", f"CASE d.group_id {' '.join(whens)} END"
+    else:
+        in_group, group_time = "1 = 0", "NULL"
+    staged = f"(a.staged_at IS NOT NULL OR {in_group})"
     # A device that joined a fully rolled-out group later was staged when it joined.
-    staged_at = "COALESCE(sd.created_at, CASE WHEN d.created_at > sg.created_at THEN d.created_at ELSE sg.created_at END)"
+    staged_at = f"COALESCE(a.staged_at, CASE WHEN d.created_at > {group_time} THEN d.created_at ELSE {group_time} END)"
     if wave.status == Wave.Status.ACTIVE:
-        return {"scheduled": staged, "held": "1 = 0", "staged_at": staged_at, "waiting_since": staged_at}
+        return {"scheduled": staged, "held": "1 = 0", "waiting_since": staged_at}
     if wave.status == Wave.Status.COMPLETE:
         # The wave's targets are the tag's production targets: every device on the tag gets them.
-        return {"scheduled": "1 = 1", "held": "1 = 0", "staged_at": staged_at, "waiting_since": f"COALESCE({staged_at}, %(finished)s)"}
+        return {"scheduled": "1 = 1", "held": "1 = 0", "waiting_since": f"COALESCE({staged_at}, %(finished)s)"}
     held = f"{staged} AND d.targets_version_seen >= %(version)s" if wave.status == Wave.Status.CANCELED else "1 = 0"
-    return {"scheduled": "1 = 0", "held": held, "staged_at": staged_at, "waiting_since": staged_at}
+    return {"scheduled": "1 = 0", "held": held, "waiting_since": staged_at}
 
 
 def _params(wave, *, now, cutoff, stuck_cutoff):
@@ -220,18 +237,24 @@ def _empty_states():
 
 
 def _states(wave, params):
-    sql = _STATES_SQL.format(events=_EVENTS, staged_devices=_STAGED_DEVICES, staged_groups=_STAGED_GROUPS, **_state_conditions(wave))
+    staged_groups = {group_id: _as_datetime(created_at) for group_id, _, created_at in _rows(_STAGED_GROUPS, params)}
+    params = dict(params)
+    conditions = _state_conditions(wave, staged_groups, params)
+    codes = {name: STATE_CODES[name] for name in ("updated", "failed", "installing", "downloading", "offline", "not_scheduled")}
+    codes.update(held_code=STATE_CODES["held"], scheduled_code=STATE_CODES["scheduled"])
+    sql = _STATES_SQL.format(activity=_ACTIVITY, **codes, **conditions)
     groups = defaultdict(lambda: {"states": _empty_states(), "total": 0, "online": 0, "stuck": 0, "versions": defaultdict(int), "rollout_time": None})
-    for group_id, version, state, online, stuck, count, staged_at in _rows(sql, params):
+    for group_id, version, code, count, staged_at in _rows(sql, params):
         row = groups[group_id]
-        row["states"][state] += count
+        row["states"][STATES[code // 4]] += count
         row["total"] += count
-        row["online"] += count if online else 0
-        row["stuck"] += count if stuck else 0
+        row["online"] += count if code & 2 else 0
+        row["stuck"] += count if code & 1 else 0
         row["versions"]["none" if version is None else str(version)] += count
-        staged_at = _as_datetime(staged_at)
-        if staged_at is not None and (row["rollout_time"] is None or staged_at < row["rollout_time"]):
-            row["rollout_time"] = staged_at
+        # The group's rollout time: its earliest rollout, of the whole group or of some devices.
+        for staged_at in (_as_datetime(staged_at), staged_groups.get(group_id)):
+            if staged_at is not None and (row["rollout_time"] is None or staged_at < row["rollout_time"]):
+                row["rollout_time"] = staged_at
     return groups
 
 
@@ -329,11 +352,20 @@ def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_m
     def read():
         return _states(wave, params), _failures(params), wave_update_times(wave=wave, params=params, now=now)
 
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+    if connection.vendor == "postgresql":
+        own = not connection.in_atomic_block
         with transaction.atomic():
             with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            groups, failures, update_times = read()
+                if own:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                # Compiling these few statements (JIT) costs more than running them, and their
+                # hash tables should stay in memory.
+                cursor.execute("SET LOCAL jit = off")
+                cursor.execute("SET LOCAL work_mem = '64MB'")
+                groups, failures, update_times = read()
+                if not own:
+                    cursor.execute("SET LOCAL jit TO DEFAULT")
+                    cursor.execute("SET LOCAL work_mem TO DEFAULT")
     else:
         # On SQLite a transaction would take the write lock up front (IMMEDIATE), holding off the
         # gateway's check-in writes for nothing; inside a caller's transaction, theirs applies.
@@ -437,6 +469,34 @@ def wave_is_followed(wave, *, now=None):
     return wave.status == Wave.Status.ACTIVE or (
         wave.status in (Wave.Status.COMPLETE, Wave.Status.CANCELED) and wave.finished_at is not None and wave.finished_at >= now - FOLLOW_FINISHED
     )
+
+
+# --- the factory status, kept warm -------------------------------------------------------------
+
+
+def _factory_status_key(factory):
+    # The creation time tells apart factories that reuse an id (a database rebuilt, a test run).
+    return f"breakwater:factory-status:{factory.pk}:{factory.created_at.timestamp()}:{settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS}"
+
+
+def factory_status_refresh(*, factory):
+    """Compute the factory status (every device of the factory, grouped) and keep it in the cache
+    for the pages that poll it; the beat task calls this once per interval."""
+    from .selectors import factory_status
+
+    entry = {"taken_at": timezone.now(), "rows": factory_status(factory=factory)}
+    cache.set(_factory_status_key(factory), entry, timeout=max(60.0, 4 * status_interval()))
+    return entry
+
+
+def factory_status_cached(*, factory, offline_threshold_hours=None):
+    """{"taken_at", "rows"}: the factory status with the default offline threshold as of the last
+    interval (computed now if the cache has none); with another threshold, computed now."""
+    from .selectors import factory_status
+
+    if offline_threshold_hours is not None:
+        return {"taken_at": timezone.now(), "rows": factory_status(factory=factory, offline_threshold_hours=offline_threshold_hours)}
+    return cache.get(_factory_status_key(factory)) or factory_status_refresh(factory=factory)
 
 
 # --- reads for pages, charts and exports --------------------------------------------------------

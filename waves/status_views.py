@@ -125,14 +125,15 @@ def _active_waves(factory):
 @require_GET
 def factory_live_status(request):
     try:
-        rows = selectors.factory_status(factory=request.factory, offline_threshold_hours=_threshold(request))
+        current = status.factory_status_cached(factory=request.factory, offline_threshold_hours=_threshold(request))
     except ApplicationError:
-        rows = selectors.factory_status(factory=request.factory)
+        # A threshold the status form already refused: the panel shows the default one.
+        current = status.factory_status_cached(factory=request.factory)
     context = {
-        "charts": _figure_list(factory_charts.factory_figures(rows, factory_name=request.factory.name), "factory"),
+        "charts": _figure_list(factory_charts.factory_figures(current["rows"], factory_name=request.factory.name), "factory"),
         "active_waves": _active_waves(request.factory),
         "interval": max(_interval(), 15.0),
-        "now": timezone.now(),
+        "taken_at": current["taken_at"],
         "threshold": _threshold(request) or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS,
     }
     response = render(request, "factory/_live_status.html#factory-live", context)

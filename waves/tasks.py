@@ -1,7 +1,8 @@
 """Celery tasks of the waves app: the live status aggregation.
 
 Beat runs `wave_status_schedule` every BREAKWATER_STATUS_INTERVAL_SECONDS; it sends one
-`wave_status_aggregate` per followed wave for the current interval. A sample is once-only per
+`wave_status_aggregate` per followed wave for the current interval, and one
+`factory_status_refresh` per factory. A sample is once-only per
 (wave, interval), so these tasks are safe to retry, duplicate and redeliver: that is why
 `wave_status_aggregate` acknowledges late and asks to be redelivered if its worker dies.
 """
@@ -10,6 +11,8 @@ import logging
 from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
+
+from factory.models import Factory
 
 from . import status
 from .models import Wave
@@ -31,6 +34,8 @@ def wave_status_schedule():
     expires = stale_after_seconds()
     for wave_id in wave_ids:
         transaction.on_commit(lambda wave_id=wave_id: wave_status_aggregate.apply_async((wave_id, bucket), expires=expires))
+    for factory_id in Factory.objects.values_list("id", flat=True):
+        transaction.on_commit(lambda factory_id=factory_id: factory_status_refresh.apply_async((factory_id,), expires=expires))
     return len(wave_ids)
 
 
@@ -46,3 +51,13 @@ def wave_status_aggregate(wave_id, bucket):
         return "stale"
     _, created = status.wave_status_sample_take(wave=wave, bucket=bucket)
     return "created" if created else "exists"
+
+
+@shared_task(name="waves.tasks.factory_status_refresh", ignore_result=True)
+def factory_status_refresh(factory_id):
+    """Recompute the factory status the dashboard polls (a cache entry: safe to run twice)."""
+    factory = Factory.objects.filter(pk=factory_id).first()
+    if factory is None:
+        return "gone"
+    status.factory_status_refresh(factory=factory)
+    return "refreshed"

@@ -343,13 +343,28 @@ def test_the_schedule_sends_one_aggregation_per_followed_wave(factory, bob, buil
     active = make_wave(factory, bob, offline_key, name="active", version=43)
     wave_init(factory=factory, actor=bob, name="unsigned", version=43, tag="third", source_tag=TAG)
 
-    with mock.patch.object(tasks.wave_status_aggregate, "apply_async") as send:
+    with mock.patch.object(tasks.wave_status_aggregate, "apply_async") as send, mock.patch.object(tasks.factory_status_refresh, "apply_async") as refresh:
         with django_capture_on_commit_callbacks(execute=True):
             assert tasks.wave_status_schedule.apply().get() == 2
     sent = sorted(call.args[0] for call in send.call_args_list)
     bucket = status.status_bucket()
     assert sent in ([(done.id, bucket), (active.id, bucket)], [(done.id, bucket - 1), (active.id, bucket - 1)])
     assert all(call.kwargs["expires"] >= 60 for call in send.call_args_list)
+    assert [call.args[0] for call in refresh.call_args_list] == [(factory.id,)]
+
+
+def test_the_factory_status_is_kept_warm_between_intervals(factory, bob, fleet100, wave):
+    first = status.factory_status_cached(factory=factory)
+    production = next(r for r in first["rows"] if r["production"])
+    assert production["versions"] == {41: 100}
+    check_in(Device.objects.filter(group__name="canary").first(), version=42)
+    assert status.factory_status_cached(factory=factory) == first  # until the next interval
+    assert tasks.factory_status_refresh.apply(args=(factory.id,)).get() == "refreshed"
+    refreshed = status.factory_status_cached(factory=factory)
+    assert next(r for r in refreshed["rows"] if r["production"])["versions"] == {42: 1, 41: 99}
+    # another offline threshold is computed on demand
+    assert status.factory_status_cached(factory=factory, offline_threshold_hours=1)["taken_at"] > refreshed["taken_at"]
+    assert tasks.factory_status_refresh.apply(args=(10**9,)).get() == "gone"
 
 
 def test_the_beat_schedule_runs_the_aggregation_every_interval(settings):
