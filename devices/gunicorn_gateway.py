@@ -2,9 +2,15 @@
 
 Mutual TLS itself comes from the command line (--certfile --keyfile --ca-certs --cert-reqs 2);
 this module adds what a plain command line cannot: one TLS context per worker instead of one per
-connection, and the check-in flusher thread in each worker, with a last flush on exit.
+connection, the check-in flusher thread in each worker with a last flush on exit, and the short
+in-memory cache of each tag's view rows.
 """
+import os
 import ssl
+
+# Every device on a tag shares its view rows: keep them a second in each worker instead of reading
+# them on every poll (see factory.tuf.selectors._tag_view_rows).
+os.environ.setdefault("BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", "1")
 
 worker_class = "gthread"
 # Devices poll in short bursts (root, timestamp, maybe snapshot and targets): keep the

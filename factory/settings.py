@@ -205,6 +205,9 @@ BREAKWATER_GATEWAY_SERVER_CA = os.environ.get("BREAKWATER_GATEWAY_SERVER_CA", ""
 BREAKWATER_CHECKIN_FLUSH_SECONDS = float(os.environ.get("BREAKWATER_CHECKIN_FLUSH_SECONDS", 5))
 # How long a gateway process trusts what it read about a device (deletion, group, certificate).
 BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS", 5))
+# Gateway processes only (set by devices/gunicorn_gateway.py): how long a tag's view rows are kept
+# in memory; a rollout, complete or cancel reaches devices at most this much later.
+BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", 0))
 
 LOGGING = {
     "version": 1,

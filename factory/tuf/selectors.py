@@ -7,8 +7,10 @@ describe changes, so a stale entry is never read (even with a cache shared by ev
 """
 import base64
 import re
+import time
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
@@ -39,11 +41,7 @@ def _view_ref(device):
         if row is None:
             raise NotFound("this factory has no TUF repository")
         return row[0], row[1], Channel.CI
-    rows = list(
-        TufView.objects.filter(factory_id=device.factory_id, tag=device.tag, kind__in=[TufView.Kind.PRODUCTION, TufView.Kind.WAVE]).values(
-            "id", "kind", "token", "staging_token", "wave_id"
-        )
-    )
+    rows = _tag_view_rows(device.factory_id, device.tag)
     production = next((r for r in rows if r["kind"] == TufView.Kind.PRODUCTION), None)
     if production is None:
         from .services import production_view_ensure
@@ -54,6 +52,31 @@ def _view_ref(device):
     if wave is not None and _staged(device, wave["wave_id"], production["staging_token"]):
         return wave["id"], wave["token"], Channel.PRODUCTION
     return production["id"], production["token"], Channel.PRODUCTION
+
+
+_tag_views = {}
+
+
+def _tag_view_rows(factory_id, tag):
+    """The tag's production and wave view rows (id, kind, token, staging_token, wave_id).
+
+    Every device on the tag shares them. The device gateway keeps them in process memory for
+    settings.BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS (about a second), which takes the one query
+    off nearly every poll; everywhere else (0, the default) they are read each time.
+    """
+    seconds = getattr(settings, "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", 0)
+    if seconds > 0:
+        hit = _tag_views.get((factory_id, tag))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+    rows = list(
+        TufView.objects.filter(factory_id=factory_id, tag=tag, kind__in=[TufView.Kind.PRODUCTION, TufView.Kind.WAVE]).values(
+            "id", "kind", "token", "staging_token", "wave_id"
+        )
+    )
+    if seconds > 0 and any(r["kind"] == TufView.Kind.PRODUCTION for r in rows):
+        _tag_views[(factory_id, tag)] = (time.monotonic() + seconds, rows)
+    return rows
 
 
 def _staged(device, wave_id, staging_token):
@@ -113,6 +136,7 @@ def device_metadata(*, device, filename):
         try:
             return _view_file(view_id, token, field)
         except _ViewGone:
+            _tag_views.pop((device.factory_id, device.tag), None)
             continue
     raise NotFound(f"{filename} is being re-signed; try again")
 
@@ -149,6 +173,7 @@ def device_targets(*, device):
         try:
             targets = _targets_of_view(view_id, token)
         except _ViewGone:
+            _tag_views.pop((device.factory_id, device.tag), None)
             continue
         if channel == Channel.CI:
             targets = {name: t for name, t in targets.items() if device.tag in t["tags"]}

@@ -146,6 +146,8 @@ def gateway_process(django_db_setup, django_db_blocker, tmp_path_factory):
             "BREAKWATER_GATEWAY_URL": f"https://127.0.0.1:{port}",
             "BREAKWATER_CHECKIN_FLUSH_SECONDS": "0.2",
             "BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS": "0",
+            # Tests roll out and poll at once: no second of delay.
+            "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS": "0",
             "DJANGO_SETTINGS_MODULE": "factory.settings",
         }
         gateway = GatewayProcess(port, saved, folder)
