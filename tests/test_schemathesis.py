@@ -2,7 +2,7 @@
 and invalid, never get a server error, and every answer matches the schema.
 
 Bounded for CI: a fixed number of examples per operation (BREAKWATER_SCHEMATHESIS_EXAMPLES,
-default 25), run in process through the WSGI application against one prepared factory.
+default 20), run in process through the WSGI application against one prepared factory.
 """
 import os
 import zlib
@@ -17,7 +17,7 @@ from schemathesis import checks
 from factory.wsgi import application
 from tests.test_authorization_matrix import world  # noqa: F401  (module-scoped fixture)
 
-EXAMPLES = int(os.environ.get("BREAKWATER_SCHEMATHESIS_EXAMPLES", 25))
+EXAMPLES = int(os.environ.get("BREAKWATER_SCHEMATHESIS_EXAMPLES", 20))
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", application)
 
