@@ -3,7 +3,6 @@ cancel, status, list, show, history, factory status and saved device lists."""
 import base64
 import uuid
 
-
 from devices.models import Device
 from factory.tuf.keys import archive_signatures, key_archive_write, key_generate
 from tests.factory.test_api import as_user, assert_error, tokens  # noqa: F401  (fixtures)
