@@ -8,7 +8,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Case, Count, IntegerField, Q, Value, When
+from django.db.models import Case, Count, IntegerField, Min, Q, Value, When
 from django.utils import timezone
 
 from devices.models import Device, DeviceEvent, DeviceGroup
@@ -111,28 +111,17 @@ def device_wave(*, device):
     return None
 
 
+# One pass over the tag's devices, grouped by (group, current version): the per-group counts
+# and the version distribution both come from these few rows.
 _STATUS_SQL = """
-SELECT d.group_id,
+SELECT d.group_id, d.target_version,
        COUNT(*) AS total,
        COUNT(*) FILTER (WHERE d.last_seen >= %(cutoff)s) AS online,
-       COUNT(*) FILTER (WHERE d.target_version = %(version)s) AS on_wave,
-       COUNT(*) FILTER (WHERE d.target_version > %(version)s) AS newer,
-       COUNT(*) FILTER (WHERE d.target_version IS NULL OR d.target_version < %(version)s) AS older,
-       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)
-                          AND (d.target_version IS NULL OR d.target_version < %(version)s)) AS scheduled,
-       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)
-                          AND (d.target_version IS NULL OR d.target_version < %(version)s)
-                          AND d.targets_version_seen >= %(version)s) AS held
+       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)) AS staged,
+       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL) AND d.targets_version_seen >= %(version)s) AS fetched
   FROM devices_device d
   LEFT JOIN waves_wavedevice wd ON wd.device_id = d.id AND wd.wave_id = %(wave)s
   LEFT JOIN waves_wavegroup wg ON wg.group_id = d.group_id AND wg.wave_id = %(wave)s
- WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
- GROUP BY d.group_id
-"""
-
-_VERSIONS_SQL = """
-SELECT d.group_id, d.target_version, COUNT(*)
-  FROM devices_device d
  WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
  GROUP BY d.group_id, d.target_version
 """
@@ -160,17 +149,25 @@ def wave_status(*, wave, offline_threshold_hours=None):
     totals; and the version distribution per group."""
     cutoff = offline_cutoff(offline_threshold_hours)
     params = {"cutoff": cutoff, "version": wave.version, "wave": wave.id, "factory": wave.factory_id, "tag": wave.tag, "false": False}
-    counts = {row[0]: row[1:] for row in _rows(_STATUS_SQL, params)}
-    failed = dict(_rows(_FAILED_SQL, params))
+    counts = defaultdict(lambda: dict.fromkeys(("total", "online", "on_wave", "newer", "older", "scheduled", "held"), 0))
     versions = defaultdict(dict)
-    for group_id, version, count in _rows(_VERSIONS_SQL, params):
-        versions[group_id][version] = count
+    for group_id, version, total, online, staged, fetched in _rows(_STATUS_SQL, params):
+        row = counts[group_id]
+        row["total"] += total
+        row["online"] += online
+        versions[group_id][version] = total
+        if version is not None and version >= wave.version:
+            row["on_wave" if version == wave.version else "newer"] += total
+        else:
+            row["older"] += total
+            row["scheduled"] += staged  # staged, not yet updated
+            row["held"] += fetched  # staged, saw the wave's targets, not updated
+    failed = dict(_rows(_FAILED_SQL, params))
 
-    rollout_times = {}
-    for group_id, created_at in (
-        WaveDevice.objects.filter(wave=wave).values_list("device__group_id", "rollout__created_at").order_by("rollout__created_at").distinct()
-    ):
-        rollout_times.setdefault(group_id, created_at)
+    # when each group first got the wave: one grouped query over the staged rows
+    rollout_times = dict(
+        WaveDevice.objects.filter(wave=wave).values("device__group_id").annotate(first=Min("rollout__created_at")).values_list("device__group_id", "first")
+    )
     for group_id, created_at in WaveGroup.objects.filter(wave=wave).values_list("group_id", "rollout__created_at"):
         if group_id not in rollout_times or created_at < rollout_times[group_id]:
             rollout_times[group_id] = created_at
@@ -178,18 +175,13 @@ def wave_status(*, wave, offline_threshold_hours=None):
     names = dict(DeviceGroup.objects.filter(factory_id=wave.factory_id).values_list("id", "name"))
     rows = []
     for group_id, values in counts.items():
-        total, online, on_wave, newer, older, scheduled, held = values
         rows.append(
             {
                 "group": names.get(group_id, NO_GROUP) if group_id else NO_GROUP,
                 "group_id": group_id,
-                "total": total,
-                "online": online,
-                "on_wave": on_wave,
-                "newer": newer,
-                "older": older,
-                "scheduled": scheduled if wave.status == Wave.Status.ACTIVE else 0,
-                "held": held if wave.status == Wave.Status.CANCELED else 0,
+                **values,
+                "scheduled": values["scheduled"] if wave.status == Wave.Status.ACTIVE else 0,
+                "held": values["held"] if wave.status == Wave.Status.CANCELED else 0,
                 "failed": failed.get(group_id, 0),
                 "rollout_time": rollout_times.get(group_id),
                 "versions": dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0)))),

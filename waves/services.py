@@ -27,6 +27,8 @@ from .uuids import MAX_UUIDS, parse_uuid_list
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Words the dashboard uses in wave URLs (/waves/new/, /waves/lists/).
+RESERVED_WAVE_NAMES = {"new", "lists"}
 DEFAULT_EXPIRES_DAYS = 365
 MAX_EXPIRES_DAYS = 3650
 LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
@@ -87,6 +89,8 @@ def wave_init(*, factory, actor, name, version, tag, prune=(), expires_days=None
     """
     authorize(user=actor, factory=factory, action="wave.manage")
     _validate_name(name, "wave name")
+    if name.lower() in RESERVED_WAVE_NAMES:
+        raise ApplicationError(f"{name!r} is reserved; choose another wave name")
     _validate_name(tag, "tag")
     if source_tag:
         _validate_name(source_tag, "source tag")

@@ -67,6 +67,7 @@ def test_a_dry_run_init_creates_nothing(factory, bob, builds):
         ({"version": "forty"}, "is not a number", ApplicationError),
         ({"name": "bad name"}, "wave name", ApplicationError),
         ({"name": "x" * 65}, "wave name", ApplicationError),
+        ({"name": "new"}, "reserved", ApplicationError),
         ({"tag": ""}, "tag", ApplicationError),
         ({"expires_days": 0}, "between 2 and 3650", ApplicationError),
         ({"expires_days": 10, "expires_at": "2030-01-01T00:00:00Z"}, "not both", ApplicationError),
@@ -146,8 +147,8 @@ def test_only_release_managers_and_admins_change_waves(request, factory, bob, bu
 
 def test_wave_list_puts_open_waves_first_and_filters(factory, bob, builds, offline_key):
     wave_complete(wave=make_wave(factory, bob, offline_key, name="old", version=41), actor=bob)
-    make_wave(factory, bob, offline_key, name="new", version=42)
-    assert [w.name for w in wave_list(factory=factory)] == ["new", "old"]
+    make_wave(factory, bob, offline_key, name="newer", version=42)
+    assert [w.name for w in wave_list(factory=factory)] == ["newer", "old"]
     assert [w.name for w in wave_list(factory=factory, status="complete")] == ["old"]
     assert [w.name for w in wave_list(factory=factory, tag="other")] == []
     assert [w.name for w in wave_list(factory=factory, per_page=1, page=2)] == ["old"]
