@@ -14,6 +14,7 @@ import argparse
 import http.client
 import multiprocessing
 import os
+import shutil
 import socket
 import ssl
 import statistics
@@ -267,7 +268,7 @@ def load(port, folders, server_ca, mode, seconds, warmup=2.0, clients=2):
     }
 
 
-def main():
+def _run(work):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -277,7 +278,6 @@ def main():
     parser.add_argument("--skip-static", action="store_true")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bw-bench-gateway-"))
     django_setup()
     from django.conf import settings
     from django.db import connection, connections
@@ -329,6 +329,15 @@ def main():
     for label, r in rows:
         print(f"{label:52} {r['rate']:9.0f} {r['p50']:8.1f} {r['p99']:8.1f} {r['errors']:7d}  {r['statuses']}")
     print(f"devices whose check-ins reached the database: {seen}/{args.devices}")
+
+
+def main():
+    # The work folder holds the benchmark devices' private keys: never leave it behind.
+    work = Path(tempfile.mkdtemp(prefix="bw-bench-gateway-"))
+    try:
+        _run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ errors, and the CPU the simulator and the gateway used.
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ def cpu_seconds(pid):
     return total
 
 
-def main():
+def _run(work):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--interval", type=float, default=300.0, help="seconds between polls of a device")
@@ -49,7 +50,6 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bw-bench-simulator-"))
     django_setup()
     from django.core.management import call_command
     from django.db import connection
@@ -106,6 +106,15 @@ def main():
         f"{elapsed:.0f} s on {os.cpu_count()} cores\n"
         f"CPU used: simulator {100 * sim_cpu / elapsed:.0f}% of one core, gateway ({args.workers} workers) {100 * gw_cpu / elapsed:.0f}% of one core"
     )
+
+
+def main():
+    # The work folder holds the benchmark devices' private keys: never leave it behind.
+    work = Path(tempfile.mkdtemp(prefix="bw-bench-simulator-"))
+    try:
+        _run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
