@@ -1,7 +1,7 @@
 """`make demo`: load the demo factory, then run every Breakwater process until Ctrl-C.
 
 Processes: the web server, a Celery worker and beat, the device gateway and the fleet
-simulator. Each is a child process; stopping one (or pressing Ctrl-C) stops them all.
+simulator. Each is a child process; one that dies is restarted (a few times), Ctrl-C stops them all.
 """
 import os
 import signal
@@ -13,6 +13,7 @@ from pathlib import Path
 BASE = Path(__file__).resolve().parent.parent
 PY = sys.executable
 WEB_ADDR = os.environ.get("BREAKWATER_WEB_ADDR", "127.0.0.1:8000")
+MAX_RESTARTS = 5
 
 
 def processes():
@@ -36,8 +37,10 @@ def extra_processes():
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
     subprocess.run([PY, "manage.py", "demo"], cwd=BASE, check=True)
+    specs = dict(processes())
     children = []
-    for name, argv in processes():
+    restarts = {name: 0 for name in specs}
+    for name, argv in specs.items():
         print(f"starting {name}: {' '.join(argv[1:])}", flush=True)
         children.append((name, subprocess.Popen(argv, cwd=BASE)))
     print(f"\nBreakwater is running on http://{WEB_ADDR}/ (Ctrl-C stops everything)\n", flush=True)
@@ -57,10 +60,17 @@ def main():
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     while True:
-        for name, child in children:
-            if child.poll() is not None:
-                print(f"{name} exited with {child.returncode}; stopping the demo", flush=True)
+        for i, (name, child) in enumerate(children):
+            if child.poll() is None:
+                continue
+            # The embedded broker (kombu's filesystem transport) can trip a worker now and then;
+            # a demo should carry on, so restart the process a few times before giving up.
+            if restarts[name] >= MAX_RESTARTS:
+                print(f"{name} exited with {child.returncode} {restarts[name]} times; stopping the demo", flush=True)
                 stop()
+            restarts[name] += 1
+            print(f"{name} exited with {child.returncode}; restarting it", flush=True)
+            children[i] = (name, subprocess.Popen(specs[name], cwd=BASE))
         time.sleep(1)
 
 
