@@ -106,12 +106,27 @@ _STAGED_GROUPS = """
 SELECT wg.group_id, wg.rollout_id, r.created_at FROM waves_wavegroup wg JOIN waves_rollout r ON r.id = wg.rollout_id WHERE wg.wave_id = %(wave)s
 """
 
-# One pass over the tag's devices. Each device's state, whether it is online and whether it is
-# stuck are packed in one small integer (state * 4 + online * 2 + stuck), so the database groups
-# on three narrow columns however many devices there are. Fully rolled-out groups are few and
-# are written into the statement (`d.group_id IN (...)`) rather than joined.
+# Most devices of a fleet have no activity in the wave: no report on its version, no staging of
+# their own. Their state follows from a few columns (version, online, fetched the wave's
+# targets, joined before the stuck threshold) and whether their group was fully rolled out, so
+# the pass over the fleet only counts devices per group and such "cell"; the devices with
+# activity, looked up by primary key, are counted apart with their exact state, and are taken
+# out of their cell. One statement (UNION ALL), so both parts see the same database.
+#
+# cell = online * 1 + fetched the wave's targets * 2 + joined before the stuck threshold * 4
+# code = state * 4 + online * 2 + stuck
+_CELL = """
+       CASE WHEN d.last_seen >= %(cutoff)s THEN 1 ELSE 0 END
+       + CASE WHEN d.targets_version_seen >= %(version)s THEN 2 ELSE 0 END
+       + CASE WHEN d.created_at < %(stuck_cutoff)s THEN 4 ELSE 0 END"""
+
 _STATES_SQL = """
-SELECT d.group_id, d.target_version,
+SELECT 0, d.group_id, d.target_version, {cell}, NULL, COUNT(*), NULL
+  FROM devices_device d
+ WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+ GROUP BY 1, 2, 3, 4
+UNION ALL
+SELECT 1, d.group_id, d.target_version, {cell},
        CASE
          WHEN d.target_version >= %(version)s THEN {updated}
          WHEN a.failed = 1 THEN {failed}
@@ -129,13 +144,13 @@ SELECT d.group_id, d.target_version,
             AND COALESCE(a.failed, 0) = 0
             AND COALESCE(a.last_report, {waiting_since}) < %(stuck_cutoff)s THEN 1
            ELSE 0
-         END AS code,
+         END,
        COUNT(*),
        MIN(a.staged_at)
-  FROM devices_device d
-  LEFT JOIN ({activity}) a ON a.device_id = d.id
+  FROM ({activity}) a
+  JOIN devices_device d ON d.id = a.device_id
  WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
- GROUP BY 1, 2, 3
+ GROUP BY 1, 2, 3, 4, 5
 """
 STATE_CODES = {state: code for code, state in enumerate(STATES)}
 
@@ -157,7 +172,9 @@ SELECT d.group_id, d.hardware_id, d.target_version, f.event_type, f.reason, COUN
 # Time to update per phase (rollout): from the rollout to the device's first successful
 # install-completed report. Within a phase every device shares the start time, so ordering by
 # the report time orders by duration, and the nearest-rank percentiles are picked by row
-# number: only a handful of rows per phase leave the database.
+# number: only a handful of rows per phase leave the database. A device's phase is looked up
+# by index for the devices that updated only (never a pass over the fleet); devices in no
+# phase form a partition of their own, which the caller drops.
 _UPDATE_TIMES_SQL = """
 SELECT phase, rn, n, at
   FROM (
@@ -165,7 +182,12 @@ SELECT phase, rn, n, at
            ROW_NUMBER() OVER (PARTITION BY x.phase ORDER BY x.at) AS rn,
            COUNT(*) OVER (PARTITION BY x.phase) AS n
       FROM (
-        SELECT COALESCE(wd.rollout_id, sg.rollout_id, 0) AS phase, done.at
+        SELECT COALESCE(
+                 (SELECT wd.rollout_id FROM waves_wavedevice wd WHERE wd.device_id = done.device_id AND wd.wave_id = %(wave)s),
+                 {group_phase},
+                 {after_complete}
+               ) AS phase,
+               done.at
           FROM (
             SELECT e.device_id, MIN(e.reported_at) AS at
               FROM devices_deviceevent e
@@ -173,15 +195,12 @@ SELECT phase, rn, n, at
                AND e.success = %(true)s AND e.reported_at >= %(since)s
              GROUP BY e.device_id
           ) done
-          JOIN devices_device d ON d.id = done.device_id
-          LEFT JOIN waves_wavedevice wd ON wd.device_id = d.id AND wd.wave_id = %(wave)s
-          LEFT JOIN ({staged_groups}) sg ON sg.group_id = d.group_id AND d.created_at <= sg.created_at
-         WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
-           AND (wd.rollout_id IS NOT NULL OR sg.rollout_id IS NOT NULL OR {after_complete})
       ) x
   ) ranked
  WHERE rn = 1 OR rn = n OR rn = (50 * n + 99) / 100 OR rn = (95 * n + 99) / 100
 """
+
+_DEVICE_ON_TAG = "FROM devices_device d WHERE d.id = done.device_id AND d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s"
 
 PERCENTILES = (("p50", 50), ("p95", 95))
 
@@ -236,25 +255,67 @@ def _empty_states():
     return {state: 0 for state in STATES}
 
 
+def _default_state(wave, group_staged, version, cell):
+    """(state, waiting to update) of a device with no activity in the wave, from its cell: the
+    rules of the SQL above for a device without reports and without a staging of its own."""
+    online, fetched = bool(cell & 1), bool(cell & 2)
+    if version is not None and version >= wave.version:
+        return "updated", False
+    scheduled = (wave.status == Wave.Status.ACTIVE and group_staged is not None) or wave.status == Wave.Status.COMPLETE
+    if wave.status == Wave.Status.CANCELED and group_staged is not None and fetched:
+        state = "held"
+    elif not online:
+        state = "offline"
+    else:
+        state = "scheduled" if scheduled else "not_scheduled"
+    return state, scheduled
+
+
 def _states(wave, params):
     staged_groups = {group_id: _as_datetime(created_at) for group_id, _, created_at in _rows(_STAGED_GROUPS, params)}
     params = dict(params)
     conditions = _state_conditions(wave, staged_groups, params)
     codes = {name: STATE_CODES[name] for name in ("updated", "failed", "installing", "downloading", "offline", "not_scheduled")}
     codes.update(held_code=STATE_CODES["held"], scheduled_code=STATE_CODES["scheduled"])
-    sql = _STATES_SQL.format(activity=_ACTIVITY, **codes, **conditions)
+    sql = _STATES_SQL.format(activity=_ACTIVITY, cell=_CELL, **codes, **conditions)
     groups = defaultdict(lambda: {"states": _empty_states(), "total": 0, "online": 0, "stuck": 0, "versions": defaultdict(int), "rollout_time": None})
-    for group_id, version, code, count, staged_at in _rows(sql, params):
+    cells, active = defaultdict(int), defaultdict(int)
+    for part, group_id, version, cell, code, count, staged_at in _rows(sql, params):
+        if part == 0:
+            cells[(group_id, version, cell)] += count
+            continue
+        active[(group_id, version, cell)] += count
         row = groups[group_id]
         row["states"][STATES[code // 4]] += count
-        row["total"] += count
-        row["online"] += count if code & 2 else 0
         row["stuck"] += count if code & 1 else 0
+        staged_at = _as_datetime(staged_at)
+        if staged_at is not None and (row["rollout_time"] is None or staged_at < row["rollout_time"]):
+            row["rollout_time"] = staged_at
+    stuck_cutoff = _as_datetime(params["stuck_cutoff"])
+    finished_long_ago = wave.finished_at is not None and wave.finished_at < stuck_cutoff
+    for (group_id, version, cell), count in cells.items():
+        row = groups[group_id]
+        row["total"] += count
+        row["online"] += count if cell & 1 else 0
         row["versions"]["none" if version is None else str(version)] += count
+        rest = count - active[(group_id, version, cell)]
+        if not rest:
+            continue
+        group_time = staged_groups.get(group_id)
+        state, waiting = _default_state(wave, group_time, version, cell)
+        row["states"][state] += rest
+        if waiting:
+            # Staged with the group: waiting since the rollout, or since joining the group later.
+            if group_time is not None:
+                stuck = group_time < stuck_cutoff and bool(cell & 4)
+            else:
+                stuck = finished_long_ago
+            row["stuck"] += rest if stuck else 0
+    for group_id, created_at in staged_groups.items():
         # The group's rollout time: its earliest rollout, of the whole group or of some devices.
-        for staged_at in (_as_datetime(staged_at), staged_groups.get(group_id)):
-            if staged_at is not None and (row["rollout_time"] is None or staged_at < row["rollout_time"]):
-                row["rollout_time"] = staged_at
+        row = groups.get(group_id)
+        if row is not None and (row["rollout_time"] is None or created_at < row["rollout_time"]):
+            row["rollout_time"] = created_at
     return groups
 
 
@@ -288,13 +349,24 @@ def wave_update_times(*, wave, params=None, now=None):
     now = now or timezone.now()
     if params is None:
         params = _params(wave, now=now, cutoff=now, stuck_cutoff=now)
-    after_complete = "done.at >= %(finished)s" if wave.status == Wave.Status.COMPLETE else "1 = 0"
-    sql = _UPDATE_TIMES_SQL.format(staged_groups=_STAGED_GROUPS, after_complete=after_complete)
+    params = dict(params)
+    whens = []
+    for group_id, rollout_id, created_at in _rows(_STAGED_GROUPS, params):
+        # Devices that joined a fully rolled-out group later did not start with its phase.
+        params[f"phase_group_{int(group_id)}"] = _param(_as_datetime(created_at))
+        whens.append(f"WHEN {int(group_id)} THEN CASE WHEN d.created_at <= %(phase_group_{int(group_id)})s THEN {int(rollout_id)} END")
+    group_phase = f"(SELECT CASE d.group_id {' '.join(whens)} END {_DEVICE_ON_TAG})" if whens else "NULL"
+    after_complete = "NULL"
+    if wave.status == Wave.Status.COMPLETE:
+        after_complete = f"CASE WHEN done.at >= %(finished)s AND EXISTS (SELECT 1 {_DEVICE_ON_TAG}) THEN 0 END"
+    sql = _UPDATE_TIMES_SQL.format(group_phase=group_phase, after_complete=after_complete)
     phases = phase_list(wave=wave)
     starts = {p["id"]: p["at"] for p in phases}
     picked = defaultdict(dict)
     sizes = {}
     for phase, rn, n, at in _rows(sql, params):
+        if phase is None:
+            continue
         picked[phase][rn] = _as_datetime(at)
         sizes[phase] = n
     out = {}

@@ -257,6 +257,20 @@ def test_a_device_joining_a_rolled_out_group_is_stuck_only_after_the_threshold(f
     assert by_group(snapshot)["canary"]["total"] == 6 and by_group(snapshot)["canary"]["stuck"] == 5
 
 
+def test_after_a_complete_long_ago_devices_that_never_updated_are_stuck(factory, bob, fleet100, wave):
+    Device.objects.filter(factory=factory).update(created_at=timezone.now() - timedelta(days=1))
+    wave_rollout(wave=wave, actor=bob, group="canary")
+    check_in(Device.objects.filter(group__name="canary").first(), version=42)
+    report(Device.objects.filter(group__name="beta").first(), "download-started")  # progressing now
+    wave_complete(wave=wave, actor=bob)
+    Wave.objects.filter(pk=wave.pk).update(finished_at=timezone.now() - timedelta(hours=5))
+    Rollout.objects.filter(wave=wave).update(created_at=timezone.now() - timedelta(hours=6))
+    wave.refresh_from_db()
+    snapshot = status.wave_snapshot(wave=wave, stuck_after_minutes=240)
+    assert snapshot["totals"]["stuck"] == 100 - 1 - 1
+    assert by_group(snapshot)["canary"]["stuck"] == 4 and by_group(snapshot)["beta"]["stuck"] == 19
+
+
 # --- time to update ---------------------------------------------------------------------------
 
 
@@ -283,6 +297,15 @@ def test_time_to_update_percentiles_per_phase(factory, bob, fleet100, wave):
     assert [times[str(second.pk)][k] for k in ("count", "min", "p50", "p95", "max")] == [3, 5.0, 10.0, 30.0, 30.0]
     assert times[str(first.pk)]["label"] == "#1 fleet --limit 20" and times[str(second.pk)]["label"] == "#2 canary --limit 3"
     assert set(times) == {str(first.pk), str(second.pk)}
+
+
+def test_a_device_joining_a_rolled_out_group_later_is_not_timed_from_that_rollout(factory, bob, fleet100, wave):
+    Device.objects.filter(factory=factory).update(created_at=timezone.now() - timedelta(days=1))
+    rollout = wave_rollout(wave=wave, actor=bob, group="canary").rollout
+    seed(factory, groups={"canary": 1})
+    for device in Device.objects.filter(group__name="canary"):
+        report(device, "install-completed", success=True)
+    assert status.wave_update_times(wave=wave)[str(rollout.pk)]["count"] == 5
 
 
 def test_devices_updating_after_complete_form_their_own_phase(factory, bob, fleet100, wave):
