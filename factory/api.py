@@ -18,6 +18,7 @@ from pydantic import Field
 from .auth import authorize, role_of
 from .errors import ApplicationError, Forbidden, NotFound
 from .models import AuditEntry, CiTarget
+from .ratelimit import Throttled, api_token_limiter, client_ip
 from .schemas import (
     AuditPage,
     CiBuildIn,
@@ -65,8 +66,13 @@ class TokenAuth(HttpAuthBase):
         scheme, _, plain = header.partition(" ")
         if scheme.lower() not in ("token", "bearer") or not plain.strip():
             raise Unauthenticated(f"the Authorization header is malformed; {TOKEN_HELP}")
+        limiter, ip = api_token_limiter(), client_ip(request)
+        verdict = limiter.check(ip=ip)
+        if verdict.blocked:
+            raise Throttled(f"{verdict.message} (failed API tokens from {ip})", extra={"retry_after": verdict.retry_after})
         token = api_token_authenticate(plain.strip())
         if token is None:
+            limiter.attempt(ip=ip)
             raise Unauthenticated("the API token is not valid: it is unknown, revoked, or its user is disabled")
         match = getattr(request, "resolver_match", None)
         wanted = match.kwargs.get("factory") if match is not None else None
@@ -108,7 +114,7 @@ api = BreakwaterAPI(
     auth=TokenAuth(),
 )
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut}
 
 
 def responses(status, schema=None):
@@ -119,6 +125,8 @@ def responses(status, schema=None):
 def error_response(request, status, code, detail, **extra):
     body = {"detail": detail, "code": code, **extra}
     response = api.create_response(request, body, status=status)
+    if status == 429 and "retry_after" in extra:
+        response["Retry-After"] = str(extra["retry_after"])
     if status == 401:
         response["WWW-Authenticate"] = 'Token realm="breakwater", Bearer realm="breakwater"'
     return response

@@ -5,9 +5,10 @@ from django.urls import include, path
 from devices import registration as device_registration
 
 from . import views
+from .auth_views import LoginView
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.home, name="home"),
     path("factory/switch/", views.factory_switch, name="factory-switch"),

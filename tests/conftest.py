@@ -1,5 +1,7 @@
 """Shared fixtures: a factory with one user per role (alice admin, bob release manager,
 carol QA, dave support) and eve, who belongs to another factory."""
+import uuid
+
 import pytest
 from django.db import connection
 
@@ -11,6 +13,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "postgres" in item.keywords and connection.vendor != "postgresql":
             item.add_marker(pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL); CI runs it"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_failure_limits(monkeypatch):
+    """Failed logins are counted in the shared cache; each test starts with none counted."""
+    monkeypatch.setattr("factory.ratelimit.NAMESPACE", f"ratelimit-test-{uuid.uuid4().hex}")
 
 
 @pytest.fixture
