@@ -5,17 +5,9 @@ hidden traces, and a `config` naming the PNG that Plotly's camera button saves.
 """
 from datetime import timezone as dt_timezone
 
+from .status import STATE_LABELS
+
 STATE_ORDER = ("updated", "installing", "downloading", "scheduled", "failed", "held", "offline", "not_scheduled")
-STATE_LABELS = {
-    "not_scheduled": "not scheduled",
-    "scheduled": "scheduled",
-    "downloading": "downloading",
-    "installing": "installing",
-    "updated": "updated",
-    "failed": "failed",
-    "held": "held after cancel",
-    "offline": "offline",
-}
 STATE_COLORS = {
     "updated": "#1f9d55",
     "installing": "#6f5bd3",
