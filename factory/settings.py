@@ -142,7 +142,7 @@ WHITENOISE_USE_FINDERS = True
 # Uploads (key archives, UUID lists) stay in memory and are bounded.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
-FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]
+FILE_UPLOAD_HANDLERS = ["factory.uploads.RefuseTooLargeUploadHandler", "django.core.files.uploadhandler.MemoryFileUploadHandler"]
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie

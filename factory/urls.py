@@ -7,6 +7,9 @@ from devices import registration as device_registration
 from . import views
 from .auth_views import LoginView
 
+# Says which limit a refused request broke (e.g. an upload over the size limit).
+handler400 = "factory.uploads.bad_request"
+
 urlpatterns = [
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -9,7 +9,7 @@ from django.db.models import Min, Q
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from .auth import factory_view
 from .forms import AuditFilterForm, StatusForm
@@ -170,6 +170,7 @@ def factory_status(request):
     )
 
 
+@require_safe  # the audit log is read-only at every door
 @factory_view("view")
 def audit_log(request):
     form = AuditFilterForm(request.GET)
