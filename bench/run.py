@@ -1,0 +1,220 @@
+"""Every benchmark in one run, on PostgreSQL: each script runs in its own process, its figures are
+read from what it prints, and one table puts each figure next to its goal.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/run.py
+        [--quick] [--only rollout,status,...] [--gateway-seconds 15]
+
+The fleet scripts (rollout, status, dashboard, api_cli, plans) load a 1,000,000-device factory the
+first time (minutes) and take long on a busy machine; --quick runs only those that build their own
+small world (tuf, gateway). Each script's own output is shown as it runs; peak memory is the
+largest resident set of the script or of a process it started and waited for (e.g. gunicorn).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ("tuf", "gateway")
+ORDER = ("rollout", "status", "dashboard", "gateway", "tuf", "api_cli", "plans")
+
+MS = r"(\d[\d,]*(?:\.\d+)?)[ \t]*ms"
+
+
+@dataclass
+class Figure:
+    script: str
+    name: str
+    value: float
+    unit: str
+    goal: str = ""
+    ok: bool | None = None  # None: no goal, reported for reference
+
+
+@dataclass
+class Run:
+    script: str
+    seconds: float = 0.0
+    returncode: int = 0
+    peak_mib: float = 0.0
+    figures: list = field(default_factory=list)
+
+
+def _num(text):
+    return float(text.replace(",", ""))
+
+
+def _goal(figure, limit, *, at_least=False, unit=None):
+    unit = unit or figure.unit
+    figure.goal = f"{'>=' if at_least else '<='} {limit:,g} {unit}"
+    figure.ok = figure.value >= limit if at_least else figure.value <= limit
+    return figure
+
+
+def parse_rollout(out):
+    """`rollout ...   123 ms   45.6 MiB  SQL baseline 100 ms, ratio 1.23`"""
+    figures = []
+    for name, ms, note in re.findall(r"^((?:rollout|wave_status)[^\n]*?)[ \t]+(\d[\d,]*) ms[ \t]+[\d.]+ MiB[ \t]*(.*)$", out, re.M):
+        figure = Figure("rollout", name.strip(), _num(ms), "ms")
+        figures.append(_goal(figure, 50 if "full group" in name else 1000))
+        ratio = re.search(r"ratio ([\d.]+)", note)
+        if ratio:
+            figures.append(_goal(Figure("rollout", f"{name.strip()}: service / SQL baseline", float(ratio.group(1)), "x"), 1.5))
+    return figures
+
+
+def parse_status(out):
+    """`measurement   <median> ms   <fastest> ms   <cpu> ms  notes`: the median is the figure."""
+    figures = []
+    for name, median in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+\d[\d,]* ms[ \t]+\d[\d,]* ms", out, re.M):
+        figure = Figure("status", name.strip(), _num(median), "ms")
+        if name.startswith("aggregation cycle"):
+            _goal(figure, 1000)
+        elif "panel" in name or "page" in name:
+            _goal(figure, 300)
+        figures.append(figure)
+    return figures
+
+
+def parse_dashboard(out):
+    """Pages: `name   <median> ms   <worst> ms   <queries>   <size> kB`; then wave engine calls."""
+    figures = []
+    pages, _, engine = out.partition("wave engine call")
+    for name, median in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+\d[\d,]* ms[ \t]+\d+[ \t]+\d[\d,]* kB", pages, re.M):
+        figures.append(_goal(Figure("dashboard", f"page {name.strip()}", _num(median), "ms"), 300))
+    for name, median in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+\d[\d,]* ms[ \t]*$", engine, re.M):
+        figures.append(Figure("dashboard", f"engine {name.strip()}", _num(median), "ms"))
+    return figures
+
+
+def parse_gateway(out):
+    """`label   <polls/s>   <p50>   <p99>   <errors>  statuses`"""
+    figures = []
+    for name, rate, p99, errors in re.findall(r"^(\S.*?)[ \t]+(\d+)[ \t]+[\d.]+[ \t]+([\d.]+)[ \t]+(\d+)[ \t]+\{", out, re.M):
+        figure = Figure("gateway", f"{name.strip()} (p99 {p99} ms, {errors} errors)", float(rate), "polls/s")
+        if "kept-alive" in name and not name.startswith("static"):
+            _goal(figure, 1000, at_least=True)
+            figure.ok = figure.ok and int(errors) == 0
+        figures.append(figure)
+    return figures
+
+
+def parse_tuf(out):
+    """`  label   <value> ms ...`: the wave and repository operations (no goal of their own)."""
+    return [Figure("tuf", name.strip(), _num(ms), "ms") for name, ms in re.findall(r"^  (\S.*?)[ \t]{2,}" + MS, out, re.M)]
+
+
+def parse_api_cli(out):
+    """`command   <seconds>`: every command under 5 s, rollouts of 10,000 under 3 s."""
+    figures = []
+    for name, seconds in re.findall(r"^(\S.*?)[ \t]{2,}(\d+\.\d\d)[ \t]*$", out, re.M):
+        limit = 3 if name.startswith("rollout") and "dry-run" not in name else 5
+        figures.append(_goal(Figure("api_cli", f"breakwater {name.strip()}", float(seconds), "s"), limit))
+    return figures
+
+
+def parse_plans(out):
+    """`operation   <time> ms  notes`: a plan's evaluation well under a second."""
+    figures = []
+    for name, ms in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]", out, re.M):
+        figure = Figure("plans", name.strip(), _num(ms), "ms")
+        if "evaluate" in name:
+            _goal(figure, 1000)
+        figures.append(figure)
+    return figures
+
+
+PARSERS = {
+    "rollout": parse_rollout,
+    "status": parse_status,
+    "dashboard": parse_dashboard,
+    "gateway": parse_gateway,
+    "tuf": parse_tuf,
+    "api_cli": parse_api_cli,
+    "plans": parse_plans,
+}
+
+
+def run_script(script, extra, env):
+    """Runs bench/<script>.py as a module (so bench/tuf.py cannot shadow the tuf package),
+    echoing its output, and returns the output with the process's peak memory."""
+    print(f"\n=== bench/{script}.py {' '.join(extra)}".rstrip(), flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", f"bench.{script}", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for text in proc.stdout:
+        sys.stdout.write(text)
+        lines.append(text)
+    proc.stdout.close()
+    # wait4 gives this child's own resource usage (RUSAGE_CHILDREN would mix the scripts).
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    run = Run(script, time.perf_counter() - started, proc.returncode, usage.ru_maxrss / 1024)
+    run.figures = PARSERS[script]("".join(lines))
+    return run
+
+
+def table(runs):
+    rows = [("script", "figure", "value", "goal", "")]
+    for run in runs:
+        if run.returncode != 0:
+            rows.append((run.script, f"FAILED (exit {run.returncode}); see its output above", "", "", "FAIL"))
+        elif not run.figures:
+            rows.append((run.script, "no figures found in its output", "", "", "FAIL"))
+        for f in run.figures:
+            value = f"{f.value:,.2f} {f.unit}" if f.unit in ("s", "x") or f.value < 10 else f"{f.value:,.0f} {f.unit}"
+            rows.append((run.script, f.name, value, f.goal or "-", "" if f.ok is None else ("ok" if f.ok else "MISSED")))
+        rows.append((run.script, "peak memory (largest process RSS) / wall time", f"{run.peak_mib:,.0f} MiB", f"{run.seconds:,.0f} s run", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}".rstrip())
+        if i == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the scripts that need no 1,000,000-device fleet: " + ", ".join(QUICK))
+    parser.add_argument("--only", default="", help="comma-separated scripts to run, of: " + ", ".join(ORDER))
+    parser.add_argument("--gateway-seconds", type=float, default=15.0, help="seconds per gateway load row")
+    args = parser.parse_args(argv)
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        parser.exit(2, "bench/run.py measures PostgreSQL only: set DATABASE_URL=postgres://...\n")
+    scripts = [s.strip() for s in args.only.split(",") if s.strip()] or list(QUICK if args.quick else ORDER)
+    unknown = [s for s in scripts if s not in PARSERS]
+    if unknown:
+        parser.exit(2, f"unknown benchmark scripts: {', '.join(unknown)} (known: {', '.join(ORDER)})\n")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    migrated = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env)
+    if migrated.returncode != 0:
+        parser.exit(1, "migrating the benchmark database failed\n")
+    started = time.perf_counter()
+    runs = [run_script(s, ["--seconds", f"{args.gateway_seconds:g}"] if s == "gateway" else [], env) for s in scripts]
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nBreakwater benchmarks on {os.uname().nodename}: {os.cpu_count()} CPUs, load average {load}, {time.perf_counter() - started:,.0f} s in all\n")
+    print(table(runs))
+    missed = [f for r in runs for f in r.figures if f.ok is False]
+    failed = [r.script for r in runs if r.returncode != 0 or not r.figures]
+    print(f"\n{sum(f.ok is True for r in runs for f in r.figures)} figures within their goal, {len(missed)} missed, {len(failed)} scripts failed.")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

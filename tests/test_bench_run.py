@@ -1,0 +1,55 @@
+"""bench/run.py reads each benchmark's printed table and judges each figure against its goal.
+The samples are made with the scripts' own print formats."""
+from bench.run import parse_api_cli, parse_dashboard, parse_gateway, parse_plans, parse_rollout, parse_status, parse_tuf, table, Run
+
+
+def test_rollout_figures_and_the_sql_ratio():
+    out = "\n".join(
+        [
+            f"\n{'operation':<48} {'time':>10} {'peak mem':>10}  notes",
+            f"{'rollout --limit 10000 (900,000 staged)':<48} {1234:>7.0f} ms {12.5:>7.1f} MiB  SQL baseline 1000 ms, ratio 1.23",
+            f"{'rollout full group (100,000 devices)':<48} {61:>7.0f} ms {1.0:>7.1f} MiB  ",
+            f"{'wave_status (100 groups, 100,000 staged)':<48} {800:>7.0f} ms {3.0:>7.1f} MiB  ",
+        ]
+    )
+    figures = {f.name: f for f in parse_rollout(out)}
+    assert figures["rollout --limit 10000 (900,000 staged)"].ok is False  # 1,234 ms > 1 s
+    assert figures["rollout --limit 10000 (900,000 staged): service / SQL baseline"].value == 1.23
+    assert figures["rollout --limit 10000 (900,000 staged): service / SQL baseline"].ok is True
+    assert figures["rollout full group (100,000 devices)"].goal == "<= 50 ms" and figures["rollout full group (100,000 devices)"].ok is False
+    assert figures["wave_status (100 groups, 100,000 staged)"].ok is True
+
+
+def test_status_dashboard_plans_tuf_and_cli_figures():
+    status = f"{'aggregation cycle (one sample, 100 groups)':<52} {900:>7.0f} ms {850:>7.0f} ms {400:>7.0f} ms  goal <= 1000 ms\n" + (
+        f"{'factory live panel (htmx poll)':<52} {350:>7.0f} ms {300:>7.0f} ms {100:>7.0f} ms  goal <= 300 ms"
+    )
+    assert [(f.name, f.ok) for f in parse_status(status)] == [("aggregation cycle (one sample, 100 groups)", True), ("factory live panel (htmx poll)", False)]
+
+    dashboard = f"{'page':<50} {'median':>9}\n{'devices list':<50} {120:>6.0f} ms {300:>6.0f} ms {7:>8} {40:>6.0f} kB\n\n{'wave engine call':<50}\n{'wave_show':<50} {5:>6.0f} ms {9:>6.0f} ms"
+    assert [(f.name, f.value, f.ok) for f in parse_dashboard(dashboard)] == [("page devices list", 120, True), ("engine wave_show", 5, None)]
+
+    plans = f"\n{'operation':<52} {'time':>9}  notes\n{'phase 4: evaluate and rolled out':<52} {1500:>6.0f} ms  next phase"
+    assert [(f.value, f.ok) for f in parse_plans(plans)] == [(1500, False)]
+
+    assert [(f.name, f.value) for f in parse_tuf(f"  {'wave init (build targets, online signature)':<58} {12.3:8.1f} ms")] == [("wave init (build targets, online signature)", 12.3)]
+
+    cli = "command                          seconds\nrollout --limit 10000               3.50\nwaves status                        1.00"
+    assert [(f.name, f.ok) for f in parse_api_cli(cli)] == [("breakwater rollout --limit 10000", False), ("breakwater waves status", True)]
+
+
+def test_gateway_rate_goal_counts_errors():
+    row = "{label:52} {rate:9.0f} {p50:8.1f} {p99:8.1f} {errors:7d}  {statuses}"
+    out = "\n".join(
+        [
+            row.format(label="timestamp.json 200, kept-alive", rate=1500, p50=1.0, p99=9.0, errors=0, statuses={200: 10}),
+            row.format(label="timestamp.json 304, kept-alive", rate=2500, p50=1.0, p99=9.0, errors=3, statuses={304: 10}),
+            row.format(label="static server, same bytes: 200, kept-alive", rate=900, p50=1.0, p99=9.0, errors=0, statuses={200: 10}),
+        ]
+    )
+    assert [f.ok for f in parse_gateway(out)] == [True, False, None]
+
+
+def test_the_table_marks_failed_scripts():
+    rendered = table([Run("rollout", returncode=1), Run("tuf", figures=parse_tuf(f"  {'wave sign':<58} {3.0:8.1f} ms"))])
+    assert "FAILED (exit 1)" in rendered and "wave sign" in rendered and "3.00 ms" in rendered
