@@ -170,7 +170,7 @@ def _settings_in_a_fresh_process(tmp_path, **env):
         "'SESSION_COOKIE_HTTPONLY', 'SECURE_CONTENT_TYPE_NOSNIFF', 'X_FRAME_OPTIONS', 'DEBUG']; "
         "print(json.dumps({n: getattr(settings, n) for n in names}))"
     )
-    environ = {k: v for k, v in os.environ.items() if k not in ("BREAKWATER_HTTPS", "DEBUG")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("BREAKWATER_HTTPS", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     environ.update(DJANGO_SETTINGS_MODULE="factory.settings", BREAKWATER_VAR_DIR=str(tmp_path), SECRET_KEY="s" * 60, **env)
     done = subprocess.run([sys.executable, "-c", code], env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -188,7 +188,8 @@ def test_production_mode_sends_cookies_over_https_only_with_hsts(tmp_path):
 
 
 def test_production_mode_passes_djangos_deployment_checks(tmp_path):
-    environ = {k: v for k, v in os.environ.items() if k not in ("DEBUG",)}
+    # Playwright's tests set DJANGO_ALLOW_ASYNC_UNSAFE in this process; a deployment never does.
+    environ = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     environ.update(BREAKWATER_HTTPS="1", BREAKWATER_VAR_DIR=str(tmp_path), SECRET_KEY="k" + uuid.uuid4().hex * 3, ALLOWED_HOSTS="updates.example.com")
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
