@@ -190,6 +190,8 @@ CELERY_BEAT_SCHEDULE["tuf-roots-renew"] = {"task": "factory.tuf.tasks.tuf_roots_
 # Domain settings.
 BREAKWATER_OFFLINE_THRESHOLD_HOURS = float(os.environ.get("BREAKWATER_OFFLINE_THRESHOLD_HOURS", 4))
 BREAKWATER_ROLLOUT_MAX_UUIDS = 10_000
+# Dashboard rollouts of more devices than this run as a Celery task with a progress bar.
+BREAKWATER_ROLLOUT_BACKGROUND_THRESHOLD = int(os.environ.get("BREAKWATER_ROLLOUT_BACKGROUND_THRESHOLD", 2000))
 BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INTERVAL_SECONDS", 15))
 # A staged device with no progress for this long counts as stuck in the wave status.
 BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))

@@ -238,12 +238,13 @@ def _views_changed_on_commit(wave):
     transaction.on_commit(lambda: tuf.views_changed(factory=factory, tag=tag))
 
 
-def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuids=None, dry_run=False):
+def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuids=None, dry_run=False, progress=None):
     """Stage devices of an active wave: a group, a sample, an exact UUID list, or a mix.
 
     Candidates are production devices on the wave's tag (in the group, in the list), minus
     devices already staged (individually or through their group) and devices already on the
     wave's version or newer. A dry run selects the same way and changes nothing.
+    `progress(done, total)`, if given, is called as the staged rows are written.
     """
     factory = wave.factory
     authorize(user=actor, factory=factory, action="rollout.preview" if dry_run else "wave.manage")
@@ -313,7 +314,7 @@ def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuid
             if not selected:
                 raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty", extra={"skipped": result.skipped})
             rollout = _rollout_record(wave, actor, group_obj, limit, len(listed or ()), False, len(selected))
-            _stage(wave, rollout, [row["id"] for row in selected])
+            _stage(wave, rollout, [row["id"] for row in selected], progress)
         result.rollout = rollout
         audit_record(
             factory=factory,
@@ -440,16 +441,25 @@ def _sample_rows(rows, n):
     return shuffled[:n]
 
 
-def _stage(wave, rollout, device_ids):
-    if connection.vendor == "postgresql":
-        # One statement for up to 10,000 rows instead of a statement per batch.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO waves_wavedevice (wave_id, device_id, rollout_id) SELECT %s, unnest(%s::bigint[]), %s",
-                [wave.id, device_ids, rollout.id],
-            )
-    else:
-        WaveDevice.objects.bulk_create([WaveDevice(wave=wave, device_id=i, rollout=rollout) for i in device_ids], batch_size=2000)
+STAGE_CHUNK = 1000
+
+
+def _stage(wave, rollout, device_ids, progress=None):
+    # One statement for all rows, unless someone watches the progress: then chunks, still in
+    # the rollout's one transaction.
+    chunk = STAGE_CHUNK if progress else len(device_ids)
+    for start in range(0, len(device_ids), chunk):
+        ids = device_ids[start : start + chunk]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO waves_wavedevice (wave_id, device_id, rollout_id) SELECT %s, unnest(%s::bigint[]), %s",
+                    [wave.id, ids, rollout.id],
+                )
+        else:
+            WaveDevice.objects.bulk_create([WaveDevice(wave=wave, device_id=i, rollout=rollout) for i in ids], batch_size=2000)
+        if progress:
+            progress(start + len(ids), len(device_ids))
 
 
 # --- complete and cancel -----------------------------------------------------------------------

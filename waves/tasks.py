@@ -61,3 +61,12 @@ def factory_status_refresh(factory_id):
         return "gone"
     status.factory_status_refresh(factory=factory)
     return "refreshed"
+
+
+@shared_task(name="waves.tasks.wave_rollout_job", ignore_result=True)
+def wave_rollout_job(token, wave_id, actor_id, params):
+    """A large dashboard rollout. Not acks_late: a redelivered rollout would find its devices
+    staged; the job's claim makes a duplicate delivery a no-op instead."""
+    from .rollout_jobs import rollout_job_run
+
+    rollout_job_run(token=token, wave_id=wave_id, actor_id=actor_id, params=params)

@@ -24,6 +24,7 @@ urlpatterns = [
     path("<str:name>/plan/<slug:action>/", plan_views.plan_action, name="plan-action"),
     path("<str:name>/rollouts/<int:rollout_id>/devices.txt", views.rollout_devices_download, name="rollout-devices"),
     path("<str:name>/rollout/", views.rollout_preview, name="rollout-preview"),
+    path("<str:name>/rollout-jobs/<str:token>/", views.rollout_job, name="rollout-job"),
     path("<str:name>/rollout/<str:token>/", views.rollout_preview_show, name="rollout-preview-show"),
     path("<str:name>/rollout/<str:token>/edit/", views.rollout_preview_edit, name="rollout-preview-edit"),
     path("<str:name>/rollout/<str:token>/download/", views.rollout_preview_download, name="rollout-preview-download"),

@@ -25,7 +25,7 @@ from factory.forms import StatusForm
 from factory.models import CiTarget
 from factory.views import add_service_error, distinct_values, render_page, service_error_status, status_cache_key
 
-from . import devicelists, selectors, services
+from . import devicelists, rollout_jobs, selectors, services
 from .forms import (
     ConfirmNameForm,
     DeviceListForm,
@@ -605,6 +605,15 @@ def rollout_perform(request, name, token):
             error="The list changed since you confirmed it (edited in another tab?). Review it and confirm again.",
         )
         return _render_preview(request, wave, context, status=409)
+    if not state["full_group"] and len(state["uuids"]) > rollout_jobs.background_threshold():
+        # Too many rows to write while the user waits on one request: a task stages them and the
+        # job page shows its progress.
+        job = rollout_jobs.rollout_job_start(
+            wave=wave, actor=request.user, group=state["group"] or None, uuids=state["uuids"], expected=len(state["uuids"])
+        )
+        cache.delete(_preview_key(request, wave, token))
+        url = reverse("rollout-job", args=[wave.name, job])
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     try:
         if state["full_group"]:
             result = services.wave_rollout(wave=wave, actor=request.user, group=state["group"])
@@ -623,6 +632,20 @@ def rollout_perform(request, name, token):
     if request.htmx:
         return trigger_client_event(HttpResponseClientRedirect(url), ROLLOUT_DONE)
     return redirect(url)
+
+
+@factory_view("view")
+@require_GET
+def rollout_job(request, name, token):
+    """A background rollout's progress; the fragment polls itself until the job ends."""
+    wave = _wave_or_404(request, name)
+    try:
+        job = rollout_jobs.rollout_job_get(token=token, factory=request.factory)
+    except ApplicationError as error:
+        raise Http404(error.message) from None
+    percent = int(100 * job["done"] / job["total"]) if job["total"] else 0
+    context = {"wave": wave, "job": job, "token": token, "percent": percent}
+    return render_page(request, "waves/rollout_job.html", context, title=f"Rolling out {wave.name}", section="waves", fragments=("rollout-job",))
 
 
 # --- complete and cancel -------------------------------------------------------------------------
