@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST, require_safe
 from .auth import factory_view
 from .forms import AuditFilterForm, StatusForm
 from .models import AuditEntry, Membership
+from .selectors import status_cache_key
 
 PER_PAGE = 50
 
@@ -115,17 +116,6 @@ def distinct_values(queryset, field, *, limit=200):
         values.append(current)
         current = queryset.filter(**{f"{field}__gt": current}).aggregate(v=Min(field))["v"]
     return values
-
-
-def status_cache_key(kind, factory, *parts):
-    """Cache key of a status read: it changes with every recorded change in the factory (any
-    audit row: rollouts, completes, group moves) and with each status interval (check-ins)."""
-    latest = AuditEntry.objects.filter(factory=factory).order_by("-created_at", "-id").values_list("id", "created_at").first()
-    interval = max(1, int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS))
-    bucket = int(timezone.now().timestamp()) // interval
-    # Times as well as ids: ids can repeat after a rolled-back transaction (SQLite), times do not.
-    change = f"{latest[0]}@{latest[1].timestamp()}" if latest else "none"
-    return ":".join(str(p) for p in ("bw", kind, factory.id, factory.created_at.timestamp(), *parts, change, bucket)), interval
 
 
 # --- pages ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import Case, Count, IntegerField, Min, Q, Value, When
@@ -14,6 +15,7 @@ from django.utils import timezone
 from devices.models import Device, DeviceEvent, DeviceGroup
 from factory.errors import ApplicationError, NotFound
 from factory.models import CiTarget
+from factory.selectors import status_cache_key
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
 
@@ -246,3 +248,20 @@ def factory_status(*, factory, offline_threshold_hours=None):
         )
     return out
 
+
+def cached_wave_status(wave, offline_threshold_hours=None):
+    """The wave's status table, computed at most once per status interval and factory change.
+
+    Aggregating a million devices takes the database most of a second; every viewer and every
+    poll within the interval shares that one computation, which the beat's aggregation task
+    makes at the start of each interval (so a viewer rarely waits for it).
+    """
+    key, interval = status_cache_key(
+        "wave-status", wave.factory, wave.id, wave.created_at.timestamp(), wave.status, offline_threshold_hours
+    )
+    status = cache.get(key)
+    if status is None:
+        status = {**wave_status(wave=wave, offline_threshold_hours=offline_threshold_hours), "computed_at": timezone.now()}
+        status["wave"] = None  # the wave row is not cached with the numbers
+        cache.set(key, status, interval * 2)
+    return {**status, "wave": wave}

@@ -16,6 +16,7 @@ from factory.models import Factory
 
 from . import status
 from .models import Wave
+from .selectors import cached_wave_status
 from .plan_tasks import plans_evaluate  # noqa: F401 (registers the rollout plans' beat task)
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def wave_status_aggregate(wave_id, bucket):
         logger.info("skipping the status sample of wave %s for an interval %.0f s old", wave.name, age)
         return "stale"
     _, created = status.wave_status_sample_take(wave=wave, bucket=bucket)
+    # Warm the dashboard's status table for this interval, so no page view computes it.
+    cached_wave_status(wave)
     return "created" if created else "exists"
 
 

@@ -23,7 +23,7 @@ from factory.auth import factory_view
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
 from factory.models import CiTarget
-from factory.views import add_service_error, distinct_values, render_page, service_error_status, status_cache_key
+from factory.views import add_service_error, distinct_values, render_page, service_error_status
 
 from . import devicelists, rollout_jobs, selectors, services
 from .forms import (
@@ -135,23 +135,6 @@ def _expiry_warning(wave):
             "Production targets cannot be re-signed online: complete the wave or create a new one before then."
         )
     return None
-
-
-def cached_wave_status(wave, offline_threshold_hours=None):
-    """The wave's status table, computed at most once per status interval and factory change.
-
-    Aggregating a million devices takes the database most of a second; every viewer and every
-    poll within the interval shares that one computation.
-    """
-    key, interval = status_cache_key(
-        "wave-status", wave.factory, wave.id, wave.created_at.timestamp(), wave.status, offline_threshold_hours
-    )
-    status = cache.get(key)
-    if status is None:
-        status = {**selectors.wave_status(wave=wave, offline_threshold_hours=offline_threshold_hours), "computed_at": timezone.now()}
-        status["wave"] = None  # the wave row is not cached with the numbers
-        cache.set(key, status, interval * 2)
-    return {**status, "wave": wave}
 
 
 def _threshold(request):
@@ -300,7 +283,7 @@ def _rollout_form(request, wave, data=None, files=None):
 def _detail(request, wave, *, sign_form=None, rollout_form=None, status=200):
     shown = selectors.wave_show(wave=wave)
     threshold_form, hours = _threshold(request)
-    wave_status = cached_wave_status(wave, hours)
+    wave_status = selectors.cached_wave_status(wave, hours)
     context = {
         "wave": wave,
         "rollouts": shown["rollouts"],
@@ -333,7 +316,7 @@ def wave_detail(request, name):
         threshold_form, hours = _threshold(request)
         context = {
             "wave": wave,
-            "status": cached_wave_status(wave, hours),
+            "status": selectors.cached_wave_status(wave, hours),
             "status_interval": int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS),
             "threshold_form": threshold_form,
         }
@@ -669,7 +652,7 @@ def _finish(request, name, *, action):
                 messages.success(request, f"Wave {wave.name} {done.format(tag=wave.tag, version=wave.version)}.")
                 url = reverse("wave-detail", args=[wave.name])
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-    context = {"wave": wave, "form": form, "action": action, "status": cached_wave_status(wave)}
+    context = {"wave": wave, "form": form, "action": action, "status": selectors.cached_wave_status(wave)}
     return render_page(
         request, "waves/finish.html", context, title=f"{action.capitalize()} {wave.name}", section="waves", status=status
     )
