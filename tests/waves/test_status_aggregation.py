@@ -278,6 +278,8 @@ def test_time_to_update_percentiles_per_phase(factory, bob, fleet100, wave):
     t0 = timezone.now() - timedelta(hours=2)
     Wave.objects.filter(pk=wave.pk).update(created_at=t0 - timedelta(hours=1))
     wave.refresh_from_db()
+    # canary offline, so the fleet-wide sample (online devices first) leaves canary for phase 2
+    Device.objects.filter(group__name="canary").update(last_seen=timezone.now() - timedelta(days=2))
     first = wave_rollout(wave=wave, actor=bob, limit="20").rollout
     second = wave_rollout(wave=wave, actor=bob, group="canary", limit="3").rollout
     Rollout.objects.filter(pk=first.pk).update(created_at=t0)
