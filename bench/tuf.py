@@ -29,8 +29,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from devices.services import device_create  # noqa: E402
-from factory.models import Factory  # noqa: E402
-from factory.services import ci_build_publish, factory_create  # noqa: E402
+from factory.services import ci_build_publish, factory_create, factory_purge  # noqa: E402
 from factory.tuf import selectors as tuf_selectors  # noqa: E402
 from factory.tuf import services as tuf  # noqa: E402
 from factory.tuf.models import TufRoot, TufView  # noqa: E402
@@ -60,7 +59,7 @@ def main():
     try:
         run(factory)
     finally:
-        Factory.objects.filter(pk=factory.pk).delete()
+        factory_purge(factory=factory)
 
 
 def run(factory):

@@ -50,16 +50,38 @@ class ApiToken(models.Model):
         return f"{self.prefix}… ({self.user})"
 
 
-class AuditEntry(models.Model):
-    """Append-only record of every state change: who, what, when, details."""
+APPEND_ONLY = "the audit log is append-only"
 
-    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="audit_entries")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+class AuditEntryQuerySet(models.QuerySet):
+    """Refuses the bulk writes that would change or remove history; the database refuses them too
+    (migration 0004), whatever door they come through."""
+
+    def update(self, **kwargs):
+        raise ValueError(f"{APPEND_ONLY}: audit entries cannot be updated")
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise ValueError(f"{APPEND_ONLY}: audit entries cannot be updated")
+
+    def delete(self):
+        raise ValueError(f"{APPEND_ONLY}: audit entries cannot be deleted")
+
+
+class AuditEntry(models.Model):
+    """Append-only record of every state change: who, what, when, details.
+
+    A factory or user with history cannot be deleted (PROTECT): deleting them would have to delete
+    or rewrite their entries. Deactivate a user instead; the actor's name is kept as text anyway."""
+
+    factory = models.ForeignKey(Factory, on_delete=models.PROTECT, related_name="audit_entries")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     actor_name = models.CharField(max_length=150)
     action = models.CharField(max_length=64)
     target = models.CharField(max_length=255, blank=True)
     details = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AuditEntryQuerySet.as_manager()
 
     class Meta:
         indexes = [
@@ -68,12 +90,13 @@ class AuditEntry(models.Model):
         ]
 
     def save(self, *args, **kwargs):
-        if self.pk is not None and not kwargs.get("force_insert"):
-            raise ValueError("audit entries are append-only")
+        # A new instance carrying an existing id would make Django try an UPDATE first.
+        if not self._state.adding or (self.pk is not None and not kwargs.get("force_insert")):
+            raise ValueError(f"{APPEND_ONLY}: an entry cannot be saved again")
         super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):
-        raise ValueError("audit entries are append-only")
+        raise ValueError(f"{APPEND_ONLY}: audit entries cannot be deleted")
 
 
 class CiTarget(models.Model):
