@@ -4,6 +4,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connection
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from factory.errors import ApplicationError, NotFound
@@ -12,6 +14,21 @@ from . import pki
 from .models import Device, DeviceCA, DeviceEvent, RegistrationToken
 
 NO_GROUP = "-"
+# Below this many UUIDs a plain IN list is as quick as anything else.
+LONG_UUID_LIST = 100
+
+
+def uuids_in(uuids):
+    """The right-hand side of a `uuid__in` filter, fit for lists of up to 10,000 UUIDs.
+
+    On PostgreSQL a long list goes as one array parameter, unnested in a subquery: the planner
+    probes the uuid index once per value (about 35 ms for 10,000), where an IN list of 10,000
+    placeholders is slow to build, send and parse, and is planned as a scan of the whole table.
+    """
+    uuids = list(uuids)
+    if connection.vendor == "postgresql" and len(uuids) > LONG_UUID_LIST:
+        return RawSQL("SELECT unnest(%s::uuid[])", [uuids])
+    return uuids
 
 
 def device_get(*, factory, uuid):

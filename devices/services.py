@@ -15,6 +15,7 @@ from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.services import audit_record
 
+from .selectors import uuids_in
 from . import pki
 from .models import Device, DeviceCA, DeviceGroup, GatewayIdentity, RegistrationToken
 
@@ -72,8 +73,8 @@ def devices_assign_group(*, factory, uuids, group, actor=None):
         raise NotFound("device group not found")
     uuids = list(uuids)
     with transaction.atomic():
-        known = set(Device.objects.filter(factory=factory, uuid__in=uuids).values_list("uuid", flat=True))
-        moved = Device.objects.filter(factory=factory, uuid__in=known).update(group=group)
+        known = set(Device.objects.filter(factory=factory, uuid__in=uuids_in(uuids)).values_list("uuid", flat=True))
+        moved = Device.objects.filter(factory=factory, uuid__in=uuids_in(known)).update(group=group)
         audit_record(
             factory=factory, actor=actor, action="group.assign", target=group.name if group else "(no group)", details={"devices": moved}
         )
@@ -362,7 +363,7 @@ def device_certificates_renew(*, factory, actor, csrs):
         wanted = {uuid_lib.UUID(str(u)): csr for u, csr in csrs.items()}
     except ValueError:
         raise ApplicationError("every device must be named by its UUID") from None
-    devices = {d.uuid: d for d in Device.objects.filter(factory=factory, uuid__in=list(wanted))}
+    devices = {d.uuid: d for d in Device.objects.filter(factory=factory, uuid__in=uuids_in(wanted))}
     missing = [str(u) for u in wanted if u not in devices]
     if missing:
         raise NotFound(f"{len(missing)} device(s) are not registered in factory {factory.name}: {', '.join(missing[:5])}")

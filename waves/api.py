@@ -182,10 +182,11 @@ def waves_rollout(request, factory: FactoryName, wave: str, payload: RolloutIn):
 def _staged_devices(rollout):
     """The devices a full-group rollout staged, in the same shape as the other rollouts' rows."""
     from devices.models import Device
+    from devices.selectors import uuids_in
 
     cutoff = selectors.offline_cutoff()
     uuids = selectors.rollout_device_uuids(rollout=rollout)
-    rows = Device.objects.filter(factory_id=rollout.wave.factory_id, uuid__in=uuids).order_by("name", "id")
+    rows = Device.objects.filter(factory_id=rollout.wave.factory_id, uuid__in=uuids_in(uuids)).order_by("name", "id")
     return [
         {
             "uuid": str(d.uuid),

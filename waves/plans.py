@@ -28,6 +28,7 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from devices.models import Device, DeviceEvent, DeviceGroup
+from devices.selectors import uuids_in
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.services import audit_record
@@ -600,7 +601,7 @@ def _phase_estimates(phases, wave):
         listed = phase.uuids or (phase.saved_list.uuids if phase.saved_list_id else "")
         if listed:
             try:
-                scope = scope.filter(uuid__in=parse_uuid_list(listed))
+                scope = scope.filter(uuid__in=uuids_in(parse_uuid_list(listed)))
             except ApplicationError:
                 estimates[phase.pk] = None
                 continue

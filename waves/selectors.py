@@ -4,13 +4,15 @@ Status is set-based SQL (one pass over the tag's devices, grouped), never a loop
 """
 from collections import defaultdict
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Case, Count, IntegerField, Min, Q, Value, When
+from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, DeviceEvent, DeviceGroup
 from factory.errors import ApplicationError, NotFound
@@ -113,16 +115,18 @@ def device_wave(*, device):
     return None
 
 
-# One pass over the tag's devices, grouped by (group, current version): the per-group counts
-# and the version distribution both come from these few rows.
+# One pass over the tag's devices, grouped by (group, current version): the per-group counts,
+# the version distribution and when each group first got the wave all come from these few rows.
 _STATUS_SQL = """
 SELECT d.group_id, d.target_version,
        COUNT(*) AS total,
+       MIN(r.created_at) AS first_rollout,
        COUNT(*) FILTER (WHERE d.last_seen >= %(cutoff)s) AS online,
        COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)) AS staged,
        COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL) AND d.targets_version_seen >= %(version)s) AS fetched
   FROM devices_device d
   LEFT JOIN waves_wavedevice wd ON wd.device_id = d.id AND wd.wave_id = %(wave)s
+  LEFT JOIN waves_rollout r ON r.id = wd.rollout_id
   LEFT JOIN waves_wavegroup wg ON wg.group_id = d.group_id AND wg.wave_id = %(wave)s
  WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
  GROUP BY d.group_id, d.target_version
@@ -139,6 +143,15 @@ SELECT d.group_id, COUNT(DISTINCT e.device_id)
 """
 
 
+def _timestamp(value):
+    """A timestamp from raw SQL: SQLite hands back text, in UTC."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+        if timezone.is_naive(value):
+            value = timezone.make_aware(value, dt_timezone.utc)
+    return value
+
+
 def _rows(sql, params):
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -153,7 +166,11 @@ def wave_status(*, wave, offline_threshold_hours=None):
     params = {"cutoff": cutoff, "version": wave.version, "wave": wave.id, "factory": wave.factory_id, "tag": wave.tag, "false": False}
     counts = defaultdict(lambda: dict.fromkeys(("total", "online", "on_wave", "newer", "older", "scheduled", "held"), 0))
     versions = defaultdict(dict)
-    for group_id, version, total, online, staged, fetched in _rows(_STATUS_SQL, params):
+    rollout_times = {}
+    for group_id, version, total, first_rollout, online, staged, fetched in _rows(_STATUS_SQL, params):
+        first_rollout = _timestamp(first_rollout)
+        if first_rollout is not None and (group_id not in rollout_times or first_rollout < rollout_times[group_id]):
+            rollout_times[group_id] = first_rollout
         row = counts[group_id]
         row["total"] += total
         row["online"] += online
@@ -166,10 +183,7 @@ def wave_status(*, wave, offline_threshold_hours=None):
             row["held"] += fetched  # staged, saw the wave's targets, not updated
     failed = dict(_rows(_FAILED_SQL, params))
 
-    # when each group first got the wave: one grouped query over the staged rows
-    rollout_times = dict(
-        WaveDevice.objects.filter(wave=wave).values("device__group_id").annotate(first=Min("rollout__created_at")).values_list("device__group_id", "first")
-    )
+    # groups staged whole got the wave when their rollout ran
     for group_id, created_at in WaveGroup.objects.filter(wave=wave).values_list("group_id", "rollout__created_at"):
         if group_id not in rollout_times or created_at < rollout_times[group_id]:
             rollout_times[group_id] = created_at

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from devices.models import Device, DeviceGroup
+from devices.selectors import uuids_in
 from factory.auth import factory_view
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
@@ -689,14 +690,7 @@ def _known_devices(factory, uuids):
     """How many of `uuids` are devices of `factory`: an index-only scan of (factory, uuid)."""
     if not uuids:
         return 0
-    if connection.vendor == "postgresql":
-        # One array parameter instead of 10,000 placeholders: a quarter of the time at 10,000 UUIDs.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT COUNT(*) FROM {Device._meta.db_table} WHERE factory_id = %s AND uuid = ANY(%s::uuid[])", [factory.id, uuids]
-            )
-            return cursor.fetchone()[0]
-    return Device.objects.filter(factory=factory, uuid__in=uuids).count()
+    return Device.objects.filter(factory=factory, uuid__in=uuids_in(uuids)).count()
 
 
 @factory_view("view")

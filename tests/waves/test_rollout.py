@@ -123,7 +123,9 @@ def test_a_dry_run_changes_nothing(factory, bob, carol, fleet100, wave):
     assert (WaveDevice.objects.count(), WaveGroup.objects.count(), Rollout.objects.count()) == before
 
 
-def test_listed_devices_that_are_not_candidates_come_back_with_the_reason(factory, bob, fleet100, wave):
+# A long list takes another path to the database (an array parameter on PostgreSQL).
+@pytest.mark.parametrize("padding", [0, 150], ids=["short list", "long list"])
+def test_listed_devices_that_are_not_candidates_come_back_with_the_reason(factory, bob, fleet100, wave, padding):
     from factory.services import factory_create
 
     test_device = Device.objects.filter(is_production=False).first()
@@ -137,10 +139,12 @@ def test_listed_devices_that_are_not_candidates_come_back_with_the_reason(factor
     unknown = str(uuid.uuid4())
     good = Device.objects.filter(is_production=True, group__name="beta").first()
 
-    listed = [unknown, str(test_device.uuid), str(other_tag.uuid), str(updated.uuid), already, str(canary.uuid), str(good.uuid)]
+    unknowns = [str(uuid.uuid4()) for _ in range(padding)]
+    listed = [unknown, str(test_device.uuid), str(other_tag.uuid), str(updated.uuid), already, str(canary.uuid), str(good.uuid), *unknowns]
     result = wave_rollout(wave=wave, actor=bob, uuids=",".join(listed))
     assert [d["uuid"] for d in result.devices] == [str(good.uuid)]
     assert {s["uuid"]: s["reason"] for s in result.skipped} == {
+        **dict.fromkeys(unknowns, "unknown device"),
         unknown: "unknown device",
         str(test_device.uuid): "test device",
         str(other_tag.uuid): "other tag (staging)",
