@@ -173,12 +173,20 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", f"file://{VAR_DIR / 'celery' / 'results'}")
 else:
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else None)
+    if CELERY_BROKER_URL.startswith(("redis", "rediss")):
+        # Without socket timeouts a broker that accepts connections but does not answer (hung,
+        # half-open after a failover) blocks a publishing web request forever. The read timeout
+        # stays above kombu's 1 s BRPOP poll so an idle worker is not taken for a dead broker.
+        CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 3, "socket_keepalive": True}
+# Sending a task retries once (a pooled connection the broker dropped), then fails: a user
+# waits a few seconds at most for "the task queue cannot be reached", not minutes.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BROKER_CONNECTION_TIMEOUT = 5
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {}
@@ -192,6 +200,10 @@ BREAKWATER_OFFLINE_THRESHOLD_HOURS = float(os.environ.get("BREAKWATER_OFFLINE_TH
 BREAKWATER_ROLLOUT_MAX_UUIDS = 10_000
 # Dashboard rollouts of more devices than this run as a Celery task with a progress bar.
 BREAKWATER_ROLLOUT_BACKGROUND_THRESHOLD = int(os.environ.get("BREAKWATER_ROLLOUT_BACKGROUND_THRESHOLD", 2000))
+# A running rollout job's worker marks it alive this often; a job no worker starts in the
+# patience is called off (waves/rollout_jobs.py).
+BREAKWATER_ROLLOUT_JOB_HEARTBEAT_SECONDS = float(os.environ.get("BREAKWATER_ROLLOUT_JOB_HEARTBEAT_SECONDS", 5))
+BREAKWATER_ROLLOUT_JOB_QUEUE_PATIENCE_SECONDS = float(os.environ.get("BREAKWATER_ROLLOUT_JOB_QUEUE_PATIENCE_SECONDS", 900))
 BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INTERVAL_SECONDS", 15))
 # A staged device with no progress for this long counts as stuck in the wave status.
 BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))

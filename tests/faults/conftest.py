@@ -1,0 +1,139 @@
+"""Fault tests: real processes (Celery workers, the gateway, a private PostgreSQL) are killed,
+restarted or cut off, and the tests check what a user or a device notices afterwards.
+
+Processes started here run in their own process group, so a kill -9 takes a worker and its
+pool together, and a test ends only the groups it started.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection, connections
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Worker and gateway processes cannot see an in-memory SQLite database: with SQLite the test
+# database is a file (the same rule as tests/devices/conftest.py, whichever is imported first).
+_db = connections["default"].settings_dict
+if _db["ENGINE"].endswith("sqlite3") and not _db["TEST"].get("NAME"):
+    _db["TEST"]["NAME"] = os.path.join(tempfile.mkdtemp(prefix="bw-faults-test-"), "test.sqlite3")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_env():
+    """How a child process reaches the test database."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return {"SQLITE_PATH": db["NAME"]}
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    return {"DATABASE_URL": f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"}
+
+
+def child_env(**extra):
+    """This test process's configuration (database, cache, broker, secrets) for a child process."""
+    env = {
+        **os.environ,
+        **database_env(),
+        "BREAKWATER_VAR_DIR": str(settings.VAR_DIR),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "BREAKWATER_KEY_ENCRYPTION_KEY": settings.TUF_KEY_ENCRYPTION_KEY,
+        "DJANGO_SETTINGS_MODULE": "factory.settings",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Process:
+    """A child process in its own process group, its output in `log`."""
+
+    def __init__(self, argv, *, env, log, cwd=ROOT, graceful=True):
+        self.argv = argv
+        self.graceful = graceful
+        self.log = Path(log)
+        self._out = self.log.open("a")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def text(self):
+        return self.log.read_text(errors="replace")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def wait_for_log(self, needle, timeout=60):
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            assert self.alive(), f"{self.argv[:4]} exited:\n{self.text()[-4000:]}"
+            assert time.monotonic() < deadline, f"no {needle!r} in the log:\n{self.text()[-4000:]}"
+            time.sleep(0.1)
+
+    def signal(self, signum):
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def kill(self):
+        """kill -9 the whole group (a worker and its pool, gunicorn's arbiter and its workers)."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._out.close()
+
+    def stop(self, timeout=20):
+        if self.alive() and self.graceful:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (a pool child, a gunicorn worker) goes too.
+        self.signal(signal.SIGKILL)
+        if self.alive():
+            self.proc.wait(timeout=30)
+        self._out.close()
+
+
+@pytest.fixture
+def processes():
+    """Start processes with `processes.start(...)`; every one left running is stopped at the end."""
+    started = []
+
+    class Starter:
+        def start(self, argv, **kwargs):
+            process = Process(argv, **kwargs)
+            started.append(process)
+            return process
+
+    yield Starter()
+    for process in reversed(started):
+        process.stop()
+
+
+def wait_until(condition, timeout=30.0, interval=0.1, message="timed out"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, message
+        time.sleep(interval)
+
+
+def python(*args):
+    return [sys.executable, *args]
