@@ -14,7 +14,7 @@ from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from devices.models import Device, DeviceEvent, DeviceGroup
+from devices.models import Device, DeviceGroup
 from factory.errors import ApplicationError, NotFound
 from factory.models import CiTarget
 from factory.selectors import status_cache_key

@@ -20,6 +20,9 @@ def parse_uuid_list(value, *, max_items=MAX_UUIDS):
     """
     if value is None:
         raise ApplicationError("the UUID list is empty", code="uuids_empty")
+    if isinstance(value, (list, tuple)) and value and all(isinstance(item, uuid.UUID) for item in value):
+        # Already parsed by a form of the same rules: only the dedup and the cap remain.
+        return _capped(list(dict.fromkeys(value)), max_items)
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8-sig")
@@ -45,8 +48,12 @@ def parse_uuid_list(value, *, max_items=MAX_UUIDS):
         more = len(bad) - 5
         suffix = f" and {more} more" if more > 0 else ""
         raise ApplicationError(f"not a device UUID: {shown}{suffix}", code="uuids_invalid")
-    if len(seen) > max_items:
+    return _capped(list(seen), max_items)
+
+
+def _capped(uuids, max_items):
+    if len(uuids) > max_items:
         raise ApplicationError(
-            f"the UUID list has {len(seen):,} devices; at most {max_items:,} may be given to one rollout", code="uuids_too_many"
+            f"the UUID list has {len(uuids):,} devices; at most {max_items:,} may be given to one rollout", code="uuids_too_many"
         )
-    return list(seen)
+    return uuids

@@ -2,15 +2,17 @@
 (scope -> preview -> edit -> roll out exactly these devices), complete and cancel, and QA's
 saved device lists. Every change goes through waves.services / waves.devicelists."""
 import hashlib
+import heapq
 import json
 import secrets
 from collections import Counter
 from datetime import timedelta
+from operator import itemgetter
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -406,7 +408,7 @@ def _preview_context(request, wave, token, state, result, *, stored=False, add_f
             skipped.update({s["uuid"]: s for s in result.skipped})
         state["skipped"] = list(skipped.values())
         view = {
-            "rows": sorted(devices, key=lambda d: (d["group"], d["name"]))[:PREVIEW_ROWS],
+            "rows": heapq.nsmallest(PREVIEW_ROWS, devices, key=itemgetter("group", "name")),
             "count": result.count if result is not None else 0,
             "breakdown": _breakdown(devices),
         }

@@ -44,6 +44,16 @@ def test_a_list_of_strings_and_bytes_are_accepted():
     assert parse_uuid_list(f"\ufeff{A}\n{B}".encode()) == [uuid.UUID(A), uuid.UUID(B)]
 
 
+def test_already_parsed_uuids_keep_the_same_rules():
+    # A form hands over UUIDs it has parsed: they are deduplicated and capped all the same.
+    a, b = uuid.UUID(A), uuid.UUID(B)
+    assert parse_uuid_list([b, a, b]) == [b, a]
+    with pytest.raises(ApplicationError, match="at most 10,000"):
+        parse_uuid_list([uuid.uuid4() for _ in range(10_001)])
+    with pytest.raises(ApplicationError, match="empty"):
+        parse_uuid_list([])
+
+
 @pytest.mark.parametrize("text", ["", "  \n ", ",;|", None])
 def test_an_empty_list_is_an_error(text):
     with pytest.raises(ApplicationError, match="empty"):
