@@ -140,12 +140,13 @@ def _worker_lost(token, state):
 def _never_started(token, state):
     if not _claim(token):
         return cache.get(_key(token)) or state  # a worker took it meanwhile
-    minutes = queue_patience_seconds() / 60
+    patience = queue_patience_seconds()
+    waited = f"{patience / 60:.0f} minutes" if patience >= 120 else f"{patience:.0f} seconds"
     return _save(
         token,
         state,
         status="failed",
-        message=f"no worker started it within {minutes:.0f} minutes (are the Celery workers running?), so it was called off; roll out again",
+        message=f"no worker started it within {waited} (are the Celery workers running?), so it was called off; roll out again",
     )
 
 
