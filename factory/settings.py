@@ -204,6 +204,9 @@ BREAKWATER_ROLLOUT_BACKGROUND_THRESHOLD = int(os.environ.get("BREAKWATER_ROLLOUT
 # patience is called off (waves/rollout_jobs.py).
 BREAKWATER_ROLLOUT_JOB_HEARTBEAT_SECONDS = float(os.environ.get("BREAKWATER_ROLLOUT_JOB_HEARTBEAT_SECONDS", 5))
 BREAKWATER_ROLLOUT_JOB_QUEUE_PATIENCE_SECONDS = float(os.environ.get("BREAKWATER_ROLLOUT_JOB_QUEUE_PATIENCE_SECONDS", 900))
+# Behind N reverse proxies (a load balancer in front of several web processes), the client's
+# address for sign-in limits is the Nth from the right in X-Forwarded-For.
+BREAKWATER_TRUSTED_PROXY_HOPS = int(os.environ.get("BREAKWATER_TRUSTED_PROXY_HOPS", 0))
 BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INTERVAL_SECONDS", 15))
 # A staged device with no progress for this long counts as stuck in the wave status.
 BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from django.conf import settings
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
@@ -191,6 +192,13 @@ def test_production_mode_passes_djangos_deployment_checks(tmp_path):
     # Playwright's tests set DJANGO_ALLOW_ASYNC_UNSAFE in this process; a deployment never does.
     environ = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     environ.update(BREAKWATER_HTTPS="1", BREAKWATER_VAR_DIR=str(tmp_path), SECRET_KEY="k" + uuid.uuid4().hex * 3, ALLOWED_HOSTS="updates.example.com")
+    # With PostgreSQL (as in CI) the shared services and secrets are checked too: a production
+    # deployment sets them all (nothing here connects to them).
+    environ.update(
+        REDIS_URL="redis://127.0.0.1:6379/1",
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        BREAKWATER_KEY_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+    )
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     # HSTS preloading is a one-way commitment for the whole domain: left to the operator.

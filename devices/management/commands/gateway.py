@@ -41,12 +41,10 @@ class Command(BaseCommand):
             certfile, keyfile = settings.BREAKWATER_GATEWAY_CERTFILE, settings.BREAKWATER_GATEWAY_KEYFILE
         else:
             certfile, keyfile = tls_dir / "server.crt", tls_dir / "server.key"
-            certfile.write_text(identity.certificate)
-            fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(pki.key_pem(pki.key_decrypt(identity.private_key)))
+            _write(certfile, identity.certificate, 0o644)
+            _write(keyfile, pki.key_pem(pki.key_decrypt(identity.private_key)), 0o600)
         root = tls_dir / "device-root.pem"
-        root.write_text(identity.device_root_certificate)
+        _write(root, identity.device_root_certificate, 0o644)
         return [
             sys.executable, "-m", "gunicorn", "devices.gateway:application",
             "-c", "python:devices.gunicorn_gateway",
@@ -54,3 +52,13 @@ class Command(BaseCommand):
             "--certfile", str(certfile), "--keyfile", str(keyfile), "--ca-certs", str(root), "--cert-reqs", "2",
             "--no-control-socket",
         ]
+
+
+def _write(path, text, mode):
+    """Replace the file in one step: gateways started together on one machine share the folder,
+    and one of them may be reading a file while another rewrites it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(temporary, path)
