@@ -11,7 +11,6 @@ Django's test client as a release manager and prints the median and worst of REP
 import statistics
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 

@@ -65,7 +65,7 @@ def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9
     rng = random.Random(42)
     columns = (
         "factory_id, uuid, name, is_production, tag, group_id, hardware_id, target_name, target_version, "
-        "last_seen, certificate, certificate_serial, created_at, sample_key"
+        "last_seen, certificate_serial, created_at, sample_key"
     )
     n = 0
     with connection.cursor() as cursor:
@@ -77,7 +77,7 @@ def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9
                         (
                             factory.id, uuid.UUID(int=rng.getrandbits(128), version=4), f"dev-{n:07d}", True, BENCH_TAG, group_id,
                             hwid, f"{hwid}-lmp-{version}", version,
-                            online_seen if rng.random() < online_ratio else offline_seen, "", "", now, rng.random(),
+                            online_seen if rng.random() < online_ratio else offline_seen, "", now, rng.random(),
                         )
                     )
                     n += 1

@@ -35,7 +35,7 @@ class Device(models.Model):
     # tells whether a device has seen a wave's targets, even if it has not installed them.
     targets_version_seen = models.PositiveIntegerField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
-    certificate = models.TextField(blank=True)
+    # The certificate itself lives in DeviceCertificate; the gateway needs only the serial.
     certificate_serial = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Random sort key, fixed at creation, so a pseudo-random sample is an index range scan.
@@ -55,6 +55,22 @@ class Device(models.Model):
 
     def __str__(self):
         return self.name or str(self.uuid)
+
+    @property
+    def certificate(self):
+        """The PEM of the device's current certificate; "" for a row loaded without one."""
+        try:
+            return self.certificate_record.pem
+        except DeviceCertificate.DoesNotExist:
+            return ""
+
+
+class DeviceCertificate(models.Model):
+    """A device's current certificate, off the device row: at about 1.2 kB it would be most of
+    the row, and every fleet-wide pass (wave status, selection, lists) would read it from disk."""
+
+    device = models.OneToOneField(Device, primary_key=True, on_delete=models.CASCADE, related_name="certificate_record")
+    pem = models.TextField()
 
 
 class DeviceCA(models.Model):

@@ -17,7 +17,7 @@ from factory.services import audit_record
 
 from .selectors import uuids_in
 from . import pki
-from .models import Device, DeviceCA, DeviceGroup, GatewayIdentity, RegistrationToken
+from .models import Device, DeviceCA, DeviceCertificate, DeviceGroup, GatewayIdentity, RegistrationToken
 
 GROUP_NAME_MAX = 64
 
@@ -86,7 +86,7 @@ def device_create(*, factory, uuid, name, tag, is_production, group=None, hardwa
     """Insert a registered device. Only the registration service calls this."""
     try:
         with transaction.atomic():
-            return Device.objects.create(
+            device = Device.objects.create(
                 factory=factory,
                 uuid=uuid,
                 name=name,
@@ -94,10 +94,12 @@ def device_create(*, factory, uuid, name, tag, is_production, group=None, hardwa
                 is_production=is_production,
                 group=group,
                 hardware_id=hardware_id,
-                certificate=certificate,
                 certificate_serial=serial,
                 sample_key=random.random(),
             )
+            if certificate:
+                device.certificate_record = DeviceCertificate.objects.create(device=device, pem=certificate)
+            return device
     except IntegrityError:
         raise Conflict(f"device {uuid} is already registered") from None
 
@@ -297,7 +299,7 @@ def device_register(*, token, csr, name="", hardware_id=""):
             target=str(device_uuid),
             details={"token": claimed.prefix, "production": production, "tag": claimed.tag, "group": claimed.group.name if claimed.group else None},
         )
-    return Registration(device=device, certificate=device.certificate, ca_certificate=ca.certificate)
+    return Registration(device=device, certificate=device.certificate_record.pem, ca_certificate=ca.certificate)
 
 
 def devices_register(*, factory, actor, tag, requests, group=None, allow_production=False):
@@ -311,9 +313,10 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
     if group is not None and group.factory_id != factory.id:
         raise NotFound("device group not found")
     ca = device_ca_get(factory=factory)
-    rows = []
+    rows, pems = [], []
     for request in requests:
         device_uuid, production, cert = _certify(factory=factory, ca=ca, csr=request["csr"], production_allowed=allow_production)
+        pems.append(pki.cert_pem(cert))
         rows.append(
             Device(
                 factory=factory,
@@ -323,7 +326,6 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
                 is_production=production,
                 group=group,
                 hardware_id=_validate_hardware_id(request.get("hardware_id")),
-                certificate=pki.cert_pem(cert),
                 certificate_serial=pki.serial_hex(cert),
                 sample_key=random.random(),
             )
@@ -333,6 +335,12 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
     try:
         with transaction.atomic():
             Device.objects.bulk_create(rows, batch_size=500)
+            if rows and rows[0].pk is None:
+                # Backends without RETURNING on bulk inserts: read the ids back.
+                ids = dict(Device.objects.filter(factory=factory, uuid__in=uuids_in(r.uuid for r in rows)).values_list("uuid", "pk"))
+                for row in rows:
+                    row.pk = row.id = ids[row.uuid]
+            DeviceCertificate.objects.bulk_create([DeviceCertificate(device=row, pem=pem) for row, pem in zip(rows, pems)], batch_size=500)
             audit_record(
                 factory=factory,
                 actor=actor,
@@ -342,12 +350,7 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
             )
     except IntegrityError:
         raise Conflict("one of these device UUIDs is already registered") from None
-    if rows and rows[0].pk is None:
-        # Backends without RETURNING on bulk inserts: read the ids back.
-        ids = dict(Device.objects.filter(factory=factory, uuid__in=[r.uuid for r in rows]).values_list("uuid", "pk"))
-        for row in rows:
-            row.pk = row.id = ids[row.uuid]
-    return [Registration(device=row, certificate=row.certificate, ca_certificate=ca.certificate) for row in rows]
+    return [Registration(device=row, certificate=pem, ca_certificate=ca.certificate) for row, pem in zip(rows, pems)]
 
 
 def device_certificates_renew(*, factory, actor, csrs):
@@ -363,7 +366,7 @@ def device_certificates_renew(*, factory, actor, csrs):
         wanted = {uuid_lib.UUID(str(u)): csr for u, csr in csrs.items()}
     except ValueError:
         raise ApplicationError("every device must be named by its UUID") from None
-    devices = {d.uuid: d for d in Device.objects.filter(factory=factory, uuid__in=uuids_in(wanted))}
+    devices = {d.uuid: d for d in Device.objects.filter(factory=factory, uuid__in=uuids_in(wanted)).select_related("certificate_record")}
     missing = [str(u) for u in wanted if u not in devices]
     if missing:
         raise NotFound(f"{len(missing)} device(s) are not registered in factory {factory.name}: {', '.join(missing[:5])}")
@@ -376,11 +379,14 @@ def device_certificates_renew(*, factory, actor, csrs):
             raise ApplicationError(f"the CSR for device {device_uuid} names {csr_uuid} as its CN")
         if production != current:
             raise ApplicationError(f"device {device_uuid} is a {'production' if current else 'test'} device; a new certificate cannot change that")
-        device.certificate = pki.cert_pem(cert)
         device.certificate_serial = pki.serial_hex(cert)
-        issued[device_uuid] = device.certificate
+        issued[device_uuid] = pki.cert_pem(cert)
     with transaction.atomic():
-        Device.objects.bulk_update(list(devices.values()), ["certificate", "certificate_serial"], batch_size=500)
+        Device.objects.bulk_update(list(devices.values()), ["certificate_serial"], batch_size=500)
+        DeviceCertificate.objects.bulk_create(
+            [DeviceCertificate(device=devices[u], pem=pem) for u, pem in issued.items()],
+            update_conflicts=True, unique_fields=["device"], update_fields=["pem"], batch_size=500,
+        )
         audit_record(
             factory=factory, actor=actor, action="device.certificate-renew", target=str(next(iter(wanted), "")), details={"devices": len(issued)}
         )

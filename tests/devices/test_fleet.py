@@ -30,8 +30,8 @@ def test_seed_fleet_command_registers_and_the_benchmark_loader_does_not(factory)
     call_command("seed_fleet", "--factory", "acme", "--tag", "production", "--group", "beta=3", "--test-devices", "1", stdout=out)
     assert "Registered 3 production and 1 test devices" in out.getvalue()
     fleet_load_for_benchmark(factory=factory, tag="production", ungrouped=5, version=40)
-    assert Device.objects.filter(factory=factory, certificate="").count() == 5
-    assert Device.objects.exclude(certificate="").count() == 4
+    assert Device.objects.filter(factory=factory, certificate_record__isnull=True).count() == 5
+    assert Device.objects.filter(certificate_record__isnull=False).count() == 4
 
 
 def test_take_over_issues_keys_once_and_reuses_them(factory, tmp_path):
