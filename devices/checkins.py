@@ -89,7 +89,25 @@ class RedisBuffer:
     (a request without the headers leaves the earlier values), and a sorted set device id ->
     highest targets version served (ZADD GT keeps the maximum). Events go straight to a list.
     Draining is one MULTI, so two flushers never take the same entries.
+
+    Gateways push whenever their own flush comes, so a device's older check-in (its poll through
+    one gateway) can reach Redis after its newer one (through another): a script moves last seen,
+    target and tag only forward, as MemoryBuffer.merge does.
     """
+
+    # KEYS: seen, target, tag. ARGV: device id, seen, target or "", tag or "" per device.
+    PUSH = """
+        for i = 1, #ARGV, 4 do
+            local current = redis.call('HGET', KEYS[1], ARGV[i])
+            if not current or tonumber(ARGV[i + 1]) >= tonumber(current) then
+                redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+                if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2]) end
+                if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 3]) end
+            end
+        end
+        return 0
+    """
+    PUSH_CHUNK = 1000  # devices per script call: Redis serves nobody else while a script runs
 
     def __init__(self, url, prefix):
         import redis
@@ -101,6 +119,7 @@ class RedisBuffer:
         self._tag_key = f"{prefix}:tag"
         self._served_key = f"{prefix}:targets-served"
         self._events_key = f"{prefix}:events"
+        self._push = self._redis.register_script(self.PUSH)
 
     def checkin(self, device_id, checkin):
         self._local.checkin(device_id, checkin)
@@ -110,16 +129,16 @@ class RedisBuffer:
         pending = self._local.drain_checkins()
         if not pending:
             return
-        seen = {device_id: c.seen for device_id, c in pending.items()}
-        targets = {device_id: json.dumps([c.target_name, c.target_version]) for device_id, c in pending.items() if c.target_name is not None}
-        tags = {device_id: c.tag for device_id, c in pending.items() if c.tag is not None}
-        served = {device_id: c.targets_version for device_id, c in pending.items() if c.targets_version is not None}
+        items = list(pending.items())
+        served = {device_id: c.targets_version for device_id, c in items if c.targets_version is not None}
+        keys = [self._seen_key, self._target_key, self._tag_key]
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(self._seen_key, mapping=seen)
-        if targets:
-            pipe.hset(self._target_key, mapping=targets)
-        if tags:
-            pipe.hset(self._tag_key, mapping=tags)
+        for start in range(0, len(items), self.PUSH_CHUNK):
+            args = []
+            for device_id, c in items[start : start + self.PUSH_CHUNK]:
+                target = json.dumps([c.target_name, c.target_version]) if c.target_name is not None else ""
+                args += [device_id, repr(c.seen), target, c.tag or ""]
+            self._push(keys=keys, args=args, client=pipe)
         if served:
             pipe.zadd(self._served_key, served, gt=True)
         pipe.execute()

@@ -21,11 +21,11 @@ def fleet(factory):
     return list(Device.objects.filter(factory=factory).order_by("name"))
 
 
-def redis_buffer():
+def redis_buffer(prefix=None):
     url = os.environ.get("REDIS_URL")
     if not url:
         pytest.skip("set REDIS_URL to test the Redis buffer (CI does)")
-    buf = RedisBuffer(url, f"breakwater-test:{uuid.uuid4()}")
+    buf = RedisBuffer(url, prefix or f"breakwater-test:{uuid.uuid4()}")
     return buf
 
 
@@ -103,3 +103,23 @@ def test_events_stay_buffered_when_the_write_fails(fleet, monkeypatch):
         flush(buf)
     monkeypatch.undo()
     assert flush(buf) == (0, 1)
+
+
+def test_two_gateways_pushing_out_of_order_keep_the_newest_check_in(fleet):
+    """Each gateway process pushes its own check-ins at its own flush: an older check-in pushed
+    after a newer one, before anyone drains, must not replace it."""
+    prefix = f"breakwater-test:{uuid.uuid4()}"
+    gateway_1, gateway_2 = redis_buffer(prefix), redis_buffer(prefix)
+    device, other = fleet[0], fleet[1]
+    gateway_1.checkin(device.pk, Checkin(seen=T0, target_name="intel-corei7-64-lmp-41", target_version=41, tag="production"))
+    gateway_2.checkin(device.pk, Checkin(seen=T0 + 10, target_name="intel-corei7-64-lmp-42", target_version=42, tag="production"))
+    gateway_2.checkin(other.pk, Checkin(seen=T0 + 10))
+    gateway_1.checkin(other.pk, Checkin(seen=T0 + 5, target_name="intel-corei7-64-lmp-42", target_version=42, tag="lab"))
+    gateway_2.push()
+    gateway_1.push()
+    assert flush(gateway_1) == (2, 0)
+    device.refresh_from_db()
+    other.refresh_from_db()
+    assert (device.last_seen.timestamp(), device.target_version) == (T0 + 10, 42)
+    # As in one process's memory: a check-in older than the latest changes nothing.
+    assert (other.last_seen.timestamp(), other.target_version, other.tag) == (T0 + 10, 41, "production")
