@@ -137,3 +137,45 @@ def wait_until(condition, timeout=30.0, interval=0.1, message="timed out"):
 
 def python(*args):
     return [sys.executable, *args]
+
+
+# --- the device gateway -------------------------------------------------------------------------
+
+
+def start_gateway(processes, *, port, folder, env):
+    """`manage.py gateway` (gunicorn with mutual TLS, one worker) on 127.0.0.1:`port`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {
+        **env,
+        "BREAKWATER_GATEWAY_URL": f"https://127.0.0.1:{port}",
+        "BREAKWATER_CHECKIN_FLUSH_SECONDS": "0.2",
+        # Every request reads the database: nothing a fault breaks is hidden behind a cache.
+        "BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS": "0",
+        "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS": "0",
+    }
+    return processes.start(
+        python("manage.py", "gateway", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4", "--tls-dir", str(folder / "tls")),
+        env=env,
+        log=folder / "gateway.log",
+    )
+
+
+def device_pool(port, folder, server_ca, timeout=5):
+    """One device's HTTPS connection to the gateway, with its key and certificate from `folder`."""
+    import ssl
+
+    import urllib3
+
+    context = ssl.create_default_context(cafile=str(server_ca))
+    context.load_cert_chain(str(folder / "client.pem"), str(folder / "client.key"))
+    return urllib3.HTTPSConnectionPool("127.0.0.1", port, maxsize=1, ssl_context=context, retries=False, timeout=timeout)
+
+
+def poll_status(pool, path="/repo/timestamp.json"):
+    """The HTTP status of one poll, or the name of the error that stopped it."""
+    import urllib3
+
+    try:
+        return pool.request("GET", path).status
+    except urllib3.exceptions.HTTPError as error:
+        return type(error).__name__
