@@ -153,7 +153,7 @@ class Servers:
         return [name for name, p in self.procs.items() if p.poll() is not None and name != "fleet"]
 
     def log_errors(self, name):
-        """Lines of a server's log that report an error (tracebacks, ERROR records, 5xx)."""
+        """Lines of a server's log that report an error (tracebacks, ERROR records, killed workers)."""
         path = self.logs / f"{name}.log"
         if not path.exists():
             return []
@@ -167,8 +167,8 @@ class Servers:
 def soak_setup(devices, run_name):
     """A fresh factory with CI builds 41 and 42, `devices` production devices on 41 (5% in group
     canary, 20% in beta, the rest ungrouped), a signed wave of 42, a release manager with a
-    password and an API token. Earlier soak factories' waves are cancelled, so the status tasks
-    only follow this run's wave."""
+    password and an API token. Earlier soak factories' open waves are cancelled, so the status
+    tasks stop following them (a day later, as for any finished wave)."""
     from devices.fleet import fleet_seed
     from factory.models import Factory, Role
     from factory.services import api_token_create, ci_build_publish, factory_create, user_create
@@ -506,7 +506,7 @@ def report(*, args, run_name, loads, elapsed, fleet, dashboard, rollouts, gatewa
 
     print(f"\n{'soak process':<48} {'CPU % of one core':>18} {'peak RSS':>12} {'peak PSS':>12}")
     for w in watched:
-        print(f"{w.name:<48} {100 * w.cpu_seconds() / elapsed:>17.0f}% {_mib(w.peak_rss):>12} {_mib(w.peak_pss):>12}")
+        print(f"{w.name:<48} {100 * w.cpu_seconds() / elapsed:>17.1f}% {_mib(w.peak_rss):>12} {_mib(w.peak_pss):>12}")
 
     print(
         f"\nfleet: {summary.get('updated', 0):,} devices updated to the wave, {summary.get('updates-started', 0):,} updates started, "
