@@ -33,6 +33,13 @@ ARCHIVE_MAX_BYTES = 256 * 1024
 ARCHIVE_MAX_UNPACKED_BYTES = 1024 * 1024
 ARCHIVE_MAX_MEMBERS = 64
 MEMBER_MAX_BYTES = 16 * 1024
+# pax and GNU long-name headers: a few hundred bytes of long names or macOS extended attributes.
+EXTENDED_HEADER_MAX_BYTES = 4 * 1024
+EXTENDED_HEADERS_MAX_BYTES = 32 * 1024
+EXTENDED_HEADERS_IN_A_ROW = 4
+TAR_BLOCK = 512
+PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+EXTENDED_TYPES = PAX_TYPES + (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -117,7 +124,7 @@ def _signer_from_secret_json(raw, expected_keyid, name):
         if len(private_raw) not in (32, 64):
             raise ValueError
         private = Ed25519PrivateKey.from_private_bytes(private_raw[:32])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested thousands deep
         raise ApplicationError(f"{name} is not an ed25519 private key file") from None
     public = SSlibKey.from_crypto(private.public_key(), scheme="ed25519")
     if public.keyid != expected_keyid:
@@ -199,6 +206,46 @@ def _gunzip_bounded(data):
     return bytes(out)
 
 
+def _tar_headers_check(raw):
+    """Walk the tar headers before tarfile parses them, refusing what a key archive never holds
+    and tarfile handles badly on hostile input: it recurses once per pax or GNU long-name header
+    (a chain of them is a RecursionError), spends time quadratic in a pax header's length (a
+    200 KB header of digits takes about a minute), and lets malformed sparse-file records out as
+    ValueError. Sizes that pax headers override or that are base-256 encoded are refused too, so
+    the offsets walked here are the ones tarfile reads."""
+    offset = members = extended_bytes = in_a_row = 0
+    while offset + TAR_BLOCK <= len(raw):
+        header = raw[offset:offset + TAR_BLOCK]
+        if not header.strip(b"\0"):
+            return  # the end-of-archive block, where tarfile stops too
+        kind = header[156:157]
+        size_field = header[124:136].split(b"\0", 1)[0].strip()
+        if not re.fullmatch(rb"[0-7]*", size_field):
+            raise ApplicationError("the key archive is not a valid tar file")
+        size = int(size_field or b"0", 8)
+        if kind == tarfile.GNUTYPE_SPARSE:
+            raise ApplicationError("the key archive holds a sparse file; key files are regular files")
+        if kind in EXTENDED_TYPES:
+            in_a_row += 1
+            extended_bytes += size
+            if size > EXTENDED_HEADER_MAX_BYTES or extended_bytes > EXTENDED_HEADERS_MAX_BYTES or in_a_row > EXTENDED_HEADERS_IN_A_ROW:
+                raise ApplicationError("the key archive's extended (pax or long-name) headers are too large or too many; it is not a TUF key archive")
+            if kind in PAX_TYPES:
+                records = raw[offset + TAR_BLOCK:offset + TAR_BLOCK + size]
+                # Every record is "<length> <keyword>=<value>": whatever its framing, a size record holds " size=".
+                if b" size=" in records or b"GNU.sparse" in records:
+                    raise ApplicationError("the key archive's pax headers declare sizes or sparse files; key files are small regular files")
+        else:
+            in_a_row = 0
+            members += 1
+            if members > ARCHIVE_MAX_MEMBERS:
+                raise ApplicationError(f"the key archive holds more than {ARCHIVE_MAX_MEMBERS} entries")
+        # tarfile skips the data of files, extended headers and unknown types, not of folders,
+        # links or devices.
+        skips_data = kind in tarfile.REGULAR_TYPES or kind in EXTENDED_TYPES or kind not in tarfile.SUPPORTED_TYPES
+        offset += TAR_BLOCK + (-(-size // TAR_BLOCK) * TAR_BLOCK if skips_data else 0)
+
+
 def key_archive_read(archive_bytes):
     """[(role, signer)] from a .tgz key archive, read in memory.
 
@@ -209,6 +256,7 @@ def key_archive_read(archive_bytes):
     if not isinstance(archive_bytes, (bytes, bytearray)) or not archive_bytes:
         raise ApplicationError("the key archive is empty")
     raw = _gunzip_bounded(bytes(archive_bytes))
+    _tar_headers_check(raw)
     secrets_found = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
@@ -239,7 +287,9 @@ def key_archive_read(archive_bytes):
                     if (role, keyid) in secrets_found:
                         raise ApplicationError(f"the key archive holds {shown!r} twice")
                     secrets_found[(role, keyid)] = (archive.extractfile(member).read(), shown)
-    except tarfile.TarError:
+    except (tarfile.TarError, ValueError, OverflowError, RecursionError):
+        # tarfile's own failures on hostile headers (fuzzing found each of these), should one get
+        # past _tar_headers_check.
         raise ApplicationError("the key archive is not a valid tar file") from None
     signers = [(role, _signer_from_secret_json(content, keyid, shown)) for (role, keyid), (content, shown) in secrets_found.items()]
     if not signers:

@@ -110,3 +110,26 @@ def test_arbitrary_text_either_parses_or_raises_application_error(text):
     except ApplicationError:
         return
     assert result and all(isinstance(u, uuid.UUID) for u in result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=400), st.lists(st.uuids().map(lambda u: str(u).encode()), max_size=5).map(b"\r\n".join)))
+def test_arbitrary_bytes_either_parse_or_raise_application_error(data):
+    # An uploaded file: any bytes at all, including invalid UTF-8, a BOM, NUL and lone surrogates.
+    try:
+        result = parse_uuid_list(data)
+    except ApplicationError as error:
+        assert error.code in ("uuids_empty", "uuids_invalid", "uuids_too_many") and error.message.isprintable()
+        return
+    assert result and all(isinstance(u, uuid.UUID) for u in result)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=80), st.uuids().map(str)), max_size=20))
+def test_a_list_of_arbitrary_strings_either_parses_or_raises_application_error(items):
+    # The API's JSON array of strings.
+    try:
+        result = parse_uuid_list(items)
+    except ApplicationError:
+        return
+    assert result and all(isinstance(u, uuid.UUID) for u in result)
