@@ -2,7 +2,8 @@
 
 The module starts real processes that share only the test database, Redis and the Celery broker,
 each with a BREAKWATER_VAR_DIR of its own as if on its own machine: two web servers (gunicorn),
-two device gateways (`manage.py gateway`) and one Celery worker. Each test then does something
+two device gateways (`manage.py gateway`) and one Celery worker. They run Breakwater's settings
+with one change (tests/distributed_settings.py): a task queue of their own on the shared broker. Each test then does something
 through one process and checks it through another: sessions, sign-in limits, rollouts reaching
 devices through either gateway, check-ins flushed by the gateways, a background rollout run by
 the worker and followed on the other web server.
@@ -21,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import redis
 import urllib3
 from django.conf import settings
 from django.core.management import call_command
@@ -42,6 +44,7 @@ START_TIMEOUT = 60
 # The gateway keeps a tag's view rows in memory for a second (devices/gunicorn_gateway.py); give a
 # loaded machine a few more before calling a wave change stale.
 PROPAGATION_TIMEOUT = 10
+QUEUE = f"distributed-test-{uuid.uuid4().hex[:12]}"
 
 pytestmark = [
     pytest.mark.postgres,
@@ -78,7 +81,8 @@ def _environment(var_dir):
     drop = ("DJANGO_ALLOW_ASYNC_UNSAFE", "SQLITE_PATH", "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", "CELERY_TASK_ALWAYS_EAGER")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
-        DJANGO_SETTINGS_MODULE="factory.settings",
+        DJANGO_SETTINGS_MODULE="tests.distributed_settings",
+        BREAKWATER_TEST_QUEUE=QUEUE,
         PYTHONPATH=str(ROOT),
         DATABASE_URL=_database_url(),
         REDIS_URL=settings.REDIS_URL,
@@ -323,29 +327,32 @@ class Cluster:
 def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
     processes = []
-    with django_db_blocker.unblock():
-        try:
+    try:
+        with django_db_blocker.unblock():
             world = _world()
-            processes = [
-                web_process("web-a", folder),
-                web_process("web-b", folder),
-                gateway_process("gateway-1", folder),
-                gateway_process("gateway-2", folder),
-                worker_process("worker", folder),
-            ]
-            web_a, web_b, gateway_1, gateway_2, worker = processes
-            wait_for(lambda: _web_ready(web_a) and _web_ready(web_b), START_TIMEOUT, "the web servers", processes)
-            wait_for(lambda: _port_open(gateway_1) and _port_open(gateway_2), START_TIMEOUT, "the gateways", processes)
-            wait_for(lambda: "ready." in worker.text(), START_TIMEOUT, "the worker", processes)
-            yield Cluster(folder, world, web_a, web_b, gateway_1, gateway_2, worker)
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait()
-            # What the processes committed is not rolled back by a test transaction: empty the
-            # tables for the tests that come after, as a transactional test does.
+        processes = [
+            web_process("web-a", folder),
+            web_process("web-b", folder),
+            gateway_process("gateway-1", folder),
+            gateway_process("gateway-2", folder),
+            worker_process("worker", folder),
+        ]
+        web_a, web_b, gateway_1, gateway_2, worker = processes
+        wait_for(lambda: _web_ready(web_a) and _web_ready(web_b), START_TIMEOUT, "the web servers", processes)
+        wait_for(lambda: _port_open(gateway_1) and _port_open(gateway_2), START_TIMEOUT, "the gateways", processes)
+        wait_for(lambda: "ready." in worker.text(), START_TIMEOUT, "the worker", processes)
+        yield Cluster(folder, world, web_a, web_b, gateway_1, gateway_2, worker)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait()
+        # What the processes committed is not rolled back by a test transaction: empty the
+        # tables for the tests that come after, as a transactional test does.
+        with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
+        if str(settings.CELERY_BROKER_URL).startswith("redis"):
+            redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(f"_kombu.binding.{QUEUE}", QUEUE)
 
 
 # --- the tests ---------------------------------------------------------------------------------
