@@ -160,6 +160,16 @@ def start_gateway(processes, *, port, folder, env):
     )
 
 
+def listening(port):
+    """Whether something accepts connections on the port (gunicorn's arbiter binds it before its
+    worker boots; connections wait in the backlog until the worker takes them)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def device_pool(port, folder, server_ca, timeout=5):
     """One device's HTTPS connection to the gateway, with its key and certificate from `folder`."""
     import ssl

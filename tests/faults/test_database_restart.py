@@ -219,9 +219,9 @@ def test_the_gateway_recovers_by_itself_when_postgresql_restarts_under_load(clus
     late = [(t, status) for t, status in failed if not any(a <= t <= b + RECOVERY for a, b in outages)]
     assert not late, (outages, late)
     after = load.since(outages[-1][1] + RECOVERY)
-    assert len(after) > 50 and set(after) == {200}
+    assert len(after) > 20 and set(after) == {200}
     first = load.since(outages[0][1] + RECOVERY)
-    assert first.count(200) > 50
+    assert first.count(200) > 20
 
     # The check-in flusher reconnected too: every device's last poll reached the database, and
     # every event the gateway accepted was written, none lost with the connections.

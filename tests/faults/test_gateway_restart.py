@@ -18,7 +18,7 @@ from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, TAG, make_wave, seed
 from waves.services import wave_rollout
 
-from .conftest import child_env, device_pool, free_port, poll_status, python, start_gateway, wait_until
+from .conftest import child_env, device_pool, free_port, listening, poll_status, python, start_gateway, wait_until
 
 INTERVAL = 0.5  # seconds between a device's polls (a real fleet: minutes)
 # The simulator logs each failed device step at DEBUG as "<device>: <error>" and carries on.
@@ -49,6 +49,7 @@ def test_devices_carry_on_through_a_graceful_and_a_crash_restart_of_the_gateway(
     port = free_port()
     env = child_env()
     gateway = start_gateway(processes, port=port, folder=tmp_path / "gateway-1", env=env)
+    wait_until(lambda: listening(port), timeout=30, message=gateway.text()[-3000:])
 
     started = time.time()
     keystore = tmp_path / "fleet"
@@ -104,7 +105,7 @@ def test_devices_carry_on_through_a_graceful_and_a_crash_restart_of_the_gateway(
     # or take a step a device had started just before (a step is a few requests).
     failures = failed_steps(log)
     assert errors > 0 and failures
-    grace = 1.0
+    grace = 2.0
     outside = [(t, name) for t, name in failures if not any(down - grace <= t <= up + grace for down, up in windows)]
     assert not outside, (windows, outside)
     assert "rejected metadata" not in log
