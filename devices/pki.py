@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -37,7 +37,10 @@ def _now():
 
 
 def _fernet():
-    return Fernet(settings.TUF_KEY_ENCRYPTION_KEY.encode() if isinstance(settings.TUF_KEY_ENCRYPTION_KEY, str) else settings.TUF_KEY_ENCRYPTION_KEY)
+    # The same key list as the TUF keys' (factory.tuf.keys): during a rotation ("new,old") every
+    # process encrypts with the first key and decrypts with any of them.
+    keys = [k.strip() for k in str(settings.TUF_KEY_ENCRYPTION_KEY).split(",") if k.strip()]
+    return MultiFernet([Fernet(k.encode()) for k in keys])
 
 
 def key_encrypt(private_key):

@@ -252,3 +252,17 @@ def test_deleting_a_device_needs_fleet_rights_and_is_audited(factory, token, bob
     device_delete(device=device, actor=bob)
     assert not Device.objects.exists()
     assert AuditEntry.objects.filter(action="device.delete", target=str(device.uuid), actor=bob).exists()
+
+
+def test_device_keys_survive_a_rotation_of_the_key_encryption_key(settings):
+    """README: to rotate BREAKWATER_KEY_ENCRYPTION_KEY, set "new,old" on every process."""
+    from cryptography.fernet import Fernet
+
+    key = pki.key_generate()
+    stored = pki.key_encrypt(key)
+    new = Fernet.generate_key().decode()
+    settings.TUF_KEY_ENCRYPTION_KEY = f"{new},{settings.TUF_KEY_ENCRYPTION_KEY}"
+    assert pki.key_pem(pki.key_decrypt(stored)) == pki.key_pem(key)
+    restored = pki.key_encrypt(key)
+    settings.TUF_KEY_ENCRYPTION_KEY = new
+    assert pki.key_pem(pki.key_decrypt(restored)) == pki.key_pem(key)
