@@ -128,7 +128,8 @@ def _worker_lost(token, state):
         started = datetime.fromtimestamp(state.get("started_at", 0), tz=dt_timezone.utc) - timedelta(seconds=1)
         saved = Rollout.objects.filter(wave_id=state.get("wave_id"), created_at__gte=started, device_count=total).exists()
         if saved:
-            return _save(token, state, status="done", count=total, message=f"Rolled out to {total:,} devices (the worker stopped before it could report it).")
+            message = f"Rolled out to {total:,} devices (the worker stopped before it could report it)."
+            return _save(token, state, status="done", count=total, message=message)
     return _save(
         token,
         state,

@@ -20,7 +20,7 @@ from waves import rollout_jobs, services  # noqa: E402
 
 
 def pause_partway(pause_at):
-    services.STAGE_CHUNK = int(os.environ.get("FAULTS_STAGE_CHUNK", 20))
+    services.STAGE_CHUNK = int(os.environ.get("FAULTS_STAGE_CHUNK", "20"))
     rollout = rollout_jobs.wave_rollout
 
     def paused(**kwargs):

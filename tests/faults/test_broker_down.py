@@ -151,7 +151,9 @@ def test_with_the_broker_refusing_connections_reads_work_and_a_background_rollou
     assert WaveDevice.objects.filter(wave=wave).count() == 70
 
 
-def test_with_a_hung_broker_a_background_rollout_fails_within_seconds(client, bob, fleet, broker_at, unanswering_port, django_capture_on_commit_callbacks):
+def test_with_a_hung_broker_a_background_rollout_fails_within_seconds(
+    client, bob, fleet, broker_at, unanswering_port, django_capture_on_commit_callbacks
+):
     """A broker that accepts the connection and never answers would hold the request forever
     without the socket timeouts of factory/settings.py."""
     wave = fleet

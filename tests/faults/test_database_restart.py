@@ -107,7 +107,10 @@ def cluster():
 def private_env(cluster, var):
     """A Breakwater install of its own on the private cluster: its own var/ (file cache, secrets);
     nothing shared with the test run's database, Redis or broker."""
-    drop = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "SQLITE_PATH", "SQLITE_TEST_PATH", "SECRET_KEY", "BREAKWATER_KEY_ENCRYPTION_KEY")
+    drop = (
+        "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+        "SQLITE_PATH", "SQLITE_TEST_PATH", "SECRET_KEY", "BREAKWATER_KEY_ENCRYPTION_KEY",
+    )
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(DATABASE_URL=cluster.url("breakwater"), BREAKWATER_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="factory.settings", PYTHONPATH=str(ROOT))
     return env

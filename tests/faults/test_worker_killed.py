@@ -78,7 +78,7 @@ def job_page_saying(client, url, text):
 
 
 def staged(wave):
-    return set(str(u) for u in WaveDevice.objects.filter(wave=wave).values_list("device__uuid", flat=True))
+    return {str(u) for u in WaveDevice.objects.filter(wave=wave).values_list("device__uuid", flat=True)}
 
 
 def test_a_worker_killed_mid_rollout_stages_nothing_and_rolling_out_again_stages_exactly_the_missing_devices(
@@ -128,3 +128,45 @@ def test_a_worker_killed_mid_rollout_stages_nothing_and_rolling_out_again_stages
     # any copy from running it now.
     assert "did not happen" in job_page(client, job)
     assert rollout_jobs.rollout_job_get(token=job.rstrip("/").rsplit("/", 1)[-1], factory=factory)["status"] == "failed"
+
+
+# --- the heartbeat's verdicts, without a real worker ------------------------------------------------
+
+
+@pytest.fixture
+def small_fleet(factory, bob):
+    archive = offline_targets_key(factory=factory, actor=bob)
+    for version in (41, 42):
+        ci_build_publish(factory=factory, version=version, hardware_ids=HWIDS, tags=[TAG])
+    seed(factory, ungrouped=10)
+    wave = make_wave(factory, bob, archive)
+    uuids = [str(u) for u in Device.objects.filter(factory=factory).values_list("uuid", flat=True)]
+    return wave, uuids
+
+
+def running_job(wave, bob, uuids, done):
+    """A job a worker took and reported `done` rows of; its heartbeat has lapsed unless renewed."""
+    token = rollout_jobs.rollout_job_start(wave=wave, actor=bob, uuids=uuids, expected=len(uuids))  # on_commit never runs here
+    assert rollout_jobs._claim(token)
+    state = rollout_jobs.cache.get(rollout_jobs._key(token))
+    rollout_jobs._save(token, state, status="running", started_at=time.time() - 5, done=done, total=len(uuids))
+    return token
+
+
+def test_a_job_whose_worker_still_beats_keeps_running(factory, bob, small_fleet):
+    wave, uuids = small_fleet
+    token = running_job(wave, bob, uuids, done=4)
+    rollout_jobs.cache.set(rollout_jobs._alive_key(token), time.time(), 30)
+    assert rollout_jobs.rollout_job_get(token=token, factory=factory)["status"] == "running"
+
+
+def test_a_worker_lost_after_its_rollout_was_saved_shows_it_done(factory, bob, small_fleet):
+    """All rows written, then the worker died: between the commit and its report, or before the
+    commit. The rollout record tells which."""
+    wave, uuids = small_fleet
+    lost_before_commit = running_job(wave, bob, uuids, done=len(uuids))
+    assert rollout_jobs.rollout_job_get(token=lost_before_commit, factory=factory)["status"] == "failed"
+    lost_after_commit = running_job(wave, bob, uuids, done=len(uuids))
+    wave_rollout(wave=wave, actor=bob, uuids=uuids)
+    job = rollout_jobs.rollout_job_get(token=lost_after_commit, factory=factory)
+    assert job["status"] == "done" and job["message"] == "Rolled out to 10 devices (the worker stopped before it could report it)."
