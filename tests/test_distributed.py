@@ -3,10 +3,10 @@
 The module starts real processes that share only the test database, Redis and the Celery broker,
 each with a BREAKWATER_VAR_DIR of its own as if on its own machine: two web servers (gunicorn),
 two device gateways (`manage.py gateway`) and one Celery worker. They run Breakwater's settings
-with one change (tests/distributed_settings.py): a task queue of their own on the shared broker. Each test then does something
-through one process and checks it through another: sessions, sign-in limits, rollouts reaching
-devices through either gateway, check-ins flushed by the gateways, a background rollout run by
-the worker and followed on the other web server.
+with one change (tests/distributed_settings.py): a task queue of their own on the shared broker.
+Each test then does something through one process and checks it through another: sessions,
+sign-in limits, rollouts reaching devices through either gateway, check-ins flushed by the
+gateways, a background rollout run by the worker and followed on the other web server.
 """
 import json
 import os
