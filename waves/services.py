@@ -183,7 +183,7 @@ def wave_sign(*, wave, actor, signatures=None, key_archive=None):
             target=wave.name,
             details={"keyids": [s.get("keyid", "") for s in signatures], "active": threshold_met},
         )
-        _views_changed_on_commit(wave)
+        _views_changed(wave)
     return wave
 
 
@@ -234,9 +234,12 @@ def _locked(wave):
     return wave
 
 
-def _views_changed_on_commit(wave):
-    factory, tag = wave.factory, wave.tag
-    transaction.on_commit(lambda: tuf.views_changed(factory=factory, tag=tag))
+def _views_changed(wave):
+    # In the same transaction as the change: gateways polling meanwhile still read the old token
+    # and cache under it, and the new one commits with the staging, so no crash between the two
+    # can leave gateways serving a cached "not staged" answer. Lock order as everywhere: the
+    # wave's row, then the tag's views.
+    tuf.views_changed(factory=wave.factory, tag=wave.tag)
 
 
 def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuids=None, dry_run=False, progress=None):
@@ -332,7 +335,7 @@ def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuid
                 "skipped": len(result.skipped),
             },
         )
-        _views_changed_on_commit(wave)
+        _views_changed(wave)
     return result
 
 
@@ -495,7 +498,7 @@ def wave_complete(*, wave, actor):
         wave.finished_by = actor
         wave.save(update_fields=["status", "finished_at", "finished_by"])
         audit_record(factory=wave.factory, actor=actor, action="wave.complete", target=wave.name, details={"version": wave.version, "tag": wave.tag})
-        _views_changed_on_commit(wave)
+        _views_changed(wave)
     return wave
 
 
@@ -516,5 +519,5 @@ def wave_cancel(*, wave, actor):
         wave.finished_by = actor
         wave.save(update_fields=["status", "finished_at", "finished_by"])
         audit_record(factory=wave.factory, actor=actor, action="wave.cancel", target=wave.name, details={"version": wave.version, "tag": wave.tag})
-        _views_changed_on_commit(wave)
+        _views_changed(wave)
     return wave

@@ -2,6 +2,7 @@
 import uuid
 
 import pytest
+from django.db import transaction
 
 from devices.models import Device, DeviceGroup
 from devices.services import devices_assign_group
@@ -272,3 +273,17 @@ def test_every_rollout_is_recorded_with_its_exact_list(factory, bob, fleet100, w
 
     entry = AuditEntry.objects.filter(action="wave.rollout").get()
     assert entry.actor == bob and entry.details["devices"] == 7
+
+
+def test_a_rollout_replaces_the_tags_staging_token_in_its_own_transaction(factory, bob, fleet100, wave):
+    # Gateways cache "staged or not" under this token: it must commit with the staging itself,
+    # not in a step after the commit that a crash could skip.
+    from factory.tuf.models import TufView
+
+    def token():
+        return TufView.objects.get(factory=factory, kind=TufView.Kind.PRODUCTION, tag=TAG).staging_token
+
+    before = token()
+    with transaction.atomic():
+        wave_rollout(wave=wave, actor=bob, group="canary")
+        assert token() != before
