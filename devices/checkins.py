@@ -112,7 +112,7 @@ class RedisBuffer:
     def __init__(self, url, prefix):
         import redis
 
-        self._redis = redis.Redis.from_url(url)
+        self._redis = redis.Redis.from_url(url, **settings.REDIS_SOCKET_OPTIONS)
         self._local = MemoryBuffer()
         self._seen_key = f"{prefix}:seen"
         self._target_key = f"{prefix}:target"

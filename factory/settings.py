@@ -111,8 +111,11 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Timeouts, as for the broker: a Redis that stops answering fails a request in seconds instead
+# of holding it (and a gunicorn thread) forever. Used by the cache and the check-in buffer.
+REDIS_SOCKET_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 3}
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "OPTIONS": REDIS_SOCKET_OPTIONS}}
 else:
     # A file cache is shared by every process on the machine (web, gateway, workers).
     CACHES = {
