@@ -136,6 +136,29 @@ def _device_metadata():
     return device_metadata
 
 
+class OutageLog:
+    """Logs the first error of an outage with its traceback, then one line per `every` seconds
+    with how many more there were: thousands of polls a second must not flood the log."""
+
+    def __init__(self, message, every=10.0, clock=time.monotonic):
+        self.message, self.every, self.clock = message, every, clock
+        self._lock = threading.Lock()
+        self._last = None
+        self._suppressed = 0
+
+    def report(self):
+        now = self.clock()
+        with self._lock:
+            if self._last is not None and now - self._last < self.every:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        if suppressed:
+            logger.error("%s (%d more since the last report)", self.message, suppressed, exc_info=True)
+        else:
+            logger.exception(self.message)
+
+
 class Gateway:
     def __init__(self, device_cache_seconds=None):
         self.device_cache_seconds = (
@@ -147,6 +170,7 @@ class Gateway:
         self._cas = LRU(1_000)  # factory id -> (expires, CA PEM, CA certificate)
         self._targets = LRU(256)  # targets ETag -> (version, {name: (length, sha256)})
         self._artifacts = LRU(256)  # (factory, name, sha256) -> bytes
+        self._outage_log = OutageLog("database error in the gateway")
 
     # --- WSGI ---------------------------------------------------------------------------------
 
@@ -157,7 +181,8 @@ class Gateway:
             status, headers, body = self._json(exc.status, {"error": exc.message})
         except DatabaseError:
             # A dropped database connection (a restart, a failover): reconnect on the next request.
-            logger.exception("database error in the gateway")
+            # Every poll fails alike meanwhile: one traceback, then a count every few seconds.
+            self._outage_log.report()
             close_old_connections()
             _close_connections()
             status, headers, body = self._json(503, {"error": "the gateway cannot reach its database; retry later"})
