@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ("tuf", "gateway")
 ORDER = ("rollout", "status", "dashboard", "gateway", "tuf", "api_cli", "plans")
+# Ten minutes of a simulated fleet on a database of its own: run on request (--only soak).
+OPTIONAL = ("soak",)
 
 MS = r"(\d[\d,]*(?:\.\d+)?)[ \t]*ms"
 
@@ -128,6 +130,21 @@ def parse_plans(out):
     return figures
 
 
+def parse_soak(out):
+    """Latency rows (`name  requests  errors  p50  p95  p99  per-s`), growth per device-day, verdict."""
+    figures = []
+    for name, requests, errors, p99 in re.findall(
+        r"^((?:gateway|dashboard) .+?)[ \t]+([\d,]+)[ \t]+([\d,]+)[ \t]+(?:[\d.]+|nan)[ \t]+(?:[\d.]+|nan)[ \t]+([\d.]+|nan)[ \t]+[\d.]+$", out, re.M
+    ):
+        figure = Figure("soak", f"{name.strip()}: p99 over {requests} requests", float(p99) if p99 != "nan" else 0.0, "ms")
+        figures.append(_goal(Figure("soak", f"{name.strip()}: errors", _num(errors), "errors"), 0))
+        figures.append(figure)
+    growth = re.search(r"^database growth per device-day: ([\d,]+) bytes", out, re.M)
+    if growth:
+        figures.append(Figure("soak", "database growth per device-day", _num(growth.group(1)), "bytes"))
+    return figures
+
+
 PARSERS = {
     "rollout": parse_rollout,
     "status": parse_status,
@@ -136,7 +153,14 @@ PARSERS = {
     "tuf": parse_tuf,
     "api_cli": parse_api_cli,
     "plans": parse_plans,
+    "soak": parse_soak,
 }
+
+
+def soak_database_url(url):
+    base, _, name = url.rpartition("/")
+    name, sep, query = name.partition("?")
+    return f"{base}/{name}_soak{sep}{query}"
 
 
 def run_script(script, extra, env):
@@ -188,7 +212,7 @@ def table(runs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the scripts that need no 1,000,000-device fleet: " + ", ".join(QUICK))
-    parser.add_argument("--only", default="", help="comma-separated scripts to run, of: " + ", ".join(ORDER))
+    parser.add_argument("--only", default="", help="comma-separated scripts to run, of: " + ", ".join(ORDER + OPTIONAL))
     parser.add_argument("--gateway-seconds", type=float, default=15.0, help="seconds per gateway load row")
     args = parser.parse_args(argv)
 
@@ -198,14 +222,20 @@ def main(argv=None):
     scripts = [s.strip() for s in args.only.split(",") if s.strip()] or list(QUICK if args.quick else ORDER)
     unknown = [s for s in scripts if s not in PARSERS]
     if unknown:
-        parser.exit(2, f"unknown benchmark scripts: {', '.join(unknown)} (known: {', '.join(ORDER)})\n")
+        parser.exit(2, f"unknown benchmark scripts: {', '.join(unknown)} (known: {', '.join(ORDER + OPTIONAL)})\n")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     migrated = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env)
     if migrated.returncode != 0:
         parser.exit(1, "migrating the benchmark database failed\n")
     started = time.perf_counter()
-    runs = [run_script(s, ["--seconds", f"{args.gateway_seconds:g}"] if s == "gateway" else [], env) for s in scripts]
+    runs = []
+    for script in scripts:
+        extra = ["--seconds", f"{args.gateway_seconds:g}"] if script == "gateway" else []
+        # The soak refuses a database holding other factories (the 1,000,000-device one): it
+        # gets a database of its own on the same server, created on first use.
+        script_env = {**env, "DATABASE_URL": soak_database_url(url)} if script == "soak" else env
+        runs.append(run_script(script, extra, script_env))
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nBreakwater benchmarks on {os.uname().nodename}: {os.cpu_count()} CPUs, load average {load}, {time.perf_counter() - started:,.0f} s in all\n")

@@ -1,6 +1,18 @@
 """bench/run.py reads each benchmark's printed table and judges each figure against its goal.
 The samples are made with the scripts' own print formats."""
-from bench.run import parse_api_cli, parse_dashboard, parse_gateway, parse_plans, parse_rollout, parse_status, parse_tuf, table, Run
+from bench.run import (
+    Run,
+    parse_api_cli,
+    parse_dashboard,
+    parse_gateway,
+    parse_plans,
+    parse_rollout,
+    parse_soak,
+    parse_status,
+    parse_tuf,
+    soak_database_url,
+    table,
+)
 
 
 def test_rollout_figures_and_the_sql_ratio():
@@ -53,3 +65,20 @@ def test_gateway_rate_goal_counts_errors():
 def test_the_table_marks_failed_scripts():
     rendered = table([Run("rollout", returncode=1), Run("tuf", figures=parse_tuf(f"  {'wave sign':<58} {3.0:8.1f} ms"))])
     assert "FAILED (exit 1)" in rendered and "wave sign" in rendered and "3.00 ms" in rendered
+
+
+def test_soak_errors_must_be_zero_and_p99_is_reported():
+    out = "\n".join(
+        [
+            "soak latency                                      requests  errors    p50 ms    p95 ms    p99 ms    per s",
+            "gateway poll (device side: TLS + TUF refresh)       21,431       0      58.3     871.5    1489.8     35.7",
+            "dashboard wave page                                    343       2      61.2     334.9     755.4      0.6",
+            "database growth per device-day: 51,657 bytes (3,588,096 bytes / 10,000 devices / 0.00695 days)",
+        ]
+    )
+    figures = {f.name: f for f in parse_soak(out)}
+    assert figures["gateway poll (device side: TLS + TUF refresh): errors"].ok is True
+    assert figures["dashboard wave page: errors"].ok is False
+    assert figures["gateway poll (device side: TLS + TUF refresh): p99 over 21,431 requests"].value == 1489.8
+    assert figures["database growth per device-day"].value == 51_657
+    assert soak_database_url("postgres://postgres@127.0.0.1:5432/breakwater_bench") == "postgres://postgres@127.0.0.1:5432/breakwater_bench_soak"
