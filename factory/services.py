@@ -1,5 +1,6 @@
 """Writes for factories, members, API tokens, the audit log and CI builds."""
 import hashlib
+import json
 import secrets
 from contextlib import contextmanager
 
@@ -138,6 +139,35 @@ def api_token_authenticate(plain):
     return token
 
 
+CUSTOM_MAX_BYTES = 64 * 1024
+CUSTOM_MAX_DEPTH = 32
+
+
+def _custom_check(value, path="custom", depth=0):
+    """`custom` is copied into every target of the build, signed as canonical JSON (which has no
+    fractional numbers) and stored in PostgreSQL (which cannot hold NUL characters)."""
+    if depth > CUSTOM_MAX_DEPTH:
+        raise ApplicationError(f"custom is nested more than {CUSTOM_MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _custom_check(key, f"{path} key", depth + 1)
+            _custom_check(item, f"{path}.{str(key)[:40]}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _custom_check(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
+            raise ApplicationError(f"{path}: text must be valid Unicode") from None
+        if "\x00" in value:
+            raise ApplicationError(f"{path}: text may not contain NUL characters")
+    elif isinstance(value, float):
+        raise ApplicationError(f"{path}: {value!r} is not an integer; signed TUF metadata has no fractional numbers (send it as a string)")
+    elif value is not None and not isinstance(value, (bool, int)):
+        raise ApplicationError(f"{path}: only text, integers, true/false, null, lists and objects are allowed")
+
+
 def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, targets=None, custom=None):
     """Publish CI build `version`: one target per hardware ID, named <hwid>-lmp-<version>.
 
@@ -159,6 +189,12 @@ def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, target
         raise ApplicationError("a CI build needs at least one hardware ID")
     if not tags:
         raise ApplicationError("a CI build needs at least one tag")
+    if custom is not None:
+        if not isinstance(custom, dict):
+            raise ApplicationError("custom must be an object")
+        _custom_check(custom)
+        if len(json.dumps(custom, ensure_ascii=False).encode()) > CUSTOM_MAX_BYTES:
+            raise ApplicationError(f"custom is larger than {CUSTOM_MAX_BYTES // 1024} KiB; it is copied into every target of the build")
     targets = targets or {}
     created = []
     try:

@@ -25,8 +25,11 @@ from factory.wsgi import application
 from tests.test_authorization_matrix import world  # noqa: F401  (module-scoped fixture)
 
 EXAMPLES = int(os.environ.get("BREAKWATER_SCHEMATHESIS_EXAMPLES", 20))
+# Derandomized (the same requests every run, so CI is reproducible) unless set to 0: a longer run
+# then tries new requests each time; a failure still prints the curl command that reproduces it.
+DERANDOMIZE = os.environ.get("BREAKWATER_SCHEMATHESIS_DERANDOMIZE", "1") != "0"
 REPORT = os.environ.get("BREAKWATER_SCHEMATHESIS_REPORT")
-TRIED = {}  # operation -> test cases run, status codes answered, failures, seconds
+TRIED = {}  # operation -> test cases run, status codes answered, seconds (failures: pytest's report)
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", application)
 
@@ -52,7 +55,8 @@ def report():
     yield
     if REPORT:
         checks_run = [check.__name__ for check in CHECKS]
-        Path(REPORT).write_text(json.dumps({"examples_per_operation": EXAMPLES, "checks": checks_run, "operations": TRIED}, indent=1))
+        summary = {"examples_per_operation": EXAMPLES, "derandomized": DERANDOMIZE, "checks": checks_run, "operations": TRIED}
+        Path(REPORT).write_text(json.dumps(summary, indent=1))
 
 
 @pytest.fixture
@@ -79,20 +83,17 @@ def _steer(case, world):
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 def test_api_never_fails_with_a_server_error(db, world, connection_kept, case):
     _steer(case, world)
     # ignored_auth sends each case without the token too; past 30 such failures the client's
     # address is throttled (429) and the cases after it would test nothing else.
     ratelimit.NAMESPACE = f"schemathesis-{uuid.uuid4().hex}"
-    tried = TRIED.setdefault(case.operation.label, {"cases": 0, "statuses": {}, "failures": [], "seconds": 0.0})
+    tried = TRIED.setdefault(case.operation.label, {"cases": 0, "statuses": {}, "seconds": 0.0})
     tried["cases"] += 1
     started = time.perf_counter()
     try:
         response = case.call_and_validate(headers={"Authorization": f"Token {world['tokens']['alice']}"}, checks=CHECKS)
-    except Exception as error:
-        tried["failures"].append(f"{type(error).__name__}: {str(error).strip()[:300]}")
-        raise
     finally:
         tried["seconds"] += time.perf_counter() - started
     status = str(response.status_code)
