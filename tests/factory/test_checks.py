@@ -60,7 +60,9 @@ def test_the_embedded_install_on_sqlite_is_not_warned(deployment, monkeypatch):
 
 
 def test_check_deploy_warns_a_postgresql_install_without_redis_and_plain_check_does_not(tmp_path):
-    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "BREAKWATER_KEY_ENCRYPTION_KEY")}
+    # Playwright's tests set DJANGO_ALLOW_ASYNC_UNSAFE in this process; a deployment never does.
+    unset = ("REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "BREAKWATER_KEY_ENCRYPTION_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
     # Nothing connects to the database during these checks.
     environ.update(DATABASE_URL="postgres://breakwater@127.0.0.1:5432/breakwater", BREAKWATER_VAR_DIR=str(tmp_path))
     deploy = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120)
