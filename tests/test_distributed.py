@@ -26,14 +26,19 @@ import redis
 import urllib3
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
 
 from devices import pki
 from devices.fleet import fleet_seed
 from devices.models import Device
 from devices.services import gateway_identity_get, registration_token_create
 from factory.models import Role
-from factory.services import api_token_create, ci_build_publish, factory_create, user_create
+from factory.services import (
+    api_token_create,
+    ci_build_publish,
+    factory_create,
+    user_create,
+)
+from tests.processes import database_url, free_port
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, make_wave
 
@@ -62,20 +67,6 @@ pytestmark = [
 # --- processes ---------------------------------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _database_url():
-    db = connection.settings_dict
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    auth = f"{user}{password}@" if user else ""
-    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
 def _environment(var_dir):
     """What every process is given: the shared services and secrets, and a var/ folder of its own."""
     drop = ("DJANGO_ALLOW_ASYNC_UNSAFE", "SQLITE_PATH", "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", "CELERY_TASK_ALWAYS_EAGER")
@@ -84,7 +75,7 @@ def _environment(var_dir):
         DJANGO_SETTINGS_MODULE="tests.distributed_settings",
         BREAKWATER_TEST_QUEUE=QUEUE,
         PYTHONPATH=str(ROOT),
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         REDIS_URL=settings.REDIS_URL,
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         SECRET_KEY=settings.SECRET_KEY,
@@ -133,14 +124,14 @@ class Process:
 
 
 def web_process(name, folder):
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "factory.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "4",
             "--timeout", "60", "--no-control-socket"]  # fmt: skip
     return Process(name, argv, folder, port)
 
 
 def gateway_process(name, folder):
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "manage.py", "gateway", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
             "--tls-dir", str(folder / name / "tls")]  # fmt: skip
     return Process(name, argv, folder, port)

@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
+
+from tests.processes import database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def _database_url():
-    db = connection.settings_dict
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    auth = f"{user}{password}@" if user else ""
-    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 def test_a_short_soak_passes_with_zero_errors_and_reports_its_figures(tmp_path):
@@ -30,7 +23,7 @@ def test_a_short_soak_passes_with_zero_errors_and_reports_its_figures(tmp_path):
     drop = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_TASK_ALWAYS_EAGER", "DJANGO_ALLOW_ASYNC_UNSAFE", "SQLITE_PATH")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         BREAKWATER_VAR_DIR=str(tmp_path / "var"),
         SECRET_KEY=settings.SECRET_KEY,
         BREAKWATER_KEY_ENCRYPTION_KEY=settings.TUF_KEY_ENCRYPTION_KEY,

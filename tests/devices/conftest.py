@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import urllib3
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 from django.test import Client
 
 from devices import pki
 from devices.models import GatewayIdentity
 from devices.services import gateway_identity_get, registration_token_create
+from tests.processes import database_env, free_port
 
 BASE = Path(__file__).resolve().parents[2]
 
@@ -101,22 +102,6 @@ def register(tmp_path):
 # --- the gateway process ----------------------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _database_env():
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return {"SQLITE_PATH": db["NAME"]}
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    auth = f"{user}{password}@" if user else ""
-    return {"DATABASE_URL": f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"}
-
-
 class GatewayProcess:
     def __init__(self, port, identity, folder):
         self.port = port
@@ -136,10 +121,10 @@ def gateway_process(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock():
         identity = gateway_identity_get(hosts=["127.0.0.1", "localhost"])
         saved = {f.name: getattr(identity, f.name) for f in GatewayIdentity._meta.concrete_fields if f.name not in ("id", "name")}
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
-            **_database_env(),
+            **database_env(),
             "BREAKWATER_VAR_DIR": str(folder / "var"),
             "SECRET_KEY": settings.SECRET_KEY,
             "BREAKWATER_KEY_ENCRYPTION_KEY": settings.TUF_KEY_ENCRYPTION_KEY,

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
+
+from tests.processes import database_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,23 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 _db = connections["default"].settings_dict
 if _db["ENGINE"].endswith("sqlite3") and not _db["TEST"].get("NAME"):
     _db["TEST"]["NAME"] = os.path.join(tempfile.mkdtemp(prefix="bw-faults-test-"), "test.sqlite3")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def database_env():
-    """How a child process reaches the test database."""
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return {"SQLITE_PATH": db["NAME"]}
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    auth = f"{user}{password}@" if user else ""
-    return {"DATABASE_URL": f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"}
 
 
 def child_env(**extra):

@@ -19,13 +19,14 @@ from factory.celery import app as celery_app
 from factory.services import ci_build_publish
 from tests.factory.test_api import as_user, tokens  # noqa: F401  (fixtures)
 from tests.factory.test_views import hx, login
+from tests.processes import free_port
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, TAG, make_wave, seed
 from tests.waves.test_views_rollout import confirmation, preview
 from waves import rollout_jobs
 from waves.models import WaveDevice
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT
 
 THRESHOLD = 30
 MESSAGE = "The rollout did not happen: the task queue that runs large rollouts cannot be reached"

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, device_pool, free_port, poll_status, start_gateway, wait_until
+from tests.processes import free_port
+
+from .conftest import ROOT, device_pool, poll_status, start_gateway, wait_until
 
 DEVICES = 12
 LOAD_THREADS = 4

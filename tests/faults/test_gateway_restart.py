@@ -14,11 +14,20 @@ from devices.models import Device
 from devices.services import gateway_identity_get
 from devices.simulator import Keystore
 from factory.services import ci_build_publish
+from tests.processes import free_port
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, TAG, make_wave, seed
 from waves.services import wave_rollout
 
-from .conftest import child_env, device_pool, free_port, listening, poll_status, python, start_gateway, wait_until
+from .conftest import (
+    child_env,
+    device_pool,
+    listening,
+    poll_status,
+    python,
+    start_gateway,
+    wait_until,
+)
 
 INTERVAL = 0.5  # seconds between a device's polls (a real fleet: minutes)
 # The simulator logs each failed device step at DEBUG as "<device>: <error>" and carries on.
