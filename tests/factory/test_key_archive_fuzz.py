@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from factory.errors import ApplicationError
 from factory.tuf import keys as tuf_keys
 from factory.tuf.services import key_archive_signatures
+from tests.waves.conftest import TAG, builds, offline_key  # noqa: F401  (fixtures)
 
 EXAMPLES = int(os.environ.get("BREAKWATER_FUZZ_EXAMPLES", "100"))
 # Every answer takes milliseconds; this leaves room for a loaded CI machine and still catches the
@@ -464,3 +465,56 @@ def test_non_utf8_and_control_character_names_are_shown_escaped():
     raw = header(b"tufrepo/keys/\xff\x1b[31m.sec", octal(2), b"0") + padded(b"{}") + b"\0" * 1024
     message = read(tgz(raw))
     assert "unexpected file" in message and "\x1b" not in message
+
+
+# --- through the doors: the dashboard's sign form and the API -------------------------------------
+
+
+@functools.cache
+def hostile_archives():
+    signer, _ = keys()["targets"]
+    deep = b"[" * 8000 + b"]" * 8000
+    return [
+        tgz(_chain(b"L", 1000) + b"\0" * 1024),
+        tgz(header(b"pax", octal(200_000), b"x") + padded(b"0" * 200_000) + b"\0" * 1024),
+        tgz(header(key_name("targets", signer.public_key.keyid), octal(len(deep)), b"0") + padded(deep) + b"\0" * 1024),
+        os.urandom(3000),
+    ]
+
+
+@pytest.fixture
+def unsigned_wave(factory, bob, builds):  # noqa: F811
+    from waves.services import wave_init
+
+    return wave_init(factory=factory, actor=bob, name="v2.0-update", version=42, tag=TAG)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("index", range(4))
+def test_hostile_archives_are_a_form_error_or_a_json_400_and_sign_nothing(client, bob, unsigned_wave, index):
+    import base64
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+    from django.utils.html import escape
+
+    from factory.services import api_token_create
+    from waves.models import Wave
+
+    archive = hostile_archives()[index]
+    client.force_login(bob)
+    started = time.perf_counter()
+    page = client.post(reverse("wave-sign", args=[unsigned_wave.name]), {"key_archive": SimpleUploadedFile("keys.tgz", archive)})
+    assert page.status_code in (200, 400), page.status_code
+    assert escape(read(archive)).encode() in page.content  # the reader's own message, shown on the form
+    token = api_token_create(user=bob, factory=unsigned_wave.factory)[1]
+    response = client.post(
+        f"/api/v1/factories/acme/waves/{unsigned_wave.name}/sign",
+        json.dumps({"key_archive": base64.b64encode(archive).decode()}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Token {token}",
+    )
+    assert response.status_code == 400 and response.json()["detail"] == read(archive), response.content[:300]
+    assert time.perf_counter() - started < 2 * SECONDS
+    unsigned_wave.refresh_from_db()
+    assert unsigned_wave.status == Wave.Status.UNSIGNED
