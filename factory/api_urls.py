@@ -16,5 +16,5 @@ urlpatterns = [
     path("", api.urls),
     # [\s\S], not `.`: a path parameter holding a newline matches no route (their `.+` stops at
     # it) and would otherwise fall through to the dashboard's HTML 404 page.
-    re_path(r"^(?P<rest>[\s\S]*)\Z", api_not_found),
+    re_path(r"^(?P<rest>[\s\S]*)$", api_not_found),
 ]
