@@ -56,8 +56,12 @@ class Cluster:
                 owner = pwd.getpwnam("postgres")
             except KeyError:
                 pytest.skip("running as root and there is no postgres user to run a private PostgreSQL cluster as")
+            # runuser lives in sbin, which a non-login shell's PATH may lack.
+            runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+            if runuser is None:
+                pytest.skip("running as root and runuser (util-linux) is missing to run a private PostgreSQL cluster as postgres")
             os.chown(self.folder, owner.pw_uid, owner.pw_gid)
-            self.prefix = ["runuser", "-u", "postgres", "--"]
+            self.prefix = [runuser, "-u", "postgres", "--"]
         self.run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         self.start()
 
