@@ -138,7 +138,8 @@ def test_listed_devices_that_are_not_candidates_come_back_with_the_reason(factor
     canary = Device.objects.filter(group__name="canary").first()
     wave_rollout(wave=wave, actor=bob, group="canary")
     unknown = str(uuid.uuid4())
-    good = Device.objects.filter(is_production=True, group__name="beta").first()
+    # the fleet-wide sample of one above may have picked any beta device
+    good = Device.objects.filter(is_production=True, group__name="beta").exclude(uuid=already).first()
 
     unknowns = [str(uuid.uuid4()) for _ in range(padding)]
     listed = [unknown, str(test_device.uuid), str(other_tag.uuid), str(updated.uuid), already, str(canary.uuid), str(good.uuid), *unknowns]
