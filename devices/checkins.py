@@ -75,6 +75,11 @@ class MemoryBuffer:
             rows, self._events = self._events[:limit], self._events[limit:]
         return rows
 
+    def restore_checkins(self, pending):
+        """Take back check-ins a failed flush drained; newer ones that came meanwhile still win."""
+        for device_id, checkin in pending.items():
+            self.checkin(device_id, checkin)
+
     def restore_events(self, rows):
         with self._lock:
             self._events[:0] = rows
@@ -141,7 +146,13 @@ class RedisBuffer:
             self._push(keys=keys, args=args, client=pipe)
         if served:
             pipe.zadd(self._served_key, served, gt=True)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except Exception:
+            # Redis unreachable: keep them in memory for the next push. The script only moves
+            # values forward, so a pipeline that partly ran before failing is pushed again safely.
+            self._local.restore_checkins(pending)
+            raise
 
     def drain_checkins(self):
         self.push()
@@ -165,6 +176,10 @@ class RedisBuffer:
         for device_id, score in served:
             entry(device_id).targets_version = int(score)
         return pending
+
+    def restore_checkins(self, pending):
+        """Check-ins a failed database write drained: pushed to Redis again at the next flush."""
+        self._local.restore_checkins(pending)
 
     def add_events(self, rows):
         if rows:
@@ -297,7 +312,14 @@ def flush(buf=None):
     """Write everything buffered so far; returns (check-ins written, events written)."""
     buf = buf or buffer()
     pending = buf.drain_checkins()
-    written = checkins_write(pending) if pending else 0
+    try:
+        written = checkins_write(pending) if pending else 0
+    except Exception:
+        # Keep them for the next flush: a device that stops polling would otherwise look offline
+        # (and be left out of "online first" samples) although it checked in. Batches that did
+        # commit are written again harmlessly, since a write only moves a device forward.
+        buf.restore_checkins(pending)
+        raise
     events = 0
     while True:
         rows = buf.drain_events()

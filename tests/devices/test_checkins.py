@@ -8,7 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from devices import checkins
-from devices.checkins import Checkin, MemoryBuffer, RedisBuffer, checkins_write, events_write, flush
+from devices.checkins import Checkin, MemoryBuffer, RedisBuffer, checkins_write, flush
 from devices.fleet import fleet_seed
 from devices.models import Device, DeviceEvent
 
@@ -103,6 +103,44 @@ def test_events_stay_buffered_when_the_write_fails(fleet, monkeypatch):
         flush(buf)
     monkeypatch.undo()
     assert flush(buf) == (0, 1)
+
+
+def test_check_ins_stay_buffered_when_the_write_fails(fleet, buf, monkeypatch):
+    device = fleet[0]
+    buf.checkin(device.pk, Checkin(seen=T0, target_name="intel-corei7-64-lmp-42", target_version=42, tag="production", targets_version=4))
+
+    def broken(checkins):
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(checkins, "checkins_write", broken)
+    with pytest.raises(RuntimeError):
+        flush(buf)
+    # A poll while the database is down: the newest check-in wins, the highest served version stays.
+    buf.checkin(device.pk, Checkin(seen=T0 + 5, targets_version=3))
+    monkeypatch.undo()
+    assert flush(buf) == (1, 0)
+    device.refresh_from_db()
+    assert device.last_seen.timestamp() == T0 + 5
+    assert (device.target_version, device.tag, device.targets_version_seen) == (42, "production", 4)
+
+
+def test_check_ins_stay_in_the_gateway_when_redis_fails_during_the_push(fleet, monkeypatch):
+    import redis
+
+    buf = redis_buffer()
+    device = fleet[0]
+    buf.checkin(device.pk, Checkin(seen=T0, target_name="intel-corei7-64-lmp-42", target_version=42))
+
+    def unreachable(self, *args, **kwargs):
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", unreachable)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        flush(buf)
+    monkeypatch.undo()
+    assert flush(buf) == (1, 0)
+    device.refresh_from_db()
+    assert (device.last_seen.timestamp(), device.target_version) == (T0, 42)
 
 
 def test_two_gateways_pushing_out_of_order_keep_the_newest_check_in(fleet):

@@ -9,7 +9,6 @@ import pytest
 import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 
 from devices import pki
 from devices.models import Device, DeviceEvent
