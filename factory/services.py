@@ -9,7 +9,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from .auth import actor_name, authorize
-from .errors import ApplicationError, Conflict, NotFound
+from .errors import ApplicationError, Conflict
 from .models import ApiToken, AuditEntry, CiTarget, Factory, Membership, Role
 
 TOKEN_PREFIX = "bw"

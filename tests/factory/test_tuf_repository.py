@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from securesystemslib.signer import Signature
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import Metadata
 

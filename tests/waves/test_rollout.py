@@ -127,7 +127,6 @@ def test_a_dry_run_changes_nothing(factory, bob, carol, fleet100, wave):
 # A long list takes another path to the database (an array parameter on PostgreSQL).
 @pytest.mark.parametrize("padding", [0, 150], ids=["short list", "long list"])
 def test_listed_devices_that_are_not_candidates_come_back_with_the_reason(factory, bob, fleet100, wave, padding):
-    from factory.services import factory_create
 
     test_device = Device.objects.filter(is_production=False).first()
     seed(factory, ungrouped=1, tag="staging")
