@@ -133,22 +133,10 @@ def client_ip(request):
     return request.META.get("REMOTE_ADDR", "") or "unknown"
 
 
-def _limit(name, default):
-    return int(getattr(settings, name, default))
-
-
 def login_limiter():
-    return FailureLimiter(
-        "login",
-        attempts=_limit("BREAKWATER_LOGIN_FAILURES", 10),
-        window=_limit("BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60),
-    )
+    return FailureLimiter("login", attempts=settings.BREAKWATER_LOGIN_FAILURES, window=settings.BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS)
 
 
 def api_token_limiter():
     # Tokens are too long to guess; this bounds the database work a token-guessing client causes.
-    return FailureLimiter(
-        "api-token",
-        attempts=_limit("BREAKWATER_API_TOKEN_FAILURES", 30),
-        window=_limit("BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60),
-    )
+    return FailureLimiter("api-token", attempts=settings.BREAKWATER_API_TOKEN_FAILURES, window=settings.BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS)

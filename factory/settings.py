@@ -210,6 +210,11 @@ BREAKWATER_ROLLOUT_JOB_QUEUE_PATIENCE_SECONDS = float(os.environ.get("BREAKWATER
 # Behind N reverse proxies (a load balancer in front of several web processes), the client's
 # address for sign-in limits is the Nth from the right in X-Forwarded-For.
 BREAKWATER_TRUSTED_PROXY_HOPS = int(os.environ.get("BREAKWATER_TRUSTED_PROXY_HOPS", 0))
+# Failed sign-ins per client address and per username, and failed API tokens per address, allowed
+# in one window before the answer is 429 (factory/ratelimit.py).
+BREAKWATER_LOGIN_FAILURES = int(os.environ.get("BREAKWATER_LOGIN_FAILURES", 10))
+BREAKWATER_API_TOKEN_FAILURES = int(os.environ.get("BREAKWATER_API_TOKEN_FAILURES", 30))
+BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS = int(os.environ.get("BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS", 15 * 60))
 BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INTERVAL_SECONDS", 15))
 # A staged device with no progress for this long counts as stuck in the wave status.
 BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))

@@ -177,3 +177,23 @@ def test_an_address_sending_bad_tokens_is_throttled(client, factory, bob):
     for _ in range(5):
         assert client.get(url, REMOTE_ADDR="10.5.0.3").status_code == 401
     assert client.get(url, HTTP_AUTHORIZATION=f"Token {good}", REMOTE_ADDR="10.5.0.3").status_code == 200
+
+
+def test_the_limits_come_from_the_environment():
+    import subprocess
+    import sys
+
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
+        "DJANGO_SETTINGS_MODULE": "factory.settings",
+        "BREAKWATER_LOGIN_FAILURES": "4",
+        "BREAKWATER_API_TOKEN_FAILURES": "7",
+        "BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS": "120",
+    }
+    code = (
+        "import django; django.setup(); from factory.ratelimit import login_limiter, api_token_limiter; "
+        "print([(l.attempts, l.window) for l in (login_limiter(), api_token_limiter())])"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[(4, 120), (7, 120)]"
