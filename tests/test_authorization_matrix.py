@@ -52,6 +52,12 @@ def pending_root_change(world):
     ]
 
 
+def second_offline_key(world):
+    """A second offline targets key, which can be retired at once (nothing relies on it alone)."""
+    change = tuf_services.offline_key_add(factory=world["factory"], actor=world["bob"], role="targets", public_key=new_public_key())
+    world["retire_keyid"] = change.details["keyid"]
+
+
 PHASES = [{"limit": 2, "advance": "approval", "approver_must_differ": False, "wait_minutes": 0, "min_reporting": 0, "min_success_ratio": 0}, {"group": "canary"}]
 
 
@@ -98,6 +104,7 @@ CASES = {
     "keys_root": [("view", {"query": {"production": "true"}})],
     "keys_offline_add": [("keys.manage", {"body": lambda w: {"role": "targets", "public_key": new_public_key()}})],
     "keys_root_renew": [("keys.manage", {})],
+    "keys_offline_retire": [("keys.manage", {"setup": second_offline_key, "path": {"keyid": "retire_keyid"}})],
     "keys_change": [("view", {"setup": pending_root_change})],
     "keys_change_abandon": [("keys.manage", {"setup": pending_root_change})],
     "keys_change_sign": [("keys.manage", {"setup": pending_root_change, "body": lambda w: {"signatures": w["change_signatures"]}})],

@@ -353,6 +353,41 @@ def test_keys_rotate_offline_key_keeps_the_private_key_local(cli, tokens, factor
     assert "may not do this" in denied and "can be deleted" in denied
 
 
+def test_retire_offline_key_has_the_remaining_key_re_sign_production_targets(cli, tokens, factory, fleet, keys_file, env):
+    bob = tokens["bob"]
+    ((_, leaving),) = key_archive_read(keys_file.read_bytes())
+    leaving_id = leaving.public_key.keyid
+    assert "only offline targets key" in one_sentence_error(cli("keys", "retire-offline-key", leaving_id, token=bob))
+    staying_file = env.tmp / "staying.tgz"
+    assert cli("keys", "rotate-offline-key", "-k", staying_file, token=bob).code == 0
+    # Production targets signed by the leaving key alone: a completed wave.
+    assert cli("waves", "init", "-k", keys_file, "v2", 42, TAG, token=bob).code == 0
+    assert cli("waves", "complete", "v2", token=bob).code == 0
+
+    assert "may not do this" in one_sentence_error(cli("keys", "retire-offline-key", leaving_id, token=tokens["carol"]))
+    assert "not a key id" in one_sentence_error(cli("keys", "retire-offline-key", "not-a-key!", token=bob))
+    assert "not an offline key of this factory" in one_sentence_error(cli("keys", "retire-offline-key", "0" * 64, token=bob))
+    assert not TufKey.objects.filter(keyid=leaving_id, retired_at__isnull=False).exists()
+
+    # Without the remaining key's archive the change waits, naming what it needs...
+    pending = cli("keys", "retire-offline-key", leaving_id[:8], token=bob)
+    assert pending.code == 0 and "waiting for offline signatures" in pending.out, pending.err
+    assert f"production-targets:{TAG}" in pending.out and "targets key signature" in pending.out
+    assert cli("keys", "abandon-change", token=bob).code == 0
+    # ...and with it, it is applied at once.
+    retired = cli("keys", "retire-offline-key", leaving_id[:12], "-K", staying_file, token=bob)
+    assert retired.code == 0 and f"Offline key {leaving_id} is retired" in retired.out and "applied" in retired.out, retired.err
+    listing = {k["keyid"]: k for k in json.loads(cli("keys", "list", "--json", token=tokens["dave"]).out)["keys"]}
+    assert listing[leaving_id]["retired_at"] and not listing[[k for k in listing if k != leaving_id and not listing[k]["online"] and listing[k]["role"] == "targets"][0]]["retired_at"]
+    root = json.loads(cli("keys", "show-root", "--prod", token=tokens["dave"]).out)["signed"]
+    assert leaving_id not in root["roles"]["targets"]["keyids"]
+    # The retired key signs no more waves; the remaining one does.
+    ci_build_publish(factory=factory, version=43, hardware_ids=["intel-corei7-64"], tags=[TAG])
+    refused = one_sentence_error(cli("waves", "init", "-k", keys_file, "v3", 43, TAG, token=bob))
+    assert "not trusted by the production root" in refused and not Wave.objects.filter(name="v3").exists()
+    assert cli("waves", "init", "-k", staying_file, "v3", 43, TAG, token=bob).code == 0
+
+
 def test_registration_tokens(cli, tokens, fleet):
     created = cli("registration-tokens", "create", "--tag", TAG, "--group", "canary", "--production", "--max-uses", "10", token=tokens["alice"])
     assert created.code == 0, created.err

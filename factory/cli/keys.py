@@ -6,6 +6,7 @@ public key and signatures are sent to the server.
 import base64
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from factory.errors import ApplicationError
 from factory.tuf.keys import key_archive_read, key_archive_write, key_generate, payload_sign
@@ -41,6 +42,18 @@ def register(sub, common):
     p.add_argument("--threshold", type=int, metavar="N", help="production targets threshold after adding a targets key (default: at least 2)")
     p.add_argument("-K", "--sign-with", action="append", default=[], metavar="KEYS.tgz", help="other key archives whose signatures the change needs")
     p.set_defaults(handler=keys_rotate)
+
+    p = commands.add_parser(
+        "retire-offline-key",
+        parents=[common],
+        help="remove an offline targets key from the factory's roots",
+        description="Remove an offline targets key (its holder left, it was lost or replaced) from the CI and "
+        "production roots. Production targets it signed must be re-signed by the remaining offline keys: "
+        "give their archives with -K, or sign later with `breakwater keys sign-change`.",
+    )
+    p.add_argument("keyid", metavar="KEYID", help="the key's id as `breakwater keys list` shows it, or its first 8 characters or more")
+    p.add_argument("-K", "--sign-with", action="append", default=[], metavar="KEYS.tgz", help="remaining offline keys to sign what the change needs")
+    p.set_defaults(handler=keys_retire)
 
     p = commands.add_parser("sign-change", parents=[common], help="sign the pending key change with the keys in an archive")
     p.add_argument("-k", "--keys", action="append", required=True, metavar="KEYS.tgz")
@@ -157,6 +170,16 @@ def keys_rotate(args, ctx):
         raise CliError(f"the server did not add the new key ({exc.message}); {args.keys} holds an unused key and can be deleted") from None
     change = _sign_pending(ctx, change, [signer, *others])
     out(f"New offline {args.role} key {signer.public_key.keyid} saved to {args.keys}; keep it offline and backed up.")
+    _print_change(change)
+    return 0
+
+
+def keys_retire(args, ctx):
+    signers = _signers(args.sign_with)
+    change = ctx.client.post(ctx.path(f"keys/offline/{quote(args.keyid.strip(), safe='')}/retire"))
+    change = _sign_pending(ctx, change, signers)
+    if change["status"] == "applied":
+        out(f"Offline key {change['details']['keyid']} is retired: it no longer signs for this factory.")
     _print_change(change)
     return 0
 

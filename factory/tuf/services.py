@@ -8,6 +8,7 @@ view is always signed after the production view, so a newly staged device moves 
 """
 import base64
 import logging
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -812,15 +813,23 @@ def offline_key_add(*, factory, actor, role, public_key, threshold=None):
 def offline_key_retire(*, factory, actor, keyid):
     """Remove an offline targets key from both roots (a user leaves, a key is lost or rotated).
 
-    Production targets that relied on it must first be re-signed by the remaining keys: the
-    change lists them and waits for those signatures. The last offline targets key cannot go.
+    `keyid` is the key id or a unique prefix of it (at least 8 characters, as `keys list` and the
+    pending change's "still needs" show them). Production targets that relied on the key must
+    first be re-signed by the remaining keys: the change lists them and waits for those
+    signatures. The last offline targets key cannot go.
     """
     authorize(user=actor, factory=factory, action="keys.manage")
+    keyid = str(keyid).strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{8,64}", keyid):
+        raise ApplicationError(f"{keyid[:70]!r} is not a key id: give the key's id (hexadecimal) or its first 8 characters or more")
     with transaction.atomic():
         repository = _repository_locked(factory)
-        row = TufKey.objects.filter(factory=factory, keyid=str(keyid), retired_at__isnull=True, online=False).first()
-        if row is None:
-            raise NotFound(f"key {str(keyid)[:64]} is not an offline key of this factory")
+        rows = list(TufKey.objects.filter(factory=factory, keyid__startswith=keyid, retired_at__isnull=True, online=False)[:2])
+        if not rows:
+            raise NotFound(f"key {keyid} is not an offline key of this factory")
+        if len(rows) > 1:
+            raise ApplicationError(f"more than one offline key starts with {keyid}; give more of the key id")
+        [row] = rows
         if row.role != "targets":
             raise ApplicationError("the root key is replaced, not removed: add the new root key instead")
         keyring = Keyring(factory.id)
