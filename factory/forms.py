@@ -1,5 +1,15 @@
-"""Forms of the factory app's dashboard pages: status threshold and audit log filters."""
+"""Forms of the factory app's dashboard pages: status threshold, audit log filters, key changes;
+and reading an uploaded key archive, which the wave pages share."""
 from django import forms
+
+KEY_ARCHIVE_MAX_BYTES = 1024 * 1024
+
+
+def key_archive_upload_read(upload):
+    """The bytes of an uploaded key archive, refused before reading when it is far too large."""
+    if upload.size > KEY_ARCHIVE_MAX_BYTES:
+        raise forms.ValidationError("A key archive is a few kilobytes; this file is larger than 1 MB.")
+    return upload.read()
 
 
 class DashboardForm(forms.Form):
@@ -32,3 +42,12 @@ class AuditFilterForm(DashboardForm):
         if data.get("since") and data.get("until") and data["since"] > data["until"]:
             self.add_error("until", "The end date is before the start date.")
         return data
+
+
+class KeyChangeSignForm(DashboardForm):
+    key_archive = forms.FileField(
+        label="Offline key archive (.tgz)", help_text="Used once, in memory, to sign the pending key change; it is never stored."
+    )
+
+    def clean_key_archive(self):
+        return key_archive_upload_read(self.cleaned_data["key_archive"])

@@ -4,7 +4,7 @@ from django import forms
 from django.core.validators import RegexValidator
 
 from devices.forms import UuidListField, parse_uuids, read_uuid_file
-from factory.forms import DashboardForm
+from factory.forms import DashboardForm, key_archive_upload_read
 
 from .models import Wave
 from .services import NAME_RE
@@ -60,11 +60,7 @@ class WaveCreateForm(DashboardForm):
 
     def clean_key_archive(self):
         upload = self.cleaned_data.get("key_archive")
-        if upload is None:
-            return None
-        if upload.size > 1024 * 1024:
-            raise forms.ValidationError("A key archive is a few kilobytes; this file is larger than 1 MB.")
-        return upload.read()
+        return None if upload is None else key_archive_upload_read(upload)
 
 
 class WaveSignForm(DashboardForm):
@@ -73,10 +69,7 @@ class WaveSignForm(DashboardForm):
     )
 
     def clean_key_archive(self):
-        upload = self.cleaned_data["key_archive"]
-        if upload.size > 1024 * 1024:
-            raise forms.ValidationError("A key archive is a few kilobytes; this file is larger than 1 MB.")
-        return upload.read()
+        return key_archive_upload_read(self.cleaned_data["key_archive"])
 
 
 class RolloutForm(DashboardForm):

@@ -907,6 +907,31 @@ def root_change_sign(*, factory, actor, signatures):
     return change
 
 
+def root_change_sign_with_archive(*, factory, actor, key_archive):
+    """Sign the pending key change with the keys of an uploaded archive (the dashboard's way).
+
+    The archive's root and targets keys sign, in memory, every document that still needs their
+    signature; the keys are dropped after. An archive with no key the change needs is refused.
+    """
+    from .selectors import root_change_payloads
+
+    authorize(user=actor, factory=factory, action="keys.manage")
+    change = TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).first()
+    if change is None:
+        raise NotFound("no key change is waiting for signatures")
+    signatures = []
+    for document in root_change_payloads(change=change):
+        if not document["missing"]:
+            continue
+        payload = base64.b64decode(document["payload"])
+        for signature in tuf_keys.archive_signatures(payload=payload, archive_bytes=key_archive, roles=tuf_keys.OFFLINE_ROLES):
+            if signature["keyid"] in document["keyids"] and signature["keyid"] not in document["signed_by"]:
+                signatures.append({"document": document["document"], **signature})
+    if not signatures:
+        raise ApplicationError("none of the keys in this archive can add a signature the pending change still needs", code="key_archive")
+    return root_change_sign(factory=factory, actor=actor, signatures=signatures)
+
+
 def root_change_abandon(*, factory, actor):
     authorize(user=actor, factory=factory, action="keys.manage")
     with transaction.atomic():
