@@ -392,9 +392,10 @@ def keys_offline_add(request, factory: FactoryName, payload: OfflineKeyIn):
 
 @keys.post("/keys/offline/{keyid}/retire", response=responses(200, RootChangeOut), summary="Retire an offline targets key (its holder left, it was lost or replaced)")
 def keys_offline_retire(request, factory: FactoryName, keyid: str):
-    """`keyid`: the key's id, or its first 8 characters or more. Starts a key change: new roots without the key, and the production targets it signed, which
-    the remaining offline keys must re-sign (status "pending", `documents` say what each needs).
-    The factory's last offline targets key cannot be retired, nor can the root key (add a new one)."""
+    """`keyid`: the key's id, or its first 8 characters or more. Starts a key change: new roots
+    without the key, and the production targets it signed, which the remaining offline keys must
+    re-sign (status "pending"; `documents` say what each still needs). The factory's last offline
+    targets key cannot be retired, nor can the root key (add a new one instead)."""
     factory_obj, user = actor_scope(request)
     return _change_out(tuf_services.offline_key_retire(factory=factory_obj, actor=user, keyid=keyid))
 

@@ -919,14 +919,17 @@ def root_change_sign_with_archive(*, factory, actor, key_archive):
     change = TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).first()
     if change is None:
         raise NotFound("no key change is waiting for signatures")
+    signers = [signer for role, signer in tuf_keys.key_archive_read(key_archive) if role in tuf_keys.OFFLINE_ROLES]
     signatures = []
-    for document in root_change_payloads(change=change):
-        if not document["missing"]:
-            continue
-        payload = base64.b64decode(document["payload"])
-        for signature in tuf_keys.archive_signatures(payload=payload, archive_bytes=key_archive, roles=tuf_keys.OFFLINE_ROLES):
-            if signature["keyid"] in document["keyids"] and signature["keyid"] not in document["signed_by"]:
-                signatures.append({"document": document["document"], **signature})
+    try:
+        for document in root_change_payloads(change=change):
+            payload = base64.b64decode(document["payload"])
+            for signer in signers:
+                keyid = signer.public_key.keyid
+                if document["missing"] and keyid in document["keyids"] and keyid not in document["signed_by"]:
+                    signatures.append({"document": document["document"], **tuf_keys.payload_sign(signer, payload)})
+    finally:
+        signers.clear()
     if not signatures:
         raise ApplicationError("none of the keys in this archive can add a signature the pending change still needs", code="key_archive")
     return root_change_sign(factory=factory, actor=actor, signatures=signatures)
