@@ -21,8 +21,11 @@ def fleet(factory):
 
 
 def names(response):
+    """The device names the page links to, in the order the page shows them (an unordered query
+    returns rows in whatever order the database finds them)."""
     html = response.content.decode()
-    return [d.name for d in Device.objects.all() if f">{d.name}</a>" in html]
+    shown = [(html.find(f">{name}</a>"), name) for name in Device.objects.values_list("name", flat=True)]
+    return [name for position, name in sorted(shown) if position >= 0]
 
 
 @pytest.mark.django_db
