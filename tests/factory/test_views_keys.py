@@ -88,6 +88,8 @@ def test_retire_then_sign_the_change_with_the_remaining_key(client, factory, bob
     assert TufRootChange.objects.get(action="key.retire.targets").status == "applied"
     assert TufKey.objects.get(keyid=first).retired_at is not None
     assert TufKey.objects.get(keyid=second).retired_at is None
+    # The uploaded key signed in memory only: the server holds no private half of an offline key.
+    assert TufKey.objects.filter(factory=factory, online=False, private_encrypted__isnull=False).count() == 0
     assert "A new root version is published" in client.get(reverse("keys")).content.decode()
     assert AuditEntry.objects.filter(action="tuf.key.retire.targets", actor=bob).exists()
     # The last offline targets key has no retire button, and the service refuses it anyway.
