@@ -94,9 +94,14 @@ def bench_wave(factory, name="bench-wave", version=42):
     from waves.models import Wave
     from waves.services import wave_init, wave_sign
 
-    wave = Wave.objects.filter(factory=factory, name=name, status=Wave.Status.ACTIVE).first()
+    wave = Wave.objects.filter(factory=factory, name__startswith=name, status=Wave.Status.ACTIVE).order_by("-id").first()
     if wave is not None:
         return wave
+    # bench/api_cli.py cancels the tag's open waves to create its own, and a canceled wave keeps
+    # its name: the next run's bench wave takes a new one.
+    earlier = Wave.objects.filter(factory=factory, name__startswith=name).count()
+    if earlier:
+        name = f"{name}-{earlier + 1}"
     archive = offline_key_generate(factory=factory, actor=None, role="targets")
     wave = wave_init(factory=factory, actor=None, name=name, version=version, tag=BENCH_TAG)
     return wave_sign(wave=wave, actor=None, key_archive=archive)
