@@ -3,14 +3,15 @@
 Every door (dashboard, API, CLI, plans, tasks) calls these; they check the role, lock the wave
 row so concurrent commands on one wave run one after another, and write the audit log.
 """
+import logging
 import math
 import random
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, Sum
 from django.utils import timezone
 
 from devices.models import Device, DeviceGroup
@@ -25,6 +26,8 @@ from factory.tuf import services as tuf
 from .models import Rollout, Wave, WaveDevice, WaveGroup
 from .selectors import offline_cutoff
 from .uuids import MAX_UUIDS, parse_uuid_list
+
+logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -319,6 +322,7 @@ def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuid
                 raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty", extra={"skipped": result.skipped})
             rollout = _rollout_record(wave, actor, group_obj, limit, len(listed or ()), False, len(selected))
             _stage(wave, rollout, [row["id"] for row in selected], progress)
+            _statistics_refresh_after(wave, rollout)
         result.rollout = rollout
         audit_record(
             factory=factory,
@@ -458,6 +462,36 @@ def _sample_rows(rows, n):
 
 
 STAGE_CHUNK = 1000
+# See _statistics_refresh_after: a rollout staging at least this many devices, a tenth or more of
+# what the wave had staged, refreshes the planner's statistics of the staged rows.
+STATISTICS_MIN_STAGED = 1000
+
+
+def _statistics_refresh_after(wave, rollout):
+    """ANALYZE the staged rows after this rollout commits, when it grew the wave by a tenth.
+
+    The planner knows a wave's staged rows only from the table's statistics, and autovacuum
+    refreshes them once a tenth of the whole table changed: long after a new wave's first
+    rollouts. Until then it takes the wave for empty and, in the next rollout, compares every
+    candidate with every staged row (4 s with 10,000 staged on 1,000,000 devices, instead of
+    0.2 s). After the commit, so no rollout holds the table's ANALYZE lock while it runs.
+    """
+    added = rollout.device_count
+    if connection.vendor != "postgresql" or added < STATISTICS_MIN_STAGED:
+        return
+    earlier = Rollout.objects.filter(wave=wave, full_group=False).exclude(pk=rollout.pk).aggregate(n=Sum("device_count"))["n"] or 0
+    if added * 10 < earlier + added:
+        return
+
+    def analyze():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE waves_wavedevice")
+        except DatabaseError:
+            # The rollout is committed; stale statistics only slow the next one down.
+            logger.exception("refreshing the staged rows' statistics failed")
+
+    transaction.on_commit(analyze)
 
 
 def _stage(wave, rollout, device_ids, progress=None):

@@ -287,3 +287,37 @@ def test_a_rollout_replaces_the_tags_staging_token_in_its_own_transaction(factor
     with transaction.atomic():
         wave_rollout(wave=wave, actor=bob, group="canary")
         assert token() != before
+
+
+def _analyzed_rows():
+    """The staged rows as the last ANALYZE counted them (pg_class.reltuples; -1 if never)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'waves_wavedevice'")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres
+def test_a_rollout_that_grows_the_wave_by_a_tenth_refreshes_the_planners_statistics(
+    factory, bob, fleet100, wave, monkeypatch, django_capture_on_commit_callbacks
+):
+    # Without fresh statistics the planner takes a new wave for empty and the next rollout compares
+    # every candidate with every staged row: seconds at 10,000 devices (bench/dashboard.py).
+    monkeypatch.setattr("waves.services.STATISTICS_MIN_STAGED", 20)
+    with django_capture_on_commit_callbacks(execute=True) as small:
+        wave_rollout(wave=wave, actor=bob, limit=5)
+    assert small == [] and _analyzed_rows() != 5  # below the minimum: nothing to do
+    with django_capture_on_commit_callbacks(execute=True) as grown:
+        wave_rollout(wave=wave, actor=bob, limit=40)
+    assert len(grown) == 1 and _analyzed_rows() == 45
+    with django_capture_on_commit_callbacks(execute=True) as dry:
+        wave_rollout(wave=wave, actor=bob, limit=40, dry_run=True)
+    assert dry == []
+    with django_capture_on_commit_callbacks(execute=True) as tenth:
+        wave_rollout(wave=wave, actor=bob, limit=20)  # 20 more on 45: over a tenth
+    assert len(tenth) == 1 and _analyzed_rows() == 65
+    monkeypatch.setattr("waves.services.STATISTICS_MIN_STAGED", 1)
+    with django_capture_on_commit_callbacks(execute=True) as slight:
+        wave_rollout(wave=wave, actor=bob, limit=3)  # 3 more on 65: under a tenth
+    assert slight == [] and _analyzed_rows() == 65
