@@ -4,6 +4,11 @@ A poll never writes to the database. The gateway records each check-in in a buff
 REDIS_URL is set, so every gateway process shares it; else the gateway process's memory) and a
 flusher writes the latest check-in of each device with one UPDATE per batch, and the buffered
 events with one INSERT per batch.
+
+A row the database refuses holds back no other: a refused batch is bisected, each attempt in a
+transaction of its own, until the refused rows are found; they become dead letters
+(`devices.deadletters`) and the rest are written. A database that cannot be reached is another
+matter: then nothing is set aside and every row not yet written waits for the next flush.
 """
 import json
 import logging
@@ -13,14 +18,40 @@ from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 
-from .models import Device, DeviceEvent
+from .deadletters import dead_letter_record
+from .models import DeadLetter, Device, DeviceEvent
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500
 EVENTS_PER_FLUSH = 20_000
+
+# The database is not there (down, restarting, failing over, a dropped connection): keep the rows.
+UNAVAILABLE = (OperationalError, InterfaceError)
+# The database, or the conversion to its types, refuses these rows: set them aside.
+REFUSED = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
+# What a buffered row that is not the row it should be raises while it is converted.
+MALFORMED = (KeyError, TypeError, ValueError, OverflowError, AttributeError)
+
+
+class Unwritten(Exception):
+    """The database could not be reached part-way through a write: `pending` holds what was not
+    written (rows already committed are not in it, so a retry writes nothing twice)."""
+
+    def __init__(self, pending):
+        super().__init__(f"the database could not be reached; {len(pending)} buffered rows kept for the next flush")
+        self.pending = pending
+
+
+@dataclass
+class Undecodable:
+    """A buffered entry that does not decode (damaged, or written by something else)."""
+
+    kind: str
+    raw: bytes
+    error: str
 
 
 @dataclass
@@ -84,6 +115,13 @@ class MemoryBuffer:
         with self._lock:
             self._events[:0] = rows
 
+    def take_undecodable(self):
+        """Check-in entries that did not decode: none in memory, where nothing is serialized."""
+        return []
+
+    def keep_undecodable(self, entries):
+        pass
+
 
 class RedisBuffer:
     """Check-ins and events shared by every gateway process through Redis.
@@ -125,6 +163,7 @@ class RedisBuffer:
         self._served_key = f"{prefix}:targets-served"
         self._events_key = f"{prefix}:events"
         self._push = self._redis.register_script(self.PUSH)
+        self._undecodable = []
 
     def checkin(self, device_id, checkin):
         self._local.checkin(device_id, checkin)
@@ -163,19 +202,44 @@ class RedisBuffer:
         pipe.zrange(self._served_key, 0, -1, withscores=True)
         pipe.delete(*keys, self._served_key)
         seen, targets, tags, served, _ = pipe.execute()
-        pending = {int(k): Checkin(seen=float(v)) for k, v in seen.items()}
+        pending = {}
 
-        def entry(device_id):
+        def entry(key, field, raw, parse):
+            # A damaged entry (written by something else) is set aside, not a crash of every flush.
+            try:
+                device_id = int(key)
+                value = parse(raw)
+            except (ValueError, TypeError, OverflowError) as exc:
+                self._undecodable.append(Undecodable(DeadLetter.Kind.CHECKIN, b"%s %s=%s" % (key, field, raw), repr(exc)))
+                return
             # Entries written between two commands of a drain can lack a last-seen value.
-            return pending.setdefault(int(device_id), Checkin(seen=0.0))
+            checkin = pending.setdefault(device_id, Checkin(seen=0.0))
+            if field == b"seen":
+                checkin.seen = value
+            elif field == b"target":
+                checkin.target_name, checkin.target_version = value
+            elif field == b"tag":
+                checkin.tag = value
+            else:
+                checkin.targets_version = value
 
+        for device_id, raw in seen.items():
+            entry(device_id, b"seen", raw, _finite)
         for device_id, raw in targets.items():
-            entry(device_id).target_name, entry(device_id).target_version = json.loads(raw)
-        for device_id, tag in tags.items():
-            entry(device_id).tag = tag.decode()
+            entry(device_id, b"target", raw, _target_pair)
+        for device_id, raw in tags.items():
+            entry(device_id, b"tag", raw, lambda raw: raw.decode())
         for device_id, score in served:
-            entry(device_id).targets_version = int(score)
+            entry(device_id, b"targets-served", repr(score).encode(), lambda raw: int(float(raw)))
         return pending
+
+    def take_undecodable(self):
+        entries, self._undecodable = self._undecodable, []
+        return entries
+
+    def keep_undecodable(self, entries):
+        """Entries whose dead letters could not be written now: tried again at the next flush."""
+        self._undecodable[:0] = entries
 
     def restore_checkins(self, pending):
         """Check-ins a failed database write drained: pushed to Redis again at the next flush."""
@@ -190,11 +254,30 @@ class RedisBuffer:
         pipe.lrange(self._events_key, 0, limit - 1)
         pipe.ltrim(self._events_key, limit, -1)
         rows, _ = pipe.execute()
-        return [json.loads(row) for row in rows]
+        return [self._decode(row) for row in rows]
+
+    @staticmethod
+    def _decode(raw):
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            return Undecodable(DeadLetter.Kind.EVENT, raw, f"not JSON: {exc}")
 
     def restore_events(self, rows):
         if rows:
-            self._redis.lpush(self._events_key, *[json.dumps(row) for row in reversed(rows)])
+            self._redis.lpush(self._events_key, *[row.raw if isinstance(row, Undecodable) else json.dumps(row) for row in reversed(rows)])
+
+
+def _finite(raw):
+    seen = float(raw)
+    if seen != seen or seen in (float("inf"), float("-inf")):
+        raise ValueError(f"{raw!r} is not a time")
+    return seen
+
+
+def _target_pair(raw):
+    name, version = json.loads(raw)
+    return name, version
 
 
 def redis_prefix():
@@ -229,12 +312,72 @@ def checkins_write(checkins):
 
     A check-in older than what the database holds (two gateways flushing out of order) moves
     nothing back: last_seen and targets_version_seen only grow, target and tag follow the latest.
+    A check-in the database refuses becomes a dead letter; if the database cannot be reached,
+    raises Unwritten with the check-ins not yet written.
     """
     items = sorted(checkins.items())
+    handled = set()
     updated = 0
-    for start in range(0, len(items), BATCH):
-        updated += _update_batch(items[start : start + BATCH])
+    try:
+        for start in range(0, len(items), BATCH):
+            updated += _isolated(items[start : start + BATCH], _update_batch, _checkin_refused, handled)
+    except UNAVAILABLE as exc:
+        raise Unwritten({device_id: c for device_id, c in items if device_id not in handled}) from exc
     return updated
+
+
+def _checkin_refused(item, error):
+    device_id, checkin = item
+    known = isinstance(device_id, int) and not isinstance(device_id, bool)
+    factory_id = Device.objects.filter(pk=device_id).values_list("factory_id", flat=True).first() if known else None
+    dead_letter_record(
+        kind=DeadLetter.Kind.CHECKIN,
+        raw={"device_id": device_id, **vars(checkin)},
+        error=error,
+        device_id=device_id if known else None,
+        factory_id=factory_id,
+    )
+
+
+def _isolated(items, write, refused, handled):
+    """Write `items` with `write(part) -> count`; a part the database refuses is halved and each
+    half tried again, each attempt in a transaction (a savepoint) of its own, down to the single
+    items, which go to `refused(item, error)`. Keys of items dealt with are added to `handled`.
+
+    One refused row among n costs about 2 log2(n) statements; a clean batch costs one.
+    """
+    written = 0
+    parts = [items]
+    while parts:
+        part = parts.pop()
+        try:
+            with transaction.atomic():
+                written += write(part)
+        except UNAVAILABLE:
+            raise
+        except REFUSED as exc:
+            if len(part) > 1:
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]
+                continue
+            refused(part[0], exc)
+        handled.update(key for key, _ in part)
+    return written
+
+
+def _checkin_values(device_id, c):
+    """One device's values for the UPDATE; ValueError, TypeError or OverflowError if they are not
+    what they should be (the batch then finds this row by bisecting)."""
+    seen = _stamp(c.seen) if c.seen else None
+    if connection.vendor != "postgresql" and seen is not None:
+        seen = connection.ops.adapt_datetimefield_value(seen)
+    for number in (device_id, c.target_version, c.targets_version):
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool)):
+            raise TypeError(f"{number!r} is not an integer")
+    for text in (c.target_name, c.tag):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"{text!r} is not text")
+    return [device_id, seen, c.target_name, c.target_version, c.tag, c.targets_version]
 
 
 def _update_batch(items):
@@ -246,15 +389,7 @@ def _update_batch(items):
         row = "(%s, %s, %s, %s, %s, %s)"
     params = []
     for device_id, c in items:
-        seen = _stamp(c.seen) if c.seen else None
-        params += [
-            device_id,
-            seen if postgres or seen is None else connection.ops.adapt_datetimefield_value(seen),
-            c.target_name,
-            c.target_version,
-            c.tag,
-            c.targets_version,
-        ]
+        params += _checkin_values(device_id, c)
     newer = f"(v.seen IS NOT NULL AND ({table}.last_seen IS NULL OR v.seen >= {table}.last_seen))"
     values = ", ".join([row] * len(items))
     columns = ("id", "seen", "target_name", "target_version", "tag", "targets_version")
@@ -276,50 +411,117 @@ def _update_batch(items):
                 THEN v.targets_version ELSE {table}.targets_version_seen END
         FROM {source} WHERE {table}.id = v.id
     """
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 
 
+def _event(row):
+    """The DeviceEvent of a buffered row; MALFORMED errors if the row is not one."""
+    device_id, factory_id = row["device_id"], row["factory_id"]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in (device_id, factory_id)):
+        raise TypeError("device_id and factory_id must be integers")
+    reported_at = datetime.fromisoformat(row["reported_at"])
+    if reported_at.tzinfo is None:
+        raise ValueError("reported_at has no UTC offset")
+    values = {
+        "event_type": row["event_type"],
+        "target_name": row.get("target_name") or "",
+        "target_version": row.get("target_version"),
+        "success": row.get("success"),
+        "detail": row.get("detail") or "",
+    }
+    # A value of another type would reach the database as another SQL type (a list as an array),
+    # which it answers with an error that says nothing about the row.
+    for name, kinds in _EVENT_TYPES.items():
+        if not isinstance(values[name], kinds) or (kinds == _OPTIONAL_INT and isinstance(values[name], bool)):
+            raise TypeError(f"{name} is {type(values[name]).__name__}")
+    return DeviceEvent(factory_id=factory_id, device_id=device_id, reported_at=reported_at, **values)
+
+
+_OPTIONAL_INT = (int, type(None))
+_EVENT_TYPES = {"event_type": str, "target_name": str, "target_version": _OPTIONAL_INT, "success": (bool, type(None)), "detail": str}
+
+
 def events_write(rows):
-    """Insert buffered event rows (dicts) in batches; rows of devices deleted since are dropped."""
+    """Insert buffered event rows (dicts) in batches; returns how many were written.
+
+    Rows of devices deleted since are dropped. A row that is not an event row, or that the
+    database refuses, becomes a dead letter and the others are written. If the database cannot
+    be reached, raises Unwritten with the rows not yet written.
+    """
     if not rows:
         return 0
-    existing = set()
-    ids = sorted({row["device_id"] for row in rows})
-    for start in range(0, len(ids), BATCH):
-        existing.update(Device.objects.filter(id__in=ids[start : start + BATCH]).values_list("id", flat=True))
-    events = [
-        DeviceEvent(
-            factory_id=row["factory_id"],
-            device_id=row["device_id"],
-            event_type=row["event_type"],
-            target_name=row.get("target_name") or "",
-            target_version=row.get("target_version"),
-            success=row.get("success"),
-            detail=row.get("detail") or "",
-            reported_at=datetime.fromisoformat(row["reported_at"]),
-        )
-        for row in rows
-        if row["device_id"] in existing
-    ]
-    with transaction.atomic():
-        DeviceEvent.objects.bulk_create(events, batch_size=BATCH)
-    return len(events)
+    handled = set()  # indexes of rows written, dropped or set aside
+    try:
+        ids = sorted({row.get("device_id") for row in rows if isinstance(row, dict) and isinstance(row.get("device_id"), int)})
+        factories = {}
+        for start in range(0, len(ids), BATCH):
+            factories.update(Device.objects.filter(id__in=ids[start : start + BATCH]).values_list("id", "factory_id"))
+        events = []
+        for index, row in enumerate(rows):
+            if isinstance(row, Undecodable):
+                dead_letter_record(kind=row.kind, raw=row.raw, error=row.error)
+                handled.add(index)
+                continue
+            device_id = row.get("device_id") if isinstance(row, dict) else None
+            if isinstance(device_id, int) and device_id not in factories:
+                handled.add(index)  # the device was deleted since it reported
+                continue
+            try:
+                events.append((index, _event(row)))
+            except MALFORMED as exc:
+                dead_letter_record(kind=DeadLetter.Kind.EVENT, raw=row, error=f"not an event row: {exc!r}", device_id=device_id, factory_id=factories.get(device_id))
+                handled.add(index)
+
+        def insert(part):
+            return len(DeviceEvent.objects.bulk_create([event for _, event in part]))
+
+        def refused(item, error):
+            index, event = item
+            if not Device.objects.filter(pk=event.device_id).exists():
+                return  # deleted between the lookup and the insert
+            dead_letter_record(kind=DeadLetter.Kind.EVENT, raw=rows[index], error=error, device_id=event.device_id, factory_id=factories.get(event.device_id))
+
+        written = 0
+        for start in range(0, len(events), BATCH):
+            written += _isolated(events[start : start + BATCH], insert, refused, handled)
+    except UNAVAILABLE as exc:
+        raise Unwritten([row for index, row in enumerate(rows) if index not in handled]) from exc
+    return written
+
+
+def _dead_letters_undecodable(buf):
+    """Set aside the check-in entries the buffer could not decode; kept if the database is away."""
+    entries = buf.take_undecodable()
+    for position, entry in enumerate(entries):
+        try:
+            dead_letter_record(kind=entry.kind, raw=entry.raw, error=entry.error)
+        except UNAVAILABLE:
+            buf.keep_undecodable(entries[position:])
+            raise
 
 
 def flush(buf=None):
-    """Write everything buffered so far; returns (check-ins written, events written)."""
+    """Write everything buffered so far; returns (check-ins written, events written).
+
+    Refused rows become dead letters and do not stop the flush. If the database cannot be
+    reached, what was not written goes back to the buffer and the error is raised.
+    """
     buf = buf or buffer()
     pending = buf.drain_checkins()
     try:
         written = checkins_write(pending) if pending else 0
-    except Exception:
+    except Unwritten as exc:
         # Keep them for the next flush: a device that stops polling would otherwise look offline
-        # (and be left out of "online first" samples) although it checked in. Batches that did
-        # commit are written again harmlessly, since a write only moves a device forward.
+        # (and be left out of "online first" samples) although it checked in.
+        buf.restore_checkins(exc.pending)
+        raise
+    except Exception:
+        # Batches that did commit are written again harmlessly: a write only moves a device forward.
         buf.restore_checkins(pending)
         raise
+    _dead_letters_undecodable(buf)
     events = 0
     while True:
         rows = buf.drain_events()
@@ -327,8 +529,11 @@ def flush(buf=None):
             break
         try:
             events += events_write(rows)
-        except Exception:
+        except Unwritten as exc:
             # Keep the events for the next flush rather than losing a device's failure report.
+            buf.restore_events(exc.pending)
+            raise
+        except Exception:
             buf.restore_events(rows)
             raise
         if len(rows) < EVENTS_PER_FLUSH:

@@ -24,7 +24,6 @@ import threading
 import time
 import uuid as uuid_lib
 from collections import OrderedDict
-from datetime import datetime, timezone as dt_timezone
 from http import HTTPStatus
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
@@ -40,19 +39,12 @@ from django.db import DatabaseError, close_old_connections  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
 
-from . import checkins, pki  # noqa: E402
-from .models import Device, DeviceCA, DeviceEvent  # noqa: E402
+from . import checkins, pki, reports  # noqa: E402
+from .models import Device, DeviceCA  # noqa: E402
 
 logger = logging.getLogger("breakwater.gateway")
 
 REPO_FILE = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json$")
-TARGET_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}$")
-VERSION_IN_NAME = re.compile(r"-(\d{1,9})$")
-TAG = re.compile(r"^[^\s,;|@]{1,64}$")
-EVENT_TYPES = frozenset(DeviceEvent.Type.values)
-MAX_EVENTS_BODY = 64 * 1024
-MAX_EVENTS = 100
-MAX_DETAIL = 2000
 CA_CACHE_SECONDS = 60.0
 
 
@@ -110,11 +102,6 @@ class Peer:
         # The production flag is read from the certificate and nothing else.
         self.production = len(categories) == 1 and categories[0].value == pki.PRODUCTION
         self.serial = pki.serial_hex(cert)
-
-
-def target_version(name):
-    match = VERSION_IN_NAME.search(name or "")
-    return int(match.group(1)) if match else None
 
 
 def _etag_matches(header, etag):
@@ -199,13 +186,12 @@ class Gateway:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
         seen = checkins.now()
-        tag = self._header_tag(environ)
-        target_name = environ.get("HTTP_X_ATS_TARGET")
-        if target_name is not None:
-            target_name = target_name.strip()
-            if not TARGET_FILE.match(target_name):
-                raise Refused(400, "x-ats-target is not a valid target name")
-        checkin = checkins.Checkin(seen=seen, target_name=target_name, target_version=target_version(target_name), tag=tag)
+        try:
+            tag = reports.checkin_tag(environ.get("HTTP_X_ATS_TAGS"))
+            target_name = reports.checkin_target(environ.get("HTTP_X_ATS_TARGET"))
+        except reports.ReportError as exc:
+            raise Refused(400, exc.message) from None
+        checkin = checkins.Checkin(seen=seen, target_name=target_name, target_version=reports.target_version(target_name), tag=tag)
         # The view follows the tag the device says it follows, at once; the database catches up
         # with the next flush.
         view_device = device
@@ -285,17 +271,6 @@ class Gateway:
         return cached[1], cached[2]
 
     @staticmethod
-    def _header_tag(environ):
-        raw = environ.get("HTTP_X_ATS_TAGS")
-        if raw is None:
-            return None
-        # aktualizr-lite sends a comma-separated list; a Breakwater device follows one tag.
-        tag = raw.split(",")[0].strip()
-        if not TAG.match(tag):
-            raise Refused(400, "x-ats-tags must name a tag (at most 64 characters, no spaces or , ; | @)")
-        return tag
-
-    @staticmethod
     def _allow(method, allowed):
         if method != allowed:
             raise Refused(405, f"use {allowed}")
@@ -330,7 +305,7 @@ class Gateway:
         return info
 
     def target_file(self, device, name):
-        if not TARGET_FILE.match(name):
+        if not reports.TARGET_NAME.match(name):
             raise Refused(404, "no such target")
         try:
             data, etag = _device_metadata()(device=device, filename="targets.json")
@@ -355,68 +330,36 @@ class Gateway:
         return 200, [("Content-Type", "application/octet-stream")], blob
 
     def events(self, device, environ):
+        """Buffer a device's events: all of a request, or (400, 403, 413) none of it."""
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             raise Refused(400, "bad Content-Length") from None
-        if length > MAX_EVENTS_BODY:
-            raise Refused(413, f"at most {MAX_EVENTS_BODY} bytes of events per request")
+        if length > reports.MAX_BODY:
+            # Refused before reading: the body is never held in memory.
+            raise Refused(413, f"at most {reports.MAX_BODY} bytes of events per request")
         try:
-            data = json.loads(environ["wsgi.input"].read(length) or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise Refused(400, "the body must be JSON") from None
-        if isinstance(data, dict):
-            data = data.get("events")
-        if not isinstance(data, list) or not data:
-            raise Refused(400, "send a JSON list of events (or {\"events\": [...]})")
-        if len(data) > MAX_EVENTS:
-            raise Refused(413, f"at most {MAX_EVENTS} events per request")
-        rows = [self._event_row(device, item, index) for index, item in enumerate(data)]
+            events = reports.events_parse(environ["wsgi.input"].read(length) if length > 0 else b"")
+        except reports.ReportError as exc:
+            return self._json(exc.status, exc.payload())
+        rows = [self._event_row(device, event, index) for index, event in enumerate(events)]
         checkins.buffer().add_events(rows)
         return self._json(202, {"accepted": len(rows)})
 
-    def _event_row(self, device, item, index):
-        where = f"event {index}"
-        if not isinstance(item, dict):
-            raise Refused(400, f"{where} is not an object")
-        claimed = item.get("device")
-        if claimed is not None and str(claimed).lower() != str(device.uuid):
+    @staticmethod
+    def _event_row(device, event, index):
+        if event.device is not None and event.device != str(device.uuid):
             # A device reports for itself only; the whole request is refused.
-            raise Refused(403, f"{where} names another device; a device may report only for itself")
-        event_type = item.get("type")
-        if event_type not in EVENT_TYPES:
-            raise Refused(400, f"{where}: type must be one of {', '.join(sorted(EVENT_TYPES))}")
-        target = item.get("target") or ""
-        if not isinstance(target, str) or (target and not TARGET_FILE.match(target)):
-            raise Refused(400, f"{where}: target must be a target name")
-        version = item.get("version", target_version(target))
-        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**31):
-            raise Refused(400, f"{where}: version must be a positive integer")
-        success = item.get("success")
-        if success is not None and not isinstance(success, bool):
-            raise Refused(400, f"{where}: success must be true, false or absent")
-        detail = item.get("detail") or ""
-        if not isinstance(detail, str) or len(detail) > MAX_DETAIL:
-            raise Refused(400, f"{where}: detail must be text of at most {MAX_DETAIL} characters")
-        reported = item.get("time")
-        if reported is None:
-            reported_at = datetime.now(dt_timezone.utc)
-        else:
-            try:
-                reported_at = datetime.fromisoformat(str(reported).replace("Z", "+00:00"))
-            except ValueError:
-                raise Refused(400, f"{where}: time must be an ISO 8601 timestamp") from None
-            if reported_at.tzinfo is None:
-                reported_at = reported_at.replace(tzinfo=dt_timezone.utc)
+            raise Refused(403, f"event {index} names another device; a device may report only for itself")
         return {
             "device_id": device.pk,
             "factory_id": device.factory_id,
-            "event_type": event_type,
-            "target_name": target,
-            "target_version": version,
-            "success": success,
-            "detail": detail,
-            "reported_at": reported_at.isoformat(),
+            "event_type": event.event_type,
+            "target_name": event.target_name,
+            "target_version": event.target_version,
+            "success": event.success,
+            "detail": event.detail,
+            "reported_at": event.reported_at.isoformat(),
         }
 
     @staticmethod

@@ -1,5 +1,7 @@
-"""Devices, device groups, registration tokens and the events devices report."""
+"""Devices, device groups, registration tokens, the events devices report, and the reports the
+database refused (dead letters)."""
 import uuid
+from datetime import datetime, timezone as dt_timezone
 
 from django.db import models
 from django.db.models import Q
@@ -134,6 +136,26 @@ class RegistrationToken(models.Model):
         ]
 
 
+class ReportedTime(models.DateTimeField):
+    """A time a device reported: read back clamped to the years Python can show.
+
+    The gateway refuses times far from its clock, but rows stored before it did (or written by
+    hand) can hold any time the database takes, and PostgreSQL takes years past 9999, which no
+    Python datetime holds: reading one would fail every page of the device's events. Only the
+    SELECT is clamped; filters and ordering use the stored value, and its index.
+    """
+
+    EARLIEST = datetime(1, 1, 2, tzinfo=dt_timezone.utc)
+    LATEST = datetime(9999, 12, 30, tzinfo=dt_timezone.utc)  # a day short: local time must fit too
+
+    def select_format(self, compiler, sql, params):
+        ops = compiler.connection.ops
+        low, high = ops.adapt_datetimefield_value(self.EARLIEST), ops.adapt_datetimefield_value(self.LATEST)
+        if compiler.connection.vendor == "sqlite":
+            return f"MIN(MAX({sql}, %s), %s)", (*params, low, high)
+        return f"LEAST(GREATEST({sql}, %s), %s)", (*params, low, high)
+
+
 class DeviceEvent(models.Model):
     """A progress report from a device: download and install steps, with success or failure."""
 
@@ -151,11 +173,35 @@ class DeviceEvent(models.Model):
     target_version = models.PositiveIntegerField(null=True, blank=True)
     success = models.BooleanField(null=True, blank=True)
     detail = models.TextField(blank=True)
-    reported_at = models.DateTimeField()
+    reported_at = ReportedTime()
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         indexes = [
             models.Index(fields=["device", "-reported_at"], name="event_device_recent"),
             models.Index(fields=["factory", "target_version", "event_type"], name="event_version_type"),
+        ]
+
+
+class DeadLetter(models.Model):
+    """A buffered report the database refused (or that did not even decode), set aside by the
+    flush so that it holds back no other device's reports. Operators read, count and purge them."""
+
+    class Kind(models.TextChoices):
+        EVENT = "event"
+        CHECKIN = "check-in"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # Plain ids, not foreign keys: the device may be gone, or the id itself may be what is wrong.
+    factory_id = models.BigIntegerField(null=True, blank=True)
+    device_id = models.BigIntegerField(null=True, blank=True)
+    # The row as JSON with every non-ASCII character escaped: storable whatever the row held.
+    raw = models.TextField()
+    error = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["factory_id", "-created_at"], name="deadletter_factory_recent"),
+            models.Index(fields=["created_at"], name="deadletter_created"),
         ]

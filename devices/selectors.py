@@ -1,17 +1,18 @@
-"""Reads for devices: lookups, filtered lists, event timelines, certificate facts, tokens."""
+"""Reads for devices: lookups, filtered lists, event timelines, certificate facts, tokens, dead letters."""
 import uuid as uuid_lib
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from factory.errors import ApplicationError, NotFound
 
 from . import pki
-from .models import Device, DeviceCA, DeviceEvent, RegistrationToken
+from .models import DeadLetter, Device, DeviceCA, DeviceEvent, RegistrationToken
 
 NO_GROUP = "-"
 # Below this many UUIDs a plain IN list is as quick as anything else.
@@ -112,3 +113,21 @@ def gateway_endpoint():
 
         ca = gateway_identity_get(hosts=settings.BREAKWATER_GATEWAY_HOSTS).ca_certificate
     return {"url": settings.BREAKWATER_GATEWAY_URL, "ca_certificate": ca}
+
+
+def dead_letters(*, factory=None):
+    """Dead letters, newest first: a factory's, or every one (the operator's command)."""
+    letters = DeadLetter.objects.order_by("-created_at", "-id")
+    return letters.filter(factory_id=factory.pk) if factory is not None else letters
+
+
+def dead_letter_counts(*, factory=None):
+    """{kind: count} of the dead letters, of one factory or of all."""
+    letters = dead_letters(factory=factory).order_by()
+    return dict(letters.values_list("kind").annotate(n=Count("id")).values_list("kind", "n"))
+
+
+def dead_letter_devices(letters):
+    """{device id: Device} for the devices the dead letters name that still exist."""
+    ids = {letter.device_id for letter in letters if letter.device_id is not None}
+    return {d.pk: d for d in Device.objects.filter(pk__in=ids).only("id", "uuid", "name")}

@@ -1,4 +1,5 @@
-"""Dashboard pages for devices and device groups: the fleet list, a device's page, groups."""
+"""Dashboard pages for devices and device groups: the fleet list, a device's page, groups, and the
+reports the gateway's flush set aside (dead letters)."""
 from datetime import timedelta
 
 from django.conf import settings
@@ -135,6 +136,18 @@ def _device_or_404(factory, uuid):
     if device is None:
         raise Http404("No such device in this factory.")
     return device
+
+
+@factory_view("deadletters.view")
+def dead_letter_list(request):
+    """The factory's dead letters, newest first. Rows that name no device (entries that did not
+    decode) belong to no factory: operators see them with `manage.py deadletters`."""
+    page = keyset_paginate(selectors.dead_letters(factory=request.factory), request, fields=("-created_at", "-id"))
+    devices = selectors.dead_letter_devices(page.rows)
+    for letter in page:
+        letter.device = devices.get(letter.device_id)
+    context = {"page": page, "counts": selectors.dead_letter_counts(factory=request.factory)}
+    return render_page(request, "devices/dead_letters.html", context, title="Dead letters", section="devices", fragments=("dead-letter-results",))
 
 
 @factory_view("view")

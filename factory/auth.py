@@ -23,6 +23,8 @@ PERMISSIONS = {
     "targets.publish": {Role.ADMIN, Role.RELEASE_MANAGER},
     "keys.manage": {Role.ADMIN, Role.RELEASE_MANAGER},
     "fleet.manage": {Role.ADMIN, Role.RELEASE_MANAGER},
+    # what the gateway's flush set aside: raw device reports, for those who answer for the fleet
+    "deadletters.view": {Role.ADMIN, Role.SUPPORT},
     # factory administration
     "factory.admin": {Role.ADMIN},
 }

@@ -230,6 +230,9 @@ BREAKWATER_GATEWAY_KEYFILE = os.environ.get("BREAKWATER_GATEWAY_KEYFILE", "")
 BREAKWATER_GATEWAY_SERVER_CA = os.environ.get("BREAKWATER_GATEWAY_SERVER_CA", "")
 # Check-ins are coalesced (in Redis when REDIS_URL is set) and written in batches this often.
 BREAKWATER_CHECKIN_FLUSH_SECONDS = float(os.environ.get("BREAKWATER_CHECKIN_FLUSH_SECONDS", 5))
+# Event times a device may report, in days before and after the server's clock ("back,ahead"):
+# a time outside is refused with a 400 rather than stored where no timeline would show it.
+BREAKWATER_EVENT_TIME_WINDOW = tuple(float(days) for days in os.environ.get("BREAKWATER_EVENT_TIME_WINDOW", "7,1").split(","))
 # How long a gateway process trusts what it read about a device (deletion, group, certificate).
 BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS", 5))
 # Gateway processes only (set by devices/gunicorn_gateway.py): how long a tag's view rows are kept
