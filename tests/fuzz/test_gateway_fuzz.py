@@ -169,6 +169,28 @@ def test_a_content_length_that_lies_is_answered_as_documented(fleet, events, len
     _post_one(fleet, "events: content-length", s.body(events), content_length=length)
 
 
+def _mix(fleet, name, requests):
+    """Send every request, then one flush: each device's 202'd events are written exactly once and
+    nothing else, whatever the other requests (its own or other devices') were."""
+    case(name)
+    ledger = Ledger(fleet)
+    for device, payload in requests:
+        _, answer, repro = send(fleet, device, name, method="POST", path="/events", body=payload)
+        ledger.sent(device, repro, answer, events_read(payload) if answer.status == 202 else ())
+    ledger.flush_and_judge(name)
+
+
+def _requests(bad):
+    good = st.lists(s.good_events(), min_size=1, max_size=10).map(s.body)
+    return st.lists(st.tuples(st.integers(0, 3), st.one_of(good, bad)), min_size=1, max_size=12)
+
+
+@fuzz()
+@given(requests=_requests(s.malformed_bodies))
+def test_good_events_are_never_lost_among_refused_reports_of_several_devices(fleet, requests):
+    _mix(fleet, "events: mix", requests)
+
+
 # ======================================================================================================
 # Known gateway failures. The event validation of devices/gateway.py and the flush's isolation of
 # bad rows in devices/checkins.py are being rewritten; until then these properties fail on the
@@ -243,3 +265,11 @@ def test_tags_a_device_names_never_make_the_server_sign_new_views(fleet, tag):
     views = TufView.objects.count()
     send(fleet, 0, "gateway: device-named tags", path="/repo/timestamp.json", headers={"x-ats-tags": tag})
     assert TufView.objects.count() == views, f"x-ats-tags {tag!r} made a new view"
+
+
+@known_failure("one device's event with NUL, a lone surrogate or an out-of-range time is accepted and then fails the flush for every device's events")
+@fuzz()
+@example(requests=[(0, s.body([{"type": "install-started"}])), (1, s.body([{"type": "install-started", "detail": "\x00"}])), (2, s.body([{"type": "install-started", "time": "9999-12-31T23:00:00-05:00"}]))])
+@given(requests=_requests(st.one_of(s.malformed_bodies, st.lists(st.one_of(s.wrongly_typed_events(), s.text_events(), s.dated_events()), min_size=1, max_size=3).map(s.body), s.deep_documents)))
+def test_good_events_are_never_lost_among_any_reports_of_several_devices(fleet, requests):
+    _mix(fleet, "events: mix with every hostile class", requests)
