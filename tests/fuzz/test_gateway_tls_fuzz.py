@@ -77,7 +77,7 @@ def test_any_raw_request_over_mutual_tls_is_answered_below_500_and_the_gateway_k
         status, headers, body = answer
         count("tls: raw requests", status=status)
         assert status < 500, f"{status} {body[:200]!r} for {request[:500]!r}"
-        if headers.get("content-type") == "application/json" and status >= 400:
+        if headers.get("content-type") == "application/json" and status >= 400 and not request.startswith(b"HEAD "):
             assert json.loads(body)["error"]
     assert device_pool(gateway, tls_devices[1]).request("GET", "/device").status == 200
 
@@ -86,12 +86,14 @@ def test_any_raw_request_over_mutual_tls_is_answered_below_500_and_the_gateway_k
 @given(requests=st.lists(st.tuples(st.integers(0, 1), st.one_of(st.lists(s.good_events(), min_size=1, max_size=5).map(s.body), s.malformed_bodies.map(lambda b: b[:70_000]))), min_size=1, max_size=6))
 def test_good_events_over_mutual_tls_are_written_exactly_once(gateway, tls_devices, requests):
     case("tls: events mix")
-    pools = [device_pool(gateway, d) for d in tls_devices]
+    # A new connection per request: after refusing a body it did not read, the gateway closes a
+    # kept-alive connection without saying so (reported; not what this property is about).
+    pools = [lambda d=d: device_pool(gateway, d) for d in tls_devices]
     ids = [Device.objects.get(uuid=d.uuid).pk for d in tls_devices]
     before = {pk: DeviceEvent.objects.filter(device_id=pk).exclude(detail__startswith="marker ").count() for pk in ids}
     accepted = {pk: 0 for pk in ids}
     for index, payload in requests:
-        response = pools[index].request("POST", "/events", body=payload, headers={"Content-Type": "application/json"})
+        response = pools[index]().request("POST", "/events", body=payload, headers={"Content-Type": "application/json"})
         count("tls: events mix", status=response.status)
         assert response.status < 500, f"{response.status} for {payload[:300]!r}"
         if response.status == 202:
@@ -100,7 +102,7 @@ def test_good_events_over_mutual_tls_are_written_exactly_once(gateway, tls_devic
     wanted = {pk: before[pk] + accepted[pk] for pk in ids}
     # The gateway flushes every 0.2 s here; a marker event reported last shows the flush passed.
     marker = f"marker {uuid.uuid4()}"
-    assert pools[0].request("POST", "/events", body=s.body([{"type": "install-applied", "detail": marker}])).status == 202
+    assert pools[0]().request("POST", "/events", body=s.body([{"type": "install-applied", "detail": marker}])).status == 202
     assert wait_for(lambda: DeviceEvent.objects.filter(device_id=ids[0], detail=marker).exists())
     now = {pk: DeviceEvent.objects.filter(device_id=pk).exclude(detail__startswith="marker ").count() for pk in ids}
     count("tls: events mix", lost=sum(max(0, wanted[pk] - now[pk]) for pk in ids))

@@ -214,7 +214,7 @@ def test_any_csr_is_registered_with_a_built_subject_or_refused_clearly(factory, 
 def test_a_token_that_is_not_live_is_refused_and_registers_nothing(factory, tokens, token):
     csr = pki.device_csr_build(private_key=keys()["p256"], device_uuid=uuid.uuid4(), factory_name="acme", production=False)
     status, _ = register("registration: tokens", _payload(tokens[token[0]] if isinstance(token, tuple) else token, csr))
-    assert status in (400, 403)
+    assert status in (400, 403, 413)  # 413: a token of 100,000 characters makes the body too large
 
 
 json_values = s.json_values
@@ -233,7 +233,7 @@ json_values = s.json_values
         st.integers(32 * 1024, 40 * 1024).map(lambda n: b'{"token": "' + b"a" * n + b'"}'),
     ),
     # (A Content-Length above the body's own length would make the test client itself fail.)
-    length=st.one_of(st.none(), st.sampled_from(["abc", "", "0", " 10 ", "1e3", "0x10"])),
+    length=st.one_of(st.none(), st.sampled_from(["abc", "", "0", " 0 ", "1e3", "0x10"])),
 )
 def test_any_body_is_answered_with_json_and_registers_nothing(factory, tokens, payload, length):
     extra = {"CONTENT_LENGTH": length} if length is not None else {}
