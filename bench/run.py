@@ -21,8 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ("tuf", "gateway")
 ORDER = ("rollout", "status", "dashboard", "gateway", "tuf", "api_cli", "plans")
-# Ten minutes of a simulated fleet on a database of its own: run on request (--only soak).
-OPTIONAL = ("soak",)
+# Ten minutes of a simulated fleet on a database of its own, and the device doors' fuzzing with
+# its long budget: run on request (--only soak, --only fuzz_gateway).
+OPTIONAL = ("soak", "fuzz_gateway")
 
 MS = r"(\d[\d,]*(?:\.\d+)?)[ \t]*ms"
 
@@ -145,6 +146,16 @@ def parse_soak(out):
     return figures
 
 
+def parse_fuzz_gateway(out):
+    """`5xx answers: N (goal 0)`, `good events lost: N (goal 0)`, `failed properties: N (goal 0)`."""
+    figures = []
+    for name in ("5xx answers", "good events lost", "failed properties"):
+        found = re.search(rf"^{name}: (\d+)", out, re.M)
+        if found:
+            figures.append(_goal(Figure("fuzz_gateway", name, _num(found.group(1)), name.split()[-1]), 0))
+    return figures
+
+
 PARSERS = {
     "rollout": parse_rollout,
     "status": parse_status,
@@ -154,6 +165,7 @@ PARSERS = {
     "api_cli": parse_api_cli,
     "plans": parse_plans,
     "soak": parse_soak,
+    "fuzz_gateway": parse_fuzz_gateway,
 }
 
 

@@ -10,7 +10,7 @@ import uuid as uuid_lib
 from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -168,18 +168,24 @@ def csr_parse(csr_pem, *, factory_name):
         valid = False
     if not valid:
         raise CertificateError("the CSR's signature does not verify with its own key")
-    _check_public_key(csr.public_key())
-    common_name = _single(csr.subject, NameOID.COMMON_NAME, "CN")
+    try:
+        # cryptography parses the key and the subject only when asked: a request whose signature
+        # verifies can still hold a key or a name it cannot read.
+        public_key, subject = csr.public_key(), csr.subject
+    except (ValueError, UnsupportedAlgorithm):
+        raise CertificateError("the CSR's key or subject is not valid DER") from None
+    _check_public_key(public_key)
+    common_name = _single(subject, NameOID.COMMON_NAME, "CN")
     if not common_name:
         raise CertificateError("the CSR subject needs CN = the device UUID")
     try:
         device_uuid = uuid_lib.UUID(common_name)
     except ValueError:
         raise CertificateError(f"the CSR's CN {common_name[:40]!r} is not a UUID") from None
-    unit = _single(csr.subject, NameOID.ORGANIZATIONAL_UNIT_NAME, "OU")
+    unit = _single(subject, NameOID.ORGANIZATIONAL_UNIT_NAME, "OU")
     if unit != factory_name:
         raise CertificateError(f"the CSR's OU must be the factory name {factory_name!r}, not {str(unit)[:64]!r}")
-    category = _single(csr.subject, NameOID.BUSINESS_CATEGORY, "businessCategory")
+    category = _single(subject, NameOID.BUSINESS_CATEGORY, "businessCategory")
     if category not in (None, PRODUCTION):
         raise CertificateError(f"businessCategory may only be {PRODUCTION!r}; {str(category)[:40]!r} is not allowed")
     return csr, device_uuid, category == PRODUCTION

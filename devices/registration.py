@@ -22,11 +22,15 @@ def _error(message, status, code="invalid"):
 @require_POST
 def register(request):
     """POST {"token", "csr", "name"?, "hardware_id"?} -> 201 with the device's certificate."""
-    if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_BODY:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _error("the Content-Length header is not a number", 400)
+    if length > MAX_BODY:
         return _error(f"the request is larger than {MAX_BODY} bytes", 413, "too_large")
     try:
         data = json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays nested thousands deep
         return _error("the body must be a JSON object", 400)
     if not isinstance(data, dict):
         return _error("the body must be a JSON object", 400)

@@ -4,6 +4,7 @@ from bench.run import (
     Run,
     parse_api_cli,
     parse_dashboard,
+    parse_fuzz_gateway,
     parse_gateway,
     parse_plans,
     parse_rollout,
@@ -82,3 +83,8 @@ def test_soak_errors_must_be_zero_and_p99_is_reported():
     assert figures["gateway poll (device side: TLS + TUF refresh): p99 over 21,431 requests"].value == 1489.8
     assert figures["database growth per device-day"].value == 51_657
     assert soak_database_url("postgres://postgres@127.0.0.1:5432/breakwater_bench") == "postgres://postgres@127.0.0.1:5432/breakwater_bench_soak"
+
+
+def test_fuzz_gateway_figures_have_a_goal_of_zero():
+    out = "5xx answers: 3 (goal 0)\ngood events lost: 0 (goal 0)\nfailed properties: 2 (goal 0)\n"
+    assert [(f.name, f.value, f.ok) for f in parse_fuzz_gateway(out)] == [("5xx answers", 3, False), ("good events lost", 0, True), ("failed properties", 2, False)]
