@@ -44,7 +44,7 @@ from .models import Device, DeviceCA  # noqa: E402
 
 logger = logging.getLogger("breakwater.gateway")
 
-REPO_FILE = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json$")
+REPO_FILE = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json\Z")
 CA_CACHE_SECONDS = 60.0
 
 

@@ -32,9 +32,9 @@ MAX_TAGS_HEADER = 1024  # aktualizr-lite sends every tag it follows, comma-separ
 MAX_OFFSET = timedelta(hours=14)
 
 EVENT_TYPES = frozenset(DeviceEvent.Type.values)
-TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}$")
-TAG = re.compile(r"^[^\s,;|@]{1,64}$")
-VERSION_IN_NAME = re.compile(r"-(\d{1,9})$")
+TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}\Z")
+TAG = re.compile(r"^[^\s,;|@]{1,64}\Z")
+VERSION_IN_NAME = re.compile(r"-(\d{1,9})\Z")
 MAX_VERSION = 2**31 - 1  # versions are stored in 32-bit integer columns
 
 # Tab and newline are how error output is laid out (a failed install's log lines), so detail

@@ -23,7 +23,7 @@ from django.db import DatabaseError, transaction
 from hypothesis import HealthCheck, Phase, settings
 
 from devices import checkins
-from devices.gateway import target_version
+from devices.reports import target_version
 from devices.models import Device, DeviceEvent
 
 EXAMPLES = int(os.environ.get("BREAKWATER_FUZZ_EXAMPLES", "25"))

@@ -1,7 +1,7 @@
 """Hypothesis strategies for what a hostile or broken device sends: paths, headers, event bodies."""
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote_to_bytes
 
 from hypothesis import strategies as st
@@ -75,8 +75,10 @@ def header_sets(draw, nul=False):
 
 # --- event bodies ------------------------------------------------------------------------------------
 
-# Times a device might send: ISO 8601 in its many forms, within any year and offset Python reads.
-_sane_times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)).flatmap(
+# Times a device might send: ISO 8601 in its many forms and offsets, inside the window the gateway
+# takes around its clock (BREAKWATER_EVENT_TIME_WINDOW: 7 days back, 1 day ahead by default).
+_now = datetime.now(timezone.utc).replace(tzinfo=None)
+_sane_times = st.datetimes(min_value=_now - timedelta(days=6), max_value=_now + timedelta(hours=12)).flatmap(
     lambda moment: st.sampled_from([moment.isoformat() + "Z", moment.isoformat() + "+00:00", moment.isoformat(), moment.isoformat() + "+02:00", moment.isoformat() + "-07:30"])
 )
 
