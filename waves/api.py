@@ -113,8 +113,10 @@ def waves_list(
 @router.post("/waves/", response=responses(201, WaveOut) | {200: WaveOut}, summary="Initialize a wave from a CI build")
 def waves_init(request, factory: FactoryName, payload: WaveInitIn):
     """Creates an unsigned wave and returns its `signing_payload`: sign it with your offline targets
-    key and POST the signatures to `/waves/{wave}/sign`, or give `signatures` / `key_archive` here.
-    With `dry_run`, nothing is created and the targets it would have are returned."""
+    key and POST the signatures to `/waves/{wave}/sign`, or give `signatures` / `key_archive` here:
+    then the wave is created signed, or (a signature or archive that does not sign) not at all.
+    With `dry_run`, nothing is created and the targets it would have are returned, with the
+    `signing_payload` that signatures given with the same inputs and `expires_at` must sign."""
     factory_obj, user = actor_scope(request, "wave.manage")
     archive = _decode_archive(payload.key_archive)
     wave = services.wave_init(
@@ -128,12 +130,11 @@ def waves_init(request, factory: FactoryName, payload: WaveInitIn):
         expires_at=payload.expires_at,
         source_tag=payload.source_tag,
         dry_run=payload.dry_run,
+        signatures=[s.dict() for s in payload.signatures] if payload.signatures else None,
+        key_archive=archive,
     )
     if payload.dry_run:
         return Status(200, wave_out(wave, targets=True))
-    if payload.signatures or archive:
-        signatures = [s.dict() for s in payload.signatures] if payload.signatures else None
-        wave = services.wave_sign(wave=wave, actor=user, signatures=signatures, key_archive=archive)
     return Status(201, wave_out(wave))
 
 

@@ -85,11 +85,16 @@ def _int_list(values, what):
     return sorted(set(out))
 
 
-def wave_init(*, factory, actor, name, version, tag, prune=(), expires_days=None, expires_at=None, source_tag=None, dry_run=False):
+def wave_init(
+    *, factory, actor, name, version, tag, prune=(), expires_days=None, expires_at=None, source_tag=None, dry_run=False,
+    signatures=None, key_archive=None,
+):  # fmt: skip
     """Create a wave of CI build `version` for production devices on `tag`.
 
     The wave holds the tag's production targets plus the build's targets, signed by the online
     targets key; devices see it only once `wave_sign` has met the production root's threshold.
+    With `signatures` or `key_archive` the wave is signed in the same transaction: a key that
+    cannot sign, a bad archive or a tag over BREAKWATER_TUF_MAX_TAGS leaves no wave behind.
     """
     authorize(user=actor, factory=factory, action="wave.manage")
     _validate_name(name, "wave name")
@@ -126,6 +131,8 @@ def wave_init(*, factory, actor, name, version, tag, prune=(), expires_days=None
     open_wave = Wave.objects.filter(factory=factory, tag=tag, status__in=Wave.OPEN_STATUSES).first()
     if open_wave is not None:
         raise Conflict(f"wave {open_wave.name} is still {open_wave.status} on tag {tag}; complete or cancel it first")
+    open_tags = Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES).values_list("tag", flat=True)
+    tuf.production_tag_admit(factory_id=factory.id, tag=tag, open_wave_tags=open_tags)
 
     targets = tuf.wave_targets_build(factory=factory, tag=tag, version=version, prune=prune, expires_at=expires, source_tag=source_tag)
     wave = Wave(
@@ -141,19 +148,22 @@ def wave_init(*, factory, actor, name, version, tag, prune=(), expires_days=None
     )
     if dry_run:
         return wave
-    try:
-        with transaction.atomic():
-            wave.save()
-            audit_record(
-                factory=factory,
-                actor=actor,
-                action="wave.init",
-                target=name,
-                details={"version": version, "tag": tag, "prune": prune, "expires": expires.isoformat(), "source_tag": source_tag or ""},
-            )
-    except IntegrityError:
-        # Lost a race with a concurrent init: the database constraints decided.
-        raise Conflict(f"another wave was just created on tag {tag} or with the name {name}") from None
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                wave.save()
+        except IntegrityError:
+            # Lost a race with a concurrent init: the database constraints decided.
+            raise Conflict(f"another wave was just created on tag {tag} or with the name {name}") from None
+        audit_record(
+            factory=factory,
+            actor=actor,
+            action="wave.init",
+            target=name,
+            details={"version": version, "tag": tag, "prune": prune, "expires": expires.isoformat(), "source_tag": source_tag or ""},
+        )
+        if signatures or key_archive:
+            wave = wave_sign(wave=wave, actor=actor, signatures=signatures, key_archive=key_archive)
     return wave
 
 

@@ -134,25 +134,24 @@ def waves_init(args, ctx):
     if args.dry_run:
         dump_json(ctx.client.post(ctx.path("waves/"), {**payload, "dry_run": True}))
         return 0
-    signer = None
-    if args.keys:
-        from .signing import OfflineSigner
-
-        # Check the archive holds a key the production root trusts before creating anything, so
-        # a wrong archive does not leave an unsigned wave blocking the tag.
-        signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
-    wave = ctx.client.post(ctx.path("waves/"), payload)
-    out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
-    if signer is None:
+    if not args.keys:
+        wave = ctx.client.post(ctx.path("waves/"), payload)
+        out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
         out(f"It is unsigned: sign it with `breakwater waves sign {wave['name']} -k KEYS.tgz` before rolling it out.")
         return 0
-    try:
-        wave = _sign(ctx, wave, signer)
-    except CliError as exc:
-        raise CliError(
-            f"wave {wave['name']} was created but not signed: {exc.message}; "
-            f"retry with `breakwater waves sign {wave['name']} -k KEYS.tgz` or cancel it"
-        ) from None
+    from .signing import OfflineSigner
+
+    # Check the archive holds a key the production root trusts before creating anything.
+    signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
+    # The wave is created and signed in one request, so a signature the server refuses leaves
+    # no unsigned wave blocking the tag: sign what a dry run with the same inputs returns, with
+    # its expiry pinned so the server builds the very same targets.
+    preview = ctx.client.post(ctx.path("waves/"), {**payload, "dry_run": True})
+    payload.pop("expires_days", None)
+    payload["expires_at"] = preview["expires_at"]
+    signatures = signer.sign(base64.b64decode(preview["signing_payload"]))
+    wave = ctx.client.post(ctx.path("waves/"), {**payload, "signatures": signatures})
+    out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
     _print_signed(wave)
     return 0
 

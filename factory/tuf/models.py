@@ -8,6 +8,12 @@ from django.db import models
 from django.db.models import Q
 
 
+# The tag of a factory's shared empty production view, served to production devices on tags
+# nothing was released for. No real tag is empty (every door validates tags, the gateway's
+# x-ats-tags included), so it never meets one.
+EMPTY_TAG = ""
+
+
 class Channel(models.TextChoices):
     CI = "ci", "CI (test devices)"
     PRODUCTION = "production", "Production"
@@ -175,4 +181,4 @@ class TufRootChange(models.Model):
         return f"{self.action} ({self.status})"
 
 
-__all__ = ["Channel", "TufKey", "TufRepository", "TufRoot", "TufRootChange", "TufView"]
+__all__ = ["EMPTY_TAG", "Channel", "TufKey", "TufRepository", "TufRoot", "TufRootChange", "TufView"]

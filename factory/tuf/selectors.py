@@ -19,7 +19,7 @@ from tuf.api.metadata import Targets
 from factory.errors import NotFound
 
 from . import metadata as md
-from .models import Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
+from .models import EMPTY_TAG, Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
 
 ROOT_FILE_RE = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
 VIEW_FILES = {"timestamp.json": "timestamp", "snapshot.json": "snapshot", "targets.json": "targets"}
@@ -44,9 +44,10 @@ def _view_ref(device):
     rows = _tag_view_rows(device.factory_id, device.tag)
     production = next((r for r in rows if r["kind"] == TufView.Kind.PRODUCTION), None)
     if production is None:
-        from .services import production_view_ensure
+        # The factory's first device on a tag nothing was released for: its one empty view.
+        from .services import production_empty_view_ensure
 
-        view = production_view_ensure(factory_id=device.factory_id, tag=device.tag)
+        view = production_empty_view_ensure(factory_id=device.factory_id)
         return view.id, view.token, Channel.PRODUCTION
     wave = next((r for r in rows if r["kind"] == TufView.Kind.WAVE), None)
     if wave is not None and _staged(device, wave["wave_id"], production["staging_token"]):
@@ -55,28 +56,44 @@ def _view_ref(device):
 
 
 _tag_views = {}
+# Devices name any tag they like, so the gateway's memory of tags is bounded: past this many the
+# oldest entry goes (a real tag evicted is read again; nothing else changes).
+TAG_VIEWS_MAX = 4096
 
 
 def _tag_view_rows(factory_id, tag):
-    """The tag's production and wave view rows (id, kind, token, staging_token, wave_id).
+    """The view rows (id, kind, token, staging_token, wave_id) devices on `tag` are served from.
 
-    Every device on the tag shares them. The device gateway keeps them in process memory for
+    The tag's production view and wave view if it has them; if nothing was released for the
+    tag, the factory's shared empty view (tag EMPTY_TAG): whatever tag a device names, no view
+    or row is made for it. One query either way. Every device on the tag shares them. The
+    device gateway keeps them in process memory for
     settings.BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS (about a second), which takes the one query
     off nearly every poll; everywhere else (0, the default) they are read each time.
     """
     seconds = getattr(settings, "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", 0)
+    key = (factory_id, tag)
     if seconds > 0:
-        hit = _tag_views.get((factory_id, tag))
+        hit = _tag_views.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
     rows = list(
-        TufView.objects.filter(factory_id=factory_id, tag=tag, kind__in=[TufView.Kind.PRODUCTION, TufView.Kind.WAVE]).values(
-            "id", "kind", "token", "staging_token", "wave_id"
-        )
+        TufView.objects.filter(
+            factory_id=factory_id, tag__in=[tag, EMPTY_TAG], kind__in=[TufView.Kind.PRODUCTION, TufView.Kind.WAVE]
+        ).values("id", "kind", "token", "staging_token", "wave_id", "tag")
     )
-    if seconds > 0 and any(r["kind"] == TufView.Kind.PRODUCTION for r in rows):
-        _tag_views[(factory_id, tag)] = (time.monotonic() + seconds, rows)
-    return rows
+    own = [r for r in rows if r["tag"] == tag]
+    if not any(r["kind"] == TufView.Kind.PRODUCTION for r in own):
+        own = [r for r in rows if r["tag"] == EMPTY_TAG and r["kind"] == TufView.Kind.PRODUCTION]
+    if seconds > 0 and own:
+        _tag_views.pop(key, None)
+        _tag_views[key] = (time.monotonic() + seconds, own)
+        while len(_tag_views) > TAG_VIEWS_MAX:
+            try:
+                _tag_views.pop(next(iter(_tag_views)), None)
+            except (RuntimeError, StopIteration):  # another thread changed it meanwhile
+                break
+    return own
 
 
 def _staged(device, wave_id, staging_token):
@@ -239,7 +256,12 @@ def production_targets(*, factory, tag):
 
 def production_tags(*, factory):
     """Tags with a production view, and their production targets version (None: baseline)."""
-    rows = TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION).order_by("tag").values_list("tag", "baseline", "targets_version")
+    rows = (
+        TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION)
+        .exclude(tag=EMPTY_TAG)
+        .order_by("tag")
+        .values_list("tag", "baseline", "targets_version")
+    )
     return [{"tag": tag, "version": None if baseline else version} for tag, baseline, version in rows]
 
 
@@ -288,10 +310,12 @@ def expiring_targets(*, factory, within_days=30):
     repository = TufRepository.objects.filter(factory=factory).first()
     if repository is not None:
         baseline_tags = list(TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=True).values_list("tag", flat=True))
+        real_tags = sorted(t for t in baseline_tags if t != EMPTY_TAG)
         if baseline_tags and repository.baseline_expires_at < horizon:
+            served = f"tag(s) {', '.join(real_tags)}" if real_tags else "production devices on tags without a wave"
             add("baseline-targets", repository.baseline_expires_at, _expiry_message(
-                f"the empty production targets served to tag(s) {', '.join(sorted(baseline_tags))}", repository.baseline_expires_at, now,
-                "complete a wave on each of these tags"))  # fmt: skip
+                f"the empty production targets served to {served}", repository.baseline_expires_at, now,
+                "complete a wave on each of these tags" if real_tags else "complete a wave on each tag those devices follow"))  # fmt: skip
         if not repository.root_online and repository.root_expires_at < horizon:
             add("root", repository.root_expires_at, _expiry_message(f"root version {repository.root_version}", repository.root_expires_at, now,
                 "renew it: a root renewal signed with the offline root key"))  # fmt: skip

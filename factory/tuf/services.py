@@ -5,6 +5,11 @@ Snapshot and timestamp versions of a tag's production and wave views come from t
 (its production view row): each signing takes max(counter + 1, current Unix time), so a device
 that moves between the two views, or to another tag, never sees a version go down. The wave
 view is always signed after the production view, so a newly staged device moves up too.
+
+Only release managers make a tag's views (a wave signed on it). Production devices on a tag
+nothing was released for all share one empty view per factory (`EMPTY_TAG`), signed once and
+re-signed only as it expires; a tag's first view starts its counter at the empty view's, so a
+device that was served the empty view moves up when its tag gets a view of its own.
 """
 import base64
 import logging
@@ -27,7 +32,7 @@ from factory.services import audit_record
 
 from . import keys as tuf_keys
 from . import metadata as md
-from .models import Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
+from .models import EMPTY_TAG, Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +87,9 @@ def ci_targets_max_bytes():
 
 
 def max_tags():
+    """How many production tags (tags with a wave or a production view) a factory may have."""
     return int(_setting("BREAKWATER_TUF_MAX_TAGS", 1000))
+
 
 
 REFRESH_CLAIM = timedelta(minutes=10)
@@ -193,7 +200,13 @@ def _view_sign(view, keyring, *, version, now):
 
 
 def _production_anchor(factory_id, tag, *, keyring=None, now=None):
-    """The tag's production view, locked; created (serving the baseline) if the tag is new."""
+    """The tag's production view, locked; created (serving the baseline) if the tag is new.
+
+    Only release-side writes (a wave signed on the tag, the empty view) reach here: a device's
+    tag never does, so the number of views follows what release managers create. A new tag's
+    counter starts at the empty view's, read under its row lock, so its first versions are
+    above every version the empty view has served and a device moving off it never goes down.
+    """
     anchor = TufView.objects.select_for_update().filter(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=tag).first()
     if anchor is not None:
         return anchor
@@ -201,11 +214,16 @@ def _production_anchor(factory_id, tag, *, keyring=None, now=None):
     repository = TufRepository.objects.filter(factory_id=factory_id).first()
     if repository is None:
         raise NotFound("this factory has no TUF repository")
-    # Devices choose their tag, so the number of views they can make the server sign is capped.
-    if TufView.objects.filter(factory_id=factory_id, kind=TufView.Kind.PRODUCTION).count() >= max_tags():
-        raise NotFound(f"this factory already serves {max_tags()} production tags; tag {tag} has no view")
-    keyring = keyring or Keyring(factory_id)
     view = TufView(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=tag, baseline=True, staging_token=_token())
+    if tag != EMPTY_TAG:
+        production_tag_admit(factory_id=factory_id, tag=tag)
+        view.counter = (
+            TufView.objects.select_for_update()
+            .filter(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=EMPTY_TAG)
+            .values_list("counter", flat=True)
+            .first()
+        ) or 0
+    keyring = keyring or Keyring(factory_id)
     _view_set_targets(view, repository.baseline_targets)
     _view_sign(view, keyring, version=_next_version(view, now), now=now)
     try:
@@ -215,6 +233,25 @@ def _production_anchor(factory_id, tag, *, keyring=None, now=None):
         # Another process created it first: use theirs.
         return TufView.objects.select_for_update().get(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=tag)
     return view
+
+
+def production_tag_admit(*, factory_id, tag, open_wave_tags=()):
+    """Refuse a tag that would take the factory past `max_tags()` production tags.
+
+    The tags counted are real ones: those with a production view (a wave was signed on them)
+    and `open_wave_tags` (the tags of waves not yet signed, which will need a view). A tag
+    already counted is always admitted. Raises Conflict with what to do.
+    """
+    tags = set(
+        TufView.objects.filter(factory_id=factory_id, kind=TufView.Kind.PRODUCTION).exclude(tag=EMPTY_TAG).values_list("tag", flat=True)
+    )
+    tags.update(open_wave_tags)
+    if tag in tags or len(tags) < max_tags():
+        return
+    raise Conflict(
+        f"this factory already has {max_tags()} production tags (BREAKWATER_TUF_MAX_TAGS); tag {tag} would be one more: "
+        "release on an existing tag, or raise the limit"
+    )
 
 
 def _tag_views(anchor):
@@ -246,9 +283,23 @@ def _tag_resign(anchor, keyring, now):
 
 
 def production_view_ensure(*, factory_id, tag):
-    """Make sure production devices on `tag` have a view to fetch (the baseline, at first)."""
+    """Give a real production tag its view (serving the baseline until a wave completes).
+
+    For release-side code only (waves do it themselves): never for a tag a device names,
+    which is served `production_empty_view_ensure`'s view until something is released for it.
+    """
     with transaction.atomic():
         return _production_anchor(factory_id, tag)
+
+
+def production_empty_view_ensure(*, factory_id):
+    """The factory's one shared empty production view, made the first time a device needs it.
+
+    Production devices on a tag with no view of its own are served it: valid, verifiable
+    metadata that grants nothing, whatever tag they name, without a row or a signature per tag.
+    """
+    with transaction.atomic():
+        return _production_anchor(factory_id, EMPTY_TAG)
 
 
 def views_changed(*, factory, tag):

@@ -20,7 +20,7 @@ from factory.services import ci_build_publish
 from factory.tuf import keys as tuf_keys
 from factory.tuf import selectors as tuf_selectors
 from factory.tuf import services as tuf
-from factory.tuf.models import TufKey, TufRepository, TufRoot, TufRootChange, TufView
+from factory.tuf.models import EMPTY_TAG, TufKey, TufRepository, TufRoot, TufRootChange, TufView
 
 from .tuf_client import TufDevice, offline_targets_key
 
@@ -370,7 +370,8 @@ def test_timestamps_and_snapshots_are_re_signed_before_they_expire_once(factory,
     client = TufDevice(device, tmp_path)
     client.refresh()
     ci = TufView.objects.get(factory=factory, kind="ci")
-    production = TufView.objects.get(factory=factory, kind="production", tag=TAG)
+    # No wave on the tag yet: the device is served the factory's shared empty view.
+    production = TufView.objects.get(factory=factory, kind="production", tag=EMPTY_TAG)
     assert tuf_views_refresh() == 0  # nothing is due yet
     later = timezone.now() + timedelta(hours=13)  # less than the margin left on 1-day timestamps
     assert tuf_views_refresh(now=later.isoformat()) == 2
@@ -453,10 +454,12 @@ def test_the_demo_key_archive_is_written_once_and_signs_waves(factory, builds, b
     assert len(tuf_keys.key_archive_read(path.read_bytes())) == 1
 
 
-def test_devices_cannot_make_the_server_sign_unbounded_tags(factory, settings):
+def test_devices_naming_new_tags_share_one_empty_view_and_never_reach_the_tag_limit(factory, settings):
     settings.BREAKWATER_TUF_MAX_TAGS = 2
-    for tag in ("a", "b"):
-        tuf_selectors.device_metadata(device=make_device(factory, production=True, tag=tag), filename="timestamp.json")
-    with pytest.raises(NotFound, match="already serves 2 production tags"):
-        tuf_selectors.device_metadata(device=make_device(factory, production=True, tag="c"), filename="timestamp.json")
-    assert TufView.objects.filter(factory=factory, kind="production").count() == 2
+    served = set()
+    for tag in ("a", "b", "c", "d"):
+        data, _ = tuf_selectors.device_metadata(device=make_device(factory, production=True, tag=tag), filename="timestamp.json")
+        served.add(data)
+    assert len(served) == 1  # one shared view, signed once
+    assert list(TufView.objects.filter(factory=factory, kind="production").values_list("tag", flat=True)) == [EMPTY_TAG]
+    assert tuf_selectors.production_tags(factory=factory) == []

@@ -7,6 +7,8 @@ the gateway's WSGI app with the device's certificate, so every byte a test devic
 verified by the standard client.
 """
 import json
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -103,9 +105,10 @@ class GatewayFetcher(FetcherInterface):
 class TufDevice:
     """A device's TUF client state across polls: trusted metadata on disk, installed target."""
 
-    def __init__(self, device, root_dir=None, via_gateway=False):
+    def __init__(self, device, root_dir=None, via_gateway=False, tag=None):
         self.device = device
         self.via_gateway = via_gateway
+        self.tag = tag  # what the device sends as x-ats-tags (through the gateway)
         self._tmp = None if root_dir else tempfile.TemporaryDirectory()
         base = Path(root_dir or self._tmp.name) / str(device.uuid)
         self.metadata_dir = base / "metadata"
@@ -125,7 +128,7 @@ class TufDevice:
             BASE_URL,
             str(self.targets_dir),
             TARGETS_URL,
-            fetcher=GatewayFetcher(self.device) if self.via_gateway else RepositoryFetcher(self.device, tamper=tamper),
+            fetcher=GatewayFetcher(self.device, tag=self.tag) if self.via_gateway else RepositoryFetcher(self.device, tamper=tamper),
             bootstrap=bootstrap,
         )
 
@@ -196,3 +199,59 @@ class TufDevice:
         updater.download_target(info)
         self.installed = version
         return version
+
+
+# --- a second, independent client: tuf-js -------------------------------------------------------
+
+TUFJS_DIR = Path(__file__).resolve().parents[1] / "tufjs"
+
+
+def tufjs_missing():
+    """Why the tuf-js client cannot run here ('' when it can): no node, or its packages absent."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (TUFJS_DIR / "node_modules" / "tuf-js").is_dir():
+        return "tuf-js is not installed: run `make install` (npm ci in tests/tufjs)"
+    return ""
+
+
+class TufJsDevice:
+    """A device whose TUF client is tuf-js: each refresh fetches, through the gateway's WSGI app
+    and as the device's certificate, the files it serves (every N.root.json, timestamp.json,
+    snapshot.json, targets.json), then lets tuf-js verify and update its own trusted metadata."""
+
+    def __init__(self, device, root_dir, tag=None):
+        self.fetcher = GatewayFetcher(device, tag=tag)
+        self.metadata_dir = Path(root_dir) / f"tufjs-{device.uuid}"
+        self.served_dir = Path(root_dir) / f"tufjs-served-{device.uuid}"
+
+    def _collect(self):
+        shutil.rmtree(self.served_dir, ignore_errors=True)
+        self.served_dir.mkdir(parents=True)
+        version = 1
+        while True:
+            try:
+                data = b"".join(self.fetcher._fetch(f"{BASE_URL}{version}.root.json"))
+            except tuf_exceptions.DownloadHTTPError:
+                break
+            (self.served_dir / f"{version}.root.json").write_bytes(data)
+            version += 1
+        for name in ("timestamp.json", "snapshot.json", "targets.json"):
+            (self.served_dir / name).write_bytes(b"".join(self.fetcher._fetch(BASE_URL + name)))
+
+    def refresh(self, tamper=None):
+        """{"ok", "versions": {root, timestamp, snapshot, targets}, "targets": [names]} or
+        {"ok": False, "error", "message"} as tuf-js reported it. `tamper(name, bytes) -> bytes`
+        changes what was served before tuf-js reads it."""
+        self._collect()
+        if tamper is not None:
+            for path in self.served_dir.iterdir():
+                path.write_bytes(tamper(path.name, path.read_bytes()))
+        result = subprocess.run(
+            ["node", str(TUFJS_DIR / "refresh.js"), str(self.metadata_dir), str(self.served_dir)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        lines = result.stdout.strip().splitlines()
+        if not lines:
+            raise AssertionError(f"tuf-js printed nothing (exit {result.returncode}): {result.stderr[-2000:]}")
+        return json.loads(lines[-1])
