@@ -32,8 +32,6 @@ TLS_EXAMPLES = max(3, EXAMPLES // 5)
 # Derandomized in CI (the same cases every run); bench/fuzz_gateway.py --random tries new ones.
 DERANDOMIZE = os.environ.get("BREAKWATER_FUZZ_DERANDOMIZE", "1") != "0"
 REPORT = os.environ.get("BREAKWATER_FUZZ_REPORT")
-# Set by bench/fuzz_gateway.py: the known-failure marks are dropped so that every failure counts.
-STRICT = os.environ.get("BREAKWATER_FUZZ_STRICT") == "1"
 
 
 def fuzz(examples=None):
@@ -46,14 +44,6 @@ def fuzz(examples=None):
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     )
-
-
-def known_failure(reason):
-    """A failure class whose fix lives in the gateway's own modules (devices/gateway.py,
-    devices/checkins.py) and is under way. Remove the mark with the fix."""
-    if STRICT:
-        return lambda test: test
-    return pytest.mark.xfail(strict=False, reason=f"known gateway failure: {reason}")
 
 
 # --- the tally ------------------------------------------------------------------------------------
