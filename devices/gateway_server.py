@@ -189,6 +189,10 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def eof_received(self):
+        if self.state == BUSY and self.request is not None:
+            # The client has sent all it will: answer the request in flight, then close.
+            self.request.keep_alive = False
+            return True
         self.close()
 
     def connection_lost(self, exc):
