@@ -497,6 +497,7 @@ def worker_main(args, sock, parent):
         start = getattr(app, "start", None)
         if start:
             start()
+        print(f"gateway worker {os.getpid()} serving {args.bind}", file=sys.stderr, flush=True)
     except Exception:
         sys.excepthook(*sys.exc_info())
         os._exit(BOOT_FAILED)
