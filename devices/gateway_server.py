@@ -28,7 +28,9 @@ The gateway handler is synchronous Django code that may read the database: it ru
 --threads threads (one request in flight per connection), so the loop never waits on it. Only the
 verified certificate DER reaches the handler (`devices.http1.PEER_CERTIFICATE`), which decides who
 the device is on every request. The TLS context is built once per process: CERT_REQUIRED against
-the device root CA, TLS 1.2 or newer; session tickets stay OpenSSL's default, so resumption across
+the device root CA, TLS 1.2 or newer, run over memory BIOs on the plain TCP transport rather than
+asyncio's start_tls, so the handshake deadline is the connection's own and a refused certificate
+still gets its TLS alert; session tickets stay OpenSSL's default, so resumption across
 processes needs only a shared ticket key later. The loop is uvloop's when it is installed
 (`--loop auto`), else asyncio's.
 
