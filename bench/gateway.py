@@ -4,8 +4,8 @@
 an active wave, so both view resolutions are exercised) poll /repo/timestamp.json as fast as they
 can over kept-alive mutual-TLS connections, answered 200 (full body) or 304 (If-None-Match), and
 once more opening a new TLS connection per poll (what a device polling every few minutes does).
-A static server under the same gunicorn and TLS settings, answering the same bytes without
-Django, gives the ceiling of this stack. Load generator and servers share the machine's cores.
+A static handler under the same server and TLS settings (devices.gateway_server), answering the
+same bytes without Django, gives the ceiling of this stack. Load generator and servers share the machine's cores.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bw_devices REDIS_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/gateway.py [--devices 50] [--seconds 15] [--workers 2] [--threads 8]
@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # shadow the tuf package: put the project root there instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from devices import gateway_server  # noqa: E402
+
 FACTORY = "bench-gateway"
 TAG = "production"
 HWID = "intel-corei7-64"
@@ -39,14 +41,17 @@ HWID = "intel-corei7-64"
 # --- the static ceiling: same TLS, same bytes, no Django --------------------------------------
 
 
-def static_application(environ, start_response):
-    """Serve one file's bytes with an ETag, 304 on If-None-Match; gunicorn does the mutual TLS."""
-    body, etag = _static()
-    if environ.get("HTTP_IF_NONE_MATCH") == etag:
-        start_response("304 Not Modified", [("ETag", etag), ("Content-Length", "0")])
-        return [b""]
-    start_response("200 OK", [("Content-Type", "application/json"), ("ETag", etag), ("Content-Length", str(len(body)))])
-    return [body]
+class StaticService:
+    """Serve one file's bytes with an ETag, 304 on If-None-Match; the server does the mutual TLS."""
+
+    def respond(self, environ):
+        body, etag = _static()
+        if environ.get("HTTP_IF_NONE_MATCH") == etag:
+            return 304, [("ETag", etag), ("Content-Length", "0")], b""
+        return 200, [("Content-Type", "application/json"), ("ETag", etag), ("Content-Length", str(len(body)))], body
+
+
+static_service = StaticService()
 
 
 _static_cache = []
@@ -156,10 +161,10 @@ def wait_listening(port, process, timeout=30):
     raise RuntimeError("the server did not start")
 
 
-def start_gateway(port, workers, threads, tls_dir, log):
+def start_gateway(port, workers, threads, tls_dir, log, loop="auto"):
     from devices.management.commands.gateway import Command
 
-    argv = Command.prepare(bind=f"127.0.0.1:{port}", workers=workers, threads=threads, tls_dir=tls_dir)
+    argv = Command.prepare(bind=f"127.0.0.1:{port}", workers=workers, threads=threads, tls_dir=tls_dir) + ["--loop", loop]
     process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     wait_listening(port, process)
     return process, argv
@@ -167,11 +172,8 @@ def start_gateway(port, workers, threads, tls_dir, log):
 
 def start_static(port, gateway_argv, static_file, log):
     argv = list(gateway_argv)
-    argv[argv.index("devices.gateway:application")] = "bench.gateway:static_application"
-    index = argv.index("-c")
-    del argv[index : index + 2]
+    argv[argv.index("--app") + 1] = "bench.gateway:static_service"
     argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
-    argv += ["--worker-class", "gthread", "--keep-alive", "15"]
     process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BENCH_STATIC_FILE": str(static_file)})
     wait_listening(port, process)
     return process
@@ -276,6 +278,7 @@ def _run(work):
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--clients", type=int, default=2, help="load generator processes")
     parser.add_argument("--skip-static", action="store_true")
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the gateway's event loop (auto: uvloop if installed)")
     args = parser.parse_args()
 
     django_setup()
@@ -292,7 +295,7 @@ def _run(work):
 
     log = open(work / "servers.log", "w")
     port = free_port()
-    gateway, argv = start_gateway(port, args.workers, args.threads, work / "tls", log)
+    gateway, argv = start_gateway(port, args.workers, args.threads, work / "tls", log, args.loop)
     rows = []
     try:
         for label, mode in (("timestamp.json 200, kept-alive", "200"), ("timestamp.json 304, kept-alive", "304"), ("timestamp.json 200, new TLS connection each poll", "new-connection")):
@@ -321,7 +324,8 @@ def _run(work):
 
     seen = Device.objects.filter(factory=factory, last_seen__isnull=False).count()
     print(
-        f"\nGateway benchmark: {args.devices} devices over mutual TLS, gunicorn {args.workers} workers x {args.threads} threads, "
+        f"\nGateway benchmark: {args.devices} devices over mutual TLS, {args.workers} workers x {args.threads} handler threads "
+        f"({'uvloop' if gateway_server.uvloop and args.loop != 'asyncio' else 'asyncio'} loop), "
         f"{args.clients} load processes on the same {os.cpu_count()} cores; {connection.vendor}; "
         f"check-ins buffered in {'Redis' if settings.REDIS_URL else 'gateway memory'}; {args.seconds:.0f} s per row"
     )

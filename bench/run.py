@@ -6,7 +6,7 @@ read from what it prints, and one table puts each figure next to its goal.
 
 The fleet scripts (rollout, status, dashboard, api_cli, plans) load a 1,000,000-device factory the
 first time (minutes) and take long on a busy machine; --quick runs only those that build their own
-small world (tuf, gateway). Each script's own output is shown as it runs; peak memory is the
+small world (tuf, gateway, gateway_flood). Each script's own output is shown as it runs; peak memory is the
 largest resident set of the script or of a process it started and waited for (e.g. gunicorn).
 """
 import argparse
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ("tuf", "gateway")
-ORDER = ("rollout", "status", "dashboard", "gateway", "tuf", "api_cli", "plans")
+QUICK = ("tuf", "gateway", "gateway_flood")
+ORDER = ("rollout", "status", "dashboard", "gateway", "gateway_flood", "tuf", "api_cli", "plans")
 # Ten minutes of a simulated fleet on a database of its own, and the device doors' fuzzing with
 # its long budget: run on request (--only soak, --only fuzz_gateway).
 OPTIONAL = ("soak", "fuzz_gateway")
@@ -106,6 +106,20 @@ def parse_gateway(out):
     return figures
 
 
+def parse_gateway_flood(out):
+    """Rows as bench/gateway.py's, then `flood / no flood, <mode>: throughput <x>x ..., p99 <y>x ..., errors under flood <n>`."""
+    figures = []
+    for name, rate, p99, errors in re.findall(r"^(\S.*?)[ \t]+(\d+)[ \t]+[\d.]+[ \t]+([\d.]+)[ \t]+(\d+)[ \t]+\{", out, re.M):
+        figure = Figure("gateway_flood", f"{name.strip()} (p99 {p99} ms)", float(rate), "polls/s")
+        if name.strip().endswith(", flood"):
+            figures.append(_goal(Figure("gateway_flood", f"{name.strip()}: device errors", float(errors), "errors"), 0))
+        figures.append(figure)
+    for mode, throughput, p99 in re.findall(r"^flood / no flood, (.+?): throughput ([\d.]+)x .*?p99 ([\d.]+|inf)x", out, re.M):
+        figures.append(_goal(Figure("gateway_flood", f"{mode}: throughput under flood / without", float(throughput), "x"), 0.5, at_least=True))
+        figures.append(_goal(Figure("gateway_flood", f"{mode}: p99 under flood / without", float(p99), "x"), 3))
+    return figures
+
+
 def parse_tuf(out):
     """`  label   <value> ms ...`: the wave and repository operations (no goal of their own)."""
     return [Figure("tuf", name.strip(), _num(ms), "ms") for name, ms in re.findall(r"^  (\S.*?)[ \t]{2,}" + MS, out, re.M)]
@@ -161,6 +175,7 @@ PARSERS = {
     "status": parse_status,
     "dashboard": parse_dashboard,
     "gateway": parse_gateway,
+    "gateway_flood": parse_gateway_flood,
     "tuf": parse_tuf,
     "api_cli": parse_api_cli,
     "plans": parse_plans,

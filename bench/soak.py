@@ -1,7 +1,7 @@
 """Soak: the device gateway and the dashboard under load at once, on loopback, like production.
 
 On a PostgreSQL database of its own (a fresh factory in it each run), this starts the gateway
-(gunicorn, mutual TLS), the dashboard web server (gunicorn), a Celery worker and beat (check-ins
+(devices.gateway_server, mutual TLS), the dashboard web server (gunicorn), a Celery worker and beat (check-ins
 flushed, wave and factory status aggregated), registers --devices devices (fleet_seed, then taken
 over by the fleet simulator with keys of its own, as bench/simulator.py does) and lets them poll
 every --interval seconds for --seconds. Meanwhile a wave of a newer build is rolled out in three
@@ -50,7 +50,6 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PHASES = [(0.1, {"group": "canary"}), (0.4, {"group": "beta", "limit": "25%"}), (0.6, {"limit": "5%"})]
 # The pages a release manager keeps open; the live panel polls (every status interval) the most.
 PAGES = ["wave page", "wave live panel (htmx)", "devices list", "wave live panel (htmx)", "device page", "wave status poll (htmx)", "factory status"]
-GATEWAY_FORMAT = '%(s)s %(D)s "%(U)s"'
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -575,7 +574,7 @@ def _run(args, work):
         from devices.management.commands.gateway import Command
 
         argv = Command.prepare(bind=f"127.0.0.1:{gateway_port}", workers=args.gateway_workers, threads=8, tls_dir=work / "tls")
-        argv += ["--access-logfile", str(args.logs / "gateway-access.log"), "--access-logformat", GATEWAY_FORMAT]
+        argv += ["--access-log", str(args.logs / "gateway-access.log")]
         servers.procs["gateway"] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         servers.start("web", [py, "-m", "gunicorn", "factory.wsgi", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers), "--threads", "4", "--no-control-socket"])
@@ -607,7 +606,7 @@ def _run(args, work):
         window_start = timezone.now()
         load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         watched = [Watched(f"{name} ({what})", lambda p=servers.procs[name].pid: _tree(p)) for name, what in (
-            ("gateway", f"gunicorn, {args.gateway_workers} workers"),
+            ("gateway", f"devices.gateway_server, {args.gateway_workers} workers"),
             ("web", f"gunicorn, {args.web_workers} workers"),
             ("worker", "Celery, 2 pool processes"),
             ("beat", "Celery"),

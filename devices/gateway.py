@@ -1,9 +1,10 @@
-"""The device gateway: a WSGI application that gunicorn serves with mutual TLS.
+"""The device gateway: what a device asks over mutual TLS, answered for that device only.
 
-gunicorn (`--cert-reqs 2 --ca-certs <device root>`) refuses a client without a certificate
-chaining to the device root at the handshake; this application then reads the verified peer
-certificate from the TLS socket and refuses it unless it is the current certificate of a
-registered device, issued by that device's own factory CA. A device reads only its own view:
+The server (`devices.gateway_server`, CERT_REQUIRED against the device root CA) refuses a client
+without a certificate chaining to the device root at the handshake and hands this handler the
+verified peer certificate (`devices.http1.PEER_CERTIFICATE` in the environ); the handler refuses
+it unless it is the current certificate of a registered device, issued by that device's own
+factory CA. A device reads only its own view:
 
     GET  /repo/<N>.root.json, /repo/timestamp.json, /repo/snapshot.json, /repo/targets.json
     GET  /targets/<name>        a target file of the device's targets metadata
@@ -40,6 +41,7 @@ from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
 
 from . import checkins, pki, reports  # noqa: E402
+from .http1 import PEER_CERTIFICATE  # noqa: E402
 from .models import Device, DeviceCA  # noqa: E402
 
 logger = logging.getLogger("breakwater.gateway")
@@ -159,9 +161,15 @@ class Gateway:
         self._artifacts = LRU(256)  # (factory, name, sha256) -> bytes
         self._outage_log = OutageLog("database error in the gateway")
 
-    # --- WSGI ---------------------------------------------------------------------------------
+    # --- the server's door, and WSGI for in-process callers -----------------------------------
 
     def __call__(self, environ, start_response):
+        status, headers, body = self.respond(environ)
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
+
+    def respond(self, environ):
+        """(status, headers, body) for one request; never raises."""
         try:
             status, headers, body = self.handle(environ)
         except Refused as exc:
@@ -177,8 +185,7 @@ class Gateway:
             logger.exception("gateway error")
             status, headers, body = self._json(500, {"error": "internal error"})
         headers.append(("Content-Length", str(len(body))))
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
+        return status, headers, body
 
     def handle(self, environ):
         peer = self.peer(environ)
@@ -221,8 +228,7 @@ class Gateway:
     # --- who is asking ------------------------------------------------------------------------
 
     def peer(self, environ):
-        sock = environ.get("gunicorn.socket")
-        der = sock.getpeercert(binary_form=True) if hasattr(sock, "getpeercert") else None
+        der = environ.get(PEER_CERTIFICATE)
         if not der:
             raise Refused(403, "a client certificate is required")
         peer = self._peers.get(der)

@@ -235,9 +235,21 @@ BREAKWATER_CHECKIN_FLUSH_SECONDS = float(os.environ.get("BREAKWATER_CHECKIN_FLUS
 BREAKWATER_EVENT_TIME_WINDOW = tuple(float(days) for days in os.environ.get("BREAKWATER_EVENT_TIME_WINDOW", "7,1").split(","))
 # How long a gateway process trusts what it read about a device (deletion, group, certificate).
 BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS", 5))
-# Gateway processes only (set by devices/gunicorn_gateway.py): how long a tag's view rows are kept
+# Gateway processes only (set by devices/gateway_worker.py): how long a tag's view rows are kept
 # in memory; a rollout, complete or cancel reaches devices at most this much later.
 BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", 0))
+# What a gateway connection may take (devices/gateway_server.py): seconds for the TLS handshake,
+# for a request head (from its first byte), for a request body, and between kept-alive requests;
+# the largest request head and body; open connections per worker process, and per client address
+# in each worker (0: no cap; behind a load balancer that hides device addresses, raise or turn off).
+BREAKWATER_GATEWAY_HANDSHAKE_TIMEOUT = float(os.environ.get("BREAKWATER_GATEWAY_HANDSHAKE_TIMEOUT", 10))
+BREAKWATER_GATEWAY_HEADER_TIMEOUT = float(os.environ.get("BREAKWATER_GATEWAY_HEADER_TIMEOUT", 10))
+BREAKWATER_GATEWAY_BODY_TIMEOUT = float(os.environ.get("BREAKWATER_GATEWAY_BODY_TIMEOUT", 30))
+BREAKWATER_GATEWAY_KEEPALIVE_TIMEOUT = float(os.environ.get("BREAKWATER_GATEWAY_KEEPALIVE_TIMEOUT", 15))
+BREAKWATER_GATEWAY_MAX_HEADER_BYTES = int(os.environ.get("BREAKWATER_GATEWAY_MAX_HEADER_BYTES", 8192))
+BREAKWATER_GATEWAY_MAX_BODY_BYTES = int(os.environ.get("BREAKWATER_GATEWAY_MAX_BODY_BYTES", 64 * 1024))
+BREAKWATER_GATEWAY_MAX_CONNECTIONS = int(os.environ.get("BREAKWATER_GATEWAY_MAX_CONNECTIONS", 10_000))
+BREAKWATER_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS = int(os.environ.get("BREAKWATER_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", 1_000))
 
 LOGGING = {
     "version": 1,

@@ -1,5 +1,5 @@
 """Device fixtures: registration helpers, device identities on disk, and a real gateway process
-(gunicorn with mutual TLS) sharing the test database.
+(`manage.py gateway`, mutual TLS) sharing the test database.
 
 The gateway is a separate process, so it cannot see an in-memory SQLite database: with SQLite the
 test database is a file for the session (set before it is created). Tests that talk to the
@@ -115,54 +115,64 @@ class GatewayProcess:
         GatewayIdentity.objects.get_or_create(name="default", defaults=self.identity)
 
 
-@pytest.fixture(scope="session")
-def gateway_process(django_db_setup, django_db_blocker, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gateway")
-    with django_db_blocker.unblock():
-        identity = gateway_identity_get(hosts=["127.0.0.1", "localhost"])
-        saved = {f.name: getattr(identity, f.name) for f in GatewayIdentity._meta.concrete_fields if f.name not in ("id", "name")}
-        port = free_port()
-        env = {
-            **os.environ,
-            **database_env(),
-            "BREAKWATER_VAR_DIR": str(folder / "var"),
-            "SECRET_KEY": settings.SECRET_KEY,
-            "BREAKWATER_KEY_ENCRYPTION_KEY": settings.TUF_KEY_ENCRYPTION_KEY,
-            "BREAKWATER_GATEWAY_URL": f"https://127.0.0.1:{port}",
-            "BREAKWATER_CHECKIN_FLUSH_SECONDS": "0.2",
-            "BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS": "0",
-            # Tests roll out and poll at once: no second of delay.
-            "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS": "0",
-            "DJANGO_SETTINGS_MODULE": "factory.settings",
-        }
-        gateway = GatewayProcess(port, saved, folder)
-        log = open(folder / "gateway.log", "w")
-        gateway.process = subprocess.Popen(
-            [sys.executable, "manage.py", "gateway", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4", "--tls-dir", str(folder / "tls")],
-            cwd=BASE,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+def gateway_start(folder, env=None, *, threads=4):
+    """Start `manage.py gateway` (one worker) on a free port; returns it once it accepts connections.
+    `env` adds settings (BREAKWATER_GATEWAY_*_TIMEOUT and the caps) to the test defaults."""
+    identity = gateway_identity_get(hosts=["127.0.0.1", "localhost"])
+    saved = {f.name: getattr(identity, f.name) for f in GatewayIdentity._meta.concrete_fields if f.name not in ("id", "name")}
+    port = free_port()
+    env = {
+        **os.environ,
+        **database_env(),
+        "BREAKWATER_VAR_DIR": str(folder / "var"),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "BREAKWATER_KEY_ENCRYPTION_KEY": settings.TUF_KEY_ENCRYPTION_KEY,
+        "BREAKWATER_GATEWAY_URL": f"https://127.0.0.1:{port}",
+        "BREAKWATER_CHECKIN_FLUSH_SECONDS": "0.2",
+        "BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS": "0",
+        # Tests roll out and poll at once: no second of delay.
+        "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS": "0",
+        "DJANGO_SETTINGS_MODULE": "factory.settings",
+        **(env or {}),
+    }
+    gateway = GatewayProcess(port, saved, folder)
+    gateway.log = open(folder / "gateway.log", "w")
+    gateway.process = subprocess.Popen(
+        [sys.executable, "manage.py", "gateway", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", str(threads), "--tls-dir", str(folder / "tls")],
+        cwd=BASE,
+        env=env,
+        stdout=gateway.log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 30
     while True:
         if gateway.process.poll() is not None:
             raise RuntimeError(f"the gateway exited: {(folder / 'gateway.log').read_text()[-2000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return gateway
         except OSError:
             if time.monotonic() > deadline:
                 gateway.process.kill()
                 raise RuntimeError("the gateway did not start in 30 s")
             time.sleep(0.1)
-    yield gateway
+
+
+def gateway_stop(gateway):
     gateway.process.terminate()
     try:
         gateway.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         gateway.process.kill()
-    log.close()
+    gateway.log.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    with django_db_blocker.unblock():
+        gateway = gateway_start(tmp_path_factory.mktemp("gateway"))
+    yield gateway
+    gateway_stop(gateway)
 
 
 @pytest.fixture

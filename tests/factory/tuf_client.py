@@ -15,6 +15,7 @@ from pathlib import Path
 from tuf.api import exceptions as tuf_exceptions
 from tuf.ngclient import FetcherInterface, Updater
 
+from devices.http1 import PEER_CERTIFICATE
 from factory.artifacts import synthetic_artifact
 from factory.errors import NotFound
 from factory.tuf import selectors as tuf_selectors
@@ -57,16 +58,6 @@ class RepositoryFetcher(FetcherInterface):
         raise tuf_exceptions.DownloadHTTPError(url, 404)
 
 
-class _PeerSocket:
-    """What gunicorn hands the gateway after the TLS handshake: the verified client certificate."""
-
-    def __init__(self, der):
-        self.der = der
-
-    def getpeercert(self, binary_form=False):
-        return self.der
-
-
 class GatewayFetcher(FetcherInterface):
     """Runs each request through the device gateway's WSGI app, as the device's certificate."""
 
@@ -87,7 +78,7 @@ class GatewayFetcher(FetcherInterface):
                 break
         else:
             raise tuf_exceptions.DownloadHTTPError(url, 404)
-        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path + url[len(prefix):], "gunicorn.socket": _PeerSocket(self.der)}
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path + url[len(prefix):], PEER_CERTIFICATE: self.der}
         if self.tag:
             environ["HTTP_X_ATS_TAGS"] = self.tag
         answer = {}

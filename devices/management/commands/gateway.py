@@ -12,7 +12,7 @@ from factory.management.commands._base import application_errors
 
 
 class Command(BaseCommand):
-    help = "Run the device gateway: gunicorn with mutual TLS (clients must chain to the device root CA)."
+    help = "Run the device gateway: mutual TLS (clients must chain to the device root CA) on an event loop per worker."
 
     def add_arguments(self, parser):
         url = urlsplit(settings.BREAKWATER_GATEWAY_URL)
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=2)
         parser.add_argument("--threads", type=int, default=8)
         parser.add_argument("--tls-dir", default=str(settings.VAR_DIR / "gateway"), help="where the TLS files are written")
-        parser.add_argument("--print-command", action="store_true", help="write the TLS files, print the gunicorn command, do not run it")
+        parser.add_argument("--print-command", action="store_true", help="write the TLS files, print the server's command, do not run it")
 
     def handle(self, *args, bind, workers, threads, tls_dir, print_command, **options):
         argv = self.prepare(bind=bind, workers=workers, threads=threads, tls_dir=Path(tls_dir))
@@ -33,7 +33,8 @@ class Command(BaseCommand):
 
     @staticmethod
     def prepare(*, bind, workers, threads, tls_dir):
-        """Write the server certificate, its key and the device root CA; return the gunicorn argv."""
+        """Write the server certificate, its key and the device root CA; return the server's argv
+        (devices.gateway_server), its limits taken from the BREAKWATER_GATEWAY_* settings."""
         with application_errors():
             identity = gateway_identity_get()
         tls_dir.mkdir(parents=True, exist_ok=True)
@@ -46,12 +47,18 @@ class Command(BaseCommand):
         root = tls_dir / "device-root.pem"
         _write(root, identity.device_root_certificate, 0o644)
         return [
-            sys.executable, "-m", "gunicorn", "devices.gateway:application",
-            "-c", "python:devices.gunicorn_gateway",
+            sys.executable, "-m", "devices.gateway_server", "--app", "devices.gateway_worker:service",
             "--bind", bind, "--workers", str(workers), "--threads", str(threads),
-            "--certfile", str(certfile), "--keyfile", str(keyfile), "--ca-certs", str(root), "--cert-reqs", "2",
-            "--no-control-socket",
-        ]
+            "--certfile", str(certfile), "--keyfile", str(keyfile), "--ca-certs", str(root),
+            "--handshake-timeout", f"{settings.BREAKWATER_GATEWAY_HANDSHAKE_TIMEOUT:g}",
+            "--header-timeout", f"{settings.BREAKWATER_GATEWAY_HEADER_TIMEOUT:g}",
+            "--body-timeout", f"{settings.BREAKWATER_GATEWAY_BODY_TIMEOUT:g}",
+            "--keepalive-timeout", f"{settings.BREAKWATER_GATEWAY_KEEPALIVE_TIMEOUT:g}",
+            "--max-header-bytes", str(settings.BREAKWATER_GATEWAY_MAX_HEADER_BYTES),
+            "--max-body-bytes", str(settings.BREAKWATER_GATEWAY_MAX_BODY_BYTES),
+            "--max-connections", str(settings.BREAKWATER_GATEWAY_MAX_CONNECTIONS),
+            "--max-connections-per-address", str(settings.BREAKWATER_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS),
+        ]  # fmt: skip
 
 
 def _write(path, text, mode):
