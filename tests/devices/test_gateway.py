@@ -1,5 +1,5 @@
 """The device gateway over real mutual TLS: who is refused, what a device is served, what it may
-report. Each test talks to a gunicorn gateway process sharing the test database."""
+report. Each test talks to a gateway process sharing the test database."""
 import hashlib
 import json
 import uuid

@@ -7,9 +7,9 @@ from factory.models import Role
 
 EXPECTED = {
     "alice": set(PERMISSIONS),
-    "bob": set(PERMISSIONS) - {"factory.admin"},
+    "bob": set(PERMISSIONS) - {"factory.admin", "deadletters.view"},
     "carol": {"view", "rollout.preview", "devicelist.edit"},
-    "dave": {"view"},
+    "dave": {"view", "deadletters.view"},
     "eve": set(),  # admin of another factory: nothing here
 }
 

@@ -2,9 +2,9 @@
 process with a real certificate, what an answer may look like, and a tally of what was tried
 that bench/fuzz_gateway.py reads (BREAKWATER_FUZZ_REPORT).
 
-The gateway reads the client certificate from the socket gunicorn hands it after the TLS
-handshake (`environ["gunicorn.socket"].getpeercert(binary_form=True)`); in process a stand-in
-socket returns the certificate's DER, exactly as tests/factory/tuf_client.py does.
+The gateway server hands the gateway the verified client certificate's DER in the environ
+(`environ[PEER_CERTIFICATE]`, after the TLS handshake); in process the tests put a device's
+certificate there, exactly as tests/factory/tuf_client.py does.
 """
 import io
 import json
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from django.db import DatabaseError, transaction
 from hypothesis import HealthCheck, Phase, settings
 
 from devices import checkins
+from devices.http1 import PEER_CERTIFICATE
 from devices.reports import target_version
 from devices.models import Device, DeviceEvent
 
@@ -96,16 +96,6 @@ def report_write():
 # --- a device in process -----------------------------------------------------------------------
 
 
-class PeerSocket:
-    """What gunicorn hands the gateway after the TLS handshake: the verified client certificate."""
-
-    def __init__(self, der):
-        self.der = der
-
-    def getpeercert(self, binary_form=False):
-        return self.der
-
-
 def der_of(pem_or_cert):
     cert = x509.load_pem_x509_certificate(pem_or_cert.encode()) if isinstance(pem_or_cert, str) else pem_or_cert
     return cert.public_bytes(Encoding.DER)
@@ -135,7 +125,7 @@ class _Logged(logging.Handler):
 
 
 def environ_for(der, *, method="GET", path="/device", headers=None, body=b"", content_length=None, query=""):
-    """A WSGI environ as gunicorn builds it: PATH_INFO percent-decoded and read as latin-1,
+    """A WSGI environ as the gateway server builds it: PATH_INFO percent-decoded and read as latin-1,
     headers as HTTP_* latin-1 strings."""
     environ = {
         "REQUEST_METHOD": method,
@@ -146,7 +136,7 @@ def environ_for(der, *, method="GET", path="/device", headers=None, body=b"", co
         "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.url_scheme": "https",
         "wsgi.input": io.BytesIO(body),
-        "gunicorn.socket": PeerSocket(der),
+        PEER_CERTIFICATE: der,
     }
     if body or content_length is not None:
         environ["CONTENT_LENGTH"] = str(len(body)) if content_length is None else content_length

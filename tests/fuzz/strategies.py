@@ -30,7 +30,7 @@ _prefixes = st.sampled_from(["/repo/", "/targets/", "/events", "/device", "/", "
 
 @st.composite
 def paths(draw):
-    """A request path as the device sent it (percent-encoded), and PATH_INFO as gunicorn makes
+    """A request path as the device sent it (percent-encoded), and PATH_INFO as the gateway server makes
     it (percent-decoded bytes read as latin-1)."""
     raw = draw(_prefixes) + "/".join(draw(st.lists(_segments, max_size=4)))
     sent = raw.encode("utf-8", "surrogatepass")
@@ -49,7 +49,7 @@ header_values = st.one_of(
     _latin1,
     st.sampled_from(["", " ", "production", "main", "production,main", " main ,x", "a" * 64, "a" * 65, "t@g", "a;b", "a|b", "\x00", "main\x00", "\x7f", "\x1b[31m", "Ã©tiquette"]),
     st.integers(1, 100_000).map(lambda n: "x" * n),
-    st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass").decode("latin-1")),  # UTF-8 as gunicorn hands it
+    st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass").decode("latin-1")),  # UTF-8 as the gateway server hands it
 )
 target_headers = st.one_of(header_values, st.sampled_from([f"{HWID}-lmp-42", f"{HWID}-lmp-0", f"{HWID}-lmp-99999999999", f" {HWID}-lmp-42 ", "-lmp-1"]))
 etags = st.one_of(header_values, st.sampled_from(["*", 'W/"x"', '"', '""', ",,,", "W/", '"a", W/"b", *']))
