@@ -268,6 +268,14 @@ def test_uuids_from_stdin_and_a_saved_list(cli, tokens, fleet, keys_file, env):
     assert not SavedDeviceList.objects.exists()
 
 
+def test_a_list_or_group_name_with_line_breaks_is_refused_and_nothing_is_saved(cli, tokens, factory):
+    uuid = "00000000-0000-4000-8000-00000000abcd"
+    refused = one_sentence_error(cli("device-lists", "create", 'x"; filename=evil.sh\r\nX: 1', "--uuids", uuid, token=tokens["carol"]))
+    assert "a device list name may only hold printable characters" in refused
+    assert "printable" in one_sentence_error(cli("config", "device-group", "create", "canary\x1b[2J", token=tokens["bob"]))
+    assert not SavedDeviceList.objects.exists() and not DeviceGroup.objects.filter(factory=factory).exists()
+
+
 # --- devices and groups -------------------------------------------------------------------------
 
 
