@@ -8,21 +8,24 @@ import logging
 ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def log_text(value):
-    """`value` on one line: every character that is not printable written as an escape."""
+def one_line(value, *, keep=""):
+    """`value` on one line: every character that is not printable (but those in `keep`) written
+    as an escape."""
     if value.isprintable():
         return value
-    return "".join(c if c.isprintable() else ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in value)
+    return "".join(
+        c if c.isprintable() or c in keep else ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in value
+    )
 
 
 def _safe(arg):
     if isinstance(arg, str):
-        return log_text(arg)
+        return one_line(arg)
     if isinstance(arg, (int, float, bool)) or arg is None:
         return arg
     # An exception or object whose text comes from outside (str(exc) quotes a device's report).
     text = str(arg)
-    return arg if text.isprintable() else log_text(text)
+    return arg if text.isprintable() else one_line(text)
 
 
 def _record_factory(base):
@@ -33,7 +36,7 @@ def _record_factory(base):
         elif record.args:
             record.args = tuple(_safe(arg) for arg in record.args)
         if isinstance(record.msg, str) and not record.args:
-            record.msg = log_text(record.msg)
+            record.msg = one_line(record.msg)
         return record
 
     make.breakwater_one_line = True

@@ -3,23 +3,23 @@ import logging
 
 import pytest
 
-from factory.logs import log_text
+from factory.logs import one_line
 
 logger = logging.getLogger("breakwater.test")
 FORGED = "no space left\r\n2026-03-01 12:00:00 INFO waves.plans plan approved by alice\x1b[2K"
 
 
 def test_log_text_writes_line_breaks_and_control_characters_as_escapes():
-    assert log_text(FORGED) == "no space left\\r\\n2026-03-01 12:00:00 INFO waves.plans plan approved by alice\\x1b[2K"
-    assert log_text("bidi\u202etxt line\u2028sep") == "bidi\\u202etxt line\\u2028sep"
-    assert log_text("plain text, ünïcode 名前") == "plain text, ünïcode 名前"
+    assert one_line(FORGED) == "no space left\\r\\n2026-03-01 12:00:00 INFO waves.plans plan approved by alice\\x1b[2K"
+    assert one_line("bidi\u202etxt line\u2028sep") == "bidi\\u202etxt line\\u2028sep"
+    assert one_line("plain text, ünïcode 名前") == "plain text, ünïcode 名前"
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ((FORGED,), "install failed: " + log_text(FORGED)),
-        ((ValueError(FORGED),), "install failed: " + log_text(FORGED)),
+        ((FORGED,), "install failed: " + one_line(FORGED)),
+        ((ValueError(FORGED),), "install failed: " + one_line(FORGED)),
         ((42,), "install failed: 42"),
     ],
 )
@@ -34,4 +34,4 @@ def test_mapping_arguments_and_messages_without_arguments_too(caplog):
     with caplog.at_level(logging.INFO, logger="breakwater.test"):
         logger.info("device %(name)s reported", {"name": "a\nb"})
         logger.error(FORGED)
-    assert [r.getMessage() for r in caplog.records] == ["device a\\nb reported", log_text(FORGED)]
+    assert [r.getMessage() for r in caplog.records] == ["device a\\nb reported", one_line(FORGED)]
