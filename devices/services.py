@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
+from factory.names import name_clean
 from factory.services import audit_record
 
 from .selectors import uuids_in
@@ -23,12 +24,8 @@ GROUP_NAME_MAX = 64
 
 
 def _validate_group_name(name):
-    name = (name or "").strip()
-    if not name:
-        raise ApplicationError("a group name is required")
-    if len(name) > GROUP_NAME_MAX or any(c.isspace() or c in ",;|@" for c in name):
-        raise ApplicationError(f"group name {name[:70]!r} must be at most {GROUP_NAME_MAX} characters without spaces or , ; | @")
-    return name
+    # , ; | @ and spaces separate the tokens of a rollout's scope on the command line.
+    return name_clean(name, what="a group name", max_length=GROUP_NAME_MAX, forbidden=" ,;|@")
 
 
 def device_group_create(*, factory, name, description="", actor=None):
@@ -175,9 +172,7 @@ def registration_token_create(*, factory, actor, tag, name="", group=None, produ
     """
     authorize(user=actor, factory=factory, action="factory.admin")
     tag = _validate_tag(tag)
-    name = (name or "").strip()
-    if len(name) > 100:
-        raise ApplicationError("a token name must be at most 100 characters")
+    name = name_clean(name, what="a token name", required=False)
     if group is not None and group.factory_id != factory.id:
         raise NotFound("device group not found")
     if max_uses is not None:

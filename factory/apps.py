@@ -1,5 +1,7 @@
 from django.apps import AppConfig
 
+from .logs import log_records_one_line
+
 
 class FactoryConfig(AppConfig):
     name = "factory"
@@ -7,3 +9,5 @@ class FactoryConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401 (registers the deployment checks)
+
+        log_records_one_line()

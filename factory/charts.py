@@ -3,10 +3,20 @@ rows to figure dicts (with `uirevision`, so a refresh keeps the user's zoom)."""
 
 VERSION_COLORS = ("#0b5cad", "#1f9d55", "#e0a030", "#6f5bd3", "#d64545", "#3aa6b9", "#8a6d3b", "#b35c9e", "#5b6577", "#9aa5b1")
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12, "color": "#1b2230"}
+# Plotly reads a subset of HTML in every text it draws (trace names, tick labels, hover text,
+# annotations, titles): <a href>, <b>, <br>, <span style> and entities. Text that came from a
+# device or a user is escaped to entities, which Plotly shows as the characters themselves.
+PLOTLY_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def plotly_text(value):
+    """Device or user text as Plotly shows it literally, never as markup or a link. Hover
+    templates take such text through %{...} from the data, never concatenated into the template."""
+    return str(value).translate(PLOTLY_ESCAPES)
 
 
 def _label(row):
-    return f"tag {row['tag']} · {'production' if row['production'] else 'test'}"
+    return f"tag {plotly_text(row['tag'])} · {'production' if row['production'] else 'test'}"
 
 
 def _config(filename):
@@ -76,7 +86,7 @@ def devices_per_tag_version(rows, *, uirevision, filename="factory-versions"):
                 "y": [r["versions"].get(version, 0) for r in rows],
                 "customdata": ["latest" if r["latest_version"] is not None and r["latest_version"] == version else "" for r in rows],
                 "marker": {"color": VERSION_COLORS[i % len(VERSION_COLORS)]},
-                "hovertemplate": "%{x}: %{y:,} on " + name + " %{customdata}<extra></extra>",
+                "hovertemplate": "%{x}: %{y:,} on %{fullData.name} %{customdata}<extra></extra>",
             }
         )
     return {"data": data, "layout": _layout(uirevision, yaxis=_count_axis(max(r["total"] for r in rows))), "config": _config(filename)}

@@ -11,6 +11,7 @@ from django.utils import timezone
 from .auth import actor_name, authorize
 from .errors import ApplicationError, Conflict
 from .models import ApiToken, AuditEntry, CiTarget, Factory, Membership, Role
+from .names import name_clean
 
 TOKEN_PREFIX = "bw"
 
@@ -105,6 +106,7 @@ def api_token_create(*, user, factory, name="", actor=None):
         authorize(user=actor, factory=factory, action="factory.admin")
     if not Membership.objects.filter(user=user, factory=factory).exists():
         raise ApplicationError(f"{user.get_username()} is not a member of factory {factory.name}")
+    name = name_clean(name, what="a token name", required=False)
     prefix = secrets.token_hex(4)
     plain = f"{TOKEN_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     with transaction.atomic():

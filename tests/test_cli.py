@@ -13,9 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.utils import timezone
 
 from devices.fleet import fleet_load_for_benchmark
-from devices.models import Device, DeviceGroup, RegistrationToken
+from devices.models import Device, DeviceEvent, DeviceGroup, RegistrationToken
 from factory.cli.main import main
 from factory.models import CiTarget
 from factory.services import api_token_create, ci_build_publish
@@ -266,6 +267,25 @@ def test_uuids_from_stdin_and_a_saved_list(cli, tokens, fleet, keys_file, env):
     assert updated.code == 0 and SavedDeviceList.objects.get().name == "one"
     assert cli("device-lists", "delete", "one", token=tokens["carol"]).code == 0
     assert not SavedDeviceList.objects.exists()
+
+
+def test_a_list_or_group_name_with_line_breaks_is_refused_and_nothing_is_saved(cli, tokens, factory):
+    uuid = "00000000-0000-4000-8000-00000000abcd"
+    refused = one_sentence_error(cli("device-lists", "create", 'x"; filename=evil.sh\r\nX: 1', "--uuids", uuid, token=tokens["carol"]))
+    assert "a device list name may only hold printable characters" in refused
+    assert "printable" in one_sentence_error(cli("config", "device-group", "create", "canary\x1b[2J", token=tokens["bob"]))
+    assert not SavedDeviceList.objects.exists() and not DeviceGroup.objects.filter(factory=factory).exists()
+
+
+def test_device_text_in_a_table_cannot_drive_the_terminal_or_forge_a_row(cli, tokens, fleet, factory):
+    device = fleet.filter(is_production=True).order_by("name").first()
+    DeviceEvent.objects.create(
+        factory=factory, device=device, event_type="install-completed", target_version=42, success=False,
+        detail="disk\x1b[2J\r\nforged  row", reported_at=timezone.now(),
+    )
+    shown = cli("devices", "events", device.uuid, token=tokens["dave"])
+    assert shown.code == 0 and "\x1b" not in shown.out and "\r" not in shown.out
+    assert len(shown.out.splitlines()) == 3 and "disk\\x1b[2J\\r\\nforged  row" in shown.out
 
 
 # --- devices and groups -------------------------------------------------------------------------

@@ -5,6 +5,8 @@ hidden traces, and a `config` naming the PNG that Plotly's camera button saves.
 """
 from datetime import timezone as dt_timezone
 
+from factory.charts import plotly_text
+
 from .status import STATE_LABELS
 
 STATE_ORDER = ("updated", "installing", "downloading", "scheduled", "failed", "held", "offline", "not_scheduled")
@@ -127,7 +129,7 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": at, "x1": at, "y0": 0, "y1": 1, "line": {"color": color, "width": 1, "dash": "dot"}})
         annotations.append(
             {
-                "x": at, "y": 1, "xref": "x", "yref": "paper", "text": "<br>".join(p["label"] for p in cluster), "showarrow": False,
+                "x": at, "y": 1, "xref": "x", "yref": "paper", "text": "<br>".join(plotly_text(p["label"]) for p in cluster), "showarrow": False,
                 "xanchor": "left", "yanchor": "top", "font": {"size": 10, "color": color}, "textangle": -90,
             }
         )
@@ -150,7 +152,7 @@ def group_progress(groups, *, uirevision, filename="wave-groups", max_groups=MAX
     shown, hidden = _shown_groups(groups, max_groups)
     if not shown:
         return _empty(uirevision, filename, "No production devices on this tag")
-    names = [g["group"] for g in shown]
+    names = [plotly_text(g["group"]) for g in shown]
     data = [
         {
             "type": "bar",
@@ -173,7 +175,8 @@ def group_progress(groups, *, uirevision, filename="wave-groups", max_groups=MAX
         margin={"l": 120, "r": 20, "t": 60 if title else 40, "b": 40},
         title={"text": title, "font": {"size": 11}} if title else None,
         xaxis={"title": {"text": "% of the group's devices"}, "range": [0, 100]},
-        yaxis={"autorange": "reversed", "automargin": True},
+        # a group named "2024" is a name, not a number on a linear axis
+        yaxis={"autorange": "reversed", "automargin": True, "type": "category"},
     )
     if not title:
         del layout["title"]
@@ -192,12 +195,12 @@ def version_distribution(groups, *, uirevision, filename="wave-versions", wave_v
     shown, hidden = _shown_groups(groups, max_groups)
     if not shown:
         return _empty(uirevision, filename, "No production devices on this tag")
-    names = [g["group"] for g in shown]
+    names = [plotly_text(g["group"]) for g in shown]
     versions = sorted({v for g in shown for v in g["versions"]}, key=_version_key)
     data = []
     others = iter(VERSION_COLORS * (1 + len(versions) // len(VERSION_COLORS)))
     for version in versions:
-        label = "no target" if version == "none" else f"v{version}"
+        label = "no target" if version == "none" else f"v{plotly_text(version)}"
         color = next(others)
         if wave_version is not None and version == str(wave_version):
             # the wave's version in the "updated" colour of the other charts
@@ -209,7 +212,7 @@ def version_distribution(groups, *, uirevision, filename="wave-versions", wave_v
                 "x": names,
                 "y": [g["versions"].get(version, 0) for g in shown],
                 "marker": {"color": color},
-                "hovertemplate": "%{x}: %{y:,} on " + label + "<extra></extra>",
+                "hovertemplate": "%{x}: %{y:,} on %{fullData.name}<extra></extra>",
             }
         )
     layout = _layout(
@@ -240,10 +243,10 @@ def failures(breakdown, *, uirevision, filename="wave-failures"):
         counts = breakdown.get(kind) or {}
         if kind == "version":
             items = sorted(counts.items(), key=lambda kv: _version_key(kv[0]))
-            labels = ["no target" if k == "none" else f"v{k}" for k, _ in items]
+            labels = ["no target" if k == "none" else f"v{plotly_text(k)}" for k, _ in items]
         else:
             items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-            labels = [k for k, _ in items]
+            labels = [plotly_text(k) for k, _ in items]
         suffix = "" if i == 1 else str(i)
         data.append(
             {
@@ -285,7 +288,7 @@ def time_to_update(update_times, *, uirevision, filename="wave-time-to-update"):
     if not phases:
         return _empty(uirevision, filename, "No device has finished updating yet")
     unit, divisor = _duration_unit(max(p["p95"] for p in phases))
-    labels = [p["label"] for p in phases]
+    labels = [plotly_text(p["label"]) for p in phases]
     counts = [p["count"] for p in phases]
     data = [
         {

@@ -4,22 +4,20 @@ from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 
 from factory.auth import authorize
-from factory.errors import ApplicationError, Conflict, NotFound
+from factory.errors import Conflict, NotFound
+from factory.names import name_clean
 from factory.services import audit_record
 
 from .models import SavedDeviceList
 from .uuids import MAX_UUIDS, parse_uuid_list
 
 NAME_MAX = 100
+# A list is addressed by its name in the API's URLs.
+NAME_FORBIDDEN = "/\\"
 
 
 def _clean_name(name):
-    name = (name or "").strip()
-    if not name:
-        raise ApplicationError("a device list needs a name", code="name")
-    if len(name) > NAME_MAX:
-        raise ApplicationError(f"a device list name may be at most {NAME_MAX} characters", code="name")
-    return name
+    return name_clean(name, what="a device list name", max_length=NAME_MAX, forbidden=NAME_FORBIDDEN, code="name")
 
 
 def _clean_uuids(uuids):

@@ -5,7 +5,9 @@ from django.core.validators import RegexValidator
 
 from devices.forms import UuidListField, parse_uuids, read_uuid_file
 from factory.forms import DashboardForm, key_archive_upload_read
+from factory.names import NameValidator
 
+from . import devicelists
 from .models import Wave
 from .services import NAME_RE
 
@@ -130,8 +132,11 @@ class PreviewAddForm(DashboardForm):
         return parse_uuids(self.cleaned_data["uuids"], purpose="to one rollout")
 
 
+LIST_NAME = NameValidator("a device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
+
+
 class SaveListForm(DashboardForm):
-    name = forms.CharField(max_length=100, label="List name")
+    name = forms.CharField(max_length=devicelists.NAME_MAX, label="List name", validators=[LIST_NAME])
 
 
 class ConfirmNameForm(DashboardForm):
@@ -160,7 +165,7 @@ class RolloutConfirmForm(DashboardForm):
 
 
 class DeviceListForm(DashboardForm):
-    name = forms.CharField(max_length=100, label="Name")
+    name = forms.CharField(max_length=devicelists.NAME_MAX, label="Name", validators=[LIST_NAME])
     uuids = UuidListField(required=False, label="Device UUIDs", help_text="Separated by commas, semicolons, | or new lines.")
     uuids_file = forms.FileField(required=False, label="…or import a file", help_text="Its UUIDs are added to the ones above.")
 

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field
 
 from factory.api import actor_scope, responses
 from factory.errors import ApplicationError
+from factory.names import api_name
 from factory.schemas import FactoryName, Text
 
 from . import plans, selectors
@@ -25,7 +26,7 @@ class PhaseIn(Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[Text, Field(max_length=64)] | None = None
+    name: api_name("a phase name", max_length=plans.PHASE_NAME_MAX, required=False) | None = None
     group: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Device group; alone, the whole group (now and later).")
     limit: Annotated[int, Field(ge=1, le=10_000)] | Annotated[Text, Field(max_length=16)] | None = Field(None, description="N devices or N%.")
     saved_list: Annotated[Text, Field(max_length=100)] | None = Field(None, description="A saved device list's name (its UUIDs when the phase rolls out).")
@@ -143,7 +144,7 @@ class PlanOut(Schema):
 class TemplateIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[Text, Field(min_length=1, max_length=100)]
+    name: api_name("a template name", max_length=plans.TEMPLATE_NAME_MAX, forbidden=plans.TEMPLATE_NAME_FORBIDDEN)
     phases: list[PhaseIn] | None = Field(None, max_length=plans.MAX_PHASES, description="The phases; a group may be '{group}'.")
     wave: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Save this wave's plan instead.")
     replace: bool = Field(False, description="Replace a template of the same name.")

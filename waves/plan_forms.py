@@ -7,6 +7,7 @@ from django import forms
 from django.forms import BaseFormSet, formset_factory
 
 from factory.forms import DashboardForm
+from factory.names import NameValidator
 
 from . import plans
 from .models import PlanPhase
@@ -24,7 +25,13 @@ def percent(ratio):
 
 
 class PhaseForm(DashboardForm):
-    name = forms.CharField(required=False, max_length=64, label="Name", widget=forms.TextInput(attrs={"placeholder": "e.g. us-east canary"}))
+    name = forms.CharField(
+        required=False,
+        max_length=plans.PHASE_NAME_MAX,
+        label="Name",
+        validators=[NameValidator("a phase name", max_length=plans.PHASE_NAME_MAX, required=False)],
+        widget=forms.TextInput(attrs={"placeholder": "e.g. us-east canary"}),
+    )
     group = forms.ChoiceField(required=False, label="Scope")
     limit = forms.CharField(
         required=False, max_length=16, label="Limit", help_text="N devices or N% of the scope; empty: all of it.", widget=forms.TextInput(attrs={"placeholder": "5 or 5%"})
@@ -153,7 +160,13 @@ class TemplateFillForm(DashboardForm):
 
 
 class TemplateSaveForm(DashboardForm):
-    name = forms.CharField(max_length=100, label="Template name", widget=forms.TextInput(attrs={"placeholder": "e.g. canary, 5%, 25%, all"}))
+    name = forms.CharField(
+        max_length=plans.TEMPLATE_NAME_MAX,
+        label="Template name",
+        error_messages={"required": "Give the template a name."},
+        validators=[NameValidator("a template name", max_length=plans.TEMPLATE_NAME_MAX, forbidden=plans.TEMPLATE_NAME_FORBIDDEN)],
+        widget=forms.TextInput(attrs={"placeholder": "e.g. canary, 5%, 25%, all"}),
+    )
     replace = forms.BooleanField(required=False, label="Replace a template of the same name")
     per_group = forms.CharField(
         required=False,

@@ -282,7 +282,8 @@ def plan_template_save(request, name):
     wave = _wave_or_404(request, name)
     form = TemplateSaveForm(request.POST, prefix="template")
     if not form.is_valid():
-        return _editor(request, wave, error="Give the template a name.", status=400)
+        problems = [message for messages in form.errors.values() for message in messages]
+        return _editor(request, wave, error=problems[0] if problems else "Give the template a name.", status=400)
     try:
         phases = [plans.phase_as_input(p) for p in plans.plan_phases(plans.plan_get(wave=wave))]
         group = form.cleaned_data["per_group"].strip()

@@ -31,6 +31,7 @@ from devices.models import Device, DeviceEvent, DeviceGroup
 from devices.selectors import uuids_in
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
+from factory.names import name_clean, name_problem
 from factory.services import audit_record
 
 from . import services as wave_services
@@ -50,8 +51,10 @@ EVALUATED_REST_SECONDS = 45
 WEBHOOK_TIMEOUT_SECONDS = 5
 GROUP_PLACEHOLDER = "{group}"
 LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
-# Printable text without slashes (a template name is part of its API URL).
-TEMPLATE_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,100}$")
+TEMPLATE_NAME_MAX = 100
+# A template is addressed by its name in the API's URLs.
+TEMPLATE_NAME_FORBIDDEN = "/\\"
+PHASE_NAME_MAX = 64
 
 # The settings a phase takes, as every door spells them (API, CLI, templates, the editor).
 PHASE_KEYS = (
@@ -93,6 +96,15 @@ def _text(value, where, what, max_length):
     if len(value) > max_length:
         _fail(where, f"{what} may be at most {max_length} characters")
     return value
+
+
+def _phase_name(value, where):
+    # A phase's name is optional; given, it follows the rule of every name.
+    name = _text(value, where, "name", PHASE_NAME_MAX)
+    problem = name_problem(name, max_length=PHASE_NAME_MAX, required=False)
+    if problem:
+        _fail(where, f"a phase name {problem}")
+    return name
 
 
 def _whole(value, where, what, *, low, high, default=None):
@@ -172,7 +184,7 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
     if unknown:
         raise ApplicationError(f"{where}: unknown setting {', '.join(unknown[:5])}; a phase takes {', '.join(PHASE_KEYS)}")
     phase = {
-        "name": _text(raw.get("name"), where, "name", 64),
+        "name": _phase_name(raw.get("name"), where),
         "group": _text(raw.get("group"), where, "group", 64),
         "limit": _limit(raw.get("limit"), where),
         "saved_list": _text(raw.get("saved_list"), where, "saved list", 100),
@@ -1230,10 +1242,7 @@ def plans_evaluate_due(*, now=None, claim_seconds=CLAIM_SECONDS):
 
 
 def _template_name(name):
-    name = (name or "").strip() if isinstance(name, str) else ""
-    if not TEMPLATE_NAME_RE.match(name):
-        raise ApplicationError("a template name is 1-100 characters of printable text, without slashes")
-    return name
+    return name_clean(name, what="a template name", max_length=TEMPLATE_NAME_MAX, forbidden=TEMPLATE_NAME_FORBIDDEN)
 
 
 def plan_template_save(*, factory, actor, name, phases=None, wave=None, replace=False):

@@ -7,9 +7,13 @@ from ninja import Schema
 from pydantic import AwareDatetime, BaseModel, Field
 
 from devices.schemas import UuidList
+from factory.names import api_name
 from factory.schemas import ExpiryWarningOut, PageMeta, Text, Version
 
+from . import devicelists
+
 Name = Annotated[Text, Field(min_length=1, max_length=64)]
+ListName = api_name("a device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
 Base64 = Annotated[Text, Field(max_length=8 * 1024 * 1024, description="Base64-encoded bytes.")]
 
 
@@ -186,10 +190,10 @@ class DeviceListOut(Schema):
 
 
 class DeviceListIn(Schema):
-    name: Annotated[Text, Field(min_length=1, max_length=100)]
+    name: ListName
     uuids: UuidList
 
 
 class DeviceListUpdateIn(Schema):
-    name: Annotated[Text, Field(min_length=1, max_length=100)] | None = Field(None, description="A new name.")
+    name: ListName | None = Field(None, description="A new name.")
     uuids: UuidList | None = Field(None, description="The new contents, replacing the old.")

@@ -8,10 +8,10 @@ from ninja import Router, Schema
 from pydantic import Field
 
 from factory.api import actor_scope, responses
+from factory.downloads import csv_attachment
 from factory.schemas import FactoryName
 
 from . import selectors, status
-from .status_views import csv_response
 
 router = Router(tags=["status"])
 
@@ -76,7 +76,7 @@ def waves_status_csv(request, factory: FactoryName, wave: str, offline_threshold
     the rollout time; a total row last. Computed at the time of the request."""
     wave_obj = _wave(request, wave)
     taken_at, rows = status.wave_status_csv_rows(wave=wave_obj, offline_threshold_hours=offline_threshold)
-    return csv_response(rows, f"{wave_obj.name}-status-{taken_at:%Y%m%dT%H%M%SZ}.csv")
+    return csv_attachment(rows, filename=f"{wave_obj.name}-status-{taken_at:%Y%m%dT%H%M%SZ}.csv")
 
 
 @router.get(
@@ -86,7 +86,7 @@ def waves_status_history_csv(request, factory: FactoryName, wave: str):
     """One line per stored sample (every aggregation interval while the wave is followed): the
     totals per state, oldest first."""
     wave_obj = _wave(request, wave)
-    return csv_response(status.wave_status_history_csv_rows(wave=wave_obj), f"{wave_obj.name}-status-history.csv")
+    return csv_attachment(status.wave_status_history_csv_rows(wave=wave_obj), filename=f"{wave_obj.name}-status-history.csv")
 
 
 @router.get("/waves/{wave}/status/live", response=responses(200, LiveStatusOut), summary="A wave's latest status sample, per group and over time")
@@ -116,4 +116,4 @@ def factory_status_csv(request, factory: FactoryName, offline_threshold: Thresho
     """One line per tag, production or test, and version, with the tag's totals."""
     factory_obj, _ = actor_scope(request)
     rows = selectors.factory_status(factory=factory_obj, offline_threshold_hours=offline_threshold)
-    return csv_response(status.factory_status_csv_rows(rows=rows), f"{factory_obj.name}-status-{timezone.now():%Y%m%dT%H%M%SZ}.csv")
+    return csv_attachment(status.factory_status_csv_rows(rows=rows), filename=f"{factory_obj.name}-status-{timezone.now():%Y%m%dT%H%M%SZ}.csv")

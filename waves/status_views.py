@@ -1,7 +1,5 @@
 """Live status fragments (polled by htmx, redrawn with Plotly.react) and CSV exports, for a wave
 and for the factory. The wave panel reads stored samples, so it costs the same at any fleet size."""
-import csv
-
 from django.conf import settings
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
@@ -11,15 +9,11 @@ from django.views.decorators.http import require_GET
 
 from factory import charts as factory_charts
 from factory.auth import factory_view
+from factory.downloads import csv_attachment
 from factory.errors import ApplicationError
 
 from . import charts, selectors, status
 from .models import Wave, WaveStatusSample
-
-# Spreadsheet programs run cells that start like a formula; group names and failure reasons
-# come from users and devices.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
 
 def _wave_or_404(request, name):
     try:
@@ -41,21 +35,6 @@ def _duration(seconds):
     if seconds >= 3600:
         return f"{seconds / 3600:g} h"
     return f"{seconds / 60:g} min"
-
-
-def _cell(value):
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
-
-
-def csv_response(rows, filename):
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    writer = csv.writer(response)
-    for row in rows:
-        writer.writerow([_cell(value) for value in row])
-    return response
 
 
 def _figure_list(figures, prefix):
@@ -90,14 +69,14 @@ def wave_status_csv(request, name):
         taken_at, rows = status.wave_status_csv_rows(wave=wave, offline_threshold_hours=_threshold(request))
     except ApplicationError as error:
         return HttpResponse(error.message, status=400, content_type="text/plain; charset=utf-8")
-    return csv_response(rows, f"{wave.name}-status-{taken_at:%Y%m%dT%H%M%SZ}.csv")
+    return csv_attachment(rows, filename=f"{wave.name}-status-{taken_at:%Y%m%dT%H%M%SZ}.csv")
 
 
 @factory_view("view")
 @require_GET
 def wave_status_history_csv(request, name):
     wave = _wave_or_404(request, name)
-    return csv_response(status.wave_status_history_csv_rows(wave=wave), f"{wave.name}-status-history.csv")
+    return csv_attachment(status.wave_status_history_csv_rows(wave=wave), filename=f"{wave.name}-status-history.csv")
 
 
 def _active_waves(factory):
@@ -148,4 +127,4 @@ def factory_status_csv(request):
         rows = selectors.factory_status(factory=request.factory, offline_threshold_hours=_threshold(request))
     except ApplicationError as error:
         return HttpResponse(error.message, status=400, content_type="text/plain; charset=utf-8")
-    return csv_response(status.factory_status_csv_rows(rows=rows), f"{request.factory.name}-status-{timezone.now():%Y%m%dT%H%M%SZ}.csv")
+    return csv_attachment(status.factory_status_csv_rows(rows=rows), filename=f"{request.factory.name}-status-{timezone.now():%Y%m%dT%H%M%SZ}.csv")

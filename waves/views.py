@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
 from django.db import transaction
-from django.http import Http404, HttpResponse
+from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils import timezone
@@ -23,6 +23,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 from devices.models import Device, DeviceGroup
 from devices.selectors import uuids_in
 from factory.auth import factory_view
+from factory.downloads import attachment
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
 from factory.models import CiTarget
@@ -339,9 +340,7 @@ def rollout_devices_download(request, name, rollout_id):
 
 
 def _text_download(text, filename):
-    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
+    return attachment(text, filename=filename, content_type="text/plain; charset=utf-8")
 
 
 # --- rollout phase flow: preview, edit, roll out exactly these devices ---------------------------

@@ -6,13 +6,17 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
+from factory.logs import one_line
+
 
 def out(text=""):
-    print(text, file=sys.stdout)
+    # The CLI's own line breaks stay; a control character from a name or a reason (an escape
+    # sequence, a carriage return that hides a line) is printed as an escape.
+    print(one_line(str(text), keep="\n\t"), file=sys.stdout)
 
 
 def err(text=""):
-    print(text, file=sys.stderr)
+    print(one_line(str(text), keep="\n\t"), file=sys.stderr)
 
 
 def dump_json(data):
@@ -21,7 +25,9 @@ def dump_json(data):
 
 def table(headers, rows, *, indent=0):
     """Columns padded to their widest cell, a dashed rule under the headers (like fioctl's tabby)."""
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    # Cells hold device text (names, failure reasons): a line break or an escape sequence would
+    # forge a row or drive the terminal.
+    cells = [[("" if c is None else one_line(str(c))) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, cell in enumerate(row):
@@ -41,7 +47,7 @@ def fields(pairs):
     """Aligned `Label:  value` lines."""
     width = max((len(label) for label, _ in pairs), default=0) + 1
     for label, value in pairs:
-        out(f"{(label + ':').ljust(width)}  {'' if value is None else value}")
+        out(f"{(label + ':').ljust(width)}  {'' if value is None else one_line(str(value))}")
 
 
 def when(value):

@@ -216,3 +216,14 @@ def test_saved_device_lists_for_qa(as_user, fleet100, factory):
     assert carol.delete("device-lists/one").status_code == 204
     assert not SavedDeviceList.objects.filter(factory=factory).exists()
     assert_error(carol.get("device-lists/one"), 404, "not_found")
+
+
+def test_device_list_names_are_checked_at_the_api_and_nothing_changes(as_user, factory):
+    carol = as_user("carol")
+    uuids = [str(uuid.uuid4())]
+    assert carol.post("device-lists/", {"name": "kept", "uuids": uuids}).status_code == 201
+    for name in ('x"; filename=evil.sh\r\nX-Evil: 1', "tab\there", "a/b", ""):
+        body = assert_error(carol.post("device-lists/", {"name": name, "uuids": uuids}), 400, "invalid")
+        assert body["detail"].startswith("name: "), body
+        assert_error(carol.patch("device-lists/kept", {"name": name}), 400, "invalid")
+    assert list(SavedDeviceList.objects.filter(factory=factory).values_list("name", flat=True)) == ["kept"]

@@ -1,5 +1,6 @@
 """Chart builders are pure: known status data gives a known Plotly figure."""
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 from factory import charts as factory_charts
@@ -205,3 +206,59 @@ def test_factory_online_and_offline_per_tag():
     figs = factory_charts.factory_figures(FACTORY_ROWS, factory_name="acme")
     assert figs["versions"]["config"]["toImageButtonOptions"]["filename"] == "factory-acme-versions"
     json.dumps(figs)
+
+
+# --- device and user text is shown literally ----------------------------------------------------
+
+HOSTILE = '<a href="https://evil.example/">x</a><b>bold</b>&lt;i&gt;'
+ESCAPED = '&lt;a href="https://evil.example/"&gt;x&lt;/a&gt;&lt;b&gt;bold&lt;/b&gt;&amp;lt;i&amp;gt;'
+# The markup the builders themselves write; Plotly would read any other tag (its split is <[^<>]*>).
+OWN_TAGS = {"<br>", "<b>", "</b>", "<extra>", "</extra>"}
+
+
+def _texts(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key != "config":
+                yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def _live_tags(figure):
+    return {tag for text in _texts(figure) for tag in re.findall(r"<[^<>]*>", text)} - OWN_TAGS
+
+
+def test_plotly_text_escapes_markup_and_entities_and_keeps_plain_text():
+    assert factory_charts.plotly_text(HOSTILE) == ESCAPED
+    assert factory_charts.plotly_text("no space left on device (50%)") == "no space left on device (50%)"
+
+
+def test_figures_hold_no_live_markup_from_device_or_user_text():
+    hostile_groups = [
+        {"group": HOSTILE, "total": 2, "states": {"failed": 2}, "versions": {"41": 2}},
+        {"group": "<b>beta</b>", "total": 1, "states": {"scheduled": 1}, "versions": {"42": 1}},
+    ]
+    phases = [{"at": T0, "label": f"#1 {HOSTILE} whole group", "kind": "rollout"}]
+    live = {
+        "wave": FakeWave(),
+        "series": SERIES,
+        "phases": phases,
+        "groups": hostile_groups,
+        "failures": {"reason": {HOSTILE: 2}, "hardware_id": {"<span style='font-size:90px'>rpi</span>": 2}, "version": {"41": 2}},
+        "update_times": [{"label": f"#1 {HOSTILE} whole group", "count": 1, "p50": 10.0, "p95": 20.0}],
+    }
+    figures = charts.wave_figures(live)
+    rows = [{**FACTORY_ROWS[0], "tag": HOSTILE}]
+    figures.update({f"factory-{k}": v for k, v in factory_charts.factory_figures(rows, factory_name="acme").items()})
+    for name, figure in figures.items():
+        assert _live_tags(figure) == set(), name
+    failures = figures["failures"]
+    assert failures["data"][0]["y"] == [ESCAPED] and failures["data"][1]["y"] == ["&lt;span style='font-size:90px'&gt;rpi&lt;/span&gt;"]
+    assert figures["groups"]["data"][0]["y"] == [ESCAPED, "&lt;b&gt;beta&lt;/b&gt;"]
+    assert figures["progress"]["layout"]["annotations"][0]["text"] == f"#1 {ESCAPED} whole group"
+    assert figures["factory-versions"]["data"][0]["x"] == [f"tag {ESCAPED} · production"]
+

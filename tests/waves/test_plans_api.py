@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factory.test_api import API, as_user, assert_error, tokens  # noqa: F401  (fixtures)
-from waves.models import RolloutPlan, Wave
+from waves.models import PlanTemplate, RolloutPlan, Wave
 from waves.plans import large_fleet_phases, plan_evaluate, plan_get
 
 from .conftest import seed
@@ -108,6 +108,16 @@ def test_templates_through_the_api(as_user, factory, us_east, wave):
     assert bob.get("plan-templates/from the wave").json()["phases"][2]["group"] == "us-west"
     assert bob.delete("plan-templates/canary then all").status_code == 204
     assert_error(bob.get("plan-templates/canary then all"), 404, "not_found")
+
+
+def test_template_and_phase_names_are_checked_at_the_api_and_nothing_changes(as_user, factory, us_east, wave):
+    bob = as_user("bob")
+    for name in ("canary\r\nthen all", "esc\x1b[31m", "a/b"):
+        body = assert_error(bob.post("plan-templates/", {"name": name, "phases": [{"group": "{group}"}]}), 400, "invalid")
+        assert "a template name may" in body["detail"]
+    body = assert_error(put(bob, f"waves/{wave.name}/plan", {"phases": [{"name": "canary\nX-Forged: 1", "group": "us-east"}]}), 400, "invalid")
+    assert "a phase name may" in body["detail"]
+    assert not PlanTemplate.objects.exists() and not RolloutPlan.objects.exists()
 
 
 def test_the_plan_paths_are_in_the_openapi_schema(client):

@@ -11,7 +11,7 @@ from django.utils import timezone
 from factory.models import AuditEntry
 from tests.factory.test_views import hx, login
 from waves.models import PlanDecision, PlanPhase, PlanTemplate, Rollout, RolloutPlan, Wave
-from waves.plans import plan_evaluate, plan_get, plan_set, plan_start
+from waves.plans import plan_evaluate, plan_get, plan_phases, plan_set, plan_start
 
 from .conftest import seed
 from .plan_devices import Fleet
@@ -184,6 +184,17 @@ def test_templates_from_the_dashboard(client, factory, bob, us_east, wave):
     assert filled.index('value="us-west canary"') < filled.index('value="us-east canary"')
     client.post(reverse("plan-template-delete", args=[wave.name, template.pk]))
     assert not PlanTemplate.objects.exists()
+
+
+def test_template_and_phase_names_are_checked_at_the_form_and_nothing_changes(client, factory, bob, us_east, wave):
+    plan_set(wave=wave, actor=bob, phases=[{"name": "us-east canary", "group": "us-east", "limit": "2"}])
+    login(client, bob)
+    saved = client.post(reverse("plan-template-save", args=[wave.name]), {"template-name": "canary\r\nthen all"})
+    assert b"A template name may only hold printable characters" in saved.content
+    edited = editor_post(client, wave, [{"name": "canary\x1b[2J", "group": "us-east"}])
+    assert edited.status_code == 400 and b"phase name may only hold printable characters" in edited.content
+    assert not PlanTemplate.objects.exists()
+    assert [p.name for p in plan_phases(plan_get(wave=wave))] == ["us-east canary"]
 
 
 @pytest.mark.parametrize("who", ["carol", "dave"])

@@ -84,7 +84,8 @@ def test_wave_panel_escapes_names_from_users(client, dave, factory, bob, fleet10
     html = response.content.decode()
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "\\u003Cscript\\u003Ealert(1)" in html  # inside the figures' JSON
+    # inside the figures' JSON: escaped for Plotly (&lt;), then for the <script> element (\u0026)
+    assert "\\u0026lt;script\\u0026gt;alert(1)" in html and "\\u003Cscript" not in html
 
 
 def test_wave_panel_of_another_factory_is_not_found(client, eve, rolled):

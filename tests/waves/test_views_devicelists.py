@@ -35,7 +35,7 @@ def test_create_keeps_unique_canonical_uuids_and_audits(factory, carol):
 def test_create_rejects_bad_input_and_changes_nothing(factory, carol):
     with pytest.raises(ApplicationError, match="not a device UUID: 'oops'"):
         devicelists.device_list_create(factory=factory, actor=carol, name="x", uuids="oops")
-    with pytest.raises(ApplicationError, match="needs a name"):
+    with pytest.raises(ApplicationError, match="device list name is required"):
         devicelists.device_list_create(factory=factory, actor=carol, name="  ", uuids=some_uuids(1))
     with pytest.raises(ApplicationError, match="at most 10,000"):
         devicelists.device_list_create(factory=factory, actor=carol, name="big", uuids=some_uuids(10_001))
@@ -108,6 +108,30 @@ def test_create_errors_at_fields(client, carol, factory):
     taken = client.post(reverse("devicelist-create"), {"name": "taken"})
     assert taken.status_code == 400 and b'id="id_name_error"' in taken.content
     assert SavedDeviceList.objects.filter(factory=factory).count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ['x"; filename=evil.sh\r\nX-Evil: 1', "a\nb", "clear\x1b[2J", "a/b"])
+def test_a_name_that_could_break_a_header_or_a_line_is_refused_at_the_form(client, carol, factory, name):
+    saved = devicelists.device_list_create(factory=factory, actor=carol, name="kept", uuids=some_uuids(1))
+    login(client, carol)
+    created = client.post(reverse("devicelist-create"), {"name": name, "uuids": some_uuids(1)[0]}, **hx("main"))
+    assert created.status_code == 400 and b'id="id_name_error"' in created.content
+    assert b"A device list name may" in created.content
+    renamed = client.post(reverse("devicelist-detail", args=[saved.id]), {"name": name, "uuids": ""})
+    assert renamed.status_code == 400 and b"A device list name may" in renamed.content
+    assert list(SavedDeviceList.objects.values_list("name", flat=True)) == ["kept"]
+    assert devicelists.device_list_uuids(SavedDeviceList.objects.get()) == devicelists.device_list_uuids(saved)
+
+
+@pytest.mark.django_db
+def test_a_list_stored_under_a_hostile_name_exports_with_a_safe_header(client, carol, factory):
+    # Saved before names were checked: the export still answers, with the name as one value.
+    saved = SavedDeviceList.objects.create(factory=factory, name='x"; filename=evil.sh\r\nX-Evil: 1', uuids=some_uuids(1)[0], created_by=carol)
+    login(client, carol)
+    export = client.get(reverse("devicelist-export", args=[saved.id]))
+    assert export.status_code == 200 and "X-Evil" not in export.headers
+    assert export["Content-Disposition"] == 'attachment; filename="x\\"; filename=evil.sh__X-Evil: 1.lst"'
 
 
 @pytest.mark.django_db
