@@ -101,7 +101,8 @@ def parse_head(head):
             raise BadRequest(400, "a header name must be a token, directly followed by a colon")
         value = value.strip(b" \t")
         if not FIELD_VALUE.match(value):
-            raise BadRequest(400, "a header value holds a control character")
+            # The name is a token (checked above), so it is safe to echo.
+            raise BadRequest(400, f"the {name.decode('ascii').lower()} header holds a control character")
         if b"_" in name:
             # x_ats_tags would reach the handler as x-ats-tags: such headers are dropped, as nginx does.
             continue

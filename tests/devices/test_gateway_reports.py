@@ -104,8 +104,8 @@ def test_hostile_check_in_headers_are_refused_and_change_nothing(gateway, factor
     hostile, neighbour = register(factory), register(factory)
     response = device_pool(gateway, hostile).request("GET", "/device", headers=headers)
     assert response.status == 400, response.data
-    # gunicorn refuses C0 controls in any header before the gateway sees them (with its own HTML
-    # page naming the header); the gateway's schema refuses the rest with JSON.
+    # The gateway server refuses C0 controls and DEL in any header before the handler sees them;
+    # the gateway's schema refuses the rest. Both answer JSON naming the header.
     assert header in response.data.decode("utf-8", "replace").lower(), response.data
     good = {"x-ats-tags": "production", "x-ats-target": f"{HWID}-lmp-43"}
     assert device_pool(gateway, neighbour).request("GET", "/device", headers=good).status == 200
