@@ -35,6 +35,7 @@ django.setup()
 
 from cryptography.x509.oid import NameOID  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.core.validators import slug_re  # noqa: E402
 from django.db import DatabaseError, close_old_connections  # noqa: E402
 
 from factory.artifacts import synthetic_artifact  # noqa: E402
@@ -100,7 +101,9 @@ class Peer:
             self.uuid = uuid_lib.UUID(names[0].value) if len(names) == 1 else None
         except ValueError:
             self.uuid = None
-        self.factory = units[0].value if len(units) == 1 else None
+        # A factory name is a slug (factory_create's rule): anything else in OU names no factory,
+        # and a NUL or control character never reaches a query.
+        self.factory = units[0].value if len(units) == 1 and slug_re.match(units[0].value) else None
         # The production flag is read from the certificate and nothing else.
         self.production = len(categories) == 1 and categories[0].value == pki.PRODUCTION
         self.serial = pki.serial_hex(cert)

@@ -10,6 +10,7 @@ them with a larger budget and counts what was tried.
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.name import _ASN1Type
@@ -39,6 +40,7 @@ def test_any_path_and_method_is_answered_as_documented_and_writes_no_event(fleet
 
 
 @fuzz()
+@example(headers={"x-ats-tags": "\u00c2\u00a1"}, path="/device", device=0)  # "¡" sent as UTF-8
 @given(headers=s.header_sets(), path=st.sampled_from(["/device", "/repo/timestamp.json", "/repo/targets.json", "/repo/1.root.json", f"/targets/{s.HWID}-lmp-42"]), device=st.integers(0, 2))
 def test_any_headers_are_answered_as_documented_and_a_check_in_is_written_as_read(fleet, headers, path, device):
     case("gateway: headers")
@@ -49,7 +51,9 @@ def test_any_headers_are_answered_as_documented_and_a_check_in_is_written_as_rea
     row = fleet.devices[device]
     row.refresh_from_db()
     if answer.status < 400 and "x-ats-tags" in headers:
-        assert row.tag == headers["x-ats-tags"].split(",")[0].strip(), repro
+        # Header values here are the WSGI environ's latin-1 strings; the device meant their bytes as UTF-8.
+        sent = headers["x-ats-tags"].encode("latin-1").decode("utf-8")
+        assert row.tag == sent.split(",")[0].strip(), repro
 
 
 # --- certificates -----------------------------------------------------------------------------------
@@ -138,6 +142,17 @@ def test_a_certificate_is_let_in_only_if_it_is_the_devices_own(fleet, data, issu
     if own:
         assert answer.json()["uuid"] == str(device.uuid)
     ledger.flush_and_judge("gateway: certificates")
+
+
+@pytest.mark.parametrize("unit", ["{factory}\x00", "{factory}\n", "{factory} x", "{factory}\u202e"])
+def test_a_certificate_whose_unit_is_no_factory_name_is_refused_before_any_query(fleet, unit):
+    # A NUL here once reached the device query: PostgreSQL refused it and every device got a 503.
+    device = fleet.devices[0]
+    attributes = [(NameOID.COMMON_NAME, str(device.uuid), _ASN1Type.UTF8String), (NameOID.ORGANIZATIONAL_UNIT_NAME, unit.format(factory=fleet.factory.name), _ASN1Type.UTF8String), (NameOID.BUSINESS_CATEGORY, pki.PRODUCTION, _ASN1Type.UTF8String)]
+    cert = _certificate(fleet, attributes, "factory", "current", "valid")
+    fleet.ders[0] = cert.public_bytes(pki.serialization.Encoding.DER)
+    _, answer, _ = send(fleet, 0, "gateway: certificates", path="/device")
+    assert answer.status == 403 and "does not name a device" in answer.json()["error"]
 
 
 # --- event bodies ----------------------------------------------------------------------------------
