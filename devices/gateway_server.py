@@ -16,11 +16,12 @@ connection has a deadline of its own:
     request body    --body-timeout        from the head to the last byte of the body; also a
                                           response the client does not read
     keep-alive      --keepalive-timeout   between requests on one connection
+    lingering close --linger-timeout      after a refusal, while the client may still be sending
 
 The deadlines are totals, not per read: a client trickling a byte a second gains nothing. A head
 larger than --max-header-bytes is a 431 (414 for the request line), a Content-Length above
 --max-body-bytes a 413 before a byte of the body is read, and what the gateway does not speak
-(devices.http1) a 4xx; each is followed by a close. Open connections are capped per process and
+(devices.http1) a 4xx; each is followed by a lingering close (below). Open connections are capped per process and
 per client address; at the process cap the oldest connection that is not in the middle of a
 request makes room, as nginx reuses its keep-alive connections, so a flood cannot lock devices out.
 
@@ -71,6 +72,7 @@ class Limits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 15.0
+    linger_timeout: float = 5.0
     max_header_bytes: int = 8192
     max_request_line: int = 4096
     max_body_bytes: int = 64 * 1024
@@ -96,7 +98,9 @@ class AccessLog:
 
 
 # Connection states.
-HANDSHAKE, HEAD, BODY, BUSY, CLOSED = range(5)
+HANDSHAKE, HEAD, BODY, BUSY, LINGER, CLOSED = range(6)
+# Connections that hold no request and may be closed to make room, or when stopping.
+IDLE_STATES = (HANDSHAKE, HEAD, LINGER)
 
 
 class Connection(asyncio.Protocol):
@@ -142,8 +146,8 @@ class Connection(asyncio.Protocol):
         self._deadline(self.worker.limits.handshake_timeout)
 
     def data_received(self, data):
-        if self.state == CLOSED:
-            return
+        if self.state in (CLOSED, LINGER):
+            return  # lingering: read and dropped
         self.incoming.write(data)
         if self.state == HANDSHAKE:
             try:
@@ -191,6 +195,12 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def eof_received(self):
+        if self.state == LINGER:
+            # The client has read our answer and closed: let the transport send what it still
+            # holds, then close.
+            self._lost()
+            self.transport.close()
+            return False
         if self.state == BUSY and self.request is not None:
             # The client has sent all it will: answer the request in flight, then close.
             self.request.keep_alive = False
@@ -324,17 +334,29 @@ class Connection(asyncio.Protocol):
         self._finish()
 
     def _finish(self):
-        """Send what is written, then close; the close has a deadline too."""
-        self.state = BUSY
-        self._pause_reading()
-        self._deadline(self.worker.limits.body_timeout)
+        """Send what is written, then a lingering close, as nginx does.
+
+        A client may still be sending a body we refused unread (a 413 before the body). Closing
+        the socket with its bytes unread makes the kernel answer with a reset, which can discard
+        our answer before the client reads it: the device sees a broken connection instead of the
+        413 and sends the same body again. So our side of the stream ends (close_notify, then a TCP
+        half-close), and what still arrives is read and dropped until the client closes or
+        --linger-timeout passes.
+        """
+        self.state = LINGER
+        self.idle = True
+        self._deadline(self.worker.limits.linger_timeout)
         if self.peer_der is not None:
             try:
                 self.tls.unwrap()  # our close_notify; the client's is not waited for
             except ssl.SSLError:
                 pass
             self._flush()
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._resume_reading()
 
     # --- flow control and deadlines -----------------------------------------------------------
 
@@ -408,7 +430,7 @@ class Worker:
 
     def _make_room(self):
         for connection in self.connections:
-            if connection.idle and connection.state in (HANDSHAKE, HEAD):
+            if connection.idle and connection.state in IDLE_STATES:
                 connection.close()
                 return True
         return False
@@ -446,7 +468,7 @@ class Worker:
         self.stopping = True
         self._server.close()
         for connection in list(self.connections):
-            if connection.idle and connection.state in (HANDSHAKE, HEAD):
+            if connection.idle and connection.state in IDLE_STATES:
                 connection.close()
         if not self._stopped.done():
             self._stopped.set_result(None)
@@ -521,7 +543,7 @@ def worker_main(args, sock, parent):
 def limits_from(args):
     return Limits(
         handshake_timeout=args.handshake_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-        keepalive_timeout=args.keepalive_timeout, max_header_bytes=args.max_header_bytes, max_body_bytes=args.max_body_bytes,
+        keepalive_timeout=args.keepalive_timeout, linger_timeout=args.linger_timeout, max_header_bytes=args.max_header_bytes, max_body_bytes=args.max_body_bytes,
         max_connections=args.max_connections, max_connections_per_address=args.max_connections_per_address,
     )  # fmt: skip
 
@@ -616,7 +638,7 @@ def parser_build():
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     parser.add_argument("--access-log", default="", help='append `status microseconds "path"` per request to this file')
     parser.add_argument("--graceful-timeout", type=float, default=10.0)
-    for field in ("handshake_timeout", "header_timeout", "body_timeout", "keepalive_timeout"):
+    for field in ("handshake_timeout", "header_timeout", "body_timeout", "keepalive_timeout", "linger_timeout"):
         parser.add_argument("--" + field.replace("_", "-"), type=float, default=getattr(defaults, field))
     for field in ("max_header_bytes", "max_body_bytes", "max_connections", "max_connections_per_address"):
         parser.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))

@@ -242,6 +242,20 @@ def test_a_body_too_large_is_refused_before_it_is_sent(patient, factory, registe
         sock.close()
 
 
+def test_a_device_sending_a_body_too_large_reads_the_413_not_a_reset(patient, factory, register):
+    # As an HTTP client does: the head and the whole body in one go, then the answer. Closed with
+    # the body unread, the socket would answer with a reset and the device would never see the 413
+    # (a client like aktualizr-lite drops a batch on a 413 and sends it again on anything else).
+    device = register(factory)
+    for _ in range(5):
+        sock = tls_context(device).wrap_socket(socket.create_connection(("127.0.0.1", patient.port), timeout=30), server_hostname="127.0.0.1")
+        try:
+            sock.sendall(b"POST /events HTTP/1.1\r\nHost: g\r\nContent-Length: 300000\r\n\r\n" + b"[" * 300_000)
+            assert closed_by_server(sock).startswith(b"HTTP/1.1 413 ")
+        finally:
+            sock.close()
+
+
 def test_keep_alive_and_http_1_0_are_spoken(patient, factory, register):
     device = register(factory)
     sock = tls_context(device).wrap_socket(socket.create_connection(("127.0.0.1", patient.port), timeout=30), server_hostname="127.0.0.1")

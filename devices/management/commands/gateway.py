@@ -54,6 +54,7 @@ class Command(BaseCommand):
             "--header-timeout", f"{settings.BREAKWATER_GATEWAY_HEADER_TIMEOUT:g}",
             "--body-timeout", f"{settings.BREAKWATER_GATEWAY_BODY_TIMEOUT:g}",
             "--keepalive-timeout", f"{settings.BREAKWATER_GATEWAY_KEEPALIVE_TIMEOUT:g}",
+            "--linger-timeout", f"{settings.BREAKWATER_GATEWAY_LINGER_TIMEOUT:g}",
             "--max-header-bytes", str(settings.BREAKWATER_GATEWAY_MAX_HEADER_BYTES),
             "--max-body-bytes", str(settings.BREAKWATER_GATEWAY_MAX_BODY_BYTES),
             "--max-connections", str(settings.BREAKWATER_GATEWAY_MAX_CONNECTIONS),
