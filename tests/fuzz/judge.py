@@ -5,7 +5,7 @@ from collections import defaultdict
 from devices import checkins
 from devices.models import DeviceEvent
 
-from .harness import DEVICE_FIELDS, call, check_answer, count, device_rows, environ_for, expected_event, last_event_id, reproducer, stored_event
+from .harness import DEVICE_FIELDS, buffer_empty, call, check_answer, count, device_rows, environ_for, expected_event, last_event_id, reproducer, stored_event
 
 
 def send(fleet, index, name, **request):
@@ -32,6 +32,9 @@ class Ledger:
 
     def __init__(self, fleet):
         self.fleet = fleet
+        # Each example starts from an empty buffer: an example that failed before its flush
+        # (hypothesis then replays and shrinks) must not hand its events to the next one.
+        buffer_empty()
         self.since = last_event_id()
         self.rows_before = device_rows()
         self.expected = defaultdict(list)  # device id -> expected event tuples
