@@ -84,12 +84,24 @@ class Ledger:
 
 def _unmatched(wanted, have):
     """The items of `wanted` that `have` lacks, counting repeats; a time of None (an event sent
-    without one, stamped by the gateway's clock) matches any time."""
+    without one, stamped by the gateway's clock) matches any time.
+
+    Pairs with equal times are matched first, on both sides, and the wildcards after: matched
+    greedily, an exact item could take a wildcard that was the only match of another item.
+    """
     left = list(have)
-    missing = []
-    for item in sorted(wanted, key=lambda i: i[-1] is None):  # exact times first
+    unmatched = []
+    for item in wanted:
         for position, other in enumerate(left):
-            if other[:-1] == item[:-1] and (item[-1] is None or other[-1] is None or other[-1] == item[-1]):
+            if other == item and item[-1] is not None:
+                del left[position]
+                break
+        else:
+            unmatched.append(item)
+    missing = []
+    for item in unmatched:
+        for position, other in enumerate(left):
+            if other[:-1] == item[:-1] and (item[-1] is None or other[-1] is None):
                 del left[position]
                 break
         else:
