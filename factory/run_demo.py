@@ -20,8 +20,8 @@ def processes():
     """(name, argv) of every process the demo runs."""
     return [
         ("web", [PY, "-m", "gunicorn", "factory.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", "-"]),
-        ("worker", [PY, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--concurrency", "2"]),
-        ("beat", [PY, "-m", "celery", "-A", "factory", "beat", "-l", "info"]),
+        ("worker", [PY, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--concurrency", "2"]),
+        ("beat", [PY, "-m", "celery", "-A", "factory.project", "beat", "-l", "info"]),
     ] + extra_processes()
 
 

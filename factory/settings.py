@@ -57,6 +57,8 @@ INSTALLED_APPS = [
     "factory",
     "devices",
     "waves",
+    # The project package: the Celery app, and the management commands that run the processes.
+    "factory.project",
 ]
 
 MIDDLEWARE = [

@@ -138,7 +138,7 @@ def gateway_process(name, folder):
 
 
 def worker_process(name, folder):
-    argv = [sys.executable, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--pool", "solo",
+    argv = [sys.executable, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--pool", "solo",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}-{os.getpid()}@%h"]  # fmt: skip
     return Process(name, argv, folder)
 

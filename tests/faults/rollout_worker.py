@@ -15,7 +15,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from factory.celery import app  # noqa: E402
+from factory.project.celery import app  # noqa: E402
 from waves import rollout_jobs, services  # noqa: E402
 
 

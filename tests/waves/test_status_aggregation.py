@@ -452,7 +452,7 @@ class Worker:
         self.log = log
         queue = ["-Q", env["STATUS_TEST_QUEUE"]] if env.get("STATUS_TEST_QUEUE") else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--pool", pool, "--concurrency", "1",
+            [sys.executable, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--pool", pool, "--concurrency", "1",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"status-{pool}@%h", *queue],
             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
