@@ -70,7 +70,7 @@ def _static():
 
 
 def django_setup():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
     import django
 
     django.setup()

@@ -577,7 +577,7 @@ def _run(args, work):
         argv += ["--access-log", str(args.logs / "gateway-access.log")]
         servers.procs["gateway"] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        servers.start("web", [py, "-m", "gunicorn", "factory.wsgi", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers), "--threads", "4", "--no-control-socket"])
+        servers.start("web", [py, "-m", "gunicorn", "factory.project.wsgi", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers), "--threads", "4", "--no-control-socket"])
         servers.start("worker", [py, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--concurrency", "2", "-n", f"{run_name}@%h"])
         servers.start("beat", [py, "-m", "celery", "-A", "factory.project", "beat", "-l", "info"])
         ready, go, out = work / "fleet-ready", work / "fleet-go", work / "fleet.json"

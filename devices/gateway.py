@@ -27,7 +27,7 @@ import uuid as uuid_lib
 from collections import OrderedDict
 from http import HTTPStatus
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
 
 import django  # noqa: E402
 

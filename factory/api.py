@@ -1,31 +1,21 @@
-"""The REST API at /api/v1/: one NinjaAPI, per-user tokens scoped to one factory, JSON errors.
-
-Every resource lives under /api/v1/factories/{factory}/. The token's factory must be the one in
-the URL (checked once, in `TokenAuth`, for every route), and each endpoint calls the same services
-as the dashboard, which check the token user's role. Errors are always {"detail", "code"}.
-"""
+"""The factory's API routers: identity (whoami), the factory, its CI builds and audit log, and its
+TUF keys and roots. Mounted by the API root, factory/project/api.py."""
 import json
-import logging
 from typing import Annotated, Any
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
-from django.http import Http404
-from ninja import NinjaAPI, Router, Status
-from ninja.errors import HttpError, ValidationError
-from ninja.security.http import HttpAuthBase
+from ninja import Router, Status
 from pydantic import Field
 
-from .auth import authorize, role_of
-from .errors import ApplicationError, Forbidden, NotFound
+from .api_support import actor_scope, paginate, paginate_list, responses
+from .auth import role_of
+from .errors import ApplicationError, NotFound
 from .models import AuditEntry, CiTarget
-from .ratelimit import Throttled, api_token_limiter, client_ip
 from .schemas import (
     AuditPage,
     CiBuildIn,
     CiBuildOut,
     CiBuildPage,
     ChangeSignIn,
-    ErrorOut,
     FactoryName,
     FactoryOut,
     KeysOut,
@@ -39,165 +29,9 @@ from .schemas import (
     Version,
     WhoAmIOut,
 )
-from .services import api_token_authenticate, ci_build_publish
+from .services import ci_build_publish
 from .tuf import selectors as tuf_selectors
 from .tuf import services as tuf_services
-
-logger = logging.getLogger(__name__)
-
-TOKEN_HELP = "send the header 'Authorization: Token <token>' (or 'Bearer <token>')"
-
-
-class Unauthenticated(ApplicationError):
-    status = 401
-    code = "unauthenticated"
-
-
-class TokenAuth(HttpAuthBase):
-    """`Authorization: Token <t>` or `Bearer <t>`; the token's factory must match the URL's."""
-
-    openapi_scheme = "bearer"
-
-    def __call__(self, request):
-        _reject_unstorable_params(request)
-        header = request.headers.get("Authorization", "").strip()
-        if not header:
-            raise Unauthenticated(f"this request has no API token; {TOKEN_HELP}")
-        scheme, _, plain = header.partition(" ")
-        if scheme.lower() not in ("token", "bearer") or not plain.strip():
-            raise Unauthenticated(f"the Authorization header is malformed; {TOKEN_HELP}")
-        limiter, ip = api_token_limiter(), client_ip(request)
-        verdict = limiter.check(ip=ip)
-        if verdict.blocked:
-            raise Throttled(f"{verdict.message} (failed API tokens from {ip})", extra={"retry_after": verdict.retry_after})
-        token = api_token_authenticate(plain.strip())
-        if token is None:
-            limiter.attempt(ip=ip)
-            raise Unauthenticated("the API token is not valid: it is unknown, revoked, or its user is disabled")
-        match = getattr(request, "resolver_match", None)
-        wanted = match.kwargs.get("factory") if match is not None else None
-        if wanted is not None and wanted != token.factory.name:
-            raise Forbidden(f"this API token belongs to factory {token.factory.name}, not {wanted}")
-        if role_of(token.user, token.factory) is None:
-            raise Forbidden(f"{token.user.get_username()} no longer has a role in factory {token.factory.name}")
-        # Services read the actor from request.user like the dashboard does.
-        request.user = token.user
-        return token
-
-
-def _reject_unstorable_params(request):
-    # Path and query strings end up in database lookups; a NUL would be a database error.
-    values = list(request.GET.values())
-    match = getattr(request, "resolver_match", None)
-    if match is not None:
-        values += [v for v in match.kwargs.values() if isinstance(v, str)]
-    if any("\x00" in v for v in values):
-        raise ApplicationError("parameters may not contain NUL characters")
-
-
-class BreakwaterAPI(NinjaAPI):
-    def get_openapi_operation_id(self, operation):
-        # Function names are unique across the API and read well in generated clients.
-        return operation.view_func.__name__
-
-
-api = BreakwaterAPI(
-    title="Breakwater API",
-    version="1",
-    description=(
-        "Production over-the-air updates with waves. Authenticate with a per-user API token: "
-        "`Authorization: Token <token>` (or `Bearer`). Every resource is under `/factories/{factory}/`, "
-        "the factory the token belongs to. Errors are JSON `{\"detail\", \"code\"}` with status 400, "
-        "401, 403, 404 or 409."
-    ),
-    urls_namespace="api",
-    auth=TokenAuth(),
-)
-
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut}
-
-
-def responses(status, schema=None):
-    """The success response plus the error responses every endpoint may give."""
-    return {status: schema, **ERRORS}
-
-
-def error_response(request, status, code, detail, **extra):
-    body = {"detail": detail, "code": code, **extra}
-    response = api.create_response(request, body, status=status)
-    if status == 429 and "retry_after" in extra:
-        response["Retry-After"] = str(extra["retry_after"])
-    if status == 401:
-        response["WWW-Authenticate"] = 'Token realm="breakwater", Bearer realm="breakwater"'
-    return response
-
-
-@api.exception_handler(ApplicationError)
-def _application_error(request, exc):
-    extra = {k: v for k, v in exc.extra.items() if k not in ("detail", "code")}
-    return error_response(request, exc.status, exc.code, exc.message, **extra)
-
-
-def _loc(error):
-    # ("body", "payload", "limit") -> "limit"; ("query", "page") -> "page"
-    parts = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "payload", "form", "file")]
-    return ".".join(parts) or str(error.get("loc", ("input",))[0])
-
-
-@api.exception_handler(ValidationError)
-def _validation_error(request, exc):
-    errors = [{"field": _loc(e), "message": e.get("msg", "invalid")} for e in exc.errors]
-    first = errors[0] if errors else {"field": "input", "message": "invalid"}
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    detail = f"{first['field']}: {first['message']}{more}"
-    return error_response(request, 400, "invalid", detail, errors=errors)
-
-
-@api.exception_handler(Http404)
-def _not_found(request, exc):
-    return error_response(request, 404, "not_found", str(exc) or "not found")
-
-
-@api.exception_handler(PermissionDenied)
-def _permission_denied(request, exc):
-    return error_response(request, 403, "forbidden", str(exc) or "you may not do this")
-
-
-@api.exception_handler(RequestDataTooBig)
-def _too_big(request, exc):
-    return error_response(request, 400, "too_large", "the request body is too large (at most 5 MB)")
-
-
-@api.exception_handler(SuspiciousOperation)
-def _suspicious(request, exc):
-    return error_response(request, 400, "invalid", "the request is malformed")
-
-
-@api.exception_handler(HttpError)
-def _http_error(request, exc):
-    codes = {400: "invalid", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 429: "throttled"}
-    return error_response(request, exc.status_code, codes.get(exc.status_code, "error"), str(exc))
-
-
-@api.exception_handler(Exception)
-def _server_error(request, exc):
-    # A bug, not bad input: log it with the traceback and answer in the API's shape.
-    logger.exception("API error on %s %s", request.method, request.path)
-    return error_response(request, 500, "server_error", "the server failed to handle this request; the error was logged")
-
-
-def actor_scope(request, action="view"):
-    """The token's factory and user, after checking the user's role allows `action`."""
-    token = request.auth
-    authorize(user=token.user, factory=token.factory, action=action)
-    return token.factory, token.user
-
-
-def paginate(queryset, *, page, per_page):
-    total = queryset.count()
-    start = (page - 1) * per_page
-    items = list(queryset[start : start + per_page])
-    return {"total": total, "page": page, "per_page": per_page, "next": page + 1 if start + per_page < total else None, "items": items}
 
 
 # --- identity ---------------------------------------------------------------------------------
@@ -280,12 +114,6 @@ def targets_list(
         result = paginate(versions, page=page, per_page=per_page)
     result["items"] = _builds(factory_obj, result["items"])
     return result
-
-
-def paginate_list(values, *, page, per_page):
-    start = (page - 1) * per_page
-    total = len(values)
-    return {"total": total, "page": page, "per_page": per_page, "next": page + 1 if start + per_page < total else None, "items": values[start : start + per_page]}
 
 
 @router.post("/targets/", response=responses(201, CiBuildOut), summary="Publish a CI build (for CI systems)")
@@ -431,21 +259,3 @@ def keys_change_abandon(request, factory: FactoryName):
     factory_obj, user = actor_scope(request)
     tuf_services.root_change_abandon(factory=factory_obj, actor=user)
     return Status(204, None)
-
-
-def _mount():
-    from devices.api import router as devices_router
-    from waves.api import router as waves_router
-    from waves.plan_api import router as plans_router
-    from waves.status_api import router as status_router
-
-    api.add_router("/", identity)
-    api.add_router("/factories/{factory}/", router)
-    api.add_router("/factories/{factory}/", keys)
-    api.add_router("/factories/{factory}/", devices_router)
-    api.add_router("/factories/{factory}/", waves_router)
-    api.add_router("/factories/{factory}/", status_router)
-    api.add_router("/factories/{factory}/", plans_router)
-
-
-_mount()

@@ -1,11 +1,9 @@
-"""Dashboard views of the factory app (home, factory switch, status, audit log, TUF keys) and the
+"""Dashboard views of the factory app (home, factory switch, audit log, TUF keys) and the
 small helpers every dashboard view shares: page-or-fragment rendering, keyset paging, form errors."""
 from datetime import datetime, time, timedelta
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.db.models import Min, Q
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -16,9 +14,8 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from .auth import factory_view
 from .errors import ApplicationError
-from .forms import AuditFilterForm, KeyChangeSignForm, StatusForm
+from .forms import AuditFilterForm, KeyChangeSignForm
 from .models import AuditEntry, Membership
-from .selectors import status_cache_key
 from .tuf import selectors as tuf_selectors
 from .tuf import services as tuf_services
 
@@ -141,29 +138,6 @@ def factory_switch(request):
     if factory_id.isdigit() and Membership.objects.filter(user=request.user, factory_id=int(factory_id)).exists():
         request.session["factory_id"] = int(factory_id)
     return redirect("home")
-
-
-@factory_view("view")
-def factory_status(request):
-    from waves.selectors import factory_status as factory_status_rows  # noqa: PLC0415 (waves imports factory)
-
-    form = StatusForm(request.GET)
-    hours = form.cleaned_data["offline_threshold"] if form.is_valid() and form.cleaned_data["offline_threshold"] else None
-    # Aggregating a million devices takes the database a few hundred milliseconds: viewers and
-    # polls within one status interval share one computation.
-    key, interval = status_cache_key("factory-status", request.factory, hours)
-    rows = cache.get(key)
-    if rows is None:
-        rows = factory_status_rows(factory=request.factory, offline_threshold_hours=hours)
-        cache.set(key, rows, interval * 2)
-    return render_page(
-        request,
-        "factory/status.html",
-        {"status": rows, "form": form, "threshold": hours or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS},
-        title="Factory status",
-        section="status",
-        fragments=("status-panel",),
-    )
 
 
 @require_safe  # the audit log is read-only at every door

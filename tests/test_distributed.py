@@ -125,7 +125,7 @@ class Process:
 
 def web_process(name, folder):
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "factory.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "4",
+    argv = [sys.executable, "-m", "gunicorn", "factory.project.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "4",
             "--timeout", "60", "--no-control-socket"]  # fmt: skip
     return Process(name, argv, folder, port)
 

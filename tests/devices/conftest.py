@@ -132,7 +132,7 @@ def gateway_start(folder, env=None, *, threads=4):
         "BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS": "0",
         # Tests roll out and poll at once: no second of delay.
         "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS": "0",
-        "DJANGO_SETTINGS_MODULE": "factory.settings",
+        "DJANGO_SETTINGS_MODULE": "factory.project.settings",
         **(env or {}),
     }
     gateway = GatewayProcess(port, saved, folder)

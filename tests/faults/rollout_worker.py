@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
 
 import django  # noqa: E402
 

@@ -431,7 +431,7 @@ def _embedded_env(var, broker=None):
     env.update(
         BREAKWATER_VAR_DIR=str(var),
         SQLITE_PATH=str(var / "db.sqlite3"),
-        DJANGO_SETTINGS_MODULE="factory.settings",
+        DJANGO_SETTINGS_MODULE="factory.project.settings",
         # a long interval, so no message of this test is old enough to be skipped as stale
         BREAKWATER_STATUS_INTERVAL_SECONDS="60",
         PYTHONPATH=str(ROOT),

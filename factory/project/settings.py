@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(os.environ.get("BREAKWATER_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -58,7 +58,7 @@ INSTALLED_APPS = [
     "devices",
     "waves",
     # The project package: the Celery app, and the management commands that run the processes.
-    "factory.project",
+    "factory.project.apps.ProjectConfig",
 ]
 
 MIDDLEWARE = [
@@ -74,8 +74,8 @@ MIDDLEWARE = [
     "factory.auth.CurrentFactoryMiddleware",
 ]
 
-ROOT_URLCONF = "factory.urls"
-WSGI_APPLICATION = "factory.wsgi.application"
+ROOT_URLCONF = "factory.project.urls"
+WSGI_APPLICATION = "factory.project.wsgi.application"
 
 TEMPLATES = [
     {
