@@ -237,10 +237,10 @@ BREAKWATER_CHECKIN_FLUSH_SECONDS = float(os.environ.get("BREAKWATER_CHECKIN_FLUS
 BREAKWATER_EVENT_TIME_WINDOW = tuple(float(days) for days in os.environ.get("BREAKWATER_EVENT_TIME_WINDOW", "7,1").split(","))
 # How long a gateway process trusts what it read about a device (deletion, group, certificate).
 BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS", 5))
-# Gateway processes only (set by devices/gateway_worker.py): how long a tag's view rows are kept
+# Gateway processes only (set by factory/project/gateway/worker.py): how long a tag's view rows are kept
 # in memory; a rollout, complete or cancel reaches devices at most this much later.
 BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", 0))
-# What a gateway connection may take (devices/gateway_server.py): seconds for the TLS handshake,
+# What a gateway connection may take (factory/project/gateway/server.py): seconds for the TLS handshake,
 # for a request head (from its first byte), for a request body, and between kept-alive requests;
 # the largest request head and body; open connections per worker process, and per client address
 # in each worker (0: no cap; behind a load balancer that hides device addresses, raise or turn off).
