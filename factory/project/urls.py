@@ -6,7 +6,7 @@ from django.urls import include, path, re_path
 from devices import registration as device_registration
 from factory import views as factory_views
 from factory.auth_views import LoginView
-from waves import fleet_pages, status_views
+from waves import device_pages, fleet_pages, status_views
 
 from .api import api, api_not_found
 
@@ -39,6 +39,8 @@ urlpatterns = [
     path("factory/switch/", factory_views.factory_switch, name="factory-switch"),
     path("", include(dashboard)),
     path("devices/register/", device_registration.register, name="device-register"),
+    path("devices/", device_pages.device_list, name="device-list"),
+    path("devices/<uuid:uuid>/", device_pages.device_detail, name="device-detail"),
     path("devices/", include("devices.urls")),
     path("waves/", include("waves.urls")),
     path("api/v1/", include(rest_api)),
