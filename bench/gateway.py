@@ -97,7 +97,8 @@ def fleet_setup(count, folder):
     `count` freshly registered production devices; returns their identity folders."""
     from devices import pki
     from devices.models import Device, DeviceGroup
-    from devices.selectors import device_ca_certificate, gateway_endpoint
+    from devices.gateway_identity import gateway_endpoint
+    from devices.selectors import device_ca_certificate
     from devices.services import device_group_create, devices_register
     from factory.models import Factory
     from factory.services import ci_build_publish, factory_create

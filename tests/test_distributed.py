@@ -29,8 +29,9 @@ from django.core.management import call_command
 
 from devices import pki
 from devices.fleet import fleet_seed
+from devices.gateway_identity import gateway_identity_get
 from devices.models import Device
-from devices.services import gateway_identity_get, registration_token_create
+from devices.services import registration_token_create
 from factory.models import Role
 from factory.services import (
     api_token_create,

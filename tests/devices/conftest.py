@@ -24,8 +24,9 @@ from django.db import connections
 from django.test import Client
 
 from devices import pki
+from devices.gateway_identity import gateway_identity_get
 from devices.models import GatewayIdentity
-from devices.services import gateway_identity_get, registration_token_create
+from devices.services import registration_token_create
 from tests.processes import database_env, free_port
 
 BASE = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from devices import pki
-from devices.services import gateway_identity_get
+from devices.gateway_identity import gateway_identity_get
 from factory.management.commands._base import application_errors
 
 
