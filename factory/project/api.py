@@ -14,9 +14,12 @@ from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 
 from devices.api import router as devices_router
-from factory.api import identity, keys, router
+from factory.api import identity
+from factory.api import router as factory_router
 from factory.api_support import TokenAuth
 from factory.errors import ApplicationError
+from factory.tuf.api import keys as keys_router
+from factory.tuf.api import router as targets_router
 from waves.api import router as waves_router
 from waves.plan_api import router as plans_router
 from waves.status_api import router as status_router
@@ -109,8 +112,9 @@ def _server_error(request, exc):
 
 
 api.add_router("/", identity)
-api.add_router("/factories/{factory}/", router)
-api.add_router("/factories/{factory}/", keys)
+api.add_router("/factories/{factory}/", factory_router)
+api.add_router("/factories/{factory}/", targets_router)
+api.add_router("/factories/{factory}/", keys_router)
 api.add_router("/factories/{factory}/", devices_router)
 api.add_router("/factories/{factory}/", waves_router)
 api.add_router("/factories/{factory}/", status_router)

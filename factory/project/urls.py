@@ -6,6 +6,7 @@ from django.urls import include, path, re_path
 from devices import registration as device_registration
 from factory import views as factory_views
 from factory.auth_views import LoginView
+from factory.tuf import views as tuf_views
 from waves import device_pages, fleet_pages, status_views
 
 from .api import api, api_not_found
@@ -18,11 +19,11 @@ dashboard = [
     path("status/live/", status_views.factory_live_status, name="factory-live-status"),
     path("status.csv", status_views.factory_status_csv, name="factory-status-csv"),
     path("audit/", factory_views.audit_log, name="audit-log"),
-    path("keys/", factory_views.keys_page, name="keys"),
-    path("keys/change/sign/", factory_views.key_change_sign, name="key-change-sign"),
-    path("keys/change/abandon/", factory_views.key_change_abandon, name="key-change-abandon"),
-    path("keys/root/renew/", factory_views.root_renew, name="root-renew"),
-    path("keys/<str:keyid>/retire/", factory_views.key_retire, name="key-retire"),
+    path("keys/", tuf_views.keys_page, name="keys"),
+    path("keys/change/sign/", tuf_views.key_change_sign, name="key-change-sign"),
+    path("keys/change/abandon/", tuf_views.key_change_abandon, name="key-change-abandon"),
+    path("keys/root/renew/", tuf_views.root_renew, name="root-renew"),
+    path("keys/<str:keyid>/retire/", tuf_views.key_retire, name="key-retire"),
 ]
 
 rest_api = [
