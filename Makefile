@@ -29,7 +29,7 @@ migrate: install
 	$(PY) manage.py migrate --noinput
 
 demo: migrate
-	$(PY) -m factory.run_demo
+	$(PY) -m factory.project.run_demo
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

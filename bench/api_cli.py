@@ -72,7 +72,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bw-bench-cli-"))
     env = {**os.environ, "BREAKWATER_URL": f"http://127.0.0.1:{port}", "BREAKWATER_TOKEN": token, "BREAKWATER_CONFIG": str(work / "cli.json")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "factory.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "4", "--no-control-socket", "--timeout", "120"],
+        [sys.executable, "-m", "gunicorn", "factory.project.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "4", "--no-control-socket", "--timeout", "120"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ from pathlib import Path
 # Run as `python bench/x.py`, this folder comes first on sys.path, and bench/tuf.py would shadow
 # the tuf package: put the project root there instead.
 sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
 
 import django  # noqa: E402
 

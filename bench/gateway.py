@@ -4,7 +4,7 @@
 an active wave, so both view resolutions are exercised) poll /repo/timestamp.json as fast as they
 can over kept-alive mutual-TLS connections, answered 200 (full body) or 304 (If-None-Match), and
 once more opening a new TLS connection per poll (what a device polling every few minutes does).
-A static handler under the same server and TLS settings (devices.gateway_server), answering the
+A static handler under the same server and TLS settings (factory.project.gateway.server), answering the
 same bytes without Django, gives the ceiling of this stack. Load generator and servers share the machine's cores.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bw_devices REDIS_URL=redis://127.0.0.1:6379/3 \\
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # shadow the tuf package: put the project root there instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from devices import gateway_server  # noqa: E402
+from factory.project.gateway import server as gateway_server  # noqa: E402
 
 FACTORY = "bench-gateway"
 TAG = "production"
@@ -70,7 +70,7 @@ def _static():
 
 
 def django_setup():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
     import django
 
     django.setup()
@@ -97,7 +97,8 @@ def fleet_setup(count, folder):
     `count` freshly registered production devices; returns their identity folders."""
     from devices import pki
     from devices.models import Device, DeviceGroup
-    from devices.selectors import device_ca_certificate, gateway_endpoint
+    from devices.gateway_identity import gateway_endpoint
+    from devices.selectors import device_ca_certificate
     from devices.services import device_group_create, devices_register
     from factory.models import Factory
     from factory.services import ci_build_publish, factory_create
@@ -162,7 +163,7 @@ def wait_listening(port, process, timeout=30):
 
 
 def start_gateway(port, workers, threads, tls_dir, log, loop="auto"):
-    from devices.management.commands.gateway import Command
+    from factory.project.management.commands.gateway import Command
 
     argv = Command.prepare(bind=f"127.0.0.1:{port}", workers=workers, threads=threads, tls_dir=tls_dir) + ["--loop", loop]
     process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -1,7 +1,7 @@
 """Soak: the device gateway and the dashboard under load at once, on loopback, like production.
 
 On a PostgreSQL database of its own (a fresh factory in it each run), this starts the gateway
-(devices.gateway_server, mutual TLS), the dashboard web server (gunicorn), a Celery worker and beat (check-ins
+(factory.project.gateway.server, mutual TLS), the dashboard web server (gunicorn), a Celery worker and beat (check-ins
 flushed, wave and factory status aggregated), registers --devices devices (fleet_seed, then taken
 over by the fleet simulator with keys of its own, as bench/simulator.py does) and lets them poll
 every --interval seconds for --seconds. Meanwhile a wave of a newer build is rolled out in three
@@ -571,15 +571,15 @@ def _run(args, work):
         log = open(args.logs / "gateway.log", "w")
         # `manage.py gateway`'s command line (mutual TLS), plus an access log of each request's status
         # and time in microseconds for the server-side figures.
-        from devices.management.commands.gateway import Command
+        from factory.project.management.commands.gateway import Command
 
         argv = Command.prepare(bind=f"127.0.0.1:{gateway_port}", workers=args.gateway_workers, threads=8, tls_dir=work / "tls")
         argv += ["--access-log", str(args.logs / "gateway-access.log")]
         servers.procs["gateway"] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        servers.start("web", [py, "-m", "gunicorn", "factory.wsgi", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers), "--threads", "4", "--no-control-socket"])
-        servers.start("worker", [py, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--concurrency", "2", "-n", f"{run_name}@%h"])
-        servers.start("beat", [py, "-m", "celery", "-A", "factory", "beat", "-l", "info"])
+        servers.start("web", [py, "-m", "gunicorn", "factory.project.wsgi", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers), "--threads", "4", "--no-control-socket"])
+        servers.start("worker", [py, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--concurrency", "2", "-n", f"{run_name}@%h"])
+        servers.start("beat", [py, "-m", "celery", "-A", "factory.project", "beat", "-l", "info"])
         ready, go, out = work / "fleet-ready", work / "fleet-go", work / "fleet.json"
         fleet_argv = [
             py, "-m", "bench.soak", "_fleet", "--factory", run_name, "--keystore", str(keystore.root), "--gateway-url", f"https://127.0.0.1:{gateway_port}",
@@ -606,7 +606,7 @@ def _run(args, work):
         window_start = timezone.now()
         load_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         watched = [Watched(f"{name} ({what})", lambda p=servers.procs[name].pid: _tree(p)) for name, what in (
-            ("gateway", f"devices.gateway_server, {args.gateway_workers} workers"),
+            ("gateway", f"factory.project.gateway.server, {args.gateway_workers} workers"),
             ("web", f"gunicorn, {args.web_workers} workers"),
             ("worker", "Celery, 2 pool processes"),
             ("beat", "Celery"),

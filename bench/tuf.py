@@ -18,7 +18,7 @@ from pathlib import Path
 # Run as a script, this file's folder would come first on sys.path and this module would hide
 # the `tuf` package it benchmarks: put the project root there instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
 
 import django  # noqa: E402
 

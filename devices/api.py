@@ -9,7 +9,7 @@ from ninja import Query, Router, Status
 from pydantic import Field
 from typing import Annotated
 
-from factory.api import actor_scope, paginate, responses
+from factory.api_support import actor_scope, paginate, responses
 from factory.errors import ApplicationError, NotFound
 from factory.schemas import FactoryName, PageNumber, PerPage, Text, Version
 from waves.uuids import parse_uuid_list

@@ -8,7 +8,7 @@ from django.views.decorators.http import require_POST
 
 from factory.errors import ApplicationError
 
-from .selectors import gateway_endpoint
+from .gateway_identity import gateway_endpoint
 from .services import device_register
 
 MAX_BODY = 32 * 1024

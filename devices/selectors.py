@@ -1,7 +1,6 @@
 """Reads for devices: lookups, filtered lists, event timelines, certificate facts, tokens, dead letters."""
 import uuid as uuid_lib
 from datetime import timedelta
-from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
@@ -102,17 +101,6 @@ def registration_token_get(*, factory, prefix):
     if token is None:
         raise NotFound(f"registration token {prefix} does not exist in factory {factory.name}")
     return token
-
-
-def gateway_endpoint():
-    """Where devices reach the gateway and the CA they trust it by: {"url", "ca_certificate"}."""
-    if settings.BREAKWATER_GATEWAY_SERVER_CA:
-        ca = Path(settings.BREAKWATER_GATEWAY_SERVER_CA).read_text()
-    else:
-        from .services import gateway_identity_get
-
-        ca = gateway_identity_get(hosts=settings.BREAKWATER_GATEWAY_HOSTS).ca_certificate
-    return {"url": settings.BREAKWATER_GATEWAY_URL, "ca_certificate": ca}
 
 
 def dead_letters(*, factory=None):

@@ -6,7 +6,6 @@ import uuid as uuid_lib
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -16,9 +15,10 @@ from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.names import name_clean
 from factory.services import audit_record
 
-from .selectors import uuids_in
 from . import pki
-from .models import Device, DeviceCA, DeviceCertificate, DeviceGroup, GatewayIdentity, RegistrationToken
+from .gateway_identity import gateway_identity_get
+from .models import Device, DeviceCA, DeviceCertificate, DeviceGroup, RegistrationToken
+from .selectors import uuids_in
 
 GROUP_NAME_MAX = 64
 
@@ -396,48 +396,3 @@ def device_delete(*, device, actor):
             factory=device.factory, actor=actor, action="device.delete", target=str(device.uuid), details={"name": device.name, "production": device.is_production}
         )
         device.delete()
-
-
-def gateway_identity_get(*, hosts=None):
-    """The gateway's TLS trust (GatewayIdentity), generated on first use.
-
-    The server certificate is re-issued by the same CA when it does not cover every host in
-    `hosts` (default: the settings' gateway hosts) or nears its expiry, so devices that trust the
-    CA keep trusting the gateway.
-    """
-    hosts = [h.strip() for h in (hosts if hosts is not None else settings.BREAKWATER_GATEWAY_HOSTS) if h and h.strip()]
-    if not hosts:
-        raise ApplicationError("the gateway needs at least one host name or address")
-    identity = GatewayIdentity.objects.filter(name="default").first()
-    if identity is None:
-        ca_cert, ca_key = pki.gateway_ca_generate()
-        cert, key = pki.gateway_certificate_issue(ca_cert=ca_cert, ca_key=ca_key, hosts=hosts)
-        root_cert, root_key = pki.device_root_generate()
-        try:
-            with transaction.atomic():
-                return GatewayIdentity.objects.create(
-                    name="default",
-                    ca_certificate=pki.cert_pem(ca_cert),
-                    ca_private_key=pki.key_encrypt(ca_key),
-                    certificate=pki.cert_pem(cert),
-                    private_key=pki.key_encrypt(key),
-                    hosts=hosts,
-                    device_root_certificate=pki.cert_pem(root_cert),
-                    device_root_private_key=pki.key_encrypt(root_key),
-                )
-        except IntegrityError:
-            # Another process created it first: theirs is the one.
-            identity = GatewayIdentity.objects.get(name="default")
-    current = pki.cert_load(identity.certificate)
-    expiring = current.not_valid_after_utc < timezone.now() + timedelta(days=30)
-    if not set(hosts) <= pki.certificate_hosts(current) or expiring:
-        with transaction.atomic():
-            identity = GatewayIdentity.objects.select_for_update().get(pk=identity.pk)
-            all_hosts = sorted(set(hosts) | set(identity.hosts))
-            ca_cert, ca_key = pki.cert_load(identity.ca_certificate), pki.key_decrypt(identity.ca_private_key)
-            cert, key = pki.gateway_certificate_issue(ca_cert=ca_cert, ca_key=ca_key, hosts=all_hosts)
-            identity.certificate = pki.cert_pem(cert)
-            identity.private_key = pki.key_encrypt(key)
-            identity.hosts = all_hosts
-            identity.save(update_fields=["certificate", "private_key", "hosts", "updated_at"])
-    return identity

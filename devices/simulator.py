@@ -112,7 +112,8 @@ def take_over(*, factory, keystore, limit=None, names=None):
     certificate from `device_certificates_renew`. Returns the identities.
     """
     from .models import Device
-    from .selectors import device_ca_certificate, gateway_endpoint
+    from .gateway_identity import gateway_endpoint
+    from .selectors import device_ca_certificate
     from .services import device_certificates_renew
 
     keystore.server_ca.write_text(gateway_endpoint()["ca_certificate"])

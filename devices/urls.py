@@ -3,12 +3,10 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
-    path("", views.device_list, name="device-list"),
     path("groups/", views.group_list, name="group-list"),
     path("groups/new/", views.group_create, name="group-create"),
     path("groups/assign/", views.group_assign, name="group-assign"),
     path("groups/<int:group_id>/rename/", views.group_rename, name="group-rename"),
     path("groups/<int:group_id>/delete/", views.group_delete, name="group-delete"),
     path("dead-letters/", views.dead_letter_list, name="dead-letter-list"),
-    path("<uuid:uuid>/", views.device_detail, name="device-detail"),
 ]

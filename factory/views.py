@@ -1,26 +1,17 @@
-"""Dashboard views of the factory app (home, factory switch, status, audit log, TUF keys) and the
+"""Dashboard views of the factory app (home, factory switch, audit log) and the
 small helpers every dashboard view shares: page-or-fragment rendering, keyset paging, form errors."""
 from datetime import datetime, time, timedelta
 
-from django.conf import settings
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.db.models import Min, Q
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST, require_safe
-from django_htmx.http import HttpResponseClientRedirect
 
 from .auth import factory_view
-from .errors import ApplicationError
-from .forms import AuditFilterForm, KeyChangeSignForm, StatusForm
+from .forms import AuditFilterForm
 from .models import AuditEntry, Membership
-from .selectors import status_cache_key
-from .tuf import selectors as tuf_selectors
-from .tuf import services as tuf_services
 
 PER_PAGE = 50
 
@@ -143,29 +134,6 @@ def factory_switch(request):
     return redirect("home")
 
 
-@factory_view("view")
-def factory_status(request):
-    from waves.selectors import factory_status as factory_status_rows  # noqa: PLC0415 (waves imports factory)
-
-    form = StatusForm(request.GET)
-    hours = form.cleaned_data["offline_threshold"] if form.is_valid() and form.cleaned_data["offline_threshold"] else None
-    # Aggregating a million devices takes the database a few hundred milliseconds: viewers and
-    # polls within one status interval share one computation.
-    key, interval = status_cache_key("factory-status", request.factory, hours)
-    rows = cache.get(key)
-    if rows is None:
-        rows = factory_status_rows(factory=request.factory, offline_threshold_hours=hours)
-        cache.set(key, rows, interval * 2)
-    return render_page(
-        request,
-        "factory/status.html",
-        {"status": rows, "form": form, "threshold": hours or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS},
-        title="Factory status",
-        section="status",
-        fragments=("status-panel",),
-    )
-
-
 @require_safe  # the audit log is read-only at every door
 @factory_view("view")
 def audit_log(request):
@@ -210,101 +178,6 @@ def _detail_text(value):
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)
-
-
-# --- TUF keys -----------------------------------------------------------------------------------
-
-
-@require_safe
-@factory_view("view")
-def keys_page(request):
-    return _keys(request)
-
-
-def _keys(request, *, sign_form=None, status=200):
-    factory = request.factory
-    change = tuf_selectors.root_change_pending(factory=factory)
-    keys = tuf_selectors.key_list(factory=factory)
-    offline_targets = [k for k in keys if k["role"] == "targets" and not k["online"] and not k["retired_at"]]
-    return render_page(
-        request,
-        "factory/keys.html",
-        {
-            "summary": tuf_selectors.repository_summary(factory=factory),
-            "keys": keys,
-            # The last offline targets key cannot be retired: offer the button only where it can work.
-            "retirable": {k["keyid"] for k in offline_targets} if len(offline_targets) > 1 else set(),
-            "change": change,
-            "documents": tuf_selectors.root_change_payloads(change=change) if change else [],
-            "sign_form": sign_form or KeyChangeSignForm(),
-        },
-        title="TUF keys",
-        section="keys",
-        status=status,
-    )
-
-
-def _back_to_keys(request):
-    url = reverse("keys")
-    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-
-
-def _change_message(request, change, done):
-    if change.status == change.Status.APPLIED:
-        messages.success(request, f"{done} A new root version is published.")
-    else:
-        messages.info(request, f"{done} The key change waits for offline signatures: see what each document still needs below.")
-
-
-@require_POST
-@factory_view("keys.manage")
-def key_retire(request, keyid):
-    try:
-        change = tuf_services.offline_key_retire(factory=request.factory, actor=request.user, keyid=keyid)
-    except ApplicationError as error:
-        messages.error(request, error.message)
-    else:
-        _change_message(request, change, f"Offline key {change.details['keyid'][:16]}… is leaving the roots.")
-    return _back_to_keys(request)
-
-
-@require_POST
-@factory_view("keys.manage")
-def key_change_sign(request):
-    form = KeyChangeSignForm(request.POST, request.FILES)
-    if not form.is_valid():
-        return _keys(request, sign_form=form, status=400)
-    try:
-        change = tuf_services.root_change_sign_with_archive(factory=request.factory, actor=request.user, key_archive=form.cleaned_data["key_archive"])
-    except ApplicationError as error:
-        add_service_error(form, error, {"key_archive": "key_archive", "invalid": "key_archive"})
-        return _keys(request, sign_form=form, status=service_error_status(error))
-    _change_message(request, change, "Signatures added.")
-    return _back_to_keys(request)
-
-
-@require_POST
-@factory_view("keys.manage")
-def key_change_abandon(request):
-    try:
-        tuf_services.root_change_abandon(factory=request.factory, actor=request.user)
-    except ApplicationError as error:
-        messages.error(request, error.message)
-    else:
-        messages.success(request, "The pending key change is abandoned; the roots are as they were.")
-    return _back_to_keys(request)
-
-
-@require_POST
-@factory_view("keys.manage")
-def root_renew(request):
-    try:
-        change = tuf_services.root_renew(factory=request.factory, actor=request.user)
-    except ApplicationError as error:
-        messages.error(request, error.message)
-    else:
-        _change_message(request, change, "The root is renewed for another year.")
-    return _back_to_keys(request)
 
 
 def _query_without_cursor(request):

@@ -3,6 +3,6 @@ queue of their own, so that no other worker on the same broker (another test run
 tasks and their worker takes no one else's."""
 import os
 
-from factory.settings import *  # noqa: F403
+from factory.project.settings import *  # noqa: F403
 
 CELERY_TASK_DEFAULT_QUEUE = os.environ["BREAKWATER_TEST_QUEUE"]

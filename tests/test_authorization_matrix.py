@@ -19,7 +19,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from devices.fleet import fleet_load_for_benchmark
 from devices.models import Device
 from devices.services import registration_token_create
-from factory.api import api
+from factory.project.api import api
 from factory.auth import PERMISSIONS
 from factory.models import Role
 from factory.services import api_token_create, ci_build_publish, factory_create, user_create

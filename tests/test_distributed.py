@@ -29,8 +29,9 @@ from django.core.management import call_command
 
 from devices import pki
 from devices.fleet import fleet_seed
+from devices.gateway_identity import gateway_identity_get
 from devices.models import Device
-from devices.services import gateway_identity_get, registration_token_create
+from devices.services import registration_token_create
 from factory.models import Role
 from factory.services import (
     api_token_create,
@@ -125,7 +126,7 @@ class Process:
 
 def web_process(name, folder):
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "factory.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "4",
+    argv = [sys.executable, "-m", "gunicorn", "factory.project.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "4",
             "--timeout", "60", "--no-control-socket"]  # fmt: skip
     return Process(name, argv, folder, port)
 
@@ -138,7 +139,7 @@ def gateway_process(name, folder):
 
 
 def worker_process(name, folder):
-    argv = [sys.executable, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--pool", "solo",
+    argv = [sys.executable, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--pool", "solo",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}-{os.getpid()}@%h"]  # fmt: skip
     return Process(name, argv, folder)
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from factory import ratelimit
-from factory.wsgi import application
+from factory.project.wsgi import application
 from tests.test_authorization_matrix import world  # noqa: F401  (module-scoped fixture)
 
 EXAMPLES = int(os.environ.get("BREAKWATER_SCHEMATHESIS_EXAMPLES", 20))

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from ninja import Router, Status
 from pydantic import Field
 
-from factory.api import actor_scope, responses
+from factory.api_support import actor_scope, responses
 from factory.errors import ApplicationError
 from factory.errors import NotFound
 from factory.schemas import FactoryName, PageNumber, Text

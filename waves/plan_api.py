@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from ninja import Router, Schema, Status
 from pydantic import ConfigDict, Field
 
-from factory.api import actor_scope, responses
+from factory.api_support import actor_scope, responses
 from factory.errors import ApplicationError
 from factory.names import api_name
 from factory.schemas import FactoryName, Text

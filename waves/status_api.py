@@ -7,7 +7,7 @@ from django.utils import timezone
 from ninja import Router, Schema
 from pydantic import Field
 
-from factory.api import actor_scope, responses
+from factory.api_support import actor_scope, responses
 from factory.downloads import csv_attachment
 from factory.schemas import FactoryName
 

@@ -8,6 +8,7 @@ from . import plan
 from .client import ApiError, CliError, UsageError
 from .common import read_binary, uuids_arg
 from .output import dump_json, err, fields, out, pages, progress, table, when
+from .signing import OfflineSigner
 
 STATUSES = ("unsigned", "active", "complete", "canceled")
 
@@ -139,8 +140,6 @@ def waves_init(args, ctx):
         out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
         out(f"It is unsigned: sign it with `breakwater waves sign {wave['name']} -k KEYS.tgz` before rolling it out.")
         return 0
-    from .signing import OfflineSigner
-
     # Check the archive holds a key the production root trusts before creating anything.
     signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
     # The wave is created and signed in one request, so a signature the server refuses leaves
@@ -172,8 +171,6 @@ def _print_signed(wave):
 
 
 def waves_sign(args, ctx):
-    from .signing import OfflineSigner
-
     signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
     wave = ctx.client.get(wave_path(ctx, args.wave))
     _print_signed(_sign(ctx, wave, signer))

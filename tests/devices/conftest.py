@@ -24,8 +24,9 @@ from django.db import connections
 from django.test import Client
 
 from devices import pki
+from devices.gateway_identity import gateway_identity_get
 from devices.models import GatewayIdentity
-from devices.services import gateway_identity_get, registration_token_create
+from devices.services import registration_token_create
 from tests.processes import database_env, free_port
 
 BASE = Path(__file__).resolve().parents[2]
@@ -132,7 +133,7 @@ def gateway_start(folder, env=None, *, threads=4):
         "BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS": "0",
         # Tests roll out and poll at once: no second of delay.
         "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS": "0",
-        "DJANGO_SETTINGS_MODULE": "factory.settings",
+        "DJANGO_SETTINGS_MODULE": "factory.project.settings",
         **(env or {}),
     }
     gateway = GatewayProcess(port, saved, folder)

@@ -1,7 +1,7 @@
 """During a database outage every poll fails alike: the gateway logs one traceback, then counts."""
 import logging
 
-from devices.gateway import OutageLog
+from factory.project.gateway.handler import OutageLog
 
 
 def test_one_traceback_then_a_count_every_interval(caplog):

@@ -15,13 +15,13 @@ from django.test import Client
 from django.utils import timezone
 
 from devices import pki
+from devices.gateway_identity import gateway_identity_get
 from devices.models import Device, DeviceGroup, RegistrationToken
 from devices.services import (
     device_ca_get,
     device_certificates_renew,
     device_delete,
     devices_register,
-    gateway_identity_get,
     registration_token_create,
     registration_token_revoke,
 )

@@ -288,8 +288,9 @@ def test_bulk_assign_errors_name_the_bad_tokens_and_change_nothing(client, bob, 
 @pytest.mark.django_db
 def test_counts_stop_at_their_cap(client, dave, fleet, monkeypatch):
     from devices import views
+    from waves import device_pages
 
-    monkeypatch.setattr(views, "COUNT_CAP", 5)
+    monkeypatch.setattr(device_pages, "COUNT_CAP", 5)
     monkeypatch.setattr(views, "GROUP_COUNT_CAP", 3)
     login(client, dave)
     assert b"5+ devices match" in client.get(reverse("device-list")).content

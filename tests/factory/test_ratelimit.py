@@ -185,7 +185,7 @@ def test_the_limits_come_from_the_environment():
 
     env = {
         **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
-        "DJANGO_SETTINGS_MODULE": "factory.settings",
+        "DJANGO_SETTINGS_MODULE": "factory.project.settings",
         "BREAKWATER_LOGIN_FAILURES": "4",
         "BREAKWATER_API_TOKEN_FAILURES": "7",
         "BREAKWATER_LOGIN_FAILURE_WINDOW_SECONDS": "120",

@@ -15,7 +15,7 @@ from pathlib import Path
 from tuf.api import exceptions as tuf_exceptions
 from tuf.ngclient import FetcherInterface, Updater
 
-from devices.http1 import PEER_CERTIFICATE
+from factory.project.gateway.http1 import PEER_CERTIFICATE
 from factory.artifacts import synthetic_artifact
 from factory.errors import NotFound
 from factory.tuf import selectors as tuf_selectors
@@ -65,7 +65,7 @@ class GatewayFetcher(FetcherInterface):
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        from devices.gateway import Gateway
+        from factory.project.gateway.handler import Gateway
 
         self.gateway = Gateway(device_cache_seconds=0)
         self.der = x509.load_pem_x509_certificate(device.certificate.encode()).public_bytes(Encoding.DER)

@@ -36,7 +36,7 @@ def child_env(**extra):
         "BREAKWATER_VAR_DIR": str(settings.VAR_DIR),
         "SECRET_KEY": settings.SECRET_KEY,
         "BREAKWATER_KEY_ENCRYPTION_KEY": settings.TUF_KEY_ENCRYPTION_KEY,
-        "DJANGO_SETTINGS_MODULE": "factory.settings",
+        "DJANGO_SETTINGS_MODULE": "factory.project.settings",
         "PYTHONPATH": str(ROOT),
     }
     env.pop("CELERY_TASK_ALWAYS_EAGER", None)

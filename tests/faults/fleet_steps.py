@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
 
 import django  # noqa: E402
 
@@ -20,7 +20,7 @@ django.setup()
 
 def seed(keystore, devices):
     from devices.fleet import fleet_seed
-    from devices.services import gateway_identity_get
+    from devices.gateway_identity import gateway_identity_get
     from devices.simulator import Keystore, take_over
     from factory.services import ci_build_publish, factory_create
 

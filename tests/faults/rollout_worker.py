@@ -9,13 +9,13 @@ import os
 import sys
 import time
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
 
 import django  # noqa: E402
 
 django.setup()
 
-from factory.celery import app  # noqa: E402
+from factory.project.celery import app  # noqa: E402
 from waves import rollout_jobs, services  # noqa: E402
 
 

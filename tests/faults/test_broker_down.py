@@ -3,7 +3,7 @@ the broker (a dashboard rollout over BREAKWATER_ROLLOUT_BACKGROUND_THRESHOLD, th
 web request sends a task) fails within seconds with a message that says why, never hangs or
 answers 500, and never leaves a job "queued" forever. The API and smaller rollouts need no broker.
 
-The broker's settings are computed by factory/settings.py itself for the broken URL, so the socket
+The broker's settings are computed by factory/project/settings.py itself for the broken URL, so the socket
 timeouts and the publish retry policy under test are the ones production runs with.
 """
 import runpy
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 from django.urls import reverse
 
-from factory.celery import app as celery_app
+from factory.project.celery import app as celery_app
 from factory.services import ci_build_publish
 from tests.factory.test_api import as_user, tokens  # noqa: F401  (fixtures)
 from tests.factory.test_views import hx, login
@@ -40,12 +40,12 @@ def _reset_connections():
 
 @pytest.fixture
 def broker_at(monkeypatch):
-    """Point the Celery app of this process at `url`, configured as factory/settings.py configures it."""
+    """Point the Celery app of this process at `url`, configured as factory/project/settings.py configures it."""
     saved = {}
 
     def point(url):
         monkeypatch.setenv("CELERY_BROKER_URL", url)
-        computed = runpy.run_path(str(ROOT / "factory" / "settings.py"))
+        computed = runpy.run_path(str(ROOT / "factory" / "project" / "settings.py"))
         for name, value in computed.items():
             if name.startswith(("CELERY_BROKER_", "CELERY_TASK_PUBLISH_")):
                 key = name[len("CELERY_") :].lower()
@@ -156,7 +156,7 @@ def test_with_a_hung_broker_a_background_rollout_fails_within_seconds(
     client, bob, fleet, broker_at, unanswering_port, django_capture_on_commit_callbacks
 ):
     """A broker that accepts the connection and never answers would hold the request forever
-    without the socket timeouts of factory/settings.py."""
+    without the socket timeouts of factory/project/settings.py."""
     wave = fleet
     broker_at(f"redis://127.0.0.1:{unanswering_port}/0")
     login(client, bob)

@@ -119,7 +119,7 @@ def private_env(cluster, var):
         "SQLITE_PATH", "SQLITE_TEST_PATH", "SECRET_KEY", "BREAKWATER_KEY_ENCRYPTION_KEY",
     )
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(DATABASE_URL=cluster.url("breakwater"), BREAKWATER_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="factory.settings", PYTHONPATH=str(ROOT))
+    env.update(DATABASE_URL=cluster.url("breakwater"), BREAKWATER_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="factory.project.settings", PYTHONPATH=str(ROOT))
     return env
 
 

@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timezone
 
 from devices.models import Device
-from devices.services import gateway_identity_get
+from devices.gateway_identity import gateway_identity_get
 from devices.simulator import Keystore
 from factory.services import ci_build_publish
 from tests.processes import free_port

@@ -13,7 +13,7 @@ from django.db.models import Count
 from django.urls import reverse
 
 from devices.models import Device
-from factory.celery import app as celery_app
+from factory.project.celery import app as celery_app
 from factory.services import ci_build_publish
 from tests.factory.test_views import hx, login
 from tests.tuf_helpers import offline_targets_key

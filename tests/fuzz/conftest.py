@@ -3,7 +3,7 @@ and the real gateway process (tests/devices/conftest.py) for the cases that go o
 import pytest
 
 from devices import pki
-from devices.gateway import Gateway
+from factory.project.gateway.handler import Gateway
 from devices.models import Device
 from devices.services import device_ca_get
 from factory.services import ci_build_publish, factory_create

@@ -22,7 +22,7 @@ from django.db import DatabaseError, transaction
 from hypothesis import HealthCheck, Phase, settings
 
 from devices import checkins
-from devices.http1 import PEER_CERTIFICATE
+from factory.project.gateway.http1 import PEER_CERTIFICATE
 from devices.reports import target_version
 from devices.models import Device, DeviceEvent
 

@@ -21,7 +21,7 @@ def one_phase_then_fleet(wait=10):
 
 
 def test_the_task_is_registered_and_scheduled_every_minute():
-    from factory.celery import app
+    from factory.project.celery import app
 
     app.loader.import_default_modules()
     assert "waves.plan_tasks.plans_evaluate" in app.tasks

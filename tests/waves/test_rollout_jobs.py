@@ -2,7 +2,7 @@
 import pytest
 from django.urls import reverse
 
-from factory.celery import app as celery_app
+from factory.project.celery import app as celery_app
 from factory.errors import Forbidden
 from tests.factory.test_views import hx, login
 from waves import rollout_jobs

@@ -431,7 +431,7 @@ def _embedded_env(var, broker=None):
     env.update(
         BREAKWATER_VAR_DIR=str(var),
         SQLITE_PATH=str(var / "db.sqlite3"),
-        DJANGO_SETTINGS_MODULE="factory.settings",
+        DJANGO_SETTINGS_MODULE="factory.project.settings",
         # a long interval, so no message of this test is old enough to be skipped as stale
         BREAKWATER_STATUS_INTERVAL_SECONDS="60",
         PYTHONPATH=str(ROOT),
@@ -452,7 +452,7 @@ class Worker:
         self.log = log
         queue = ["-Q", env["STATUS_TEST_QUEUE"]] if env.get("STATUS_TEST_QUEUE") else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--pool", pool, "--concurrency", "1",
+            [sys.executable, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--pool", pool, "--concurrency", "1",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"status-{pool}@%h", *queue],
             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )

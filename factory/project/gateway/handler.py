@@ -1,8 +1,8 @@
 """The device gateway: what a device asks over mutual TLS, answered for that device only.
 
-The server (`devices.gateway_server`, CERT_REQUIRED against the device root CA) refuses a client
+The server (`factory.project.gateway.server`, CERT_REQUIRED against the device root CA) refuses a client
 without a certificate chaining to the device root at the handshake and hands this handler the
-verified peer certificate (`devices.http1.PEER_CERTIFICATE` in the environ); the handler refuses
+verified peer certificate (`http1.PEER_CERTIFICATE` in the environ); the handler refuses
 it unless it is the current certificate of a registered device, issued by that device's own
 factory CA. A device reads only its own view:
 
@@ -27,7 +27,7 @@ import uuid as uuid_lib
 from collections import OrderedDict
 from http import HTTPStatus
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
 
 import django  # noqa: E402
 
@@ -36,14 +36,15 @@ django.setup()
 from cryptography.x509.oid import NameOID  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.validators import slug_re  # noqa: E402
-from django.db import DatabaseError, close_old_connections  # noqa: E402
+from django.db import DatabaseError, close_old_connections, connections  # noqa: E402
 
+from devices import checkins, pki, reports  # noqa: E402
+from devices.models import Device, DeviceCA  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
+from factory.tuf.selectors import device_metadata  # noqa: E402
 
-from . import checkins, pki, reports  # noqa: E402
 from .http1 import PEER_CERTIFICATE  # noqa: E402
-from .models import Device, DeviceCA  # noqa: E402
 
 logger = logging.getLogger("breakwater.gateway")
 
@@ -120,12 +121,6 @@ def _etag_matches(header, etag):
         if candidate == "*" or candidate.strip('"') == bare:
             return True
     return False
-
-
-def _device_metadata():
-    from factory.tuf.selectors import device_metadata
-
-    return device_metadata
 
 
 class OutageLog:
@@ -290,7 +285,7 @@ class Gateway:
         if not REPO_FILE.match(filename):
             raise Refused(404, "no such metadata file")
         try:
-            data, etag = _device_metadata()(device=device, filename=filename)
+            data, etag = device_metadata(device=device, filename=filename)
         except NotFound as exc:
             raise Refused(404, exc.message) from None
         if filename.endswith("targets.json"):
@@ -317,7 +312,7 @@ class Gateway:
         if not reports.TARGET_NAME.match(name):
             raise Refused(404, "no such target")
         try:
-            data, etag = _device_metadata()(device=device, filename="targets.json")
+            data, etag = device_metadata(device=device, filename="targets.json")
         except NotFound:
             raise Refused(404, "no targets for this device") from None
         files = self._targets_info(data, etag)[1]
@@ -391,8 +386,6 @@ class Gateway:
 
 
 def _close_connections():
-    from django.db import connections
-
     for conn in connections.all(initialized_only=True):
         conn.close()
 

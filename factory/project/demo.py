@@ -4,10 +4,12 @@ from django.contrib.auth import get_user_model
 
 from devices.fleet import fleet_seed
 from devices.models import Device
-
-from .models import CiTarget, Factory, Membership, Role
-from .services import ci_build_publish, factory_create, user_create
-from .tuf.services import demo_offline_key
+from factory.models import CiTarget, Factory, Membership, Role
+from factory.services import ci_build_publish, factory_create, user_create
+from factory.tuf.selectors import production_targets_version
+from factory.tuf.services import demo_offline_key
+from waves.models import Wave
+from waves.services import wave_complete, wave_init, wave_sign
 
 DEMO_FACTORY = "demo"
 DEMO_TAG = "production"
@@ -28,11 +30,6 @@ DEMO_INITIAL_WAVE = "initial-41"
 
 def _demo_production_targets(factory, release, archive):
     """Production targets at 41 for the tag, reached the real way: a wave, signed, completed."""
-    from waves.models import Wave
-    from waves.services import wave_complete, wave_init, wave_sign
-
-    from .tuf.selectors import production_targets_version
-
     if production_targets_version(factory=factory, tag=DEMO_TAG) is not None:
         return
     wave = Wave.objects.filter(factory=factory, name=DEMO_INITIAL_WAVE).first()

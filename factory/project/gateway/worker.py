@@ -1,4 +1,4 @@
-"""What each gateway worker process runs (`--app devices.gateway_worker:service`): the gateway
+"""What each gateway worker process runs (`--app factory.project.gateway.worker:service`): the gateway
 handler, and the check-in flusher thread with its last flush when the worker stops."""
 import os
 
@@ -6,10 +6,10 @@ import os
 # them on every poll (see factory.tuf.selectors._tag_view_rows). Set before Django reads settings.
 os.environ.setdefault("BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", "1")
 
-# devices.gateway sets Django up: it comes first.
-from .gateway import application  # noqa: E402, I001
+# The handler module sets Django up: it comes first.
+from .handler import application  # noqa: E402, I001
 
-from . import checkins  # noqa: E402
+from devices import checkins  # noqa: E402
 
 
 class GatewayService:

@@ -2,6 +2,13 @@
 
 Processes: the web server, a Celery worker and beat, the device gateway and the fleet
 simulator. Each is a child process; one that dies is restarted (a few times), Ctrl-C stops them all.
+
+The simulator drives the demo factory's seeded fleet (1,000 production and 50 test devices on
+tag production): it takes the seeded devices over by having new certificates issued to keys it
+generates (the renewal an admin does when a device is re-keyed), and it registers 5 more devices
+through the real registration endpoint, so both doors are exercised. 10% of the devices stay
+offline, 2 production devices never come back after an update, and 20% of installs in group beta
+fail, so the wave status has something to show.
 """
 import os
 import signal
@@ -10,32 +17,41 @@ import sys
 import time
 from pathlib import Path
 
-BASE = Path(__file__).resolve().parent.parent
+BASE = Path(__file__).resolve().parent.parent.parent
 PY = sys.executable
 WEB_ADDR = os.environ.get("BREAKWATER_WEB_ADDR", "127.0.0.1:8000")
 MAX_RESTARTS = 5
 
 
 def processes():
-    """(name, argv) of every process the demo runs."""
+    """(name, argv) of every process the demo runs; the gateway listens on BREAKWATER_GATEWAY_URL
+    (https://127.0.0.1:8443 by default)."""
     return [
-        ("web", [PY, "-m", "gunicorn", "factory.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", "-"]),
-        ("worker", [PY, "-m", "celery", "-A", "factory", "worker", "-l", "info", "--concurrency", "2"]),
-        ("beat", [PY, "-m", "celery", "-A", "factory", "beat", "-l", "info"]),
-    ] + extra_processes()
-
-
-def extra_processes():
-    """Device-side processes (gateway, simulator), once those modules exist."""
-    try:
-        from devices.demo import demo_processes
-    except ImportError:
-        return []
-    return demo_processes(PY)
+        ("web", [PY, "-m", "gunicorn", "factory.project.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", "-"]),
+        ("worker", [PY, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--concurrency", "2"]),
+        ("beat", [PY, "-m", "celery", "-A", "factory.project", "beat", "-l", "info"]),
+        ("gateway", [PY, "manage.py", "gateway", "--workers", "2", "--threads", "8"]),
+        (
+            "simulator",
+            [
+                PY, "manage.py", "simulate_fleet",
+                "--factory", "demo",
+                "--web-url", f"http://{WEB_ADDR}",
+                "--register", "5",
+                "--initial-version", "41",
+                "--interval", "30",
+                "--offline-ratio", "0.1",
+                "--never-return", "2",
+                "--fail-rate", "beta=0.2",
+                "--reboot-delay", "10",
+                "--progress", "15",
+            ],
+        ),
+    ]
 
 
 def main():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
     subprocess.run([PY, "manage.py", "demo"], cwd=BASE, check=True)
     specs = dict(processes())
     children = []

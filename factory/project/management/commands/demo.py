@@ -1,7 +1,7 @@
 """`manage.py demo`: an idempotent demo factory; running it twice gives the same data."""
 from django.core.management.base import BaseCommand
 
-from factory.demo import demo_load
+from factory.project.demo import demo_load
 
 
 class Command(BaseCommand):

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from devices import pki
-from devices.services import gateway_identity_get
+from devices.gateway_identity import gateway_identity_get
 from factory.management.commands._base import application_errors
 
 
@@ -34,7 +34,7 @@ class Command(BaseCommand):
     @staticmethod
     def prepare(*, bind, workers, threads, tls_dir):
         """Write the server certificate, its key and the device root CA; return the server's argv
-        (devices.gateway_server), its limits taken from the BREAKWATER_GATEWAY_* settings."""
+        (factory.project.gateway.server), its limits taken from the BREAKWATER_GATEWAY_* settings."""
         with application_errors():
             identity = gateway_identity_get()
         tls_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ class Command(BaseCommand):
         root = tls_dir / "device-root.pem"
         _write(root, identity.device_root_certificate, 0o644)
         return [
-            sys.executable, "-m", "devices.gateway_server", "--app", "devices.gateway_worker:service",
+            sys.executable, "-m", "factory.project.gateway.server", "--app", "factory.project.gateway.worker:service",
             "--bind", bind, "--workers", str(workers), "--threads", str(threads),
             "--certfile", str(certfile), "--keyfile", str(keyfile), "--ca-certs", str(root),
             "--handshake-timeout", f"{settings.BREAKWATER_GATEWAY_HANDSHAKE_TIMEOUT:g}",

@@ -1,6 +1,6 @@
 """The device gateway's server: mutual TLS and HTTP/1.1 on an event loop, the handler in threads.
 
-    python -m devices.gateway_server --app devices.gateway_worker:service --bind 127.0.0.1:8443 \\
+    python -m factory.project.gateway.server --app factory.project.gateway.worker:service --bind 127.0.0.1:8443 \\
         --certfile server.crt --keyfile server.key --ca-certs device-root.pem [--workers 2] [--threads 8]
 
 (`manage.py gateway` writes the TLS files and runs this.)
@@ -21,13 +21,13 @@ connection has a deadline of its own:
 The deadlines are totals, not per read: a client trickling a byte a second gains nothing. A head
 larger than --max-header-bytes is a 431 (414 for the request line), a Content-Length above
 --max-body-bytes a 413 before a byte of the body is read, and what the gateway does not speak
-(devices.http1) a 4xx; each is followed by a lingering close (below). Open connections are capped per process and
+(http1) a 4xx; each is followed by a lingering close (below). Open connections are capped per process and
 per client address; at the process cap the oldest connection that is not in the middle of a
 request makes room, as nginx reuses its keep-alive connections, so a flood cannot lock devices out.
 
 The gateway handler is synchronous Django code that may read the database: it runs in a pool of
 --threads threads (one request in flight per connection), so the loop never waits on it. Only the
-verified certificate DER reaches the handler (`devices.http1.PEER_CERTIFICATE`), which decides who
+verified certificate DER reaches the handler (`http1.PEER_CERTIFICATE`), which decides who
 the device is on every request. The TLS context is built once per process: CERT_REQUIRED against
 the device root CA, TLS 1.2 or newer, run over memory BIOs on the plain TCP transport rather than
 asyncio's start_tls, so the handshake deadline is the connection's own and a refused certificate
@@ -627,7 +627,7 @@ class Arbiter:
 
 def parser_build():
     defaults = Limits()
-    parser = argparse.ArgumentParser(prog="python -m devices.gateway_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m factory.project.gateway.server", description=__doc__.splitlines()[0])
     parser.add_argument("--app", required=True, help="module:object with respond(environ) -> (status, headers, body), optional start() and stop()")
     parser.add_argument("--bind", required=True, help="host:port")
     parser.add_argument("--certfile", required=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(os.environ.get("BREAKWATER_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -57,6 +57,8 @@ INSTALLED_APPS = [
     "factory",
     "devices",
     "waves",
+    # The project package: the Celery app, and the management commands that run the processes.
+    "factory.project.apps.ProjectConfig",
 ]
 
 MIDDLEWARE = [
@@ -72,8 +74,8 @@ MIDDLEWARE = [
     "factory.auth.CurrentFactoryMiddleware",
 ]
 
-ROOT_URLCONF = "factory.urls"
-WSGI_APPLICATION = "factory.wsgi.application"
+ROOT_URLCONF = "factory.project.urls"
+WSGI_APPLICATION = "factory.project.wsgi.application"
 
 TEMPLATES = [
     {
@@ -235,10 +237,10 @@ BREAKWATER_CHECKIN_FLUSH_SECONDS = float(os.environ.get("BREAKWATER_CHECKIN_FLUS
 BREAKWATER_EVENT_TIME_WINDOW = tuple(float(days) for days in os.environ.get("BREAKWATER_EVENT_TIME_WINDOW", "7,1").split(","))
 # How long a gateway process trusts what it read about a device (deletion, group, certificate).
 BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_DEVICE_CACHE_SECONDS", 5))
-# Gateway processes only (set by devices/gateway_worker.py): how long a tag's view rows are kept
+# Gateway processes only (set by factory/project/gateway/worker.py): how long a tag's view rows are kept
 # in memory; a rollout, complete or cancel reaches devices at most this much later.
 BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS = float(os.environ.get("BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", 0))
-# What a gateway connection may take (devices/gateway_server.py): seconds for the TLS handshake,
+# What a gateway connection may take (factory/project/gateway/server.py): seconds for the TLS handshake,
 # for a request head (from its first byte), for a request body, and between kept-alive requests;
 # the largest request head and body; open connections per worker process, and per client address
 # in each worker (0: no cap; behind a load balancer that hides device addresses, raise or turn off).

@@ -1,0 +1,223 @@
+"""The TUF repository's API routers: CI builds and production targets, and the factory's TUF keys
+and roots (key changes and their offline signatures). Mounted by the API root,
+factory/project/api.py."""
+import json
+from typing import Annotated, Any
+
+from ninja import Router, Status
+from pydantic import Field
+
+from factory.api_support import actor_scope, paginate, paginate_list, responses
+from factory.errors import ApplicationError, NotFound
+from factory.models import CiTarget
+from factory.schemas import (
+    CiBuildIn,
+    CiBuildOut,
+    CiBuildPage,
+    ChangeSignIn,
+    FactoryName,
+    KeysOut,
+    OfflineKeyIn,
+    ProductionTagOut,
+    ProductionTargetsOut,
+    RootChangeOut,
+    PageNumber,
+    PerPage,
+    Text,
+    Version,
+)
+from factory.services import ci_build_publish
+
+from . import selectors as tuf_selectors
+from . import services as tuf_services
+
+# --- CI builds and production targets -----------------------------------------------------------
+
+# Tagged "factory" as before the TUF repository had routers of its own: generated clients keep
+# their grouping.
+router = Router(tags=["factory"])
+
+
+def _builds(factory, versions):
+    targets = CiTarget.objects.filter(factory=factory, version__in=versions).order_by("-version", "hardware_id")
+    by_version = {}
+    for target in targets:
+        by_version.setdefault(target.version, []).append(target)
+    builds = []
+    for version in versions:
+        rows = by_version.get(version, [])
+        builds.append(
+            {
+                "version": version,
+                "tags": sorted({tag for t in rows for tag in t.tags}),
+                "hardware_ids": [t.hardware_id for t in rows],
+                "created_at": min(t.created_at for t in rows),
+                "targets": [_target_out(t) for t in rows],
+            }
+        )
+    return builds
+
+
+def _target_out(target):
+    return {
+        "name": target.name,
+        "version": target.version,
+        "hardware_id": target.hardware_id,
+        "sha256": target.sha256,
+        "length": target.length,
+        "tags": target.tags,
+        "custom": target.custom,
+        "created_at": target.created_at,
+    }
+
+
+@router.get("/targets/", response=responses(200, CiBuildPage), summary="CI builds, newest first")
+def targets_list(
+    request,
+    factory: FactoryName,
+    version: Version | None = None,
+    tag: Text | None = None,
+    hardware_id: Text | None = None,
+    page: PageNumber = 1,
+    per_page: PerPage = 20,
+):
+    factory_obj, _ = actor_scope(request)
+    rows = CiTarget.objects.filter(factory=factory_obj)
+    if version is not None:
+        rows = rows.filter(version=version)
+    if hardware_id:
+        rows = rows.filter(hardware_id=hardware_id)
+    versions = rows.order_by("-version").values_list("version", flat=True).distinct()
+    if tag:
+        # Tags live in a JSON list; filter in Python over the (few) builds rather than per backend.
+        matching = sorted({t.version for t in rows.only("version", "custom") if tag in t.tags}, reverse=True)
+        result = paginate_list(matching, page=page, per_page=per_page)
+    else:
+        result = paginate(versions, page=page, per_page=per_page)
+    result["items"] = _builds(factory_obj, result["items"])
+    return result
+
+
+@router.post("/targets/", response=responses(201, CiBuildOut), summary="Publish a CI build (for CI systems)")
+def targets_publish(request, factory: FactoryName, payload: CiBuildIn):
+    factory_obj, user = actor_scope(request)
+    targets = {hwid: meta.dict() for hwid, meta in (payload.targets or {}).items()}
+    unknown = sorted(set(targets) - set(payload.hardware_ids))
+    if unknown:
+        raise ApplicationError(f"targets lists hardware IDs that are not in hardware_ids: {', '.join(unknown)}")
+    ci_build_publish(
+        factory=factory_obj,
+        version=payload.version,
+        hardware_ids=payload.hardware_ids,
+        tags=payload.tags,
+        targets=targets,
+        custom=payload.custom,
+        actor=user,
+    )
+    return Status(201, _builds(factory_obj, [payload.version])[0])
+
+
+@router.get("/targets/production", response=responses(200, list[ProductionTagOut]), summary="Tags with production targets")
+def targets_production_tags(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    return tuf_selectors.production_tags(factory=factory_obj)
+
+
+@router.get("/targets/production/{tag}", response=responses(200, ProductionTargetsOut), summary="A tag's production targets")
+def targets_production(request, factory: FactoryName, tag: str):
+    factory_obj, _ = actor_scope(request)
+    return {
+        "tag": tag,
+        "version": tuf_selectors.production_targets_version(factory=factory_obj, tag=tag),
+        "targets": tuf_selectors.production_targets(factory=factory_obj, tag=tag),
+    }
+
+
+# --- keys and roots -----------------------------------------------------------------------------
+
+keys = Router(tags=["keys"])
+
+
+def _change_out(change):
+    pending = change.status == change.Status.PENDING
+    return {
+        "action": change.action,
+        "status": change.status,
+        "created_at": change.created_at,
+        "created_by": change.created_by.get_username() if change.created_by else "",
+        "details": change.details,
+        "documents": tuf_selectors.root_change_payloads(change=change) if pending else [],
+    }
+
+
+@keys.get("/keys/", response=responses(200, KeysOut), summary="The factory's TUF keys, root facts and any key change waiting for signatures")
+def keys_list(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    pending = tuf_selectors.root_change_pending(factory=factory_obj)
+    return {
+        **tuf_selectors.repository_summary(factory=factory_obj),
+        "keys": tuf_selectors.key_list(factory=factory_obj),
+        "pending_change": _change_out(pending) if pending else None,
+    }
+
+
+@keys.get("/keys/root", response=responses(200, dict[str, Any]), summary="The CI root (test devices) or the production root, as signed TUF metadata")
+def keys_root(request, factory: FactoryName, production: bool = False, version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None):
+    factory_obj, _ = actor_scope(request)
+    channel = "production" if production else "ci"
+    return json.loads(tuf_selectors.root_get(factory=factory_obj, channel=channel, version=version))
+
+
+@keys.post("/keys/offline", response=responses(200, RootChangeOut), summary="Add a user-held offline key (targets signing key or the new root key)")
+def keys_offline_add(request, factory: FactoryName, payload: OfflineKeyIn):
+    """Starts a key change: new roots, and any production targets the new root makes invalid. It is
+    applied at once when the server can sign everything; otherwise it waits (status "pending") for
+    the offline signatures listed in `documents`, sent to `/keys/change/sign`."""
+    factory_obj, user = actor_scope(request)
+    change = tuf_services.offline_key_add(
+        factory=factory_obj, actor=user, role=payload.role, public_key=payload.public_key.dict(), threshold=payload.threshold
+    )
+    return _change_out(change)
+
+
+@keys.post("/keys/offline/{keyid}/retire", response=responses(200, RootChangeOut), summary="Retire an offline targets key (its holder left, it was lost or replaced)")
+def keys_offline_retire(request, factory: FactoryName, keyid: str):
+    """`keyid`: the key's id, or its first 8 characters or more. Starts a key change: new roots
+    without the key, and the production targets it signed, which the remaining offline keys must
+    re-sign (status "pending"; `documents` say what each still needs). The factory's last offline
+    targets key cannot be retired, nor can the root key (add a new one instead)."""
+    factory_obj, user = actor_scope(request)
+    return _change_out(tuf_services.offline_key_retire(factory=factory_obj, actor=user, keyid=keyid))
+
+
+@keys.post("/keys/root/renew", response=responses(200, RootChangeOut), summary="Renew the root (same keys, a year more)")
+def keys_root_renew(request, factory: FactoryName):
+    factory_obj, user = actor_scope(request)
+    return _change_out(tuf_services.root_renew(factory=factory_obj, actor=user))
+
+
+def _pending(factory_obj):
+    change = tuf_selectors.root_change_pending(factory=factory_obj)
+    if change is None:
+        raise NotFound("no key change is waiting for signatures")
+    return change
+
+
+@keys.get("/keys/change", response=responses(200, RootChangeOut), summary="The key change waiting for offline signatures")
+def keys_change(request, factory: FactoryName):
+    factory_obj, _ = actor_scope(request)
+    return _change_out(_pending(factory_obj))
+
+
+@keys.post("/keys/change/sign", response=responses(200, RootChangeOut), summary="Add offline signatures to the pending key change")
+def keys_change_sign(request, factory: FactoryName, payload: ChangeSignIn):
+    factory_obj, user = actor_scope(request)
+    change = tuf_services.root_change_sign(factory=factory_obj, actor=user, signatures=[s.dict() for s in payload.signatures])
+    return _change_out(change)
+
+
+@keys.delete("/keys/change", response=responses(204, None), summary="Abandon the pending key change")
+def keys_change_abandon(request, factory: FactoryName):
+    factory_obj, user = actor_scope(request)
+    tuf_services.root_change_abandon(factory=factory_obj, actor=user)
+    return Status(204, None)

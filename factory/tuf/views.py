@@ -1,0 +1,106 @@
+"""Dashboard pages of the TUF repository: the factory's keys and roots, and the key changes that
+wait for offline signatures (sign with an uploaded key archive, abandon, renew the root)."""
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.views.decorators.http import require_POST, require_safe
+from django_htmx.http import HttpResponseClientRedirect
+
+from factory.auth import factory_view
+from factory.errors import ApplicationError
+from factory.forms import KeyChangeSignForm
+from factory.views import add_service_error, render_page, service_error_status
+
+from . import selectors as tuf_selectors
+from . import services as tuf_services
+
+@require_safe
+@factory_view("view")
+def keys_page(request):
+    return _keys(request)
+
+
+def _keys(request, *, sign_form=None, status=200):
+    factory = request.factory
+    change = tuf_selectors.root_change_pending(factory=factory)
+    keys = tuf_selectors.key_list(factory=factory)
+    offline_targets = [k for k in keys if k["role"] == "targets" and not k["online"] and not k["retired_at"]]
+    return render_page(
+        request,
+        "factory/keys.html",
+        {
+            "summary": tuf_selectors.repository_summary(factory=factory),
+            "keys": keys,
+            # The last offline targets key cannot be retired: offer the button only where it can work.
+            "retirable": {k["keyid"] for k in offline_targets} if len(offline_targets) > 1 else set(),
+            "change": change,
+            "documents": tuf_selectors.root_change_payloads(change=change) if change else [],
+            "sign_form": sign_form or KeyChangeSignForm(),
+        },
+        title="TUF keys",
+        section="keys",
+        status=status,
+    )
+
+
+def _back_to_keys(request):
+    url = reverse("keys")
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _change_message(request, change, done):
+    if change.status == change.Status.APPLIED:
+        messages.success(request, f"{done} A new root version is published.")
+    else:
+        messages.info(request, f"{done} The key change waits for offline signatures: see what each document still needs below.")
+
+
+@require_POST
+@factory_view("keys.manage")
+def key_retire(request, keyid):
+    try:
+        change = tuf_services.offline_key_retire(factory=request.factory, actor=request.user, keyid=keyid)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        _change_message(request, change, f"Offline key {change.details['keyid'][:16]}… is leaving the roots.")
+    return _back_to_keys(request)
+
+
+@require_POST
+@factory_view("keys.manage")
+def key_change_sign(request):
+    form = KeyChangeSignForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _keys(request, sign_form=form, status=400)
+    try:
+        change = tuf_services.root_change_sign_with_archive(factory=request.factory, actor=request.user, key_archive=form.cleaned_data["key_archive"])
+    except ApplicationError as error:
+        add_service_error(form, error, {"key_archive": "key_archive", "invalid": "key_archive"})
+        return _keys(request, sign_form=form, status=service_error_status(error))
+    _change_message(request, change, "Signatures added.")
+    return _back_to_keys(request)
+
+
+@require_POST
+@factory_view("keys.manage")
+def key_change_abandon(request):
+    try:
+        tuf_services.root_change_abandon(factory=request.factory, actor=request.user)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, "The pending key change is abandoned; the roots are as they were.")
+    return _back_to_keys(request)
+
+
+@require_POST
+@factory_view("keys.manage")
+def root_renew(request):
+    try:
+        change = tuf_services.root_renew(factory=request.factory, actor=request.user)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        _change_message(request, change, "The root is renewed for another year.")
+    return _back_to_keys(request)
