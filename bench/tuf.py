@@ -30,7 +30,7 @@ from django.utils import timezone  # noqa: E402
 
 from devices.services import device_create  # noqa: E402
 from factory.services import ci_build_publish, factory_create, factory_purge  # noqa: E402
-from factory.tuf import selectors as tuf_selectors  # noqa: E402
+from waves import served_views  # noqa: E402
 from factory.tuf import services as tuf  # noqa: E402
 from factory.tuf.models import TufRoot, TufView  # noqa: E402
 from factory.tuf.tasks import tuf_views_refresh  # noqa: E402
@@ -89,7 +89,7 @@ def run(factory):
         if i < RUNS - 1:
             _, ms = timed(lambda: wave_cancel(wave=wave, actor=actor))
             cancels.append(ms)
-    targets_count = len(tuf_selectors.device_targets(device=_device(factory, TAG, staged_in=wave, actor=actor)))
+    targets_count = len(served_views.device_targets(device=_device(factory, TAG, staged_in=wave, actor=actor)))
     _, complete_ms = timed(lambda: wave_complete(wave=wave, actor=actor))
     line("wave init (build targets, online signature)", f"{statistics.median(inits):8.1f} ms")
     line("wave sign (key archive: verify, append, publish the view)", f"{statistics.median(signs):8.1f} ms")
@@ -132,12 +132,12 @@ def run(factory):
     print("\nDevice poll after warm-up (timestamp.json, production device staged in an active wave):")
     device = _device(factory, tags[1], staged_in=wave, actor=actor)
     for filename in ("timestamp.json", "snapshot.json", "targets.json"):
-        tuf_selectors.device_metadata(device=device, filename=filename)
+        served_views.device_metadata(device=device, filename=filename)
     with CaptureQueriesContext(connection) as queries:
-        tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+        served_views.device_metadata(device=device, filename="timestamp.json")
     durations = []
     for _ in range(1000):
-        _, ms = timed(lambda: tuf_selectors.device_metadata(device=device, filename="timestamp.json"))
+        _, ms = timed(lambda: served_views.device_metadata(device=device, filename="timestamp.json"))
         durations.append(ms)
     line("queries per metadata request", f"{len(queries):8d}")
     line("time per metadata request (median, p99)", f"{statistics.median(durations):8.3f} ms  {sorted(durations)[989]:.3f} ms")

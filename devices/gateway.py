@@ -120,7 +120,7 @@ def _etag_matches(header, etag):
 
 
 def _device_metadata():
-    from factory.tuf.selectors import device_metadata
+    from waves.served_views import device_metadata
 
     return device_metadata
 

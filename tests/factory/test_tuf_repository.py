@@ -19,6 +19,7 @@ from factory.models import AuditEntry
 from factory.services import ci_build_publish
 from factory.tuf import keys as tuf_keys
 from factory.tuf import selectors as tuf_selectors
+from waves import expiry, served_views
 from factory.tuf import services as tuf
 from factory.tuf.models import EMPTY_TAG, TufKey, TufRepository, TufRoot, TufRootChange, TufView
 
@@ -202,7 +203,7 @@ def test_a_test_device_gets_the_ci_targets_for_its_tag(factory, builds, tmp_path
     client = TufDevice(device, tmp_path)
     targets = client.refresh()
     assert {t["version"] for t in targets.values()} == {40, 41, 42, 43}  # the CI view lists every build
-    assert tuf_selectors.target_names_for(device=device) == {"intel-corei7-64-lmp-43", "raspberrypi4-64-lmp-43"}
+    assert served_views.target_names_for(device=device) == {"intel-corei7-64-lmp-43", "raspberrypi4-64-lmp-43"}
     assert client.update() == 43  # the newest for its tag and hardware ID, downloaded and verified
     on_production_tag = make_device(factory, production=False, version=40)
     assert TufDevice(on_production_tag, tmp_path).update() == 42
@@ -218,13 +219,13 @@ def test_ci_targets_keep_the_newest_builds_of_each_tag(factory, settings):
     for version in range(10, 16):
         ci_build_publish(factory=factory, version=version, hardware_ids=HWIDS, tags=["busy"])
     device = make_device(factory, production=False, tag="busy")
-    versions = {int(n.rsplit("-", 1)[1]) for n in Metadata.from_bytes(tuf_selectors.device_metadata(device=device, filename="targets.json")[0]).signed.targets}
+    versions = {int(n.rsplit("-", 1)[1]) for n in Metadata.from_bytes(served_views.device_metadata(device=device, filename="targets.json")[0]).signed.targets}
     assert versions == {1, 13, 14, 15}  # the rare tag's only build survives the busy tag's
     # And the size limit wins over the count, dropping the oldest builds first.
     settings.BREAKWATER_TUF_CI_KEEP_BUILDS = 50
     settings.BREAKWATER_TUF_CI_TARGETS_MAX_BYTES = 3000
     ci_build_publish(factory=factory, version=16, hardware_ids=HWIDS, tags=["busy"])
-    data, _ = tuf_selectors.device_metadata(device=device, filename="targets.json")
+    data, _ = served_views.device_metadata(device=device, filename="targets.json")
     versions = {int(n.rsplit("-", 1)[1]) for n in Metadata.from_bytes(data).signed.targets}
     assert len(data) <= 3000 and 16 in versions and 1 not in versions
 
@@ -250,8 +251,8 @@ def test_metadata_requests_name_only_known_files(factory):
     device = make_device(factory, production=True)
     for filename in ("2.root.json", "0.root.json", "root.json", "../targets.json", "1.targets.json", "", "mirrors.json"):
         with pytest.raises(NotFound):
-            tuf_selectors.device_metadata(device=device, filename=filename)
-    data, etag = tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+            served_views.device_metadata(device=device, filename=filename)
+    data, etag = served_views.device_metadata(device=device, filename="timestamp.json")
     assert json.loads(data)["signed"]["_type"] == "timestamp" and etag.startswith('"')
 
 
@@ -401,21 +402,21 @@ def test_after_warm_up_a_poll_costs_one_query(factory, builds, bob, django_asser
     devices = [make_device(factory, production=True) for _ in range(3)] + [make_device(factory, production=False)]
     for device in devices:
         for filename in ("timestamp.json", "snapshot.json", "targets.json"):
-            tuf_selectors.device_metadata(device=device, filename=filename)
+            served_views.device_metadata(device=device, filename=filename)
     for device in devices:
         for filename in ("timestamp.json", "snapshot.json", "targets.json"):
             with django_assert_max_num_queries(1):
-                tuf_selectors.device_metadata(device=device, filename=filename)
+                served_views.device_metadata(device=device, filename=filename)
         with django_assert_max_num_queries(1):
-            tuf_selectors.target_names_for(device=device)
+            served_views.target_names_for(device=device)
 
 
 def test_stale_cache_entries_are_never_served(factory, builds, settings):
     """The cache may be shared and outlive a database (tests, restores): tokens make that safe."""
     device = make_device(factory, production=False)
-    first, _ = tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+    first, _ = served_views.device_metadata(device=device, filename="timestamp.json")
     ci_build_publish(factory=factory, version=43, hardware_ids=HWIDS, tags=[TAG])
-    second, _ = tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+    second, _ = served_views.device_metadata(device=device, filename="timestamp.json")
     assert first != second and Metadata.from_bytes(second).signed.version > Metadata.from_bytes(first).signed.version
 
 
@@ -423,7 +424,7 @@ def test_stale_cache_entries_are_never_served(factory, builds, settings):
 
 
 def test_the_expiry_monitor_warns_about_an_offline_root(factory, bob, settings):
-    assert tuf_selectors.expiring_targets(factory=factory) == []
+    assert expiry.expiring_targets(factory=factory) == []
     root_key = tuf_keys.key_generate()
     change = tuf.offline_key_add(factory=factory, actor=bob, role="root", public_key=root_key.public_key.to_dict())
     signatures = [
@@ -431,8 +432,8 @@ def test_the_expiry_monitor_warns_about_an_offline_root(factory, bob, settings):
         for p in tuf_selectors.root_change_payloads(change=change)
     ]
     tuf.root_change_sign(factory=factory, actor=bob, signatures=signatures)
-    assert tuf_selectors.expiring_targets(factory=factory) == []
-    [warning] = tuf_selectors.expiring_targets(factory=factory, within_days=400)
+    assert expiry.expiring_targets(factory=factory) == []
+    [warning] = expiry.expiring_targets(factory=factory, within_days=400)
     assert warning["kind"] == "root" and 360 <= warning["days_left"] <= 365 and "root version 2" in warning["message"]
     # An offline root is never renewed by the server.
     settings.BREAKWATER_TUF_ROOT_REFRESH_DAYS = 400
@@ -458,7 +459,7 @@ def test_devices_naming_new_tags_share_one_empty_view_and_never_reach_the_tag_li
     settings.BREAKWATER_TUF_MAX_TAGS = 2
     served = set()
     for tag in ("a", "b", "c", "d"):
-        data, _ = tuf_selectors.device_metadata(device=make_device(factory, production=True, tag=tag), filename="timestamp.json")
+        data, _ = served_views.device_metadata(device=make_device(factory, production=True, tag=tag), filename="timestamp.json")
         served.add(data)
     assert len(served) == 1  # one shared view, signed once
     assert list(TufView.objects.filter(factory=factory, kind="production").values_list("tag", flat=True)) == [EMPTY_TAG]

@@ -22,6 +22,7 @@ from factory.errors import ApplicationError
 from factory.services import ci_build_publish
 from factory.tuf import keys as tuf_keys
 from factory.tuf import selectors as tuf_selectors
+from waves import expiry, served_views
 from factory.tuf import services as tuf
 from factory.tuf.models import TufView
 from waves.models import Wave
@@ -91,7 +92,7 @@ def test_production_devices_get_production_targets_and_staged_ones_the_wave(fact
         if client in staged:
             assert client.update() == 42
     # The staged view serves the wave's targets bytes exactly.
-    served, _ = tuf_selectors.device_metadata(device=canary[0].device, filename="targets.json")
+    served, _ = served_views.device_metadata(device=canary[0].device, filename="targets.json")
     assert served == bytes(Wave.objects.get(pk=wave.pk).targets)
     # A device that joins a fully staged group later gets the wave too.
     late = next(c for c in production if c.device.group and c.device.group.name == "beta")
@@ -106,7 +107,7 @@ def test_production_devices_get_production_targets_and_staged_ones_the_wave(fact
     for client in production:
         client.refresh()
         assert versions_of(client) == {"41", "42"}
-    served, _ = tuf_selectors.device_metadata(device=ungrouped[1].device, filename="targets.json")
+    served, _ = served_views.device_metadata(device=ungrouped[1].device, filename="targets.json")
     assert served == bytes(Wave.objects.get(pk=wave.pk).targets)
     assert tuf_selectors.production_targets_version(factory=factory, tag=TAG) == 42
     assert tuf_selectors.production_targets_versions(factory=factory, tag=TAG) == [41, 42]
@@ -292,18 +293,18 @@ def test_signing_from_the_dashboard_leaves_no_key_material_anywhere(factory, bob
 
 
 def test_expiring_production_and_wave_targets_are_warned_about(factory, bob, archive, fleet):
-    assert tuf_selectors.expiring_targets(factory=factory) == []
+    assert expiry.expiring_targets(factory=factory) == []
     wave = make_wave(factory, bob, archive, "v41", 41, expires_days=10)
-    [warning] = tuf_selectors.expiring_targets(factory=factory)
+    [warning] = expiry.expiring_targets(factory=factory)
     assert warning["kind"] == "wave-targets" and warning["wave"] == "v41" and warning["days_left"] in (9, 10)
     assert "wave v41" in warning["message"] and not warning["expired"]
     wave_complete(wave=wave, actor=bob)
-    [warning] = tuf_selectors.expiring_targets(factory=factory)
+    [warning] = expiry.expiring_targets(factory=factory)
     assert warning["kind"] == "production-targets" and warning["tag"] == TAG and warning["version"] == 41
-    assert tuf_selectors.expiring_targets(factory=factory, within_days=5) == []
+    assert expiry.expiring_targets(factory=factory, within_days=5) == []
     # A newer wave with the default year of validity replaces them, and the warning goes away.
     wave_complete(wave=make_wave(factory, bob, archive, "v42", 42), actor=bob)
-    assert tuf_selectors.expiring_targets(factory=factory) == []
+    assert expiry.expiring_targets(factory=factory) == []
 
 
 def test_removing_an_offline_key_has_the_others_re_sign_production_targets(factory, bob, archive, fleet):
