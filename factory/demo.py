@@ -6,8 +6,9 @@ from devices.fleet import fleet_seed
 from devices.models import Device
 
 from .models import CiTarget, Factory, Membership, Role
-from .services import ci_build_publish, factory_create, user_create
-from .tuf.services import demo_offline_key
+from .services import user_create
+from .tuf.services.repository import ci_build_publish, factory_create
+from .tuf.services.root_changes import demo_offline_key
 
 DEMO_FACTORY = "demo"
 DEMO_TAG = "production"

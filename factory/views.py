@@ -20,7 +20,7 @@ from .forms import AuditFilterForm, KeyChangeSignForm, StatusForm
 from .models import AuditEntry, Membership
 from .selectors import status_cache_key
 from .tuf import selectors as tuf_selectors
-from .tuf import services as tuf_services
+from .tuf.services import root_changes
 
 PER_PAGE = 50
 
@@ -260,7 +260,7 @@ def _change_message(request, change, done):
 @factory_view("keys.manage")
 def key_retire(request, keyid):
     try:
-        change = tuf_services.offline_key_retire(factory=request.factory, actor=request.user, keyid=keyid)
+        change = root_changes.offline_key_retire(factory=request.factory, actor=request.user, keyid=keyid)
     except ApplicationError as error:
         messages.error(request, error.message)
     else:
@@ -275,7 +275,7 @@ def key_change_sign(request):
     if not form.is_valid():
         return _keys(request, sign_form=form, status=400)
     try:
-        change = tuf_services.root_change_sign_with_archive(factory=request.factory, actor=request.user, key_archive=form.cleaned_data["key_archive"])
+        change = root_changes.root_change_sign_with_archive(factory=request.factory, actor=request.user, key_archive=form.cleaned_data["key_archive"])
     except ApplicationError as error:
         add_service_error(form, error, {"key_archive": "key_archive", "invalid": "key_archive"})
         return _keys(request, sign_form=form, status=service_error_status(error))
@@ -287,7 +287,7 @@ def key_change_sign(request):
 @factory_view("keys.manage")
 def key_change_abandon(request):
     try:
-        tuf_services.root_change_abandon(factory=request.factory, actor=request.user)
+        root_changes.root_change_abandon(factory=request.factory, actor=request.user)
     except ApplicationError as error:
         messages.error(request, error.message)
     else:
@@ -299,7 +299,7 @@ def key_change_abandon(request):
 @factory_view("keys.manage")
 def root_renew(request):
     try:
-        change = tuf_services.root_renew(factory=request.factory, actor=request.user)
+        change = root_changes.root_renew(factory=request.factory, actor=request.user)
     except ApplicationError as error:
         messages.error(request, error.message)
     else:

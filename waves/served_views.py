@@ -14,7 +14,7 @@ from django.db.models import Exists, OuterRef
 from factory.errors import NotFound
 from factory.tuf import served
 from factory.tuf.models import Channel, TufView
-from factory.tuf.services import production_empty_view_ensure
+from factory.tuf.services.signed_views import production_empty_view_ensure
 
 from .models import Wave, WaveDevice, WaveGroup
 

@@ -1,22 +1,24 @@
-"""TUF repository reads: production targets facts, expiry warnings, keys and root changes, and
-the views due for re-signing. What devices are served is factory.tuf.served."""
+"""TUF repository reads: production targets facts, expiry warnings, roots, keys and root changes,
+and the views due for re-signing. What devices are served is factory.tuf.served."""
 import base64
 from datetime import timedelta
 
 from django.db.models import Q
 from django.utils import timezone
-from tuf.api.metadata import Targets
+from tuf.api.metadata import Root, Targets
 
 from factory.errors import NotFound
 
 from . import metadata as md
-from .models import EMPTY_TAG, Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
+from .lifetimes import ci_targets_margin, refresh_margin
+from .models import EMPTY_TAG, TufKey, TufRepository, TufRoot, TufRootChange, TufView
 
 
 # --- production targets facts ------------------------------------------------------------------
 
 
-def _production_targets(factory, tag):
+def production_targets_md(factory, tag):
+    """The tag's production targets as Metadata[Targets] (None while it serves the baseline)."""
     factory_id = getattr(factory, "pk", factory)
     data = (
         TufView.objects.filter(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=tag, baseline=False)
@@ -28,7 +30,7 @@ def _production_targets(factory, tag):
 
 def production_targets_versions(*, factory, tag):
     """Versions of the targets in the tag's production targets, ascending; [] if none."""
-    targets = _production_targets(factory, tag)
+    targets = production_targets_md(factory, tag)
     if targets is None:
         return []
     return sorted({v for v in (md.target_version(t) for t in targets.signed.targets.values()) if v is not None})
@@ -46,7 +48,7 @@ def production_targets_version(*, factory, tag):
 
 def production_targets(*, factory, tag):
     """[{name, version, hardware_ids, length, sha256}] of the tag's production targets."""
-    targets = _production_targets(factory, tag)
+    targets = production_targets_md(factory, tag)
     if targets is None:
         return []
     return sorted(
@@ -187,27 +189,71 @@ def root_change_pending(*, factory):
     return TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).first()
 
 
+def root_current(*, factory_id, channel):
+    """The newest root of a channel, as Metadata[Root]."""
+    row = TufRoot.objects.filter(factory_id=factory_id, channel=channel).order_by("-version").first()
+    if row is None:
+        raise NotFound("this factory has no TUF repository")
+    return md.parse(row.data, Root, "the stored root")
+
+
+def document_bytes(document):
+    """The signed metadata a root change document holds, as stored (base64 in the change's JSON)."""
+    return base64.b64decode(document["data"].encode())
+
+
+def document_md(document):
+    return md.parse(document_bytes(document), Root if document["kind"].startswith("root-") else Targets)
+
+
+def document_signers(change, document, repository):
+    """Key id -> Key of the keys that may sign `document`."""
+    if document["kind"].startswith("root-"):
+        channel = document["kind"][len("root-"):]
+        new_root = document_md(document).signed
+        previous = root_current(factory_id=change.factory_id, channel=channel).signed
+        keyids = set(previous.roles["root"].keyids) | set(new_root.roles["root"].keyids)
+        keys = {**previous.keys, **new_root.keys}
+        return {k: keys[k] for k in keyids}
+    production_root = document_md(next(d for d in change.documents if d["kind"] == "root-production")).signed
+    return {k: production_root.keys[k] for k in production_root.roles["targets"].keyids}
+
+
+def document_missing(change, document):
+    """Plain words for what the document still needs, or '' if it is complete."""
+    metadata = document_md(document)
+    if document["kind"].startswith("root-"):
+        channel = document["kind"][len("root-"):]
+        previous = root_current(factory_id=change.factory_id, channel=channel).signed
+        result = md.root_verification(metadata, previous)
+        if result.verified:
+            return ""
+        return "root keys " + ", ".join(sorted(k[:8] for k in result.unsigned))
+    production_root = document_md(next(d for d in change.documents if d["kind"] == "root-production")).signed
+    result = md.targets_verification(production_root, metadata)
+    if result.verified:
+        return ""
+    return f"{result.missing} more targets key signature(s)"
+
+
 def root_change_payloads(*, change):
     """What the pending change needs signed: [{document, payload (base64 of the canonical bytes
     to sign), keyids (keys that may sign it), missing (plain words; '' when complete)}]."""
-    from .services import _document_md, _document_missing, _document_signers
-
     repository = TufRepository.objects.get(factory_id=change.factory_id)
     out = []
     for document in change.documents:
-        metadata = _document_md(document)
+        metadata = document_md(document)
         out.append(
             {
                 "document": document["name"],
                 "kind": document["kind"],
                 "payload": base64.b64encode(metadata.signed_bytes).decode(),
-                "keyids": sorted(_document_signers(change, document, repository)),
+                "keyids": sorted(document_signers(change, document, repository)),
                 "signed_by": sorted(metadata.signatures),
-                "missing": _document_missing(change, document),
+                "missing": document_missing(change, document),
             }
         )
     return out
-
 
 
 # --- periodic re-signing -----------------------------------------------------------------------
@@ -215,8 +261,6 @@ def root_change_payloads(*, change):
 
 def views_due(*, now=None, limit=None):
     """Ids of the anchors (CI or production views) whose tag needs re-signing, soonest first."""
-    from .services import ci_targets_margin, refresh_margin
-
     now = now or timezone.now()
     soon = now + refresh_margin()
     due = (

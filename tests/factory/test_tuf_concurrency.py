@@ -9,10 +9,10 @@ from django.utils import timezone
 from tuf.api.metadata import Metadata
 
 from devices.services import device_create
-from factory.services import ci_build_publish
-from waves import served_views
-from factory.tuf import services as tuf
 from factory.tuf.models import EMPTY_TAG, TufView
+from factory.tuf.services import refresh
+from factory.tuf.services.repository import ci_build_publish
+from waves import served_views
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -46,7 +46,7 @@ def test_two_workers_refreshing_one_tag_sign_it_once(factory):
     served_views.device_metadata(device=device, filename="timestamp.json")
     anchor = TufView.objects.get(factory=factory, kind="production")
     later = timezone.now() + timedelta(hours=13)
-    results = run_at_once(6, lambda i: tuf.tag_views_refresh(anchor_id=anchor.pk, now=later))
+    results = run_at_once(6, lambda i: refresh.tag_views_refresh(anchor_id=anchor.pk, now=later))
     assert results.count(True) == 1
     refreshed = TufView.objects.get(pk=anchor.pk)
     assert refreshed.version == int(later.timestamp()) and refreshed.refresh_claimed_until is None

@@ -18,8 +18,8 @@ from tuf.ngclient import FetcherInterface, Updater
 from devices.http1 import PEER_CERTIFICATE
 from factory.artifacts import synthetic_artifact
 from factory.errors import NotFound
+from factory.tuf.services.root_changes import offline_key_generate
 from waves import served_views
-from factory.tuf.services import offline_key_generate
 
 BASE_URL = "https://gateway.test/repo/"
 TARGETS_URL = "https://gateway.test/targets/"
