@@ -1,14 +1,21 @@
 """A factory's live TUF keys: who may sign which role, online signers decrypted on demand, and
 the checks that offline signatures are real and enough."""
+from django.conf import settings
 from securesystemslib.signer import SSlibKey
 
+from factory.encryption import secret_decrypt, secret_encrypt
 from factory.errors import ApplicationError
 
 from .. import keys as tuf_keys
 from .. import metadata as md
 from ..models import Channel, TufKey
 
-ROLES = ("root", "targets", "snapshot", "timestamp")
+ROLES = tuf_keys.ROLES
+
+
+def private_encrypt(signer):
+    """An online key's private key as stored (TufKey.private_encrypted)."""
+    return secret_encrypt(signer.private_bytes, keys=settings.TUF_KEY_ENCRYPTION_KEY)
 
 
 class Keyring:
@@ -46,7 +53,8 @@ class Keyring:
                 self._signers[role] = None
             else:
                 key = SSlibKey.from_dict(row.keyid, dict(row.public))
-                self._signers[role] = tuf_keys.private_decrypt(row.private_encrypted, key)
+                pem = secret_decrypt(row.private_encrypted, keys=settings.TUF_KEY_ENCRYPTION_KEY, what="an online TUF key")
+                self._signers[role] = tuf_keys.signer_from_pem(pem, key)
         return self._signers[role]
 
     def online_signer(self, role):

@@ -20,7 +20,7 @@ from .. import keys as tuf_keys
 from .. import metadata as md
 from ..lifetimes import baseline_lifetime, root_lifetime
 from ..models import TufKey, TufRepository, TufRoot, TufView
-from .keyring import ROLES, Keyring, roots_build
+from .keyring import ROLES, Keyring, private_encrypt, roots_build
 from .signed_views import ci_targets_sign, ci_view_publish, next_version, view_sign
 
 
@@ -55,7 +55,7 @@ def repository_init(*, factory):
                 role=role,
                 keyid=signer.public_key.keyid,
                 public=signer.public_key.to_dict(),
-                private_encrypted=tuf_keys.private_encrypt(signer),
+                private_encrypted=private_encrypt(signer),
                 online=True,
             )
         keyring = Keyring(factory.id)
