@@ -28,7 +28,7 @@ from django.conf import settings  # noqa: E402
 
 from factory.models import Role  # noqa: E402
 from factory.services import api_token_create, user_create  # noqa: E402
-from factory.tuf.services import offline_key_generate  # noqa: E402
+from factory.tuf.services.root_changes import offline_key_generate  # noqa: E402
 from waves.models import Wave  # noqa: E402
 from waves.services import wave_cancel  # noqa: E402
 

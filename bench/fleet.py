@@ -42,7 +42,7 @@ def group_sizes(total, groups, big):
 
 def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9, version=41, stdout=sys.stdout):
     """Return the bench factory, loading `total` production devices on first use."""
-    from factory.services import ci_build_publish, factory_create
+    from factory.tuf.services.repository import ci_build_publish, factory_create
 
     assert connection.vendor == "postgresql", "benchmarks run on PostgreSQL: set DATABASE_URL"
     factory = Factory.objects.filter(name=BENCH_FACTORY).first()
@@ -90,7 +90,7 @@ def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9
 
 def bench_wave(factory, name="bench-wave", version=42):
     """The bench factory's active wave of `version`, signed with a freshly registered offline key."""
-    from factory.tuf.services import offline_key_generate
+    from factory.tuf.services.root_changes import offline_key_generate
     from waves.models import Wave
     from waves.services import wave_init, wave_sign
 

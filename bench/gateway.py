@@ -101,8 +101,8 @@ def fleet_setup(count, folder):
     from devices.selectors import device_ca_certificate
     from devices.services import device_group_create, devices_register
     from factory.models import Factory
-    from factory.services import ci_build_publish, factory_create
-    from factory.tuf.services import offline_key_generate
+    from factory.tuf.services.repository import ci_build_publish, factory_create
+    from factory.tuf.services.root_changes import offline_key_generate
     from waves.models import Wave
     from waves.services import wave_init, wave_rollout, wave_sign
 

@@ -44,7 +44,7 @@ UPDATE devices_device d SET target_version = %(version)s, target_name = d.hardwa
 
 def fresh_wave(factory):
     """A new active wave on the bench tag (an earlier run's open wave is canceled first)."""
-    from factory.tuf.services import offline_key_generate
+    from factory.tuf.services.root_changes import offline_key_generate
 
     for open_wave in Wave.objects.filter(factory=factory, tag=BENCH_TAG, status__in=Wave.OPEN_STATUSES):
         wave_cancel(wave=open_wave, actor=None)

@@ -58,7 +58,7 @@ def _run(work):
     from devices.fleet import fleet_seed
     from devices.models import Device
     from factory.models import Factory
-    from factory.services import ci_build_publish, factory_create
+    from factory.tuf.services.repository import ci_build_publish, factory_create
 
     factory = Factory.objects.filter(name=FACTORY).first()
     if factory is None:

@@ -170,8 +170,9 @@ def soak_setup(devices, run_name):
     tasks stop following them (a day later, as for any finished wave)."""
     from devices.fleet import fleet_seed
     from factory.models import Role
-    from factory.services import api_token_create, ci_build_publish, factory_create, user_create
-    from factory.tuf.services import offline_key_generate
+    from factory.services import api_token_create, user_create
+    from factory.tuf.services.repository import ci_build_publish, factory_create
+    from factory.tuf.services.root_changes import offline_key_generate
     from waves.models import Wave
     from waves.services import wave_cancel, wave_init, wave_sign
 

@@ -29,11 +29,12 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from devices.services import device_create  # noqa: E402
-from factory.services import ci_build_publish, factory_create, factory_purge  # noqa: E402
-from factory.tuf import selectors as tuf_selectors  # noqa: E402
-from factory.tuf import services as tuf  # noqa: E402
+from factory.services import factory_purge  # noqa: E402
 from factory.tuf.models import TufRoot, TufView  # noqa: E402
+from factory.tuf.services import keyring as tuf_keyring, root_changes, signed_views  # noqa: E402
+from factory.tuf.services.repository import ci_build_publish, factory_create  # noqa: E402
 from factory.tuf.tasks import tuf_views_refresh  # noqa: E402
+from waves import served_views  # noqa: E402
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout, wave_sign  # noqa: E402
 
 TAG = "production"
@@ -70,7 +71,7 @@ def run(factory):
 
     user_create(username=f"{factory.name}-rm", factory=factory, role=Role.RELEASE_MANAGER)
     actor = get_user_model().objects.get(username=f"{factory.name}-rm")
-    archive = tuf.offline_key_generate(factory=factory, actor=actor)
+    archive = root_changes.offline_key_generate(factory=factory, actor=actor)
     hwids = [f"board-{i:03d}" for i in range(HWIDS_PER_BUILD)]
     _, publish_ms = timed(lambda: ci_build_publish(factory=factory, version=1, hardware_ids=hwids, tags=[TAG]))
     ci_build_publish(factory=factory, version=2, hardware_ids=hwids, tags=[TAG])
@@ -89,7 +90,7 @@ def run(factory):
         if i < RUNS - 1:
             _, ms = timed(lambda: wave_cancel(wave=wave, actor=actor))
             cancels.append(ms)
-    targets_count = len(tuf_selectors.device_targets(device=_device(factory, TAG, staged_in=wave, actor=actor)))
+    targets_count = len(served_views.device_targets(device=_device(factory, TAG, staged_in=wave, actor=actor)))
     _, complete_ms = timed(lambda: wave_complete(wave=wave, actor=actor))
     line("wave init (build targets, online signature)", f"{statistics.median(inits):8.1f} ms")
     line("wave sign (key archive: verify, append, publish the view)", f"{statistics.median(signs):8.1f} ms")
@@ -101,7 +102,7 @@ def run(factory):
     # 100 tags, one with an active wave: the periodic refresh re-signs them all.
     tags = [f"tag-{i:03d}" for i in range(TAGS - 1)]
     for tag in tags:
-        tuf.production_view_ensure(factory_id=factory.id, tag=tag)
+        signed_views.production_view_ensure(factory_id=factory.id, tag=tag)
     wave = wave_sign(wave=wave_init(factory=factory, actor=actor, name="refresh-wave", version=2, tag=tags[0], source_tag=TAG), actor=actor, key_archive=archive)
     anchors = TufView.objects.filter(factory=factory, kind="production").count()
     views = TufView.objects.filter(factory=factory).exclude(kind="ci").count()
@@ -115,9 +116,9 @@ def run(factory):
         line(f"round {round_ + 1}: tags re-signed (all factories)", f"{factory_tags:8d}")
         line(f"round {round_ + 1}: wall time, per tag", f"{ms:8.1f} ms  {ms / max(1, signed):6.2f} ms/tag  {len(queries) / max(1, signed):5.1f} queries/tag")
     wave_cancel(wave=wave, actor=actor)
-    keyring = tuf.Keyring(factory.id)
+    keyring = tuf_keyring.Keyring(factory.id)
     view = TufView.objects.get(factory=factory, kind="production", tag=tags[1])
-    durations = [timed(lambda: tuf._view_sign(view, keyring, version=view.version + 1, now=timezone.now()))[1] for _ in range(200)]
+    durations = [timed(lambda: signed_views.view_sign(view, keyring, version=view.version + 1, now=timezone.now()))[1] for _ in range(200)]
     line("signing CPU alone: snapshot + timestamp of one view (median)", f"{statistics.median(durations):8.3f} ms")
 
     print("\nMetadata bytes per view:")
@@ -132,12 +133,12 @@ def run(factory):
     print("\nDevice poll after warm-up (timestamp.json, production device staged in an active wave):")
     device = _device(factory, tags[1], staged_in=wave, actor=actor)
     for filename in ("timestamp.json", "snapshot.json", "targets.json"):
-        tuf_selectors.device_metadata(device=device, filename=filename)
+        served_views.device_metadata(device=device, filename=filename)
     with CaptureQueriesContext(connection) as queries:
-        tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+        served_views.device_metadata(device=device, filename="timestamp.json")
     durations = []
     for _ in range(1000):
-        _, ms = timed(lambda: tuf_selectors.device_metadata(device=device, filename="timestamp.json"))
+        _, ms = timed(lambda: served_views.device_metadata(device=device, filename="timestamp.json"))
         durations.append(ms)
     line("queries per metadata request", f"{len(queries):8d}")
     line("time per metadata request (median, p99)", f"{statistics.median(durations):8.3f} ms  {sorted(durations)[989]:.3f} ms")
@@ -146,7 +147,7 @@ def run(factory):
 def _device(factory, tag, *, staged_in, actor):
     device = device_create(factory=factory, uuid=uuid.uuid4(), name=f"bench-{uuid.uuid4().hex[:6]}", tag=tag, is_production=True, hardware_id="board-000")
     wave_rollout(wave=staged_in, actor=actor, uuids=str(device.uuid))
-    tuf.views_changed(factory=factory, tag=tag)
+    signed_views.views_changed(factory=factory, tag=tag)
     return device
 
 

@@ -11,12 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
+from factory.encryption import secret_decrypt, secret_encrypt
 from factory.errors import ApplicationError
 
 PRODUCTION = "production"
@@ -36,23 +36,14 @@ def _now():
     return datetime.now(timezone.utc)
 
 
-def _fernet():
-    # The same key list as the TUF keys' (factory.tuf.keys): during a rotation ("new,old") every
-    # process encrypts with the first key and decrypts with any of them.
-    keys = [k.strip() for k in str(settings.TUF_KEY_ENCRYPTION_KEY).split(",") if k.strip()]
-    return MultiFernet([Fernet(k.encode()) for k in keys])
-
-
 def key_encrypt(private_key):
+    # The same key list as the online TUF keys': one rotation covers both.
     pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return _fernet().encrypt(pem)
+    return secret_encrypt(pem, keys=settings.TUF_KEY_ENCRYPTION_KEY)
 
 
 def key_decrypt(blob):
-    try:
-        pem = _fernet().decrypt(bytes(blob))
-    except InvalidToken:
-        raise ApplicationError("a stored private key cannot be decrypted: the key encryption key changed") from None
+    pem = secret_decrypt(blob, keys=settings.TUF_KEY_ENCRYPTION_KEY, what="a stored private key")
     return serialization.load_pem_private_key(pem, password=None)
 
 

@@ -125,5 +125,3 @@ class CiTarget(models.Model):
     def __str__(self):
         return self.name
 
-
-from .tuf.models import *  # noqa

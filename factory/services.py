@@ -1,16 +1,18 @@
-"""Writes for factories, members, API tokens, the audit log and CI builds."""
+"""Writes for members, API tokens and the audit log.
+
+A factory is created with its TUF repository and CI builds are published into it by
+factory.tuf.services.repository, above this module: tenancy knows nothing of TUF."""
 import hashlib
-import json
 import secrets
 from contextlib import contextmanager
 
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from .auth import actor_name, authorize
-from .errors import ApplicationError, Conflict
-from .models import ApiToken, AuditEntry, CiTarget, Factory, Membership, Role
+from .errors import ApplicationError
+from .models import ApiToken, AuditEntry, Factory, Membership, Role
 from .names import name_clean
 
 TOKEN_PREFIX = "bw"
@@ -56,25 +58,6 @@ def factory_purge(*, factory):
         with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
             cursor.execute(f"DELETE FROM {AuditEntry._meta.db_table} WHERE factory_id = %s", [factory.pk])
         Factory.objects.filter(pk=factory.pk).delete()
-
-
-def factory_create(*, name, actor=None):
-    from django.core.validators import validate_slug
-    from django.core.exceptions import ValidationError
-
-    try:
-        validate_slug(name)
-    except ValidationError:
-        raise ApplicationError(f"factory name {name!r} may only contain letters, digits, '-' and '_'") from None
-    with transaction.atomic():
-        if Factory.objects.filter(name=name).exists():
-            raise Conflict(f"factory {name} already exists")
-        factory = Factory.objects.create(name=name)
-        from .tuf.services import repository_init
-
-        repository_init(factory=factory)
-        audit_record(factory=factory, actor=actor, action="factory.create", target=name)
-    return factory
 
 
 def user_create(*, username, factory, role, password=None, actor=None):
@@ -139,90 +122,3 @@ def api_token_authenticate(plain):
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token
-
-
-CUSTOM_MAX_BYTES = 64 * 1024
-CUSTOM_MAX_DEPTH = 32
-
-
-def _custom_check(value, path="custom", depth=0):
-    """`custom` is copied into every target of the build, signed as canonical JSON (which has no
-    fractional numbers) and stored in PostgreSQL (which cannot hold NUL characters)."""
-    if depth > CUSTOM_MAX_DEPTH:
-        raise ApplicationError(f"custom is nested more than {CUSTOM_MAX_DEPTH} levels deep")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _custom_check(key, f"{path} key", depth + 1)
-            _custom_check(item, f"{path}.{str(key)[:40]}", depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _custom_check(item, f"{path}[{index}]", depth + 1)
-    elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
-            raise ApplicationError(f"{path}: text must be valid Unicode") from None
-        if "\x00" in value:
-            raise ApplicationError(f"{path}: text may not contain NUL characters")
-    elif isinstance(value, float):
-        raise ApplicationError(f"{path}: {value!r} is not an integer; signed TUF metadata has no fractional numbers (send it as a string)")
-    elif value is not None and not isinstance(value, (bool, int)):
-        raise ApplicationError(f"{path}: only text, integers, true/false, null, lists and objects are allowed")
-
-
-def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, targets=None, custom=None):
-    """Publish CI build `version`: one target per hardware ID, named <hwid>-lmp-<version>.
-
-    `targets` optionally maps hardware ID -> {"sha256", "length"} for real artifacts; without it
-    the demo's synthetic artifact for that target is used, so devices can download and verify it.
-    """
-    from .artifacts import synthetic_artifact
-
-    authorize(user=actor, factory=factory, action="targets.publish")
-    try:
-        version = int(version)
-    except (TypeError, ValueError):
-        raise ApplicationError(f"version {version!r} is not an integer") from None
-    if version < 1:
-        raise ApplicationError("version must be a positive integer")
-    hardware_ids = sorted({h.strip() for h in hardware_ids if h and h.strip()})
-    tags = sorted({t.strip() for t in tags if t and t.strip()})
-    if not hardware_ids:
-        raise ApplicationError("a CI build needs at least one hardware ID")
-    if not tags:
-        raise ApplicationError("a CI build needs at least one tag")
-    if custom is not None:
-        if not isinstance(custom, dict):
-            raise ApplicationError("custom must be an object")
-        _custom_check(custom)
-        if len(json.dumps(custom, ensure_ascii=False).encode()) > CUSTOM_MAX_BYTES:
-            raise ApplicationError(f"custom is larger than {CUSTOM_MAX_BYTES // 1024} KiB; it is copied into every target of the build")
-    targets = targets or {}
-    created = []
-    try:
-        with transaction.atomic():
-            for hwid in hardware_ids:
-                name = f"{hwid}-lmp-{version}"
-                if hwid in targets:
-                    sha256, length = targets[hwid]["sha256"], int(targets[hwid]["length"])
-                else:
-                    blob = synthetic_artifact(factory.name, name)
-                    sha256, length = hashlib.sha256(blob).hexdigest(), len(blob)
-                created.append(
-                    CiTarget.objects.create(
-                        factory=factory,
-                        name=name,
-                        version=version,
-                        hardware_id=hwid,
-                        sha256=sha256,
-                        length=length,
-                        custom={**(custom or {}), "version": str(version), "hardwareIds": [hwid], "tags": tags, "name": f"{hwid}-lmp"},
-                    )
-                )
-            from .tuf.services import ci_view_publish
-
-            ci_view_publish(factory=factory)
-            audit_record(factory=factory, actor=actor, action="targets.publish", target=str(version), details={"hardware_ids": hardware_ids, "tags": tags})
-    except IntegrityError:
-        raise Conflict(f"CI build {version} already has a target for one of {', '.join(hardware_ids)}") from None
-    return created

@@ -6,7 +6,8 @@ import pytest
 from django.db import connection
 
 from factory.models import Role
-from factory.services import factory_create, user_create
+from factory.services import user_create
+from factory.tuf.services.repository import factory_create
 
 
 def pytest_collection_modifyitems(config, items):

@@ -22,10 +22,11 @@ from devices.services import registration_token_create
 from factory.project.api import api
 from factory.auth import PERMISSIONS
 from factory.models import Role
-from factory.services import api_token_create, ci_build_publish, factory_create, user_create
+from factory.services import api_token_create, user_create
 from factory.tuf import selectors as tuf_selectors
-from factory.tuf import services as tuf_services
 from factory.tuf.keys import key_generate, payload_sign
+from factory.tuf.services import root_changes
+from factory.tuf.services.repository import ci_build_publish, factory_create
 from tests.tuf_helpers import offline_targets_key
 from waves import devicelists, plans
 from waves.services import wave_init, wave_rollout, wave_sign
@@ -44,7 +45,7 @@ def pending_root_change(world):
     """A new root key waiting for its own signature (the server cannot sign for it)."""
     signer = key_generate()
     public = {k: v for k, v in signer.public_key.to_dict().items() if k in ("keytype", "scheme", "keyval")}
-    change = tuf_services.offline_key_add(factory=world["factory"], actor=world["bob"], role="root", public_key=public)
+    change = root_changes.offline_key_add(factory=world["factory"], actor=world["bob"], role="root", public_key=public)
     world["change_signatures"] = [
         {"document": p["document"], **payload_sign(signer, base64.b64decode(p["payload"]))}
         for p in tuf_selectors.root_change_payloads(change=change)
@@ -54,7 +55,7 @@ def pending_root_change(world):
 
 def second_offline_key(world):
     """A second offline targets key, which can be retired at once (nothing relies on it alone)."""
-    change = tuf_services.offline_key_add(factory=world["factory"], actor=world["bob"], role="targets", public_key=new_public_key())
+    change = root_changes.offline_key_add(factory=world["factory"], actor=world["bob"], role="targets", public_key=new_public_key())
     world["retire_keyid"] = change.details["keyid"]
 
 

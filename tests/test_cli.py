@@ -19,9 +19,10 @@ from devices.fleet import fleet_load_for_benchmark
 from devices.models import Device, DeviceEvent, DeviceGroup, RegistrationToken
 from factory.cli.main import main
 from factory.models import CiTarget
-from factory.services import api_token_create, ci_build_publish
+from factory.services import api_token_create
 from factory.tuf.keys import key_archive_read, key_archive_write, key_generate
 from factory.tuf.models import TufKey
+from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from waves.models import SavedDeviceList, Wave, WaveDevice
 

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from devices.fleet import fleet_load_for_benchmark
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.test_cli import cli, env, fast_passwords, tokens  # noqa: F401  (fixtures)
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.plan_devices import Fleet

@@ -13,8 +13,9 @@ from django.utils import timezone
 from devices.fleet import fleet_load_for_benchmark
 from devices.models import Device
 from factory.cli.main import main
-from factory.services import api_token_create, ci_build_publish
+from factory.services import api_token_create
 from factory.tuf import selectors as tuf_selectors
+from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from waves.models import Wave, WaveDevice, WaveGroup
 

@@ -33,12 +33,8 @@ from devices.gateway_identity import gateway_identity_get
 from devices.models import Device
 from devices.services import registration_token_create
 from factory.models import Role
-from factory.services import (
-    api_token_create,
-    ci_build_publish,
-    factory_create,
-    user_create,
-)
+from factory.services import api_token_create, user_create
+from factory.tuf.services.repository import ci_build_publish, factory_create
 from tests.processes import database_url, free_port
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, make_wave

@@ -1,5 +1,5 @@
 """Test helpers for TUF keys: a user's personal offline targets key, registered with the factory."""
-from factory.tuf.services import offline_key_generate
+from factory.tuf.services.root_changes import offline_key_generate
 
 
 def offline_targets_key(*, factory, actor):

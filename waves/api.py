@@ -12,9 +12,8 @@ from factory.api_support import actor_scope, responses
 from factory.errors import ApplicationError
 from factory.errors import NotFound
 from factory.schemas import FactoryName, PageNumber, Text
-from factory.tuf import selectors as tuf_selectors
 
-from . import devicelists, selectors, services
+from . import devicelists, expiry, selectors, services
 from .models import SavedDeviceList
 from .schemas import (
     DeviceListIn,
@@ -262,7 +261,7 @@ def factory_status(request, factory: FactoryName, offline_threshold: ThresholdHo
         "offline_threshold_hours": offline_threshold or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS,
         "tags": [{**t, "versions": _versions(t["versions"])} for t in tags],
         "active_waves": [wave_out(w) for w in active],
-        "warnings": tuf_selectors.expiring_targets(factory=factory_obj),
+        "warnings": expiry.expiring_targets(factory=factory_obj),
     }
 
 

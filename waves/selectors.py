@@ -18,6 +18,8 @@ from devices.models import Device, DeviceGroup
 from factory.errors import ApplicationError, NotFound
 from factory.models import CiTarget
 from factory.selectors import status_cache_key
+from factory.tuf import selectors as tuf_selectors
+from factory.tuf.services import wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
 
@@ -63,9 +65,7 @@ def wave_list(*, factory, status=None, tag=None, page=1, per_page=20):
 
 
 def wave_signing_payload(wave):
-    from factory.tuf import services as tuf
-
-    return tuf.wave_signing_payload(bytes(wave.targets))
+    return wave_targets.wave_signing_payload(bytes(wave.targets))
 
 
 def wave_show(*, wave):
@@ -219,8 +219,6 @@ def wave_status(*, wave, offline_threshold_hours=None):
 def factory_status(*, factory, offline_threshold_hours=None):
     """Per tag, production and test devices apart: latest target version, devices, on latest,
     online, and on orphan targets (a version that the tag's targets no longer list)."""
-    from factory.tuf import selectors as tuf_selectors
-
     cutoff = offline_cutoff(offline_threshold_hours)
     rows = (
         Device.objects.filter(factory=factory)

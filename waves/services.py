@@ -21,7 +21,7 @@ from factory.errors import ApplicationError, Conflict, NotFound
 from factory.models import CiTarget
 from factory.services import audit_record
 from factory.tuf import selectors as tuf_selectors
-from factory.tuf import services as tuf
+from factory.tuf.services import signed_views, wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
 from .selectors import offline_cutoff
@@ -132,9 +132,9 @@ def wave_init(
     if open_wave is not None:
         raise Conflict(f"wave {open_wave.name} is still {open_wave.status} on tag {tag}; complete or cancel it first")
     open_tags = Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES).values_list("tag", flat=True)
-    tuf.production_tag_admit(factory_id=factory.id, tag=tag, open_wave_tags=open_tags)
+    signed_views.production_tag_admit(factory_id=factory.id, tag=tag, open_wave_tags=open_tags)
 
-    targets = tuf.wave_targets_build(factory=factory, tag=tag, version=version, prune=prune, expires_at=expires, source_tag=source_tag)
+    targets = wave_targets.wave_targets_build(factory=factory, tag=tag, version=version, prune=prune, expires_at=expires, source_tag=source_tag)
     wave = Wave(
         factory=factory,
         name=name,
@@ -177,9 +177,9 @@ def wave_sign(*, wave, actor, signatures=None, key_archive=None):
         if wave.status != Wave.Status.UNSIGNED:
             raise Conflict(f"wave {wave.name} is {wave.status}; only an unsigned wave takes signatures")
         if key_archive:
-            payload = tuf.wave_signing_payload(bytes(wave.targets))
-            signatures = list(signatures or []) + tuf.key_archive_signatures(payload=payload, archive_bytes=key_archive)
-        targets, threshold_met = tuf.wave_signatures_add(factory=wave.factory, targets_bytes=bytes(wave.targets), signatures=signatures)
+            payload = wave_targets.wave_signing_payload(bytes(wave.targets))
+            signatures = list(signatures or []) + wave_targets.key_archive_signatures(payload=payload, archive_bytes=key_archive)
+        targets, threshold_met = wave_targets.wave_signatures_add(factory=wave.factory, targets_bytes=bytes(wave.targets), signatures=signatures)
         wave.targets = targets
         fields = ["targets"]
         if threshold_met:
@@ -188,7 +188,7 @@ def wave_sign(*, wave, actor, signatures=None, key_archive=None):
             fields += ["status", "activated_at"]
         wave.save(update_fields=fields)
         if threshold_met:
-            tuf.wave_view_publish(wave=wave)
+            wave_targets.wave_view_publish(wave=wave)
         audit_record(
             factory=wave.factory,
             actor=actor,
@@ -252,7 +252,7 @@ def _views_changed(wave):
     # and cache under it, and the new one commits with the staging, so no crash between the two
     # can leave gateways serving a cached "not staged" answer. Lock order as everywhere: the
     # wave's row, then the tag's views.
-    tuf.views_changed(factory=wave.factory, tag=wave.tag)
+    signed_views.views_changed(factory=wave.factory, tag=wave.tag)
 
 
 def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuids=None, dry_run=False, progress=None):
@@ -536,7 +536,7 @@ def wave_complete(*, wave, actor):
             raise Conflict(f"wave {wave.name} is already complete")
         if wave.status == Wave.Status.UNSIGNED:
             raise Conflict(f"wave {wave.name} is not signed yet; sign it before completing it")
-        tuf.production_targets_promote(wave=wave)
+        wave_targets.production_targets_promote(wave=wave)
         wave.status = Wave.Status.COMPLETE
         wave.finished_at = timezone.now()
         wave.finished_by = actor
@@ -557,7 +557,7 @@ def wave_cancel(*, wave, actor):
             raise Conflict(f"wave {wave.name} is already canceled")
         was_active = wave.status == Wave.Status.ACTIVE
         if was_active:
-            tuf.wave_view_drop(wave=wave)
+            wave_targets.wave_view_drop(wave=wave)
         wave.status = Wave.Status.CANCELED
         wave.finished_at = timezone.now()
         wave.finished_by = actor

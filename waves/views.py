@@ -27,6 +27,8 @@ from factory.downloads import attachment
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
 from factory.models import CiTarget
+from factory.tuf import selectors as tuf_selectors
+from factory.tuf.models import TufKey, TufRepository
 from factory.views import add_service_error, distinct_values, render_page, service_error_status
 
 from . import devicelists, rollout_jobs, selectors, services
@@ -87,8 +89,6 @@ def _factory_tags(factory):
 
 def _targets_facts(wave):
     """What the wave's signed targets say: each target, the expiry, and who signed."""
-    from factory.tuf.models import TufKey, TufRepository  # noqa: PLC0415
-
     if not wave.targets:
         return {"targets": [], "signatures": [], "expires": wave.expires_at, "threshold": None}
     document = json.loads(bytes(wave.targets))
@@ -181,8 +181,6 @@ def _create_form(request, data=None, files=None, initial=None):
     tag = (data or {}).get("tag") or (initial or {}).get("tag") or (tags[0] if tags else None)
     prune_choices = []
     if tag:
-        from factory.tuf import selectors as tuf_selectors  # noqa: PLC0415
-
         try:
             prune_choices = sorted(tuf_selectors.production_targets_versions(factory=factory, tag=tag), reverse=True)
         except ApplicationError:

@@ -5,9 +5,10 @@ from django.contrib.auth import get_user_model
 from devices.fleet import fleet_seed
 from devices.models import Device
 from factory.models import CiTarget, Factory, Membership, Role
-from factory.services import ci_build_publish, factory_create, user_create
+from factory.services import user_create
 from factory.tuf.selectors import production_targets_version
-from factory.tuf.services import demo_offline_key
+from factory.tuf.services.repository import ci_build_publish, factory_create
+from factory.tuf.services.root_changes import demo_offline_key
 from waves.models import Wave
 from waves.services import wave_complete, wave_init, wave_sign
 

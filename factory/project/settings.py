@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "template_partials",
     "ninja",  # serves the API docs page's Swagger UI from local static files, not a CDN
     "factory",
+    "factory.tuf",
     "devices",
     "waves",
     # The project package: the Celery app, and the management commands that run the processes.

@@ -26,10 +26,10 @@ from factory.schemas import (
     Text,
     Version,
 )
-from factory.services import ci_build_publish
+from .services.repository import ci_build_publish
 
 from . import selectors as tuf_selectors
-from . import services as tuf_services
+from .services import root_changes
 
 # --- CI builds and production targets -----------------------------------------------------------
 
@@ -174,7 +174,7 @@ def keys_offline_add(request, factory: FactoryName, payload: OfflineKeyIn):
     applied at once when the server can sign everything; otherwise it waits (status "pending") for
     the offline signatures listed in `documents`, sent to `/keys/change/sign`."""
     factory_obj, user = actor_scope(request)
-    change = tuf_services.offline_key_add(
+    change = root_changes.offline_key_add(
         factory=factory_obj, actor=user, role=payload.role, public_key=payload.public_key.dict(), threshold=payload.threshold
     )
     return _change_out(change)
@@ -187,13 +187,13 @@ def keys_offline_retire(request, factory: FactoryName, keyid: str):
     re-sign (status "pending"; `documents` say what each still needs). The factory's last offline
     targets key cannot be retired, nor can the root key (add a new one instead)."""
     factory_obj, user = actor_scope(request)
-    return _change_out(tuf_services.offline_key_retire(factory=factory_obj, actor=user, keyid=keyid))
+    return _change_out(root_changes.offline_key_retire(factory=factory_obj, actor=user, keyid=keyid))
 
 
 @keys.post("/keys/root/renew", response=responses(200, RootChangeOut), summary="Renew the root (same keys, a year more)")
 def keys_root_renew(request, factory: FactoryName):
     factory_obj, user = actor_scope(request)
-    return _change_out(tuf_services.root_renew(factory=factory_obj, actor=user))
+    return _change_out(root_changes.root_renew(factory=factory_obj, actor=user))
 
 
 def _pending(factory_obj):
@@ -212,12 +212,12 @@ def keys_change(request, factory: FactoryName):
 @keys.post("/keys/change/sign", response=responses(200, RootChangeOut), summary="Add offline signatures to the pending key change")
 def keys_change_sign(request, factory: FactoryName, payload: ChangeSignIn):
     factory_obj, user = actor_scope(request)
-    change = tuf_services.root_change_sign(factory=factory_obj, actor=user, signatures=[s.dict() for s in payload.signatures])
+    change = root_changes.root_change_sign(factory=factory_obj, actor=user, signatures=[s.dict() for s in payload.signatures])
     return _change_out(change)
 
 
 @keys.delete("/keys/change", response=responses(204, None), summary="Abandon the pending key change")
 def keys_change_abandon(request, factory: FactoryName):
     factory_obj, user = actor_scope(request)
-    tuf_services.root_change_abandon(factory=factory_obj, actor=user)
+    root_changes.root_change_abandon(factory=factory_obj, actor=user)
     return Status(204, None)

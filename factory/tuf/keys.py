@@ -1,4 +1,4 @@
-"""TUF keys: ed25519 generation, the .tgz key archive, encryption at rest, signing payloads.
+"""TUF keys: ed25519 generation, the .tgz key archive, signing payloads.
 
 Pure functions, shared by the server and the CLI. The archive holds
 `tufrepo/keys/<role>-<keyid>.pub` and `.sec` JSON files (the layout fioctl uses). Private key
@@ -12,7 +12,6 @@ import tarfile
 import time
 import zlib
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat, load_pem_private_key
 from securesystemslib.exceptions import FormatError, UnverifiedSignatureError
@@ -306,30 +305,3 @@ def archive_signatures(*, payload, archive_bytes, roles=("targets",)):
         return [payload_sign(signer, payload) for _, signer in signers]
     finally:
         signers.clear()
-
-
-# --- encryption at rest ----------------------------------------------------------------------
-
-
-def _fernet():
-    from django.conf import settings
-
-    # Several comma-separated keys allow rotation: the first encrypts, all of them decrypt.
-    keys = [k.strip() for k in str(settings.TUF_KEY_ENCRYPTION_KEY).split(",") if k.strip()]
-    if not keys:
-        raise ApplicationError("TUF_KEY_ENCRYPTION_KEY is not set")
-    return MultiFernet([Fernet(k.encode()) for k in keys])
-
-
-def private_encrypt(signer):
-    return _fernet().encrypt(signer.private_bytes)
-
-
-def private_decrypt(blob, public_key):
-    try:
-        pem = _fernet().decrypt(bytes(blob))
-    except InvalidToken:
-        raise ApplicationError(
-            "an online TUF key cannot be decrypted: BREAKWATER_KEY_ENCRYPTION_KEY differs from the one that encrypted it"
-        ) from None
-    return signer_from_pem(pem, public_key)

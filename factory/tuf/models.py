@@ -2,6 +2,8 @@
 devices are served, and root changes waiting for offline signatures.
 
 Metadata is stored as the exact bytes served: re-serialising is not guaranteed to be identical.
+The tables keep the names they had when these models belonged to the `factory` app
+(factory/migrations/0005_tuf_models_move.py), so existing databases keep their rows.
 """
 from django.conf import settings
 from django.db import models
@@ -37,6 +39,7 @@ class TufRepository(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "factory_tufrepository"
         verbose_name_plural = "TUF repositories"
 
     def __str__(self):
@@ -64,6 +67,7 @@ class TufKey(models.Model):
     retired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "factory_tufkey"
         constraints = [
             models.UniqueConstraint(fields=["factory", "keyid"], name="tufkey_factory_keyid_unique"),
             models.CheckConstraint(condition=Q(online=True) | Q(private_encrypted__isnull=True), name="tufkey_offline_has_no_private"),
@@ -85,6 +89,7 @@ class TufRoot(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "factory_tufroot"
         constraints = [models.UniqueConstraint(fields=["factory", "channel", "version"], name="tufroot_factory_channel_version_unique")]
 
     def __str__(self):
@@ -133,6 +138,7 @@ class TufView(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "factory_tufview"
         constraints = [
             models.UniqueConstraint(fields=["factory"], condition=Q(kind="ci"), name="tufview_one_ci_per_factory"),
             models.UniqueConstraint(fields=["factory", "tag"], condition=Q(kind="production"), name="tufview_one_production_per_tag"),
@@ -173,6 +179,7 @@ class TufRootChange(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "factory_tufrootchange"
         constraints = [
             models.UniqueConstraint(fields=["factory"], condition=Q(status="pending"), name="tufrootchange_one_pending_per_factory"),
         ]
@@ -180,5 +187,3 @@ class TufRootChange(models.Model):
     def __str__(self):
         return f"{self.action} ({self.status})"
 
-
-__all__ = ["EMPTY_TAG", "Channel", "TufKey", "TufRepository", "TufRoot", "TufRootChange", "TufView"]

@@ -1,212 +1,24 @@
-"""TUF repository reads: what each device is served, production targets facts, expiry warnings.
-
-Device resolution (certificate facts -> view) is cached. After warm-up a metadata request costs
-one indexed query (the tag's view tokens): staging decisions are cached under the tag's staging
-token and view bytes under the view's token, and both tokens are replaced whenever what they
-describe changes, so a stale entry is never read (even with a cache shared by every process).
-"""
+"""TUF repository reads: production targets facts, expiry warnings, roots, keys and root changes,
+and the views due for re-signing. What devices are served is factory.tuf.served."""
 import base64
-import re
-import time
 from datetime import timedelta
 
-from django.conf import settings
-from django.core.cache import cache
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Q
 from django.utils import timezone
-from tuf.api.metadata import Targets
+from tuf.api.metadata import Root, Targets
 
 from factory.errors import NotFound
 
 from . import metadata as md
-from .models import EMPTY_TAG, Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
-
-ROOT_FILE_RE = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
-VIEW_FILES = {"timestamp.json": "timestamp", "snapshot.json": "snapshot", "targets.json": "targets"}
-CACHE_PREFIX = "bw:tuf:"
-CACHE_SECONDS = 24 * 3600
-
-
-def _etag(digest):
-    return f'"{digest[:32]}"'
-
-
-# --- per-device resolution -------------------------------------------------------------------
-
-
-def _view_ref(device):
-    """(view id, view token, channel) of the view `device` is served."""
-    if not device.is_production:
-        row = TufView.objects.filter(factory_id=device.factory_id, kind=TufView.Kind.CI).values_list("id", "token").first()
-        if row is None:
-            raise NotFound("this factory has no TUF repository")
-        return row[0], row[1], Channel.CI
-    rows = _tag_view_rows(device.factory_id, device.tag)
-    production = next((r for r in rows if r["kind"] == TufView.Kind.PRODUCTION), None)
-    if production is None:
-        # The factory's first device on a tag nothing was released for: its one empty view.
-        from .services import production_empty_view_ensure
-
-        view = production_empty_view_ensure(factory_id=device.factory_id)
-        return view.id, view.token, Channel.PRODUCTION
-    wave = next((r for r in rows if r["kind"] == TufView.Kind.WAVE), None)
-    if wave is not None and _staged(device, wave["wave_id"], production["staging_token"]):
-        return wave["id"], wave["token"], Channel.PRODUCTION
-    return production["id"], production["token"], Channel.PRODUCTION
-
-
-_tag_views = {}
-# Devices name any tag they like, so the gateway's memory of tags is bounded: past this many the
-# oldest entry goes (a real tag evicted is read again; nothing else changes).
-TAG_VIEWS_MAX = 4096
-
-
-def _tag_view_rows(factory_id, tag):
-    """The view rows (id, kind, token, staging_token, wave_id) devices on `tag` are served from.
-
-    The tag's production view and wave view if it has them; if nothing was released for the
-    tag, the factory's shared empty view (tag EMPTY_TAG): whatever tag a device names, no view
-    or row is made for it. One query either way. Every device on the tag shares them. The
-    device gateway keeps them in process memory for
-    settings.BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS (about a second), which takes the one query
-    off nearly every poll; everywhere else (0, the default) they are read each time.
-    """
-    seconds = getattr(settings, "BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", 0)
-    key = (factory_id, tag)
-    if seconds > 0:
-        hit = _tag_views.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-    rows = list(
-        TufView.objects.filter(
-            factory_id=factory_id, tag__in=[tag, EMPTY_TAG], kind__in=[TufView.Kind.PRODUCTION, TufView.Kind.WAVE]
-        ).values("id", "kind", "token", "staging_token", "wave_id", "tag")
-    )
-    own = [r for r in rows if r["tag"] == tag]
-    if not any(r["kind"] == TufView.Kind.PRODUCTION for r in own):
-        own = [r for r in rows if r["tag"] == EMPTY_TAG and r["kind"] == TufView.Kind.PRODUCTION]
-    if seconds > 0 and own:
-        _tag_views.pop(key, None)
-        _tag_views[key] = (time.monotonic() + seconds, own)
-        while len(_tag_views) > TAG_VIEWS_MAX:
-            try:
-                _tag_views.pop(next(iter(_tag_views)), None)
-            except (RuntimeError, StopIteration):  # another thread changed it meanwhile
-                break
-    return own
-
-
-def _staged(device, wave_id, staging_token):
-    """Is the device staged in the wave, on its own or through a full-group rollout?"""
-    key = f"{CACHE_PREFIX}staged:{staging_token}:{wave_id}:{device.id}:{device.group_id or 0}"
-    staged = cache.get(key)
-    if staged is None:
-        from waves.models import Wave, WaveDevice, WaveGroup
-
-        query = Wave.objects.filter(pk=wave_id, status=Wave.Status.ACTIVE).annotate(
-            by_device=Exists(WaveDevice.objects.filter(wave=OuterRef("pk"), device_id=device.id)),
-            by_group=Exists(WaveGroup.objects.filter(wave=OuterRef("pk"), group_id=device.group_id)),
-        )
-        row = query.values_list("by_device", "by_group").first()
-        staged = bool(row and (row[0] or (device.group_id is not None and row[1])))
-        cache.set(key, staged, CACHE_SECONDS)
-    return staged
-
-
-def _view_file(view_id, token, field):
-    key = f"{CACHE_PREFIX}view:{token}:{field}"
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    row = TufView.objects.filter(pk=view_id).values_list(field, f"{field}_hash", "token").first()
-    if row is None:
-        # The view was dropped between the two reads (a wave canceled or completed): retry once.
-        raise _ViewGone()
-    value = (bytes(row[0]), _etag(row[1]))
-    cache.set(f"{CACHE_PREFIX}view:{row[2]}:{field}", value, CACHE_SECONDS)
-    return value
-
-
-class _ViewGone(Exception):
-    pass
-
-
-def device_metadata(*, device, filename):
-    """(bytes, etag) of `filename` ("N.root.json", "timestamp.json", "snapshot.json" or
-    "targets.json") in the view `device` is served. Raises NotFound for anything else.
-
-    `device` needs factory_id, is_production, tag, group_id and id.
-    """
-    match = ROOT_FILE_RE.match(filename or "")
-    if match:
-        channel = Channel.PRODUCTION if device.is_production else Channel.CI
-        row = TufRoot.objects.filter(factory_id=device.factory_id, channel=channel, version=int(match.group(1))).values_list("data").first()
-        if row is None:
-            raise NotFound(f"{filename} does not exist")
-        data = bytes(row[0])
-        return data, _etag(md.sha256(data))
-    field = VIEW_FILES.get(filename)
-    if field is None:
-        raise NotFound(f"{str(filename)[:80]} does not exist")
-    for _ in range(3):
-        view_id, token, _channel = _view_ref(device)
-        try:
-            return _view_file(view_id, token, field)
-        except _ViewGone:
-            _tag_views.pop((device.factory_id, device.tag), None)
-            continue
-    raise NotFound(f"{filename} is being re-signed; try again")
-
-
-def _targets_of_view(view_id, token):
-    key = f"{CACHE_PREFIX}names:{token}"
-    names = cache.get(key)
-    if names is None:
-        data, _ = _view_file(view_id, token, "targets")
-        targets = md.parse(data, Targets).signed.targets
-        names = {
-            name: {
-                "name": name,
-                "length": target.length,
-                "sha256": target.hashes.get("sha256", ""),
-                "version": md.target_version(target),
-                "tags": list((target.custom or {}).get("tags", []) if isinstance(target.custom, dict) else []),
-                "hardware_ids": list((target.custom or {}).get("hardwareIds", []) if isinstance(target.custom, dict) else []),
-            }
-            for name, target in targets.items()
-        }
-        cache.set(key, names, CACHE_SECONDS)
-    return names
-
-
-def device_targets(*, device):
-    """{target name: {name, length, sha256, version, tags, hardware_ids}} the device may fetch.
-
-    Test devices: the CI targets tagged with the device's tag. Production devices: every target
-    of their view (production or wave), which are all tagged with the device's tag.
-    """
-    for _ in range(3):
-        view_id, token, channel = _view_ref(device)
-        try:
-            targets = _targets_of_view(view_id, token)
-        except _ViewGone:
-            _tag_views.pop((device.factory_id, device.tag), None)
-            continue
-        if channel == Channel.CI:
-            targets = {name: t for name, t in targets.items() if device.tag in t["tags"]}
-        return targets
-    raise NotFound("the device's targets are being re-signed; try again")
-
-
-def target_names_for(*, device):
-    """Names of the target files `device` may download (the gateway checks requests against it)."""
-    return frozenset(device_targets(device=device))
+from .lifetimes import ci_targets_margin, refresh_margin
+from .models import EMPTY_TAG, TufKey, TufRepository, TufRoot, TufRootChange, TufView
 
 
 # --- production targets facts ------------------------------------------------------------------
 
 
-def _production_targets(factory, tag):
+def production_targets_md(factory, tag):
+    """The tag's production targets as Metadata[Targets] (None while it serves the baseline)."""
     factory_id = getattr(factory, "pk", factory)
     data = (
         TufView.objects.filter(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=tag, baseline=False)
@@ -218,7 +30,7 @@ def _production_targets(factory, tag):
 
 def production_targets_versions(*, factory, tag):
     """Versions of the targets in the tag's production targets, ascending; [] if none."""
-    targets = _production_targets(factory, tag)
+    targets = production_targets_md(factory, tag)
     if targets is None:
         return []
     return sorted({v for v in (md.target_version(t) for t in targets.signed.targets.values()) if v is not None})
@@ -236,7 +48,7 @@ def production_targets_version(*, factory, tag):
 
 def production_targets(*, factory, tag):
     """[{name, version, hardware_ids, length, sha256}] of the tag's production targets."""
-    targets = _production_targets(factory, tag)
+    targets = production_targets_md(factory, tag)
     if targets is None:
         return []
     return sorted(
@@ -268,15 +80,15 @@ def production_tags(*, factory):
 # --- expiry monitor ----------------------------------------------------------------------------
 
 
-def expiring_targets(*, factory, within_days=30):
+def expiring_targets(*, factory, within_days=30, waves=()):
     """Offline-signed metadata that expires within `within_days`, soonest first.
 
     Production and wave targets cannot be re-signed online, so these are warnings for people:
     [{kind, tag, wave, version, expires_at, days_left, expired, message}], kind being
     "production-targets", "wave-targets", "baseline-targets" or "root" (only while offline).
+    `waves` are the factory's open waves, whose targets are signed offline too:
+    [{name, tag, version, expires_at}] (waves.expiry.expiring_targets passes them).
     """
-    from waves.models import Wave
-
     now = timezone.now()
     horizon = now + timedelta(days=float(within_days))
     out = []
@@ -302,9 +114,10 @@ def expiring_targets(*, factory, within_days=30):
     ):
         add("production-targets", expires_at, _expiry_message(f"the production targets of tag {tag} (version {version})", expires_at, now,
             "complete a new wave on the tag to replace them"), tag=tag, version=version)  # fmt: skip
-    for name, tag, version, expires_at in Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES, expires_at__lt=horizon).values_list(
-        "name", "tag", "version", "expires_at"
-    ):
+    for wave in waves:
+        name, tag, version, expires_at = wave["name"], wave["tag"], wave["version"], wave["expires_at"]
+        if expires_at >= horizon:
+            continue
         add("wave-targets", expires_at, _expiry_message(f"the targets of wave {name} (tag {tag}, version {version})", expires_at, now,
             "complete it before then, or cancel it and start a new wave"), tag=tag, wave=name, version=version)  # fmt: skip
     repository = TufRepository.objects.filter(factory=factory).first()
@@ -376,27 +189,71 @@ def root_change_pending(*, factory):
     return TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).first()
 
 
+def root_current(*, factory_id, channel):
+    """The newest root of a channel, as Metadata[Root]."""
+    row = TufRoot.objects.filter(factory_id=factory_id, channel=channel).order_by("-version").first()
+    if row is None:
+        raise NotFound("this factory has no TUF repository")
+    return md.parse(row.data, Root, "the stored root")
+
+
+def document_bytes(document):
+    """The signed metadata a root change document holds, as stored (base64 in the change's JSON)."""
+    return base64.b64decode(document["data"].encode())
+
+
+def document_md(document):
+    return md.parse(document_bytes(document), Root if document["kind"].startswith("root-") else Targets)
+
+
+def document_signers(change, document, repository):
+    """Key id -> Key of the keys that may sign `document`."""
+    if document["kind"].startswith("root-"):
+        channel = document["kind"][len("root-"):]
+        new_root = document_md(document).signed
+        previous = root_current(factory_id=change.factory_id, channel=channel).signed
+        keyids = set(previous.roles["root"].keyids) | set(new_root.roles["root"].keyids)
+        keys = {**previous.keys, **new_root.keys}
+        return {k: keys[k] for k in keyids}
+    production_root = document_md(next(d for d in change.documents if d["kind"] == "root-production")).signed
+    return {k: production_root.keys[k] for k in production_root.roles["targets"].keyids}
+
+
+def document_missing(change, document):
+    """Plain words for what the document still needs, or '' if it is complete."""
+    metadata = document_md(document)
+    if document["kind"].startswith("root-"):
+        channel = document["kind"][len("root-"):]
+        previous = root_current(factory_id=change.factory_id, channel=channel).signed
+        result = md.root_verification(metadata, previous)
+        if result.verified:
+            return ""
+        return "root keys " + ", ".join(sorted(k[:8] for k in result.unsigned))
+    production_root = document_md(next(d for d in change.documents if d["kind"] == "root-production")).signed
+    result = md.targets_verification(production_root, metadata)
+    if result.verified:
+        return ""
+    return f"{result.missing} more targets key signature(s)"
+
+
 def root_change_payloads(*, change):
     """What the pending change needs signed: [{document, payload (base64 of the canonical bytes
     to sign), keyids (keys that may sign it), missing (plain words; '' when complete)}]."""
-    from .services import _document_md, _document_missing, _document_signers
-
     repository = TufRepository.objects.get(factory_id=change.factory_id)
     out = []
     for document in change.documents:
-        metadata = _document_md(document)
+        metadata = document_md(document)
         out.append(
             {
                 "document": document["name"],
                 "kind": document["kind"],
                 "payload": base64.b64encode(metadata.signed_bytes).decode(),
-                "keyids": sorted(_document_signers(change, document, repository)),
+                "keyids": sorted(document_signers(change, document, repository)),
                 "signed_by": sorted(metadata.signatures),
-                "missing": _document_missing(change, document),
+                "missing": document_missing(change, document),
             }
         )
     return out
-
 
 
 # --- periodic re-signing -----------------------------------------------------------------------
@@ -404,8 +261,6 @@ def root_change_payloads(*, change):
 
 def views_due(*, now=None, limit=None):
     """Ids of the anchors (CI or production views) whose tag needs re-signing, soonest first."""
-    from .services import ci_targets_margin, refresh_margin
-
     now = now or timezone.now()
     soon = now + refresh_margin()
     due = (

@@ -12,7 +12,7 @@ from factory.forms import KeyChangeSignForm
 from factory.views import add_service_error, render_page, service_error_status
 
 from . import selectors as tuf_selectors
-from . import services as tuf_services
+from .services import root_changes
 
 @require_safe
 @factory_view("view")
@@ -59,7 +59,7 @@ def _change_message(request, change, done):
 @factory_view("keys.manage")
 def key_retire(request, keyid):
     try:
-        change = tuf_services.offline_key_retire(factory=request.factory, actor=request.user, keyid=keyid)
+        change = root_changes.offline_key_retire(factory=request.factory, actor=request.user, keyid=keyid)
     except ApplicationError as error:
         messages.error(request, error.message)
     else:
@@ -74,7 +74,7 @@ def key_change_sign(request):
     if not form.is_valid():
         return _keys(request, sign_form=form, status=400)
     try:
-        change = tuf_services.root_change_sign_with_archive(factory=request.factory, actor=request.user, key_archive=form.cleaned_data["key_archive"])
+        change = root_changes.root_change_sign_with_archive(factory=request.factory, actor=request.user, key_archive=form.cleaned_data["key_archive"])
     except ApplicationError as error:
         add_service_error(form, error, {"key_archive": "key_archive", "invalid": "key_archive"})
         return _keys(request, sign_form=form, status=service_error_status(error))
@@ -86,7 +86,7 @@ def key_change_sign(request):
 @factory_view("keys.manage")
 def key_change_abandon(request):
     try:
-        tuf_services.root_change_abandon(factory=request.factory, actor=request.user)
+        root_changes.root_change_abandon(factory=request.factory, actor=request.user)
     except ApplicationError as error:
         messages.error(request, error.message)
     else:
@@ -98,7 +98,7 @@ def key_change_abandon(request):
 @factory_view("keys.manage")
 def root_renew(request):
     try:
-        change = tuf_services.root_renew(factory=request.factory, actor=request.user)
+        change = root_changes.root_renew(factory=request.factory, actor=request.user)
     except ApplicationError as error:
         messages.error(request, error.message)
     else:

@@ -24,7 +24,7 @@ def _migrate_latest():
 
 @pytest.mark.django_db(transaction=True)
 def test_the_move_keeps_every_certificate_both_ways():
-    from factory.services import factory_create
+    from factory.tuf.services.repository import factory_create
 
     factory = factory_create(name="acme")
     _migrate(BEFORE)

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from devices import pki
 from devices.models import Device, DeviceEvent
 from devices.services import device_ca_get, device_certificates_renew, device_delete
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 
 from .conftest import device_pool, wait_for, write_identity
 

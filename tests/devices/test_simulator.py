@@ -7,7 +7,7 @@ import pytest
 from devices.fleet import fleet_seed
 from devices.models import Device, DeviceEvent
 from devices.simulator import Keystore, Simulator, register, take_over
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from waves.selectors import wave_status
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout, wave_sign
 

@@ -64,7 +64,7 @@ def test_device_list_filters(client, dave, fleet, factory):
 
 @pytest.mark.django_db
 def test_device_list_active_wave_filter(client, dave, fleet, factory, bob):
-    from factory.services import ci_build_publish
+    from factory.tuf.services.repository import ci_build_publish
     from tests.tuf_helpers import offline_targets_key
     from waves.services import wave_cancel, wave_init, wave_rollout, wave_sign
 

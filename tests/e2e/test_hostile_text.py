@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 from devices.checkins import events_write
 from devices.fleet import fleet_seed
 from devices.models import Device
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from waves.services import wave_init, wave_rollout, wave_sign
 

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from devices.fleet import fleet_seed
 from devices.models import Device, DeviceEvent
 from devices.services import device_create
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from waves.models import SavedDeviceList, Wave, WaveDevice
 from waves.services import wave_init, wave_rollout, wave_sign

@@ -3,9 +3,9 @@ pending key change it starts, and signing that change with the remaining key's a
 import pytest
 from playwright.sync_api import expect
 
-from factory.services import ci_build_publish
 from factory.tuf import keys as tuf_keys
 from factory.tuf.models import TufKey
+from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from waves.services import wave_complete, wave_init, wave_sign
 

@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from devices.fleet import fleet_load_for_benchmark
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.plan_devices import Fleet
 from waves.models import PlanPhase, Rollout

@@ -6,7 +6,8 @@ import pytest
 from django.test import Client
 
 from factory.models import AuditEntry, CiTarget
-from factory.services import api_token_create, api_token_revoke, ci_build_publish
+from factory.services import api_token_create, api_token_revoke
+from factory.tuf.services.repository import ci_build_publish
 
 API = "/api/v1"
 

@@ -64,18 +64,18 @@ def test_a_bad_key_id_changes_nothing(as_user, factory, two_keys, keyid, status,
 
 
 def _sign(change, signer):
-    from factory.tuf import services as tuf
+    from factory.tuf.services import root_changes
 
     signatures = [
         {"document": p["document"], **tuf_keys.payload_sign(signer, base64.b64decode(p["payload"]))}
         for p in tuf_selectors.root_change_payloads(change=change)
         if signer.public_key.keyid in p["keyids"]
     ]
-    return tuf.root_change_sign(factory=change.factory, actor=change.created_by, signatures=signatures)
+    return root_changes.root_change_sign(factory=change.factory, actor=change.created_by, signatures=signatures)
 
 
 def test_the_root_key_the_last_offline_key_and_other_roles_are_refused(as_user, factory, bob, two_keys):  # noqa: F811
-    from factory.tuf import services as tuf
+    from factory.tuf.services import root_changes
 
     client = as_user("bob")
     before = unchanged(factory)
@@ -85,7 +85,7 @@ def test_the_root_key_the_last_offline_key_and_other_roles_are_refused(as_user, 
     # The root key goes offline: until that change is signed, no other change may begin.
     root_signer = tuf_keys.key_generate()
     public = {k: v for k, v in root_signer.public_key.to_dict().items() if k in ("keytype", "scheme", "keyval")}
-    change = tuf.offline_key_add(factory=factory, actor=bob, role="root", public_key=public)
+    change = root_changes.offline_key_add(factory=factory, actor=bob, role="root", public_key=public)
     busy = assert_error(client.post(f"keys/offline/{two_keys[0]}/retire"), 409, "conflict")
     assert "waiting for offline signatures" in busy["detail"]
     assert _sign(change, root_signer).status == "applied"

@@ -8,7 +8,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import ProtectedError
 
 from factory.models import AuditEntry, Factory
-from factory.services import audit_maintenance, audit_record, factory_create, factory_purge
+from factory.services import audit_maintenance, audit_record, factory_purge
+from factory.tuf.services.repository import factory_create
 
 TABLE = AuditEntry._meta.db_table
 

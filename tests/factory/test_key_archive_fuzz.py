@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from factory.errors import ApplicationError
 from factory.tuf import keys as tuf_keys
-from factory.tuf.services import key_archive_signatures
+from factory.tuf.services.wave_targets import key_archive_signatures
 from tests.waves.conftest import TAG, builds, offline_key  # noqa: F401  (fixtures)
 
 EXAMPLES = int(os.environ.get("BREAKWATER_FUZZ_EXAMPLES", "100"))

@@ -9,10 +9,10 @@ from django.utils import timezone
 from tuf.api.metadata import Metadata
 
 from devices.services import device_create
-from factory.services import ci_build_publish
-from factory.tuf import selectors as tuf_selectors
-from factory.tuf import services as tuf
 from factory.tuf.models import EMPTY_TAG, TufView
+from factory.tuf.services import refresh
+from factory.tuf.services.repository import ci_build_publish
+from waves import served_views
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -43,10 +43,10 @@ def run_at_once(count, work):
 
 def test_two_workers_refreshing_one_tag_sign_it_once(factory):
     device = device_create(factory=factory, uuid=uuid.uuid4(), name="p", tag="production", is_production=True)
-    tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+    served_views.device_metadata(device=device, filename="timestamp.json")
     anchor = TufView.objects.get(factory=factory, kind="production")
     later = timezone.now() + timedelta(hours=13)
-    results = run_at_once(6, lambda i: tuf.tag_views_refresh(anchor_id=anchor.pk, now=later))
+    results = run_at_once(6, lambda i: refresh.tag_views_refresh(anchor_id=anchor.pk, now=later))
     assert results.count(True) == 1
     refreshed = TufView.objects.get(pk=anchor.pk)
     assert refreshed.version == int(later.timestamp()) and refreshed.refresh_claimed_until is None
@@ -54,7 +54,7 @@ def test_two_workers_refreshing_one_tag_sign_it_once(factory):
 
 def test_devices_of_new_tags_polling_at_once_share_one_empty_view(factory):
     devices = [device_create(factory=factory, uuid=uuid.uuid4(), name=f"p{i}", tag=f"fresh-{i % 3}", is_production=True) for i in range(8)]
-    served = run_at_once(8, lambda i: tuf_selectors.device_metadata(device=devices[i], filename="timestamp.json")[0])
+    served = run_at_once(8, lambda i: served_views.device_metadata(device=devices[i], filename="timestamp.json")[0])
     assert list(TufView.objects.filter(factory=factory, kind="production").values_list("tag", flat=True)) == [EMPTY_TAG]
     assert len(set(served)) == 1
 

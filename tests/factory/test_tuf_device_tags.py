@@ -14,9 +14,10 @@ from django.utils import timezone
 from devices.fleet import fleet_seed
 from devices.models import Device
 from factory.errors import ApplicationError, Conflict
-from factory.services import ci_build_publish
-from factory.tuf import services as tuf
+from factory.tuf import keys as tuf_keys
 from factory.tuf.models import EMPTY_TAG, TufRoot, TufView
+from factory.tuf.services import refresh
+from factory.tuf.services.repository import ci_build_publish
 from waves.models import Wave
 from waves.services import wave_complete, wave_init, wave_rollout
 
@@ -95,7 +96,7 @@ def _resign_empty_view_later(factory, hours=13):
     """The shared empty view re-signed as it nears expiry, hours ahead of now: its versions are
     then above what a view signed now would take from the clock."""
     empty = TufView.objects.get(factory=factory, kind="production", tag=EMPTY_TAG)
-    assert tuf.tag_views_refresh(anchor_id=empty.pk, now=timezone.now() + timedelta(hours=hours))
+    assert refresh.tag_views_refresh(anchor_id=empty.pk, now=timezone.now() + timedelta(hours=hours))
     empty.refresh_from_db()
     return empty.version
 
@@ -187,7 +188,7 @@ def test_the_tag_limit_counts_real_tags_only_and_refuses_cleanly(factory, bob, a
 def test_a_failing_sign_step_in_waves_init_leaves_no_wave(factory, bob, archive, api):
     _device(factory, tag=NEW_TAG)
     before = _signed_state(factory)
-    wrong_key = tuf.tuf_keys.key_archive_write([("targets", tuf.tuf_keys.key_generate())])
+    wrong_key = tuf_keys.key_archive_write([("targets", tuf_keys.key_generate())])
     for bad in (b"not a key archive", wrong_key):
         response = api.post("waves/", {"name": "first-release", "version": 50, "tag": NEW_TAG, "key_archive": base64.b64encode(bad).decode()})
         assert response.status_code == 400, response.json()

@@ -11,7 +11,8 @@ from cryptography.fernet import Fernet
 from factory.errors import ApplicationError
 from factory.tuf import keys as tuf_keys
 from factory.tuf.models import TufKey
-from factory.tuf.services import Keyring, key_archive_signatures
+from factory.tuf.services.keyring import Keyring
+from factory.tuf.services.wave_targets import key_archive_signatures
 
 
 def tgz(members):

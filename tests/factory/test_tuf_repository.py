@@ -16,11 +16,12 @@ from tuf.api.metadata import Metadata
 from devices.services import device_create
 from factory.errors import ApplicationError, Conflict, NotFound
 from factory.models import AuditEntry
-from factory.services import ci_build_publish
 from factory.tuf import keys as tuf_keys
 from factory.tuf import selectors as tuf_selectors
-from factory.tuf import services as tuf
 from factory.tuf.models import EMPTY_TAG, TufKey, TufRepository, TufRoot, TufRootChange, TufView
+from factory.tuf.services import keyring as tuf_keyring, refresh, root_changes, wave_targets
+from factory.tuf.services.repository import ci_build_publish
+from waves import expiry, served_views
 
 from .tuf_client import TufDevice, offline_targets_key
 
@@ -93,14 +94,14 @@ def test_adding_an_offline_targets_key_makes_the_production_threshold_two(factor
 def test_a_key_change_is_for_managers_and_refuses_bad_input(factory, carol, bob):
     signer = tuf_keys.key_generate()
     with pytest.raises(ApplicationError, match="may not"):
-        tuf.offline_key_add(factory=factory, actor=carol, role="targets", public_key=signer.public_key.to_dict())
+        root_changes.offline_key_add(factory=factory, actor=carol, role="targets", public_key=signer.public_key.to_dict())
     with pytest.raises(ApplicationError, match="role must be"):
-        tuf.offline_key_add(factory=factory, actor=bob, role="snapshot", public_key=signer.public_key.to_dict())
+        root_changes.offline_key_add(factory=factory, actor=bob, role="snapshot", public_key=signer.public_key.to_dict())
     with pytest.raises(ApplicationError, match="between 2 and 2"):
-        tuf.offline_key_add(factory=factory, actor=bob, role="targets", public_key=signer.public_key.to_dict(), threshold=3)
+        root_changes.offline_key_add(factory=factory, actor=bob, role="targets", public_key=signer.public_key.to_dict(), threshold=3)
     online = TufKey.objects.get(factory=factory, role="targets")
     with pytest.raises(Conflict, match="already known"):
-        tuf.offline_key_add(factory=factory, actor=bob, role="targets", public_key=online.public)
+        root_changes.offline_key_add(factory=factory, actor=bob, role="targets", public_key=online.public)
     assert TufRoot.objects.filter(factory=factory).count() == 2 and TufKey.objects.filter(factory=factory).count() == 4
 
 
@@ -110,7 +111,7 @@ def test_taking_the_root_key_offline_needs_the_new_key_to_sign(factory, bob, tmp
     client.refresh()
     old_root_keyid = TufKey.objects.get(factory=factory, role="root").keyid
     root_key = tuf_keys.key_generate()
-    change = tuf.offline_key_add(factory=factory, actor=bob, role="root", public_key=root_key.public_key.to_dict())
+    change = root_changes.offline_key_add(factory=factory, actor=bob, role="root", public_key=root_key.public_key.to_dict())
     assert change.status == "pending"
     payloads = {p["document"]: p for p in tuf_selectors.root_change_payloads(change=change)}
     assert set(payloads) == {"ci-root", "production-root"}
@@ -126,13 +127,13 @@ def test_taking_the_root_key_offline_needs_the_new_key_to_sign(factory, bob, tmp
     ):
         signature = {"document": "ci-root", **tuf_keys.payload_sign(signer, base64.b64decode(payload))}
         with pytest.raises(ApplicationError, match=signature["keyid"]):
-            tuf.root_change_sign(factory=factory, actor=bob, signatures=[signature])
+            root_changes.root_change_sign(factory=factory, actor=bob, signatures=[signature])
     assert tuf_selectors.root_change_payloads(change=TufRootChange.objects.get(pk=change.pk))[0]["signed_by"] == [old_root_keyid]
     with pytest.raises(ApplicationError, match="unknown document"):
-        tuf.root_change_sign(factory=factory, actor=bob, signatures=[{"document": "x", "keyid": "a" * 64, "sig": "00"}])
+        root_changes.root_change_sign(factory=factory, actor=bob, signatures=[{"document": "x", "keyid": "a" * 64, "sig": "00"}])
 
     signatures = [{"document": name, **tuf_keys.payload_sign(root_key, base64.b64decode(p["payload"]))} for name, p in payloads.items()]
-    change = tuf.root_change_sign(factory=factory, actor=bob, signatures=signatures)
+    change = root_changes.root_change_sign(factory=factory, actor=bob, signatures=signatures)
     assert change.status == "applied"
     repository = TufRepository.objects.get(factory=factory)
     assert not repository.root_online and repository.root_version == 2
@@ -144,7 +145,7 @@ def test_taking_the_root_key_offline_needs_the_new_key_to_sign(factory, bob, tmp
 
     # From now on every root change needs the user's root key, even adding a targets key.
     targets_key = tuf_keys.key_generate()
-    change = tuf.offline_key_add(factory=factory, actor=bob, role="targets", public_key=targets_key.public_key.to_dict())
+    change = root_changes.offline_key_add(factory=factory, actor=bob, role="targets", public_key=targets_key.public_key.to_dict())
     payloads = tuf_selectors.root_change_payloads(change=change)
     assert {p["document"] for p in payloads} == {"ci-root", "production-root", "baseline-targets"}
     assert all(p["signed_by"] == [] for p in payloads if p["kind"].startswith("root-"))
@@ -155,42 +156,42 @@ def test_taking_the_root_key_offline_needs_the_new_key_to_sign(factory, bob, tmp
         signatures += [{"document": p["document"], **s} for s in tuf_keys.archive_signatures(
             payload=base64.b64decode(p["payload"]), archive_bytes=archive, roles=roles)] if roles == ("targets",) else [
             {"document": p["document"], **tuf_keys.payload_sign(root_key, base64.b64decode(p["payload"]))}]  # fmt: skip
-    tuf.root_change_sign(factory=factory, actor=bob, signatures=signatures[:1])
+    root_changes.root_change_sign(factory=factory, actor=bob, signatures=signatures[:1])
     assert TufRootChange.objects.get(pk=change.pk).status == "pending"
-    assert tuf.root_change_sign(factory=factory, actor=bob, signatures=signatures[1:]).status == "applied"
+    assert root_changes.root_change_sign(factory=factory, actor=bob, signatures=signatures[1:]).status == "applied"
     assert root_of(factory, "production").roles["targets"].threshold == 2
     assert client.refresh() == {} and client.versions()["root"] == 3
 
     # Rotating the offline root key: old and new user keys both sign.
     new_root_key = tuf_keys.key_generate()
-    change = tuf.offline_key_add(factory=factory, actor=bob, role="root", public_key=new_root_key.public_key.to_dict())
+    change = root_changes.offline_key_add(factory=factory, actor=bob, role="root", public_key=new_root_key.public_key.to_dict())
     payloads = tuf_selectors.root_change_payloads(change=change)
     only_new = [{"document": p["document"], **tuf_keys.payload_sign(new_root_key, base64.b64decode(p["payload"]))} for p in payloads]
-    assert tuf.root_change_sign(factory=factory, actor=bob, signatures=only_new).status == "pending"
+    assert root_changes.root_change_sign(factory=factory, actor=bob, signatures=only_new).status == "pending"
     old_too = [{"document": p["document"], **tuf_keys.payload_sign(root_key, base64.b64decode(p["payload"]))} for p in payloads]
-    assert tuf.root_change_sign(factory=factory, actor=bob, signatures=old_too).status == "applied"
+    assert root_changes.root_change_sign(factory=factory, actor=bob, signatures=old_too).status == "applied"
     client.refresh()
     assert client.versions()["root"] == 4
 
 
 def test_a_pending_key_change_blocks_another_until_abandoned(factory, bob):
-    tuf.offline_key_add(factory=factory, actor=bob, role="root", public_key=tuf_keys.key_generate().public_key.to_dict())
+    root_changes.offline_key_add(factory=factory, actor=bob, role="root", public_key=tuf_keys.key_generate().public_key.to_dict())
     with pytest.raises(Conflict, match="waiting for offline signatures"):
-        tuf.offline_key_add(factory=factory, actor=bob, role="targets", public_key=tuf_keys.key_generate().public_key.to_dict())
-    tuf.root_change_abandon(factory=factory, actor=bob)
+        root_changes.offline_key_add(factory=factory, actor=bob, role="targets", public_key=tuf_keys.key_generate().public_key.to_dict())
+    root_changes.root_change_abandon(factory=factory, actor=bob)
     assert tuf_selectors.root_change_pending(factory=factory) is None
     assert TufRepository.objects.get(factory=factory).root_online
     offline_targets_key(factory=factory, actor=bob)
     with pytest.raises(NotFound):
-        tuf.root_change_abandon(factory=factory, actor=bob)
+        root_changes.root_change_abandon(factory=factory, actor=bob)
 
 
 def test_an_online_root_is_renewed_before_it_expires(factory, settings):
     settings.BREAKWATER_TUF_ROOT_REFRESH_DAYS = 400  # everything is "about to expire"
-    assert tuf.roots_renew_due() == 1
+    assert refresh.roots_renew_due() == 1
     assert root_of(factory, "production").version == 2 and root_of(factory, "ci").version == 2
     settings.BREAKWATER_TUF_ROOT_REFRESH_DAYS = 60
-    assert tuf.roots_renew_due() == 0
+    assert refresh.roots_renew_due() == 0
 
 
 # --- CI view ---------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_a_test_device_gets_the_ci_targets_for_its_tag(factory, builds, tmp_path
     client = TufDevice(device, tmp_path)
     targets = client.refresh()
     assert {t["version"] for t in targets.values()} == {40, 41, 42, 43}  # the CI view lists every build
-    assert tuf_selectors.target_names_for(device=device) == {"intel-corei7-64-lmp-43", "raspberrypi4-64-lmp-43"}
+    assert served_views.target_names_for(device=device) == {"intel-corei7-64-lmp-43", "raspberrypi4-64-lmp-43"}
     assert client.update() == 43  # the newest for its tag and hardware ID, downloaded and verified
     on_production_tag = make_device(factory, production=False, version=40)
     assert TufDevice(on_production_tag, tmp_path).update() == 42
@@ -218,13 +219,13 @@ def test_ci_targets_keep_the_newest_builds_of_each_tag(factory, settings):
     for version in range(10, 16):
         ci_build_publish(factory=factory, version=version, hardware_ids=HWIDS, tags=["busy"])
     device = make_device(factory, production=False, tag="busy")
-    versions = {int(n.rsplit("-", 1)[1]) for n in Metadata.from_bytes(tuf_selectors.device_metadata(device=device, filename="targets.json")[0]).signed.targets}
+    versions = {int(n.rsplit("-", 1)[1]) for n in Metadata.from_bytes(served_views.device_metadata(device=device, filename="targets.json")[0]).signed.targets}
     assert versions == {1, 13, 14, 15}  # the rare tag's only build survives the busy tag's
     # And the size limit wins over the count, dropping the oldest builds first.
     settings.BREAKWATER_TUF_CI_KEEP_BUILDS = 50
     settings.BREAKWATER_TUF_CI_TARGETS_MAX_BYTES = 3000
     ci_build_publish(factory=factory, version=16, hardware_ids=HWIDS, tags=["busy"])
-    data, _ = tuf_selectors.device_metadata(device=device, filename="targets.json")
+    data, _ = served_views.device_metadata(device=device, filename="targets.json")
     versions = {int(n.rsplit("-", 1)[1]) for n in Metadata.from_bytes(data).signed.targets}
     assert len(data) <= 3000 and 16 in versions and 1 not in versions
 
@@ -250,8 +251,8 @@ def test_metadata_requests_name_only_known_files(factory):
     device = make_device(factory, production=True)
     for filename in ("2.root.json", "0.root.json", "root.json", "../targets.json", "1.targets.json", "", "mirrors.json"):
         with pytest.raises(NotFound):
-            tuf_selectors.device_metadata(device=device, filename=filename)
-    data, etag = tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+            served_views.device_metadata(device=device, filename=filename)
+    data, etag = served_views.device_metadata(device=device, filename="timestamp.json")
     assert json.loads(data)["signed"]["_type"] == "timestamp" and etag.startswith('"')
 
 
@@ -261,11 +262,11 @@ def test_metadata_requests_name_only_known_files(factory):
 def test_wave_targets_need_an_offline_key_and_a_tagged_build(factory, builds, bob):
     expires = timezone.now() + timedelta(days=30)
     with pytest.raises(ApplicationError, match="no offline targets key"):
-        tuf.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=expires)
+        wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=expires)
     offline_targets_key(factory=factory, actor=bob)
     with pytest.raises(ApplicationError, match="no targets tagged devel"):
-        tuf.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=expires, source_tag="devel")
-    data = tuf.wave_targets_build(factory=factory, tag="other", version=42, expires_at=expires, source_tag=TAG)
+        wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=expires, source_tag="devel")
+    data = wave_targets.wave_targets_build(factory=factory, tag="other", version=42, expires_at=expires, source_tag=TAG)
     targets = Metadata.from_bytes(data)
     assert targets.signed.version == 42 and targets.signed.expires == expires.replace(microsecond=0)
     assert sorted(targets.signed.targets) == ["intel-corei7-64-lmp-42", "raspberrypi4-64-lmp-42"]
@@ -276,12 +277,12 @@ def test_wave_targets_need_an_offline_key_and_a_tagged_build(factory, builds, bo
 
 def test_offline_signatures_are_verified_against_the_production_root(factory, builds, bob):
     archive = offline_targets_key(factory=factory, actor=bob)
-    data = tuf.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
-    payload = tuf.wave_signing_payload(data)
+    data = wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
+    payload = wave_targets.wave_signing_payload(data)
     assert payload == Metadata.from_bytes(data).signed_bytes
     stranger = tuf_keys.key_generate()
     online_keyid = TufKey.objects.get(factory=factory, role="targets", online=True).keyid
-    [offline] = tuf.key_archive_signatures(payload=payload, archive_bytes=archive)
+    [offline] = wave_targets.key_archive_signatures(payload=payload, archive_bytes=archive)
     bad = {"keyid": offline["keyid"], "sig": tuf_keys.payload_sign(tuf_keys.key_archive_read(archive)[0][1], b"other")["sig"]}
     for signatures, message in (
         ([tuf_keys.payload_sign(stranger, payload)], f"key {stranger.public_key.keyid} may not sign"),
@@ -289,10 +290,10 @@ def test_offline_signatures_are_verified_against_the_production_root(factory, bu
         ("not a list", "must be a list"),
     ):
         with pytest.raises(ApplicationError, match=message):
-            tuf.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures)
-    same, met = tuf.wave_signatures_add(factory=factory, targets_bytes=data, signatures=[])
+            wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures)
+    same, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=[])
     assert not met and set(Metadata.from_bytes(same).signatures) == {online_keyid}
-    signed, met = tuf.wave_signatures_add(factory=factory, targets_bytes=data, signatures=[offline])
+    signed, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=[offline])
     assert met and set(Metadata.from_bytes(signed).signatures) == {online_keyid, offline["keyid"]}
     assert Metadata.from_bytes(signed).signed == Metadata.from_bytes(data).signed
 
@@ -301,11 +302,11 @@ def test_a_higher_threshold_needs_more_offline_signatures(factory, builds, bob):
     first = offline_targets_key(factory=factory, actor=bob)
     second = offline_targets_key(factory=factory, actor=bob, threshold=3)
     assert root_of(factory, "production").roles["targets"].threshold == 3
-    data = tuf.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
-    payload = tuf.wave_signing_payload(data)
-    data, met = tuf.wave_signatures_add(factory=factory, targets_bytes=data, signatures=tuf.key_archive_signatures(payload=payload, archive_bytes=first))
+    data = wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
+    payload = wave_targets.wave_signing_payload(data)
+    data, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=wave_targets.key_archive_signatures(payload=payload, archive_bytes=first))
     assert not met
-    data, met = tuf.wave_signatures_add(factory=factory, targets_bytes=data, signatures=tuf.key_archive_signatures(payload=payload, archive_bytes=second))
+    data, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=wave_targets.key_archive_signatures(payload=payload, archive_bytes=second))
     assert met and len(Metadata.from_bytes(data).signatures) == 3
 
 
@@ -344,8 +345,8 @@ def test_online_keys_alone_cannot_publish_production_targets(factory, builds, bo
     device = make_device(factory, production=True, version=41)
     client = TufDevice(device, tmp_path)
     client.refresh()
-    keyring = tuf.Keyring(factory.id)
-    forged_targets = tuf.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
+    keyring = tuf_keyring.Keyring(factory.id)
+    forged_targets = wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
     from factory.tuf import metadata as md
 
     now = timezone.now()
@@ -384,14 +385,14 @@ def test_timestamps_and_snapshots_are_re_signed_before_they_expire_once(factory,
     # A second worker holding a claim on the tag keeps others off it.
     even_later = later + timedelta(hours=13)
     TufView.objects.filter(pk=ci.pk).update(refresh_claimed_until=even_later + timedelta(minutes=5))
-    assert tuf.tag_views_refresh(anchor_id=ci.pk, now=even_later) is False
-    assert tuf.tag_views_refresh(anchor_id=production.pk, now=even_later) is True
+    assert refresh.tag_views_refresh(anchor_id=ci.pk, now=even_later) is False
+    assert refresh.tag_views_refresh(anchor_id=production.pk, now=even_later) is True
 
 
 def test_ci_targets_are_re_signed_online_before_they_expire(factory, builds):
     ci = TufView.objects.get(factory=factory, kind="ci")
     later = timezone.now() + timedelta(days=61)
-    assert tuf.tag_views_refresh(anchor_id=ci.pk, now=later)
+    assert refresh.tag_views_refresh(anchor_id=ci.pk, now=later)
     ci.refresh_from_db()
     assert ci.targets_version == 5 and ci.targets_expires_at > later + timedelta(days=89)
 
@@ -401,21 +402,21 @@ def test_after_warm_up_a_poll_costs_one_query(factory, builds, bob, django_asser
     devices = [make_device(factory, production=True) for _ in range(3)] + [make_device(factory, production=False)]
     for device in devices:
         for filename in ("timestamp.json", "snapshot.json", "targets.json"):
-            tuf_selectors.device_metadata(device=device, filename=filename)
+            served_views.device_metadata(device=device, filename=filename)
     for device in devices:
         for filename in ("timestamp.json", "snapshot.json", "targets.json"):
             with django_assert_max_num_queries(1):
-                tuf_selectors.device_metadata(device=device, filename=filename)
+                served_views.device_metadata(device=device, filename=filename)
         with django_assert_max_num_queries(1):
-            tuf_selectors.target_names_for(device=device)
+            served_views.target_names_for(device=device)
 
 
 def test_stale_cache_entries_are_never_served(factory, builds, settings):
     """The cache may be shared and outlive a database (tests, restores): tokens make that safe."""
     device = make_device(factory, production=False)
-    first, _ = tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+    first, _ = served_views.device_metadata(device=device, filename="timestamp.json")
     ci_build_publish(factory=factory, version=43, hardware_ids=HWIDS, tags=[TAG])
-    second, _ = tuf_selectors.device_metadata(device=device, filename="timestamp.json")
+    second, _ = served_views.device_metadata(device=device, filename="timestamp.json")
     assert first != second and Metadata.from_bytes(second).signed.version > Metadata.from_bytes(first).signed.version
 
 
@@ -423,34 +424,34 @@ def test_stale_cache_entries_are_never_served(factory, builds, settings):
 
 
 def test_the_expiry_monitor_warns_about_an_offline_root(factory, bob, settings):
-    assert tuf_selectors.expiring_targets(factory=factory) == []
+    assert expiry.expiring_targets(factory=factory) == []
     root_key = tuf_keys.key_generate()
-    change = tuf.offline_key_add(factory=factory, actor=bob, role="root", public_key=root_key.public_key.to_dict())
+    change = root_changes.offline_key_add(factory=factory, actor=bob, role="root", public_key=root_key.public_key.to_dict())
     signatures = [
         {"document": p["document"], **tuf_keys.payload_sign(root_key, base64.b64decode(p["payload"]))}
         for p in tuf_selectors.root_change_payloads(change=change)
     ]
-    tuf.root_change_sign(factory=factory, actor=bob, signatures=signatures)
-    assert tuf_selectors.expiring_targets(factory=factory) == []
-    [warning] = tuf_selectors.expiring_targets(factory=factory, within_days=400)
+    root_changes.root_change_sign(factory=factory, actor=bob, signatures=signatures)
+    assert expiry.expiring_targets(factory=factory) == []
+    [warning] = expiry.expiring_targets(factory=factory, within_days=400)
     assert warning["kind"] == "root" and 360 <= warning["days_left"] <= 365 and "root version 2" in warning["message"]
     # An offline root is never renewed by the server.
     settings.BREAKWATER_TUF_ROOT_REFRESH_DAYS = 400
-    assert tuf.roots_renew_due() == 0
+    assert refresh.roots_renew_due() == 0
 
 
 def test_the_demo_key_archive_is_written_once_and_signs_waves(factory, builds, bob, tmp_path):
     path = tmp_path / "keys" / "demo.tgz"
-    written, created = tuf.demo_offline_key(factory=factory, actor=bob, path=path)
+    written, created = root_changes.demo_offline_key(factory=factory, actor=bob, path=path)
     assert created and written == path and path.stat().st_mode & 0o777 == 0o600
-    assert tuf.demo_offline_key(factory=factory, actor=bob, path=path) == (path, False)
+    assert root_changes.demo_offline_key(factory=factory, actor=bob, path=path) == (path, False)
     assert root_of(factory, "production").version == 2  # registered once
-    data = tuf.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
-    signatures = tuf.key_archive_signatures(payload=tuf.wave_signing_payload(data), archive_bytes=path.read_bytes())
-    assert tuf.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures)[1]
+    data = wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
+    signatures = wave_targets.key_archive_signatures(payload=wave_targets.wave_signing_payload(data), archive_bytes=path.read_bytes())
+    assert wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures)[1]
     # An archive that is not one of the factory's keys (another database, a garbled file) is replaced.
     path.write_bytes(b"garbage")
-    assert tuf.demo_offline_key(factory=factory, actor=bob, path=path)[1]
+    assert root_changes.demo_offline_key(factory=factory, actor=bob, path=path)[1]
     assert len(tuf_keys.key_archive_read(path.read_bytes())) == 1
 
 
@@ -458,7 +459,7 @@ def test_devices_naming_new_tags_share_one_empty_view_and_never_reach_the_tag_li
     settings.BREAKWATER_TUF_MAX_TAGS = 2
     served = set()
     for tag in ("a", "b", "c", "d"):
-        data, _ = tuf_selectors.device_metadata(device=make_device(factory, production=True, tag=tag), filename="timestamp.json")
+        data, _ = served_views.device_metadata(device=make_device(factory, production=True, tag=tag), filename="timestamp.json")
         served.add(data)
     assert len(served) == 1  # one shared view, signed once
     assert list(TufView.objects.filter(factory=factory, kind="production").values_list("tag", flat=True)) == [EMPTY_TAG]

@@ -19,11 +19,12 @@ from tuf.api.metadata import Metadata
 from devices.models import DeviceGroup
 from devices.services import device_create, device_group_create, devices_assign_group
 from factory.errors import ApplicationError
-from factory.services import ci_build_publish
 from factory.tuf import keys as tuf_keys
 from factory.tuf import selectors as tuf_selectors
-from factory.tuf import services as tuf
 from factory.tuf.models import TufView
+from factory.tuf.services import refresh as tuf_refresh, root_changes, wave_targets
+from factory.tuf.services.repository import ci_build_publish
+from waves import expiry, served_views
 from waves.models import Wave
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout, wave_sign
 
@@ -91,7 +92,7 @@ def test_production_devices_get_production_targets_and_staged_ones_the_wave(fact
         if client in staged:
             assert client.update() == 42
     # The staged view serves the wave's targets bytes exactly.
-    served, _ = tuf_selectors.device_metadata(device=canary[0].device, filename="targets.json")
+    served, _ = served_views.device_metadata(device=canary[0].device, filename="targets.json")
     assert served == bytes(Wave.objects.get(pk=wave.pk).targets)
     # A device that joins a fully staged group later gets the wave too.
     late = next(c for c in production if c.device.group and c.device.group.name == "beta")
@@ -106,7 +107,7 @@ def test_production_devices_get_production_targets_and_staged_ones_the_wave(fact
     for client in production:
         client.refresh()
         assert versions_of(client) == {"41", "42"}
-    served, _ = tuf_selectors.device_metadata(device=ungrouped[1].device, filename="targets.json")
+    served, _ = served_views.device_metadata(device=ungrouped[1].device, filename="targets.json")
     assert served == bytes(Wave.objects.get(pk=wave.pk).targets)
     assert tuf_selectors.production_targets_version(factory=factory, tag=TAG) == 42
     assert tuf_selectors.production_targets_versions(factory=factory, tag=TAG) == [41, 42]
@@ -144,7 +145,7 @@ def test_a_wave_below_the_threshold_is_invisible_to_every_device(factory, bob, a
     wave = wave_init(factory=factory, actor=bob, name="v42", version=42, tag=TAG)
     assert wave.status == "unsigned"  # the online key alone
     with pytest.raises(ApplicationError, match="not signed by enough offline targets keys"):
-        tuf.wave_view_publish(wave=wave)
+        wave_targets.wave_view_publish(wave=wave)
     wave = wave_sign(wave=wave, actor=bob, key_archive=archive)
     assert wave.status == "unsigned"  # two of three signatures
     assert not TufView.objects.filter(kind="wave").exists()
@@ -161,7 +162,7 @@ def test_a_wave_below_the_threshold_is_invisible_to_every_device(factory, bob, a
 
 def test_signatures_made_elsewhere_are_accepted_over_the_signing_payload(factory, bob, archive, fleet):
     wave = wave_init(factory=factory, actor=bob, name="v42", version=42, tag=TAG)
-    payload = tuf.wave_signing_payload(bytes(wave.targets))
+    payload = wave_targets.wave_signing_payload(bytes(wave.targets))
     [(_, signer)] = tuf_keys.key_archive_read(archive)
     wave = wave_sign(wave=wave, actor=bob, signatures=[tuf_keys.payload_sign(signer, payload)])
     assert wave.status == "active"
@@ -194,7 +195,7 @@ def test_metadata_versions_never_go_down_for_any_device(factory, bob, archive, f
 
         moment = timezone.now() + timedelta(hours=hours)
         for anchor in TufView.objects.filter(kind__in=["ci", "production"]):
-            tuf.tag_views_refresh(anchor_id=anchor.pk, now=moment)
+            tuf_refresh.tag_views_refresh(anchor_id=anchor.pk, now=moment)
 
     poll_all()
     w42 = make_wave(factory, bob, archive, "v42", 42)
@@ -292,18 +293,18 @@ def test_signing_from_the_dashboard_leaves_no_key_material_anywhere(factory, bob
 
 
 def test_expiring_production_and_wave_targets_are_warned_about(factory, bob, archive, fleet):
-    assert tuf_selectors.expiring_targets(factory=factory) == []
+    assert expiry.expiring_targets(factory=factory) == []
     wave = make_wave(factory, bob, archive, "v41", 41, expires_days=10)
-    [warning] = tuf_selectors.expiring_targets(factory=factory)
+    [warning] = expiry.expiring_targets(factory=factory)
     assert warning["kind"] == "wave-targets" and warning["wave"] == "v41" and warning["days_left"] in (9, 10)
     assert "wave v41" in warning["message"] and not warning["expired"]
     wave_complete(wave=wave, actor=bob)
-    [warning] = tuf_selectors.expiring_targets(factory=factory)
+    [warning] = expiry.expiring_targets(factory=factory)
     assert warning["kind"] == "production-targets" and warning["tag"] == TAG and warning["version"] == 41
-    assert tuf_selectors.expiring_targets(factory=factory, within_days=5) == []
+    assert expiry.expiring_targets(factory=factory, within_days=5) == []
     # A newer wave with the default year of validity replaces them, and the warning goes away.
     wave_complete(wave=make_wave(factory, bob, archive, "v42", 42), actor=bob)
-    assert tuf_selectors.expiring_targets(factory=factory) == []
+    assert expiry.expiring_targets(factory=factory) == []
 
 
 def test_removing_an_offline_key_has_the_others_re_sign_production_targets(factory, bob, archive, fleet):
@@ -313,7 +314,7 @@ def test_removing_an_offline_key_has_the_others_re_sign_production_targets(facto
     for client in production:
         client.refresh()
     [(_, first_signer)] = tuf_keys.key_archive_read(archive)
-    change = tuf.offline_key_retire(factory=factory, actor=bob, keyid=first_signer.public_key.keyid)
+    change = root_changes.offline_key_retire(factory=factory, actor=bob, keyid=first_signer.public_key.keyid)
     assert change.status == "pending"
     payloads = {p["document"]: p for p in tuf_selectors.root_change_payloads(change=change)}
     # The tag's production targets and the empty baseline both relied on the key.
@@ -323,9 +324,9 @@ def test_removing_an_offline_key_has_the_others_re_sign_production_targets(facto
         {"document": name, **s}
         for name, p in payloads.items()
         if p["kind"] in ("production", "baseline")
-        for s in tuf.key_archive_signatures(payload=base64.b64decode(p["payload"]), archive_bytes=second)
+        for s in wave_targets.key_archive_signatures(payload=base64.b64decode(p["payload"]), archive_bytes=second)
     ]
-    assert tuf.root_change_sign(factory=factory, actor=bob, signatures=signatures).status == "applied"
+    assert root_changes.root_change_sign(factory=factory, actor=bob, signatures=signatures).status == "applied"
     for client in production:
         client.refresh()  # new root without the key, production targets re-signed: still valid
         assert versions_of(client) == {"41"}
@@ -335,7 +336,7 @@ def test_removing_an_offline_key_has_the_others_re_sign_production_targets(facto
         wave_sign(wave=wave, actor=bob, key_archive=archive)
     with pytest.raises(ApplicationError, match="only offline targets key"):
         [(_, second_signer)] = tuf_keys.key_archive_read(second)
-        tuf.offline_key_retire(factory=factory, actor=bob, keyid=second_signer.public_key.keyid)
+        root_changes.offline_key_retire(factory=factory, actor=bob, keyid=second_signer.public_key.keyid)
 
 
 def test_through_the_gateway_each_device_gets_its_own_view(factory, bob, archive, tmp_path):

@@ -8,8 +8,8 @@ from django.urls import reverse
 
 from factory.models import AuditEntry
 from factory.tuf import keys as tuf_keys
-from factory.tuf import services as tuf
 from factory.tuf.models import TufKey, TufRepository, TufRootChange
+from factory.tuf.services import root_changes
 from tests.tuf_helpers import offline_targets_key
 
 from .test_views import hx, login
@@ -60,7 +60,7 @@ def test_every_role_sees_the_keys_only_managers_see_actions(client, factory, arc
 
 @pytest.mark.django_db
 def test_retire_then_sign_the_change_with_the_remaining_key(client, factory, bob, archives):
-    from factory.services import ci_build_publish
+    from factory.tuf.services.repository import ci_build_publish
     from waves.services import wave_complete, wave_init, wave_sign
 
     first, second = keyid_of(archives[0]), keyid_of(archives[1])
@@ -103,7 +103,7 @@ def test_retire_then_sign_the_change_with_the_remaining_key(client, factory, bob
 def test_a_pending_change_is_abandoned_or_the_root_renewed(client, factory, bob, archives):
     signer = tuf_keys.key_generate()
     public = {k: v for k, v in signer.public_key.to_dict().items() if k in ("keytype", "scheme", "keyval")}
-    tuf.offline_key_add(factory=factory, actor=bob, role="root", public_key=public)
+    root_changes.offline_key_add(factory=factory, actor=bob, role="root", public_key=public)
     client = login(client, bob)
     page = client.get(reverse("keys")).content.decode()
     assert "Key change waiting for offline signatures" in page and "root keys" in page and "Renew root…" not in page

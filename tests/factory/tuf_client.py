@@ -2,7 +2,7 @@
 
 `TufDevice` is a device with its own persistent TUF metadata folder, polling through
 `ngclient.Updater` with a fetcher that asks the repository exactly what the gateway asks it
-(`factory.tuf.selectors.device_metadata` / `device_targets`), or that runs each request through
+(`waves.served_views.device_metadata` / `device_targets`), or that runs each request through
 the gateway's WSGI app with the device's certificate, so every byte a test device trusts was
 verified by the standard client.
 """
@@ -18,8 +18,8 @@ from tuf.ngclient import FetcherInterface, Updater
 from factory.project.gateway.http1 import PEER_CERTIFICATE
 from factory.artifacts import synthetic_artifact
 from factory.errors import NotFound
-from factory.tuf import selectors as tuf_selectors
-from factory.tuf.services import offline_key_generate
+from factory.tuf.services.root_changes import offline_key_generate
+from waves import served_views
 
 BASE_URL = "https://gateway.test/repo/"
 TARGETS_URL = "https://gateway.test/targets/"
@@ -44,7 +44,7 @@ class RepositoryFetcher(FetcherInterface):
             filename = url[len(BASE_URL):]
             self.requests.append(filename)
             try:
-                data, _etag = tuf_selectors.device_metadata(device=self.device, filename=filename)
+                data, _etag = served_views.device_metadata(device=self.device, filename=filename)
             except NotFound:
                 raise tuf_exceptions.DownloadHTTPError(f"{filename} not found", 404) from None
             if self.tamper is not None:
@@ -52,7 +52,7 @@ class RepositoryFetcher(FetcherInterface):
             return iter([data])
         if url.startswith(TARGETS_URL):
             name = url[len(TARGETS_URL):]
-            if name not in tuf_selectors.target_names_for(device=self.device):
+            if name not in served_views.target_names_for(device=self.device):
                 raise tuf_exceptions.DownloadHTTPError(f"{name} not found", 404)
             return iter([synthetic_artifact(self.device.factory.name, name)])
         raise tuf_exceptions.DownloadHTTPError(url, 404)
@@ -107,7 +107,7 @@ class TufDevice:
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         # Provisioned with root version 1 of its channel, as at registration.
-        self.bootstrap, _ = tuf_selectors.device_metadata(device=device, filename="1.root.json")
+        self.bootstrap, _ = served_views.device_metadata(device=device, filename="1.root.json")
         self.installed = device.target_version
         self.history = []  # versions after each successful refresh
         self.last_error = None

@@ -22,7 +22,7 @@ def seed(keystore, devices):
     from devices.fleet import fleet_seed
     from devices.gateway_identity import gateway_identity_get
     from devices.simulator import Keystore, take_over
-    from factory.services import ci_build_publish, factory_create
+    from factory.tuf.services.repository import ci_build_publish, factory_create
 
     factory = factory_create(name="acme")
     ci_build_publish(factory=factory, version=42, hardware_ids=["intel-corei7-64"], tags=["production"])

@@ -16,7 +16,7 @@ import pytest
 from django.urls import reverse
 
 from factory.project.celery import app as celery_app
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.factory.test_api import as_user, tokens  # noqa: F401  (fixtures)
 from tests.factory.test_views import hx, login
 from tests.processes import free_port

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from devices.models import Device
 from devices.gateway_identity import gateway_identity_get
 from devices.simulator import Keystore
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.processes import free_port
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, TAG, make_wave, seed

@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from devices.models import Device
 from factory.project.celery import app as celery_app
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.factory.test_views import hx, login
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, TAG, make_wave, seed

@@ -6,7 +6,7 @@ from devices import pki
 from factory.project.gateway.handler import Gateway
 from devices.models import Device
 from devices.services import device_ca_get
-from factory.services import ci_build_publish, factory_create
+from factory.tuf.services.repository import ci_build_publish, factory_create
 from tests.devices.conftest import gateway, gateway_process, register  # noqa: F401  (fixtures)
 
 from .harness import buffer_empty, der_of, report_write

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from devices import pki
 from devices.models import Device, DeviceEvent
 from devices.services import device_ca_get
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.devices.conftest import device_pool, tls_context, wait_for, write_identity
 
 from . import strategies as s

@@ -3,7 +3,7 @@ import pytest
 
 from devices.fleet import fleet_seed
 from devices.models import Device
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from waves.services import wave_init, wave_sign
 
 TAG = "production"

@@ -21,7 +21,8 @@ def setup():
 
     from devices.models import Device
     from factory.models import Role
-    from factory.services import ci_build_publish, factory_create, user_create
+    from factory.services import user_create
+    from factory.tuf.services.repository import ci_build_publish, factory_create
     from tests.tuf_helpers import offline_targets_key
     from tests.waves.conftest import HWIDS, TAG, make_wave, seed
     from tests.waves.test_status_aggregation import check_in, report

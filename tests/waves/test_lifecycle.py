@@ -8,7 +8,7 @@ from tuf.api.metadata import Metadata
 
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.models import AuditEntry
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from waves.models import Wave
 from waves.selectors import wave_list
 from waves.services import wave_cancel, wave_complete, wave_init

@@ -10,7 +10,7 @@ from django.utils import timezone
 from devices.fleet import fleet_seed
 from devices.models import DeviceEvent
 from devices.simulator import Keystore, Simulator, take_over
-from factory.services import ci_build_publish
+from factory.tuf.services.repository import ci_build_publish
 from tests.devices.conftest import gateway, gateway_process, wait_for  # noqa: F401  (fixtures)
 from waves.models import PlanPhase, Rollout
 from waves.plans import plan_evaluate, plan_get, plan_set, plan_start

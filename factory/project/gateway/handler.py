@@ -42,7 +42,7 @@ from devices import checkins, pki, reports  # noqa: E402
 from devices.models import Device, DeviceCA  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
-from factory.tuf.selectors import device_metadata  # noqa: E402
+from waves.served_views import device_metadata  # noqa: E402
 
 from .http1 import PEER_CERTIFICATE  # noqa: E402
 

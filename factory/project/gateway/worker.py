@@ -3,7 +3,7 @@ handler, and the check-in flusher thread with its last flush when the worker sto
 import os
 
 # Every device on a tag shares its view rows: keep them a second in each worker instead of reading
-# them on every poll (see factory.tuf.selectors._tag_view_rows). Set before Django reads settings.
+# them on every poll (see factory.tuf.served.tag_views). Set before Django reads settings.
 os.environ.setdefault("BREAKWATER_GATEWAY_VIEW_CACHE_SECONDS", "1")
 
 # The handler module sets Django up: it comes first.

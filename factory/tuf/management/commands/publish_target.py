@@ -1,8 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from factory.services import ci_build_publish
-
-from ._base import VersionOptionMixin, application_errors, get_factory
+from factory.management.commands._base import VersionOptionMixin, application_errors, get_factory
+from factory.tuf.services.repository import ci_build_publish
 
 
 class Command(VersionOptionMixin, BaseCommand):

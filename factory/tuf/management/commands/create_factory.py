@@ -1,8 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from factory.services import factory_create
-
-from ._base import application_errors
+from factory.management.commands._base import application_errors
+from factory.tuf.services.repository import factory_create
 
 
 class Command(BaseCommand):

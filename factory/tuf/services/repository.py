@@ -1,0 +1,162 @@
+"""A factory's TUF repository: made with the factory, and the CI builds published into its CI view.
+
+Creating a factory lives here, above tenancy, because a factory is never without its repository.
+"""
+import hashlib
+import json
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from factory.artifacts import synthetic_artifact
+from factory.auth import authorize
+from factory.errors import ApplicationError, Conflict
+from factory.models import CiTarget, Factory
+from factory.services import audit_record
+
+from .. import keys as tuf_keys
+from .. import metadata as md
+from ..lifetimes import baseline_lifetime, root_lifetime
+from ..models import TufKey, TufRepository, TufRoot, TufView
+from .keyring import ROLES, Keyring, private_encrypt, roots_build
+from .signed_views import ci_targets_sign, ci_view_publish, next_version, view_sign
+
+
+def factory_create(*, name, actor=None):
+    """A new factory (tenant) with its TUF repository: keys, CI and production roots, CI view."""
+    try:
+        validate_slug(name)
+    except ValidationError:
+        raise ApplicationError(f"factory name {name!r} may only contain letters, digits, '-' and '_'") from None
+    with transaction.atomic():
+        if Factory.objects.filter(name=name).exists():
+            raise Conflict(f"factory {name} already exists")
+        factory = Factory.objects.create(name=name)
+        repository_init(factory=factory)
+        audit_record(factory=factory, actor=actor, action="factory.create", target=name)
+    return factory
+
+
+def repository_init(*, factory):
+    """Create the factory's keys and its CI and production roots (version 1) and its CI view.
+
+    The root key starts online (bootstrap); `offline_key_add(role="root")` takes it offline.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        if TufRepository.objects.filter(factory=factory).exists():
+            raise Conflict(f"factory {factory.name} already has a TUF repository")
+        for role in ROLES:
+            signer = tuf_keys.key_generate()
+            TufKey.objects.create(
+                factory=factory,
+                role=role,
+                keyid=signer.public_key.keyid,
+                public=signer.public_key.to_dict(),
+                private_encrypted=private_encrypt(signer),
+                online=True,
+            )
+        keyring = Keyring(factory.id)
+        baseline = md.targets_build(target_files=[], version=1, expires=now + baseline_lifetime())
+        baseline.sign(keyring.online_signer("targets"))
+        root_expires = (now + root_lifetime()).replace(microsecond=0)
+        TufRepository.objects.create(
+            factory=factory,
+            root_version=1,
+            root_expires_at=root_expires,
+            production_targets_threshold=1,
+            baseline_targets=md.to_bytes(baseline),
+            baseline_expires_at=baseline.signed.expires,
+        )
+        for channel, root in roots_build(keysets=keyring.keysets(), production_threshold=1, version=1, expires=root_expires).items():
+            root.sign(keyring.online_signer("root"))
+            TufRoot.objects.create(factory=factory, channel=channel, version=1, data=md.to_bytes(root), expires_at=root.signed.expires)
+        view = TufView(factory=factory, kind=TufView.Kind.CI, tag="")
+        ci_targets_sign(view, keyring, now, version=1)
+        view_sign(view, keyring, version=next_version(view, now), now=now)
+        view.save()
+
+
+CUSTOM_MAX_BYTES = 64 * 1024
+CUSTOM_MAX_DEPTH = 32
+
+
+def _custom_check(value, path="custom", depth=0):
+    """`custom` is copied into every target of the build, signed as canonical JSON (which has no
+    fractional numbers) and stored in PostgreSQL (which cannot hold NUL characters)."""
+    if depth > CUSTOM_MAX_DEPTH:
+        raise ApplicationError(f"custom is nested more than {CUSTOM_MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _custom_check(key, f"{path} key", depth + 1)
+            _custom_check(item, f"{path}.{str(key)[:40]}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _custom_check(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
+            raise ApplicationError(f"{path}: text must be valid Unicode") from None
+        if "\x00" in value:
+            raise ApplicationError(f"{path}: text may not contain NUL characters")
+    elif isinstance(value, float):
+        raise ApplicationError(f"{path}: {value!r} is not an integer; signed TUF metadata has no fractional numbers (send it as a string)")
+    elif value is not None and not isinstance(value, (bool, int)):
+        raise ApplicationError(f"{path}: only text, integers, true/false, null, lists and objects are allowed")
+
+
+def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, targets=None, custom=None):
+    """Publish CI build `version`: one target per hardware ID, named <hwid>-lmp-<version>.
+
+    `targets` optionally maps hardware ID -> {"sha256", "length"} for real artifacts; without it
+    the demo's synthetic artifact for that target is used, so devices can download and verify it.
+    """
+    authorize(user=actor, factory=factory, action="targets.publish")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise ApplicationError(f"version {version!r} is not an integer") from None
+    if version < 1:
+        raise ApplicationError("version must be a positive integer")
+    hardware_ids = sorted({h.strip() for h in hardware_ids if h and h.strip()})
+    tags = sorted({t.strip() for t in tags if t and t.strip()})
+    if not hardware_ids:
+        raise ApplicationError("a CI build needs at least one hardware ID")
+    if not tags:
+        raise ApplicationError("a CI build needs at least one tag")
+    if custom is not None:
+        if not isinstance(custom, dict):
+            raise ApplicationError("custom must be an object")
+        _custom_check(custom)
+        if len(json.dumps(custom, ensure_ascii=False).encode()) > CUSTOM_MAX_BYTES:
+            raise ApplicationError(f"custom is larger than {CUSTOM_MAX_BYTES // 1024} KiB; it is copied into every target of the build")
+    targets = targets or {}
+    created = []
+    try:
+        with transaction.atomic():
+            for hwid in hardware_ids:
+                name = f"{hwid}-lmp-{version}"
+                if hwid in targets:
+                    sha256, length = targets[hwid]["sha256"], int(targets[hwid]["length"])
+                else:
+                    blob = synthetic_artifact(factory.name, name)
+                    sha256, length = hashlib.sha256(blob).hexdigest(), len(blob)
+                created.append(
+                    CiTarget.objects.create(
+                        factory=factory,
+                        name=name,
+                        version=version,
+                        hardware_id=hwid,
+                        sha256=sha256,
+                        length=length,
+                        custom={**(custom or {}), "version": str(version), "hardwareIds": [hwid], "tags": tags, "name": f"{hwid}-lmp"},
+                    )
+                )
+            ci_view_publish(factory=factory)
+            audit_record(factory=factory, actor=actor, action="targets.publish", target=str(version), details={"hardware_ids": hardware_ids, "tags": tags})
+    except IntegrityError:
+        raise Conflict(f"CI build {version} already has a target for one of {', '.join(hardware_ids)}") from None
+    return created

@@ -1,0 +1,371 @@
+"""Root changes: offline keys added or retired, roots renewed. Each is a new root version (and any
+production targets it forces to re-sign) that waits for offline signatures, then applies."""
+import base64
+import re
+from pathlib import Path
+
+from django.db import transaction
+from django.utils import timezone
+from tuf.api.metadata import Targets
+
+from factory.auth import authorize
+from factory.errors import ApplicationError, Conflict, NotFound
+from factory.services import audit_record
+
+from .. import keys as tuf_keys
+from .. import metadata as md
+from ..lifetimes import root_lifetime
+from ..models import Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
+from ..selectors import document_bytes, document_md, document_missing, document_signers, root_change_payloads, root_current
+from .keyring import Keyring, offline_targets_keyids, roots_build, signatures_verified
+from .repository import repository_init
+from .signed_views import VIEW_FIELDS, tag_resign, view_set_targets
+
+
+def _b64(data):
+    return base64.b64encode(bytes(data)).decode()
+
+
+def _repository_locked(factory):
+    repository = TufRepository.objects.select_for_update().filter(factory=factory).first()
+    if repository is None:
+        raise NotFound(f"factory {factory.name} has no TUF repository")
+    return repository
+
+
+def _root_change_begin(*, repository, actor, action, keysets, production_threshold, new_key=None, retire_keyids=(), details=None):
+    """Create the change: new roots signed online where possible, and targets to re-sign."""
+    factory = repository.factory
+    if TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).exists():
+        raise Conflict("a key change is waiting for offline signatures; sign it or abandon it first")
+    now = timezone.now()
+    keyring = Keyring(factory.id)
+    version = repository.root_version + 1
+    expires = (now + root_lifetime()).replace(microsecond=0)
+    roots = roots_build(keysets=keysets, production_threshold=production_threshold, version=version, expires=expires)
+    old_root_signer = keyring.signer("root")
+    documents = []
+    for channel, root in roots.items():
+        previous = root_current(factory_id=factory.id, channel=channel).signed
+        # The old online root key signs for the previous root, and for the new one if it stays.
+        if old_root_signer is not None and old_root_signer.public_key.keyid in previous.roles["root"].keyids:
+            root.sign(old_root_signer, append=True)
+        documents.append({"name": f"{channel}-root", "kind": f"root-{channel}", "tag": "", "data": _b64(md.to_bytes(root)), "source_hash": ""})
+    production_root = roots[Channel.PRODUCTION].signed
+    online_keyids = keyring.online_keyids()
+
+    def still_valid(targets_md):
+        result = md.targets_verification(production_root, targets_md)
+        return result.verified and (production_threshold < 2 or any(k not in online_keyids for k in result.signed))
+
+    baseline = md.parse(repository.baseline_targets, Targets, "the baseline targets")
+    if not still_valid(baseline):
+        documents.append(
+            {"name": "baseline-targets", "kind": "baseline", "tag": "", "data": _b64(repository.baseline_targets),
+             "source_hash": md.sha256(bytes(repository.baseline_targets))}
+        )  # fmt: skip
+    for view in TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=False).order_by("tag"):
+        if not still_valid(md.parse(view.targets, Targets)):
+            documents.append(
+                {"name": f"production-targets:{view.tag}", "kind": "production", "tag": view.tag, "data": _b64(view.targets),
+                 "source_hash": view.targets_hash}
+            )  # fmt: skip
+    for view in TufView.objects.filter(factory=factory, kind=TufView.Kind.WAVE).select_related("wave"):
+        if not still_valid(md.parse(view.targets, Targets)):
+            raise Conflict(f"wave {view.wave.name} is active with fewer signatures than the new root requires; complete or cancel it first")
+    change = TufRootChange.objects.create(
+        factory=factory,
+        action=action,
+        details={**(details or {}), "production_threshold": production_threshold, "retire_keyids": list(retire_keyids)},
+        base_root_version=repository.root_version,
+        documents=documents,
+        new_key=new_key.to_dict() | {"keyid": new_key.keyid} if new_key is not None else None,
+        created_by=actor,
+    )
+    audit_record(factory=factory, actor=actor, action=f"tuf.{action}", target=f"root v{version}", details=change.details)
+    if _root_change_complete(change, repository):
+        _root_change_apply(change, repository, actor)
+    return change
+
+
+def _root_change_complete(change, repository):
+    return all(not document_missing(change, d) for d in change.documents)
+
+
+def _root_change_apply(change, repository, actor):
+    factory = repository.factory
+    if repository.root_version != change.base_root_version:
+        raise Conflict("the root changed since this key change began; abandon it and start again")
+    now = timezone.now()
+    targets_docs = [d for d in change.documents if d["kind"] in ("baseline", "production")]
+    for document in targets_docs:
+        if document["kind"] == "baseline":
+            current = md.sha256(bytes(repository.baseline_targets))
+        else:
+            current = TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, tag=document["tag"]).values_list("targets_hash", flat=True).first()
+        if current != document["source_hash"]:
+            raise Conflict("production targets changed since this key change began; abandon it and start again")
+    version = repository.root_version + 1
+    for document in change.documents:
+        if document["kind"].startswith("root-"):
+            root = document_md(document)
+            TufRoot.objects.create(
+                factory=factory, channel=document["kind"][len("root-"):], version=version, data=document_bytes(document), expires_at=root.signed.expires
+            )
+    if change.new_key:
+        key_data = dict(change.new_key)
+        keyid = key_data.pop("keyid")
+        TufKey.objects.create(factory=factory, role=change.details["role"], keyid=keyid, public=key_data, online=False, created_by=change.created_by)
+    retire = change.details.get("retire_keyids", [])
+    if retire:
+        # The server forgets retired private keys: root signing is now the user's alone.
+        TufKey.objects.filter(factory=factory, keyid__in=retire).update(retired_at=now, private_encrypted=None)
+    production_root = document_md(next(d for d in change.documents if d["kind"] == "root-production")).signed
+    keyring = Keyring(factory.id)
+    repository.root_version = version
+    repository.root_expires_at = production_root.expires
+    repository.root_online = bool(set(production_root.roles["root"].keyids) & keyring.online_keyids())
+    repository.production_targets_threshold = production_root.roles["targets"].threshold
+    for document in targets_docs:
+        data = document_bytes(document)
+        if document["kind"] == "baseline":
+            repository.baseline_targets = data
+            for view in TufView.objects.select_for_update().filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=True):
+                view_set_targets(view, data)
+                view.save(update_fields=VIEW_FIELDS)
+        else:
+            view = TufView.objects.select_for_update().get(factory=factory, kind=TufView.Kind.PRODUCTION, tag=document["tag"])
+            view_set_targets(view, data)
+            view.save(update_fields=VIEW_FIELDS)
+    repository.save()
+    if targets_docs:
+        for anchor in TufView.objects.select_for_update().filter(factory=factory, kind=TufView.Kind.PRODUCTION).order_by("tag"):
+            tag_resign(anchor, keyring, now)
+    change.status = TufRootChange.Status.APPLIED
+    change.finished_at = now
+    change.save(update_fields=["status", "finished_at", "documents"])
+    audit_record(factory=factory, actor=actor, action="tuf.root.apply", target=f"root v{version}", details={"change": change.action})
+
+
+def offline_key_add(*, factory, actor, role, public_key, threshold=None):
+    """Add a user-held public key: a targets signing key, or the new root key.
+
+    "targets": new CI and production roots that add the key; the production targets threshold
+    becomes `threshold` (at least 2), the CI one stays 1. "root": the key replaces the root
+    key(s); both old and new root keys must sign the new root, as TUF requires.
+    Returns the TufRootChange: applied at once when the server can sign everything, else
+    pending until `root_change_sign` brings the missing offline signatures.
+    """
+    authorize(user=actor, factory=factory, action="keys.manage")
+    if role not in tuf_keys.OFFLINE_ROLES:
+        raise ApplicationError(f"role must be one of {', '.join(tuf_keys.OFFLINE_ROLES)}, not {str(role)[:20]!r}")
+    key = tuf_keys.public_key_parse(public_key)
+    with transaction.atomic():
+        repository = _repository_locked(factory)
+        if TufKey.objects.filter(factory=factory, keyid=key.keyid).exists():
+            raise Conflict(f"key {key.keyid} is already known to this factory")
+        keyring = Keyring(factory.id)
+        keysets = keyring.keysets()
+        offline_targets = len(offline_targets_keyids(keyring))
+        production_threshold = repository.production_targets_threshold
+        retire = []
+        if role == "targets":
+            keysets["targets"] = keysets["targets"] + [key]
+            wanted = threshold if threshold is not None else max(production_threshold, 2)
+            try:
+                wanted = int(wanted)
+            except (TypeError, ValueError):
+                raise ApplicationError(f"threshold {str(threshold)[:20]!r} is not a whole number") from None
+            if not 2 <= wanted <= offline_targets + 2:
+                raise ApplicationError(f"the production targets threshold must be between 2 and {offline_targets + 2} (the targets keys)")
+            production_threshold = wanted
+        else:
+            if threshold is not None:
+                raise ApplicationError("a threshold applies to targets keys only")
+            retire = [k.keyid for k in keysets["root"]]
+            keysets["root"] = [key]
+        return _root_change_begin(
+            repository=repository,
+            actor=actor,
+            action=f"key.add.{role}",
+            keysets=keysets,
+            production_threshold=production_threshold,
+            new_key=key,
+            retire_keyids=retire,
+            details={"role": role, "keyid": key.keyid},
+        )
+
+
+def offline_key_retire(*, factory, actor, keyid):
+    """Remove an offline targets key from both roots (a user leaves, a key is lost or rotated).
+
+    `keyid` is the key id or a unique prefix of it (at least 8 characters, as `keys list` and the
+    pending change's "still needs" show them). Production targets that relied on the key must
+    first be re-signed by the remaining keys: the change lists them and waits for those
+    signatures. The last offline targets key cannot go.
+    """
+    authorize(user=actor, factory=factory, action="keys.manage")
+    keyid = str(keyid).strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{8,64}", keyid):
+        raise ApplicationError(f"{keyid[:70]!r} is not a key id: give the key's id (hexadecimal) or its first 8 characters or more")
+    with transaction.atomic():
+        repository = _repository_locked(factory)
+        rows = list(TufKey.objects.filter(factory=factory, keyid__startswith=keyid, retired_at__isnull=True, online=False)[:2])
+        if not rows:
+            raise NotFound(f"key {keyid} is not an offline key of this factory")
+        if len(rows) > 1:
+            raise ApplicationError(f"more than one offline key starts with {keyid}; give more of the key id")
+        [row] = rows
+        if row.role != "targets":
+            raise ApplicationError("the root key is replaced, not removed: add the new root key instead")
+        keyring = Keyring(factory.id)
+        remaining = len(offline_targets_keyids(keyring)) - 1
+        if remaining < 1:
+            raise ApplicationError("this is the factory's only offline targets key; add another one before removing it")
+        keysets = keyring.keysets()
+        keysets["targets"] = [key for key in keysets["targets"] if key.keyid != row.keyid]
+        return _root_change_begin(
+            repository=repository,
+            actor=actor,
+            action="key.retire.targets",
+            keysets=keysets,
+            production_threshold=min(repository.production_targets_threshold, remaining + 1),
+            retire_keyids=[row.keyid],
+            details={"role": "targets", "keyid": row.keyid},
+        )
+
+
+def root_renew(*, factory, actor):
+    """A new root version with the same keys, pushing the root's expiry a year out."""
+    authorize(user=actor, factory=factory, action="keys.manage")
+    with transaction.atomic():
+        repository = _repository_locked(factory)
+        keyring = Keyring(factory.id)
+        return _root_change_begin(
+            repository=repository,
+            actor=actor,
+            action="root.renew",
+            keysets=keyring.keysets(),
+            production_threshold=repository.production_targets_threshold,
+            details={"role": "root"},
+        )
+
+
+def root_change_sign(*, factory, actor, signatures):
+    """Add offline signatures to the pending key change; it applies once every document verifies.
+
+    `signatures`: [{"document", "keyid", "sig"}], made over the payloads of
+    `selectors.root_change_payloads`. An unknown key or a bad signature refuses them all.
+    """
+    authorize(user=actor, factory=factory, action="keys.manage")
+    if not isinstance(signatures, (list, tuple)) or not signatures:
+        raise ApplicationError("give at least one signature")
+    with transaction.atomic():
+        repository = _repository_locked(factory)
+        change = TufRootChange.objects.select_for_update().filter(factory=factory, status=TufRootChange.Status.PENDING).first()
+        if change is None:
+            raise NotFound("no key change is waiting for signatures")
+        by_name = {d["name"]: d for d in change.documents}
+        grouped = {}
+        for value in signatures:
+            name = value.get("document") if isinstance(value, dict) else None
+            if name not in by_name:
+                raise ApplicationError(f"signature for unknown document {str(name)[:80]!r}; expected one of {', '.join(by_name)}")
+            grouped.setdefault(name, []).append(value)
+        updated = {}
+        for name, values in grouped.items():
+            document = by_name[name]
+            metadata = document_md(document)
+            allowed = document_signers(change, document, repository)
+            verified = signatures_verified(key_for=allowed.get, payload=metadata.signed_bytes, signatures=values, what=name)
+            md.signatures_merge(metadata, verified)
+            updated[name] = _b64(md.to_bytes(metadata))
+        for document in change.documents:
+            if document["name"] in updated:
+                document["data"] = updated[document["name"]]
+        change.save(update_fields=["documents"])
+        audit_record(
+            factory=factory, actor=actor, action="tuf.root.sign", target=change.action,
+            details={"keyids": sorted({v["keyid"] for vs in grouped.values() for v in vs})},
+        )  # fmt: skip
+        if _root_change_complete(change, repository):
+            _root_change_apply(change, repository, actor)
+    return change
+
+
+def root_change_sign_with_archive(*, factory, actor, key_archive):
+    """Sign the pending key change with the keys of an uploaded archive (the dashboard's way).
+
+    The archive's root and targets keys sign, in memory, every document that still needs their
+    signature; the keys are dropped after. An archive with no key the change needs is refused.
+    """
+    authorize(user=actor, factory=factory, action="keys.manage")
+    change = TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).first()
+    if change is None:
+        raise NotFound("no key change is waiting for signatures")
+    signers = [signer for role, signer in tuf_keys.key_archive_read(key_archive) if role in tuf_keys.OFFLINE_ROLES]
+    signatures = []
+    try:
+        for document in root_change_payloads(change=change):
+            payload = base64.b64decode(document["payload"])
+            for signer in signers:
+                keyid = signer.public_key.keyid
+                if document["missing"] and keyid in document["keyids"] and keyid not in document["signed_by"]:
+                    signatures.append({"document": document["document"], **tuf_keys.payload_sign(signer, payload)})
+    finally:
+        signers.clear()
+    if not signatures:
+        raise ApplicationError("none of the keys in this archive can add a signature the pending change still needs", code="key_archive")
+    return root_change_sign(factory=factory, actor=actor, signatures=signatures)
+
+
+def root_change_abandon(*, factory, actor):
+    authorize(user=actor, factory=factory, action="keys.manage")
+    with transaction.atomic():
+        updated = TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).update(
+            status=TufRootChange.Status.ABANDONED, finished_at=timezone.now()
+        )
+        if not updated:
+            raise NotFound("no key change is waiting for signatures")
+        audit_record(factory=factory, actor=actor, action="tuf.root.abandon", target="")
+
+
+def offline_key_generate(*, factory, actor, role="targets", threshold=None):
+    """Generate an offline key here, register it, sign what it must sign, return its .tgz archive.
+
+    The same steps the CLI takes on the user's machine, for the demo and for operators working
+    on the server. The private key is only in the returned archive, never in the database.
+    """
+    signer = tuf_keys.key_generate()
+    change = offline_key_add(factory=factory, actor=actor, role=role, public_key=signer.public_key.to_dict(), threshold=threshold)
+    if change.status == TufRootChange.Status.PENDING:
+        signatures = []
+        for payload in root_change_payloads(change=change):
+            if signer.public_key.keyid in payload["keyids"]:
+                signatures.append({"document": payload["document"], **tuf_keys.payload_sign(signer, base64.b64decode(payload["payload"]))})
+        if signatures:
+            change = root_change_sign(factory=factory, actor=actor, signatures=signatures)
+    return tuf_keys.key_archive_write([(role, signer)])
+
+
+def demo_offline_key(*, factory, actor, path):
+    """The demo's offline targets key archive at `path`: kept if it is still one of the factory's
+    keys, else a new key is registered and written there (owner-only). Returns (path, created)."""
+    path = Path(path)
+    if not TufRepository.objects.filter(factory=factory).exists():
+        repository_init(factory=factory)  # a demo database from before the TUF repository existed
+    if path.exists():
+        try:
+            keyids = {signer.public_key.keyid for role, signer in tuf_keys.key_archive_read(path.read_bytes()) if role == "targets"}
+        except ApplicationError:
+            keyids = set()
+        if TufKey.objects.filter(factory=factory, role="targets", online=False, retired_at__isnull=True, keyid__in=keyids).exists():
+            return path, False
+    archive = offline_key_generate(factory=factory, actor=actor, role="targets")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.touch(mode=0o600)
+    temporary.chmod(0o600)
+    temporary.write_bytes(archive)
+    temporary.replace(path)
+    return path, True

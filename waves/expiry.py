@@ -1,0 +1,11 @@
+"""Expiry warnings for everything a factory signs offline: its open waves' targets with the TUF
+repository's own (production and baseline targets, an offline root)."""
+from factory.tuf import selectors as tuf_selectors
+
+from .models import Wave
+
+
+def expiring_targets(*, factory, within_days=30):
+    """factory.tuf.selectors.expiring_targets, the factory's open waves included."""
+    waves = Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES).values("name", "tag", "version", "expires_at")
+    return tuf_selectors.expiring_targets(factory=factory, within_days=within_days, waves=list(waves))
