@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from ninja import Router, Schema, Status
 from pydantic import ConfigDict, Field
 
+from devices.uuids import MAX_UUIDS
 from factory.api import actor_scope, responses
 from factory.errors import ApplicationError
 from factory.names import api_name
@@ -28,7 +29,7 @@ class PhaseIn(Schema):
 
     name: api_name("a phase name", max_length=plans.PHASE_NAME_MAX, required=False) | None = None
     group: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Device group; alone, the whole group (now and later).")
-    limit: Annotated[int, Field(ge=1, le=10_000)] | Annotated[Text, Field(max_length=16)] | None = Field(None, description="N devices or N%.")
+    limit: Annotated[int, Field(ge=1, le=MAX_UUIDS)] | Annotated[Text, Field(max_length=16)] | None = Field(None, description="N devices or N%.")
     saved_list: Annotated[Text, Field(max_length=100)] | None = Field(None, description="A saved device list's name (its UUIDs when the phase rolls out).")
     uuids: list[Annotated[Text, Field(max_length=60)]] | Annotated[Text, Field(max_length=500_000)] | None = Field(None, description="Exact device UUIDs.")
     wait_minutes: Minutes | None = Field(None, description=f"Wait and watch at least this long (default {plans.DEFAULT_WAIT_MINUTES}).")

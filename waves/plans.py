@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from devices.models import Device, DeviceEvent, DeviceGroup
 from devices.selectors import uuids_in
+from devices.uuids import parse_uuid_list
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.names import name_clean, name_problem
@@ -36,7 +37,7 @@ from factory.services import audit_record
 
 from . import services as wave_services
 from .models import PlanDecision, PlanPhase, PlanTemplate, RolloutPlan, SavedDeviceList, Wave, WaveDevice, WaveGroup
-from .uuids import MAX_UUIDS, parse_uuid_list
+from .scope import limit_parse, limit_size, limit_text, scope_require
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ CLAIM_SECONDS = 600
 EVALUATED_REST_SECONDS = 45
 WEBHOOK_TIMEOUT_SECONDS = 5
 GROUP_PLACEHOLDER = "{group}"
-LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
 TEMPLATE_NAME_MAX = 100
 # A template is addressed by its name in the API's URLs.
 TEMPLATE_NAME_FORBIDDEN = "/\\"
@@ -156,19 +156,10 @@ def _boolean(value, where, what):
 
 
 def _limit(value, where):
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return ""
-    if isinstance(value, bool):
-        _fail(where, "limit must be a number of devices (N) or a percentage (N%)")
-    match = LIMIT_RE.match(str(value))
-    if not match:
-        _fail(where, f"limit {str(value)[:20]!r} must be a number of devices (N) or a percentage (N%)")
-    n, percent = int(match.group(1)), bool(match.group(2))
-    if percent and not 0 < n <= 100:
-        _fail(where, "a percentage limit must be between 1% and 100%")
-    if not percent and not 0 < n <= MAX_UUIDS:
-        _fail(where, f"limit must be between 1 and {MAX_UUIDS:,} devices")
-    return f"{n}%" if percent else str(n)
+    try:
+        return limit_text(limit_parse(value))
+    except ApplicationError as exc:
+        _fail(where, exc.message)
 
 
 def phase_clean(raw, *, index, factory=None, placeholders=False):
@@ -204,8 +195,7 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
             phase["uuids"] = "\n".join(str(u) for u in parse_uuid_list(uuids))
         except ApplicationError as exc:
             raise ApplicationError(f"{where}: {exc.message}") from None
-    if not any(phase[k] for k in SCOPE_KEYS):
-        raise ApplicationError(f"{where}: choose what it rolls out to: a group, a limit, a saved device list, UUIDs, or a combination")
+    scope_require(group=phase["group"], limit=phase["limit"], uuids=phase["uuids"], saved_list=phase["saved_list"], where=where)
     if phase["saved_list"] and phase["uuids"]:
         raise ApplicationError(f"{where}: give either a saved device list or UUIDs, not both")
     if phase["advance"] not in PlanPhase.Advance.values:
@@ -627,11 +617,9 @@ def _phase_estimates(phases, wave):
             group = phase.group_name
             available -= sum(taken.values()) if not group else taken.get(group, 0) + taken.get("", 0)
         available = max(0, available)
-        if phase.limit:
-            n, percent = int(phase.limit.rstrip("%")), phase.limit.endswith("%")
-            if percent:
-                n = math.ceil(scope.count() * n / 100)
-            available = min(n, available)
+        limit = limit_parse(phase.limit)
+        if limit is not None:
+            available = min(limit_size(limit, scope.count() if limit[1] else 0), available)
         if not listed:
             taken[phase.group_name] = taken.get(phase.group_name, 0) + available
         estimates[phase.pk] = available
@@ -893,7 +881,7 @@ def _phase_rollout(plan, phase, actor, now):
         result = wave_services.wave_rollout(
             wave=plan.wave,
             actor=actor,
-            group_option=phase.group_name or None,
+            group=phase.group_name or None,
             limit=phase.limit or None,
             uuids=uuids or None,
         )

@@ -22,6 +22,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from devices.models import Device, DeviceGroup
 from devices.selectors import uuids_in
+from devices.uuids import MAX_UUIDS
 from factory.auth import factory_view
 from factory.downloads import attachment
 from factory.errors import ApplicationError
@@ -428,7 +429,7 @@ def _preview_context(request, wave, token, state, result, *, stored=False, add_f
         "add_form": add_form or PreviewAddForm(),
         "save_form": save_form or SaveListForm(),
         "confirm": confirm,
-        "editable": not state["full_group"] or view["count"] <= 10_000,
+        "editable": not state["full_group"] or view["count"] <= MAX_UUIDS,
         "error": error,
     }
 
@@ -501,8 +502,8 @@ def rollout_preview_edit(request, name, token):
     if state["full_group"]:
         # Editing a full-group preview turns it into an exact list of today's devices.
         result = _dry_run(request, wave, state)
-        if result.count > 10_000:
-            context = _preview_context(request, wave, token, state, result, error="A list of more than 10,000 devices cannot be edited; use a limit.")
+        if result.count > MAX_UUIDS:
+            context = _preview_context(request, wave, token, state, result, error=f"A list of more than {MAX_UUIDS:,} devices cannot be edited; use a limit.")
             return _render_preview(request, wave, context, status=400)
         state.update(full_group=False, uuids=[d["uuid"] for d in result.devices])
     status = 200
@@ -521,8 +522,8 @@ def rollout_preview_edit(request, name, token):
         elif add_form.is_valid():
             have = set(state["uuids"])
             added = [str(u) for u in add_form.cleaned_data["uuids"] if str(u) not in have]
-            if len(have) + len(added) > 10_000:
-                add_form.add_error("uuids", "The list would hold more than 10,000 devices, the most one rollout may stage.")
+            if len(have) + len(added) > MAX_UUIDS:
+                add_form.add_error("uuids", f"The list would hold more than {MAX_UUIDS:,} devices, the most one rollout may stage.")
                 status = 400
             else:
                 state["uuids"] += added
