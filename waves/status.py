@@ -2,19 +2,7 @@
 computed set-based (a few grouped SQL statements, never a loop over devices) and stored as a
 time series of samples, one per wave and aggregation interval.
 
-Every device on the wave's tag is in exactly one state, decided in this order:
-
-    updated        on the wave's version or newer (from its own check-ins)
-    failed         reported a failure for the wave's version since the wave was created
-    held           the wave was canceled after the device fetched its targets: TUF forbids
-                   the lower production version, so it stays where it is
-    installing     reported install-started/applied/completed for the wave's version
-    downloading    reported download-started/completed for the wave's version
-    offline        not seen within the offline threshold
-    scheduled      staged (or, once the wave is complete, on the tag) and waiting
-    not_scheduled  none of the above
-
-A device is *stuck* (counted apart, across states) when it is scheduled, downloading,
+Every device on the wave's tag is in exactly one of the states of waves/states.py. A device is *stuck* (counted apart, across states) when it is scheduled, downloading,
 installing or offline, and nothing has happened since: it was staged, or last reported
 progress, longer ago than the stuck threshold.
 """
@@ -35,18 +23,8 @@ from factory.auth import authorize
 
 from .models import Rollout, Wave, WaveStatusSample
 from .selectors import NO_GROUP, offline_cutoff
+from .states import STATES
 
-STATES = ("not_scheduled", "scheduled", "downloading", "installing", "updated", "failed", "held", "offline")
-STATE_LABELS = {
-    "not_scheduled": "not scheduled",
-    "scheduled": "scheduled",
-    "downloading": "downloading",
-    "installing": "installing",
-    "updated": "updated",
-    "failed": "failed",
-    "held": "held after cancel",
-    "offline": "offline",
-}
 # A finished wave is still sampled for a while: devices keep updating to a completed wave, and
 # the held devices of a canceled one only show after the cancel.
 FOLLOW_FINISHED = timedelta(hours=24)
