@@ -24,6 +24,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf import services as tuf
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
+from .outcomes import not_updated_q, version_updated
 from .scope import limit_parse, sample_size, scope_require
 from .selectors import offline_cutoff
 
@@ -351,7 +352,7 @@ def _candidates(scope, wave, *, group_staged=None):
     # (wave, device) unique index, where NOT IN over 900,000 staged rows degrades to a scan per device.
     conditions = [
         ~Exists(WaveDevice.objects.filter(wave=wave, device_id=OuterRef("pk"))),
-        Q(target_version__isnull=True) | Q(target_version__lt=wave.version),
+        not_updated_q(wave),
     ]
     if group_staged is not False:
         conditions.append(~Exists(WaveGroup.objects.filter(wave=wave, group_id=OuterRef("group_id"))))
@@ -428,7 +429,7 @@ def _listed(*, wave, listed, group):
             in_scope += 1
             if d["staged"]:
                 reason = "already staged"
-            elif d["target_version"] is not None and d["target_version"] >= wave.version:
+            elif version_updated(d["target_version"], wave):
                 reason = "already updated"
         if reason:
             skipped.append({"uuid": str(uuid), "reason": reason})

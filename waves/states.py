@@ -5,7 +5,8 @@ Every device on the wave's tag is in exactly one state, decided in this order (w
 counts them in SQL, with the outcomes of waves/outcomes.py):
 
     updated        on the wave's version or newer (from its own check-ins)
-    failed         reported a failure for the wave's version since the wave was created
+    failed         the latest outcome it reported for the wave's version since the wave was
+                   created is a failure
     held           the wave was canceled after the device fetched its targets: TUF forbids
                    the lower production version, so it stays where it is
     installing     reported install-started/applied/completed for the wave's version

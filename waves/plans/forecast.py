@@ -12,6 +12,7 @@ from devices.uuids import parse_uuid_list
 from factory.errors import ApplicationError
 
 from ..models import PlanDecision, PlanPhase, RolloutPlan, WaveDevice, WaveGroup
+from ..outcomes import not_updated_q
 from ..scope import limit_parse, limit_size
 from .gates import phase_evidence
 from .phases import phase_label
@@ -42,7 +43,7 @@ def _phase_estimates(phases, wave):
         available = (
             scope.exclude(pk__in=WaveDevice.objects.filter(wave=wave).values("device_id"))
             .exclude(group_id__in=WaveGroup.objects.filter(wave=wave).values("group_id"))
-            .exclude(target_version__gte=wave.version)
+            .filter(not_updated_q(wave))
             .count()
         )
         if not listed:

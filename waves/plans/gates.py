@@ -1,7 +1,6 @@
 """A phase's gates, measured over the devices it staged:
 
-- updated: on the wave's version (check-in), or its latest outcome reported for it is a success;
-- failed: not updated, and its latest outcome reported for the wave's version is a failure;
+- updated and failed: as waves/outcomes.py defines them for every status;
 - stuck: neither, and silent (no report for the wave's version) for T minutes: counted as failed;
 - reporting: updated, failed, or reported any progress for the wave's version;
 - unhealthy: updated, then silent (no check-in, no report) for T minutes.
@@ -18,6 +17,7 @@ from datetime import datetime, timedelta
 from django.db import connection
 from django.utils import timezone
 
+from ..outcomes import failed_sql, failure_sql, outcome_params, sql_time, success_sql, updated_sql, wave_report_sql
 from .selectors import phase_devices
 
 
@@ -100,23 +100,22 @@ WITH phase AS ({devices}),
 latest AS (
   SELECT p.target_version, p.last_seen,
          MAX(e.reported_at) AS last_report,
-         MAX(e.reported_at) FILTER (WHERE e.success = %(true)s) AS last_success,
-         MAX(e.reported_at) FILTER (WHERE e.success = %(false)s) AS last_failure
+         MAX(e.reported_at) FILTER (WHERE {success}) AS last_success,
+         MAX(e.reported_at) FILTER (WHERE {failure}) AS last_failure
     FROM phase p
-    LEFT JOIN devices_deviceevent e ON e.device_id = p.id AND e.factory_id = %(factory)s AND e.target_version = %(version)s
+    LEFT JOIN devices_deviceevent e ON e.device_id = p.id AND {report}
    GROUP BY p.id, p.target_version, p.last_seen
 ),
 states AS (
   SELECT last_seen, last_report,
          CASE
-           WHEN target_version >= %(version)s
-             OR (last_success IS NOT NULL AND (last_failure IS NULL OR last_success >= last_failure)) THEN 'updated'
-           WHEN last_failure IS NOT NULL THEN 'failed'
+           WHEN {updated} THEN 'updated'
+           WHEN {failed} THEN 'failed'
            WHEN {stuck} THEN 'stuck'
            WHEN last_report IS NOT NULL THEN 'in_progress'
            ELSE 'waiting'
          END AS state
-    FROM latest
+    FROM latest l
 )
 SELECT COUNT(*),
        COUNT(*) FILTER (WHERE state = 'updated'),
@@ -136,7 +135,7 @@ def phase_counts(phase, *, now, wave=None):
     if phase.rollout_id is None:
         return dict.fromkeys(_COUNT_KEYS, 0)
     devices_sql, devices_params = phase_devices(phase, wave).values("id", "target_version", "last_seen").query.sql_with_params()
-    params = {"factory": wave.factory_id, "version": wave.version, "true": True, "false": False}
+    params = outcome_params(wave)
     # The devices' query comes with positional parameters; the rest of the statement uses names.
     for index, value in enumerate(devices_params):
         params[f"d{index}"] = value
@@ -144,7 +143,7 @@ def phase_counts(phase, *, now, wave=None):
     devices_sql = re.sub(r"(?<!%)%s", lambda _: f"%(d{next(names)})s", devices_sql)
     stuck = unhealthy = "1 = 0"
     if phase.stuck_after_minutes is not None:
-        params["silent_since"] = connection.ops.adapt_datetimefield_value(now - timedelta(minutes=phase.stuck_after_minutes))
+        params["silent_since"] = sql_time(now - timedelta(minutes=phase.stuck_after_minutes))
         stuck = "last_report < %(silent_since)s"
         if (phase.started_at or now) < now - timedelta(minutes=phase.stuck_after_minutes):
             stuck += " OR last_report IS NULL"  # nothing reported since the phase started
@@ -153,8 +152,18 @@ def phase_counts(phase, *, now, wave=None):
             "state = 'updated' AND (last_seen IS NULL OR last_seen < %(silent_since)s) "
             "AND (last_report IS NULL OR last_report < %(silent_since)s)"
         )
+    sql = _COUNTS_SQL.format(
+        devices=devices_sql,
+        report=wave_report_sql("e"),
+        success=success_sql("e"),
+        failure=failure_sql("e"),
+        updated=updated_sql("l"),
+        failed=failed_sql("l"),
+        stuck=stuck,
+        unhealthy=unhealthy,
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_COUNTS_SQL.format(devices=devices_sql, stuck=stuck, unhealthy=unhealthy), params)
+        cursor.execute(sql, params)
         return dict(zip(_COUNT_KEYS, cursor.fetchone()))
 
 
