@@ -3,7 +3,7 @@
 Status is set-based SQL (one pass over the tag's devices, grouped), never a loop over devices.
 """
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
@@ -153,6 +153,13 @@ def _rows(sql, params):
         return cursor.fetchall()
 
 
+def group_order(rows):
+    """Status rows of groups in the order every wave status shows them: groups the wave was rolled
+    out to first (in rollout order), then the other groups by name, then "(No Group)"."""
+    far = datetime.max.replace(tzinfo=dt_timezone.utc)
+    return sorted(rows, key=lambda r: (r["group_id"] is None, r["rollout_time"] is None, r["rollout_time"] or far, r["group"]))
+
+
 def wave_status(*, wave, offline_threshold_hours=None):
     """Per group on the wave's tag (rollout groups first, then other groups, then "(No Group)"):
     total, online, on the wave version, newer, older, scheduled, failed, held, rollout time;
@@ -197,15 +204,7 @@ def wave_status(*, wave, offline_threshold_hours=None):
                 "versions": dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0)))),
             }
         )
-    # rollout groups first (in rollout order), then other groups by name, then "(No Group)"
-    rows.sort(
-        key=lambda r: (
-            r["group_id"] is None,
-            r["rollout_time"] is None,
-            r["rollout_time"] or timezone.now(),
-            r["group"],
-        )
-    )
+    rows = group_order(rows)
     totals = {key: sum(r[key] for r in rows) for key in ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held")}
     return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff}
 

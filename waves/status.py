@@ -33,7 +33,7 @@ from .outcomes import (
     version_updated,
     wave_report_sql,
 )
-from .selectors import NO_GROUP, factory_status, offline_cutoff
+from .selectors import NO_GROUP, factory_status, group_order, offline_cutoff
 from .states import STATES
 
 # A finished wave is still sampled for a while: devices keep updating to a completed wave, and
@@ -381,13 +381,6 @@ def phase_list(*, wave):
     return phases
 
 
-def _group_order(rows):
-    # As `waves status`: groups the wave was rolled out to first (in rollout order), then the
-    # other groups by name, then "(No Group)".
-    far = datetime.max.replace(tzinfo=dt_timezone.utc)
-    return sorted(rows, key=lambda r: (r["group_id"] is None, r["rollout_time"] is None, r["rollout_time"] or far, r["group"]))
-
-
 def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_minutes=None):
     """The wave's status now: {"taken_at", "totals", "groups" (ordered list), "update_times"}.
 
@@ -437,7 +430,7 @@ def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_m
                 "rollout_time": row["rollout_time"],
             }
         )
-    rows = _group_order(rows)
+    rows = group_order(rows)
     totals = {"total": 0, "online": 0, "stuck": 0, **_empty_states()}
     for row in rows:
         for key in ("total", "online", "stuck"):
