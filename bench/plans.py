@@ -26,7 +26,10 @@ from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from waves.models import PlanPhase, Wave  # noqa: E402
-from waves.plans import large_fleet_phases, phase_devices, plan_evaluate, plan_get, plan_set, plan_show, plan_start  # noqa: E402
+from waves.plans.forecast import plan_show  # noqa: E402
+from waves.plans.phases import large_fleet_phases  # noqa: E402
+from waves.plans.selectors import phase_devices, plan_get  # noqa: E402
+from waves.plans.services import plan_evaluate, plan_set, plan_start  # noqa: E402
 from waves.services import wave_cancel, wave_init, wave_sign  # noqa: E402
 
 REPEAT = 3

@@ -28,6 +28,7 @@ from django.utils import timezone  # noqa: E402
 from factory.models import Role  # noqa: E402
 from factory.services import user_create  # noqa: E402
 from waves import status  # noqa: E402
+from waves.states import STATES  # noqa: E402
 from waves.models import Rollout, WaveGroup, WaveStatusSample  # noqa: E402
 from waves.services import wave_rollout  # noqa: E402
 
@@ -192,7 +193,7 @@ def main():
                 rows.append(("wave detail page (full, for reference)", *measure(lambda: get(reverse("wave-detail", args=[wave.name])), repeat=3), "dashboard page"))
             except AssertionError as error:
                 print(f"wave detail page not measured: {error}")
-            print("\nlatest sample totals:", {k: totals[k] for k in ("total", "online", "stuck", *status.STATES)})
+            print("\nlatest sample totals:", {k: totals[k] for k in ("total", "online", "stuck", *STATES)})
             raise Rollback
     except Rollback:
         pass

@@ -12,7 +12,6 @@ from typing import Annotated
 from factory.api_support import actor_scope, paginate, responses
 from factory.errors import ApplicationError, NotFound
 from factory.schemas import FactoryName, PageNumber, PerPage, Text, Version
-from waves.uuids import parse_uuid_list
 
 from .models import Device, DeviceEvent, DeviceGroup
 from .schemas import (
@@ -37,6 +36,7 @@ from .services import (
     registration_token_create,
     registration_token_revoke,
 )
+from .uuids import parse_uuid_list
 
 router = Router(tags=["devices"])
 

@@ -6,6 +6,8 @@ from django import forms
 from factory.errors import ApplicationError
 from factory.forms import DashboardForm
 
+from .uuids import MAX_UUIDS, parse_uuid_list
+
 UUID_FILE_MAX_BYTES = 1024 * 1024
 
 ANY = ""
@@ -82,17 +84,15 @@ def read_uuid_file(upload):
     if upload is None:
         return ""
     if upload.size > UUID_FILE_MAX_BYTES:
-        raise forms.ValidationError("The file is larger than 1 MB; a UUID list of 10,000 devices is about 370 kB.")
+        raise forms.ValidationError(f"The file is larger than 1 MB; a UUID list of {MAX_UUIDS:,} devices is about {MAX_UUIDS * 37 // 1000} kB.")
     try:
         return upload.read().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise forms.ValidationError("The file is not UTF-8 text.") from None
 
 
-def parse_uuids(text, *, max_items=10_000, purpose="at once"):
+def parse_uuids(text, *, max_items=MAX_UUIDS, purpose="at once"):
     """Parse with the one shared parser; its message names the bad tokens."""
-    from waves.uuids import parse_uuid_list  # noqa: PLC0415 (devices must not import waves at load time)
-
     try:
         return parse_uuid_list(text, max_items=max_items)
     except ApplicationError as error:

@@ -8,6 +8,8 @@ from pydantic import AwareDatetime, Field
 
 from factory.schemas import PageMeta, Text
 
+from .uuids import MAX_UUIDS
+
 GroupName = Annotated[Text, Field(min_length=1, max_length=64)]
 
 
@@ -61,7 +63,7 @@ class DeviceGroupRenameIn(Schema):
 
 UuidList = Annotated[
     Text | list[Annotated[Text, Field(max_length=100)]],
-    Field(description="Device UUIDs: a list, or text separated by , ; | or any whitespace (at most 10,000)."),
+    Field(description=f"Device UUIDs: a list, or text separated by , ; | or any whitespace (at most {MAX_UUIDS:,})."),
 ]
 
 

@@ -28,7 +28,10 @@ from factory.tuf.keys import key_generate, payload_sign
 from factory.tuf.services import root_changes
 from factory.tuf.services.repository import ci_build_publish, factory_create
 from tests.tuf_helpers import offline_targets_key
-from waves import devicelists, plans
+from waves import devicelists
+from waves.plans import selectors as plan_selectors
+from waves.plans import services as plan_services
+from waves.plans import templates
 from waves.services import wave_init, wave_rollout, wave_sign
 
 API = "/api/v1"
@@ -63,28 +66,28 @@ PHASES = [{"limit": 2, "advance": "approval", "approver_must_differ": False, "wa
 
 
 def draft_plan(world):
-    plans.plan_set(wave=world["wave"], actor=world["bob"], phases=PHASES)
+    plan_services.plan_set(wave=world["wave"], actor=world["bob"], phases=PHASES)
 
 
 def running_plan(world):
     draft_plan(world)
-    plans.plan_start(wave=world["wave"], actor=world["bob"])
+    plan_services.plan_start(wave=world["wave"], actor=world["bob"])
 
 
 def paused_plan(world):
     running_plan(world)
-    plans.plan_pause(wave=world["wave"], actor=world["bob"])
+    plan_services.plan_pause(wave=world["wave"], actor=world["bob"])
 
 
 def plan_awaiting_approval(world):
     running_plan(world)
-    plans.plan_evaluate(plan=plans.plan_get(wave=world["wave"]))
-    phase = plans.current_phase(plans.plan_phases(plans.plan_get(wave=world["wave"])))
+    plan_services.plan_evaluate(plan=plan_selectors.plan_get(wave=world["wave"]))
+    phase = plan_selectors.current_phase(plan_selectors.plan_phases(plan_selectors.plan_get(wave=world["wave"])))
     assert phase.status == "awaiting-approval", phase.status
 
 
 def template(world):
-    plans.plan_template_save(factory=world["factory"], actor=world["bob"], name="t1", phases=PHASES)
+    templates.plan_template_save(factory=world["factory"], actor=world["bob"], name="t1", phases=PHASES)
 
 
 def unsigned_wave(world):

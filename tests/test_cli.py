@@ -154,11 +154,17 @@ def test_usage_errors_exit_2(cli, tokens, fleet):
     assert cli("waves", "rollout").code == 2
     both = cli("waves", "rollout", "w", "canary", "--group", "beta", token=tokens["bob"])
     assert both.code == 2 and "not both" in both.err
-    nothing = cli("waves", "rollout", "w", token=tokens["bob"])
-    assert nothing.code == 2 and "choose what to roll out to" in nothing.err
     assert cli("waves", "init", "w", "forty-two", TAG, token=tokens["bob"]).code == 2
     assert cli("waves", "list", "-S", "bogus").code == 2
     assert cli("--help").code == 0
+
+
+def test_a_rollout_to_nothing_is_refused_by_the_server(cli, tokens, fleet, keys_file):
+    # The CLI keeps no copy of the rule: it sends what was typed and prints the server's refusal.
+    assert cli("waves", "init", "-k", keys_file, "v2", 42, TAG, token=tokens["bob"]).code == 0
+    nothing = cli("waves", "rollout", "v2", token=tokens["bob"])
+    assert nothing.code == 1 and "choose what to roll out to" in one_sentence_error(nothing)
+    assert not WaveDevice.objects.exists()
 
 
 def test_wrong_role_is_one_sentence_and_qa_may_preview(cli, tokens, fleet, keys_file):

@@ -12,7 +12,8 @@ from tests.test_cli import cli, env, fast_passwords, tokens  # noqa: F401  (fixt
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.plan_devices import Fleet
 from waves.models import PlanDecision, PlanPhase, Rollout, RolloutPlan
-from waves.plans import plan_evaluate, plan_get
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_evaluate
 from waves.services import wave_init, wave_sign
 
 TAG = "production"
@@ -118,7 +119,7 @@ def test_plan_files_templates_and_errors(cli, tokens, factory, wave, env):
     assert result.code == 0, result.err
     assert RolloutPlan.objects.get(wave=wave).webhook_url == "http://hooks.local/x"
 
-    from waves.plans import plan_template_save
+    from waves.plans.templates import plan_template_save
 
     plan_template_save(factory=factory, actor=None, name="per group", phases=[{"group": "{group}", "limit": 2}, {"group": "{group}"}])
     templated = cli("waves", "plan", "set", wave.name, "--template", "per group", "--groups", "us-east,us-west", token=bob)

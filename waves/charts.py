@@ -7,19 +7,8 @@ from datetime import timezone as dt_timezone
 
 from factory.charts import plotly_text
 
-from .status import STATE_LABELS
+from .states import STACK_ORDER, STATE_COLORS, STATE_LABELS
 
-STATE_ORDER = ("updated", "installing", "downloading", "scheduled", "failed", "held", "offline", "not_scheduled")
-STATE_COLORS = {
-    "updated": "#1f9d55",
-    "installing": "#6f5bd3",
-    "downloading": "#3d7fd1",
-    "scheduled": "#9dbfe6",
-    "failed": "#d64545",
-    "held": "#e0a030",
-    "offline": "#7a8291",
-    "not_scheduled": "#d5d9e0",
-}
 VERSION_COLORS = ("#0b5cad", "#e0a030", "#6f5bd3", "#d64545", "#3aa6b9", "#8a6d3b", "#b35c9e", "#5b6577", "#9aa5b1")
 PHASE_COLOR = "#0f2742"
 MAX_GROUPS = 40
@@ -120,7 +109,7 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
             # Devices outside the wave would flatten its progress; one click on the legend shows them.
             **({"visible": "legendonly"} if state == "not_scheduled" else {}),
         }
-        for state in STATE_ORDER
+        for state in STACK_ORDER
     ]
     shapes, annotations = [], []
     for cluster in _phase_clusters(phases, series):
@@ -163,7 +152,7 @@ def group_progress(groups, *, uirevision, filename="wave-groups", max_groups=MAX
             "marker": {"color": STATE_COLORS[state]},
             "hovertemplate": "%{y}: %{x:,} " + STATE_LABELS[state] + "<extra></extra>",
         }
-        for state in STATE_ORDER
+        for state in STACK_ORDER
     ]
     title = f"first {len(shown)} groups; {hidden} more in the CSV export" if hidden else ""
     layout = _layout(

@@ -3,13 +3,13 @@ rollouts. Writes follow the services rules (role check, one transaction, an audi
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 
+from devices.uuids import parse_uuid_list
 from factory.auth import authorize
 from factory.errors import Conflict, NotFound
 from factory.names import name_clean
 from factory.services import audit_record
 
 from .models import SavedDeviceList
-from .uuids import MAX_UUIDS, parse_uuid_list
 
 NAME_MAX = 100
 # A list is addressed by its name in the API's URLs.
@@ -24,7 +24,7 @@ def _clean_uuids(uuids):
     """Canonical text, one UUID a line; an empty list is allowed (a list being built)."""
     if uuids is None or (isinstance(uuids, str) and not uuids.strip()) or (isinstance(uuids, (list, tuple)) and not uuids):
         return ""
-    return "\n".join(str(u) for u in parse_uuid_list(uuids, max_items=MAX_UUIDS))
+    return "\n".join(str(u) for u in parse_uuid_list(uuids))
 
 
 def device_list_create(*, factory, actor, name, uuids=None):

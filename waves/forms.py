@@ -4,11 +4,14 @@ from django import forms
 from django.core.validators import RegexValidator
 
 from devices.forms import UuidListField, parse_uuids, read_uuid_file
+from devices.uuids import MAX_UUIDS
+from factory.errors import ApplicationError
 from factory.forms import DashboardForm, key_archive_upload_read
 from factory.names import NameValidator
 
 from . import devicelists
 from .models import Wave
+from .scope import scope_require
 from .services import NAME_RE
 
 WHOLE_FLEET = ""
@@ -114,14 +117,15 @@ class RolloutForm(DashboardForm):
                     self.add_error(field, error)
                     return data
             unique = list(dict.fromkeys(parsed))
-            if len(unique) > 10_000:
-                self.add_error("uuids", f"Together the lists hold {len(unique):,} devices; at most 10,000 may be given to one rollout.")
+            if len(unique) > MAX_UUIDS:
+                self.add_error("uuids", f"Together the lists hold {len(unique):,} devices; at most {MAX_UUIDS:,} may be given to one rollout.")
             data["uuid_list"] = unique
-        if not data.get("group") and not data.get("limit") and not sources and not self.errors:
-            raise forms.ValidationError(
-                "Choose what to roll out to: a group, a limit, a UUID list, or a combination. "
-                "For the whole fleet, give a limit (for example 100%)."
-            )
+        if not self.errors:
+            try:
+                scope_require(group=data.get("group"), limit=data.get("limit"), uuids=sources)
+            except ApplicationError as error:
+                # "Whole fleet" is no group: the fleet itself is never rolled out to as a group.
+                raise forms.ValidationError(f"{error.message[:1].upper()}{error.message[1:]}. For the whole fleet, give a limit (for example 100%).") from None
         return data
 
 

@@ -6,19 +6,26 @@ from typing import Annotated, Any, Literal
 from ninja import Router, Schema, Status
 from pydantic import ConfigDict, Field
 
+from devices.uuids import MAX_UUIDS
 from factory.api_support import actor_scope, responses
 from factory.errors import ApplicationError
 from factory.names import api_name
 from factory.schemas import FactoryName, Text
 
-from . import plans, selectors
+from . import selectors
+from .plans.decisions import MAX_REASON
+from .plans.phases import DEFAULT_WAIT_MINUTES, MAX_MINUTES, MAX_PHASES, PHASE_NAME_MAX, phase_as_input
+from .plans.selectors import plan_get
+from .plans import forecast
+from .plans import services as plan_services
+from .plans import templates as plan_templates
 
 router = Router(tags=["rollout plans"])
 
 Ratio = Annotated[float, Field(ge=0, le=1)] | Annotated[Text, Field(max_length=10, description="e.g. '95%'")]
-Minutes = Annotated[int, Field(ge=0, le=plans.MAX_MINUTES)]
+Minutes = Annotated[int, Field(ge=0, le=MAX_MINUTES)]
 Count = Annotated[int, Field(ge=0, le=10_000_000)]
-Reason = Annotated[Text, Field(max_length=plans.MAX_REASON)]
+Reason = Annotated[Text, Field(max_length=MAX_REASON)]
 
 
 class PhaseIn(Schema):
@@ -26,17 +33,17 @@ class PhaseIn(Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: api_name("a phase name", max_length=plans.PHASE_NAME_MAX, required=False) | None = None
+    name: api_name("a phase name", max_length=PHASE_NAME_MAX, required=False) | None = None
     group: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Device group; alone, the whole group (now and later).")
-    limit: Annotated[int, Field(ge=1, le=10_000)] | Annotated[Text, Field(max_length=16)] | None = Field(None, description="N devices or N%.")
+    limit: Annotated[int, Field(ge=1, le=MAX_UUIDS)] | Annotated[Text, Field(max_length=16)] | None = Field(None, description="N devices or N%.")
     saved_list: Annotated[Text, Field(max_length=100)] | None = Field(None, description="A saved device list's name (its UUIDs when the phase rolls out).")
     uuids: list[Annotated[Text, Field(max_length=60)]] | Annotated[Text, Field(max_length=500_000)] | None = Field(None, description="Exact device UUIDs.")
-    wait_minutes: Minutes | None = Field(None, description=f"Wait and watch at least this long (default {plans.DEFAULT_WAIT_MINUTES}).")
+    wait_minutes: Minutes | None = Field(None, description=f"Wait and watch at least this long (default {DEFAULT_WAIT_MINUTES}).")
     min_reporting: Count | None = Field(None, description="At least K devices reporting (all staged devices when fewer).")
     min_success_ratio: Ratio | None = Field(None, description="Share of the phase's devices updated, at least.")
     max_failure_ratio: Ratio | None = Field(None, description="Share failed or stuck, at most: above it the plan halts.")
     max_unhealthy: Count | None = Field(None, description="Updated devices silent for stuck_after_minutes, at most: above it the plan halts.")
-    stuck_after_minutes: Annotated[int, Field(ge=1, le=plans.MAX_MINUTES)] | None = Field(
+    stuck_after_minutes: Annotated[int, Field(ge=1, le=MAX_MINUTES)] | None = Field(
         None, description="A staged device silent this long is stuck (failed); an updated one, unhealthy."
     )
     advance: Literal["auto", "approval"] | None = None
@@ -46,7 +53,7 @@ class PhaseIn(Schema):
 class PlanSetIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    phases: list[PhaseIn] | None = Field(None, max_length=plans.MAX_PHASES)
+    phases: list[PhaseIn] | None = Field(None, max_length=MAX_PHASES)
     template: Annotated[Text, Field(max_length=100)] | None = Field(None, description="Apply this plan template instead of giving phases.")
     groups: list[Annotated[Text, Field(max_length=64)]] | None = Field(None, max_length=200, description="Groups for a per-group ({group}) template.")
     webhook_url: Annotated[Text, Field(max_length=200)] | None = Field(None, description="POSTed JSON on halts, approvals needed and the end; '' removes it.")
@@ -144,8 +151,8 @@ class PlanOut(Schema):
 class TemplateIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    name: api_name("a template name", max_length=plans.TEMPLATE_NAME_MAX, forbidden=plans.TEMPLATE_NAME_FORBIDDEN)
-    phases: list[PhaseIn] | None = Field(None, max_length=plans.MAX_PHASES, description="The phases; a group may be '{group}'.")
+    name: api_name("a template name", max_length=plan_templates.TEMPLATE_NAME_MAX, forbidden=plan_templates.TEMPLATE_NAME_FORBIDDEN)
+    phases: list[PhaseIn] | None = Field(None, max_length=MAX_PHASES, description="The phases; a group may be '{group}'.")
     wave: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Save this wave's plan instead.")
     replace: bool = Field(False, description="Replace a template of the same name.")
 
@@ -166,7 +173,7 @@ def plan_out(shown):
     phases = []
     for row in shown["phases"]:
         phase, evidence = row["phase"], row["evidence"]
-        data = plans.phase_as_input(phase)
+        data = phase_as_input(phase)
         phases.append(
             {
                 **data,
@@ -214,7 +221,7 @@ def _wave(request, name):
 
 
 def _shown(wave):
-    return plan_out(plans.plan_show(plan=plans.plan_get(wave=wave)))
+    return plan_out(forecast.plan_show(plan=plan_get(wave=wave)))
 
 
 @router.get("/waves/{wave}/plan", response=responses(200, PlanOut), summary="A wave's rollout plan: phases, gates, decisions, forecast")
@@ -232,32 +239,32 @@ def plan_set(request, factory: FactoryName, wave: str, payload: PlanSetIn):
     if (payload.phases is None) == (payload.template is None):
         raise ApplicationError("give either phases or a template")
     if payload.template is not None:
-        plans.plan_template_apply(wave=wave_obj, actor=user, name=payload.template, groups=payload.groups, webhook_url=payload.webhook_url)
+        plan_templates.plan_template_apply(wave=wave_obj, actor=user, name=payload.template, groups=payload.groups, webhook_url=payload.webhook_url)
     else:
         if payload.groups:
             raise ApplicationError("groups go with a template")
-        plans.plan_set(wave=wave_obj, actor=user, phases=_phases_in(payload.phases), webhook_url=payload.webhook_url)
+        plan_services.plan_set(wave=wave_obj, actor=user, phases=_phases_in(payload.phases), webhook_url=payload.webhook_url)
     return _shown(wave_obj)
 
 
 @router.post("/waves/{wave}/plan/start", response=responses(200, PlanOut), summary="Start the plan: roll out its first phase now")
 def plan_start(request, factory: FactoryName, wave: str):
     wave_obj, user = _wave(request, wave)
-    plans.plan_start(wave=wave_obj, actor=user)
+    plan_services.plan_start(wave=wave_obj, actor=user)
     return _shown(wave_obj)
 
 
 @router.post("/waves/{wave}/plan/approve", response=responses(200, PlanOut), summary="Approve the phase awaiting approval")
 def plan_approve(request, factory: FactoryName, wave: str, payload: ApproveIn):
     wave_obj, user = _wave(request, wave)
-    plans.plan_approve(wave=wave_obj, actor=user, reason=payload.reason)
+    plan_services.plan_approve(wave=wave_obj, actor=user, reason=payload.reason)
     return _shown(wave_obj)
 
 
 @router.post("/waves/{wave}/plan/pause", response=responses(200, PlanOut), summary="Pause the plan: nothing advances or halts")
 def plan_pause(request, factory: FactoryName, wave: str, payload: ReasonIn | None = None):
     wave_obj, user = _wave(request, wave)
-    plans.plan_pause(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
+    plan_services.plan_pause(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
     return _shown(wave_obj)
 
 
@@ -265,14 +272,14 @@ def plan_pause(request, factory: FactoryName, wave: str, payload: ReasonIn | Non
 def plan_resume(request, factory: FactoryName, wave: str, payload: ReasonIn | None = None):
     """A halted plan needs a reason."""
     wave_obj, user = _wave(request, wave)
-    plans.plan_resume(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
+    plan_services.plan_resume(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
     return _shown(wave_obj)
 
 
 @router.post("/waves/{wave}/plan/cancel", response=responses(200, PlanOut), summary="Cancel the plan's wave and end the plan")
 def plan_cancel(request, factory: FactoryName, wave: str, payload: ReasonIn | None = None):
     wave_obj, user = _wave(request, wave)
-    plans.plan_wave_cancel(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
+    plan_services.plan_wave_cancel(wave=wave_obj, actor=user, reason=payload.reason if payload else "")
     return _shown(wave_obj)
 
 
@@ -288,7 +295,7 @@ def _template_out(template):
 @router.get("/plan-templates/", response=responses(200, list[TemplateOut]), summary="Plan templates")
 def plan_templates_list(request, factory: FactoryName):
     factory_obj, _ = actor_scope(request)
-    return [_template_out(t) for t in plans.plan_template_list(factory=factory_obj)]
+    return [_template_out(t) for t in plan_templates.plan_template_list(factory=factory_obj)]
 
 
 @router.post("/plan-templates/", response=responses(201, TemplateOut), summary="Save phases, or a wave's plan, as a template")
@@ -297,7 +304,7 @@ def plan_templates_save(request, factory: FactoryName, payload: TemplateIn):
     if (payload.phases is None) == (payload.wave is None):
         raise ApplicationError("give either phases or a wave whose plan to save")
     wave_obj = selectors.wave_get(factory=factory_obj, name=payload.wave) if payload.wave else None
-    template = plans.plan_template_save(
+    template = plan_templates.plan_template_save(
         factory=factory_obj, actor=user, name=payload.name, phases=_phases_in(payload.phases), wave=wave_obj, replace=payload.replace
     )
     return Status(201, _template_out(template))
@@ -306,11 +313,11 @@ def plan_templates_save(request, factory: FactoryName, payload: TemplateIn):
 @router.get("/plan-templates/{name}", response=responses(200, TemplateOut), summary="A plan template")
 def plan_templates_show(request, factory: FactoryName, name: str):
     factory_obj, _ = actor_scope(request)
-    return _template_out(plans.plan_template_get(factory=factory_obj, name=name))
+    return _template_out(plan_templates.plan_template_get(factory=factory_obj, name=name))
 
 
 @router.delete("/plan-templates/{name}", response=responses(204, None), summary="Delete a plan template")
 def plan_templates_delete(request, factory: FactoryName, name: str):
     factory_obj, user = actor_scope(request)
-    plans.plan_template_delete(factory=factory_obj, actor=user, name=name)
+    plan_templates.plan_template_delete(factory=factory_obj, actor=user, name=name)
     return Status(204, None)

@@ -9,7 +9,9 @@ from django.forms import BaseFormSet, formset_factory
 from factory.forms import DashboardForm
 from factory.names import NameValidator
 
-from . import plans
+from .plans.decisions import MAX_REASON
+from .plans.phases import DEFAULT_WAIT_MINUTES, MAX_MINUTES, MAX_PHASES, PHASE_KEYS, PHASE_NAME_MAX, phase_as_input
+from .plans import templates as plan_templates
 from .models import PlanPhase
 
 WHOLE_FLEET = ""
@@ -27,9 +29,9 @@ def percent(ratio):
 class PhaseForm(DashboardForm):
     name = forms.CharField(
         required=False,
-        max_length=plans.PHASE_NAME_MAX,
+        max_length=PHASE_NAME_MAX,
         label="Name",
-        validators=[NameValidator("a phase name", max_length=plans.PHASE_NAME_MAX, required=False)],
+        validators=[NameValidator("a phase name", max_length=PHASE_NAME_MAX, required=False)],
         widget=forms.TextInput(attrs={"placeholder": "e.g. us-east canary"}),
     )
     group = forms.ChoiceField(required=False, label="Scope")
@@ -40,14 +42,14 @@ class PhaseForm(DashboardForm):
     uuids = forms.CharField(
         required=False, label="…or device UUIDs", widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "autocomplete": "off", "class": "mono"})
     )
-    wait_minutes = forms.IntegerField(min_value=0, max_value=plans.MAX_MINUTES, initial=plans.DEFAULT_WAIT_MINUTES, label="Wait and watch (min)")
+    wait_minutes = forms.IntegerField(min_value=0, max_value=MAX_MINUTES, initial=DEFAULT_WAIT_MINUTES, label="Wait and watch (min)")
     min_reporting = forms.IntegerField(required=False, min_value=0, label="At least reporting", help_text="Devices (all staged, if fewer).")
     min_success_ratio = forms.CharField(required=False, max_length=10, label="Success at least", widget=forms.TextInput(attrs={"placeholder": "90%"}))
     max_failure_ratio = forms.CharField(
         required=False, max_length=10, label="Failures at most", help_text="Above it the plan halts.", widget=forms.TextInput(attrs={"placeholder": "10%"})
     )
     stuck_after_minutes = forms.IntegerField(
-        required=False, min_value=1, max_value=plans.MAX_MINUTES, label="Silent after (min)", help_text="Staged and silent: stuck (failed)."
+        required=False, min_value=1, max_value=MAX_MINUTES, label="Silent after (min)", help_text="Staged and silent: stuck (failed)."
     )
     max_unhealthy = forms.IntegerField(
         required=False, min_value=0, label="Silent after updating, at most", help_text="Above it the plan halts."
@@ -76,9 +78,9 @@ class PhaseForm(DashboardForm):
     def phase(self):
         """The phase in the services' spelling."""
         data = self.cleaned_data
-        return {key: data.get(key) for key in plans.PHASE_KEYS if data.get(key) not in (None, "")} | {
+        return {key: data.get(key) for key in PHASE_KEYS if data.get(key) not in (None, "")} | {
             "approver_must_differ": bool(data.get("approver_must_differ")),
-            "wait_minutes": data.get("wait_minutes") if data.get("wait_minutes") is not None else plans.DEFAULT_WAIT_MINUTES,
+            "wait_minutes": data.get("wait_minutes") if data.get("wait_minutes") is not None else DEFAULT_WAIT_MINUTES,
         }
 
 
@@ -111,13 +113,13 @@ class BasePhaseFormSet(BaseFormSet):
 
 
 PhaseFormSet = formset_factory(
-    PhaseForm, formset=BasePhaseFormSet, extra=0, can_delete=True, max_num=plans.MAX_PHASES, validate_max=True, absolute_max=plans.MAX_PHASES
+    PhaseForm, formset=BasePhaseFormSet, extra=0, can_delete=True, max_num=MAX_PHASES, validate_max=True, absolute_max=MAX_PHASES
 )
 
 
 def phase_initial(phase):
     """A phase (stored, or a dict in the services' spelling) as the editor's initial values."""
-    data = plans.phase_as_input(phase) if isinstance(phase, PlanPhase) else dict(phase)
+    data = phase_as_input(phase) if isinstance(phase, PlanPhase) else dict(phase)
     data["min_success_ratio"] = percent(data.get("min_success_ratio"))
     data["max_failure_ratio"] = percent(data.get("max_failure_ratio"))
     uuids = data.get("uuids") or ""
@@ -137,7 +139,7 @@ class PlanSettingsForm(DashboardForm):
 
 class LargeFleetForm(DashboardForm):
     group = forms.ChoiceField(label="Group", help_text="5 devices, then 20, then 100, then the rest of this group.")
-    wait_minutes = forms.IntegerField(min_value=0, max_value=plans.MAX_MINUTES, initial=60, label="Wait after each phase (min)")
+    wait_minutes = forms.IntegerField(min_value=0, max_value=MAX_MINUTES, initial=60, label="Wait after each phase (min)")
     approval_before_rest = forms.BooleanField(required=False, label="Ask for an approval before the rest of the group")
 
     def __init__(self, *args, groups=(), **kwargs):
@@ -161,10 +163,10 @@ class TemplateFillForm(DashboardForm):
 
 class TemplateSaveForm(DashboardForm):
     name = forms.CharField(
-        max_length=plans.TEMPLATE_NAME_MAX,
+        max_length=plan_templates.TEMPLATE_NAME_MAX,
         label="Template name",
         error_messages={"required": "Give the template a name."},
-        validators=[NameValidator("a template name", max_length=plans.TEMPLATE_NAME_MAX, forbidden=plans.TEMPLATE_NAME_FORBIDDEN)],
+        validators=[NameValidator("a template name", max_length=plan_templates.TEMPLATE_NAME_MAX, forbidden=plan_templates.TEMPLATE_NAME_FORBIDDEN)],
         widget=forms.TextInput(attrs={"placeholder": "e.g. canary, 5%, 25%, all"}),
     )
     replace = forms.BooleanField(required=False, label="Replace a template of the same name")
@@ -177,4 +179,4 @@ class TemplateSaveForm(DashboardForm):
 
 
 class ReasonForm(DashboardForm):
-    reason = forms.CharField(required=False, max_length=plans.MAX_REASON, label="Reason", widget=forms.Textarea(attrs={"rows": 2}))
+    reason = forms.CharField(required=False, max_length=MAX_REASON, label="Reason", widget=forms.Textarea(attrs={"rows": 2}))

@@ -1,7 +1,7 @@
 """Celery task of rollout plans: beat runs `plans_evaluate` every minute.
 
 Each running plan is claimed with a conditional update before it is evaluated (see
-`waves.plans.plans_evaluate_due`), so overlapping ticks or several workers never act on one plan
+`waves.plans.services.plans_evaluate_due`), so overlapping ticks or several workers never act on one plan
 twice. A tick that waited in the queue longer than a minute is dropped: the next one covers it.
 """
 import logging
@@ -9,7 +9,7 @@ from collections import Counter
 
 from celery import shared_task
 
-from .plans import plans_evaluate_due
+from .plans.services import plans_evaluate_due
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,13 @@ from factory.auth import can, factory_view
 from factory.errors import ApplicationError, Forbidden
 from factory.views import render_page
 
-from . import plans, selectors
+from . import selectors
+from .plans.forecast import plan_show
+from .plans.gates import phase_evidence
+from .plans.phases import GROUP_PLACEHOLDER, MAX_PHASES, large_fleet_phases, phase_as_input
+from .plans.selectors import plan_find, plan_get, plan_phases
+from .plans import services as plan_services
+from .plans import templates as plan_templates
 from .models import PlanTemplate, RolloutPlan, SavedDeviceList
 from .plan_forms import (
     LargeFleetForm,
@@ -32,11 +38,11 @@ PLAN_CHANGED = "plan-changed"
 ROLLOUT_DONE = "rollout-done"
 ACTIONS = {
     # action -> (permission, service, what the release manager is told)
-    "start": ("wave.manage", plans.plan_start, "Plan started: its first phase is rolling out."),
-    "pause": ("wave.manage", plans.plan_pause, "Plan paused: nothing advances until it resumes."),
-    "resume": ("wave.manage", plans.plan_resume, "Plan resumed: the next evaluation runs within a minute."),
-    "approve": ("plan.approve", plans.plan_approve, "Approved: the next phase is rolling out."),
-    "cancel": ("wave.manage", plans.plan_wave_cancel, "Wave canceled: no further device will be updated to it."),
+    "start": ("wave.manage", plan_services.plan_start, "Plan started: its first phase is rolling out."),
+    "pause": ("wave.manage", plan_services.plan_pause, "Plan paused: nothing advances until it resumes."),
+    "resume": ("wave.manage", plan_services.plan_resume, "Plan resumed: the next evaluation runs within a minute."),
+    "approve": ("plan.approve", plan_services.plan_approve, "Approved: the next phase is rolling out."),
+    "cancel": ("wave.manage", plan_services.plan_wave_cancel, "Wave canceled: no further device will be updated to it."),
 }
 
 
@@ -52,7 +58,7 @@ def _rows(shown):
     rows = []
     for row in shown["phases"]:
         phase = row["phase"]
-        gates = row["evidence"].gates if row["evidence"] is not None else plans.phase_evidence(phase, wave=shown["wave"]).gates
+        gates = row["evidence"].gates if row["evidence"] is not None else phase_evidence(phase, wave=shown["wave"]).gates
         decisions = [d for d in shown["decisions"] if d.phase_id == phase.pk]
         recorded_at = None
         if phase.status == phase.Status.PASSED:
@@ -65,10 +71,10 @@ def _rows(shown):
 
 
 def _plan_context(request, wave, **extra):
-    plan = plans.plan_find(wave=wave)
+    plan = plan_find(wave=wave)
     context = {"wave": wave, "plan": plan, "shown": None, "rows": [], "reason_form": ReasonForm(), **extra}
     if plan is not None:
-        shown = plans.plan_show(plan=plan)
+        shown = plan_show(plan=plan)
         current = shown["current"]
         context.update(
             shown=shown,
@@ -167,7 +173,7 @@ def _locks(plan):
     """Per stored phase: None (editable), "scope" (rolled out: gates may change), "all" (passed)."""
     if plan is None:
         return [], []
-    phases = plans.plan_phases(plan)
+    phases = plan_phases(plan)
     locks = []
     for phase in phases:
         if phase.status == phase.Status.PASSED:
@@ -188,7 +194,7 @@ def _formset(request, plan, *, data=None, initial=None):
 
 
 def _editor(request, wave, *, formset=None, settings_form=None, error=None, notice=None, status=200):
-    plan = plans.plan_find(wave=wave)
+    plan = plan_find(wave=wave)
     groups, _, templates = _editor_sources(request)
     context = {
         "wave": wave,
@@ -220,14 +226,14 @@ def plan_edit(request, name):
     wave = _wave_or_404(request, name)
     if request.method == "GET":
         return _editor(request, wave)
-    plan = plans.plan_find(wave=wave)
+    plan = plan_find(wave=wave)
     do = request.POST.get("do", "save")
     groups, _, templates = _editor_sources(request)
     if do == "large-fleet":
         form = LargeFleetForm(request.POST, groups=groups, prefix="example")
         if not form.is_valid():
             return _editor(request, wave, error="Choose a group and a wait time for the example.", status=400)
-        phases = plans.large_fleet_phases(
+        phases = large_fleet_phases(
             form.cleaned_data["group"], wait_minutes=form.cleaned_data["wait_minutes"], approval_before_rest=form.cleaned_data["approval_before_rest"]
         )
         return _editor_filled(request, wave, plan, phases, f"Filled in the large-fleet example for group {form.cleaned_data['group']}.")
@@ -236,8 +242,8 @@ def plan_edit(request, name):
         if not form.is_valid():
             return _editor(request, wave, error="Choose a template.", status=400)
         try:
-            template = plans.plan_template_get(factory=request.factory, name=form.cleaned_data["template"])
-            phases = plans.template_phases(template, form.group_list())
+            template = plan_templates.plan_template_get(factory=request.factory, name=form.cleaned_data["template"])
+            phases = plan_templates.template_phases(template, form.group_list())
         except ApplicationError as error:
             return _editor(request, wave, error=error.message, status=400)
         return _editor_filled(request, wave, plan, phases, f"Filled in template {template.name}.")
@@ -247,19 +253,19 @@ def plan_edit(request, name):
     if do == "add":
         data = request.POST.copy()
         total = int(data.get("phases-TOTAL_FORMS") or 0)
-        if total >= plans.MAX_PHASES:
-            return _editor(request, wave, formset=formset, settings_form=settings_form, error=f"A plan may have at most {plans.MAX_PHASES} phases.", status=400)
+        if total >= MAX_PHASES:
+            return _editor(request, wave, formset=formset, settings_form=settings_form, error=f"A plan may have at most {MAX_PHASES} phases.", status=400)
         data["phases-TOTAL_FORMS"] = str(total + 1)
         return _editor(request, wave, formset=_formset(request, plan, data=data), settings_form=PlanSettingsForm(data))
     if not formset.is_valid() or not settings_form.is_valid():
         return _editor(request, wave, formset=formset, settings_form=settings_form, error="Fix the marked fields.", status=400)
     try:
-        plans.plan_set(wave=wave, actor=request.user, phases=formset.phases(), webhook_url=settings_form.cleaned_data["webhook_url"])
+        plan_services.plan_set(wave=wave, actor=request.user, phases=formset.phases(), webhook_url=settings_form.cleaned_data["webhook_url"])
     except Forbidden as error:
         raise PermissionDenied(error.message) from None
     except ApplicationError as error:
         return _editor(request, wave, formset=formset, settings_form=settings_form, error=error.message, status=400)
-    return _saved(request, wave, "Plan saved." + (" Start it when you are ready." if plans.plan_get(wave=wave).status == "draft" else ""))
+    return _saved(request, wave, "Plan saved." + (" Start it when you are ready." if plan_get(wave=wave).status == "draft" else ""))
 
 
 def _editor_filled(request, wave, plan, phases, notice):
@@ -285,14 +291,14 @@ def plan_template_save(request, name):
         problems = [message for messages in form.errors.values() for message in messages]
         return _editor(request, wave, error=problems[0] if problems else "Give the template a name.", status=400)
     try:
-        phases = [plans.phase_as_input(p) for p in plans.plan_phases(plans.plan_get(wave=wave))]
+        phases = [phase_as_input(p) for p in plan_phases(plan_get(wave=wave))]
         group = form.cleaned_data["per_group"].strip()
         if group:
             for phase in phases:
                 if phase["group"] == group:
-                    phase["group"] = plans.GROUP_PLACEHOLDER
-                phase["name"] = phase["name"].replace(group, plans.GROUP_PLACEHOLDER)
-        plans.plan_template_save(
+                    phase["group"] = GROUP_PLACEHOLDER
+                phase["name"] = phase["name"].replace(group, GROUP_PLACEHOLDER)
+        plan_templates.plan_template_save(
             factory=request.factory, actor=request.user, name=form.cleaned_data["name"], phases=phases, replace=form.cleaned_data["replace"]
         )
     except ApplicationError as error:
@@ -307,5 +313,5 @@ def plan_template_delete(request, name, template_id):
     template = PlanTemplate.objects.filter(factory=request.factory, pk=template_id).first()
     if template is None:
         raise Http404("no such plan template")
-    plans.plan_template_delete(factory=request.factory, actor=request.user, name=template.name)
+    plan_templates.plan_template_delete(factory=request.factory, actor=request.user, name=template.name)
     return _editor(request, wave, notice=f"Deleted template {template.name}.")

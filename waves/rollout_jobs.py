@@ -7,6 +7,10 @@ same `wave_rollout` service in one transaction, so a job that dies stages nothin
 A job never stays queued or running forever: a broker that cannot be reached fails it at once,
 a running job keeps a heartbeat and is failed when its worker stops beating (killed, restarted),
 and a job no worker starts within BREAKWATER_ROLLOUT_JOB_QUEUE_PATIENCE_SECONDS is called off.
+
+The Celery task that runs a job is defined here, with the job: starting a job sends it and the
+task runs the job, so in a module of its own it and this one would import each other.
+waves/tasks.py imports it, so the worker registers it.
 """
 import logging
 import secrets
@@ -14,6 +18,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone as dt_timezone
 
+from celery import shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -69,8 +74,6 @@ def rollout_job_start(*, wave, actor, group=None, uuids=None, expected=0):
 
     If the task cannot be sent (the broker is down), the job fails with a message saying so; the
     caller shows the job either way."""
-    from .tasks import wave_rollout_job
-
     authorize(user=actor, factory=wave.factory, action="wave.manage")
     token = secrets.token_urlsafe(16)
     state = {
@@ -211,3 +214,10 @@ def rollout_job_run(*, token, wave_id, actor_id, params):
             raise
         else:
             save(status="done", done=result.count, total=result.count, message=f"{result.message}.", count=result.count)
+
+
+@shared_task(name="waves.tasks.wave_rollout_job", ignore_result=True)
+def wave_rollout_job(token, wave_id, actor_id, params):
+    """A large dashboard rollout. Not acks_late: a redelivered rollout would find its devices
+    staged; the job's claim makes a duplicate delivery a no-op instead."""
+    rollout_job_run(token=token, wave_id=wave_id, actor_id=actor_id, params=params)

@@ -7,6 +7,7 @@ from ninja import Schema
 from pydantic import AwareDatetime, BaseModel, Field
 
 from devices.schemas import UuidList
+from devices.uuids import MAX_UUIDS
 from factory.names import api_name
 from factory.schemas import ExpiryWarningOut, PageMeta, Text, Version
 
@@ -81,7 +82,7 @@ class WavePage(PageMeta):
 
 
 Limit = Annotated[
-    Text | Annotated[int, Field(ge=1, le=10_000)],
+    Text | Annotated[int, Field(ge=1, le=MAX_UUIDS)],
     Field(description="A number of devices (N) or a percentage of the devices in scope (N%)."),
 ]
 

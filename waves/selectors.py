@@ -3,7 +3,7 @@
 Status is set-based SQL (one pass over the tag's devices, grouped), never a loop over devices.
 """
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
@@ -22,6 +22,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
+from .outcomes import device_outcomes_sql, failed_sql, fetched_sql, outcome_params, version_updated
 
 NO_GROUP = "(No Group)"
 
@@ -117,29 +118,23 @@ def device_wave(*, device):
 
 # One pass over the tag's devices, grouped by (group, current version): the per-group counts,
 # the version distribution and when each group first got the wave all come from these few rows.
-_STATUS_SQL = """
+# Failed and held are counted as waves/outcomes.py defines them; the rows of devices not
+# updated keep them.
+_STATUS_SQL = f"""
 SELECT d.group_id, d.target_version,
        COUNT(*) AS total,
        MIN(r.created_at) AS first_rollout,
        COUNT(*) FILTER (WHERE d.last_seen >= %(cutoff)s) AS online,
        COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)) AS staged,
-       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL) AND d.targets_version_seen >= %(version)s) AS fetched
+       COUNT(*) FILTER (WHERE {failed_sql("o")}) AS failed,
+       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL) AND {fetched_sql("d")}) AS fetched
   FROM devices_device d
   LEFT JOIN waves_wavedevice wd ON wd.device_id = d.id AND wd.wave_id = %(wave)s
   LEFT JOIN waves_rollout r ON r.id = wd.rollout_id
   LEFT JOIN waves_wavegroup wg ON wg.group_id = d.group_id AND wg.wave_id = %(wave)s
+  LEFT JOIN ({device_outcomes_sql()}) o ON o.device_id = d.id
  WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
  GROUP BY d.group_id, d.target_version
-"""
-
-_FAILED_SQL = """
-SELECT d.group_id, COUNT(DISTINCT e.device_id)
-  FROM devices_deviceevent e
-  JOIN devices_device d ON d.id = e.device_id
- WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.success = %(false)s
-   AND d.tag = %(tag)s AND d.is_production
-   AND (d.target_version IS NULL OR d.target_version <> %(version)s)
- GROUP BY d.group_id
 """
 
 
@@ -158,16 +153,23 @@ def _rows(sql, params):
         return cursor.fetchall()
 
 
+def group_order(rows):
+    """Status rows of groups in the order every wave status shows them: groups the wave was rolled
+    out to first (in rollout order), then the other groups by name, then "(No Group)"."""
+    far = datetime.max.replace(tzinfo=dt_timezone.utc)
+    return sorted(rows, key=lambda r: (r["group_id"] is None, r["rollout_time"] is None, r["rollout_time"] or far, r["group"]))
+
+
 def wave_status(*, wave, offline_threshold_hours=None):
     """Per group on the wave's tag (rollout groups first, then other groups, then "(No Group)"):
     total, online, on the wave version, newer, older, scheduled, failed, held, rollout time;
     totals; and the version distribution per group."""
     cutoff = offline_cutoff(offline_threshold_hours)
-    params = {"cutoff": cutoff, "version": wave.version, "wave": wave.id, "factory": wave.factory_id, "tag": wave.tag, "false": False}
-    counts = defaultdict(lambda: dict.fromkeys(("total", "online", "on_wave", "newer", "older", "scheduled", "held"), 0))
+    params = {**outcome_params(wave), "cutoff": cutoff}
+    counts = defaultdict(lambda: dict.fromkeys(("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held"), 0))
     versions = defaultdict(dict)
     rollout_times = {}
-    for group_id, version, total, first_rollout, online, staged, fetched in _rows(_STATUS_SQL, params):
+    for group_id, version, total, first_rollout, online, staged, failed, fetched in _rows(_STATUS_SQL, params):
         first_rollout = _timestamp(first_rollout)
         if first_rollout is not None and (group_id not in rollout_times or first_rollout < rollout_times[group_id]):
             rollout_times[group_id] = first_rollout
@@ -175,13 +177,13 @@ def wave_status(*, wave, offline_threshold_hours=None):
         row["total"] += total
         row["online"] += online
         versions[group_id][version] = total
-        if version is not None and version >= wave.version:
+        if version_updated(version, wave):
             row["on_wave" if version == wave.version else "newer"] += total
         else:
             row["older"] += total
             row["scheduled"] += staged  # staged, not yet updated
+            row["failed"] += failed
             row["held"] += fetched  # staged, saw the wave's targets, not updated
-    failed = dict(_rows(_FAILED_SQL, params))
 
     # groups staged whole got the wave when their rollout ran
     for group_id, created_at in WaveGroup.objects.filter(wave=wave).values_list("group_id", "rollout__created_at"):
@@ -198,20 +200,11 @@ def wave_status(*, wave, offline_threshold_hours=None):
                 **values,
                 "scheduled": values["scheduled"] if wave.status == Wave.Status.ACTIVE else 0,
                 "held": values["held"] if wave.status == Wave.Status.CANCELED else 0,
-                "failed": failed.get(group_id, 0),
                 "rollout_time": rollout_times.get(group_id),
                 "versions": dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0)))),
             }
         )
-    # rollout groups first (in rollout order), then other groups by name, then "(No Group)"
-    rows.sort(
-        key=lambda r: (
-            r["group_id"] is None,
-            r["rollout_time"] is None,
-            r["rollout_time"] or timezone.now(),
-            r["group"],
-        )
-    )
+    rows = group_order(rows)
     totals = {key: sum(r[key] for r in rows) for key in ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held")}
     return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff}
 

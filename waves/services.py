@@ -4,7 +4,6 @@ Every door (dashboard, API, CLI, plans, tasks) calls these; they check the role,
 row so concurrent commands on one wave run one after another, and write the audit log.
 """
 import logging
-import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from django.utils import timezone
 
 from devices.models import Device, DeviceGroup
 from devices.selectors import uuids_in
+from devices.uuids import parse_uuid_list
 from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict, NotFound
 from factory.models import CiTarget
@@ -24,8 +24,9 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import signed_views, wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
+from .outcomes import not_updated_q, version_updated
+from .scope import limit_parse, sample_size, scope_require
 from .selectors import offline_cutoff
-from .uuids import MAX_UUIDS, parse_uuid_list
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_WAVE_NAMES = {"new", "lists"}
 DEFAULT_EXPIRES_DAYS = 365
 MAX_EXPIRES_DAYS = 3650
-LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
 
 
 # --- init and sign ---------------------------------------------------------------------------
@@ -226,21 +226,6 @@ class RolloutResult:
         return f"A Wave {verb} rolled out to {self.count} devices{scope}"
 
 
-def _parse_limit(limit):
-    """'N' or 'N%' -> (n, is_percent); None stays None."""
-    if limit is None or (isinstance(limit, str) and not limit.strip()):
-        return None
-    match = LIMIT_RE.match(str(limit))
-    if not match:
-        raise ApplicationError(f"limit {str(limit)[:20]!r} must be a number of devices (N) or a percentage (N%)")
-    n, percent = int(match.group(1)), bool(match.group(2))
-    if percent and not 0 < n <= 100:
-        raise ApplicationError("a percentage limit must be between 1% and 100%")
-    if not percent and not 0 < n <= MAX_UUIDS:
-        raise ApplicationError(f"limit must be between 1 and {MAX_UUIDS:,} devices")
-    return n, percent
-
-
 def _locked(wave):
     """Lock the wave's row and refresh the caller's instance, so it sees the committed state."""
     wave.refresh_from_db(from_queryset=Wave.objects.select_for_update())
@@ -255,7 +240,7 @@ def _views_changed(wave):
     signed_views.views_changed(factory=wave.factory, tag=wave.tag)
 
 
-def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuids=None, dry_run=False, progress=None):
+def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=False, progress=None):
     """Stage devices of an active wave: a group, a sample, an exact UUID list, or a mix.
 
     Candidates are production devices on the wave's tag (in the group, in the list), minus
@@ -265,15 +250,12 @@ def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuid
     """
     factory = wave.factory
     authorize(user=actor, factory=factory, action="rollout.preview" if dry_run else "wave.manage")
-    if group and group_option:
-        raise ApplicationError("give the group either as an argument or with --group, not both")
-    group_name = group or group_option or None
-    parsed_limit = _parse_limit(limit)
+    group_name = group or None
+    parsed_limit = limit_parse(limit)
     listed = None
     if uuids is not None and not (isinstance(uuids, str) and not uuids.strip()):
         listed = parse_uuid_list(uuids)
-    if group_name is None and parsed_limit is None and listed is None:
-        raise ApplicationError("choose what to roll out to: a group, a limit, a UUID list, or a combination")
+    scope_require(group=group_name, limit=parsed_limit, uuids=listed)
     group_obj = None
     if group_name is not None:
         group_obj = DeviceGroup.objects.filter(factory=factory, name=group_name).first()
@@ -304,20 +286,12 @@ def wave_rollout(*, wave, actor, group=None, group_option=None, limit=None, uuid
             WaveGroup.objects.create(wave=wave, group=group_obj, rollout=rollout)
         else:
             if listed is not None:
-                # A UUID list bounds the scope to at most 10,000 devices: one query reads them
+                # A UUID list bounds the scope to at most MAX_UUIDS devices: one query reads them
                 # all, and the reasons, the sample and the percentage are worked out from it.
-                listed_rows, result.skipped, in_scope = _listed(wave=wave, listed=listed, group=group_obj)
+                listed_rows, result.skipped, listed_in_scope = _listed(wave=wave, listed=listed, group=group_obj)
             n = None
             if parsed_limit is not None:
-                n, percent = parsed_limit
-                if percent:
-                    total = in_scope if listed is not None else scope.count()
-                    n = math.ceil(total * n / 100)
-                    if n > MAX_UUIDS:
-                        raise ApplicationError(
-                            f"{parsed_limit[0]}% of {total:,} devices is {n:,}, more than the {MAX_UUIDS:,} one rollout may stage; "
-                            "use a smaller percentage or roll out to the whole group"
-                        )
+                n = sample_size(parsed_limit, in_scope=lambda: listed_in_scope if listed is not None else scope.count())
             if listed is not None:
                 selected = _sample_rows(listed_rows, n) if n is not None else sorted(listed_rows, key=lambda r: (r["name"], r["id"]))
             elif n is not None:
@@ -378,7 +352,7 @@ def _candidates(scope, wave, *, group_staged=None):
     # (wave, device) unique index, where NOT IN over 900,000 staged rows degrades to a scan per device.
     conditions = [
         ~Exists(WaveDevice.objects.filter(wave=wave, device_id=OuterRef("pk"))),
-        Q(target_version__isnull=True) | Q(target_version__lt=wave.version),
+        not_updated_q(wave),
     ]
     if group_staged is not False:
         conditions.append(~Exists(WaveGroup.objects.filter(wave=wave, group_id=OuterRef("group_id"))))
@@ -455,7 +429,7 @@ def _listed(*, wave, listed, group):
             in_scope += 1
             if d["staged"]:
                 reason = "already staged"
-            elif d["target_version"] is not None and d["target_version"] >= wave.version:
+            elif version_updated(d["target_version"], wave):
                 reason = "already updated"
         if reason:
             skipped.append({"uuid": str(uuid), "reason": reason})

@@ -2,19 +2,7 @@
 computed set-based (a few grouped SQL statements, never a loop over devices) and stored as a
 time series of samples, one per wave and aggregation interval.
 
-Every device on the wave's tag is in exactly one state, decided in this order:
-
-    updated        on the wave's version or newer (from its own check-ins)
-    failed         reported a failure for the wave's version since the wave was created
-    held           the wave was canceled after the device fetched its targets: TUF forbids
-                   the lower production version, so it stays where it is
-    installing     reported install-started/applied/completed for the wave's version
-    downloading    reported download-started/completed for the wave's version
-    offline        not seen within the offline threshold
-    scheduled      staged (or, once the wave is complete, on the tag) and waiting
-    not_scheduled  none of the above
-
-A device is *stuck* (counted apart, across states) when it is scheduled, downloading,
+Every device on the wave's tag is in exactly one of the states of waves/states.py. A device is *stuck* (counted apart, across states) when it is scheduled, downloading,
 installing or offline, and nothing has happened since: it was staged, or last reported
 progress, longer ago than the stuck threshold.
 """
@@ -34,19 +22,20 @@ from devices.models import DeviceGroup
 from factory.auth import authorize
 
 from .models import Rollout, Wave, WaveStatusSample
-from .selectors import NO_GROUP, offline_cutoff
+from .outcomes import (
+    failed_sql,
+    failure_sql,
+    fetched_sql,
+    outcome_params,
+    sql_time,
+    success_sql,
+    updated_sql,
+    version_updated,
+    wave_report_sql,
+)
+from .selectors import NO_GROUP, factory_status, group_order, offline_cutoff
+from .states import STATES
 
-STATES = ("not_scheduled", "scheduled", "downloading", "installing", "updated", "failed", "held", "offline")
-STATE_LABELS = {
-    "not_scheduled": "not scheduled",
-    "scheduled": "scheduled",
-    "downloading": "downloading",
-    "installing": "installing",
-    "updated": "updated",
-    "failed": "failed",
-    "held": "held after cancel",
-    "offline": "offline",
-}
 # A finished wave is still sampled for a while: devices keep updating to a completed wave, and
 # the held devices of a canceled one only show after the cancel.
 FOLLOW_FINISHED = timedelta(hours=24)
@@ -58,13 +47,6 @@ SERIES_POINTS = 400
 
 
 # --- SQL helpers ---------------------------------------------------------------------------------
-
-
-def _param(value):
-    """A datetime as the backend stores it, so raw SQL compares like the ORM does (SQLite keeps text)."""
-    if isinstance(value, datetime) and connection.vendor == "sqlite":
-        return connection.ops.adapt_datetimefield_value(value)
-    return value
 
 
 def _as_datetime(value):
@@ -81,21 +63,23 @@ def _rows(sql, params):
 
 
 # Per device that reported on the wave's version since the wave was created, or was staged on
-# its own: the furthest step reported (1 download, 2 install), whether any report was a failure,
+# its own: the furthest step reported (1 download, 2 install), its last success and last failure,
 # the last report, and when it was staged. One subquery, so the pass over the devices probes a
 # single hash table.
-_ACTIVITY = """
-SELECT device_id, MAX(progress) AS progress, MAX(failed) AS failed, MAX(last_report) AS last_report, MAX(staged_at) AS staged_at
+_ACTIVITY = f"""
+SELECT device_id, MAX(progress) AS progress, MAX(last_success) AS last_success, MAX(last_failure) AS last_failure,
+       MAX(last_report) AS last_report, MAX(staged_at) AS staged_at
   FROM (
     SELECT e.device_id,
            CASE WHEN e.event_type IN ('install-started', 'install-applied', 'install-completed') THEN 2 ELSE 1 END AS progress,
-           CASE WHEN e.success = %(false)s THEN 1 ELSE 0 END AS failed,
+           CASE WHEN {success_sql("e")} THEN e.reported_at END AS last_success,
+           CASE WHEN {failure_sql("e")} THEN e.reported_at END AS last_failure,
            e.reported_at AS last_report,
            NULL AS staged_at
       FROM devices_deviceevent e
-     WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.reported_at >= %(since)s
+     WHERE {wave_report_sql("e")}
     UNION ALL
-    SELECT wd.device_id, NULL, NULL, NULL, r.created_at
+    SELECT wd.device_id, NULL, NULL, NULL, NULL, r.created_at
       FROM waves_wavedevice wd JOIN waves_rollout r ON r.id = wd.rollout_id
      WHERE wd.wave_id = %(wave)s
   ) activity
@@ -115,9 +99,9 @@ SELECT wg.group_id, wg.rollout_id, r.created_at FROM waves_wavegroup wg JOIN wav
 #
 # cell = online * 1 + fetched the wave's targets * 2 + joined before the stuck threshold * 4
 # code = state * 4 + online * 2 + stuck
-_CELL = """
+_CELL = f"""
        CASE WHEN d.last_seen >= %(cutoff)s THEN 1 ELSE 0 END
-       + CASE WHEN d.targets_version_seen >= %(version)s THEN 2 ELSE 0 END
+       + CASE WHEN {fetched_sql("d")} THEN 2 ELSE 0 END
        + CASE WHEN d.created_at < %(stuck_cutoff)s THEN 4 ELSE 0 END"""
 
 _STATES_SQL = """
@@ -128,8 +112,8 @@ SELECT 0, d.group_id, d.target_version, {cell}, NULL, COUNT(*), NULL
 UNION ALL
 SELECT 1, d.group_id, d.target_version, {cell},
        CASE
-         WHEN d.target_version >= %(version)s THEN {updated}
-         WHEN a.failed = 1 THEN {failed}
+         WHEN {is_updated} THEN {updated}
+         WHEN {is_failed} THEN {failed}
          WHEN {held} THEN {held_code}
          WHEN a.progress = 2 THEN {installing}
          WHEN a.progress = 1 THEN {downloading}
@@ -140,8 +124,8 @@ SELECT 1, d.group_id, d.target_version, {cell},
        + CASE WHEN d.last_seen >= %(cutoff)s THEN 2 ELSE 0 END
        + CASE
            WHEN ({scheduled})
-            AND (d.target_version IS NULL OR d.target_version < %(version)s)
-            AND COALESCE(a.failed, 0) = 0
+            AND NOT {is_updated}
+            AND NOT {is_failed}
             AND COALESCE(a.last_report, {waiting_since}) < %(stuck_cutoff)s THEN 1
            ELSE 0
          END,
@@ -154,18 +138,19 @@ SELECT 1, d.group_id, d.target_version, {cell},
 """
 STATE_CODES = {state: code for code, state in enumerate(STATES)}
 
-# The latest failure report of each device that is not on the wave's version.
+# The latest outcome of each failed device: its failure. A success at the same moment wins, as
+# in waves/outcomes.py.
 _FAILURES_SQL = """
 SELECT d.group_id, d.hardware_id, d.target_version, f.event_type, f.reason, COUNT(*)
   FROM (
-    SELECT e.device_id, e.event_type, SUBSTR(e.detail, 1, {chars}) AS reason,
-           ROW_NUMBER() OVER (PARTITION BY e.device_id ORDER BY e.reported_at DESC, e.id DESC) AS rn
+    SELECT e.device_id, e.event_type, SUBSTR(e.detail, 1, {chars}) AS reason, CASE WHEN {failure} THEN 1 ELSE 0 END AS failed,
+           ROW_NUMBER() OVER (PARTITION BY e.device_id ORDER BY e.reported_at DESC, CASE WHEN {failure} THEN 1 ELSE 0 END, e.id DESC) AS rn
       FROM devices_deviceevent e
-     WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.success = %(false)s AND e.reported_at >= %(since)s
+     WHERE {report} AND e.success IS NOT NULL
   ) f
   JOIN devices_device d ON d.id = f.device_id
- WHERE f.rn = 1 AND d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
-   AND (d.target_version IS NULL OR d.target_version < %(version)s)
+ WHERE f.rn = 1 AND f.failed = 1 AND d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
+   AND NOT {updated}
  GROUP BY d.group_id, d.hardware_id, d.target_version, f.event_type, f.reason
 """
 
@@ -191,8 +176,7 @@ SELECT phase, rn, n, at
           FROM (
             SELECT e.device_id, MIN(e.reported_at) AS at
               FROM devices_deviceevent e
-             WHERE e.factory_id = %(factory)s AND e.target_version = %(version)s AND e.event_type = 'install-completed'
-               AND e.success = %(true)s AND e.reported_at >= %(since)s
+             WHERE {report} AND e.event_type = 'install-completed' AND e.success = %(true)s
              GROUP BY e.device_id
           ) done
       ) x
@@ -219,7 +203,7 @@ def _state_conditions(wave, staged_groups, params):
         ids = ", ".join(str(int(group_id)) for group_id in staged_groups)
         whens = []
         for group_id, created_at in staged_groups.items():
-            params[f"group_{int(group_id)}"] = _param(created_at)
+            params[f"group_{int(group_id)}"] = sql_time(created_at)
             whens.append(f"WHEN {int(group_id)} THEN %(group_{int(group_id)})s")
         in_group, group_time = f"d.group_id IN ({ids})", f"CASE d.group_id {' '.join(whens)} END"
     else:
@@ -232,22 +216,16 @@ def _state_conditions(wave, staged_groups, params):
     if wave.status == Wave.Status.COMPLETE:
         # The wave's targets are the tag's production targets: every device on the tag gets them.
         return {"scheduled": "1 = 1", "held": "1 = 0", "waiting_since": f"COALESCE({staged_at}, %(finished)s)"}
-    held = f"{staged} AND d.targets_version_seen >= %(version)s" if wave.status == Wave.Status.CANCELED else "1 = 0"
+    held = f"{staged} AND {fetched_sql('d')}" if wave.status == Wave.Status.CANCELED else "1 = 0"
     return {"scheduled": "1 = 0", "held": held, "waiting_since": staged_at}
 
 
 def _params(wave, *, now, cutoff, stuck_cutoff):
     return {
-        "factory": wave.factory_id,
-        "tag": wave.tag,
-        "version": wave.version,
-        "wave": wave.id,
-        "since": _param(wave.created_at),
-        "cutoff": _param(cutoff),
-        "stuck_cutoff": _param(stuck_cutoff),
-        "finished": _param(wave.finished_at or now),
-        "false": False,
-        "true": True,
+        **outcome_params(wave),
+        "cutoff": sql_time(cutoff),
+        "stuck_cutoff": sql_time(stuck_cutoff),
+        "finished": sql_time(wave.finished_at or now),
     }
 
 
@@ -259,7 +237,7 @@ def _default_state(wave, group_staged, version, cell):
     """(state, waiting to update) of a device with no activity in the wave, from its cell: the
     rules of the SQL above for a device without reports and without a staging of its own."""
     online, fetched = bool(cell & 1), bool(cell & 2)
-    if version is not None and version >= wave.version:
+    if version_updated(version, wave):
         return "updated", False
     scheduled = (wave.status == Wave.Status.ACTIVE and group_staged is not None) or wave.status == Wave.Status.COMPLETE
     if wave.status == Wave.Status.CANCELED and group_staged is not None and fetched:
@@ -277,7 +255,7 @@ def _states(wave, params):
     conditions = _state_conditions(wave, staged_groups, params)
     codes = {name: STATE_CODES[name] for name in ("updated", "failed", "installing", "downloading", "offline", "not_scheduled")}
     codes.update(held_code=STATE_CODES["held"], scheduled_code=STATE_CODES["scheduled"])
-    sql = _STATES_SQL.format(activity=_ACTIVITY, cell=_CELL, **codes, **conditions)
+    sql = _STATES_SQL.format(activity=_ACTIVITY, cell=_CELL, is_updated=updated_sql("d"), is_failed=failed_sql("a"), **codes, **conditions)
     groups = defaultdict(lambda: {"states": _empty_states(), "total": 0, "online": 0, "stuck": 0, "versions": defaultdict(int), "rollout_time": None})
     cells, active = defaultdict(int), defaultdict(int)
     for part, group_id, version, cell, code, count, staged_at in _rows(sql, params):
@@ -320,7 +298,7 @@ def _states(wave, params):
 
 
 def _failures(params):
-    sql = _FAILURES_SQL.format(chars=REASON_CHARS)
+    sql = _FAILURES_SQL.format(chars=REASON_CHARS, report=wave_report_sql("e"), failure=failure_sql("e"), updated=updated_sql("d"))
     out = defaultdict(lambda: {"reason": defaultdict(int), "hardware_id": defaultdict(int), "version": defaultdict(int)})
     for group_id, hardware_id, version, event_type, reason, count in _rows(sql, params):
         reason = " ".join((reason or "").split()) or f"{event_type} failed"
@@ -353,13 +331,13 @@ def wave_update_times(*, wave, params=None, now=None):
     whens = []
     for group_id, rollout_id, created_at in _rows(_STAGED_GROUPS, params):
         # Devices that joined a fully rolled-out group later did not start with its phase.
-        params[f"phase_group_{int(group_id)}"] = _param(_as_datetime(created_at))
+        params[f"phase_group_{int(group_id)}"] = sql_time(_as_datetime(created_at))
         whens.append(f"WHEN {int(group_id)} THEN CASE WHEN d.created_at <= %(phase_group_{int(group_id)})s THEN {int(rollout_id)} END")
     group_phase = f"(SELECT CASE d.group_id {' '.join(whens)} END {_DEVICE_ON_TAG})" if whens else "NULL"
     after_complete = "NULL"
     if wave.status == Wave.Status.COMPLETE:
         after_complete = f"CASE WHEN done.at >= %(finished)s AND EXISTS (SELECT 1 {_DEVICE_ON_TAG}) THEN 0 END"
-    sql = _UPDATE_TIMES_SQL.format(group_phase=group_phase, after_complete=after_complete)
+    sql = _UPDATE_TIMES_SQL.format(group_phase=group_phase, after_complete=after_complete, report=wave_report_sql("e"))
     phases = phase_list(wave=wave)
     starts = {p["id"]: p["at"] for p in phases}
     picked = defaultdict(dict)
@@ -401,13 +379,6 @@ def phase_list(*, wave):
         label = "complete" if wave.status == Wave.Status.COMPLETE else "canceled"
         phases.append({"id": 0, "kind": label, "at": wave.finished_at, "label": "after complete" if label == "complete" else label, "devices": None})
     return phases
-
-
-def _group_order(rows):
-    # As `waves status`: groups the wave was rolled out to first (in rollout order), then the
-    # other groups by name, then "(No Group)".
-    far = datetime.max.replace(tzinfo=dt_timezone.utc)
-    return sorted(rows, key=lambda r: (r["group_id"] is None, r["rollout_time"] is None, r["rollout_time"] or far, r["group"]))
 
 
 def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_minutes=None):
@@ -459,7 +430,7 @@ def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_m
                 "rollout_time": row["rollout_time"],
             }
         )
-    rows = _group_order(rows)
+    rows = group_order(rows)
     totals = {"total": 0, "online": 0, "stuck": 0, **_empty_states()}
     for row in rows:
         for key in ("total", "online", "stuck"):
@@ -554,8 +525,6 @@ def _factory_status_key(factory):
 def factory_status_refresh(*, factory):
     """Compute the factory status (every device of the factory, grouped) and keep it in the cache
     for the pages that poll it; the beat task calls this once per interval."""
-    from .selectors import factory_status
-
     entry = {"taken_at": timezone.now(), "rows": factory_status(factory=factory)}
     cache.set(_factory_status_key(factory), entry, timeout=max(60.0, 4 * status_interval()))
     return entry
@@ -564,8 +533,6 @@ def factory_status_refresh(*, factory):
 def factory_status_cached(*, factory, offline_threshold_hours=None):
     """{"taken_at", "rows"}: the factory status with the default offline threshold as of the last
     interval (computed now if the cache has none); with another threshold, computed now."""
-    from .selectors import factory_status
-
     if offline_threshold_hours is not None:
         return {"taken_at": timezone.now(), "rows": factory_status(factory=factory, offline_threshold_hours=offline_threshold_hours)}
     return cache.get(_factory_status_key(factory)) or factory_status_refresh(factory=factory)

@@ -12,6 +12,7 @@ from factory.downloads import csv_attachment
 from factory.schemas import FactoryName
 
 from . import selectors, status
+from .states import STATES
 
 router = Router(tags=["status"])
 
@@ -103,7 +104,7 @@ def waves_status_live(request, factory: FactoryName, wave: str):
         "sampled": live["sampled"],
         "followed": live["followed"],
         "interval_seconds": live["interval"],
-        "states": list(status.STATES),
+        "states": list(STATES),
         "totals": live["totals"],
         "groups": live["groups"],
         "update_times": live["update_times"],

@@ -14,6 +14,7 @@ from factory.errors import ApplicationError
 
 from . import charts, selectors, status
 from .models import Wave, WaveStatusSample
+from .states import STATE_COLORS, STATE_LABELS, STATES
 
 def _wave_or_404(request, name):
     try:
@@ -51,8 +52,8 @@ def wave_live_status(request, name):
         "wave": wave,
         "live": live,
         "charts": _figure_list(charts.wave_figures(live), "wave"),
-        "state_rows": [(state, status.STATE_LABELS[state], live["totals"].get(state, 0), charts.STATE_COLORS[state]) for state in status.STATES],
-        "group_rows": [(g["group"], g["total"], [g["states"].get(state, 0) for state in status.STATES], g["stuck"]) for g in live["groups"]],
+        "state_rows": [(state, STATE_LABELS[state], live["totals"].get(state, 0), STATE_COLORS[state]) for state in STATES],
+        "group_rows": [(g["group"], g["total"], [g["states"].get(state, 0) for state in STATES], g["stuck"]) for g in live["groups"]],
         "stuck_after": _duration(settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES * 60),
         "interval": _interval(),
     }

@@ -5,6 +5,7 @@ Beat runs `wave_status_schedule` every BREAKWATER_STATUS_INTERVAL_SECONDS; it se
 `factory_status_refresh` per factory. A sample is once-only per
 (wave, interval), so these tasks are safe to retry, duplicate and redeliver: that is why
 `wave_status_aggregate` acknowledges late and asks to be redelivered if its worker dies.
+The background rollouts' task lives with its job, in waves/rollout_jobs.py.
 """
 import logging
 
@@ -18,6 +19,7 @@ from . import status
 from .models import Wave
 from .selectors import cached_wave_status
 from .plan_tasks import plans_evaluate  # noqa: F401 (registers the rollout plans' beat task)
+from .rollout_jobs import wave_rollout_job  # noqa: F401 (registers the background rollouts' task)
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +66,3 @@ def factory_status_refresh(factory_id):
         return "gone"
     status.factory_status_refresh(factory=factory)
     return "refreshed"
-
-
-@shared_task(name="waves.tasks.wave_rollout_job", ignore_result=True)
-def wave_rollout_job(token, wave_id, actor_id, params):
-    """A large dashboard rollout. Not acks_late: a redelivered rollout would find its devices
-    staged; the job's claim makes a duplicate delivery a no-op instead."""
-    from .rollout_jobs import rollout_job_run
-
-    rollout_job_run(token=token, wave_id=wave_id, actor_id=actor_id, params=params)

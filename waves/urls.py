@@ -2,16 +2,16 @@
 so a wave with one of those names is reached through the API and CLI only."""
 from django.urls import path
 
-from . import plan_views, status_views, views
+from . import devicelist_views, plan_views, rollout_views, status_views, views
 
 urlpatterns = [
     path("", views.wave_list, name="wave-list"),
     path("new/", views.wave_create, name="wave-create"),
-    path("lists/", views.device_list_index, name="devicelist-list"),
-    path("lists/new/", views.device_list_create, name="devicelist-create"),
-    path("lists/<int:list_id>/", views.device_list_detail, name="devicelist-detail"),
-    path("lists/<int:list_id>/export/", views.device_list_export, name="devicelist-export"),
-    path("lists/<int:list_id>/delete/", views.device_list_delete, name="devicelist-delete"),
+    path("lists/", devicelist_views.device_list_index, name="devicelist-list"),
+    path("lists/new/", devicelist_views.device_list_create, name="devicelist-create"),
+    path("lists/<int:list_id>/", devicelist_views.device_list_detail, name="devicelist-detail"),
+    path("lists/<int:list_id>/export/", devicelist_views.device_list_export, name="devicelist-export"),
+    path("lists/<int:list_id>/delete/", devicelist_views.device_list_delete, name="devicelist-delete"),
     path("<str:name>/", views.wave_detail, name="wave-detail"),
     path("<str:name>/sign/", views.wave_sign, name="wave-sign"),
     path("<str:name>/complete/", views.wave_complete, name="wave-complete"),
@@ -23,13 +23,13 @@ urlpatterns = [
     path("<str:name>/plan/templates/<int:template_id>/delete/", plan_views.plan_template_delete, name="plan-template-delete"),
     path("<str:name>/plan/<slug:action>/", plan_views.plan_action, name="plan-action"),
     path("<str:name>/rollouts/<int:rollout_id>/devices.txt", views.rollout_devices_download, name="rollout-devices"),
-    path("<str:name>/rollout/", views.rollout_preview, name="rollout-preview"),
-    path("<str:name>/rollout-jobs/<str:token>/", views.rollout_job, name="rollout-job"),
-    path("<str:name>/rollout/<str:token>/", views.rollout_preview_show, name="rollout-preview-show"),
-    path("<str:name>/rollout/<str:token>/edit/", views.rollout_preview_edit, name="rollout-preview-edit"),
-    path("<str:name>/rollout/<str:token>/download/", views.rollout_preview_download, name="rollout-preview-download"),
-    path("<str:name>/rollout/<str:token>/save/", views.rollout_preview_save, name="rollout-preview-save"),
-    path("<str:name>/rollout/<str:token>/go/", views.rollout_perform, name="rollout-perform"),
+    path("<str:name>/rollout/", rollout_views.rollout_preview, name="rollout-preview"),
+    path("<str:name>/rollout-jobs/<str:token>/", rollout_views.rollout_job, name="rollout-job"),
+    path("<str:name>/rollout/<str:token>/", rollout_views.rollout_preview_show, name="rollout-preview-show"),
+    path("<str:name>/rollout/<str:token>/edit/", rollout_views.rollout_preview_edit, name="rollout-preview-edit"),
+    path("<str:name>/rollout/<str:token>/download/", rollout_views.rollout_preview_download, name="rollout-preview-download"),
+    path("<str:name>/rollout/<str:token>/save/", rollout_views.rollout_preview_save, name="rollout-preview-save"),
+    path("<str:name>/rollout/<str:token>/go/", rollout_views.rollout_perform, name="rollout-perform"),
     path("<str:name>/live/", status_views.wave_live_status, name="wave-live-status"),
     path("<str:name>/status.csv", status_views.wave_status_csv, name="wave-status-csv"),
     path("<str:name>/status-history.csv", status_views.wave_status_history_csv, name="wave-status-history-csv"),

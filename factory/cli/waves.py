@@ -183,9 +183,8 @@ def waves_sign(args, ctx):
 def waves_rollout(args, ctx):
     if args.group and args.group_option:
         raise UsageError("give the group either as an argument or with --group, not both")
+    # What to roll out to is the server's rule: an empty scope comes back as its refusal.
     group = args.group or args.group_option
-    if group is None and args.limit is None and args.uuids is None:
-        raise UsageError("choose what to roll out to: GROUP (or --group), --limit, --uuids, or a combination")
     payload = {"group": group, "limit": args.limit, "uuids": uuids_arg(args.uuids), "dry_run": args.dry_run}
     payload = {k: v for k, v in payload.items() if v is not None}
     try:

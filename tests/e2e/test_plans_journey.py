@@ -11,7 +11,8 @@ from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.plan_devices import Fleet
 from waves.models import PlanPhase, Rollout
-from waves.plans import plan_evaluate, plan_get
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_evaluate
 from waves.services import wave_init, wave_sign
 
 from .test_journeys import no_dialogs, sign_in

@@ -12,7 +12,7 @@ from datetime import timedelta
 from devices.checkins import Checkin, checkins_write, events_write
 from devices.models import Device
 from waves.models import PlanPhase
-from waves.plans import phase_devices
+from waves.plans.selectors import phase_devices
 
 STEPS = ("download-started", "download-completed", "install-started", "install-applied")
 

@@ -5,13 +5,14 @@ from datetime import datetime, timedelta, timezone
 
 from factory import charts as factory_charts
 from waves import charts
+from waves.states import STATE_COLORS, STATES
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 CET = timezone(timedelta(hours=1))
 
 
 def totals(**counts):
-    base = {s: 0 for s in charts.STATE_ORDER}
+    base = {s: 0 for s in STATES}
     base.update(counts)
     return base
 
@@ -115,7 +116,7 @@ def test_version_distribution_stacks_versions_newest_first_and_names_the_wave():
         ("no target", [0, 2, 0]),
     ]
     assert fig["data"][0]["x"] == ["canary", "beta", "(No Group)"] and fig["layout"]["barmode"] == "stack"
-    assert fig["data"][1]["marker"]["color"] == charts.STATE_COLORS["updated"]  # the wave's version stands out
+    assert fig["data"][1]["marker"]["color"] == STATE_COLORS["updated"]  # the wave's version stands out
     assert len({t["marker"]["color"] for t in fig["data"]}) == 4
     assert "dtick" not in fig["layout"]["yaxis"]  # 20 devices: Plotly picks the steps
 

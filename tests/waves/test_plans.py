@@ -9,19 +9,11 @@ from devices.models import Device, DeviceGroup
 from factory.errors import ApplicationError, Conflict, Forbidden
 from factory.models import AuditEntry
 from waves.models import PlanDecision, PlanPhase, Rollout, RolloutPlan, Wave
-from waves.plans import (
-    large_fleet_phases,
-    phase_evidence,
-    plan_approve,
-    plan_evaluate,
-    plan_forecast,
-    plan_get,
-    plan_pause,
-    plan_resume,
-    plan_set,
-    plan_start,
-    plan_wave_cancel,
-)
+from waves.plans.forecast import plan_forecast
+from waves.plans.gates import phase_evidence
+from waves.plans.phases import large_fleet_phases
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_approve, plan_evaluate, plan_pause, plan_resume, plan_set, plan_start, plan_wave_cancel
 from waves.services import wave_complete, wave_rollout
 
 from .conftest import seed

@@ -8,7 +8,9 @@ from django.utils import timezone
 
 from tests.factory.test_api import API, as_user, assert_error, tokens  # noqa: F401  (fixtures)
 from waves.models import PlanTemplate, RolloutPlan, Wave
-from waves.plans import large_fleet_phases, plan_evaluate, plan_get
+from waves.plans.phases import large_fleet_phases
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_evaluate
 
 from .conftest import seed
 from .plan_devices import Fleet

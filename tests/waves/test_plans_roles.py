@@ -6,16 +6,9 @@ from django.utils import timezone
 from factory.errors import Forbidden
 from factory.models import AuditEntry
 from waves.models import PlanDecision, RolloutPlan, Wave
-from waves.plans import (
-    plan_approve,
-    plan_get,
-    plan_pause,
-    plan_resume,
-    plan_set,
-    plan_show,
-    plan_start,
-    plan_wave_cancel,
-)
+from waves.plans.forecast import plan_show
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_approve, plan_pause, plan_resume, plan_set, plan_start, plan_wave_cancel
 
 from .plan_devices import Fleet
 
@@ -52,7 +45,7 @@ def test_release_managers_and_admins_run_plans_and_everyone_in_the_factory_watch
     plan_start(wave=wave, actor=bob)
     fleet = Fleet(factory, wave)
     fleet.update(fleet.staged(1), timezone.now())
-    from waves.plans import plan_evaluate
+    from waves.plans.services import plan_evaluate
 
     assert plan_evaluate(plan=plan_get(wave=wave)).outcome == "awaiting-approval"
     plan_pause(wave=wave, actor=alice)

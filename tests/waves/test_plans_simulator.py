@@ -13,7 +13,8 @@ from devices.simulator import Keystore, Simulator, take_over
 from factory.tuf.services.repository import ci_build_publish
 from tests.devices.conftest import gateway, gateway_process, wait_for  # noqa: F401  (fixtures)
 from waves.models import PlanPhase, Rollout
-from waves.plans import plan_evaluate, plan_get, plan_set, plan_start
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_evaluate, plan_set, plan_start
 from waves.services import wave_init, wave_sign
 
 TAG = "production"

@@ -8,9 +8,10 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from waves import plans
+from waves.plans import services as plan_services
 from waves.models import PlanDecision, Rollout, RolloutPlan
-from waves.plans import plan_get, plan_set, plan_start, plans_evaluate_due
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_set, plan_start, plans_evaluate_due
 
 from .conftest import make_wave, seed
 from .plan_devices import Fleet
@@ -37,7 +38,7 @@ def test_the_task_evaluates_running_plans_only(factory, bob, fleet100, wave, bui
     assert plans_evaluate() == {"advanced": 1}
     assert Rollout.objects.filter(wave=wave).count() == 2
     # a paused or draft plan is not the task's business
-    plans.plan_pause(wave=wave, actor=bob)
+    plan_services.plan_pause(wave=wave, actor=bob)
     assert plans_evaluate() == {}
 
 
@@ -66,14 +67,14 @@ def test_one_failing_plan_does_not_stop_the_others(factory, bob, fleet100, build
     for wave in (first, second):
         plan_set(wave=wave, actor=bob, phases=[{"group": "canary", "wait_minutes": 0}, {"limit": 1}])
         plan_start(wave=wave, actor=bob, now=timezone.now() - timedelta(minutes=1))
-    real = plans.plan_evaluate
+    real = plan_services.plan_evaluate
 
     def broken_for_the_first(*, plan, now=None):
         if plan.pk == plan_get(wave=first).pk:
             raise RuntimeError("database hiccup")
         return real(plan=plan, now=now)
 
-    monkeypatch.setattr(plans, "plan_evaluate", broken_for_the_first)
+    monkeypatch.setattr(plan_services, "plan_evaluate", broken_for_the_first)
     results = plans_evaluate_due()
     assert [r.plan.wave.name for r in results] == ["other-update"]
     # the failed plan's claim is released so the next tick retries it
@@ -115,7 +116,7 @@ def test_a_halted_or_paused_plan_ends_when_its_wave_is_canceled_by_hand(factory,
 
     plan_set(wave=wave, actor=bob, phases=one_phase_then_fleet())
     plan_start(wave=wave, actor=bob)
-    plans.plan_pause(wave=wave, actor=bob)
+    plan_services.plan_pause(wave=wave, actor=bob)
     wave_cancel(wave=wave, actor=bob)
     (result,) = plans_evaluate_due()
     assert result.outcome == "canceled" and plan_get(wave=wave).status == RolloutPlan.Status.CANCELED

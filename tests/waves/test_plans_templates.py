@@ -4,15 +4,10 @@ import pytest
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.models import AuditEntry
 from waves.models import PlanPhase, PlanTemplate
-from waves.plans import (
-    large_fleet_phases,
-    plan_get,
-    plan_set,
-    plan_template_apply,
-    plan_template_delete,
-    plan_template_list,
-    plan_template_save,
-)
+from waves.plans.phases import large_fleet_phases
+from waves.plans.selectors import plan_get
+from waves.plans.services import plan_set
+from waves.plans.templates import plan_template_apply, plan_template_delete, plan_template_list, plan_template_save
 from waves.services import wave_cancel
 
 from .conftest import make_wave, seed

@@ -11,7 +11,8 @@ from django.utils import timezone
 from factory.models import AuditEntry
 from tests.factory.test_views import hx, login
 from waves.models import PlanDecision, PlanPhase, PlanTemplate, Rollout, RolloutPlan, Wave
-from waves.plans import plan_evaluate, plan_get, plan_phases, plan_set, plan_start
+from waves.plans.selectors import plan_get, plan_phases
+from waves.plans.services import plan_evaluate, plan_set, plan_start
 
 from .conftest import seed
 from .plan_devices import Fleet

@@ -24,10 +24,10 @@ def uuids_of(queryset):
 
 def test_canary_then_beta_then_complete(factory, bob, fleet100, wave):
     """fioctl waves rollout v2.0-update --group canary; --group beta; complete"""
-    canary = wave_rollout(wave=wave, actor=bob, group_option="canary")
+    canary = wave_rollout(wave=wave, actor=bob, group="canary")
     assert canary.full_group and canary.count == 5
     assert canary.message == 'A Wave is being rolled out to all 5 devices in group "canary"; devices that join the group later get it too'
-    beta = wave_rollout(wave=wave, actor=bob, group_option="beta")
+    beta = wave_rollout(wave=wave, actor=bob, group="beta")
     assert beta.count == 20
     assert set(WaveGroup.objects.filter(wave=wave).values_list("group__name", flat=True)) == {"canary", "beta"}
     for device in fleet100:
@@ -78,17 +78,17 @@ def test_group_from_a_canary_list_then_limited_phase_lists_then_whole_group(fact
     canary = eu[:15] + apac[:5]  # a canary list that strays outside the group
     phases = [eu[0:100], eu[100:200], eu[200:300]]
 
-    result = wave_rollout(wave=wave, actor=bob, group_option="eu-emea", uuids="\n".join(canary))
+    result = wave_rollout(wave=wave, actor=bob, group="eu-emea", uuids="\n".join(canary))
     assert result.count == 15
     assert {s["uuid"]: s["reason"] for s in result.skipped} == {u: "other group" for u in apac[:5]}
 
     # phase 1 intersects the canary list: those 15 are already staged, 85 remain; --limit 100 takes them all
-    p1 = wave_rollout(wave=wave, actor=bob, group_option="eu-emea", limit="100", uuids=",".join(phases[0]))
+    p1 = wave_rollout(wave=wave, actor=bob, group="eu-emea", limit="100", uuids=",".join(phases[0]))
     assert p1.count == 85
     assert sum(1 for s in p1.skipped if s["reason"] == "already staged") == 15
-    p2 = wave_rollout(wave=wave, actor=bob, group_option="eu-emea", limit="50", uuids=";".join(phases[1]))
+    p2 = wave_rollout(wave=wave, actor=bob, group="eu-emea", limit="50", uuids=";".join(phases[1]))
     assert p2.count == 50 and {d["uuid"] for d in p2.devices} <= set(phases[1])
-    rest = wave_rollout(wave=wave, actor=bob, group_option="eu-emea")
+    rest = wave_rollout(wave=wave, actor=bob, group="eu-emea")
     assert rest.count == 400 - 150
     assert all(device_wave(device=d) == wave for d in Device.objects.filter(group__name="eu-emea"))
 
@@ -118,7 +118,7 @@ def test_print_uuids_edit_and_roll_out_as_is(factory, bob, carol, fleet100, wave
 
 def test_a_dry_run_changes_nothing(factory, bob, carol, fleet100, wave):
     before = (WaveDevice.objects.count(), WaveGroup.objects.count(), Rollout.objects.count())
-    for kwargs in ({"limit": "5"}, {"group_option": "canary"}, {"uuids": str(fleet100.first().uuid)}, {"limit": "10%"}):
+    for kwargs in ({"limit": "5"}, {"group": "canary"}, {"uuids": str(fleet100.first().uuid)}, {"limit": "10%"}):
         result = wave_rollout(wave=wave, actor=carol, dry_run=True, **kwargs)
         assert result.rollout is None and result.count > 0
     assert (WaveDevice.objects.count(), WaveGroup.objects.count(), Rollout.objects.count()) == before
@@ -207,7 +207,6 @@ def test_percentages_round_up_over_the_devices_in_scope(factory, bob, fleet100, 
     "kwargs, error",
     [
         ({}, "choose what to roll out to"),
-        ({"group": "canary", "group_option": "beta"}, "not both"),
         ({"limit": "0"}, "between 1 and 10,000"),
         ({"limit": "10001"}, "between 1 and 10,000"),
         ({"limit": "-5"}, "must be a number"),
@@ -242,7 +241,7 @@ def test_ten_thousand_uuids_is_the_cap(factory, bob, fleet100, wave):
 
 
 def test_percentage_over_the_cap_is_refused(factory, bob, fleet100, wave, monkeypatch):
-    monkeypatch.setattr("waves.services.MAX_UUIDS", 30)
+    monkeypatch.setattr("waves.scope.MAX_UUIDS", 30)
     with pytest.raises(ApplicationError, match="more than the 30 one rollout may stage"):
         wave_rollout(wave=wave, actor=bob, limit="50%")
 

@@ -21,6 +21,7 @@ from waves import status, tasks
 from waves.models import Rollout, Wave, WaveDevice, WaveGroup, WaveStatusSample
 from waves.selectors import wave_status
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout
+from waves.states import STATES
 
 from .conftest import TAG, make_wave, seed
 
@@ -83,7 +84,7 @@ def direct_counts(wave):
     cutoff, staged = offline_cutoff(), staged_ids(wave)
     out = {}
     for device in Device.objects.filter(factory=wave.factory, tag=wave.tag, is_production=True).select_related("group"):
-        states = out.setdefault(device.group.name if device.group else "(No Group)", {s: 0 for s in status.STATES})
+        states = out.setdefault(device.group.name if device.group else "(No Group)", {s: 0 for s in STATES})
         states[direct_state(device, wave, staged, cutoff)] += 1
     return out
 
@@ -494,7 +495,7 @@ def _wait_for(condition, timeout=60):
 
 
 def _states(totals):
-    return {state: totals[state] for state in status.STATES}
+    return {state: totals[state] for state in STATES}
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the pool's child process through /proc (Linux)")

@@ -15,6 +15,7 @@ from tests.factory.test_views import hx, login
 from waves import status
 from waves.models import Wave
 from waves.services import wave_cancel, wave_rollout
+from waves.states import STATES
 
 from .conftest import seed
 from .test_status_aggregation import check_in, report
@@ -197,7 +198,7 @@ def test_api_live_status_json(api, rolled):
     status.wave_status_sample_take(wave=rolled)
     body = api["dave"].get(f"waves/{rolled.name}/status/live").json()
     assert body["sampled"] is True and body["followed"] is True
-    assert body["states"] == list(status.STATES)
+    assert body["states"] == list(STATES)
     assert body["totals"]["updated"] == 1 and body["totals"]["failed"] == 1
     assert [g["group"] for g in body["groups"]] == ["canary", "beta", "(No Group)"]
     assert body["groups"][0]["failures"]["reason"] == {"no space left on device": 1}

@@ -167,7 +167,7 @@ def test_create_and_sign_are_refused_for_qa_and_support(client, request, user, f
 
 @pytest.mark.django_db
 def test_detail_shows_summary_targets_signatures_status_and_history(client, bob, fleet100, wave):
-    wave_rollout(wave=wave, actor=bob, group_option="canary")
+    wave_rollout(wave=wave, actor=bob, group="canary")
     page = login(client, bob).get(reverse("wave-detail", args=[wave.name]))
     assert page.status_code == 200
     html = page.content.decode()

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from factory.errors import ApplicationError
-from waves.uuids import parse_uuid_list
+from devices.uuids import parse_uuid_list
 
 A = "ab8ecb00-8ed4-42ff-90b2-815b371c0f86"
 B = "7a733e81-f948-43a9-a358-56f3deb5f184"

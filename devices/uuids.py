@@ -1,10 +1,15 @@
-"""The one parser for device UUID lists, used by every door (dashboard, API, CLI, plans)."""
+"""The one parser for device UUID lists, used by every door (dashboard, API, plans) of devices and
+waves, and the one cap on how many a list may hold."""
 import re
 import uuid
 
+from django.conf import settings
+
 from factory.errors import ApplicationError
 
-MAX_UUIDS = 10_000
+# The most UUIDs one list may hold: a rollout's, a saved list's, a group move's; a `--limit N`
+# samples at most as many. Read once: the API schemas' bounds are built from it at import.
+MAX_UUIDS = settings.BREAKWATER_ROLLOUT_MAX_UUIDS
 MAX_TOKEN_LENGTH = 60
 # `,` `;` `|` and any whitespace, including every kind of newline (\r\n, \v, \f, \x1c-\x1e,
 # \x85, \u2028, \u2029): Python's \s covers all of them for str patterns.
