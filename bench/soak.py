@@ -233,7 +233,8 @@ def fleet_main(argv):
     from bench.gateway import django_setup
 
     django_setup()
-    from devices.simulator import Keystore, SimDevice, Simulator, take_over
+    from devices.fleet import take_over
+    from devices.simulator import Keystore, SimDevice, Simulator
     from factory.models import Factory
 
     errors = Counter()
@@ -552,7 +553,8 @@ def _run(args, work):
     started = time.perf_counter()
     factory, wave, username, password, token = soak_setup(args.devices, run_name)
     from devices.models import Device
-    from devices.simulator import Keystore, take_over
+    from devices.fleet import take_over
+    from devices.simulator import Keystore
 
     # The take-over re-keys every device (a certificate each): done here, before the soak, so the
     # fleet process only reuses the keys and the soak measures polling, not provisioning.

@@ -21,8 +21,11 @@ from factory.models import CiTarget
 
 from . import pki
 from .checkins import Checkin, checkins_write
+from .gateway_identity import gateway_endpoint
 from .models import Device, DeviceGroup
-from .services import device_group_create, devices_register
+from .selectors import device_ca_certificate
+from .services import device_certificates_renew, device_group_create, devices_register
+from .simulator import Identity
 
 DEFAULT_HARDWARE_ID = "intel-corei7-64"
 
@@ -120,3 +123,52 @@ def fleet_load_for_benchmark(*, factory, tag, groups=None, ungrouped=0, test_dev
                 Device.objects.bulk_create(rows, batch_size=1000)
             counts["production" if production else "test"] += len(rows)
     return counts
+
+
+def take_over(*, factory, keystore, limit=None, names=None):
+    """Give the simulator keys for devices already registered in `factory` (by name order).
+
+    Devices whose stored certificate is still current are reused; the others get a new key and a
+    certificate from `device_certificates_renew`. Returns the identities.
+    """
+    keystore.server_ca.write_text(gateway_endpoint()["ca_certificate"])
+    devices = Device.objects.filter(factory=factory).select_related("group").order_by("name", "id")
+    if names:
+        devices = devices.filter(name__in=names)
+    if limit is not None:
+        devices = devices[:limit]
+    known = keystore.load()
+    identities, renew, keys = [], {}, {}
+    for device in devices:
+        identity = Identity(
+            uuid=str(device.uuid),
+            name=device.name,
+            hardware_id=device.hardware_id,
+            production=device.is_production,
+            tag=device.tag,
+            group=device.group.name if device.group_id else None,
+            serial=device.certificate_serial,
+            target_name=device.target_name,
+            target_version=device.target_version,
+            last_seen=device.last_seen.timestamp() if device.last_seen else None,
+        )
+        mine = known.get(identity.uuid)
+        if mine is not None and mine.serial == device.certificate_serial:
+            mine.group, mine.tag, mine.last_seen = identity.group, identity.tag, identity.last_seen
+            identities.append(mine)
+            continue
+        key = pki.key_generate()
+        keys[identity.uuid] = key
+        renew[identity.uuid] = pki.device_csr_build(private_key=key, device_uuid=identity.uuid, factory_name=factory.name, production=device.is_production)
+        identities.append(identity)
+    if renew:
+        ca = device_ca_certificate(factory=factory)
+        for start in range(0, len(renew), 2000):
+            chunk = dict(list(renew.items())[start : start + 2000])
+            issued = device_certificates_renew(factory=factory, actor=None, csrs=chunk)
+            by_uuid = {i.uuid: i for i in identities}
+            for device_uuid, cert in issued.items():
+                identity = by_uuid[str(device_uuid)]
+                identity.serial = pki.serial_hex(pki.cert_load(cert))
+                keystore.save(identity, key_pem=pki.key_pem(keys[identity.uuid]), chain_pem=cert + ca)
+    return identities

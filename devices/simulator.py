@@ -9,7 +9,7 @@ never come back after an update.
 
 Where devices come from:
 - registered through the real registration endpoint (`register`): a new key and CSR each;
-- taken over (`take_over`): devices already registered (the demo's seeded fleet) get new
+- taken over (`devices.fleet.take_over`, server side): devices already registered (the demo's seeded fleet) get new
   certificates for keys generated here, through the certificate renewal service, exactly as an
   admin re-keys a device. Their old certificates stop working.
 Either way each device's key, certificate and TUF metadata live in its own folder, so a restarted
@@ -103,60 +103,6 @@ class Keystore:
 
     def update(self, identity):
         (self.folder(identity.uuid) / "identity.json").write_text(identity.dumps())
-
-
-def take_over(*, factory, keystore, limit=None, names=None):
-    """Give the simulator keys for devices already registered in `factory` (by name order).
-
-    Devices whose stored certificate is still current are reused; the others get a new key and a
-    certificate from `device_certificates_renew`. Returns the identities.
-    """
-    from .models import Device
-    from .gateway_identity import gateway_endpoint
-    from .selectors import device_ca_certificate
-    from .services import device_certificates_renew
-
-    keystore.server_ca.write_text(gateway_endpoint()["ca_certificate"])
-    devices = Device.objects.filter(factory=factory).select_related("group").order_by("name", "id")
-    if names:
-        devices = devices.filter(name__in=names)
-    if limit is not None:
-        devices = devices[:limit]
-    known = keystore.load()
-    identities, renew, keys = [], {}, {}
-    for device in devices:
-        identity = Identity(
-            uuid=str(device.uuid),
-            name=device.name,
-            hardware_id=device.hardware_id,
-            production=device.is_production,
-            tag=device.tag,
-            group=device.group.name if device.group_id else None,
-            serial=device.certificate_serial,
-            target_name=device.target_name,
-            target_version=device.target_version,
-            last_seen=device.last_seen.timestamp() if device.last_seen else None,
-        )
-        mine = known.get(identity.uuid)
-        if mine is not None and mine.serial == device.certificate_serial:
-            mine.group, mine.tag, mine.last_seen = identity.group, identity.tag, identity.last_seen
-            identities.append(mine)
-            continue
-        key = pki.key_generate()
-        keys[identity.uuid] = key
-        renew[identity.uuid] = pki.device_csr_build(private_key=key, device_uuid=identity.uuid, factory_name=factory.name, production=device.is_production)
-        identities.append(identity)
-    if renew:
-        ca = device_ca_certificate(factory=factory)
-        for start in range(0, len(renew), 2000):
-            chunk = dict(list(renew.items())[start : start + 2000])
-            issued = device_certificates_renew(factory=factory, actor=None, csrs=chunk)
-            by_uuid = {i.uuid: i for i in identities}
-            for device_uuid, cert in issued.items():
-                identity = by_uuid[str(device_uuid)]
-                identity.serial = pki.serial_hex(pki.cert_load(cert))
-                keystore.save(identity, key_pem=pki.key_pem(keys[identity.uuid]), chain_pem=cert + ca)
-    return identities
 
 
 def register(*, web_url, token, factory_name, keystore, count, hardware_ids, production=True, name_prefix="sim", target_version=None, wait_seconds=60):

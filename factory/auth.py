@@ -8,7 +8,7 @@ from functools import wraps
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 
-from .errors import Forbidden
+from .errors import Forbidden, NotFound
 from .models import Factory, Membership, Role
 
 # action -> roles allowed to take it
@@ -107,8 +107,6 @@ def factory_view(action="view"):
 
 
 def factory_get(name):
-    from .errors import NotFound
-
     try:
         return Factory.objects.get(name=name)
     except Factory.DoesNotExist:

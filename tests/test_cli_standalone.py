@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.services import api_token_create, ci_build_publish
+from factory.services import api_token_create
+from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from waves.models import Wave
 

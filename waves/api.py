@@ -5,9 +5,12 @@ import binascii
 import json
 from typing import Annotated, Literal
 
+from django.conf import settings
 from ninja import Router, Status
 from pydantic import Field
 
+from devices.models import Device
+from devices.selectors import uuids_in
 from factory.api_support import actor_scope, responses
 from factory.errors import ApplicationError
 from factory.errors import NotFound
@@ -181,9 +184,6 @@ def waves_rollout(request, factory: FactoryName, wave: str, payload: RolloutIn):
 
 def _staged_devices(rollout):
     """The devices a full-group rollout staged, in the same shape as the other rollouts' rows."""
-    from devices.models import Device
-    from devices.selectors import uuids_in
-
     cutoff = selectors.offline_cutoff()
     uuids = selectors.rollout_device_uuids(rollout=rollout)
     rows = Device.objects.filter(factory_id=rollout.wave.factory_id, uuid__in=uuids_in(uuids)).order_by("name", "id")
@@ -251,8 +251,6 @@ def waves_status(request, factory: FactoryName, wave: str, offline_threshold: Th
 
 @router.get("/status", response=responses(200, FactoryStatusOut), summary="Factory status: devices per tag, production and test apart")
 def factory_status(request, factory: FactoryName, offline_threshold: ThresholdHours | None = None):
-    from django.conf import settings
-
     factory_obj, _ = actor_scope(request)
     tags = selectors.factory_status(factory=factory_obj, offline_threshold_hours=offline_threshold)
     active = selectors.wave_list(factory=factory_obj, status="active", per_page=200).object_list

@@ -5,10 +5,10 @@ from cryptography.x509.oid import NameOID
 from django.core.management import call_command
 
 from devices import pki
-from devices.fleet import fleet_load_for_benchmark, fleet_seed
+from devices.fleet import fleet_load_for_benchmark, fleet_seed, take_over
 from devices.models import Device
 from devices.services import device_ca_get
-from devices.simulator import Identity, Keystore, Simulator, take_over
+from devices.simulator import Identity, Keystore, Simulator
 
 
 def test_seeded_devices_have_real_certificates_that_say_what_they_are(factory):

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from devices.fleet import fleet_seed
+from devices.fleet import fleet_seed, take_over
 from devices.models import Device, DeviceEvent
-from devices.simulator import Keystore, Simulator, register, take_over
+from devices.simulator import Keystore, Simulator, register
 from factory.tuf.services.repository import ci_build_publish
 from waves.selectors import wave_status
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout, wave_sign

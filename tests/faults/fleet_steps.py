@@ -21,7 +21,8 @@ django.setup()
 def seed(keystore, devices):
     from devices.fleet import fleet_seed
     from devices.gateway_identity import gateway_identity_get
-    from devices.simulator import Keystore, take_over
+    from devices.fleet import take_over
+    from devices.simulator import Keystore
     from factory.tuf.services.repository import ci_build_publish, factory_create
 
     factory = factory_create(name="acme")

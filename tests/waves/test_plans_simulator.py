@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from devices.fleet import fleet_seed
+from devices.fleet import fleet_seed, take_over
 from devices.models import DeviceEvent
-from devices.simulator import Keystore, Simulator, take_over
+from devices.simulator import Keystore, Simulator
 from factory.tuf.services.repository import ci_build_publish
 from tests.devices.conftest import gateway, gateway_process, wait_for  # noqa: F401  (fixtures)
 from waves.models import PlanPhase, Rollout

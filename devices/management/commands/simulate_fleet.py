@@ -1,9 +1,10 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from devices.fleet import take_over
 from devices.models import Device, DeviceGroup
 from devices.services import registration_token_create
-from devices.simulator import Keystore, Simulator, register, take_over
+from devices.simulator import Keystore, Simulator, register
 from factory.management.commands._base import application_errors, get_factory
 
 
