@@ -12,17 +12,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("factory", "devices", "waves")
 # What the CLI may import from the rest of the tree (each free of Django and Celery).
 CLI_MAY_IMPORT = {"factory", "factory.errors", "factory.logs", "factory.tuf", "factory.tuf.keys", "factory.tuf.metadata"}
-# Known arrows still to be turned around, as (importer, imported); delete an entry with its fix.
-PENDING = {
-    ("devices.api", "waves.uuids"),
-    ("devices.forms", "waves.uuids"),
-    ("factory.models", "factory.tuf.models"),
-    ("factory.services", "factory.tuf.services"),
-    ("factory.tuf.selectors", "waves.models"),
-    ("factory.tuf.selectors", "factory.services"),
-    ("factory.tuf.services", "factory.tuf.selectors"),
-    ("waves.rollout_jobs", "waves.tasks"),
-}
 
 
 def layer(module):
@@ -111,13 +100,12 @@ def test_imports_run_down_the_layers():
         for imported in targets
         if layer(importer) is not None and layer(imported) is not None and layer(imported) < layer(importer)
     )
-    assert [arrow for arrow in upward if arrow not in PENDING] == []
+    assert upward == []
 
 
 def test_no_modules_import_each_other_in_a_circle():
     graph = imports(modules())
-    pending = {importer for importer, _ in PENDING} | {imported for _, imported in PENDING}
-    assert [sorted(group) for group in circles(graph) if not group <= pending] == []
+    assert [sorted(group) for group in circles(graph)] == []
 
 
 def test_the_cli_imports_only_django_free_modules():
