@@ -115,8 +115,8 @@ def _secret_hash(secret):
 
 def _validate_tag(tag):
     tag = (tag or "").strip()
-    if not tag or len(tag) > TAG_MAX or any(c.isspace() or c in ",;|@" for c in tag):
-        raise ApplicationError(f"tag {tag[:70]!r} must be 1 to {TAG_MAX} characters without spaces or , ; | @")
+    if not tag or len(tag) > TAG_MAX or not tag.isprintable() or any(c.isspace() or c in ",;|@" for c in tag):
+        raise ApplicationError(f"tag {tag[:70]!r} must be 1 to {TAG_MAX} printable characters without spaces or , ; | @")
     return tag
 
 

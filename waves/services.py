@@ -30,8 +30,8 @@ from .selectors import offline_cutoff
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: "$" also matches before a final line break.
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # Words the dashboard uses in wave URLs (/waves/new/, /waves/lists/).
 RESERVED_WAVE_NAMES = {"new", "lists"}
 DEFAULT_EXPIRES_DAYS = 365

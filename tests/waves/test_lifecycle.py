@@ -67,6 +67,8 @@ def test_a_dry_run_init_creates_nothing(factory, bob, builds):
         ({"version": "forty"}, "is not a number", ApplicationError),
         ({"name": "bad name"}, "wave name", ApplicationError),
         ({"name": "x" * 65}, "wave name", ApplicationError),
+        ({"name": "v42\n"}, "wave name", ApplicationError),  # a name ends headers and lines of output
+        ({"tag": "production\n"}, "tag", ApplicationError),
         ({"name": "new"}, "reserved", ApplicationError),
         ({"tag": ""}, "tag", ApplicationError),
         ({"expires_days": 0}, "between 2 and 3650", ApplicationError),
