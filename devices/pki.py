@@ -151,7 +151,7 @@ def csr_parse(csr_pem, *, factory_name):
         raise CertificateError(f"a CSR (PEM, at most {CSR_MAX_BYTES} bytes) is required")
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         raise CertificateError("the CSR is not a valid PEM certificate signing request") from None
     try:
         valid = csr.is_signature_valid

@@ -212,6 +212,17 @@ def test_any_csr_is_registered_with_a_built_subject_or_refused_clearly(factory, 
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("version", [1, 2, 255])
+def test_a_csr_of_another_version_is_refused_clearly(factory, tokens, version):
+    # cryptography refuses a version other than 1 (0 in DER) with InvalidVersion, not ValueError:
+    # the registration endpoint once answered that with a 500.
+    csr = x509.load_pem_x509_csr(pki.device_csr_build(private_key=keys()["p256"], device_uuid=uuid.uuid4(), factory_name="acme", production=False).encode())
+    position = csr.tbs_certrequest_bytes.index(b"\x02\x01\x00") + 2  # the version INTEGER's value
+    status, data = register("registration: CSRs", _payload(tokens["test only"], pem(resigned(csr, keys()["p256"], [(position, version)]))))
+    assert status == 400 and "not a valid PEM certificate signing request" in data["detail" if "detail" in data else "error"]
+
+
+@pytest.mark.django_db
 @fuzz()
 @given(token=st.one_of(st.sampled_from([("revoked",), ("used up",)]), s.header_values, st.text(max_size=40).map(lambda t: "bwreg_" + t), st.sampled_from(["bwreg_", "bwreg_" + "a" * 300])))
 def test_a_token_that_is_not_live_is_refused_and_registers_nothing(factory, tokens, token):
