@@ -218,12 +218,13 @@ class RolloutResult:
     def message(self):
         verb = "would be" if self.dry_run else "is being"
         scope = f' in group "{self.group_name}"' if self.group_name else ""
+        devices = "device" if self.count == 1 else "devices"
         if self.full_group:
             return (
-                f"A Wave {verb} rolled out to all {self.count} devices{scope}; "
+                f"A Wave {verb} rolled out to all {self.count} {devices}{scope}; "
                 "devices that join the group later get it too"
             )
-        return f"A Wave {verb} rolled out to {self.count} devices{scope}"
+        return f"A Wave {verb} rolled out to {self.count} {devices}{scope}"
 
 
 def _locked(wave):

@@ -143,6 +143,9 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+# collectstatic fills it in a deployment; until then WhiteNoise serves the finders' files
+# (WHITENOISE_USE_FINDERS) but warns in every process that the folder is missing.
+STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 # Uploads (key archives, UUID lists) stay in memory and are bounded.

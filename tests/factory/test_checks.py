@@ -71,3 +71,11 @@ def test_check_deploy_warns_a_postgresql_install_without_redis_and_plain_check_d
     assert found == {"breakwater.W001", "breakwater.W002", "breakwater.W003", "breakwater.W004"}, deploy.stderr
     plain = subprocess.run([sys.executable, "manage.py", "check"], env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and "breakwater." not in plain.stdout + plain.stderr
+
+
+def test_a_fresh_install_starts_without_the_static_files_warning(tmp_path):
+    # Every web process, worker and test warned "No directory at …/staticfiles/" until collectstatic ran.
+    code = "import django; django.setup(); from django.core.handlers.wsgi import WSGIHandler; WSGIHandler()"
+    env = {**os.environ, "BREAKWATER_VAR_DIR": str(tmp_path / "var"), "DJANGO_SETTINGS_MODULE": "factory.project.settings"}
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

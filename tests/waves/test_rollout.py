@@ -320,3 +320,9 @@ def test_a_rollout_that_grows_the_wave_by_a_tenth_refreshes_the_planners_statist
     with django_capture_on_commit_callbacks(execute=True) as slight:
         wave_rollout(wave=wave, actor=bob, limit=3)  # 3 more on 65: under a tenth
     assert slight == [] and _analyzed_rows() == 65
+
+
+def test_the_message_counts_one_device_as_one_device(factory, bob, fleet100, wave):
+    one = Device.objects.filter(factory=factory, is_production=True).first()
+    assert wave_rollout(wave=wave, actor=bob, uuids=str(one.uuid), dry_run=True).message == "A Wave would be rolled out to 1 device"
+    assert wave_rollout(wave=wave, actor=bob, limit="2", dry_run=True).message == "A Wave would be rolled out to 2 devices"
