@@ -52,9 +52,10 @@ def _targets_json(wave):
 
 def wave_out(wave, *, rollouts=None, targets=False):
     signed = _targets_json(wave) or {}
-    payload = None
+    payload = aktualizr_payload = None
     if wave.status == wave.Status.UNSIGNED and wave.targets:
         payload = base64.b64encode(selectors.wave_signing_payload(wave)).decode()
+        aktualizr_payload = base64.b64encode(selectors.wave_aktualizr_signing_payload(wave)).decode()
     return {
         "name": wave.name,
         "version": wave.version,
@@ -69,6 +70,7 @@ def wave_out(wave, *, rollouts=None, targets=False):
         "finished_at": wave.finished_at,
         "finished_by": wave.finished_by.get_username() if wave.finished_by else "",
         "signing_payload": payload,
+        "aktualizr_signing_payload": aktualizr_payload,
         "signed_keyids": [s.get("keyid", "") for s in signed.get("signatures", [])],
         "rollouts": rollouts or [],
         "targets": signed if targets else None,
@@ -115,7 +117,8 @@ def waves_list(
 @router.post("/waves/", response=responses(201, WaveOut) | {200: WaveOut}, summary="Initialize a wave from a CI build")
 def waves_init(request, factory: FactoryName, payload: WaveInitIn):
     """Creates an unsigned wave and returns its `signing_payload`: sign it with your offline targets
-    key and POST the signatures to `/waves/{wave}/sign`, or give `signatures` / `key_archive` here:
+    key and POST the signatures to `/waves/{wave}/sign` (with the same keys' `aktualizr_signatures`
+    over `aktualizr_signing_payload`, the flavour aktualizr-lite devices verify), or give `signatures` / `key_archive` here:
     then the wave is created signed, or (a signature or archive that does not sign) not at all.
     With `dry_run`, nothing is created and the targets it would have are returned, with the
     `signing_payload` that signatures given with the same inputs and `expires_at` must sign."""
@@ -133,6 +136,7 @@ def waves_init(request, factory: FactoryName, payload: WaveInitIn):
         source_tag=payload.source_tag,
         dry_run=payload.dry_run,
         signatures=[s.dict() for s in payload.signatures] if payload.signatures else None,
+        aktualizr_signatures=[s.dict() for s in payload.aktualizr_signatures] if payload.aktualizr_signatures else None,
         key_archive=archive,
     )
     if payload.dry_run:
@@ -154,7 +158,11 @@ def waves_show(request, factory: FactoryName, wave: str, targets: bool = False):
 def waves_sign(request, factory: FactoryName, wave: str, payload: WaveSignIn):
     wave_obj, user = _wave(request, wave)
     signatures = [s.dict() for s in payload.signatures] if payload.signatures else None
-    wave_obj = services.wave_sign(wave=wave_obj, actor=user, signatures=signatures, key_archive=_decode_archive(payload.key_archive))
+    aktualizr_signatures = [s.dict() for s in payload.aktualizr_signatures] if payload.aktualizr_signatures else None
+    wave_obj = services.wave_sign(
+        wave=wave_obj, actor=user, signatures=signatures, aktualizr_signatures=aktualizr_signatures,
+        key_archive=_decode_archive(payload.key_archive),
+    )  # fmt: skip
     return wave_out(wave_obj, rollouts=_rollouts(wave_obj))
 
 

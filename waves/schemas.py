@@ -35,6 +35,9 @@ class WaveInitIn(Schema):
     signatures: list[SignatureIn] | None = Field(
         None, description="Offline signatures over the signing payload, when made before the request (rare: the payload comes from init)."
     )
+    aktualizr_signatures: list[SignatureIn] | None = Field(
+        None, description="The same keys' signatures over the aktualizr signing payload (every key signs both payloads)."
+    )
     key_archive: Base64 | None = Field(
         None, description="A keys .tgz to sign with on the server, used in memory once. The CLI signs locally instead."
     )
@@ -42,6 +45,9 @@ class WaveInitIn(Schema):
 
 class WaveSignIn(Schema):
     signatures: list[SignatureIn] | None = Field(None, description="Signatures made over the wave's signing payload.")
+    aktualizr_signatures: list[SignatureIn] | None = Field(
+        None, description="The same keys' signatures over the wave's aktualizr signing payload (every key signs both payloads)."
+    )
     key_archive: Base64 | None = Field(None, description="A keys .tgz to sign with on the server, used in memory once.")
 
 
@@ -71,6 +77,11 @@ class WaveOut(Schema):
     finished_by: str
     signing_payload: str | None = Field(
         None, description="Base64 of the canonical bytes the offline targets key(s) must sign; only while the wave is unsigned."
+    )
+    aktualizr_signing_payload: str | None = Field(
+        None,
+        description="Base64 of the canonical bytes of the same targets in the libaktualizr flavour (what aktualizr-lite "
+        "devices verify); the same keys sign it beside signing_payload. Only while the wave is unsigned.",
     )
     signed_keyids: list[str] = Field(default_factory=list, description="Key IDs that have signed the wave's targets.")
     rollouts: list[RolloutSummaryOut] = Field(default_factory=list)

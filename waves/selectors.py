@@ -69,6 +69,10 @@ def wave_signing_payload(wave):
     return wave_targets.wave_signing_payload(bytes(wave.targets))
 
 
+def wave_aktualizr_signing_payload(wave):
+    return wave_targets.wave_aktualizr_signing_payload(bytes(wave.targets))
+
+
 def wave_show(*, wave):
     """The wave's facts and its rollout history: who, when, scope, device count."""
     rollouts = [

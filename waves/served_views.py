@@ -13,6 +13,7 @@ from django.db.models import Exists, OuterRef
 
 from factory.errors import NotFound
 from factory.tuf import served
+from factory.tuf.flavours import TUF
 from factory.tuf.models import Channel, TufView
 from factory.tuf.services.signed_views import production_empty_view_ensure
 
@@ -51,20 +52,21 @@ def _view_ref(device):
     return production["id"], production["token"], Channel.PRODUCTION
 
 
-def device_metadata(*, device, filename):
+def device_metadata(*, device, filename, flavour=TUF):
     """(bytes, etag) of `filename` ("N.root.json", "timestamp.json", "snapshot.json" or
-    "targets.json") in the view `device` is served. Raises NotFound for anything else.
+    "targets.json") in the view `device` is served, in `flavour` (factory.tuf.flavours: the
+    client's, from its User-Agent). Raises NotFound for anything else.
 
     `device` needs factory_id, is_production, tag, group_id and id.
     """
-    root = served.root_file(factory_id=device.factory_id, production=device.is_production, filename=filename)
+    root = served.root_file(factory_id=device.factory_id, production=device.is_production, filename=filename, flavour=flavour)
     if root is not None:
         return root
     field = served.view_field(filename)
     for _ in range(3):
         view_id, token, _channel = _view_ref(device)
         try:
-            return served.view_file(view_id=view_id, token=token, field=field)
+            return served.view_file(view_id=view_id, token=token, field=field, flavour=flavour)
         except served.ViewGone:
             served.tag_views_forget(factory_id=device.factory_id, tag=device.tag)
     raise NotFound(f"{filename} is being re-signed; try again")

@@ -87,7 +87,7 @@ def _int_list(values, what):
 
 def wave_init(
     *, factory, actor, name, version, tag, prune=(), expires_days=None, expires_at=None, source_tag=None, dry_run=False,
-    signatures=None, key_archive=None,
+    signatures=None, key_archive=None, aktualizr_signatures=None,
 ):  # fmt: skip
     """Create a wave of CI build `version` for production devices on `tag`.
 
@@ -162,24 +162,31 @@ def wave_init(
             target=name,
             details={"version": version, "tag": tag, "prune": prune, "expires": expires.isoformat(), "source_tag": source_tag or ""},
         )
-        if signatures or key_archive:
-            wave = wave_sign(wave=wave, actor=actor, signatures=signatures, key_archive=key_archive)
+        if signatures or key_archive or aktualizr_signatures:
+            wave = wave_sign(wave=wave, actor=actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
     return wave
 
 
-def wave_sign(*, wave, actor, signatures=None, key_archive=None):
-    """Add offline signatures (made elsewhere, or here from a key archive held in memory)."""
+def wave_sign(*, wave, actor, signatures=None, key_archive=None, aktualizr_signatures=None):
+    """Add offline signatures (made elsewhere, or here from a key archive held in memory).
+
+    Each key signs both payloads, the TUF targets' and their aktualizr sibling's; the wave is
+    signed (active) once both meet the production root's threshold.
+    """
     authorize(user=actor, factory=wave.factory, action="wave.manage")
-    if not signatures and not key_archive:
+    if not signatures and not key_archive and not aktualizr_signatures:
         raise ApplicationError("give signatures or a key archive to sign with")
     with transaction.atomic():
         wave = _locked(wave)
         if wave.status != Wave.Status.UNSIGNED:
             raise Conflict(f"wave {wave.name} is {wave.status}; only an unsigned wave takes signatures")
+        signatures, aktualizr_signatures = list(signatures or []), list(aktualizr_signatures or [])
         if key_archive:
-            payload = wave_targets.wave_signing_payload(bytes(wave.targets))
-            signatures = list(signatures or []) + wave_targets.key_archive_signatures(payload=payload, archive_bytes=key_archive)
-        targets, threshold_met = wave_targets.wave_signatures_add(factory=wave.factory, targets_bytes=bytes(wave.targets), signatures=signatures)
+            tuf, aktualizr = wave_targets.key_archive_signatures_both(targets_bytes=bytes(wave.targets), archive_bytes=key_archive)
+            signatures, aktualizr_signatures = signatures + tuf, aktualizr_signatures + aktualizr
+        targets, threshold_met = wave_targets.wave_signatures_add(
+            factory=wave.factory, targets_bytes=bytes(wave.targets), signatures=signatures, aktualizr_signatures=aktualizr_signatures
+        )
         wave.targets = targets
         fields = ["targets"]
         if threshold_met:

@@ -1,9 +1,11 @@
 """Signing on the release manager's machine: the offline key archive is read here and never sent.
 
-The server hands out the exact bytes to sign (a wave's targets payload); this module signs them
+The server hands out the exact bytes to sign (a wave's targets payloads, TUF and aktualizr); this module signs them
 with the archive's targets keys that the factory's production root trusts, and only the
 signatures travel.
 """
+import base64
+
 from factory.errors import ApplicationError
 from factory.tuf.keys import key_archive_read, payload_sign
 
@@ -35,3 +37,11 @@ class OfflineSigner:
 
     def sign(self, payload):
         return [payload_sign(signer, payload) for signer in self.signers]
+
+    def sign_wave(self, wave):
+        """{"signatures", "aktualizr_signatures"}: each key signs both of the wave's payloads in
+        one step (TUF 1.0, and the flavour aktualizr-lite devices verify)."""
+        body = {"signatures": self.sign(base64.b64decode(wave["signing_payload"]))}
+        if wave.get("aktualizr_signing_payload"):
+            body["aktualizr_signatures"] = self.sign(base64.b64decode(wave["aktualizr_signing_payload"]))
+        return body

@@ -1,5 +1,4 @@
 """`breakwater waves ...` and `breakwater status`: the seed's production release commands."""
-import base64
 import json
 import re
 from urllib.parse import quote
@@ -148,19 +147,16 @@ def waves_init(args, ctx):
     preview = ctx.client.post(ctx.path("waves/"), {**payload, "dry_run": True})
     payload.pop("expires_days", None)
     payload["expires_at"] = preview["expires_at"]
-    signatures = signer.sign(base64.b64decode(preview["signing_payload"]))
-    wave = ctx.client.post(ctx.path("waves/"), {**payload, "signatures": signatures})
+    wave = ctx.client.post(ctx.path("waves/"), {**payload, **signer.sign_wave(preview)})
     out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
     _print_signed(wave)
     return 0
 
 
 def _sign(ctx, wave, signer):
-    payload = base64.b64decode(wave["signing_payload"]) if wave.get("signing_payload") else None
-    if payload is None:
+    if not wave.get("signing_payload"):
         raise CliError(f"wave {wave['name']} is {wave['status']}; only an unsigned wave takes signatures")
-    signatures = signer.sign(payload)
-    return ctx.client.post(wave_path(ctx, wave["name"], "/sign"), {"signatures": signatures})
+    return ctx.client.post(wave_path(ctx, wave["name"], "/sign"), signer.sign_wave(wave))
 
 
 def _print_signed(wave):

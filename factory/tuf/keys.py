@@ -305,3 +305,15 @@ def archive_signatures(*, payload, archive_bytes, roles=("targets",)):
         return [payload_sign(signer, payload) for _, signer in signers]
     finally:
         signers.clear()
+
+
+def archive_signatures_many(*, payloads, archive_bytes, roles=("targets",)):
+    """[signatures over payloads[0], over payloads[1], ...] by every key of `roles` in the
+    archive, read once; the keys are dropped after."""
+    signers = [(role, signer) for role, signer in key_archive_read(archive_bytes) if role in roles]
+    try:
+        if not signers:
+            raise ApplicationError(f"the key archive holds no {' or '.join(roles)} private key")
+        return [[payload_sign(signer, payload) for _, signer in signers] for payload in payloads]
+    finally:
+        signers.clear()

@@ -85,6 +85,9 @@ class TufRoot(models.Model):
     channel = models.CharField(max_length=16, choices=Channel.choices)
     version = models.PositiveIntegerField()
     data = models.BinaryField()
+    # The same root in the libaktualizr flavour (factory/tuf/aktualizr.py), signed in the same
+    # step; empty for a root made before the flavour existed whose keys the server no longer holds.
+    aktualizr_data = models.BinaryField(default=b"", blank=True)
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -120,6 +123,16 @@ class TufView(models.Model):
     targets_hash = models.CharField(max_length=64)
     snapshot_hash = models.CharField(max_length=64)
     timestamp_hash = models.CharField(max_length=64)
+    # The libaktualizr-flavour siblings of the three files, signed with them by the same keys at
+    # the same versions; the aktualizr snapshot describes the aktualizr targets, the aktualizr
+    # timestamp the aktualizr snapshot. Empty only for rows signed before the flavour existed
+    # whose targets were signed offline: they appear with the next signing of those targets.
+    aktualizr_targets = models.BinaryField(default=b"", blank=True)
+    aktualizr_snapshot = models.BinaryField(default=b"", blank=True)
+    aktualizr_timestamp = models.BinaryField(default=b"", blank=True)
+    aktualizr_targets_hash = models.CharField(max_length=64, blank=True, default="")
+    aktualizr_snapshot_hash = models.CharField(max_length=64, blank=True, default="")
+    aktualizr_timestamp_hash = models.CharField(max_length=64, blank=True, default="")
     targets_version = models.PositiveIntegerField()
     # Snapshot and timestamp share this version, taken from the anchor's counter.
     version = models.PositiveBigIntegerField()
@@ -152,6 +165,24 @@ class TufView(models.Model):
 
     def __str__(self):
         return f"{self.kind} view {self.tag or ''} v{self.version}"
+
+
+class TufTargetsSibling(models.Model):
+    """Offline signatures of the libaktualizr flavour of a targets document (a wave's targets, a
+    baseline or production targets re-signed for a root change), found again by the hash of the
+    sibling's signing payload, which follows from the TUF targets' signed content alone."""
+
+    factory = models.ForeignKey("factory.Factory", on_delete=models.CASCADE, related_name="tuf_targets_siblings")
+    payload_hash = models.CharField(max_length=64)
+    data = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["factory", "payload_hash"], name="tuftargetssibling_factory_payload_unique")]
+
+    def __str__(self):
+        return f"aktualizr targets {self.payload_hash[:8]}"
 
 
 class TufRootChange(models.Model):

@@ -9,6 +9,7 @@ from tuf.api.metadata import Root, Targets
 
 from factory.errors import NotFound
 
+from . import aktualizr as ak
 from . import metadata as md
 from .lifetimes import ci_targets_margin, refresh_margin
 from .models import EMPTY_TAG, TufKey, TufRepository, TufRoot, TufRootChange, TufView
@@ -236,6 +237,43 @@ def document_missing(change, document):
     return f"{result.missing} more targets key signature(s)"
 
 
+# Each document's libaktualizr sibling is signed in the same step, named "<document>@aktualizr".
+AKTUALIZR_SUFFIX = "@aktualizr"
+
+
+def document_aktualizr_bytes(document):
+    """The document's aktualizr sibling as signed so far (unsigned for a change made before the
+    flavour existed)."""
+    if document.get("aktualizr_data"):
+        return base64.b64decode(document["aktualizr_data"].encode())
+    return ak.document(ak.sibling_signed(document_bytes(document)), [])
+
+
+def aktualizr_root_signed(root_md):
+    """The aktualizr sibling's signed content of a TUF root (keys and roles are the same)."""
+    return ak.signed_from_tuf(root_md.signed.to_dict())
+
+
+def document_aktualizr_missing(change, document):
+    """What the document's aktualizr sibling still needs, or ''."""
+    data = document_aktualizr_bytes(document)
+    if document["kind"].startswith("root-"):
+        channel = document["kind"][len("root-"):]
+        previous = aktualizr_root_signed(root_current(factory_id=change.factory_id, channel=channel))
+        new = ak.parse(data)[0]
+        unsigned = set()
+        for root in (previous, new):
+            good, threshold = ak.signed_by(root, "root", data)
+            if len(good) < threshold:
+                unsigned |= set(root["roles"]["root"]["keyids"]) - good
+        return "" if not unsigned else "root keys " + ", ".join(sorted(k[:8] for k in unsigned)) + " (aktualizr flavour)"
+    production_root = ak.parse(document_aktualizr_bytes(next(d for d in change.documents if d["kind"] == "root-production")))[0]
+    good, threshold = ak.signed_by(production_root, "targets", data)
+    if len(good) >= threshold:
+        return ""
+    return f"{threshold - len(good)} more targets key signature(s) (aktualizr flavour)"
+
+
 def root_change_payloads(*, change):
     """What the pending change needs signed: [{document, payload (base64 of the canonical bytes
     to sign), keyids (keys that may sign it), missing (plain words; '' when complete)}]."""
@@ -251,6 +289,18 @@ def root_change_payloads(*, change):
                 "keyids": sorted(document_signers(change, document, repository)),
                 "signed_by": sorted(metadata.signatures),
                 "missing": document_missing(change, document),
+            }
+        )
+        data = document_aktualizr_bytes(document)
+        signed, signatures = ak.parse(data)
+        out.append(
+            {
+                "document": document["name"] + AKTUALIZR_SUFFIX,
+                "kind": document["kind"],
+                "payload": base64.b64encode(ak.payload(signed)).decode(),
+                "keyids": out[-1]["keyids"],
+                "signed_by": sorted({s.get("keyid", "") for s in signatures}),
+                "missing": document_aktualizr_missing(change, document),
             }
         )
     return out

@@ -1,6 +1,9 @@
 """The signed metadata devices are served, by view: a tag's view rows and the bytes of a view's
 files. Plain values in and out; which view a device gets is decided above (waves/served_views.py).
 
+Each file comes in two flavours (factory.tuf.flavours): TUF 1.0, and the libaktualizr one; the
+caller says which. Its bytes and ETag are the flavour's own, and so are the cache keys.
+
 Cached so that after warm-up a metadata request costs one indexed query (the tag's view tokens):
 view bytes are cached under the view's token, which is replaced whenever the bytes change, so a
 stale entry is never read (even with a cache shared by every process).
@@ -15,6 +18,7 @@ from tuf.api.metadata import Targets
 from factory.errors import NotFound
 
 from . import metadata as md
+from .flavours import AKTUALIZR, TUF
 from .models import EMPTY_TAG, Channel, TufRoot, TufView
 
 ROOT_FILE_RE = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
@@ -86,15 +90,25 @@ def tag_views_forget(*, factory_id, tag):
     _tag_views.pop((factory_id, tag), None)
 
 
-def root_file(*, factory_id, production, filename):
+def _column(field, flavour):
+    if flavour == TUF:
+        return field
+    if flavour == AKTUALIZR:
+        return f"aktualizr_{field}"
+    raise ValueError(f"unknown metadata flavour {flavour!r}")
+
+
+def root_file(*, factory_id, production, filename, flavour=TUF):
     """(bytes, etag) of `filename` if it names a root ("N.root.json") of the device's channel;
     None if it names no root at all. Raises NotFound for a root version that does not exist."""
     match = ROOT_FILE_RE.match(filename or "")
     if not match:
         return None
     channel = Channel.PRODUCTION if production else Channel.CI
-    row = TufRoot.objects.filter(factory_id=factory_id, channel=channel, version=int(match.group(1))).values_list("data").first()
-    if row is None:
+    column = _column("data", flavour)
+    row = TufRoot.objects.filter(factory_id=factory_id, channel=channel, version=int(match.group(1))).values_list(column).first()
+    if row is None or not row[0]:
+        # An empty aktualizr root is one signed before the flavour existed by a key gone offline.
         raise NotFound(f"{filename} does not exist")
     data = bytes(row[0])
     return data, _etag(md.sha256(data))
@@ -108,17 +122,21 @@ def view_field(filename):
     return field
 
 
-def view_file(*, view_id, token, field):
-    """(bytes, etag) of one file of a view. Raises ViewGone if the view no longer exists."""
-    key = f"{CACHE_PREFIX}view:{token}:{field}"
+def view_file(*, view_id, token, field, flavour=TUF):
+    """(bytes, etag) of one file of a view in `flavour`. Raises ViewGone if the view no longer
+    exists, NotFound if it has no file in this flavour yet (offline-signed before it existed)."""
+    column = _column(field, flavour)
+    key = f"{CACHE_PREFIX}view:{token}:{column}"
     hit = cache.get(key)
     if hit is not None:
         return hit
-    row = TufView.objects.filter(pk=view_id).values_list(field, f"{field}_hash", "token").first()
+    row = TufView.objects.filter(pk=view_id).values_list(column, f"{column}_hash", "token").first()
     if row is None:
         raise ViewGone()
+    if not row[0]:
+        raise NotFound(f"{field}.json is not signed for this client yet; it is with the next signing of the release")
     value = (bytes(row[0]), _etag(row[1]))
-    cache.set(f"{CACHE_PREFIX}view:{row[2]}:{field}", value, CACHE_SECONDS)
+    cache.set(f"{CACHE_PREFIX}view:{row[2]}:{column}", value, CACHE_SECONDS)
     return value
 
 

@@ -114,7 +114,8 @@ def test_taking_the_root_key_offline_needs_the_new_key_to_sign(factory, bob, tmp
     change = root_changes.offline_key_add(factory=factory, actor=bob, role="root", public_key=root_key.public_key.to_dict())
     assert change.status == "pending"
     payloads = {p["document"]: p for p in tuf_selectors.root_change_payloads(change=change)}
-    assert set(payloads) == {"ci-root", "production-root"}
+    # Each document's libaktualizr sibling is signed in the same step, by the same keys.
+    assert set(payloads) == {"ci-root", "production-root", "ci-root@aktualizr", "production-root@aktualizr"}
     for payload in payloads.values():
         # TUF: the old root key (online, the server signed) and the new one must both sign.
         assert set(payload["keyids"]) == {old_root_keyid, root_key.public_key.keyid}
@@ -147,7 +148,8 @@ def test_taking_the_root_key_offline_needs_the_new_key_to_sign(factory, bob, tmp
     targets_key = tuf_keys.key_generate()
     change = root_changes.offline_key_add(factory=factory, actor=bob, role="targets", public_key=targets_key.public_key.to_dict())
     payloads = tuf_selectors.root_change_payloads(change=change)
-    assert {p["document"] for p in payloads} == {"ci-root", "production-root", "baseline-targets"}
+    assert {p["document"].removesuffix("@aktualizr") for p in payloads} == {"ci-root", "production-root", "baseline-targets"}
+    assert len(payloads) == 6
     assert all(p["signed_by"] == [] for p in payloads if p["kind"].startswith("root-"))
     archive = tuf_keys.key_archive_write([("targets", targets_key)])
     signatures = []
@@ -280,20 +282,26 @@ def test_offline_signatures_are_verified_against_the_production_root(factory, bu
     data = wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
     payload = wave_targets.wave_signing_payload(data)
     assert payload == Metadata.from_bytes(data).signed_bytes
+    ak_payload = wave_targets.wave_aktualizr_signing_payload(data)
     stranger = tuf_keys.key_generate()
     online_keyid = TufKey.objects.get(factory=factory, role="targets", online=True).keyid
     [offline] = wave_targets.key_archive_signatures(payload=payload, archive_bytes=archive)
+    [offline_ak] = wave_targets.key_archive_signatures(payload=ak_payload, archive_bytes=archive)
     bad = {"keyid": offline["keyid"], "sig": tuf_keys.payload_sign(tuf_keys.key_archive_read(archive)[0][1], b"other")["sig"]}
-    for signatures, message in (
-        ([tuf_keys.payload_sign(stranger, payload)], f"key {stranger.public_key.keyid} may not sign"),
-        ([offline, bad], f"signature by key {offline['keyid']} does not verify"),
-        ("not a list", "must be a list"),
+    for signatures, aktualizr, message in (
+        ([tuf_keys.payload_sign(stranger, payload)], [tuf_keys.payload_sign(stranger, ak_payload)], f"key {stranger.public_key.keyid} may not sign"),
+        ([offline, bad], [offline_ak], f"signature by key {offline['keyid']} does not verify"),
+        ([offline], [bad], f"signature by key {offline['keyid']} does not verify over this wave's targets \\(aktualizr"),
+        ([offline], [offline], f"signature by key {offline['keyid']} does not verify over this wave's targets \\(aktualizr"),
+        ([offline], [], f"key {offline['keyid']} signed only one of the wave's two payloads"),
+        ([], [offline_ak], f"key {offline['keyid']} signed only one of the wave's two payloads"),
+        ("not a list", [], "must be a list"),
     ):
         with pytest.raises(ApplicationError, match=message):
-            wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures)
+            wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures, aktualizr_signatures=aktualizr)
     same, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=[])
     assert not met and set(Metadata.from_bytes(same).signatures) == {online_keyid}
-    signed, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=[offline])
+    signed, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=[offline], aktualizr_signatures=[offline_ak])
     assert met and set(Metadata.from_bytes(signed).signatures) == {online_keyid, offline["keyid"]}
     assert Metadata.from_bytes(signed).signed == Metadata.from_bytes(data).signed
 
@@ -303,10 +311,11 @@ def test_a_higher_threshold_needs_more_offline_signatures(factory, builds, bob):
     second = offline_targets_key(factory=factory, actor=bob, threshold=3)
     assert root_of(factory, "production").roles["targets"].threshold == 3
     data = wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
-    payload = wave_targets.wave_signing_payload(data)
-    data, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=wave_targets.key_archive_signatures(payload=payload, archive_bytes=first))
+    tuf, aktualizr = wave_targets.key_archive_signatures_both(targets_bytes=data, archive_bytes=first)
+    data, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=tuf, aktualizr_signatures=aktualizr)
     assert not met
-    data, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=wave_targets.key_archive_signatures(payload=payload, archive_bytes=second))
+    tuf, aktualizr = wave_targets.key_archive_signatures_both(targets_bytes=data, archive_bytes=second)
+    data, met = wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=tuf, aktualizr_signatures=aktualizr)
     assert met and len(Metadata.from_bytes(data).signatures) == 3
 
 
@@ -447,8 +456,8 @@ def test_the_demo_key_archive_is_written_once_and_signs_waves(factory, builds, b
     assert root_changes.demo_offline_key(factory=factory, actor=bob, path=path) == (path, False)
     assert root_of(factory, "production").version == 2  # registered once
     data = wave_targets.wave_targets_build(factory=factory, tag=TAG, version=42, expires_at=timezone.now() + timedelta(days=30))
-    signatures = wave_targets.key_archive_signatures(payload=wave_targets.wave_signing_payload(data), archive_bytes=path.read_bytes())
-    assert wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=signatures)[1]
+    tuf, aktualizr = wave_targets.key_archive_signatures_both(targets_bytes=data, archive_bytes=path.read_bytes())
+    assert wave_targets.wave_signatures_add(factory=factory, targets_bytes=data, signatures=tuf, aktualizr_signatures=aktualizr)[1]
     # An archive that is not one of the factory's keys (another database, a garbled file) is replaced.
     path.write_bytes(b"garbage")
     assert root_changes.demo_offline_key(factory=factory, actor=bob, path=path)[1]

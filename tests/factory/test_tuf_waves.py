@@ -163,8 +163,11 @@ def test_a_wave_below_the_threshold_is_invisible_to_every_device(factory, bob, a
 def test_signatures_made_elsewhere_are_accepted_over_the_signing_payload(factory, bob, archive, fleet):
     wave = wave_init(factory=factory, actor=bob, name="v42", version=42, tag=TAG)
     payload = wave_targets.wave_signing_payload(bytes(wave.targets))
+    ak_payload = wave_targets.wave_aktualizr_signing_payload(bytes(wave.targets))
     [(_, signer)] = tuf_keys.key_archive_read(archive)
-    wave = wave_sign(wave=wave, actor=bob, signatures=[tuf_keys.payload_sign(signer, payload)])
+    wave = wave_sign(
+        wave=wave, actor=bob, signatures=[tuf_keys.payload_sign(signer, payload)], aktualizr_signatures=[tuf_keys.payload_sign(signer, ak_payload)]
+    )
     assert wave.status == "active"
 
 

@@ -27,7 +27,14 @@ def test_init_returns_the_bytes_to_sign_and_local_signatures_activate_the_wave(a
     payload = base64.b64decode(created["signing_payload"])
     # What the CLI does on the release manager's machine: sign, send only the signatures.
     signatures = archive_signatures(payload=payload, archive_bytes=offline_key)
-    signed = bob.post("waves/v2.0-update/sign", {"signatures": signatures}).json()
+    # The same key signs the libaktualizr flavour of the same targets in the same step.
+    assert created["aktualizr_signing_payload"] and created["aktualizr_signing_payload"] != created["signing_payload"]
+    aktualizr = archive_signatures(payload=base64.b64decode(created["aktualizr_signing_payload"]), archive_bytes=offline_key)
+    only_tuf = bob.post("waves/v2.0-update/sign", {"signatures": signatures})
+    assert only_tuf.status_code == 400 and "aktualizr_signing_payload" in only_tuf.json()["detail"], only_tuf.content
+    assert Wave.objects.get(factory=factory, name="v2.0-update").status == "unsigned"
+    signed = bob.post("waves/v2.0-update/sign", {"signatures": signatures, "aktualizr_signatures": aktualizr}).json()
+    assert signed["aktualizr_signing_payload"] is None
     assert signed["status"] == "active" and signed["signing_payload"] is None
     assert signatures[0]["keyid"] in signed["signed_keyids"]
     assert Wave.objects.get(factory=factory, name="v2.0-update").status == "active"

@@ -42,6 +42,7 @@ from devices import checkins, pki, reports  # noqa: E402
 from devices.models import Device, DeviceCA  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
+from factory.tuf.flavours import flavour_of  # noqa: E402
 from waves.served_views import device_metadata  # noqa: E402
 
 from .http1 import PEER_CERTIFICATE  # noqa: E402
@@ -285,7 +286,7 @@ class Gateway:
         if not REPO_FILE.match(filename):
             raise Refused(404, "no such metadata file")
         try:
-            data, etag = device_metadata(device=device, filename=filename)
+            data, etag = device_metadata(device=device, filename=filename, flavour=flavour_of(environ.get("HTTP_USER_AGENT")))
         except NotFound as exc:
             raise Refused(404, exc.message) from None
         if filename.endswith("targets.json"):

@@ -30,7 +30,7 @@ def _anchor_due(anchor, views, now):
 
 RESIGN_FIELDS = [
     "snapshot", "timestamp", "snapshot_hash", "timestamp_hash", "version", "snapshot_expires_at", "timestamp_expires_at", "token",
-    "counter", "updated_at",
+    "counter", "updated_at", "aktualizr_snapshot", "aktualizr_timestamp", "aktualizr_snapshot_hash", "aktualizr_timestamp_hash",
 ]  # fmt: skip
 
 
@@ -69,7 +69,7 @@ def views_refresh(*, anchor_ids, now=None):
                 keyring = keyrings[anchor.factory_id]
                 if anchor.kind == TufView.Kind.CI and anchor.targets_expires_at < now + ci_targets_margin():
                     ci_targets_sign(anchor, keyring, now, version=anchor.targets_version + 1)
-                    anchor.save(update_fields=["targets", "targets_hash", "targets_version", "targets_expires_at"])
+                    anchor.save(update_fields=["targets", "targets_hash", "targets_version", "targets_expires_at", "aktualizr_targets", "aktualizr_targets_hash"])
                 # Production first, then the wave view, each above the last.
                 for view in views:
                     view_sign(view, keyring, version=next_version(anchor, now), now=now)

@@ -20,6 +20,7 @@ from .. import keys as tuf_keys
 from .. import metadata as md
 from ..lifetimes import baseline_lifetime, root_lifetime
 from ..models import TufKey, TufRepository, TufRoot, TufView
+from . import siblings
 from .keyring import ROLES, Keyring, private_encrypt, roots_build
 from .signed_views import ci_targets_sign, ci_view_publish, next_version, view_sign
 
@@ -72,7 +73,11 @@ def repository_init(*, factory):
         )
         for channel, root in roots_build(keysets=keyring.keysets(), production_threshold=1, version=1, expires=root_expires).items():
             root.sign(keyring.online_signer("root"))
-            TufRoot.objects.create(factory=factory, channel=channel, version=1, data=md.to_bytes(root), expires_at=root.signed.expires)
+            data = md.to_bytes(root)
+            TufRoot.objects.create(
+                factory=factory, channel=channel, version=1, data=data, expires_at=root.signed.expires,
+                aktualizr_data=siblings.root_sibling(keyring=keyring, tuf_bytes=data),
+            )
         view = TufView(factory=factory, kind=TufView.Kind.CI, tag="")
         ci_targets_sign(view, keyring, now, version=1)
         view_sign(view, keyring, version=next_version(view, now), now=now)

@@ -12,11 +12,16 @@ from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict, NotFound
 from factory.services import audit_record
 
+from .. import aktualizr as ak
 from .. import keys as tuf_keys
 from .. import metadata as md
 from ..lifetimes import root_lifetime
 from ..models import Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
-from ..selectors import document_bytes, document_md, document_missing, document_signers, root_change_payloads, root_current
+from ..selectors import (
+    AKTUALIZR_SUFFIX, document_aktualizr_bytes, document_aktualizr_missing, document_bytes, document_md, document_missing,
+    document_signers, root_change_payloads, root_current,
+)  # fmt: skip
+from . import siblings
 from .keyring import Keyring, offline_targets_keyids, roots_build, signatures_verified
 from .repository import repository_init
 from .signed_views import VIEW_FIELDS, tag_resign, view_set_targets
@@ -50,7 +55,11 @@ def _root_change_begin(*, repository, actor, action, keysets, production_thresho
         # The old online root key signs for the previous root, and for the new one if it stays.
         if old_root_signer is not None and old_root_signer.public_key.keyid in previous.roles["root"].keyids:
             root.sign(old_root_signer, append=True)
-        documents.append({"name": f"{channel}-root", "kind": f"root-{channel}", "tag": "", "data": _b64(md.to_bytes(root)), "source_hash": ""})
+        data = md.to_bytes(root)
+        documents.append(
+            {"name": f"{channel}-root", "kind": f"root-{channel}", "tag": "", "data": _b64(data), "source_hash": "",
+             "aktualizr_data": _b64(siblings.root_sibling(keyring=keyring, tuf_bytes=data))}
+        )  # fmt: skip
     production_root = roots[Channel.PRODUCTION].signed
     online_keyids = keyring.online_keyids()
 
@@ -62,13 +71,15 @@ def _root_change_begin(*, repository, actor, action, keysets, production_thresho
     if not still_valid(baseline):
         documents.append(
             {"name": "baseline-targets", "kind": "baseline", "tag": "", "data": _b64(repository.baseline_targets),
-             "source_hash": md.sha256(bytes(repository.baseline_targets))}
+             "source_hash": md.sha256(bytes(repository.baseline_targets)),
+             "aktualizr_data": _b64(siblings.targets_sibling(factory_id=factory.id, keyring=keyring, tuf_bytes=repository.baseline_targets, required=True))}
         )  # fmt: skip
     for view in TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=False).order_by("tag"):
         if not still_valid(md.parse(view.targets, Targets)):
             documents.append(
                 {"name": f"production-targets:{view.tag}", "kind": "production", "tag": view.tag, "data": _b64(view.targets),
-                 "source_hash": view.targets_hash}
+                 "source_hash": view.targets_hash,
+                 "aktualizr_data": _b64(siblings.targets_sibling(factory_id=factory.id, keyring=keyring, tuf_bytes=view.targets, required=True))}
             )  # fmt: skip
     for view in TufView.objects.filter(factory=factory, kind=TufView.Kind.WAVE).select_related("wave"):
         if not still_valid(md.parse(view.targets, Targets)):
@@ -89,7 +100,7 @@ def _root_change_begin(*, repository, actor, action, keysets, production_thresho
 
 
 def _root_change_complete(change, repository):
-    return all(not document_missing(change, d) for d in change.documents)
+    return all(not document_missing(change, d) and not document_aktualizr_missing(change, d) for d in change.documents)
 
 
 def _root_change_apply(change, repository, actor):
@@ -110,7 +121,8 @@ def _root_change_apply(change, repository, actor):
         if document["kind"].startswith("root-"):
             root = document_md(document)
             TufRoot.objects.create(
-                factory=factory, channel=document["kind"][len("root-"):], version=version, data=document_bytes(document), expires_at=root.signed.expires
+                factory=factory, channel=document["kind"][len("root-"):], version=version, data=document_bytes(document),
+                aktualizr_data=document_aktualizr_bytes(document), expires_at=root.signed.expires,
             )
     if change.new_key:
         key_data = dict(change.new_key)
@@ -128,14 +140,15 @@ def _root_change_apply(change, repository, actor):
     repository.production_targets_threshold = production_root.roles["targets"].threshold
     for document in targets_docs:
         data = document_bytes(document)
+        siblings.targets_sibling_store(factory_id=factory.id, data=document_aktualizr_bytes(document))
         if document["kind"] == "baseline":
             repository.baseline_targets = data
             for view in TufView.objects.select_for_update().filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=True):
-                view_set_targets(view, data)
+                view_set_targets(view, data, keyring=keyring)
                 view.save(update_fields=VIEW_FIELDS)
         else:
             view = TufView.objects.select_for_update().get(factory=factory, kind=TufView.Kind.PRODUCTION, tag=document["tag"])
-            view_set_targets(view, data)
+            view_set_targets(view, data, keyring=keyring)
             view.save(update_fields=VIEW_FIELDS)
     repository.save()
     if targets_docs:
@@ -266,23 +279,35 @@ def root_change_sign(*, factory, actor, signatures):
         if change is None:
             raise NotFound("no key change is waiting for signatures")
         by_name = {d["name"]: d for d in change.documents}
+        names = [n for d in change.documents for n in (d["name"], d["name"] + AKTUALIZR_SUFFIX)]
         grouped = {}
         for value in signatures:
             name = value.get("document") if isinstance(value, dict) else None
-            if name not in by_name:
-                raise ApplicationError(f"signature for unknown document {str(name)[:80]!r}; expected one of {', '.join(by_name)}")
+            if name not in names:
+                raise ApplicationError(f"signature for unknown document {str(name)[:80]!r}; expected one of {', '.join(names)}")
             grouped.setdefault(name, []).append(value)
-        updated = {}
+        updated, updated_aktualizr = {}, {}
         for name, values in grouped.items():
-            document = by_name[name]
-            metadata = document_md(document)
+            base = name.removesuffix(AKTUALIZR_SUFFIX)
+            document = by_name[base]
             allowed = document_signers(change, document, repository)
+            if name != base:
+                # The same keys sign the aktualizr sibling's own payload.
+                data = document_aktualizr_bytes(document)
+                payload = ak.payload(ak.parse(data)[0])
+                verified = signatures_verified(key_for=allowed.get, payload=payload, signatures=values, what=name)
+                signed = [ak.signature(s.keyid, bytes.fromhex(s.signature)) for s in verified]
+                updated_aktualizr[base] = _b64(ak.signatures_add(data, signed))
+                continue
+            metadata = document_md(document)
             verified = signatures_verified(key_for=allowed.get, payload=metadata.signed_bytes, signatures=values, what=name)
             md.signatures_merge(metadata, verified)
             updated[name] = _b64(md.to_bytes(metadata))
         for document in change.documents:
             if document["name"] in updated:
                 document["data"] = updated[document["name"]]
+            if document["name"] in updated_aktualizr:
+                document["aktualizr_data"] = updated_aktualizr[document["name"]]
         change.save(update_fields=["documents"])
         audit_record(
             factory=factory, actor=actor, action="tuf.root.sign", target=change.action,

@@ -22,6 +22,7 @@ from factory.models import CiTarget
 from .. import metadata as md
 from ..lifetimes import ci_keep_builds, ci_targets_lifetime, ci_targets_max_bytes, max_tags, snapshot_lifetime, timestamp_lifetime
 from ..models import EMPTY_TAG, TufRepository, TufView
+from . import siblings
 from .keyring import Keyring
 
 
@@ -36,13 +37,16 @@ def next_version(anchor, now):
     return version
 
 
-def view_set_targets(view, targets_bytes, targets_md=None):
+def view_set_targets(view, targets_bytes, targets_md=None, *, keyring):
+    """Serve `targets_bytes` from the view, and beside them their aktualizr sibling (the online
+    targets key's signature, or the offline signatures stored for the same content)."""
     targets_bytes = bytes(targets_bytes)
     targets_md = targets_md or md.parse(targets_bytes, Targets, "targets")
     view.targets = targets_bytes
     view.targets_hash = md.sha256(targets_bytes)
     view.targets_version = targets_md.signed.version
     view.targets_expires_at = targets_md.signed.expires
+    siblings.view_set_targets(view, siblings.targets_sibling(factory_id=view.factory_id, keyring=keyring, tuf_bytes=targets_bytes))
 
 
 def view_sign(view, keyring, *, version, now):
@@ -60,6 +64,7 @@ def view_sign(view, keyring, *, version, now):
     view.version = version
     view.snapshot_expires_at = snapshot.signed.expires
     view.timestamp_expires_at = timestamp.signed.expires
+    siblings.view_sign(view, keyring)
     view.token = token_new()
 
 
@@ -88,7 +93,7 @@ def production_anchor(factory_id, tag, *, keyring=None, now=None):
             .first()
         ) or 0
     keyring = keyring or Keyring(factory_id)
-    view_set_targets(view, repository.baseline_targets)
+    view_set_targets(view, repository.baseline_targets, keyring=keyring)
     view_sign(view, keyring, version=next_version(view, now), now=now)
     try:
         with transaction.atomic():
@@ -131,7 +136,8 @@ def _tag_views(anchor):
 VIEW_FIELDS = [
     "targets", "snapshot", "timestamp", "targets_hash", "snapshot_hash", "timestamp_hash", "targets_version", "version",
     "targets_expires_at", "snapshot_expires_at", "timestamp_expires_at", "baseline", "token", "counter", "staging_token",
-    "updated_at",
+    "updated_at", "aktualizr_targets", "aktualizr_snapshot", "aktualizr_timestamp", "aktualizr_targets_hash",
+    "aktualizr_snapshot_hash", "aktualizr_timestamp_hash",
 ]  # fmt: skip
 
 
@@ -210,7 +216,7 @@ def ci_targets_sign(view, keyring, now, *, version):
         versions = sorted({v for v, _ in files})
         cut = versions[max(1, len(versions) // 10) - 1]
         files = [(v, f) for v, f in files if v > cut]
-    view_set_targets(view, data, targets)
+    view_set_targets(view, data, targets, keyring=keyring)
 
 
 def ci_view_publish(*, factory):

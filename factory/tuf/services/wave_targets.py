@@ -10,10 +10,12 @@ from tuf.api.metadata import Targets
 from factory.errors import ApplicationError
 from factory.models import CiTarget
 
+from .. import aktualizr as ak
 from .. import keys as tuf_keys
 from .. import metadata as md
 from ..models import Channel, TufView
-from ..selectors import production_targets_md, root_current
+from ..selectors import aktualizr_root_signed, production_targets_md, root_current
+from . import siblings
 from .keyring import Keyring, offline_targets_keyids, production_threshold_met, signatures_verified
 from .signed_views import VIEW_FIELDS, next_version, production_anchor, token_new, view_set_targets, view_sign
 
@@ -53,27 +55,70 @@ def wave_signing_payload(targets_bytes):
     return md.signing_payload(targets_bytes, Targets, "the wave's targets")
 
 
-def wave_signatures_add(*, factory, targets_bytes, signatures):
-    """Verify offline signatures against the production root and append them.
+def wave_aktualizr_signing_payload(targets_bytes):
+    """The canonical bytes of the wave's targets in the libaktualizr flavour, which the same
+    offline keys sign in the same step."""
+    return ak.payload(ak.sibling_signed(targets_bytes))
 
-    Returns (new targets bytes, whether the production root's targets threshold is now met).
+
+def _keyids(signatures):
+    return {s.get("keyid") for s in signatures if isinstance(s, dict)}
+
+
+def wave_signatures_add(*, factory, targets_bytes, signatures, aktualizr_signatures=()):
+    """Verify offline signatures of both flavours against the production root and add them: the
+    TUF ones to the targets, the aktualizr ones to the targets' aktualizr sibling (stored).
+
+    Every key signs both payloads in the same call, or nothing is added. Returns (new targets
+    bytes, whether the production root's targets threshold is now met in both flavours).
     """
+    if not isinstance(signatures or [], (list, tuple)) or not isinstance(aktualizr_signatures or [], (list, tuple)):
+        raise ApplicationError("signatures must be a list of objects with keyid and sig")
+    signatures, aktualizr_signatures = list(signatures or []), list(aktualizr_signatures or [])
+    unpaired = _keyids(signatures) ^ _keyids(aktualizr_signatures)
+    if unpaired:
+        keyid = sorted(str(k) for k in unpaired)[0][:64]
+        raise ApplicationError(
+            f"key {keyid} signed only one of the wave's two payloads: sign both signing_payload and aktualizr_signing_payload "
+            "with every key (the aktualizr flavour is what aktualizr-lite devices verify)"
+        )
     targets = md.parse(targets_bytes, Targets, "the wave's targets")
-    root = root_current(factory_id=factory.id, channel=Channel.PRODUCTION).signed
+    root_md = root_current(factory_id=factory.id, channel=Channel.PRODUCTION)
+    root = root_md.signed
     role = root.roles["targets"]
 
     def key_for(keyid):
         return root.keys[keyid] if keyid in role.keyids else None
 
     verified = signatures_verified(key_for=key_for, payload=targets.signed_bytes, signatures=signatures, what="this wave's targets")
+    signed = ak.sibling_signed(targets_bytes)
+    verified_ak = signatures_verified(
+        key_for=key_for, payload=ak.payload(signed), signatures=aktualizr_signatures, what="this wave's targets (aktualizr flavour)"
+    )
+    keyring = Keyring(factory.id)
     md.signatures_merge(targets, verified)
-    met = production_threshold_met(root, targets, Keyring(factory.id).online_keyids())
-    return md.to_bytes(targets), met
+    new_bytes = md.to_bytes(targets)
+    sibling = siblings.targets_sibling(factory_id=factory.id, keyring=keyring, tuf_bytes=new_bytes, required=True)
+    sibling = ak.signatures_add(sibling, [ak.signature(s.keyid, bytes.fromhex(s.signature)) for s in verified_ak])
+    if verified_ak:
+        siblings.targets_sibling_store(factory_id=factory.id, data=sibling)
+    online = keyring.online_keyids()
+    good, threshold = ak.signed_by(aktualizr_root_signed(root_md), "targets", sibling)
+    met_ak = len(good) >= threshold and any(k not in online for k in good)
+    return new_bytes, production_threshold_met(root, targets, online) and met_ak
 
 
 def key_archive_signatures(*, payload, archive_bytes):
     """Sign `payload` with each targets key of a .tgz key archive, in memory; keys are dropped."""
     return tuf_keys.archive_signatures(payload=payload, archive_bytes=archive_bytes, roles=("targets",))
+
+
+def key_archive_signatures_both(*, targets_bytes, archive_bytes):
+    """(TUF signatures, aktualizr signatures) of the wave's targets by each targets key of the
+    archive: both payloads in one step."""
+    payloads = [wave_signing_payload(targets_bytes), wave_aktualizr_signing_payload(targets_bytes)]
+    tuf, aktualizr = tuf_keys.archive_signatures_many(payloads=payloads, archive_bytes=archive_bytes, roles=("targets",))
+    return tuf, aktualizr
 
 
 def _servable_wave_targets(wave, keyring, now):
@@ -99,7 +144,7 @@ def wave_view_publish(*, wave):
         if TufView.objects.filter(kind=TufView.Kind.WAVE, wave=wave).exists():
             return
         view = TufView(factory_id=wave.factory_id, kind=TufView.Kind.WAVE, tag=wave.tag, wave=wave)
-        view_set_targets(view, wave.targets, targets)
+        view_set_targets(view, wave.targets, targets, keyring=keyring)
         # Signed after (so above) the production view: staged devices move up, never down.
         view_sign(view, keyring, version=next_version(anchor, now), now=now)
         view.save()
@@ -131,6 +176,6 @@ def production_targets_promote(*, wave):
         keyring = Keyring(wave.factory_id)
         targets = _servable_wave_targets(wave, keyring, now)
         anchor = production_anchor(wave.factory_id, wave.tag, keyring=keyring, now=now)
-        view_set_targets(anchor, wave.targets, targets)
+        view_set_targets(anchor, wave.targets, targets, keyring=keyring)
         anchor.baseline = False
         _wave_view_remove(anchor, wave, keyring, now)
