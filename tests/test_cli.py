@@ -21,8 +21,9 @@ from factory.cli.main import main
 from factory.models import CiTarget
 from factory.services import api_token_create
 from factory.tuf.keys import key_archive_read, key_archive_write, key_generate
-from factory.tuf.models import TufKey
+from factory.tuf.models import TufKey, TufRoot, TufView
 from factory.tuf.services.repository import ci_build_publish
+from tests import aktualizr_verify
 from tests.tuf_helpers import offline_targets_key
 from waves.models import SavedDeviceList, Wave, WaveDevice
 
@@ -197,6 +198,18 @@ def test_init_signs_locally_and_only_signatures_reach_the_server(cli, tokens, fl
     archive_b64 = base64.b64encode(keys_file.read_bytes()).decode()
     assert sent and all(secret not in body and archive_b64 not in body for body in sent)
     assert not any("key_archive" in body for body in sent) and any("signatures" in body for body in sent)
+    # Both payloads signed in the same step: the libaktualizr flavour too.
+    assert any("aktualizr_signatures" in body for body in sent)
+    assert_aktualizr_wave_signed(Wave.objects.get(name="v2.0-update"))
+
+
+def assert_aktualizr_wave_signed(wave):
+    """The wave's aktualizr-flavour targets meet the aktualizr production root's threshold."""
+    view = TufView.objects.get(wave=wave)
+    root = json.loads(bytes(TufRoot.objects.filter(factory=wave.factory, channel="production").latest("version").aktualizr_data))["signed"]
+    targets = json.loads(bytes(view.aktualizr_targets))
+    aktualizr_verify._verify(root, "targets", targets["signed"], targets["signatures"], "the wave's targets")
+    assert root["roles"]["targets"]["threshold"] == 2
 
 
 def test_init_without_keys_then_sign(cli, tokens, fleet, keys_file):
@@ -206,6 +219,7 @@ def test_init_without_keys_then_sign(cli, tokens, fleet, keys_file):
     signed = cli("waves", "sign", "v2", "-k", keys_file, token=tokens["bob"])
     assert signed.code == 0 and "signed and active" in signed.out
     assert Wave.objects.get(name="v2").status == "active"
+    assert_aktualizr_wave_signed(Wave.objects.get(name="v2"))
     assert "only an unsigned wave" in one_sentence_error(cli("waves", "sign", "v2", "-k", keys_file, token=tokens["bob"]))
 
 

@@ -3,10 +3,12 @@ libaktualizr flavour of every root and view through the gateway, TUF clients kee
 same keys and the same versions, which never go down across a wave's life in either flavour."""
 import base64
 import json
+from importlib import import_module
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from django.apps import apps as django_apps
 from tuf.api import exceptions as tuf_exceptions
 
 from devices.fleet import fleet_seed
@@ -243,3 +245,31 @@ def test_an_offline_root_change_signs_both_flavours_in_one_step(factory, bob, bu
     assert root_changes.root_change_sign(factory=factory, actor=bob, signatures=rest).status == "applied"
     client.refresh(fetch)
     assert client.versions()["root"] == 2
+
+
+def test_the_migration_fills_siblings_the_online_keys_can_sign_and_leaves_offline_ones_for_the_next_signing(factory, bob, builds):
+    migration = import_module("factory.tuf.migrations.0002_aktualizr_flavour")
+    archive = offline_targets_key(factory=factory, actor=bob)
+    wave_complete(wave=wave_sign(wave=wave_init(factory=factory, actor=bob, name="v41", version=41, tag=TAG), actor=bob, key_archive=archive), actor=bob)
+    test_device, production = _device(factory, False, "test-0"), _device(factory, True, "prod-0")
+    before = {v.pk: (v.version, v.targets_version) for v in TufView.objects.filter(factory=factory)}
+    # As a database from before the flavour existed: no siblings anywhere.
+    TufView.objects.filter(factory=factory).update(
+        aktualizr_targets=b"", aktualizr_snapshot=b"", aktualizr_timestamp=b"", aktualizr_targets_hash="", aktualizr_snapshot_hash="",
+        aktualizr_timestamp_hash="",
+    )  # fmt: skip
+    TufRoot.objects.filter(factory=factory).update(aktualizr_data=b"")
+    migration.siblings_fill(django_apps, None)
+
+    # Online-signed: the CI view and every root (the root key is still online here).
+    assert not TufRoot.objects.filter(factory=factory, aktualizr_data=b"").exists()
+    client = AktualizrClient()
+    client.refresh(Gatewayed(test_device, AKLITE))
+    assert client.versions()["root"] == 2
+    assert {v.pk: (v.version, v.targets_version) for v in TufView.objects.filter(factory=factory)} == before  # no version moved
+    # The production targets were signed offline: their sibling comes with the next signing.
+    status, _, body = Gatewayed(production, AKLITE).get("timestamp.json")
+    assert status == 404 and b"next signing" in body
+    assert Gatewayed(production, "python-tuf/5").get("timestamp.json")[0] == 200
+    wave_complete(wave=wave_sign(wave=wave_init(factory=factory, actor=bob, name="v42", version=42, tag=TAG), actor=bob, key_archive=archive), actor=bob)
+    assert sorted(AktualizrClient().refresh(Gatewayed(production, AKLITE))) == [f"{HWID}-lmp-41", f"{HWID}-lmp-42"]
