@@ -1,4 +1,4 @@
-"""The TUF key and metadata code, and the key encryption it shares with the server, import no
+"""The TUF key and metadata code (both flavours), and the key encryption it shares with the server, import no
 Django and no Celery: the CLI signs on a release manager's machine with them."""
 import subprocess
 import sys
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
 
     from cryptography.fernet import Fernet
     from factory import encryption
-    from factory.tuf import keys, metadata
+    from factory.tuf import aktualizr, flavours, keys, metadata
 
     signer = keys.key_generate()
     archive = keys.key_archive_write([("targets", signer)])
@@ -34,6 +34,11 @@ SCRIPT = textwrap.dedent(
     key = Fernet.generate_key().decode()
     assert encryption.secret_decrypt(encryption.secret_encrypt(b"pem", keys=key), keys=key) == b"pem"
     assert metadata.sha256(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    signed = {"_type": "Targets", "version": 1, "expires": "2030-01-01T00:00:00Z", "targets": {}}
+    document = aktualizr.document_signed(signed, [signer])
+    root = {"keys": {signer.public_key.keyid: aktualizr.key_json(signer.public_key.to_dict())},
+            "roles": {"targets": {"keyids": [signer.public_key.keyid], "threshold": 1}}}
+    assert aktualizr.threshold_met(root, "targets", document) and flavours.flavour_of("Aktualizr/1") == flavours.AKTUALIZR
     print("django-free")
     """
 )
