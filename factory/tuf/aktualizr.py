@@ -166,11 +166,6 @@ def signature(keyid, raw):
     return {"keyid": keyid, "method": METHOD, "sig": base64.b64encode(raw).decode()}
 
 
-def signature_from_hex(value):
-    """A {"keyid", "sig" (hex, as the CLI and the key archive make them)} as a signature of this flavour."""
-    return signature(keyid_of(value["keyid"]), bytes.fromhex(value["sig"]))
-
-
 def sign(signer, signed):
     """A signature over `signed` by a securesystemslib signer (its hex signature re-encoded)."""
     return signature(keyid_of(signer.public_key.keyid), bytes.fromhex(signer.sign(payload(signed)).signature))
