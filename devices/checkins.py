@@ -430,6 +430,7 @@ def _event(row):
         "target_version": row.get("target_version"),
         "success": row.get("success"),
         "detail": row.get("detail") or "",
+        "event_id": row.get("event_id") or "",
     }
     # A value of another type would reach the database as another SQL type (a list as an array),
     # which it answers with an error that says nothing about the row.
@@ -440,7 +441,26 @@ def _event(row):
 
 
 _OPTIONAL_INT = (int, type(None))
-_EVENT_TYPES = {"event_type": str, "target_name": str, "target_version": _OPTIONAL_INT, "success": (bool, type(None)), "detail": str}
+_EVENT_TYPES = {"event_type": str, "target_name": str, "target_version": _OPTIONAL_INT, "success": (bool, type(None)), "detail": str, "event_id": str}
+
+
+def _already_stored(events):
+    """The (device id, event id) pairs of `events` the database holds already: a batch the client
+    re-sent after its first copy was written."""
+    pairs = {(event.device_id, event.event_id) for _, event in events if event.event_id}
+    if not pairs:
+        return set()
+    stored = set()
+    by_device = {}
+    for device_id, event_id in pairs:
+        by_device.setdefault(device_id, []).append(event_id)
+    for device_id, event_ids in by_device.items():
+        for start in range(0, len(event_ids), BATCH):
+            stored.update(
+                (device_id, event_id)
+                for event_id in DeviceEvent.objects.filter(device_id=device_id, event_id__in=event_ids[start : start + BATCH]).values_list("event_id", flat=True)
+            )
+    return stored
 
 
 def events_write(rows):
@@ -473,6 +493,20 @@ def events_write(rows):
             except MALFORMED as exc:
                 dead_letter_record(kind=DeadLetter.Kind.EVENT, raw=row, error=f"not an event row: {exc!r}", device_id=device_id, factory_id=factories.get(device_id))
                 handled.add(index)
+        # A re-sent event (same device, same event id) is written once: copies in this drain are
+        # dropped here, copies already written by an earlier flush are dropped after one lookup,
+        # and a copy another flusher writes meanwhile is recognised when its insert is refused.
+        stored = _already_stored(events)
+        unique = []
+        for index, event in events:
+            key = (event.device_id, event.event_id)
+            if event.event_id and key in stored:
+                handled.add(index)
+                continue
+            if event.event_id:
+                stored.add(key)
+            unique.append((index, event))
+        events = unique
 
         def insert(part):
             return len(DeviceEvent.objects.bulk_create([event for _, event in part]))
@@ -481,6 +515,8 @@ def events_write(rows):
             index, event = item
             if not Device.objects.filter(pk=event.device_id).exists():
                 return  # deleted between the lookup and the insert
+            if event.event_id and DeviceEvent.objects.filter(device_id=event.device_id, event_id=event.event_id).exists():
+                return  # a copy written by another flusher since the lookup: not a dead letter
             dead_letter_record(kind=DeadLetter.Kind.EVENT, raw=rows[index], error=error, device_id=event.device_id, factory_id=factories.get(event.device_id))
 
         written = 0
