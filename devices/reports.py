@@ -97,8 +97,8 @@ def time_window():
 # --- the body ---------------------------------------------------------------------------------
 
 
-def json_depth(data):
-    """The deepest nesting of arrays and objects in JSON bytes, or a lower bound past MAX_DEPTH.
+def json_depth(data, limit=MAX_DEPTH):
+    """The deepest nesting of arrays and objects in JSON bytes, or a lower bound past `limit`.
 
     Brackets inside strings do not count. Scanning bytes is safe for UTF-8: no byte of a multibyte
     sequence is an ASCII quote, backslash or bracket.
@@ -119,7 +119,7 @@ def json_depth(data):
             depth += 1
             if depth > deepest:
                 deepest = depth
-                if deepest > MAX_DEPTH:
+                if deepest > limit:
                     return deepest
         elif byte in (0x5D, 0x7D):  # ] }
             depth -= 1
@@ -507,7 +507,7 @@ def telemetry_json_parse(body):
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ReportError("the body must be UTF-8 JSON") from None
-    if json_depth(body) > MAX_TELEMETRY_DEPTH:
+    if json_depth(body, MAX_TELEMETRY_DEPTH) > MAX_TELEMETRY_DEPTH:
         raise ReportError(f"the JSON is nested more than {MAX_TELEMETRY_DEPTH} levels deep")
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
