@@ -327,6 +327,23 @@ EVENT_TYPE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")
 DIGITS = re.compile(r"^[0-9]{1,10}\Z")
 
 
+MAX_AKTUALIZR_DETAIL = 4096  # the client caps details at 2048 characters and adds a marker
+
+
+def _aktualizr_details(value, fields):
+    """aktualizr-lite's details: the output of the tools it ran (ostree, docker compose), which
+    may hold colour escapes and carriage returns. Control characters are replaced, not refused: a
+    refused batch is re-sent every 10 s for ever and holds back every later event of the device.
+    What is stored still holds none of them."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        fields.refuse("details", "must be text")
+    if len(value) > MAX_AKTUALIZR_DETAIL:
+        fields.refuse("details", f"must be at most {MAX_AKTUALIZR_DETAIL} characters")
+    return _REFUSED_IN_DETAIL.sub("\ufffd", value.replace("\r\n", "\n"))
+
+
 class AktualizrEvent(EventShape):
     """aktualizr-lite's shape: {"id", "deviceTime", "eventType": {"id", "version"}, "event":
     {"ecu", "correlationId", "targetName", "version", "success", "details"}}.
@@ -370,7 +387,7 @@ class AktualizrEvent(EventShape):
         if version is None:
             version = target_version(target)
         success = fields.boolean("success")
-        detail = fields.text("details", max_length=MAX_DETAIL, multiline=True)
+        detail = _aktualizr_details(body.get("details"), fields)
         event_type = AKTUALIZR_EVENT_TYPES.get(type_id)
         if event_type is None:
             return None

@@ -1,6 +1,7 @@
 """aktualizr-lite's requests through the gateway (in process, with the device's own certificate):
 its headers, its events and its telemetry, from the shapes recorded in tests/fixtures/aktualizr/."""
 import json
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -185,8 +186,10 @@ HOSTILE_EVENTS = {
     "id with a control character": (_event(id="abc\x07"), "id"),
     "eventType not an object": (_event(eventType="EcuDownloadStarted"), "eventType"),
     "time far in the future": (_event(deviceTime="2999-01-01T00:00:00Z"), "deviceTime"),
-    "escape sequence in details": (_event(**{"event.details": "\x1b]0;owned\x07"}), "details"),
-    "details too long": (_event(**{"event.details": "x" * 2001}), "details"),
+    "details not text": (_event(**{"event.details": ["a"]}), "details"),
+    "details too long": (_event(**{"event.details": "x" * 4097}), "details"),
+    "escape sequence in the target": (_event(**{"event.targetName": "lmp-\x1b[2J43"}), "targetName"),
+    "control character in the ecu": (_event(**{"event.ecu": "ecu\x00"}), "ecu"),
     "version not a number": (_event(**{"event.version": "forty-three"}), "version"),
     "success a string": (_event(**{"event.success": "true"}), "success"),
     "target with a slash": (_event(**{"event.targetName": "../etc/passwd"}), "targetName"),
@@ -203,6 +206,23 @@ def test_a_hostile_aktualizr_event_is_a_400_naming_the_event_and_field_and_store
     assert (answer.json()["event"], answer.json()["field"]) == (1, field)
     checkins.flush()
     assert not DeviceEvent.objects.filter(device=aklite.device).exists()
+
+
+def test_control_characters_in_details_are_replaced_so_the_batch_is_not_re_sent_for_ever(aklite):
+    # Failed installs report the tools' own output (colours, progress with carriage returns).
+    event = _event(**{"event.details": "docker: \x1b[31mError\x1b[0m\r\nretry\rdone\t\ud800ok"})
+    assert aklite("/events", method="POST", body=json.dumps([event]).encode()).status == 202
+    checkins.flush()
+    detail = DeviceEvent.objects.get(device=aklite.device).detail
+    assert detail == "docker: \ufffd[31mError\ufffd[0m\nretry\ufffddone\t\ufffdok"
+    assert "x" * 2048 + "[TRUNCATED]" == _stored_detail(aklite, "x" * 2048 + "[TRUNCATED]")
+
+
+def _stored_detail(aklite, details):
+    event = _event(id=str(uuid.uuid4()), **{"event.details": details})
+    assert aklite("/events", method="POST", body=json.dumps([event]).encode()).status == 202
+    checkins.flush()
+    return DeviceEvent.objects.get(device=aklite.device, event_id=event["id"]).detail
 
 
 def test_deeply_nested_aktualizr_events_are_refused_before_parsing(aklite):
