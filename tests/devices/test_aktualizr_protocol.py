@@ -67,6 +67,7 @@ def test_a_fresh_device_sending_initial_target_is_served_and_has_no_current_targ
     assert (device.tag, device.target_name, device.target_version) == ("main", "", None)
     assert device.last_seen is not None and device.targets_version_seen is not None
     assert client_facts(device) == {"user_agent": headers["User-Agent"], "ostree_hash": headers["x-ats-ostreehash"]}
+    assert aklite("/device", headers=headers).json()["Name"] == device.name  # what `aktualizr-lite status` shows
 
 
 def test_telemetry_headers_name_the_first_tag_and_record_the_apps_and_ignore_unknown_ostree_hash(aklite):

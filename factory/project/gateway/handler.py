@@ -421,6 +421,8 @@ class Gateway:
             "hardware_id": device.hardware_id,
             "target_name": device.target_name,
             "target_version": device.target_version,
+            # `aktualizr-lite status` shows the device's name from this key.
+            "Name": device.name,
         }
 
     @staticmethod
