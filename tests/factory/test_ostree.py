@@ -10,10 +10,13 @@ from devices.services import device_create
 from factory import ostree
 from factory.errors import ApplicationError
 from factory.models import AuditEntry, CiTarget
+from factory.project.celery import app
 from factory.project.gateway.treehub import treehub
 from factory.tuf.services.repository import ci_build_publish, ostree_build_publish
+from waves.services import wave_complete, wave_init, wave_rollout, wave_sign
 
-from .test_api import API, ApiClient, token_of
+from .test_api import ApiClient, token_of
+from .tuf_client import offline_targets_key
 
 pytestmark = pytest.mark.skipif(not ostree.available(), reason="the ostree CLI is not installed")
 
@@ -157,3 +160,40 @@ def test_a_device_fetches_the_objects_of_its_own_commits_and_nothing_else(factor
     assert treehub(device, "POST", "download-urls")[0] == 404
     assert treehub(device, "GET", "config")[0] == 200
     assert treehub(device, "DELETE", f"objects/{mine[:2]}/{mine[2:]}.commit")[0] == 405
+
+
+# --- waves: static deltas and visibility ----------------------------------------------------------
+
+
+@pytest.fixture
+def eager():
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wave_init_makes_the_delta_from_production_and_serves_it_only_to_staged_devices(factory, bob, build, eager):
+    v1 = publish(factory, bob, build, 1, {"usr/bin/tool": "one", "etc/big": "x" * 5000}, tag="production")
+    v2 = publish(factory, bob, build, 2, {"usr/bin/tool": "two", "etc/big": "x" * 5000}, tag="production")
+    archive = offline_targets_key(factory=factory, actor=bob)
+    first = wave_sign(wave=wave_init(factory=factory, actor=bob, name="v1", version=1, tag="production"), actor=bob, key_archive=archive)
+    wave_complete(wave=first, actor=bob)
+    staged, held = make_device(factory, tag="production", production=True), make_device(factory, tag="production", production=True)
+    wave = wave_sign(wave=wave_init(factory=factory, actor=bob, name="v2", version=2, tag="production"), actor=bob, key_archive=archive)
+    wave_rollout(wave=wave, actor=bob, uuids=str(staged.uuid))
+
+    deltas = ostree.commit_files(factory_name=factory.name, commit=v2)["deltas"]
+    assert deltas and all(p.startswith(ostree.delta_folder(v1, v2) + "/") for p in deltas)
+    assert any(p.endswith("/superblock") for p in deltas)
+    for path in deltas:
+        assert treehub(staged, "GET", path)[0] == 200
+        assert treehub(held, "GET", path)[0] == 404
+    v2_only = set(ostree.commit_files(factory_name=factory.name, commit=v2)["objects"]) - set(ostree.commit_files(factory_name=factory.name, commit=v1)["objects"])
+    assert v2_only
+    for path in v2_only:
+        assert treehub(staged, "GET", path)[0] == 200
+        assert treehub(held, "GET", path)[0] == 404  # not staged: the wave's commit is not in its view
+    commit_path = f"objects/{v1[:2]}/{v1[2:]}.commit"
+    assert treehub(held, "GET", commit_path)[0] == 200  # production's commit is
