@@ -24,6 +24,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import signed_views, wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
+from .ostree_deltas import wave_deltas_enqueue
 from .outcomes import not_updated_q, version_updated
 from .scope import limit_parse, sample_size, scope_require
 from .selectors import offline_cutoff
@@ -162,6 +163,7 @@ def wave_init(
             target=name,
             details={"version": version, "tag": tag, "prune": prune, "expires": expires.isoformat(), "source_tag": source_tag or ""},
         )
+        wave_deltas_enqueue(wave=wave)
         if signatures or key_archive or aktualizr_signatures:
             wave = wave_sign(wave=wave, actor=actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
     return wave

@@ -2,13 +2,15 @@
 and roots (key changes and their offline signatures). Mounted by the API root,
 factory/project/api.py."""
 import json
+import tempfile
 from typing import Annotated, Any
 
-from ninja import Router, Status
+from ninja import Query, Router, Status
 from pydantic import Field
 
 from factory.api_support import actor_scope, paginate, paginate_list, responses
 from factory.errors import ApplicationError, NotFound
+from factory import ostree
 from factory.models import CiTarget
 from factory.schemas import (
     CiBuildIn,
@@ -26,7 +28,7 @@ from factory.schemas import (
     Text,
     Version,
 )
-from .services.repository import ci_build_publish
+from .services.repository import ci_build_publish, ostree_build_publish
 
 from . import selectors as tuf_selectors
 from .services import root_changes
@@ -115,6 +117,38 @@ def targets_publish(request, factory: FactoryName, payload: CiBuildIn):
         actor=user,
     )
     return Status(201, _builds(factory_obj, [payload.version])[0])
+
+
+@router.post(
+    "/targets/ostree",
+    response=responses(201, CiBuildOut),
+    summary="Publish an OSTree CI build: the body is `ostree static-delta generate --empty --inline --to=COMMIT --filename=F`",
+    openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}, "required": True}},
+)
+def targets_publish_ostree(
+    request,
+    factory: FactoryName,
+    commit: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")],
+    version: Version,
+    hardware_id: Annotated[list[Annotated[Text, Field(min_length=1, max_length=128)]], Query(min_length=1, max_length=100)],
+    tag: Annotated[list[Annotated[Text, Field(min_length=1, max_length=64)]], Query(min_length=1, max_length=50)],
+):
+    factory_obj, user = actor_scope(request)
+    # Streamed to disk, never whole in memory; the cap is counted, not taken from Content-Length.
+    with tempfile.NamedTemporaryFile(prefix="bw-ostree-upload-") as upload:
+        received = 0
+        while chunk := request.read(1024 * 1024):
+            received += len(chunk)
+            if received > ostree.UPLOAD_MAX_BYTES:
+                raise ApplicationError(f"the upload is larger than {ostree.UPLOAD_MAX_BYTES // 1024**3} GiB")
+            upload.write(chunk)
+        upload.flush()
+        if not received:
+            raise ApplicationError("the body is empty: send the file of `ostree static-delta generate --empty --inline --to=COMMIT --filename=F`")
+        ostree_build_publish(
+            factory=factory_obj, commit=commit, upload=upload.name, version=version, hardware_ids=hardware_id, tags=tag, actor=user
+        )
+    return Status(201, _builds(factory_obj, [version])[0])
 
 
 @router.get("/targets/production", response=responses(200, list[ProductionTagOut]), summary="Tags with production targets")

@@ -8,6 +8,7 @@ factory CA. A device reads only its own view:
 
     GET  /repo/<N>.root.json, /repo/timestamp.json, /repo/snapshot.json, /repo/targets.json
     GET  /targets/<name>        a target file of the device's targets metadata
+    GET  /treehub/...           OSTree objects and deltas of the device's own commits (treehub.py)
     POST /events                download and install progress, for the device itself only
                                 (a JSON array: aktualizr-lite's events; an object: Breakwater's)
     PUT  /system_info           lshw JSON      \
@@ -52,6 +53,7 @@ from factory.tuf.flavours import flavour_of  # noqa: E402
 from waves.served_views import device_metadata  # noqa: E402
 
 from .http1 import PEER_CERTIFICATE  # noqa: E402
+from .treehub import treehub  # noqa: E402
 
 logger = logging.getLogger("breakwater.gateway")
 
@@ -224,6 +226,8 @@ class Gateway:
             elif path.startswith("/targets/"):
                 self._allow(method, "GET")
                 response = self.target_file(view_device, path[len("/targets/") :])
+            elif path.startswith("/treehub/"):
+                response = treehub(view_device, method, path[len("/treehub/") :])
             elif path == "/events":
                 self._allow(method, "POST")
                 response = self.events(device, environ)

@@ -10,6 +10,7 @@ from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from factory import ostree
 from factory.artifacts import synthetic_artifact
 from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict
@@ -139,6 +140,11 @@ def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, target
         if len(json.dumps(custom, ensure_ascii=False).encode()) > CUSTOM_MAX_BYTES:
             raise ApplicationError(f"custom is larger than {CUSTOM_MAX_BYTES // 1024} KiB; it is copied into every target of the build")
     targets = targets or {}
+    if (custom or {}).get("targetFormat") == "OSTREE":
+        for hwid in hardware_ids:
+            commit = (targets.get(hwid) or {}).get("sha256")
+            if not ostree.is_stored(factory_name=factory.name, commit=commit):
+                raise ApplicationError(f"an OSTREE target's sha256 is its commit, and commit {commit} of {hwid} is not stored; upload it with `breakwater targets publish-ostree`")
     created = []
     try:
         with transaction.atomic():
@@ -165,3 +171,15 @@ def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, target
     except IntegrityError:
         raise Conflict(f"CI build {version} already has a target for one of {', '.join(hardware_ids)}") from None
     return created
+
+
+def ostree_build_publish(*, factory, commit, upload, version, hardware_ids, tags, actor=None, custom=None):
+    """Import OSTree `commit` from `upload` (`ostree static-delta generate --empty --inline --to=COMMIT
+    --filename=F`) into the factory's archive repository and publish CI build `version` with it:
+    one target per hardware ID whose sha256 is the commit, `custom.targetFormat` "OSTREE"."""
+    authorize(user=actor, factory=factory, action="targets.publish")
+    index = ostree.commit_import(factory_name=factory.name, commit=commit, upload=upload)
+    audit_record(factory=factory, actor=actor, action="ostree.import", target=commit, details={"objects": len(index["objects"])})
+    custom = {**(custom or {}), "targetFormat": "OSTREE"}
+    targets = {hwid.strip(): {"sha256": commit, "length": 0} for hwid in hardware_ids if hwid and hwid.strip()}
+    return ci_build_publish(factory=factory, version=version, hardware_ids=hardware_ids, tags=tags, actor=actor, targets=targets, custom=custom)
