@@ -22,6 +22,9 @@ COMMIT = re.compile(r"\A[0-9a-f]{64}\Z")
 OBJECT_PATH = re.compile(r"\Aobjects/[0-9a-f]{2}/[0-9a-f]{62}\.(?:commit|commitmeta|dirtree|dirmeta|filez)\Z")
 # deltas/<2>/<41>[-<43>]/{superblock,<part>}: checksums in OSTree's modified base64 ('/' is '_').
 DELTA_PATH = re.compile(r"\Adeltas/[A-Za-z0-9+_]{2}/[A-Za-z0-9+_]{41}(?:-[A-Za-z0-9+_]{43})?/(?:superblock|[0-9]{1,6})\Z")
+# delta-indexes/<2>/<41>.index: the deltas to one commit (the config says indexed-deltas=true, so
+# libostree looks here instead of in a summary).
+DELTA_INDEX_PATH = re.compile(r"\Adelta-indexes/[A-Za-z0-9+_]{2}/[A-Za-z0-9+_]{41}\.index\Z")
 UPLOAD_MAX_BYTES = 2 * 1024**3
 TIMEOUT_SECONDS = 600
 LS_LINE = re.compile(r"\A([dl-])\S+ \d+ \d+\s+\d+ ([0-9a-f]{64})(?: ([0-9a-f]{64}))? ")
@@ -132,9 +135,14 @@ def delta_generate(*, factory_name, from_commit, to_commit):
             raise NotFound(f"commit {c} is not stored")
     repo = repo_path(factory_name)
     _run(f"--repo={repo}", "static-delta", "generate", f"--from={from_commit}", f"--to={to_commit}")
+    _run(f"--repo={repo}", "static-delta", "reindex", f"--to={to_commit}")
     folder = delta_folder(from_commit, to_commit)
     files = sorted(p.relative_to(repo).as_posix() for p in (repo / folder).iterdir() if p.is_file())
     files = [f for f in files if DELTA_PATH.match(f)]
+    target = _b64(to_commit)
+    delta_index = f"delta-indexes/{target[:2]}/{target[2:]}.index"
+    if (repo / delta_index).is_file():
+        files.append(delta_index)
     index = commit_files(factory_name=factory_name, commit=to_commit)
     index["deltas"] = sorted(set(index["deltas"]) | set(files))
     _index_write(repo, to_commit, index)
@@ -154,6 +162,6 @@ def delta_folder(from_commit, to_commit):
 def served_file(*, factory_name, path):
     """The file under the repository for treehub `path` (config, objects/..., deltas/...), or None
     when the path is not one a repository serves (traversal, odd names)."""
-    if path == "config" or OBJECT_PATH.match(path) or DELTA_PATH.match(path):
+    if path == "config" or OBJECT_PATH.match(path) or DELTA_PATH.match(path) or DELTA_INDEX_PATH.match(path):
         return repo_path(factory_name) / path
     return None

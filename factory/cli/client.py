@@ -133,14 +133,20 @@ class Client:
     def delete(self, path):
         return self.request("DELETE", path)
 
-    def request(self, method, path, *, params=None, payload=None):
+    def upload(self, path, filename, params=None):
+        """POST the file at `filename` as the raw body (streamed, not read into memory)."""
+        with open(filename, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            return self.request("POST", path, params=params, body=handle, headers=headers)
+
+    def request(self, method, path, *, params=None, payload=None, body=None, headers=None):
         url = f"{self.url}{API_PREFIX}{path}"
         if params:
             query = {k: _param(v) for k, v in params.items() if v is not None}
             if query:
-                url += "?" + urlencode(query)
-        headers = {"Authorization": f"Token {self.token}", "Accept": "application/json", "User-Agent": "breakwater-cli"}
-        body = None
+                url += "?" + urlencode(query, doseq=True)
+        headers = {"Authorization": f"Token {self.token}", "Accept": "application/json", "User-Agent": "breakwater-cli", **(headers or {})}
         if payload is not None:
             body = json.dumps(payload).encode()
             headers["Content-Type"] = "application/json"

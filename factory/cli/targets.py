@@ -1,6 +1,10 @@
 """`breakwater targets ...` (CI builds, production targets) and `breakwater audit`."""
 import json
 import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 from urllib.parse import quote
 
 from .client import UsageError
@@ -34,6 +38,20 @@ def register(sub, common):
     p.add_argument("--target", action="append", default=[], metavar="HWID=SHA256:LENGTH", help="the real artifact of a hardware ID")
     p.add_argument("--custom", metavar="JSON", help="extra fields for each target's custom metadata, as a JSON object")
     p.set_defaults(handler=targets_publish)
+
+    p = commands.add_parser(
+        "publish-ostree",
+        parents=[common],
+        help="publish an OSTree CI build from a local ostree repository (for CI systems)",
+        description="Upload COMMIT (or the commit REF names) of the local ostree repository REPO and publish it as CI "
+        "build VERSION: one target per hardware ID whose sha256 is the commit (targetFormat OSTREE). Needs the ostree CLI.",
+    )
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--repo", required=True, metavar="REPO", help="the local ostree repository (any mode)")
+    p.add_argument("--commit", required=True, metavar="COMMIT|REF", help="the commit checksum, or a ref of REPO")
+    p.add_argument("-H", "--hardware-id", action="append", required=True, metavar="HWID[,HWID]", help="hardware IDs (repeat or comma-separate)")
+    p.add_argument("-T", "--tag", action="append", required=True, metavar="TAG[,TAG]", help="tags (repeat or comma-separate)")
+    p.set_defaults(handler=targets_publish_ostree)
 
     p = sub.add_parser("audit", parents=[common], help="the factory's audit log, newest first")
     p.add_argument("--action", metavar="PREFIX", help="only actions starting with PREFIX, e.g. wave.")
@@ -108,6 +126,31 @@ def targets_publish(args, ctx):
     out(f"Published CI build {build['version']} for tags {', '.join(build['tags'])}:")
     for target in build["targets"]:
         out(f"  {target['name']}  sha256 {target['sha256']}  {target['length']} bytes")
+    return 0
+
+
+def _ostree(*args):
+    if shutil.which("ostree") is None:
+        raise UsageError("publish-ostree needs the ostree CLI (apt-get install ostree)")
+    done = subprocess.run(["ostree", *args], capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        raise UsageError(f"ostree {args[1]} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def targets_publish_ostree(args, ctx):
+    if not args.version.isdigit():
+        raise UsageError(f"VERSION must be a build number, not {args.version!r}")
+    repo = f"--repo={args.repo}"
+    commit = _ostree(repo, "rev-parse", args.commit)
+    with tempfile.TemporaryDirectory(prefix="breakwater-ostree-") as folder:
+        upload = Path(folder) / "commit.delta"
+        _ostree(repo, "static-delta", "generate", "--empty", "--inline", f"--to={commit}", f"--filename={upload}")
+        params = {"commit": commit, "version": int(args.version), "hardware_id": _split(args.hardware_id), "tag": _split(args.tag)}
+        build = ctx.client.upload(ctx.path("targets/ostree"), upload, params)
+    out(f"Published OSTree CI build {build['version']} (commit {commit}) for tags {', '.join(build['tags'])}:")
+    for target in build["targets"]:
+        out(f"  {target['name']}  commit {target['sha256']}")
     return 0
 
 

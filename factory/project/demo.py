@@ -4,6 +4,7 @@ from django.contrib.auth import get_user_model
 
 from devices.fleet import fleet_seed
 from devices.models import Device
+from factory import ostree
 from factory.models import CiTarget, Factory, Membership, Role
 from factory.services import user_create
 from factory.tuf.selectors import production_targets_version
@@ -57,6 +58,10 @@ def demo_load(stdout=None):
     key_path, _ = demo_offline_key(factory=factory, actor=release, path=settings.VAR_DIR / "demo-offline-targets-key.tgz")
     notes = [f"\nOffline targets key (sign waves with it in the dashboard or with breakwater -k): {key_path}"]
     _demo_production_targets(factory, release, key_path.read_bytes())
+    if ostree.available():
+        notes.append("OSTree: found; CI publishes OSTree builds with `breakwater targets publish-ostree` (the demo's builds are blob targets)")
+    else:
+        notes.append("OSTree: `ostree` is not installed, so builds are blob targets only (apt-get install ostree for OSTree builds)")
     if not Device.objects.filter(factory=factory).exists():
         fleet_seed(
             factory=factory,

@@ -47,7 +47,7 @@ def treehub(device, method, path):
     if method not in ("GET", "HEAD"):
         return _json(405, {"error": "use GET"})
     if path == "config":
-        return 200, [("Content-Type", "text/plain")], b"[core]\nrepo_version=1\nmode=archive-z2\n"
+        return 200, [("Content-Type", "text/plain")], b"[core]\nrepo_version=1\nmode=archive-z2\nindexed-deltas=true\n"
     target = ostree.served_file(factory_name=device.factory.name, path=path)
     if target is None:
         return _json(404, {"error": "no such treehub file"})
