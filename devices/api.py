@@ -15,6 +15,7 @@ from factory.schemas import FactoryName, PageNumber, PerPage, Text, Version
 
 from .models import Device, DeviceEvent, DeviceGroup
 from .schemas import (
+    DeviceDetailOut,
     DeviceEventPage,
     DeviceGroupAssignIn,
     DeviceGroupAssignOut,
@@ -26,7 +27,7 @@ from .schemas import (
     RegistrationTokenIn,
     RegistrationTokenOut,
 )
-from .selectors import registration_token_get, registration_token_list
+from .selectors import device_telemetry, registration_token_get, registration_token_list
 from .services import (
     device_delete,
     device_group_create,
@@ -153,10 +154,11 @@ def devices_set_group(request, factory: FactoryName, payload: DeviceGroupAssignI
     return {"group": group.name if group else None, "moved": moved, "unknown": unknown}
 
 
-@router.get("/devices/{device}", response=responses(200, DeviceOut), summary="One device, by UUID or unique name")
+@router.get("/devices/{device}", response=responses(200, DeviceDetailOut), summary="One device, by UUID or unique name, with what it reported about itself")
 def devices_show(request, factory: FactoryName, device: str, offline_threshold: ThresholdHours | None = None):
     factory_obj, _ = actor_scope(request)
-    return _device_out(device_lookup(factory_obj, device), _cutoff(offline_threshold))
+    row = device_lookup(factory_obj, device)
+    return {**_device_out(row, _cutoff(offline_threshold)), **device_telemetry(device=row)}
 
 
 @router.delete("/devices/{device}", response=responses(204, None), summary="Delete a device; the gateway refuses its certificate from then on")

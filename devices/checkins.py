@@ -430,6 +430,7 @@ def _event(row):
         "target_version": row.get("target_version"),
         "success": row.get("success"),
         "detail": row.get("detail") or "",
+        "event_id": row.get("event_id") or "",
     }
     # A value of another type would reach the database as another SQL type (a list as an array),
     # which it answers with an error that says nothing about the row.
@@ -440,7 +441,21 @@ def _event(row):
 
 
 _OPTIONAL_INT = (int, type(None))
-_EVENT_TYPES = {"event_type": str, "target_name": str, "target_version": _OPTIONAL_INT, "success": (bool, type(None)), "detail": str}
+_EVENT_TYPES = {"event_type": str, "target_name": str, "target_version": _OPTIONAL_INT, "success": (bool, type(None)), "detail": str, "event_id": str}
+
+
+def _already_stored(events):
+    """The (device id, event id) pairs of `events` the database holds already: a batch the client
+    re-sent after its first copy was written. One query per BATCH events, on the (device, event
+    id) index; events without an id (Breakwater's own shape) cost none."""
+    pairs = sorted({(event.device_id, event.event_id) for _, event in events if event.event_id})
+    stored = set()
+    for start in range(0, len(pairs), BATCH):
+        part = pairs[start : start + BATCH]
+        wanted = set(part)
+        rows = DeviceEvent.objects.filter(device_id__in={d for d, _ in part}, event_id__in={e for _, e in part}).values_list("device_id", "event_id")
+        stored.update(pair for pair in rows if pair in wanted)
+    return stored
 
 
 def events_write(rows):
@@ -473,6 +488,20 @@ def events_write(rows):
             except MALFORMED as exc:
                 dead_letter_record(kind=DeadLetter.Kind.EVENT, raw=row, error=f"not an event row: {exc!r}", device_id=device_id, factory_id=factories.get(device_id))
                 handled.add(index)
+        # A re-sent event (same device, same event id) is written once: copies in this drain are
+        # dropped here, copies already written by an earlier flush are dropped after one lookup,
+        # and a copy another flusher writes meanwhile is recognised when its insert is refused.
+        stored = _already_stored(events)
+        unique = []
+        for index, event in events:
+            key = (event.device_id, event.event_id)
+            if event.event_id and key in stored:
+                handled.add(index)
+                continue
+            if event.event_id:
+                stored.add(key)
+            unique.append((index, event))
+        events = unique
 
         def insert(part):
             return len(DeviceEvent.objects.bulk_create([event for _, event in part]))
@@ -481,6 +510,8 @@ def events_write(rows):
             index, event = item
             if not Device.objects.filter(pk=event.device_id).exists():
                 return  # deleted between the lookup and the insert
+            if event.event_id and DeviceEvent.objects.filter(device_id=event.device_id, event_id=event.event_id).exists():
+                return  # a copy written by another flusher since the lookup: not a dead letter
             dead_letter_record(kind=DeadLetter.Kind.EVENT, raw=rows[index], error=error, device_id=event.device_id, factory_id=factories.get(event.device_id))
 
         written = 0

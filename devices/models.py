@@ -175,12 +175,41 @@ class DeviceEvent(models.Model):
     detail = models.TextField(blank=True)
     reported_at = ReportedTime()
     received_at = models.DateTimeField(auto_now_add=True)
+    # The id the device gave the event (aktualizr-lite's "id"), "" when it gave none. A client
+    # that re-sends a batch it thinks was lost sends the same ids: the constraint keeps one row.
+    event_id = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         indexes = [
             models.Index(fields=["device", "-reported_at"], name="event_device_recent"),
             models.Index(fields=["factory", "target_version", "event_type"], name="event_version_type"),
         ]
+        constraints = [
+            models.UniqueConstraint(fields=["device", "event_id"], condition=~Q(event_id=""), name="event_device_event_id_unique"),
+        ]
+
+
+class DeviceReport(models.Model):
+    """The latest report of one kind a device sent (its hardware, network, client configuration,
+    apps, the client it runs): text from the device, checked by `devices.reports`, shown escaped.
+
+    One row per device and kind, replaced by the next report of that kind.
+    """
+
+    class Kind(models.TextChoices):
+        SYSTEM_INFO = "system-info"  # PUT /system_info: lshw JSON
+        NETWORK = "network"  # PUT /system_info/network: JSON
+        CONFIG = "config"  # PUT /system_info/config: the client's TOML configuration
+        APPS_STATES = "apps-states"  # POST /apps-states: JSON
+        CLIENT = "client"  # from the request headers: User-Agent, x-ats-ostreehash, x-ats-dockerapps
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="reports")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    content = models.TextField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["device", "kind"], name="devicereport_device_kind_unique")]
 
 
 class DeadLetter(models.Model):

@@ -79,6 +79,7 @@ class EventReport:
     detail: str
     reported_at: datetime  # UTC
     device: str | None = None  # the UUID the event names, if it names one (lower case)
+    event_id: str = ""  # the client's own id of the event (aktualizr-lite's "id"), for dedupe
 
 
 def target_version(name):
@@ -96,8 +97,8 @@ def time_window():
 # --- the body ---------------------------------------------------------------------------------
 
 
-def json_depth(data):
-    """The deepest nesting of arrays and objects in JSON bytes, or a lower bound past MAX_DEPTH.
+def json_depth(data, limit=MAX_DEPTH):
+    """The deepest nesting of arrays and objects in JSON bytes, or a lower bound past `limit`.
 
     Brackets inside strings do not count. Scanning bytes is safe for UTF-8: no byte of a multibyte
     sequence is an ASCII quote, backslash or bracket.
@@ -118,7 +119,7 @@ def json_depth(data):
             depth += 1
             if depth > deepest:
                 deepest = depth
-                if deepest > MAX_DEPTH:
+                if deepest > limit:
                     return deepest
         elif byte in (0x5D, 0x7D):  # ] }
             depth -= 1
@@ -158,7 +159,11 @@ def body_parse(body):
 
 
 def events_parse(body, *, now=None):
-    """Every event of a request body as EventReport, or ReportError for the first bad one."""
+    """Every event of a request body as EventReport, or ReportError for the first bad one.
+
+    Events a shape accepts but Breakwater does not record (aktualizr-lite's
+    MetadataUpdateCompleted, ids of a newer client) are checked like the others and left out.
+    """
     data = body_parse(body)
     if isinstance(data, dict):
         unknown = sorted(set(data) - {"events"})
@@ -170,7 +175,8 @@ def events_parse(body, *, now=None):
     if len(data) > MAX_EVENTS:
         raise ReportError(f"at most {MAX_EVENTS} events per request", status=413)
     now = now or datetime.now(dt_timezone.utc)
-    return [event_parse(item, index, now=now) for index, item in enumerate(data)]
+    events = [event_parse(item, index, now=now) for index, item in enumerate(data)]
+    return [event for event in events if event is not None]
 
 
 def event_parse(item, index, *, now):
@@ -307,7 +313,96 @@ class BreakwaterEvent(EventShape):
         )
 
 
-EVENT_SHAPES = (BreakwaterEvent(),)
+# aktualizr-lite's event ids -> Breakwater's event types. None: accepted and not recorded.
+AKTUALIZR_EVENT_TYPES = {
+    "EcuDownloadStarted": DeviceEvent.Type.DOWNLOAD_STARTED,
+    "EcuDownloadCompleted": DeviceEvent.Type.DOWNLOAD_COMPLETED,
+    "EcuInstallationStarted": DeviceEvent.Type.INSTALL_STARTED,
+    "EcuInstallationApplied": DeviceEvent.Type.INSTALL_APPLIED,
+    "EcuInstallationCompleted": DeviceEvent.Type.INSTALL_COMPLETED,
+    "MetadataUpdateCompleted": None,  # a poll that found new metadata: the check-in already says so
+}
+EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+EVENT_TYPE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+DIGITS = re.compile(r"^[0-9]{1,10}\Z")
+
+
+MAX_AKTUALIZR_DETAIL = 4096  # the client caps details at 2048 characters and adds a marker
+
+
+def _aktualizr_details(value, fields):
+    """aktualizr-lite's details: the output of the tools it ran (ostree, docker compose), which
+    may hold colour escapes and carriage returns. Control characters are replaced, not refused: a
+    refused batch is re-sent every 10 s for ever and holds back every later event of the device.
+    What is stored still holds none of them."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        fields.refuse("details", "must be text")
+    if len(value) > MAX_AKTUALIZR_DETAIL:
+        fields.refuse("details", f"must be at most {MAX_AKTUALIZR_DETAIL} characters")
+    return _REFUSED_IN_DETAIL.sub("\ufffd", value.replace("\r\n", "\n"))
+
+
+class AktualizrEvent(EventShape):
+    """aktualizr-lite's shape: {"id", "deviceTime", "eventType": {"id", "version"}, "event":
+    {"ecu", "correlationId", "targetName", "version", "success", "details"}}.
+
+    `ecu` is the client's name for its primary ECU, never an identity: the certificate is. An
+    event id this gateway does not know (a newer client's) is accepted and not recorded, since
+    aktualizr-lite re-sends a batch answered with a 400 every 10 s for ever; a known id with a
+    bad field is a 400 all the same, as for every shape, because that batch is broken whoever
+    sends it.
+    """
+
+    def recognizes(self, item):
+        return "eventType" in item
+
+    def parse(self, item, index, *, now):
+        outer = _Fields(item, index)
+        event_id = outer.text("id", max_length=64, pattern=EVENT_ID, required=True)
+        reported_at = outer.time("deviceTime", now=now)
+        kind = item.get("eventType")
+        if not isinstance(kind, dict):
+            outer.refuse("eventType", 'must be an object {"id", "version"}')
+        kind_fields = _Fields(kind, index)
+        type_id = kind_fields.text("id", max_length=64, pattern=EVENT_TYPE_ID, required=True)
+        kind_fields.integer("version", maximum=MAX_VERSION)
+        body = item.get("event", {})
+        if not isinstance(body, dict):
+            outer.refuse("event", "must be an object")
+        if len(body) > MAX_FIELDS:
+            outer.refuse("event", f"has more than {MAX_FIELDS} fields")
+        fields = _Fields(body, index)
+        fields.text("ecu", max_length=255)
+        fields.text("correlationId", max_length=255)
+        target = fields.text("targetName", max_length=255, pattern=TARGET_NAME)
+        version = body.get("version")
+        if isinstance(version, str) and DIGITS.match(version) and int(version) <= MAX_VERSION:
+            version = int(version)  # custom.version is a string in targets metadata
+        elif version == "":
+            version = None
+        else:
+            version = fields.integer("version")
+        if version is None:
+            version = target_version(target)
+        success = fields.boolean("success")
+        detail = _aktualizr_details(body.get("details"), fields)
+        event_type = AKTUALIZR_EVENT_TYPES.get(type_id)
+        if event_type is None:
+            return None
+        return EventReport(
+            event_type=str(event_type),
+            target_name=target,
+            target_version=version,
+            success=success,
+            detail=detail,
+            reported_at=reported_at,
+            event_id=event_id,
+        )
+
+
+EVENT_SHAPES = (BreakwaterEvent(), AktualizrEvent())
 
 
 # --- check-in headers -------------------------------------------------------------------------
@@ -337,11 +432,124 @@ def checkin_tag(raw):
     return tag
 
 
+INITIAL_TARGET = "Initial Target"  # what aktualizr-lite sends before it has installed anything
+
+
 def checkin_target(raw):
-    """The target name an `x-ats-target` header reports, or None."""
+    """The target name an `x-ats-target` header reports, "" for a device that has none yet
+    (`Initial Target`), or None when the header is absent."""
     if raw is None:
         return None
     value = _header_text(raw, "x-ats-target", 255 + 16).strip()
+    if value == INITIAL_TARGET:
+        return ""
     if not TARGET_NAME.match(value):
         raise ReportError("is not a valid target name", field="x-ats-target")
     return value
+
+
+# --- what the client says about itself: recorded when valid, ignored when not ------------------
+#
+# These headers only inform the device page. A bad value is dropped, not refused: refusing it
+# would cut the device off on every path (it sends the same headers on each request), and on
+# /events aktualizr-lite would re-send the refused batch every 10 s for ever. The values that
+# decide what a device is served or counted as (x-ats-tags, x-ats-target) stay refused.
+
+MAX_USER_AGENT = 256
+MAX_DOCKER_APPS = 1024
+OSTREE_HASH = re.compile(r"^[0-9a-f]{64}\Z")
+
+
+def _optional_header(raw, max_length):
+    if raw is None or len(raw) > max_length:
+        return None
+    try:
+        value = raw.encode("latin-1").decode("utf-8").strip()
+    except UnicodeError:
+        return None
+    if not value or _REFUSED_IN_TEXT.search(value) or not value.isprintable():
+        return None
+    return value
+
+
+def client_facts(environ):
+    """{"user_agent", "ostree_hash", "docker_apps"} from a request's headers, each only if valid
+    (absent or invalid ones are left out); {} when none is."""
+    facts = {}
+    user_agent = _optional_header(environ.get("HTTP_USER_AGENT"), MAX_USER_AGENT)
+    if user_agent is not None:
+        facts["user_agent"] = user_agent
+    ostree_hash = _optional_header(environ.get("HTTP_X_ATS_OSTREEHASH"), 64)
+    if ostree_hash is not None and OSTREE_HASH.match(ostree_hash.lower()):
+        facts["ostree_hash"] = ostree_hash.lower()
+    apps = _optional_header(environ.get("HTTP_X_ATS_DOCKERAPPS"), MAX_DOCKER_APPS)
+    if apps is not None:
+        facts["docker_apps"] = apps
+    return facts
+
+
+# --- telemetry: the latest of each kind, checked like every report ----------------------------
+
+MAX_TELEMETRY_BODY = 64 * 1024  # the gateway server refuses bodies past 64 KiB before this
+# lshw nests a device's buses and their children; its JSON runs deeper than an event list.
+MAX_TELEMETRY_DEPTH = 24
+MAX_TELEMETRY_KEY = 256
+
+
+def _telemetry_value_check(value, path):
+    """Every string (keys too) is text without control characters other than tab and newline,
+    and every number a finite one; ReportError naming the path of the first that is not."""
+    stack = [(value, path)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if len(key) > MAX_TELEMETRY_KEY or _REFUSED_IN_TEXT.search(key):
+                    raise ReportError("has a key that is too long or holds control characters", field=where or "body")
+                stack.append((item, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if _REFUSED_IN_DETAIL.search(value):
+                raise ReportError("may not contain control characters or unpaired surrogates", field=(where or "body")[:200])
+
+
+def telemetry_json_parse(body):
+    """A JSON telemetry body (lshw, network, apps states) as compact JSON text, or ReportError."""
+    if len(body) > MAX_TELEMETRY_BODY:
+        raise ReportError(f"at most {MAX_TELEMETRY_BODY} bytes per report", status=413)
+    if not body.strip():
+        raise ReportError("the body is empty; send JSON")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReportError("the body must be UTF-8 JSON") from None
+    if json_depth(body, MAX_TELEMETRY_DEPTH) > MAX_TELEMETRY_DEPTH:
+        raise ReportError(f"the JSON is nested more than {MAX_TELEMETRY_DEPTH} levels deep")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except ValueError:
+        raise ReportError("the body must be JSON") from None
+    if not isinstance(data, (dict, list)):
+        raise ReportError("the body must be a JSON object or list")
+    _telemetry_value_check(data, "")
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def telemetry_text_parse(body):
+    """A text telemetry body (the client's TOML configuration) as text, or ReportError.
+
+    Kept as the device sent it, not parsed: the client writes its own dump of its settings and
+    Breakwater only shows it; it is text under the same rules as an event's detail.
+    """
+    if len(body) > MAX_TELEMETRY_BODY:
+        raise ReportError(f"at most {MAX_TELEMETRY_BODY} bytes per report", status=413)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReportError("the body must be UTF-8 text") from None
+    text = text.replace("\r\n", "\n")
+    bad = _REFUSED_IN_DETAIL.search(text)
+    if bad:
+        raise ReportError(f"may not contain the control character U+{ord(bad.group()):04X}" if not "\ud800" <= bad.group() <= "\udfff" else "may not contain unpaired surrogates", field="body")
+    return text

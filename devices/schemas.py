@@ -27,6 +27,29 @@ class DeviceOut(Schema):
     created_at: datetime
 
 
+class DeviceClientOut(Schema):
+    """What the device's request headers said about its client, each only if it was valid."""
+
+    user_agent: str | None
+    ostree_hash: str | None
+    docker_apps: str | None
+    received_at: datetime
+
+
+class DeviceReportOut(Schema):
+    """The latest report of one kind (hardware, network, config, apps): the device's own text."""
+
+    kind: str
+    title: str
+    received_at: datetime
+    content: str
+
+
+class DeviceDetailOut(DeviceOut):
+    client: DeviceClientOut | None
+    reports: list[DeviceReportOut]
+
+
 class DevicePage(PageMeta):
     items: list[DeviceOut]
 

@@ -1,4 +1,5 @@
 """Reads for devices: lookups, filtered lists, event timelines, certificate facts, tokens, dead letters."""
+import json
 import uuid as uuid_lib
 from datetime import timedelta
 
@@ -11,7 +12,7 @@ from django.utils import timezone
 from factory.errors import ApplicationError, NotFound
 
 from . import pki
-from .models import DeadLetter, Device, DeviceCA, DeviceEvent, RegistrationToken
+from .models import DeadLetter, Device, DeviceCA, DeviceEvent, DeviceReport, RegistrationToken
 
 NO_GROUP = "-"
 # Below this many UUIDs a plain IN list is as quick as anything else.
@@ -119,3 +120,35 @@ def dead_letter_devices(letters):
     """{device id: Device} for the devices the dead letters name that still exist."""
     ids = {letter.device_id for letter in letters if letter.device_id is not None}
     return {d.pk: d for d in Device.objects.filter(pk__in=ids).only("id", "uuid", "name")}
+
+
+REPORT_TITLES = {
+    DeviceReport.Kind.SYSTEM_INFO: "Hardware (lshw)",
+    DeviceReport.Kind.NETWORK: "Network",
+    DeviceReport.Kind.CONFIG: "Client configuration (sota.toml)",
+    DeviceReport.Kind.APPS_STATES: "Apps",
+}
+
+
+def device_telemetry(*, device):
+    """What the device reported about itself: {"client": {user_agent, ostree_hash, docker_apps}
+    or None, "reports": [{kind, title, received_at, content}]}, JSON pretty-printed. The text is
+    the device's: every medium it goes to escapes it."""
+    client, reports = None, []
+    for row in DeviceReport.objects.filter(device=device).order_by("kind"):
+        if row.kind == DeviceReport.Kind.CLIENT:
+            try:
+                facts = json.loads(row.content)
+            except ValueError:
+                facts = {}
+            client = {key: facts.get(key) if isinstance(facts.get(key), str) else None for key in ("user_agent", "ostree_hash", "docker_apps")}
+            client["received_at"] = row.received_at
+            continue
+        content = row.content
+        if row.kind != DeviceReport.Kind.CONFIG:
+            try:
+                content = json.dumps(json.loads(content), indent=2, ensure_ascii=False)
+            except ValueError:
+                pass
+        reports.append({"kind": row.kind, "title": REPORT_TITLES.get(row.kind, row.kind), "received_at": row.received_at, "content": content})
+    return {"client": client, "reports": reports}

@@ -263,18 +263,24 @@ class Registration:
     ca_certificate: str
 
 
-def device_register(*, token, csr, name="", hardware_id=""):
+def device_register(*, token, csr, name="", hardware_id="", expected_uuid=None, expected_group=""):
     """A device registers itself with a registration token and a CSR for its own key.
 
     The certificate's subject (CN = UUID, OU = factory, businessCategory=production if asked for
     and allowed by the token) decides what the device is; the tag and group come from the token.
+    `expected_uuid` and `expected_group` are what the request says besides the CSR
+    (lmp-device-register's `uuid` and `group`): they must agree with the CSR and the token.
     """
     hardware_id = _validate_hardware_id(hardware_id)
     with transaction.atomic():
         claimed = _token_claim(token)
         factory = claimed.factory
+        if expected_group and expected_group != (claimed.group.name if claimed.group else ""):
+            raise ApplicationError(f"this registration token puts devices in {'group ' + claimed.group.name if claimed.group else 'no group'}; the request asks for another")
         ca = device_ca_get(factory=factory)
         device_uuid, production, cert = _certify(factory=factory, ca=ca, csr=csr, production_allowed=claimed.allow_production)
+        if expected_uuid is not None and str(device_uuid) != expected_uuid.strip().lower():
+            raise ApplicationError("the uuid field differs from the CSR's CN; they must be the same device UUID")
         device = device_create(
             factory=factory,
             uuid=device_uuid,

@@ -27,6 +27,7 @@ SAMPLES = {"int": "1", "str": "x", "slug": "x", "uuid": str(uuid.UUID(int=1)), "
 CSRF_EXEMPT = {
     "api/v1/": "the REST API authenticates with a token in the Authorization header",
     "devices/register/": "devices authenticate with the registration token in the body",
+    "ota/devices/": "lmp-device-register authenticates with the registration token in its OSF-TOKEN header",
 }
 
 

@@ -151,6 +151,7 @@ def device_detail(request, uuid):
         "events": events,
         "active_wave": device_wave(device=device),
         "stagings": stagings,
+        "telemetry": device_selectors.device_telemetry(device=device),
     }
     return render_page(
         request, "devices/detail.html", context, title=f"Device {device.name}", section="devices", fragments=("device-events",)

@@ -234,6 +234,8 @@ BREAKWATER_GATEWAY_HOSTS = env_list("BREAKWATER_GATEWAY_HOSTS", "localhost,127.0
 BREAKWATER_GATEWAY_CERTFILE = os.environ.get("BREAKWATER_GATEWAY_CERTFILE", "")
 BREAKWATER_GATEWAY_KEYFILE = os.environ.get("BREAKWATER_GATEWAY_KEYFILE", "")
 BREAKWATER_GATEWAY_SERVER_CA = os.environ.get("BREAKWATER_GATEWAY_SERVER_CA", "")
+# How often a device registered through lmp-device-register polls (its sota.toml's polling_sec).
+BREAKWATER_DEVICE_POLLING_SECONDS = int(os.environ.get("BREAKWATER_DEVICE_POLLING_SECONDS", 300))
 # Check-ins are coalesced (in Redis when REDIS_URL is set) and written in batches this often.
 BREAKWATER_CHECKIN_FLUSH_SECONDS = float(os.environ.get("BREAKWATER_CHECKIN_FLUSH_SECONDS", 5))
 # Event times a device may report, in days before and after the server's clock ("back,ahead"):

@@ -40,6 +40,8 @@ urlpatterns = [
     path("factory/switch/", factory_views.factory_switch, name="factory-switch"),
     path("", include(dashboard)),
     path("devices/register/", device_registration.register, name="device-register"),
+    # lmp-device-register's DEVICE_API (FoundriesFactory's path, trailing slash included).
+    path("ota/devices/", device_registration.lmp_register, name="device-register-lmp"),
     path("devices/", device_pages.device_list, name="device-list"),
     path("devices/<uuid:uuid>/", device_pages.device_detail, name="device-detail"),
     path("devices/", include("devices.urls")),

@@ -9,6 +9,11 @@ factory CA. A device reads only its own view:
     GET  /repo/<N>.root.json, /repo/timestamp.json, /repo/snapshot.json, /repo/targets.json
     GET  /targets/<name>        a target file of the device's targets metadata
     POST /events                download and install progress, for the device itself only
+                                (a JSON array: aktualizr-lite's events; an object: Breakwater's)
+    PUT  /system_info           lshw JSON      \
+    PUT  /system_info/network   JSON            | the latest of each is kept (devices.telemetry)
+    PUT  /system_info/config    TOML text       |
+    POST /apps-states           JSON           /
     GET  /device                what the gateway knows about the device
 
 Every request is a check-in (last seen; `x-ats-tags` and `x-ats-target` headers carry the tag and
@@ -39,7 +44,8 @@ from django.core.validators import slug_re  # noqa: E402
 from django.db import DatabaseError, close_old_connections, connections  # noqa: E402
 
 from devices import checkins, pki, reports  # noqa: E402
-from devices.models import Device, DeviceCA  # noqa: E402
+from devices.models import Device, DeviceCA, DeviceReport  # noqa: E402
+from devices.telemetry import device_client_store, device_report_store  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
 from factory.tuf.flavours import flavour_of  # noqa: E402
@@ -51,6 +57,13 @@ logger = logging.getLogger("breakwater.gateway")
 
 REPO_FILE = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json\Z")
 CA_CACHE_SECONDS = 60.0
+# path -> (method, kind, parser) of what a device reports about itself
+TELEMETRY = {
+    "/system_info": ("PUT", DeviceReport.Kind.SYSTEM_INFO, reports.telemetry_json_parse),
+    "/system_info/network": ("PUT", DeviceReport.Kind.NETWORK, reports.telemetry_json_parse),
+    "/system_info/config": ("PUT", DeviceReport.Kind.CONFIG, reports.telemetry_text_parse),
+    "/apps-states": ("POST", DeviceReport.Kind.APPS_STATES, reports.telemetry_json_parse),
+}
 
 
 class Refused(Exception):
@@ -214,6 +227,10 @@ class Gateway:
             elif path == "/events":
                 self._allow(method, "POST")
                 response = self.events(device, environ)
+            elif path in TELEMETRY:
+                allowed, kind, parse = TELEMETRY[path]
+                self._allow(method, allowed)
+                response = self.telemetry(device, environ, kind, parse)
             elif path == "/device":
                 self._allow(method, "GET")
                 response = self._json(200, self.device_facts(device, peer))
@@ -222,7 +239,17 @@ class Gateway:
         finally:
             # A refused request of an authenticated device still tells us it is alive.
             checkins.buffer().checkin(device.pk, checkin)
+            self._client_record(device, environ)
         return response
+
+    def _client_record(self, device, environ):
+        """What the headers say about the client: written only when it changed (once per device
+        and process in a steady fleet). A database error here costs the device nothing: the
+        next request tries again."""
+        try:
+            device_client_store(device_id=device.pk, facts=reports.client_facts(environ))
+        except DatabaseError:
+            self._outage_log.report()
 
     # --- who is asking ------------------------------------------------------------------------
 
@@ -334,22 +361,37 @@ class Gateway:
             self._artifacts.put(key, blob)
         return 200, [("Content-Type", "application/octet-stream")], blob
 
-    def events(self, device, environ):
-        """Buffer a device's events: all of a request, or (400, 403, 413) none of it."""
+    @staticmethod
+    def _body(environ, limit, what):
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             raise Refused(400, "bad Content-Length") from None
-        if length > reports.MAX_BODY:
+        if length > limit:
             # Refused before reading: the body is never held in memory.
-            raise Refused(413, f"at most {reports.MAX_BODY} bytes of events per request")
+            raise Refused(413, f"at most {limit} bytes of {what} per request")
+        return environ["wsgi.input"].read(length) if length > 0 else b""
+
+    def events(self, device, environ):
+        """Buffer a device's events: all of a request, or (400, 403, 413) none of it."""
+        body = self._body(environ, reports.MAX_BODY, "events")
         try:
-            events = reports.events_parse(environ["wsgi.input"].read(length) if length > 0 else b"")
+            events = reports.events_parse(body)
         except reports.ReportError as exc:
             return self._json(exc.status, exc.payload())
         rows = [self._event_row(device, event, index) for index, event in enumerate(events)]
         checkins.buffer().add_events(rows)
         return self._json(202, {"accepted": len(rows)})
+
+    def telemetry(self, device, environ, kind, parse):
+        """Keep the device's latest report of this kind: all of it, or (400, 413) nothing."""
+        body = self._body(environ, reports.MAX_TELEMETRY_BODY, "report")
+        try:
+            content = parse(body)
+        except reports.ReportError as exc:
+            return self._json(exc.status, exc.payload())
+        device_report_store(device_id=device.pk, kind=kind, content=content)
+        return self._json(200, {"stored": kind})
 
     @staticmethod
     def _event_row(device, event, index):
@@ -365,6 +407,7 @@ class Gateway:
             "success": event.success,
             "detail": event.detail,
             "reported_at": event.reported_at.isoformat(),
+            "event_id": event.event_id,
         }
 
     @staticmethod
@@ -379,6 +422,8 @@ class Gateway:
             "hardware_id": device.hardware_id,
             "target_name": device.target_name,
             "target_version": device.target_version,
+            # `aktualizr-lite status` shows the device's name from this key.
+            "Name": device.name,
         }
 
     @staticmethod
