@@ -36,6 +36,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater
 
 from . import pki
+from .aktualizr_device import AktualizrDevice
 
 logger = logging.getLogger("breakwater.simulator")
 
@@ -59,6 +60,8 @@ class Identity:
     target_version: int | None = None
     source: str = "taken-over"  # or "registered"
     last_seen: float | None = None  # when the server last saw it (epoch), at take-over
+    ostree_hash: str = ""  # an aktualizr-lite device's x-ats-ostreehash: the commit it runs
+    protocol: str = ""  # "tuf" (python-tuf) or "aktualizr" (aktualizr-lite's); "" until the simulator picks
 
     def dumps(self):
         return json.dumps(self.__dict__, indent=1)
@@ -404,6 +407,7 @@ class Simulator:
         timeout=30.0,
         seed=None,
         out=None,
+        aktualizr_share=0.0,
     ):
         self.keystore = keystore
         self.gateway_url = gateway_url.rstrip("/")
@@ -418,7 +422,15 @@ class Simulator:
         self.out = out
         self._counts = Counter()
         self._lock = threading.Lock()
-        self.devices = [SimDevice(sim=self, identity=i, folder=keystore.folder(i.uuid)) for i in identities]
+        kinds = {"tuf": SimDevice, "aktualizr": AktualizrDevice}
+        picker = random.Random(seed)  # its own stream, so the kinds change no other random choice
+        for identity in identities:
+            # A device keeps its kind across restarts; a new one is aktualizr-lite with that share.
+            if identity.protocol not in kinds:
+                identity.protocol = "aktualizr" if aktualizr_share and picker.random() < float(aktualizr_share) else "tuf"
+                if (keystore.folder(identity.uuid) / "identity.json").exists():
+                    keystore.update(identity)
+        self.devices = [kinds[i.protocol](sim=self, identity=i, folder=keystore.folder(i.uuid)) for i in identities]
         order = list(self.devices)
         self.random.shuffle(order)
         # The devices the server has not seen for longest stay offline, so a seeded fleet's
@@ -521,12 +533,14 @@ class Simulator:
         with self._lock:
             counts = dict(self._counts)
         versions = Counter(d.identity.target_version for d in self.devices)
+        kinds = Counter(d.identity.protocol for d in self.devices)
         return {
             "devices": len(self.devices),
             "offline": sum(d.offline for d in self.devices),
             "updating": sum(d.state in (UPDATING, REBOOTING) for d in self.devices),
             "held": sum(d.rollback for d in self.devices),
             "gone": sum(d.gone for d in self.devices),
+            "kinds": dict(sorted(kinds.items())),
             "versions": dict(sorted(versions.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))),
             **counts,
         }
@@ -534,8 +548,9 @@ class Simulator:
     def print_progress(self, elapsed):
         s = self.summary()
         versions = ", ".join(f"v{v}: {n}" if v is not None else f"none: {n}" for v, n in s["versions"].items())
+        kinds = ", ".join(f"{k} {n}" for k, n in s["kinds"].items())
         line = (
-            f"[{elapsed:7.0f}s] devices {s['devices']} (offline {s['offline']}, gone {s['gone']}) | "
+            f"[{elapsed:7.0f}s] devices {s['devices']} ({kinds}; offline {s['offline']}, gone {s['gone']}) | "
             f"polled {s.get('polls', 0)} ({s.get('polls', 0) / max(elapsed, 1e-9):.1f}/s), requests {s.get('requests', 0)} | "
             f"updating {s['updating']}, updated {s.get('updated', 0)}, failed {s.get('failed', 0)}, "
             f"rollback refused {s['held']}, errors {s.get('errors', 0)} | {versions}"

@@ -21,7 +21,7 @@ def rate(value):
 
 class Command(BaseCommand):
     help = (
-        "Simulate a fleet: every device is a python-tuf client polling the gateway over mutual TLS "
+        "Simulate a fleet: every device is a python-tuf client (or, with --aktualizr-share, one speaking aktualizr-lite's protocol) polling the gateway over mutual TLS "
         "with its own key, downloading, installing and reporting updates."
     )
 
@@ -46,11 +46,15 @@ class Command(BaseCommand):
         parser.add_argument("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
         parser.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines")
         parser.add_argument("--keystore", help="folder of the devices' keys and TUF metadata (default: var/simulator/<factory>)")
+        parser.add_argument("--aktualizr-share", type=float, default=0.0,
+                            help="share of devices (new to the simulator) that speak aktualizr-lite's protocol instead of python-tuf's")
         parser.add_argument("--seed", type=int, help="random seed (which devices are offline, which installs fail)")
 
     def handle(self, *args, **o):
         if not 0 <= o["offline_ratio"] <= 1:
             raise CommandError("--offline-ratio must be between 0 and 1")
+        if not 0 <= o["aktualizr_share"] <= 1:
+            raise CommandError("--aktualizr-share must be between 0 and 1")
         if o["interval"] <= 0 or o["threads"] < 1:
             raise CommandError("--interval must be positive and --threads at least 1")
         factory = get_factory(o["factory"])
@@ -76,6 +80,7 @@ class Command(BaseCommand):
             reboot_delay=o["reboot_delay"],
             seed=o["seed"],
             out=self.stdout,
+            aktualizr_share=o["aktualizr_share"],
         )
         try:
             simulator.run(duration=o["duration"], progress_every=o["progress"])
