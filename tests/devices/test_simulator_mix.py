@@ -38,3 +38,18 @@ def test_the_share_does_not_change_which_devices_stay_offline(tmp_path):
     other = Keystore(tmp_path / "other")
     mixed = Simulator(identities=identities(other, 30), keystore=other, gateway_url="https://127.0.0.1:8443", seed=3, offline_ratio=0.2, aktualizr_share=0.5)
     assert {d.identity.uuid for d in mixed.devices if d.offline} == offline
+
+
+def test_both_kinds_of_simulated_device_are_free_of_django():
+    import ast
+    from pathlib import Path
+
+    for module in ("devices/simulator.py", "devices/aktualizr_device.py"):
+        tree = ast.parse(Path(module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    assert name.split(".")[0] not in ("django", "celery"), f"{module} imports {name}"
+                    if isinstance(node, ast.ImportFrom) and node.level:
+                        assert name in ("pki", "simulator", "aktualizr_device") or (name == "" and {a.name for a in node.names} <= {"pki"}), f"{module} imports .{name}"
