@@ -36,7 +36,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater
 
 from . import pki
-from .aktualizr_device import AktualizrDevice
+from .aktualizr_device import AktualizrDevice, lmp_register
 
 logger = logging.getLogger("breakwater.simulator")
 
@@ -152,6 +152,31 @@ def register(*, web_url, token, factory_name, keystore, count, hardware_ids, pro
             source="registered",
         )
         keystore.save(identity, key_pem=pki.key_pem(key), chain_pem=data["certificate"] + data["ca_certificate"])
+        identities.append(identity)
+    return identities
+
+
+def register_lmp(*, web_url, token, factory_name, keystore, count, hardware_ids, tag, production=True, group=None, name_prefix="aklite", target_version=None):
+    """Register `count` aktualizr-lite devices as lmp-device-register does (POST /ota/devices/ with
+    OSF-TOKEN, files client.pem, root.crt, sota.toml answered); returns their identities."""
+    identities = []
+    for index in range(count):
+        hwid = hardware_ids[index % len(hardware_ids)]
+        pending = keystore.root / f".pending-{uuid_lib.uuid4()}"
+        name = f"{name_prefix}-{str(uuid_lib.uuid4())[:8]}"
+        device_uuid = lmp_register(
+            device_api=web_url.rstrip("/") + "/ota/devices/", token=token, folder=pending, factory_name=factory_name,
+            hardware_id=hwid, tag=tag, name=name, group=group, production=production,
+        )
+        keystore.server_ca.write_text((pending / "root.crt").read_text())
+        identity = Identity(
+            uuid=device_uuid, name=name, hardware_id=hwid, production=production, tag=tag, group=group,
+            serial=pki.serial_hex(pki.cert_load((pending / "client.pem").read_text())),
+            target_name=f"{hwid}-lmp-{target_version}" if target_version else "", target_version=target_version,
+            source="registered", protocol="aktualizr",
+        )
+        pending.rename(keystore.folder(device_uuid))
+        keystore.update(identity)
         identities.append(identity)
     return identities
 

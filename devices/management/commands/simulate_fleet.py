@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from devices.fleet import take_over
 from devices.models import Device, DeviceGroup
 from devices.services import registration_token_create
-from devices.simulator import Keystore, Simulator, register
+from devices.simulator import Keystore, Simulator, register, register_lmp
 from factory.management.commands._base import application_errors, get_factory
 
 
@@ -101,14 +101,27 @@ class Command(BaseCommand):
             )
         hardware_ids = sorted(set(Device.objects.filter(factory=factory).exclude(hardware_id="").values_list("hardware_id", flat=True))) or ["intel-corei7-64"]
         self.stdout.write(f"Registering {count} devices through {o['web_url']}/devices/register/ ...")
+        # The aktualizr-lite share registers as lmp-device-register does; the others as today.
+        lmp = int(round(count * o["aktualizr_share"]))
         try:
             return register(
                 web_url=o["web_url"],
                 token=token,
                 factory_name=factory.name,
                 keystore=keystore,
-                count=count,
+                count=count - lmp,
                 hardware_ids=hardware_ids,
+                production=not o["register_test"],
+                target_version=o["initial_version"],
+            ) + register_lmp(
+                web_url=o["web_url"],
+                token=token,
+                factory_name=factory.name,
+                keystore=keystore,
+                count=lmp,
+                hardware_ids=hardware_ids,
+                tag=tag,
+                group=group.name if group else None,
                 production=not o["register_test"],
                 target_version=o["initial_version"],
             )
