@@ -14,8 +14,10 @@ import time
 import tomllib
 import uuid as uuid_lib
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import urllib3
 from cryptography import x509
@@ -24,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import pki
 
 logger = logging.getLogger("breakwater.simulator")
 
@@ -360,6 +364,20 @@ def lmp_register(*, device_api, token, folder, factory_name, hardware_id, tag, n
     return device_uuid
 
 
+def lmp_register_identity(*, device_api, token, folder, factory_name, hardware_id, tag, name, group=None, production=True, wait_seconds=60):
+    """lmp_register, then the fields of the simulator's Identity for the new device (its group is
+    the token's; the device learns it from GET /device)."""
+    device_uuid = lmp_register(
+        device_api=device_api, token=token, folder=folder, factory_name=factory_name, hardware_id=hardware_id,
+        tag=tag, name=name, group=group, production=production, wait_seconds=wait_seconds,
+    )
+    serial = pki.serial_hex(pki.cert_load((Path(folder) / "client.pem").read_text()))
+    return {
+        "uuid": device_uuid, "name": name, "hardware_id": hardware_id, "production": production, "tag": tag,
+        "group": group, "serial": serial, "source": "registered", "protocol": "aktualizr",
+    }
+
+
 def _write(path, text, private=False):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "w") as out:
@@ -421,7 +439,7 @@ class AktualizrDevice:
 
     # --- configuration and state on disk ---
 
-    @property
+    @cached_property
     def config(self):
         path = self.folder / "sota.toml"
         if path.exists():
@@ -443,7 +461,7 @@ class AktualizrDevice:
         if tags:
             headers["x-ats-tags"] = ",".join(tags)
         headers["x-ats-target"] = self.identity.target_name or INITIAL_TARGET
-        headers["x-ats-ostreehash"] = self.identity.__dict__.get("ostree_hash") or "unknown"
+        headers["x-ats-ostreehash"] = getattr(self.identity, "ostree_hash", "") or "unknown"
         return headers
 
     def _pool(self):
@@ -451,8 +469,9 @@ class AktualizrDevice:
         key = self.folder / "pkey.pem"
         context = ssl.create_default_context(cafile=str(ca if ca.exists() else self.sim.keystore.server_ca))
         context.load_cert_chain(str(self.folder / "client.pem"), str(key if key.exists() else self.folder / "client.key"))
-        host, port = self.sim.host, self.sim.port
-        return urllib3.HTTPSConnectionPool(host, port, maxsize=1, ssl_context=context, retries=False)
+        # Where sota.toml says the server is (the gateway, for a device registered by lmp).
+        server = urlsplit(self.config.server)
+        return urllib3.HTTPSConnectionPool(server.hostname, server.port or 443, maxsize=1, ssl_context=context, retries=False)
 
     def _request(self, pool, method, path, **kwargs):
         response = pool.request(method, path, timeout=self.sim.timeout, **kwargs)
@@ -519,10 +538,11 @@ class AktualizrDevice:
 
     def _fetcher(self, pool):
         headers = self.headers(tuf=True)
+        repo = urlsplit(self.config.repo_server).path.rstrip("/")
 
         def fetch(filename, role):
             try:
-                response = pool.request("GET", f"/repo/{filename}", headers=headers, timeout=self.sim.timeout, preload_content=False, redirect=False)
+                response = pool.request("GET", f"{repo}/{filename}", headers=headers, timeout=self.sim.timeout, preload_content=False, redirect=False)
             except urllib3.exceptions.HTTPError as exc:
                 raise FetchFailed(str(exc)) from exc
             self.sim.count("requests")
@@ -604,12 +624,13 @@ class AktualizrDevice:
         sha256 = (meta.get("hashes") or {}).get("sha256", "")
         if meta["custom"].get("targetFormat") == "OSTREE":
             ostree_headers = {"User-Agent": "libostree/2022.7", "X-Correlation-ID": name}
-            response = self._request(pool, "GET", "/treehub/config", headers=ostree_headers)
+            treehub = urlsplit(self.config.ostree_server).path.rstrip("/")
+            response = self._request(pool, "GET", f"{treehub}/config", headers=ostree_headers)
             if response.status == 404:
                 return ""  # no treehub on this server yet: the pull is simulated
             if response.status != 200 or b"archive" not in response.data:
                 return f"treehub config: HTTP {response.status}"
-            response = self._request(pool, "GET", f"/treehub/objects/{sha256[:2]}/{sha256[2:]}.commit", headers=ostree_headers)
+            response = self._request(pool, "GET", f"{treehub}/objects/{sha256[:2]}/{sha256[2:]}.commit", headers=ostree_headers)
             if response.status not in (200, 404):
                 return f"commit object: HTTP {response.status}"
             return ""

@@ -5,8 +5,7 @@ import tomllib
 
 import pytest
 
-from devices import pki
-from devices.aktualizr_device import USER_AGENT, lmp_register
+from devices.aktualizr_device import USER_AGENT, lmp_register_identity
 from devices.fleet import fleet_seed, take_over
 from devices.models import Device, DeviceEvent
 from devices.services import registration_token_create
@@ -45,11 +44,12 @@ def mixed(fleet, gateway, factory, live_server, settings, tmp_path):
     def lmp(name, production, group=None):
         _, token = registration_token_create(factory=factory, actor=None, tag=TAG, group=group, production=production, max_uses=1)
         folder = tmp_path / "pending" / name
-        device_uuid = lmp_register(
-            device_api=live_server.url + "/ota/devices/", token=token, folder=folder, factory_name=factory.name, hardware_id=HWID, tag=TAG, name=name, production=production
+        fields = lmp_register_identity(
+            device_api=live_server.url + "/ota/devices/", token=token, folder=folder, factory_name=factory.name, hardware_id=HWID, tag=TAG, name=name,
+            group=group and group.name, production=production,
         )
-        serial = pki.serial_hex(pki.cert_load((folder / "client.pem").read_text()))
-        identity = Identity(uuid=device_uuid, name=name, hardware_id=HWID, production=production, tag=TAG, group=group and group.name, serial=serial, source="registered", protocol="aktualizr")
+        identity = Identity(**fields)
+        device_uuid = identity.uuid
         folder.rename(keystore.folder(device_uuid))
         keystore.update(identity)
         return identity
