@@ -143,3 +143,16 @@ def test_the_aktualizr_device_speaks_the_headers_of_the_real_client(mixed):
     headers = device.headers(tuf=True)
     assert headers["User-Agent"] == USER_AGENT
     assert headers["x-ats-tags"] == TAG and headers["x-ats-target"] == "Initial Target"
+
+
+def test_taken_over_devices_speaking_aktualizr_lite_follow_a_canary_rollout(fleet, gateway, factory, bob, tmp_path):
+    keystore = Keystore(tmp_path / "all-aklite")
+    sim = Simulator(identities=take_over(factory=factory, keystore=keystore), keystore=keystore, gateway_url=gateway.url, reboot_delay=0, threads=8, seed=3, aktualizr_share=1.0)
+    assert {d.identity.protocol for d in sim.devices} == {"aktualizr"}
+    wave = make_wave(factory, bob, fleet)
+    wave_rollout(wave=wave, actor=bob, group="canary")
+    sim.cycle()
+    production = Device.objects.filter(factory=factory, is_production=True)
+    expected = {name: 42 if name.startswith("canary-") else 41 for name in production.values_list("name", flat=True)}
+    assert wait_for(lambda: dict(production.values_list("name", "target_version")) == expected, timeout=15)
+    assert sim.summary()["aktualizr-updated"] == 2 + 1  # the canaries and the test device (CI 42)
