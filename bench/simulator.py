@@ -48,6 +48,7 @@ def _run(work):
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=32, help="simulator threads")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--aktualizr-share", type=float, default=0.3, help="share of devices speaking aktualizr-lite's protocol")
     args = parser.parse_args()
 
     django_setup()
@@ -81,6 +82,7 @@ def _run(work):
             sys.executable, "manage.py", "simulate_fleet", "--factory", FACTORY, "--devices", str(args.devices),
             "--gateway-url", f"https://127.0.0.1:{port}", "--interval", str(args.interval), "--threads", str(args.threads),
             "--duration", str(args.seconds), "--progress", "60", "--keystore", str(keystore),
+            "--aktualizr-share", str(args.aktualizr_share),
         ],
         cwd=ROOT,
     )

@@ -36,6 +36,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater
 
 from . import pki
+from .aktualizr_device import AktualizrDevice, lmp_register
 
 logger = logging.getLogger("breakwater.simulator")
 
@@ -59,6 +60,8 @@ class Identity:
     target_version: int | None = None
     source: str = "taken-over"  # or "registered"
     last_seen: float | None = None  # when the server last saw it (epoch), at take-over
+    ostree_hash: str = ""  # an aktualizr-lite device's x-ats-ostreehash: the commit it runs
+    protocol: str = ""  # "tuf" (python-tuf) or "aktualizr" (aktualizr-lite's); "" until the simulator picks
 
     def dumps(self):
         return json.dumps(self.__dict__, indent=1)
@@ -149,6 +152,31 @@ def register(*, web_url, token, factory_name, keystore, count, hardware_ids, pro
             source="registered",
         )
         keystore.save(identity, key_pem=pki.key_pem(key), chain_pem=data["certificate"] + data["ca_certificate"])
+        identities.append(identity)
+    return identities
+
+
+def register_lmp(*, web_url, token, factory_name, keystore, count, hardware_ids, tag, production=True, group=None, name_prefix="aklite", target_version=None):
+    """Register `count` aktualizr-lite devices as lmp-device-register does (POST /ota/devices/ with
+    OSF-TOKEN, files client.pem, root.crt, sota.toml answered); returns their identities."""
+    identities = []
+    for index in range(count):
+        hwid = hardware_ids[index % len(hardware_ids)]
+        pending = keystore.root / f".pending-{uuid_lib.uuid4()}"
+        name = f"{name_prefix}-{str(uuid_lib.uuid4())[:8]}"
+        device_uuid = lmp_register(
+            device_api=web_url.rstrip("/") + "/ota/devices/", token=token, folder=pending, factory_name=factory_name,
+            hardware_id=hwid, tag=tag, name=name, group=group, production=production,
+        )
+        keystore.server_ca.write_text((pending / "root.crt").read_text())
+        identity = Identity(
+            uuid=device_uuid, name=name, hardware_id=hwid, production=production, tag=tag, group=group,
+            serial=pki.serial_hex(pki.cert_load((pending / "client.pem").read_text())),
+            target_name=f"{hwid}-lmp-{target_version}" if target_version else "", target_version=target_version,
+            source="registered", protocol="aktualizr",
+        )
+        pending.rename(keystore.folder(device_uuid))
+        keystore.update(identity)
         identities.append(identity)
     return identities
 
@@ -404,6 +432,7 @@ class Simulator:
         timeout=30.0,
         seed=None,
         out=None,
+        aktualizr_share=0.0,
     ):
         self.keystore = keystore
         self.gateway_url = gateway_url.rstrip("/")
@@ -418,7 +447,15 @@ class Simulator:
         self.out = out
         self._counts = Counter()
         self._lock = threading.Lock()
-        self.devices = [SimDevice(sim=self, identity=i, folder=keystore.folder(i.uuid)) for i in identities]
+        kinds = {"tuf": SimDevice, "aktualizr": AktualizrDevice}
+        picker = random.Random(seed)  # its own stream, so the kinds change no other random choice
+        for identity in identities:
+            # A device keeps its kind across restarts; a new one is aktualizr-lite with that share.
+            if identity.protocol not in kinds:
+                identity.protocol = "aktualizr" if aktualizr_share and picker.random() < float(aktualizr_share) else "tuf"
+                if (keystore.folder(identity.uuid) / "identity.json").exists():
+                    keystore.update(identity)
+        self.devices = [kinds[i.protocol](sim=self, identity=i, folder=keystore.folder(i.uuid)) for i in identities]
         order = list(self.devices)
         self.random.shuffle(order)
         # The devices the server has not seen for longest stay offline, so a seeded fleet's
@@ -521,12 +558,14 @@ class Simulator:
         with self._lock:
             counts = dict(self._counts)
         versions = Counter(d.identity.target_version for d in self.devices)
+        kinds = Counter(d.identity.protocol for d in self.devices)
         return {
             "devices": len(self.devices),
             "offline": sum(d.offline for d in self.devices),
             "updating": sum(d.state in (UPDATING, REBOOTING) for d in self.devices),
             "held": sum(d.rollback for d in self.devices),
             "gone": sum(d.gone for d in self.devices),
+            "kinds": dict(sorted(kinds.items())),
             "versions": dict(sorted(versions.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))),
             **counts,
         }
@@ -534,8 +573,9 @@ class Simulator:
     def print_progress(self, elapsed):
         s = self.summary()
         versions = ", ".join(f"v{v}: {n}" if v is not None else f"none: {n}" for v, n in s["versions"].items())
+        kinds = ", ".join(f"{k} {n}" for k, n in s["kinds"].items())
         line = (
-            f"[{elapsed:7.0f}s] devices {s['devices']} (offline {s['offline']}, gone {s['gone']}) | "
+            f"[{elapsed:7.0f}s] devices {s['devices']} ({kinds}; offline {s['offline']}, gone {s['gone']}) | "
             f"polled {s.get('polls', 0)} ({s.get('polls', 0) / max(elapsed, 1e-9):.1f}/s), requests {s.get('requests', 0)} | "
             f"updating {s['updating']}, updated {s.get('updated', 0)}, failed {s.get('failed', 0)}, "
             f"rollback refused {s['held']}, errors {s.get('errors', 0)} | {versions}"

@@ -8,7 +8,8 @@ tag production): it takes the seeded devices over by having new certificates iss
 generates (the renewal an admin does when a device is re-keyed), and it registers 5 more devices
 through the real registration endpoint, so both doors are exercised. 10% of the devices stay
 offline, 2 production devices never come back after an update, and 20% of installs in group beta
-fail, so the wave status has something to show.
+fail, so the wave status has something to show. 30% of the devices speak aktualizr-lite's protocol
+(devices/aktualizr_device.py), the rest python-tuf's, so both kinds follow every wave.
 """
 import os
 import signal
@@ -45,6 +46,7 @@ def processes():
                 "--fail-rate", "beta=0.2",
                 "--reboot-delay", "10",
                 "--progress", "15",
+                "--aktualizr-share", "0.3",
             ],
         ),
     ]

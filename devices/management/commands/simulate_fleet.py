@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from devices.fleet import take_over
 from devices.models import Device, DeviceGroup
 from devices.services import registration_token_create
-from devices.simulator import Keystore, Simulator, register
+from devices.simulator import Keystore, Simulator, register, register_lmp
 from factory.management.commands._base import application_errors, get_factory
 
 
@@ -21,7 +21,7 @@ def rate(value):
 
 class Command(BaseCommand):
     help = (
-        "Simulate a fleet: every device is a python-tuf client polling the gateway over mutual TLS "
+        "Simulate a fleet: every device is a python-tuf client (or, with --aktualizr-share, one speaking aktualizr-lite's protocol) polling the gateway over mutual TLS "
         "with its own key, downloading, installing and reporting updates."
     )
 
@@ -46,11 +46,15 @@ class Command(BaseCommand):
         parser.add_argument("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
         parser.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines")
         parser.add_argument("--keystore", help="folder of the devices' keys and TUF metadata (default: var/simulator/<factory>)")
+        parser.add_argument("--aktualizr-share", type=float, default=0.0,
+                            help="share of devices (new to the simulator) that speak aktualizr-lite's protocol instead of python-tuf's")
         parser.add_argument("--seed", type=int, help="random seed (which devices are offline, which installs fail)")
 
     def handle(self, *args, **o):
         if not 0 <= o["offline_ratio"] <= 1:
             raise CommandError("--offline-ratio must be between 0 and 1")
+        if not 0 <= o["aktualizr_share"] <= 1:
+            raise CommandError("--aktualizr-share must be between 0 and 1")
         if o["interval"] <= 0 or o["threads"] < 1:
             raise CommandError("--interval must be positive and --threads at least 1")
         factory = get_factory(o["factory"])
@@ -76,6 +80,7 @@ class Command(BaseCommand):
             reboot_delay=o["reboot_delay"],
             seed=o["seed"],
             out=self.stdout,
+            aktualizr_share=o["aktualizr_share"],
         )
         try:
             simulator.run(duration=o["duration"], progress_every=o["progress"])
@@ -96,14 +101,27 @@ class Command(BaseCommand):
             )
         hardware_ids = sorted(set(Device.objects.filter(factory=factory).exclude(hardware_id="").values_list("hardware_id", flat=True))) or ["intel-corei7-64"]
         self.stdout.write(f"Registering {count} devices through {o['web_url']}/devices/register/ ...")
+        # The aktualizr-lite share registers as lmp-device-register does; the others as today.
+        lmp = int(round(count * o["aktualizr_share"]))
         try:
             return register(
                 web_url=o["web_url"],
                 token=token,
                 factory_name=factory.name,
                 keystore=keystore,
-                count=count,
+                count=count - lmp,
                 hardware_ids=hardware_ids,
+                production=not o["register_test"],
+                target_version=o["initial_version"],
+            ) + register_lmp(
+                web_url=o["web_url"],
+                token=token,
+                factory_name=factory.name,
+                keystore=keystore,
+                count=lmp,
+                hardware_ids=hardware_ids,
+                tag=tag,
+                group=group.name if group else None,
                 production=not o["register_test"],
                 target_version=o["initial_version"],
             )
