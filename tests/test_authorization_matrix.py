@@ -10,6 +10,12 @@ import base64
 import functools
 import json
 import re
+from factory import ostree
+from django.conf import settings
+from pathlib import Path
+import tempfile
+import subprocess
+from urllib.parse import urlencode
 
 import pytest
 from django.db import transaction
@@ -96,10 +102,29 @@ def unsigned_wave(world):
 
 # operationId -> list of (action, request); action None: any valid token of any factory.
 # A request is {"path": {param: value or world key}, "query": {...}, "body": {...}, "setup": fn}.
+def ostree_upload(world):
+    """(query, body) publishing a one-file OSTree commit; the factory's repository in a temp dir."""
+    if not ostree.available():
+        pytest.skip("the ostree CLI is not installed")
+    if "ostree" not in world:
+        folder = Path(tempfile.mkdtemp(prefix="bw-authz-ostree-"))
+        settings.OSTREE_DIR = folder / "served"
+        (folder / "repo").mkdir()
+        (folder / "tree").mkdir()
+        (folder / "tree" / "file").write_text("x")
+        run = lambda *a: subprocess.run(["ostree", f"--repo={folder / 'repo'}", *a], check=True, capture_output=True, text=True).stdout.strip()  # noqa: E731
+        run("init", "--mode=archive")
+        commit = run("commit", "--branch=b", f"--tree=dir={folder / 'tree'}", "-s", "s")
+        run("static-delta", "generate", "--empty", "--inline", f"--to={commit}", f"--filename={folder / 'upload'}")
+        world["ostree"] = ({"commit": commit, "version": 51, "hardware_id": "hw", "tag": "production"}, (folder / "upload").read_bytes())
+    return world["ostree"]
+
+
 CASES = {
     "whoami": [(None, {})],
     "factory_show": [("view", {})],
     "targets_list": [("view", {"query": {"tag": "production"}})],
+    "targets_publish_ostree": [("targets.publish", {"query": lambda world: ostree_upload(world)[0], "raw": lambda world: ostree_upload(world)[1]})],
     "targets_publish": [("targets.publish", {"body": {"version": 50, "hardware_ids": ["hw"], "tags": ["production"]}})],
     "audit_list": [("view", {})],
     "targets_production_tags": [("view", {})],
@@ -239,6 +264,9 @@ def _request(client, world, method, path, spec, token):
     if method == "GET":
         return client.get(url, spec.get("query", {}), **headers)
     call = getattr(client, method.lower())
+    if spec.get("raw"):
+        url += "?" + urlencode(spec["query"](world), doseq=True)
+        return call(url, spec["raw"](world), content_type="application/octet-stream", **headers)
     if body is None:
         return call(url, **headers) if method == "DELETE" else call(url, "{}", content_type="application/json", **headers)
     return call(url, json.dumps(body), content_type="application/json", **headers)
