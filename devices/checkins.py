@@ -2,7 +2,8 @@
 
 A poll never writes to the database. The gateway records each check-in in a buffer (Redis when
 REDIS_URL is set, so every gateway process shares it; else the gateway process's memory) and a
-flusher writes the latest check-in of each device with one UPDATE per batch, and the buffered
+flusher writes the latest check-in of each device with one UPDATE per batch, the client facts
+the check-ins carried (User-Agent, OSTree commit, apps) where they changed, and the buffered
 events with one INSERT per batch.
 
 A row the database refuses holds back no other: a refused batch is bisected, each attempt in a
@@ -19,13 +20,16 @@ from datetime import datetime, timezone as dt_timezone
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db.models import FilteredRelation, Q
 
 from .deadletters import dead_letter_record
-from .models import DeadLetter, Device, DeviceEvent
+from .models import DeadLetter, Device, DeviceEvent, DeviceReport
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500
+# What a check-in's headers may say about the client (`reports.client_facts`).
+CLIENT_FACTS = ("user_agent", "ostree_hash", "docker_apps")
 EVENTS_PER_FLUSH = 20_000
 
 # The database is not there (down, restarting, failing over, a dropped connection): keep the rows.
@@ -63,6 +67,7 @@ class Checkin:
     target_version: int | None = None
     tag: str | None = None
     targets_version: int | None = None  # targets metadata version served, if any
+    client: dict | None = None  # {fact: text} of CLIENT_FACTS the request's headers sent
 
     def merge(self, newer):
         """Fold a later check-in of the same device into this one."""
@@ -72,6 +77,12 @@ class Checkin:
                 self.target_name, self.target_version = newer.target_name, newer.target_version
             if newer.tag is not None:
                 self.tag = newer.tag
+            if newer.client:
+                self.client = {**(self.client or {}), **newer.client}
+        elif newer.client:
+            # An older check-in (a restored one, another gateway's) only fills in facts the
+            # newer ones did not send.
+            self.client = {**newer.client, **(self.client or {})}
         if newer.targets_version is not None and (self.targets_version is None or newer.targets_version > self.targets_version):
             self.targets_version = newer.targets_version
 
@@ -128,24 +139,35 @@ class RedisBuffer:
 
     A request only updates this process's memory; each flush first pushes that memory to Redis in
     one pipeline, then drains Redis, so whichever process flushes writes every process's check-ins.
-    Check-ins: hashes device id -> last seen, -> latest reported target, -> latest reported tag
-    (a request without the headers leaves the earlier values), and a sorted set device id ->
-    highest targets version served (ZADD GT keeps the maximum). Events go straight to a list.
+    Check-ins: hashes device id -> last seen, -> latest reported target, -> latest reported tag,
+    -> each client fact (a request without the headers leaves the earlier values), and a sorted
+    set device id -> highest targets version served (ZADD GT keeps the maximum). Events go
+    straight to a list.
     Draining is one MULTI, so two flushers never take the same entries.
 
     Gateways push whenever their own flush comes, so a device's older check-in (its poll through
     one gateway) can reach Redis after its newer one (through another): a script moves last seen,
-    target and tag only forward, as MemoryBuffer.merge does.
+    target and tag only forward, and lets an older check-in's client facts fill in only facts not
+    held yet, as MemoryBuffer.merge does.
     """
 
-    # KEYS: seen, target, tag. ARGV: device id, seen, target or "", tag or "" per device.
+    # KEYS: seen, target, tag, then one hash per client fact (CLIENT_FACTS' order). ARGV per
+    # device: id, seen, target or "", tag or "", then each fact or "".
     PUSH = """
-        for i = 1, #ARGV, 4 do
+        local stride = 1 + #KEYS
+        for i = 1, #ARGV, stride do
             local current = redis.call('HGET', KEYS[1], ARGV[i])
-            if not current or tonumber(ARGV[i + 1]) >= tonumber(current) then
+            local newer = not current or tonumber(ARGV[i + 1]) >= tonumber(current)
+            if newer then
                 redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
                 if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2]) end
                 if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 3]) end
+            end
+            for k = 4, #KEYS do
+                local fact = ARGV[i + k]
+                if fact ~= '' then
+                    if newer then redis.call('HSET', KEYS[k], ARGV[i], fact) else redis.call('HSETNX', KEYS[k], ARGV[i], fact) end
+                end
             end
         end
         return 0
@@ -161,6 +183,7 @@ class RedisBuffer:
         self._target_key = f"{prefix}:target"
         self._tag_key = f"{prefix}:tag"
         self._served_key = f"{prefix}:targets-served"
+        self._client_keys = [f"{prefix}:client:{fact}" for fact in CLIENT_FACTS]
         self._events_key = f"{prefix}:events"
         self._push = self._redis.register_script(self.PUSH)
         self._undecodable = []
@@ -175,13 +198,14 @@ class RedisBuffer:
             return
         items = list(pending.items())
         served = {device_id: c.targets_version for device_id, c in items if c.targets_version is not None}
-        keys = [self._seen_key, self._target_key, self._tag_key]
+        keys = [self._seen_key, self._target_key, self._tag_key, *self._client_keys]
         pipe = self._redis.pipeline(transaction=False)
         for start in range(0, len(items), self.PUSH_CHUNK):
             args = []
             for device_id, c in items[start : start + self.PUSH_CHUNK]:
                 target = json.dumps([c.target_name, c.target_version]) if c.target_name is not None else ""
-                args += [device_id, repr(c.seen), target, c.tag or ""]
+                client = c.client or {}
+                args += [device_id, repr(c.seen), target, c.tag or "", *(client.get(fact) or "" for fact in CLIENT_FACTS)]
             self._push(keys=keys, args=args, client=pipe)
         if served:
             pipe.zadd(self._served_key, served, gt=True)
@@ -195,13 +219,13 @@ class RedisBuffer:
 
     def drain_checkins(self):
         self.push()
-        keys = (self._seen_key, self._target_key, self._tag_key)
+        keys = (self._seen_key, self._target_key, self._tag_key, *self._client_keys)
         pipe = self._redis.pipeline(transaction=True)
         for key in keys:
             pipe.hgetall(key)
         pipe.zrange(self._served_key, 0, -1, withscores=True)
         pipe.delete(*keys, self._served_key)
-        seen, targets, tags, served, _ = pipe.execute()
+        seen, targets, tags, *facts, served, _ = pipe.execute()
         pending = {}
 
         def entry(key, field, raw, parse):
@@ -220,8 +244,10 @@ class RedisBuffer:
                 checkin.target_name, checkin.target_version = value
             elif field == b"tag":
                 checkin.tag = value
-            else:
+            elif field == b"targets-served":
                 checkin.targets_version = value
+            else:
+                checkin.client = {**(checkin.client or {}), field.decode(): value}
 
         for device_id, raw in seen.items():
             entry(device_id, b"seen", raw, _finite)
@@ -229,6 +255,9 @@ class RedisBuffer:
             entry(device_id, b"target", raw, _target_pair)
         for device_id, raw in tags.items():
             entry(device_id, b"tag", raw, lambda raw: raw.decode())
+        for fact, values in zip(CLIENT_FACTS, facts):
+            for device_id, raw in values.items():
+                entry(device_id, fact.encode(), raw, lambda raw: raw.decode())
         for device_id, score in served:
             entry(device_id, b"targets-served", repr(score).encode(), lambda raw: int(float(raw)))
         return pending
@@ -416,6 +445,97 @@ def _update_batch(items):
         return cursor.rowcount
 
 
+def clients_write(checkins):
+    """Store the client facts that {device id: Checkin} carried as each device's CLIENT report,
+    only where they change it; returns how many reports were written.
+
+    Per batch one query reads the devices' stored reports and one upsert writes the changed ones:
+    a steady fleet costs a read per BATCH devices and no write, whatever its size. The newest
+    value of each fact wins: a check-in older than the stored report (two gateways flushing out
+    of order) only fills in facts the report lacks. Facts that are not text, or that the database
+    refuses, become dead letters; if the database cannot be reached, raises Unwritten with the
+    check-ins (their time and facts only) not yet written.
+    """
+    items = sorted((device_id, c) for device_id, c in checkins.items() if c.client)
+    handled = set()
+    written = 0
+    try:
+        for start in range(0, len(items), BATCH):
+            batch = items[start : start + BATCH]
+            stored = _clients_stored([device_id for device_id, _ in batch])
+            changed = []
+            for device_id, c in batch:
+                if device_id not in stored:
+                    handled.add(device_id)  # deleted since it checked in, or no device at all
+                    continue
+                factory_id, content, received_at = stored[device_id]
+                try:
+                    report = _client_report(device_id, c, content, received_at)
+                except MALFORMED as exc:
+                    _client_refused(device_id, c, factory_id, f"not client facts: {exc!r}")
+                    handled.add(device_id)
+                    continue
+                if report is None:
+                    handled.add(device_id)
+                else:
+                    changed.append((device_id, (report, c, factory_id)))
+
+            def upsert(part):
+                reports = [report for _, (report, _, _) in part]
+                return len(DeviceReport.objects.bulk_create(reports, update_conflicts=True, unique_fields=["device", "kind"], update_fields=["content", "received_at"]))
+
+            def refused(item, error):
+                device_id, (_, c, factory_id) = item
+                if Device.objects.filter(pk=device_id).exists():
+                    _client_refused(device_id, c, factory_id, error)
+
+            written += _isolated(changed, upsert, refused, handled)
+    except UNAVAILABLE as exc:
+        raise Unwritten({device_id: Checkin(seen=c.seen, client=c.client) for device_id, c in items if device_id not in handled}) from exc
+    return written
+
+
+def _clients_stored(device_ids):
+    """{device id: (factory id, CLIENT report content or None, its received_at or None)} of the
+    devices that exist, in one query (a LEFT JOIN on the unique (device, kind) pair)."""
+    ids = [i for i in device_ids if isinstance(i, int) and not isinstance(i, bool)]
+    rows = (
+        Device.objects.filter(pk__in=ids)
+        .annotate(client=FilteredRelation("reports", condition=Q(reports__kind=DeviceReport.Kind.CLIENT)))
+        .values_list("id", "factory_id", "client__content", "client__received_at")
+    )
+    return {device_id: rest for device_id, *rest in rows}
+
+
+def _client_report(device_id, c, content, received_at):
+    """The DeviceReport to upsert for a check-in's facts, or None if it changes nothing;
+    MALFORMED errors if the facts are not what `reports.client_facts` makes."""
+    if not isinstance(c.client, dict):
+        raise TypeError("the client facts are not a mapping")
+    for fact, value in c.client.items():
+        if fact not in CLIENT_FACTS or not isinstance(value, str):
+            raise TypeError(f"{fact!r} is not a client fact with text")
+    try:
+        known = json.loads(content) if content else {}
+    except ValueError:
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    seen = _stamp(c.seen)
+    if received_at is not None and seen < received_at:
+        merged, seen = {**c.client, **known}, received_at
+    else:
+        merged = {**known, **c.client}
+    if merged == known:
+        return None
+    return DeviceReport(device_id=device_id, kind=DeviceReport.Kind.CLIENT, content=json.dumps(merged, sort_keys=True), received_at=seen)
+
+
+def _client_refused(device_id, c, factory_id, error):
+    dead_letter_record(
+        kind=DeadLetter.Kind.CHECKIN, raw={"device_id": device_id, "seen": c.seen, "client": c.client}, error=error, device_id=device_id, factory_id=factory_id
+    )
+
+
 def _event(row):
     """The DeviceEvent of a buffered row; MALFORMED errors if the row is not one."""
     device_id, factory_id = row["device_id"], row["factory_id"]
@@ -551,6 +671,15 @@ def flush(buf=None):
     except Exception:
         # Batches that did commit are written again harmlessly: a write only moves a device forward.
         buf.restore_checkins(pending)
+        raise
+    try:
+        clients_write(pending)
+    except Unwritten as exc:
+        buf.restore_checkins(exc.pending)
+        raise
+    except Exception:
+        # Restored with their facts only; the devices' rows were written above.
+        buf.restore_checkins({device_id: Checkin(seen=c.seen, client=c.client) for device_id, c in pending.items() if c.client})
         raise
     _dead_letters_undecodable(buf)
     events = 0

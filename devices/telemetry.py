@@ -1,5 +1,6 @@
-"""What devices say about themselves (hardware, network, client configuration, apps, the client
-they run), kept as the latest report of each kind per device.
+"""What devices say about themselves (hardware, network, client configuration, apps), kept as the
+latest report of each kind per device. The client they run comes in every request's headers: it
+travels with the check-in and `devices.checkins` writes it at the flush.
 
 These come rarely (aktualizr-lite sends them when it starts and when they change), so each is one
 upsert, no buffer: a buffered write would have to keep bodies of up to 64 KiB in Redis for
@@ -7,7 +8,6 @@ seconds to save a write that happens a few times per device per boot. A report e
 one this process wrote for the device is not written again.
 """
 import hashlib
-import json
 import threading
 from collections import OrderedDict
 
@@ -44,29 +44,7 @@ def device_report_store(*, device_id, kind, content):
     return True
 
 
-def device_client_store(*, device_id, facts):
-    """Record what the request headers said about the client (User-Agent, OSTree commit, apps);
-    a header a request does not send keeps what an earlier one said."""
-    if not facts:
-        return False
-    with _recent_lock:
-        known = _client_facts.get(device_id)
-    merged = {**(known or {}), **facts}
-    if merged == known:
-        return False
-    written = device_report_store(device_id=device_id, kind=DeviceReport.Kind.CLIENT, content=json.dumps(merged, sort_keys=True))
-    with _recent_lock:
-        _client_facts[device_id] = merged
-        while len(_client_facts) > RECENT_SIZE:
-            _client_facts.popitem(last=False)
-    return written
-
-
-_client_facts = OrderedDict()  # device id -> the client facts last written by this process
-
-
 def recent_forget():
     """Forget what this process wrote (tests; a process that must write everything again)."""
     with _recent_lock:
         _recent.clear()
-        _client_facts.clear()

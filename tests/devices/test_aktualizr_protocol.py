@@ -97,6 +97,7 @@ def test_a_bad_optional_header_is_ignored_not_refused(aklite, header, value):
     assert aklite("/device", headers=good).status == 200
     answer = aklite("/device", headers={**good, header: value})
     assert answer.status == 200, answer.body
+    checkins.flush()
     facts = client_facts(aklite.device)
     assert facts == {"user_agent": "Aktualizr/2024.12", "ostree_hash": "ab" * 32, "docker_apps": "shellhttpd"}
 
@@ -104,11 +105,14 @@ def test_a_bad_optional_header_is_ignored_not_refused(aklite, header, value):
 def test_the_client_facts_are_written_only_when_they_change(aklite):
     headers = json.loads(fixture("headers-telemetry.json"))
     aklite("/device", headers=headers)
+    checkins.flush()
     stamp = DeviceReport.objects.get(device=aklite.device, kind=DeviceReport.Kind.CLIENT).received_at
     for _ in range(3):
         aklite("/device", headers=headers)
+    checkins.flush()
     assert DeviceReport.objects.get(device=aklite.device, kind=DeviceReport.Kind.CLIENT).received_at == stamp
     aklite("/device", headers={**headers, "User-Agent": "Aktualizr/2025.1"})
+    checkins.flush()
     assert client_facts(aklite.device)["user_agent"] == "Aktualizr/2025.1"
 
 
@@ -250,6 +254,7 @@ def test_telemetry_is_stored_latest_of_each_kind_and_shown_escaped(aklite, clien
         assert answer.status == 200, (path, answer.body)
     network = {"local_ipv4": "10.0.0.7", "mac": "02:42:ac:11:00:03", "hostname": "renamed"}
     assert aklite("/system_info/network", method="PUT", body=json.dumps(network).encode()).status == 200
+    checkins.flush()
     stored = {r.kind: r.content for r in DeviceReport.objects.filter(device=aklite.device)}
     assert set(stored) == {kind for *_, kind in TELEMETRY} | {DeviceReport.Kind.CLIENT}
     assert json.loads(stored[DeviceReport.Kind.NETWORK])["hostname"] == "renamed"

@@ -18,8 +18,9 @@ factory CA. A device reads only its own view:
     GET  /device                what the gateway knows about the device
 
 Every request is a check-in (last seen; `x-ats-tags` and `x-ats-target` headers carry the tag and
-the current target), buffered and written in batches by `devices.checkins`: no database write
-per request, and after warm-up no database read per request either.
+the current target; User-Agent, `x-ats-ostreehash` and `x-ats-dockerapps` what the client is),
+buffered and written in batches by `devices.checkins`: no database write per request, and after
+warm-up no database read per request either.
 """
 import copy
 import hashlib
@@ -46,7 +47,7 @@ from django.db import DatabaseError, close_old_connections, connections  # noqa:
 
 from devices import checkins, pki, reports  # noqa: E402
 from devices.models import Device, DeviceCA, DeviceReport  # noqa: E402
-from devices.telemetry import device_client_store, device_report_store  # noqa: E402
+from devices.telemetry import device_report_store  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
 from factory.tuf.flavours import flavour_of  # noqa: E402
@@ -212,7 +213,9 @@ class Gateway:
             target_name = reports.checkin_target(environ.get("HTTP_X_ATS_TARGET"))
         except reports.ReportError as exc:
             raise Refused(400, exc.message) from None
-        checkin = checkins.Checkin(seen=seen, target_name=target_name, target_version=reports.target_version(target_name), tag=tag)
+        checkin = checkins.Checkin(
+            seen=seen, target_name=target_name, target_version=reports.target_version(target_name), tag=tag, client=reports.client_facts(environ) or None
+        )
         # The view follows the tag the device says it follows, at once; the database catches up
         # with the next flush.
         view_device = device
@@ -243,17 +246,7 @@ class Gateway:
         finally:
             # A refused request of an authenticated device still tells us it is alive.
             checkins.buffer().checkin(device.pk, checkin)
-            self._client_record(device, environ)
         return response
-
-    def _client_record(self, device, environ):
-        """What the headers say about the client: written only when it changed (once per device
-        and process in a steady fleet). A database error here costs the device nothing: the
-        next request tries again."""
-        try:
-            device_client_store(device_id=device.pk, facts=reports.client_facts(environ))
-        except DatabaseError:
-            self._outage_log.report()
 
     # --- who is asking ------------------------------------------------------------------------
 
