@@ -9,9 +9,9 @@ import binascii
 import json
 import re
 
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from factory.errors import ApplicationError
 
@@ -26,16 +26,24 @@ def _error(message, status, code="invalid"):
     return JsonResponse({"error": message, "code": code}, status=status)
 
 
-@csrf_exempt  # devices authenticate with the token in the body, not with a session cookie
-@require_POST
-def register(request):
-    """POST {"token", "csr", "name"?, "hardware_id"?} -> 201 with the device's certificate."""
+def _oversized(request):
+    """The error for a body too large to read (judged by Content-Length, before reading), or None."""
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return _error("the Content-Length header is not a number", 400)
     if length > MAX_BODY:
         return _error(f"the request is larger than {MAX_BODY} bytes", 413, "too_large")
+    return None
+
+
+@csrf_exempt  # devices authenticate with the token in the body, not with a session cookie
+@require_POST
+def register(request):
+    """POST {"token", "csr", "name"?, "hardware_id"?} -> 201 with the device's certificate."""
+    oversized = _oversized(request)
+    if oversized:
+        return oversized
     try:
         data = json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays nested thousands deep
@@ -113,15 +121,16 @@ def _overrides_check(overrides):
 
 
 @csrf_exempt  # lmp-device-register authenticates with its token header, not a session cookie
-@require_POST
+@require_http_methods(["HEAD", "POST"])
 def lmp_register(request):
     """POST lmp-device-register's JSON -> 201 {"client.pem", "root.crt", "sota.toml"}."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return _error("the Content-Length header is not a number", 400)
-    if length > MAX_BODY:
-        return _error(f"the request is larger than {MAX_BODY} bytes", 413, "too_large")
+    if request.method == "HEAD":
+        # The tool pings the URL before it registers: a quiet "here" rather than a 405 that
+        # every registration would log as a warning.
+        return HttpResponse(status=204)
+    oversized = _oversized(request)
+    if oversized:
+        return oversized
     token = _lmp_token(request)
     if not token:
         return _error("send the registration token in an OSF-TOKEN header (or Authorization: Bearer)", 401, "unauthenticated")
