@@ -32,7 +32,8 @@ from .conftest import (
 INTERVAL = 0.5  # seconds between a device's polls (a real fleet: minutes)
 # The simulator logs each failed device step at DEBUG as "<device>: <error>" and carries on.
 FAILED_STEP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) DEBUG breakwater\.simulator (\S+): ", re.M)
-PROGRESS = re.compile(r"devices (\d+) \(offline (\d+), gone (\d+)\).*errors (\d+)")
+# "devices N (tuf N; offline N, gone N)": the kinds of device come first when the line has them.
+PROGRESS = re.compile(r"devices (\d+) \((?:[^;)]*; )?offline (\d+), gone (\d+)\).*errors (\d+)")
 
 
 def failed_steps(log):
