@@ -125,3 +125,24 @@ class CiTarget(models.Model):
     def __str__(self):
         return self.name
 
+
+
+class RereleaseVersion(models.Model):
+    """A version number a re-release (a revert or a rollback) took from the factory's build sequence.
+
+    Builds and re-releases share one sequence of numbers: a re-release takes the next number above
+    every CI build and every earlier re-release, and CI cannot publish a build under a number taken
+    here, so a target name and a version always mean one content.
+    """
+
+    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="rerelease_versions")
+    version = models.PositiveIntegerField()
+    # The CI build whose content the re-release carries.
+    build_version = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["factory", "version"], name="rereleaseversion_factory_version_unique")]
+
+    def __str__(self):
+        return f"{self.version} (build {self.build_version})"

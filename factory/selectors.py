@@ -1,8 +1,9 @@
 """Factory-wide reads shared by the dashboard and the tasks."""
 from django.conf import settings
+from django.db.models import Max
 from django.utils import timezone
 
-from .models import AuditEntry
+from .models import AuditEntry, CiTarget, RereleaseVersion
 
 
 def status_cache_key(kind, factory, *parts):
@@ -14,3 +15,12 @@ def status_cache_key(kind, factory, *parts):
     # Times as well as ids: ids can repeat after a rolled-back transaction (SQLite), times do not.
     change = f"{latest[0]}@{latest[1].timestamp()}" if latest else "none"
     return ":".join(str(p) for p in ("bw", kind, factory.id, factory.created_at.timestamp(), *parts, change, bucket)), interval
+
+
+def release_version_next(*, factory):
+    """The next number of the factory's one sequence of builds and re-releases."""
+    highest = max(
+        CiTarget.objects.filter(factory=factory).aggregate(v=Max("version"))["v"] or 0,
+        RereleaseVersion.objects.filter(factory=factory).aggregate(v=Max("version"))["v"] or 0,
+    )
+    return highest + 1

@@ -11,9 +11,10 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from .auth import actor_name, authorize
-from .errors import ApplicationError
-from .models import ApiToken, AuditEntry, Factory, Membership, Role
+from .errors import ApplicationError, Conflict
+from .models import ApiToken, AuditEntry, Factory, Membership, RereleaseVersion, Role
 from .names import name_clean
+from .selectors import release_version_next
 
 TOKEN_PREFIX = "bw"
 
@@ -122,3 +123,27 @@ def api_token_authenticate(plain):
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token
+
+
+def rerelease_version_claim(*, factory, build_version):
+    """Take the next number of the factory's build sequence for a re-release of `build_version`.
+
+    Inside the caller's transaction: the factory's row is locked, as CI's publish locks it, so a
+    re-release and a build published at the same moment never get the same number.
+    """
+    Factory.objects.select_for_update().filter(pk=factory.pk).first()
+    version = release_version_next(factory=factory)
+    RereleaseVersion.objects.create(factory=factory, version=version, build_version=int(build_version))
+    return version
+
+
+def build_version_check_free(*, factory, version):
+    """Refuse a CI build numbered like a re-release: one number, one content. Locks the factory's
+    row for the caller's transaction (see rerelease_version_claim)."""
+    Factory.objects.select_for_update().filter(pk=factory.pk).first()
+    taken = RereleaseVersion.objects.filter(factory=factory, version=version).first()
+    if taken is not None:
+        raise Conflict(
+            f"version {version} is taken by a re-release of build {taken.build_version}: builds and re-releases share one "
+            f"sequence of numbers; publish this build as {release_version_next(factory=factory)} or later"
+        )

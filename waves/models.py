@@ -19,6 +19,9 @@ class Wave(models.Model):
     version = models.PositiveIntegerField()
     tag = models.CharField(max_length=64)
     source_tag = models.CharField(max_length=64, blank=True)
+    # A re-release (a revert): the CI build whose content the wave carries at its own, higher,
+    # `version`; null for a wave of build `version` itself.
+    rerelease_of = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNSIGNED)
     pruned_versions = models.JSONField(default=list, blank=True)
     expires_at = models.DateTimeField()
@@ -46,6 +49,11 @@ class Wave(models.Model):
     @property
     def is_open(self):
         return self.status in self.OPEN_STATUSES
+
+    @property
+    def build_version(self):
+        """The CI build whose content the wave releases."""
+        return self.rerelease_of or self.version
 
 
 class Rollout(models.Model):

@@ -26,7 +26,7 @@ def wave_delta_pairs(*, wave):
             for hwid in target["hardware_ids"]:
                 production[hwid] = target["sha256"]
     pairs = []
-    for target in CiTarget.objects.filter(factory=factory, version=wave.version).order_by("hardware_id"):
+    for target in CiTarget.objects.filter(factory=factory, version=wave.build_version).order_by("hardware_id"):
         source = production.get(target.hardware_id)
         if (
             source
@@ -53,7 +53,7 @@ def wave_deltas_generate(*, wave):
 def wave_deltas_enqueue(*, wave):
     """After the wave's transaction commits (never for a wave that was rolled back); only for a
     build with OSTree targets."""
-    builds = CiTarget.objects.filter(factory=wave.factory, version=wave.version, custom__targetFormat="OSTREE")
+    builds = CiTarget.objects.filter(factory=wave.factory, version=wave.build_version, custom__targetFormat="OSTREE")
     if ostree.available() and builds.exists():
         transaction.on_commit(lambda: wave_deltas_task.delay(wave.id))
 

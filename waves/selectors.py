@@ -65,6 +65,15 @@ def wave_list(*, factory, status=None, tag=None, page=1, per_page=20):
     return Paginator(waves, per_page).get_page(page)
 
 
+def tag_served_version(*, factory, tag):
+    """The wave of the highest version devices on `tag` were ever served (a wave that was active,
+    whatever became of it since), or None. A new wave must go above it: TUF clients refuse a
+    targets version lower than one they have seen."""
+    return (
+        Wave.objects.filter(factory=factory, tag=tag, activated_at__isnull=False).only("name", "version").order_by("-version").first()
+    )
+
+
 def wave_signing_payload(wave):
     return wave_targets.wave_signing_payload(bytes(wave.targets))
 

@@ -19,7 +19,8 @@ from devices.uuids import parse_uuid_list
 from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict, NotFound
 from factory.models import CiTarget
-from factory.services import audit_record
+from factory.selectors import release_version_next
+from factory.services import audit_record, rerelease_version_claim
 from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import signed_views, wave_targets
 
@@ -27,6 +28,7 @@ from .models import Rollout, Wave, WaveDevice, WaveGroup
 from .ostree_deltas import wave_deltas_enqueue
 from .outcomes import not_updated_q, version_updated
 from .scope import limit_parse, sample_size, scope_require
+from . import selectors
 from .selectors import offline_cutoff
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,37 @@ def _int_list(values, what):
     return sorted(set(out))
 
 
+def _wave_new_checks(*, factory, actor, name, tag, source_tag, prune):
+    """What every new wave (a build's or a re-release) must pass; returns the prune versions."""
+    authorize(user=actor, factory=factory, action="wave.manage")
+    _validate_name(name, "wave name")
+    if name.lower() in RESERVED_WAVE_NAMES:
+        raise ApplicationError(f"{name!r} is reserved; choose another wave name")
+    _validate_name(tag, "tag")
+    if source_tag:
+        _validate_name(source_tag, "source tag")
+    prune = _int_list(prune, "prune version")
+    production_versions = tuf_selectors.production_targets_versions(factory=factory, tag=tag)
+    unknown = [v for v in prune if v not in production_versions]
+    if unknown:
+        raise ApplicationError(f"cannot prune {', '.join(map(str, unknown))}: not in the production targets of tag {tag}")
+    if Wave.objects.filter(factory=factory, name=name).exists():
+        raise Conflict(f"a wave named {name} already exists")
+    open_wave = Wave.objects.filter(factory=factory, tag=tag, status__in=Wave.OPEN_STATUSES).first()
+    if open_wave is not None:
+        raise Conflict(f"wave {open_wave.name} is still {open_wave.status} on tag {tag}; complete or cancel it first")
+    open_tags = Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES).values_list("tag", flat=True)
+    signed_views.production_tag_admit(factory_id=factory.id, tag=tag, open_wave_tags=open_tags)
+    return prune
+
+
+def _version(value, what):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ApplicationError(f"{what} {str(value)[:20]!r} is not a number") from None
+
+
 def wave_init(
     *, factory, actor, name, version, tag, prune=(), expires_days=None, expires_at=None, source_tag=None, dry_run=False,
     signatures=None, key_archive=None, aktualizr_signatures=None,
@@ -98,20 +131,9 @@ def wave_init(
     cannot sign, a bad archive or a tag over BREAKWATER_TUF_MAX_TAGS leaves no wave behind.
     """
     authorize(user=actor, factory=factory, action="wave.manage")
-    _validate_name(name, "wave name")
-    if name.lower() in RESERVED_WAVE_NAMES:
-        raise ApplicationError(f"{name!r} is reserved; choose another wave name")
-    _validate_name(tag, "tag")
-    if source_tag:
-        _validate_name(source_tag, "source tag")
-    try:
-        version = int(version)
-    except (TypeError, ValueError):
-        raise ApplicationError(f"target version {str(version)[:20]!r} is not a number") from None
-    prune = _int_list(prune, "prune version")
+    version = _version(version, "target version")
     now = timezone.now()
     expires = _expiry(expires_days, expires_at, now)
-
     build = CiTarget.objects.filter(factory=factory, version=version)
     if not build.exists():
         raise NotFound(f"CI build {version} does not exist")
@@ -124,17 +146,14 @@ def wave_init(
         raise Conflict(f"version {version} is already in the production targets of tag {tag}")
     if current is not None and version <= current:
         raise ApplicationError(f"version {version} must be higher than tag {tag}'s current production targets version {current}")
-    unknown = [v for v in prune if v not in production_versions]
-    if unknown:
-        raise ApplicationError(f"cannot prune {', '.join(map(str, unknown))}: not in the production targets of tag {tag}")
-    if Wave.objects.filter(factory=factory, name=name).exists():
-        raise Conflict(f"a wave named {name} already exists")
-    open_wave = Wave.objects.filter(factory=factory, tag=tag, status__in=Wave.OPEN_STATUSES).first()
-    if open_wave is not None:
-        raise Conflict(f"wave {open_wave.name} is still {open_wave.status} on tag {tag}; complete or cancel it first")
-    open_tags = Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES).values_list("tag", flat=True)
-    signed_views.production_tag_admit(factory_id=factory.id, tag=tag, open_wave_tags=open_tags)
-
+    served = selectors.tag_served_version(factory=factory, tag=tag)
+    # The same build again (a canceled wave re-initialized) is the same version with the same content.
+    if served is not None and version < served.version:
+        raise ApplicationError(
+            f"devices on tag {tag} were served version {served.version} (wave {served.name}); build {version} can reach them "
+            f"only as a re-release at a higher version: breakwater waves revert NAME {tag} --to {version}"
+        )
+    prune = _wave_new_checks(factory=factory, actor=actor, name=name, tag=tag, source_tag=source_tag, prune=prune)
     targets = wave_targets.wave_targets_build(factory=factory, tag=tag, version=version, prune=prune, expires_at=expires, source_tag=source_tag)
     wave = Wave(
         factory=factory,
@@ -150,22 +169,70 @@ def wave_init(
     if dry_run:
         return wave
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                wave.save()
-        except IntegrityError:
-            # Lost a race with a concurrent init: the database constraints decided.
-            raise Conflict(f"another wave was just created on tag {tag} or with the name {name}") from None
-        audit_record(
-            factory=factory,
-            actor=actor,
-            action="wave.init",
-            target=name,
-            details={"version": version, "tag": tag, "prune": prune, "expires": expires.isoformat(), "source_tag": source_tag or ""},
+        return _wave_open(wave, actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
+
+
+def wave_revert(
+    *, factory, actor, name, tag, to_version, prune=(), expires_days=None, expires_at=None, source_tag=None, dry_run=False,
+    signatures=None, key_archive=None, aktualizr_signatures=None,
+):  # fmt: skip
+    """Take `tag` back to build `to_version`: a wave that re-releases that build's content (the
+    same hashes, the same OSTree commit) under new target names at the next number of the
+    factory's build sequence. Devices' clients only ever move up (a higher version, a higher TUF
+    targets version), so going back is a release above everything the tag has served. Signed
+    offline and rolled out in phases like any wave.
+    """
+    authorize(user=actor, factory=factory, action="wave.manage")
+    to_version = _version(to_version, "build version")
+    now = timezone.now()
+    expires = _expiry(expires_days, expires_at, now)
+    prune = _wave_new_checks(factory=factory, actor=actor, name=name, tag=tag, source_tag=source_tag, prune=prune)
+
+    def build(version):
+        targets = wave_targets.rerelease_targets_build(
+            factory=factory, tag=tag, build_version=to_version, version=version, prune=prune, expires_at=expires, source_tag=source_tag
         )
-        wave_deltas_enqueue(wave=wave)
-        if signatures or key_archive or aktualizr_signatures:
-            wave = wave_sign(wave=wave, actor=actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
+        return Wave(
+            factory=factory,
+            name=name,
+            version=version,
+            rerelease_of=to_version,
+            tag=tag,
+            source_tag=source_tag or "",
+            pruned_versions=prune,
+            expires_at=expires,
+            targets=targets,
+            created_by=actor,
+        )
+
+    if dry_run:
+        return build(release_version_next(factory=factory))
+    with transaction.atomic():
+        wave = build(rerelease_version_claim(factory=factory, build_version=to_version))
+        return _wave_open(wave, actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
+
+
+def _wave_open(wave, actor, *, signatures, key_archive, aktualizr_signatures):
+    """Save a new wave (in the caller's transaction), audit it, and sign it if signatures came."""
+    try:
+        with transaction.atomic():
+            wave.save()
+    except IntegrityError:
+        # Lost a race with a concurrent init: the database constraints decided.
+        raise Conflict(f"another wave was just created on tag {wave.tag} or with the name {wave.name}") from None
+    details = {
+        "version": wave.version,
+        "tag": wave.tag,
+        "prune": wave.pruned_versions,
+        "expires": wave.expires_at.isoformat(),
+        "source_tag": wave.source_tag,
+    }
+    if wave.rerelease_of is not None:
+        details["rerelease_of"] = wave.rerelease_of
+    audit_record(factory=wave.factory, actor=actor, action="wave.revert" if wave.rerelease_of else "wave.init", target=wave.name, details=details)
+    wave_deltas_enqueue(wave=wave)
+    if signatures or key_archive or aktualizr_signatures:
+        wave = wave_sign(wave=wave, actor=actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
     return wave
 
 

@@ -95,6 +95,21 @@ def target_version(target):
         return None
 
 
+def content_source(path, custom):
+    """(target name, build version) whose content the target `path` with `custom` carries: its
+    own, or for a re-release the original build's (a re-release of a re-release names the first)."""
+    origin = custom.get("rerelease_of") if isinstance(custom, dict) else None
+    if isinstance(origin, dict) and isinstance(origin.get("target"), str):
+        try:
+            return origin["target"], int(origin.get("version"))
+        except (TypeError, ValueError):
+            pass
+    try:
+        return path, int((custom or {}).get("version"))
+    except (TypeError, ValueError, AttributeError):
+        return path, None
+
+
 def targets_verification(root, targets_md):
     return root.get_verification_result("targets", targets_md.signed_bytes, targets_md.signatures)
 

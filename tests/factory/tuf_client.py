@@ -18,6 +18,7 @@ from tuf.ngclient import FetcherInterface, Updater
 from factory.project.gateway.http1 import PEER_CERTIFICATE
 from factory.artifacts import synthetic_artifact
 from factory.errors import NotFound
+from factory.tuf import metadata as md
 from factory.tuf.services.root_changes import offline_key_generate
 from waves import served_views
 
@@ -54,7 +55,10 @@ class RepositoryFetcher(FetcherInterface):
             name = url[len(TARGETS_URL):]
             if name not in served_views.target_names_for(device=self.device):
                 raise tuf_exceptions.DownloadHTTPError(f"{name} not found", 404)
-            return iter([synthetic_artifact(self.device.factory.name, name)])
+            # A re-release's file is the file of the target whose content it carries.
+            data, _etag = served_views.device_metadata(device=self.device, filename="targets.json")
+            custom = json.loads(data)["signed"]["targets"][name].get("custom")
+            return iter([synthetic_artifact(self.device.factory.name, md.content_source(name, custom)[0])])
         raise tuf_exceptions.DownloadHTTPError(url, 404)
 
 

@@ -50,6 +50,7 @@ from devices.models import Device, DeviceCA, DeviceReport  # noqa: E402
 from devices.telemetry import device_report_store  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
+from factory.tuf import metadata as md  # noqa: E402
 from factory.tuf.flavours import flavour_of  # noqa: E402
 from waves.served_views import device_metadata  # noqa: E402
 
@@ -325,8 +326,9 @@ class Gateway:
         info = self._targets.get(etag)
         if info is None:
             signed = json.loads(data)["signed"]
+            # A re-release carries an earlier target's content: its file is that target's.
             files = {
-                name: (int(meta.get("length", -1)), (meta.get("hashes") or {}).get("sha256"))
+                name: (int(meta.get("length", -1)), (meta.get("hashes") or {}).get("sha256"), md.content_source(name, meta.get("custom"))[0])
                 for name, meta in (signed.get("targets") or {}).items()
             }
             info = (int(signed["version"]), files)
@@ -348,11 +350,11 @@ class Gateway:
                 name = rest
         if name not in files:
             raise Refused(404, "this target is not in the device's targets")
-        length, sha256 = files[name]
-        key = (device.factory.name, name, sha256)
+        length, sha256, source = files[name]
+        key = (device.factory.name, source, sha256)
         blob = self._artifacts.get(key)
         if blob is None:
-            blob = synthetic_artifact(device.factory.name, name)
+            blob = synthetic_artifact(device.factory.name, source)
             if len(blob) != length or hashlib.sha256(blob).hexdigest() != sha256:
                 raise Refused(404, "this target's file is not stored on this server")
             self._artifacts.put(key, blob)

@@ -15,7 +15,7 @@ from factory.artifacts import synthetic_artifact
 from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict
 from factory.models import CiTarget, Factory
-from factory.services import audit_record
+from factory.services import audit_record, build_version_check_free
 
 from .. import keys as tuf_keys
 from .. import metadata as md
@@ -148,6 +148,7 @@ def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, target
     created = []
     try:
         with transaction.atomic():
+            build_version_check_free(factory=factory, version=version)
             for hwid in hardware_ids:
                 name = f"{hwid}-lmp-{version}"
                 if hwid in targets:

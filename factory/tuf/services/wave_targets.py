@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 from tuf.api.metadata import Targets
 
-from factory.errors import ApplicationError
+from factory.errors import ApplicationError, NotFound
 from factory.models import CiTarget
 
 from .. import aktualizr as ak
@@ -20,34 +20,74 @@ from .keyring import Keyring, offline_targets_keyids, production_threshold_met, 
 from .signed_views import VIEW_FIELDS, next_version, production_anchor, token_new, view_set_targets, view_sign
 
 
+def _keyring_with_offline_key(factory):
+    keyring = Keyring(factory.id)
+    if not offline_targets_keyids(keyring):
+        raise ApplicationError(
+            "this factory has no offline targets key yet; create one first (breakwater keys rotate-offline-key --role targets)"
+        )
+    return keyring
+
+
+def _production_files(factory, tag):
+    production = production_targets_md(factory.id, tag)
+    return dict(production.signed.targets) if production is not None else {}
+
+
+def _ci_build_files(factory, tag, version, source_tag):
+    wanted = source_tag or tag
+    build = [t for t in CiTarget.objects.filter(factory=factory, version=version).order_by("name") if wanted in t.tags]
+    return [
+        md.target_file(name=t.name, sha256_hex=t.sha256, length=t.length, custom={**t.custom, "tags": [tag]}) for t in build
+    ]
+
+
+def _targets_signed_online(keyring, files, version, prune, expires_at):
+    pruned = {int(v) for v in prune}
+    kept = [f for f in files.values() if md.target_version(f) not in pruned]
+    targets = md.targets_build(target_files=kept, version=int(version), expires=expires_at)
+    targets.sign(keyring.online_signer("targets"))
+    return md.to_bytes(targets)
+
+
 def wave_targets_build(*, factory, tag, version, prune=(), expires_at, source_tag=None):
     """The wave's targets: the tag's production targets plus CI build `version`, minus `prune`.
 
     Signed by the online targets key only: devices see nothing until offline signatures meet
     the production root's threshold (`wave_signatures_add`).
     """
-    keyring = Keyring(factory.id)
-    if not offline_targets_keyids(keyring):
-        raise ApplicationError(
-            "this factory has no offline targets key yet; create one first (breakwater keys rotate-offline-key --role targets)"
-        )
-    wanted = source_tag or tag
-    files = {}
-    production = production_targets_md(factory.id, tag)
-    if production is not None:
-        files.update(production.signed.targets)
-    build = list(CiTarget.objects.filter(factory=factory, version=version).order_by("name"))
-    build = [target for target in build if wanted in target.tags]
+    keyring = _keyring_with_offline_key(factory)
+    files = _production_files(factory, tag)
+    build = _ci_build_files(factory, tag, version, source_tag)
     if not build:
-        raise ApplicationError(f"CI build {version} has no targets tagged {wanted}")
-    for target in build:
-        custom = {**target.custom, "tags": [tag]}
-        files[target.name] = md.target_file(name=target.name, sha256_hex=target.sha256, length=target.length, custom=custom)
-    pruned = {int(v) for v in prune}
-    kept = [f for f in files.values() if md.target_version(f) not in pruned]
-    targets = md.targets_build(target_files=kept, version=int(version), expires=expires_at)
-    targets.sign(keyring.online_signer("targets"))
-    return md.to_bytes(targets)
+        raise ApplicationError(f"CI build {version} has no targets tagged {source_tag or tag}")
+    files.update((target.path, target) for target in build)
+    return _targets_signed_online(keyring, files, version, prune, expires_at)
+
+
+def rerelease_targets_build(*, factory, tag, build_version, version, prune=(), expires_at, source_tag=None):
+    """The targets of a re-release: the tag's production targets plus build `build_version`'s
+    content (the same hashes and lengths, so the same OSTree commit) under new target names at
+    `version`, which is higher than any the tag has served: devices only ever move up.
+
+    The content comes from the tag's production targets when the build is in them, else from
+    the CI build. Each new target says which build it re-releases in `custom.rerelease_of`.
+    """
+    keyring = _keyring_with_offline_key(factory)
+    files = _production_files(factory, tag)
+    originals = [f for f in files.values() if md.target_version(f) == int(build_version)]
+    if not originals:
+        originals = _ci_build_files(factory, tag, build_version, source_tag)
+    if not originals:
+        raise NotFound(f"build {build_version} is neither in the production targets of tag {tag} nor a CI build tagged {source_tag or tag}")
+    for original in originals:
+        custom = dict(original.custom) if isinstance(original.custom, dict) else {}
+        source_name, source_version = md.content_source(original.path, custom)
+        base = custom.get("name") if isinstance(custom.get("name"), str) else original.path.rsplit("-", 1)[0]
+        name = f"{base}-{version}"
+        custom.update(version=str(version), tags=[tag], rerelease_of={"target": source_name, "version": source_version or int(build_version)})
+        files[name] = md.target_file(name=name, sha256_hex=original.hashes["sha256"], length=original.length, custom=custom)
+    return _targets_signed_online(keyring, files, version, prune, expires_at)
 
 
 def wave_signing_payload(targets_bytes):
