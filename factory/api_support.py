@@ -81,7 +81,7 @@ def bad_build_out(bad):
     """A BadBuild row as the API's `bad` field (null when the build is not marked bad)."""
     if bad is None:
         return None
-    return {"reason": bad.reason, "by": bad.marked_by_name, "at": bad.marked_at}
+    return {"version": bad.version, "reason": bad.reason, "by": bad.marked_by_name, "at": bad.marked_at}
 
 
 def paginate(queryset, *, page, per_page):

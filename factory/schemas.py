@@ -67,6 +67,7 @@ class CiTargetOut(Schema):
 
 
 class BadBuildOut(Schema):
+    version: int = Field(description="The CI build marked bad (for a re-release's wave, the build it carries).")
     reason: str = Field(description="Why the build was marked bad (text a user wrote).")
     by: str = Field(description="Who marked it.")
     at: datetime = Field(description="When it was marked.")

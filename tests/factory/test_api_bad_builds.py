@@ -94,4 +94,4 @@ def test_the_openapi_schema_documents_both_doors_and_the_bad_field():
     assert set(path) == {"post", "delete"} and 409 in path["post"]["responses"] and 403 in path["delete"]["responses"]
     components = schema["components"]["schemas"]
     assert "bad" in components["CiBuildOut"]["properties"] and "bad" in components["WaveOut"]["properties"]
-    assert set(components["BadBuildOut"]["properties"]) == {"reason", "by", "at"}
+    assert set(components["BadBuildOut"]["properties"]) == {"version", "reason", "by", "at"}
