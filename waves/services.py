@@ -1,4 +1,5 @@
-"""Wave writes: init, sign, rollout, complete, cancel, and QA's saved device lists.
+"""Wave writes: init, sign, rollout, complete, cancel, and QA's saved device lists. A build marked
+bad (factory.builds) gets no new wave, re-release, rollout or completion here.
 
 Every door (dashboard, API, CLI, plans, tasks) calls these; they check the role, lock the wave
 row so concurrent commands on one wave run one after another, and write the audit log.
