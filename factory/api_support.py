@@ -77,6 +77,13 @@ def actor_scope(request, action="view"):
     return token.factory, token.user
 
 
+def bad_build_out(bad):
+    """A BadBuild row as the API's `bad` field (null when the build is not marked bad)."""
+    if bad is None:
+        return None
+    return {"version": bad.version, "reason": bad.reason, "by": bad.marked_by_name, "at": bad.marked_at}
+
+
 def paginate(queryset, *, page, per_page):
     total = queryset.count()
     start = (page - 1) * per_page

@@ -51,3 +51,9 @@ class KeyChangeSignForm(DashboardForm):
 
     def clean_key_archive(self):
         return key_archive_upload_read(self.cleaned_data["key_archive"])
+
+
+class BadBuildForm(DashboardForm):
+    """Why a build is marked bad, or unmarked: required, recorded with the build and in the audit log."""
+
+    reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 2}), label="Reason")

@@ -1,4 +1,5 @@
-"""Factories (tenants), who may act on them, what they did, and the CI builds they publish."""
+"""Factories (tenants), who may act on them, what they did, the CI builds they publish and the
+builds they marked bad."""
 from django.conf import settings
 from django.db import models
 
@@ -146,3 +147,24 @@ class RereleaseVersion(models.Model):
 
     def __str__(self):
         return f"{self.version} (build {self.build_version})"
+
+
+class BadBuild(models.Model):
+    """A CI build someone marked bad: it may not go into a new wave or rollout on any tag (nor a
+    re-release of it) until it is unmarked. Unmarking deletes the row; the audit log keeps both."""
+
+    REASON_MAX = 500
+
+    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="bad_builds")
+    version = models.PositiveIntegerField()
+    reason = models.CharField(max_length=REASON_MAX)
+    marked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Kept as text, like the audit log's actor: the name stays if the user is deleted.
+    marked_by_name = models.CharField(max_length=150)
+    marked_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["factory", "version"], name="badbuild_factory_version_unique")]
+
+    def __str__(self):
+        return f"build {self.version} (bad: {self.reason})"

@@ -66,12 +66,27 @@ class CiTargetOut(Schema):
     created_at: datetime
 
 
+class BadBuildOut(Schema):
+    version: int = Field(description="The CI build marked bad (for a re-release's wave, the build it carries).")
+    reason: str = Field(description="Why the build was marked bad (text a user wrote).")
+    by: str = Field(description="Who marked it.")
+    at: datetime = Field(description="When it was marked.")
+
+
+BAD_DESCRIPTION = "Set when the build is marked bad: it goes into no new wave, re-release or rollout on any tag until unmarked."
+
+
+class BadBuildIn(Schema):
+    reason: Annotated[Text, Field(min_length=1, max_length=500)] = Field(description="Why: recorded with the build and in the audit log.")
+
+
 class CiBuildOut(Schema):
     version: int
     tags: list[str]
     hardware_ids: list[str]
     created_at: datetime
     targets: list[CiTargetOut]
+    bad: BadBuildOut | None = Field(None, description=BAD_DESCRIPTION)
 
 
 class CiBuildPage(PageMeta):

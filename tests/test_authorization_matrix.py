@@ -27,6 +27,7 @@ from devices.models import Device
 from devices.services import registration_token_create
 from factory.project.api import api
 from factory.auth import PERMISSIONS
+from factory.builds import build_bad, build_mark_bad
 from factory.models import Role
 from factory.services import api_token_create, user_create
 from factory.tuf import selectors as tuf_selectors
@@ -96,6 +97,11 @@ def template(world):
     templates.plan_template_save(factory=world["factory"], actor=world["bob"], name="t1", phases=PHASES)
 
 
+def bad_build(world):
+    if build_bad(factory=world["factory"], version=41) is None:
+        build_mark_bad(factory=world["factory"], actor=world["bob"], version=41, reason="boot loop")
+
+
 def unsigned_wave(world):
     wave_init(factory=world["factory"], actor=world["bob"], name="w-unsigned", version=43, tag="staging")
 
@@ -126,6 +132,8 @@ CASES = {
     "targets_list": [("view", {"query": {"tag": "production"}})],
     "targets_publish_ostree": [("targets.publish", {"query": lambda world: ostree_upload(world)[0], "raw": lambda world: ostree_upload(world)[1]})],
     "targets_publish": [("targets.publish", {"body": {"version": 50, "hardware_ids": ["hw"], "tags": ["production"]}})],
+    "targets_mark_bad": [("wave.manage", {"path": {"version": 41}, "body": {"reason": "boot loop"}})],
+    "targets_unmark_bad": [("wave.manage", {"setup": bad_build, "path": {"version": 41}, "body": {"reason": "false alarm"}})],
     "audit_list": [("view", {})],
     "targets_production_tags": [("view", {})],
     "targets_production": [("view", {"path": {"tag": "production"}})],

@@ -11,7 +11,8 @@ from pydantic import Field
 
 from devices.models import Device
 from devices.selectors import uuids_in
-from factory.api_support import actor_scope, responses
+from factory.api_support import actor_scope, bad_build_out, responses
+from factory.builds import bad_builds
 from factory.errors import ApplicationError
 from factory.errors import NotFound
 from factory.schemas import FactoryName, PageNumber, Text
@@ -50,7 +51,18 @@ def _targets_json(wave):
         return None
 
 
-def wave_out(wave, *, rollouts=None, targets=False):
+def _bads(waves):
+    """{build version: BadBuild} for the waves' builds, in one query."""
+    waves = list(waves)
+    if not waves:
+        return {}
+    return bad_builds(factory=waves[0].factory, versions={w.build_version for w in waves})
+
+
+def wave_out(wave, *, rollouts=None, targets=False, bads=None):
+    """`bads`: the waves' bad builds when a list was read at once (see _bads); else read here."""
+    if bads is None:
+        bads = _bads([wave])
     signed = _targets_json(wave) or {}
     payload = aktualizr_payload = None
     if wave.status == wave.Status.UNSIGNED and wave.targets:
@@ -74,6 +86,7 @@ def wave_out(wave, *, rollouts=None, targets=False):
         "signed_keyids": [s.get("keyid", "") for s in signed.get("signatures", [])],
         "rollouts": rollouts or [],
         "targets": signed if targets else None,
+        "bad": bad_build_out(bads.get(wave.build_version)),
     }
 
 
@@ -104,7 +117,9 @@ def waves_list(
     result = selectors.wave_list(factory=factory_obj, status=status, tag=tag, page=page, per_page=per_page)
     paginator = result.paginator
     # The paginator clamps an out-of-range page to the last one; the API answers an empty page.
-    items = [wave_out(w) for w in result.object_list] if result.number == page else []
+    waves = list(result.object_list) if result.number == page else []
+    bads = _bads(waves)
+    items = [wave_out(w, bads=bads) for w in waves]
     return {
         "total": paginator.count,
         "page": page,
@@ -254,6 +269,7 @@ def waves_status(request, factory: FactoryName, wave: str, offline_threshold: Th
         "offline_cutoff": status["offline_cutoff"],
         "groups": [{**{k: v for k, v in g.items() if k not in ("group_id", "versions")}, "versions": _versions(g["versions"])} for g in status["groups"]],
         "totals": status["totals"],
+        "bad": bad_build_out(_bads([wave_obj]).get(wave_obj.build_version)),
     }
 
 
@@ -261,12 +277,13 @@ def waves_status(request, factory: FactoryName, wave: str, offline_threshold: Th
 def factory_status(request, factory: FactoryName, offline_threshold: ThresholdHours | None = None):
     factory_obj, _ = actor_scope(request)
     tags = selectors.factory_status(factory=factory_obj, offline_threshold_hours=offline_threshold)
-    active = selectors.wave_list(factory=factory_obj, status="active", per_page=200).object_list
+    active = list(selectors.wave_list(factory=factory_obj, status="active", per_page=200).object_list)
+    bads = _bads(active)
     return {
         "factory": factory_obj.name,
         "offline_threshold_hours": offline_threshold or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS,
         "tags": [{**t, "versions": _versions(t["versions"])} for t in tags],
-        "active_waves": [wave_out(w) for w in active],
+        "active_waves": [wave_out(w, bads=bads) for w in active],
         "warnings": expiry.expiring_targets(factory=factory_obj),
     }
 

@@ -27,6 +27,20 @@ class WaveFilterForm(DashboardForm):
         self.fields["tag"].choices = [("", "Any tag")] + [(t, t) for t in tags]
 
 
+class SelectSomeDisabled(forms.Select):
+    """A select whose options in `disabled` are shown but cannot be chosen (a bad build, with why)."""
+
+    def __init__(self, *args, disabled=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.disabled = set(disabled)
+
+    def create_option(self, name, value, *args, **kwargs):
+        option = super().create_option(name, value, *args, **kwargs)
+        if value in self.disabled:
+            option["attrs"]["disabled"] = True
+        return option
+
+
 class WaveCreateForm(DashboardForm):
     name = forms.CharField(
         max_length=64,
@@ -57,15 +71,25 @@ class WaveCreateForm(DashboardForm):
         help_text="Used once, in memory, to sign this wave; it is never stored.",
     )
 
-    def __init__(self, *args, versions=(), tags=(), prune_choices=(), **kwargs):
+    def __init__(self, *args, versions=(), tags=(), prune_choices=(), bad=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["version"].choices = [(v, f"Build {v}") for v in versions]
+        bad = bad or {}
+        self.fields["version"].widget = SelectSomeDisabled(disabled=bad)
+        self.fields["version"].choices = [(v, _build_label(v, bad.get(v))) for v in versions]
         self.fields["tag"].choices = [(t, t) for t in tags]
         self.fields["prune"].choices = [(v, f"version {v}") for v in prune_choices]
 
     def clean_key_archive(self):
         upload = self.cleaned_data.get("key_archive")
         return None if upload is None else key_archive_upload_read(upload)
+
+
+def _build_label(version, bad):
+    if bad is None:
+        return f"Build {version}"
+    # Option text is escaped by the widget; the reason is cut so one option stays one line.
+    reason = bad.reason if len(bad.reason) <= 80 else bad.reason[:79] + "…"
+    return f"Build {version} — marked bad: {reason} (by {bad.marked_by_name} on {bad.marked_at:%Y-%m-%d})"
 
 
 class WaveSignForm(DashboardForm):

@@ -13,6 +13,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from devices.models import DeviceGroup
 from factory.auth import can, factory_view
+from factory.builds import build_bad
 from factory.errors import ApplicationError, Forbidden
 from factory.views import render_page
 
@@ -72,7 +73,15 @@ def _rows(shown):
 
 def _plan_context(request, wave, **extra):
     plan = plan_find(wave=wave)
-    context = {"wave": wave, "plan": plan, "shown": None, "rows": [], "reason_form": ReasonForm(), **extra}
+    context = {
+        "wave": wave,
+        "plan": plan,
+        "shown": None,
+        "rows": [],
+        "reason_form": ReasonForm(),
+        "bad": build_bad(factory=wave.factory, version=wave.build_version),
+        **extra,
+    }
     if plan is not None:
         shown = plan_show(plan=plan)
         current = shown["current"]

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from devices.schemas import UuidList
 from devices.uuids import MAX_UUIDS
 from factory.names import api_name
-from factory.schemas import ExpiryWarningOut, PageMeta, Text, Version
+from factory.schemas import BAD_DESCRIPTION, BadBuildOut, ExpiryWarningOut, PageMeta, Text, Version
 
 from . import devicelists
 
@@ -86,6 +86,7 @@ class WaveOut(Schema):
     signed_keyids: list[str] = Field(default_factory=list, description="Key IDs that have signed the wave's targets.")
     rollouts: list[RolloutSummaryOut] = Field(default_factory=list)
     targets: dict[str, Any] | None = Field(None, description="The signed TUF targets metadata (with ?targets=true or a dry run).")
+    bad: BadBuildOut | None = Field(None, description=f"The wave's build (for a re-release, the build it carries) is marked bad. {BAD_DESCRIPTION}")
 
 
 class WavePage(PageMeta):
@@ -171,6 +172,7 @@ class WaveStatusOut(Schema):
     offline_cutoff: datetime
     groups: list[GroupStatusOut]
     totals: StatusTotalsOut
+    bad: BadBuildOut | None = Field(None, description="The wave's build is marked bad: no further rollout of it, nor completing it.")
 
 
 class TagStatusOut(Schema):

@@ -1,4 +1,5 @@
-"""Wave writes: init, sign, rollout, complete, cancel, and QA's saved device lists.
+"""Wave writes: init, sign, rollout, complete, cancel, and QA's saved device lists. A build marked
+bad (factory.builds) gets no new wave, re-release, rollout or completion here.
 
 Every door (dashboard, API, CLI, plans, tasks) calls these; they check the role, lock the wave
 row so concurrent commands on one wave run one after another, and write the audit log.
@@ -17,6 +18,7 @@ from devices.models import Device, DeviceGroup
 from devices.selectors import uuids_in
 from devices.uuids import parse_uuid_list
 from factory.auth import authorize
+from factory.builds import build_check_not_bad
 from factory.errors import ApplicationError, Conflict, NotFound
 from factory.models import CiTarget
 from factory.selectors import release_version_next
@@ -140,6 +142,7 @@ def wave_init(
     wanted_tag = source_tag or tag
     if not any(wanted_tag in t.tags for t in build):
         raise ApplicationError(f"CI build {version} has no targets for tag {wanted_tag}")
+    build_check_not_bad(factory=factory, version=version)
     production_versions = tuf_selectors.production_targets_versions(factory=factory, tag=tag)
     current = tuf_selectors.production_targets_version(factory=factory, tag=tag)
     if version in production_versions:
@@ -169,6 +172,7 @@ def wave_init(
     if dry_run:
         return wave
     with transaction.atomic():
+        build_check_not_bad(factory=factory, version=version, lock=True)
         return _wave_open(wave, actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
 
 
@@ -184,6 +188,7 @@ def wave_revert(
     """
     authorize(user=actor, factory=factory, action="wave.manage")
     to_version = _version(to_version, "build version")
+    build_check_not_bad(factory=factory, version=to_version)
     now = timezone.now()
     expires = _expiry(expires_days, expires_at, now)
     prune = _wave_new_checks(factory=factory, actor=actor, name=name, tag=tag, source_tag=source_tag, prune=prune)
@@ -208,6 +213,7 @@ def wave_revert(
     if dry_run:
         return build(release_version_next(factory=factory))
     with transaction.atomic():
+        build_check_not_bad(factory=factory, version=to_version, lock=True)
         wave = build(rerelease_version_claim(factory=factory, build_version=to_version))
         return _wave_open(wave, actor, signatures=signatures, key_archive=key_archive, aktualizr_signatures=aktualizr_signatures)
 
@@ -346,6 +352,8 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
         wave = _locked(wave) if not dry_run else Wave.objects.select_related("factory").get(pk=wave.pk)
         if wave.status != Wave.Status.ACTIVE:
             raise Conflict(f"wave {wave.name} is {wave.status}; only an active wave can be rolled out")
+        # Dry runs too: a preview of a rollout that would be refused says so.
+        build_check_not_bad(factory=factory, version=wave.build_version, lock=not dry_run)
         result = RolloutResult(wave=wave, dry_run=dry_run, group_name=group_name or "", full_group=full_group)
         scope = Device.objects.filter(factory=factory, is_production=True, tag=wave.tag)
         if group_obj is not None:
@@ -587,6 +595,8 @@ def wave_complete(*, wave, actor):
             raise Conflict(f"wave {wave.name} is already complete")
         if wave.status == Wave.Status.UNSIGNED:
             raise Conflict(f"wave {wave.name} is not signed yet; sign it before completing it")
+        # Completing makes the build every production device's on the tag: the widest rollout.
+        build_check_not_bad(factory=wave.factory, version=wave.build_version, lock=True)
         wave_targets.production_targets_promote(wave=wave)
         wave.status = Wave.Status.COMPLETE
         wave.finished_at = timezone.now()

@@ -16,6 +16,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from devices.models import Device, DeviceGroup
 from factory.auth import factory_view
+from factory.builds import bad_builds, build_bad
 from factory.downloads import attachment
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
@@ -32,6 +33,7 @@ EXPIRY_WARNING_DAYS = 30
 
 # wave_init's errors share codes, so their field is told by what the message is about.
 INIT_ERROR_WORDS = (
+    ("marked bad", "version"),
     ("wave name", "name"),
     ("wave named", "name"),
     ("prune", "prune"),
@@ -140,6 +142,10 @@ def wave_list(request):
     page = selectors.wave_list(
         factory=request.factory, status=data.get("status") or None, tag=data.get("tag") or None, page=request.GET.get("page") or 1
     )
+    page.object_list = list(page.object_list)
+    bad = bad_builds(factory=request.factory, versions={w.build_version for w in page.object_list})
+    for w in page.object_list:
+        w.bad = bad.get(w.build_version)
     query = request.GET.copy()
     query.pop("page", None)
     return render_page(
@@ -163,7 +169,8 @@ def _create_form(request, data=None, files=None, initial=None):
             prune_choices = sorted(tuf_selectors.production_targets_versions(factory=factory, tag=tag), reverse=True)
         except ApplicationError:
             prune_choices = []
-    return WaveCreateForm(data, files, versions=versions, tags=tags, prune_choices=prune_choices, initial=initial)
+    bad = bad_builds(factory=factory)
+    return WaveCreateForm(data, files, versions=versions, tags=tags, prune_choices=prune_choices, initial=initial, bad=bad)
 
 
 def _wave_preview(wave):
@@ -275,6 +282,7 @@ def detail_page(request, wave, *, sign_form=None, rollout_form=None, status=200)
         "rollout_form": rollout_form or wave_rollout_form(request, wave),
         "status_interval": int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS),
         "threshold_form": threshold_form,
+        "bad": build_bad(factory=wave.factory, version=wave.build_version),
     }
     return render_page(
         request,
@@ -340,7 +348,13 @@ def _finish(request, name, *, action):
                 messages.success(request, f"Wave {wave.name} {done.format(tag=wave.tag, version=wave.version)}.")
                 url = reverse("wave-detail", args=[wave.name])
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-    context = {"wave": wave, "form": form, "action": action, "status": selectors.cached_wave_status(wave)}
+    context = {
+        "wave": wave,
+        "form": form,
+        "action": action,
+        "status": selectors.cached_wave_status(wave),
+        "bad": build_bad(factory=wave.factory, version=wave.build_version),
+    }
     return render_page(
         request, "waves/finish.html", context, title=f"{action.capitalize()} {wave.name}", section="waves", status=status
     )

@@ -130,8 +130,8 @@ class Client:
     def patch(self, path, payload):
         return self.request("PATCH", path, payload=payload)
 
-    def delete(self, path):
-        return self.request("DELETE", path)
+    def delete(self, path, payload=None):
+        return self.request("DELETE", path, payload=payload)
 
     def upload(self, path, filename, params=None):
         """POST the file at `filename` as the raw body (streamed, not read into memory)."""

@@ -63,6 +63,11 @@ def when(value):
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def bad_build(bad):
+    """The API's `bad` field as the server words it: 'build 42 is marked bad (reason, by bob on 2026-12-03)'."""
+    return f"build {bad['version']} is marked bad ({bad['reason']}, by {bad['by']} on {str(bad['at'])[:10]})"
+
+
 def ago(value):
     if not value:
         return "never"

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .client import UsageError
-from .output import dump_json, out, pages, table, when
+from .output import bad_build, dump_json, out, pages, table, when
 
 
 def register(sub, common):
@@ -53,6 +53,22 @@ def register(sub, common):
     p.add_argument("-T", "--tag", action="append", required=True, metavar="TAG[,TAG]", help="tags (repeat or comma-separate)")
     p.set_defaults(handler=targets_publish_ostree)
 
+    p = commands.add_parser(
+        "mark-bad",
+        parents=[common],
+        help="mark CI build VERSION bad: no new wave, re-release or rollout of it on any tag until unmarked",
+        description="Mark CI build VERSION bad. It goes into no new wave, re-release or rollout on any tag, and no "
+        "wave of it can be completed, until it is unmarked. Devices already staged keep it: cancel its waves or revert.",
+    )
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("-r", "--reason", required=True, metavar="TEXT", help="why (recorded with the build and in the audit log)")
+    p.set_defaults(handler=targets_mark_bad)
+
+    p = commands.add_parser("unmark-bad", parents=[common], help="take the bad mark off CI build VERSION")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("-r", "--reason", required=True, metavar="TEXT", help="why (recorded in the audit log)")
+    p.set_defaults(handler=targets_unmark_bad)
+
     p = sub.add_parser("audit", parents=[common], help="the factory's audit log, newest first")
     p.add_argument("--action", metavar="PREFIX", help="only actions starting with PREFIX, e.g. wave.")
     p.add_argument("--actor", metavar="USER")
@@ -90,10 +106,38 @@ def targets_list(args, ctx):
         dump_json(data)
         return 0
     table(
-        ["VERSION", "TAGS", "HARDWARE IDS", "CREATED AT"],
-        [[b["version"], ",".join(b["tags"]), ",".join(b["hardware_ids"]), when(b["created_at"])] for b in data["items"]],
+        ["VERSION", "TAGS", "HARDWARE IDS", "CREATED AT", "BAD"],
+        [[b["version"], ",".join(b["tags"]), ",".join(b["hardware_ids"]), when(b["created_at"]), _bad_cell(b.get("bad"))] for b in data["items"]],
     )
     pages(args.page, data["next"], data["total"])
+    return 0
+
+
+def _bad_cell(bad):
+    if not bad:
+        return ""
+    text = f"BAD: {bad['reason']} (by {bad['by']} on {str(bad['at'])[:10]})"
+    return text if len(text) <= 70 else text[:69] + "…"
+
+
+def _build_version(value):
+    if not value.isdigit():
+        raise UsageError(f"VERSION must be a build number, not {value!r}")
+    return int(value)
+
+
+def targets_mark_bad(args, ctx):
+    version = _build_version(args.version)
+    build = ctx.client.post(ctx.path(f"targets/{version}/bad"), {"reason": args.reason})
+    out(f"Marked: {bad_build(build['bad'])}.")
+    out(f"It goes into no new wave, re-release or rollout on any tag until `breakwater targets unmark-bad {version} --reason TEXT`.")
+    return 0
+
+
+def targets_unmark_bad(args, ctx):
+    version = _build_version(args.version)
+    ctx.client.delete(ctx.path(f"targets/{version}/bad"), {"reason": args.reason})
+    out(f"Build {version} is no longer marked bad: it can go into waves and rollouts again.")
     return 0
 
 

@@ -6,7 +6,7 @@ from urllib.parse import quote
 from . import plan
 from .client import ApiError, CliError, UsageError
 from .common import read_binary, uuids_arg
-from .output import dump_json, err, fields, out, pages, progress, table, when
+from .output import bad_build, dump_json, err, fields, out, pages, progress, table, when
 from .signing import OfflineSigner
 
 STATUSES = ("unsigned", "active", "complete", "canceled")
@@ -248,6 +248,8 @@ def print_wave_status(status):
     totals = status["totals"]
     tag = status["tag"]
     out(f"Wave '{status['name']}' for tag '{tag}' version {status['version']} is {status['status']}")
+    if status.get("bad"):
+        out(f"Its {bad_build(status['bad'])}: no further rollout, and it cannot be completed.")
     out()
     if status["status"] not in ("active", "unsigned"):
         out("Device numbers are for the current time, not for when the wave finished.")
@@ -306,8 +308,13 @@ def waves_list(args, ctx):
         return 0
     table(
         ["NAME", "VERSION", "TAG", "STATUS", "CREATED AT", "FINISHED AT"],
-        [[w["name"], w["version"], w["tag"], w["status"], when(w["created_at"]), when(w["finished_at"]) if w["finished_at"] else ""] for w in data["items"]],
+        [[w["name"], w["version"], w["tag"], w["status"] + (" (bad build)" if w.get("bad") else ""), when(w["created_at"]), when(w["finished_at"]) if w["finished_at"] else ""] for w in data["items"]],
     )
+    bad = [w for w in data["items"] if w.get("bad")]
+    if bad:
+        out()
+        for w in bad:
+            out(f"{w['name']}: {bad_build(w['bad'])}")
     pages(args.page, data["next"], data["total"])
     return 0
 
@@ -330,6 +337,8 @@ def waves_show(args, ctx):
         pairs.append(("Pruned Versions", ", ".join(map(str, wave["pruned_versions"]))))
     if wave["finished_at"]:
         pairs += [("Finished At", when(wave["finished_at"])), ("Finished By", wave["finished_by"] or "-")]
+    if wave.get("bad"):
+        pairs.append(("Bad Build", f"{bad_build(wave['bad'])}: no further rollout, and it cannot be completed"))
     fields(pairs)
     if wave["rollouts"]:
         out()

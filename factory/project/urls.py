@@ -4,6 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
 from devices import registration as device_registration
+from factory import build_views
 from factory import views as factory_views
 from factory.auth_views import LoginView
 from factory.tuf import views as tuf_views
@@ -18,6 +19,9 @@ dashboard = [
     path("status/", fleet_pages.factory_status, name="factory-status"),
     path("status/live/", status_views.factory_live_status, name="factory-live-status"),
     path("status.csv", status_views.factory_status_csv, name="factory-status-csv"),
+    path("builds/", build_views.build_list, name="build-list"),
+    path("builds/<int:version>/mark-bad/", build_views.build_bad_set, {"action": "mark"}, name="build-mark-bad"),
+    path("builds/<int:version>/unmark-bad/", build_views.build_bad_set, {"action": "unmark"}, name="build-unmark-bad"),
     path("audit/", factory_views.audit_log, name="audit-log"),
     path("keys/", tuf_views.keys_page, name="keys"),
     path("keys/change/sign/", tuf_views.key_change_sign, name="key-change-sign"),

@@ -8,11 +8,13 @@ from typing import Annotated, Any
 from ninja import Query, Router, Status
 from pydantic import Field
 
-from factory.api_support import actor_scope, paginate, paginate_list, responses
+from factory.api_support import actor_scope, bad_build_out, paginate, paginate_list, responses
+from factory.builds import bad_builds, build_mark_bad, build_unmark_bad
 from factory.errors import ApplicationError, NotFound
 from factory import ostree
 from factory.models import CiTarget
 from factory.schemas import (
+    BadBuildIn,
     CiBuildIn,
     CiBuildOut,
     CiBuildPage,
@@ -45,6 +47,7 @@ def _builds(factory, versions):
     by_version = {}
     for target in targets:
         by_version.setdefault(target.version, []).append(target)
+    bad = bad_builds(factory=factory, versions=versions)
     builds = []
     for version in versions:
         rows = by_version.get(version, [])
@@ -55,6 +58,7 @@ def _builds(factory, versions):
                 "hardware_ids": [t.hardware_id for t in rows],
                 "created_at": min(t.created_at for t in rows),
                 "targets": [_target_out(t) for t in rows],
+                "bad": bad_build_out(bad.get(version)),
             }
         )
     return builds
@@ -117,6 +121,25 @@ def targets_publish(request, factory: FactoryName, payload: CiBuildIn):
         actor=user,
     )
     return Status(201, _builds(factory_obj, [payload.version])[0])
+
+
+@router.post("/targets/{version}/bad", response=responses(200, CiBuildOut), summary="Mark a CI build bad")
+def targets_mark_bad(request, factory: FactoryName, version: Version, payload: BadBuildIn):
+    """A build marked bad goes into no new wave, re-release or rollout on any tag, and no wave of
+    it can be completed, until it is unmarked. Waves already serving it keep their staged
+    devices: cancel them, or revert the tag. 404 for an unknown build, 409 if already marked."""
+    factory_obj, user = actor_scope(request, "wave.manage")
+    build_mark_bad(factory=factory_obj, actor=user, version=version, reason=payload.reason)
+    return _builds(factory_obj, [version])[0]
+
+
+@router.delete("/targets/{version}/bad", response=responses(200, CiBuildOut), summary="Unmark a bad CI build")
+def targets_unmark_bad(request, factory: FactoryName, version: Version, payload: BadBuildIn):
+    """Takes the mark off (the reason, in the JSON body, is recorded in the audit log): the build
+    can go into waves and rollouts again. 409 if the build is not marked bad."""
+    factory_obj, user = actor_scope(request, "wave.manage")
+    build_unmark_bad(factory=factory_obj, actor=user, version=version, reason=payload.reason)
+    return _builds(factory_obj, [version])[0]
 
 
 @router.post(

@@ -4,6 +4,7 @@ import threading
 import pytest
 from django.db import connection
 
+from factory.builds import build_bad, build_mark_bad
 from factory.errors import ApplicationError
 from waves.models import Rollout, Wave, WaveDevice
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout
@@ -70,3 +71,19 @@ def test_concurrent_inits_on_one_tag_give_exactly_one_open_wave(factory, bob, bu
     assert sum(r is not None for r in results) == 1
     assert all(isinstance(e, ApplicationError) for e in errors if e is not None)
     assert Wave.objects.filter(tag=TAG, status__in=Wave.OPEN_STATUSES).count() == 1
+
+
+def test_marking_a_build_bad_waits_for_a_rollout_that_passed_the_check(factory, bob, builds, offline_key):
+    """A rollout that found the build good holds the build's rows until it commits; the mark lands
+    after it, and every later rollout sees the mark."""
+    seed(factory, ungrouped=200)
+    wave = make_wave(factory, bob, offline_key)
+    results, errors = run_together(lambda: wave_rollout(wave=wave, actor=bob, limit=150), lambda: build_mark_bad(factory=factory, actor=bob, version=42, reason="boot loop"))
+    assert errors[1] is None
+    bad = build_bad(factory=factory, version=42)
+    if errors[0] is None:
+        assert results[0].rollout.created_at < bad.marked_at  # the rollout went first, whole
+    else:
+        assert "build 42 is marked bad" in errors[0].message and not WaveDevice.objects.filter(wave=wave).exists()
+    with pytest.raises(ApplicationError, match="build 42 is marked bad"):
+        wave_rollout(wave=wave, actor=bob, limit=10)
