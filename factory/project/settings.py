@@ -166,7 +166,8 @@ if env_bool("BREAKWATER_HTTPS"):
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 
 # Celery: a broker server in production, the local filesystem when embedded.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+# "localhost" names no server (the transport ignores it); without a host kombu warns at every start.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://localhost/")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue = VAR_DIR / "celery" / "queue"
     _processed = VAR_DIR / "celery" / "processed"
