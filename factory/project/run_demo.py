@@ -21,6 +21,8 @@ from pathlib import Path
 BASE = Path(__file__).resolve().parent.parent.parent
 PY = sys.executable
 WEB_ADDR = os.environ.get("BREAKWATER_WEB_ADDR", "127.0.0.1:8000")
+# Request logs go to files, so the console keeps the logins, warnings and errors in view.
+LOG_DIR = Path(os.environ.get("BREAKWATER_VAR_DIR", BASE / "var")) / "logs"
 MAX_RESTARTS = 5
 
 
@@ -28,10 +30,10 @@ def processes():
     """(name, argv) of every process the demo runs; the gateway listens on BREAKWATER_GATEWAY_URL
     (https://127.0.0.1:8443 by default)."""
     return [
-        ("web", [PY, "-m", "gunicorn", "factory.project.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", "-"]),
+        ("web", [PY, "-m", "gunicorn", "factory.project.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", str(LOG_DIR / "web-access.log")]),
         ("worker", [PY, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--concurrency", "2"]),
         ("beat", [PY, "-m", "celery", "-A", "factory.project", "beat", "-l", "info"]),
-        ("gateway", [PY, "manage.py", "gateway", "--workers", "2", "--threads", "8"]),
+        ("gateway", [PY, "manage.py", "gateway", "--workers", "2", "--threads", "8", "--access-log", str(LOG_DIR / "gateway-access.log")]),
         (
             "simulator",
             [
@@ -55,13 +57,14 @@ def processes():
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
     subprocess.run([PY, "manage.py", "demo"], cwd=BASE, check=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     specs = dict(processes())
     children = []
     restarts = {name: 0 for name in specs}
     for name, argv in specs.items():
         print(f"starting {name}: {' '.join(argv[1:])}", flush=True)
         children.append((name, subprocess.Popen(argv, cwd=BASE)))
-    print(f"\nBreakwater is running on http://{WEB_ADDR}/ (Ctrl-C stops everything)\n", flush=True)
+    print(f"\nBreakwater is running on http://{WEB_ADDR}/ (Ctrl-C stops everything; request logs: {LOG_DIR})\n", flush=True)
 
     def stop(*_):
         for _, child in children:
