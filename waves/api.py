@@ -280,12 +280,18 @@ def waves_status(request, factory: FactoryName, wave: str, offline_threshold: Th
     return {
         "name": wave_obj.name,
         "version": wave_obj.version,
+        "rerelease_of": wave_obj.rerelease_of,
+        "build_version": wave_obj.build_version,
+        "version_labels": status["version_labels"],
         "tag": wave_obj.tag,
         "status": wave_obj.status,
         "created_at": wave_obj.created_at,
         "finished_at": wave_obj.finished_at,
         "offline_cutoff": status["offline_cutoff"],
-        "groups": [{**{k: v for k, v in g.items() if k not in ("group_id", "versions")}, "versions": _versions(g["versions"])} for g in status["groups"]],
+        "groups": [
+            {**{k: v for k, v in g.items() if k not in ("group_id", "versions", "version_chips")}, "versions": _versions(g["versions"])}
+            for g in status["groups"]
+        ],
         "totals": status["totals"],
     }
 

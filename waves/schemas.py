@@ -172,6 +172,7 @@ class GroupStatusOut(Schema):
     scheduled: int
     failed: int
     held: int
+    on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
     rollout_time: datetime | None
     versions: dict[str, int] = Field(description="Devices per target version ('none' for devices that never reported one).")
 
@@ -185,11 +186,18 @@ class StatusTotalsOut(Schema):
     scheduled: int
     failed: int
     held: int
+    on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
 
 
 class WaveStatusOut(Schema):
     name: str
     version: int
+    rerelease_of: int | None = Field(None, description="For a re-release (a revert): the build whose content the wave carries.")
+    build_version: int
+    version_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="How status shows each version present ('none' too): for a re-release '45 (build 41 re-released)', '42 (bad build)', '41 (same content)'.",
+    )
     tag: str
     status: str
     created_at: datetime

@@ -22,6 +22,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
+from . import rereleases
 from .outcomes import device_outcomes_sql, failed_sql, fetched_sql, outcome_params, version_updated
 
 NO_GROUP = "(No Group)"
@@ -176,7 +177,8 @@ def group_order(rows):
 def wave_status(*, wave, offline_threshold_hours=None):
     """Per group on the wave's tag (rollout groups first, then other groups, then "(No Group)"):
     total, online, on the wave version, newer, older, scheduled, failed, held, rollout time;
-    totals; and the version distribution per group."""
+    totals; and the version distribution per group. For a re-release (a revert) also the devices
+    on the bad build (among the older) and labels of the versions (waves/rereleases.py)."""
     cutoff = offline_cutoff(offline_threshold_hours)
     params = {**outcome_params(wave), "cutoff": cutoff}
     counts = defaultdict(lambda: dict.fromkeys(("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held"), 0))
@@ -205,7 +207,13 @@ def wave_status(*, wave, offline_threshold_hours=None):
 
     names = dict(DeviceGroup.objects.filter(factory_id=wave.factory_id).values_list("id", "name"))
     rows = []
+    all_versions = defaultdict(int)
+    for group_versions in versions.values():
+        for version, total in group_versions.items():
+            all_versions[version] += total
+    labels = rereleases.version_labels(all_versions, wave)
     for group_id, values in counts.items():
+        ordered = dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0))))
         rows.append(
             {
                 "group": names.get(group_id, NO_GROUP) if group_id else NO_GROUP,
@@ -214,12 +222,17 @@ def wave_status(*, wave, offline_threshold_hours=None):
                 "scheduled": values["scheduled"] if wave.status == Wave.Status.ACTIVE else 0,
                 "held": values["held"] if wave.status == Wave.Status.CANCELED else 0,
                 "rollout_time": rollout_times.get(group_id),
-                "versions": dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0)))),
+                "versions": ordered,
+                "on_bad_build": rereleases.on_bad_build(ordered, wave),
+                "version_chips": [
+                    {"label": labels["none" if v is None else str(v)], "count": n, "role": rereleases.version_role(v, wave)} for v, n in ordered.items()
+                ],
             }
         )
     rows = group_order(rows)
-    totals = {key: sum(r[key] for r in rows) for key in ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held")}
-    return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff}
+    keys = ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held", "on_bad_build")
+    totals = {key: sum(r[key] for r in rows) for key in keys}
+    return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff, "version_labels": labels}
 
 
 def factory_status(*, factory, offline_threshold_hours=None):

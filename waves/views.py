@@ -20,6 +20,7 @@ from factory.downloads import attachment
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
 from factory.models import CiTarget
+from factory.tuf import metadata as md
 from factory.tuf import selectors as tuf_selectors
 from factory.tuf.models import TufKey, TufRepository
 from factory.views import add_service_error, distinct_values, render_page, service_error_status
@@ -82,6 +83,7 @@ def _targets_facts(wave):
                 "sha256": info.get("hashes", {}).get("sha256", ""),
                 "length": info.get("length"),
                 "new": str(custom.get("version", "")) == str(wave.version),
+                "rerelease_of": md.content_source(name, custom)[1] if custom.get("rerelease_of") else None,
             }
         )
     targets.sort(key=lambda t: (not t["new"], -int(t["version"]) if str(t["version"]).isdigit() else 0, t["name"]))
