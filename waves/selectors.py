@@ -75,6 +75,45 @@ def tag_served_version(*, factory, tag):
     )
 
 
+def revert_builds(*, factory, tag):
+    """[(build, "in production" | "CI build")] a revert of `tag` may go back to, newest first:
+    the builds in the tag's production targets (their content as served), then CI builds on the tag."""
+    production = {}
+    for target in tuf_selectors.production_targets(factory=factory, tag=tag):
+        if target["version"] is not None:
+            production[target["version"]] = "in production"
+    builds = dict(production)
+    for version, custom in CiTarget.objects.filter(factory=factory).values_list("version", "custom"):
+        if tag in (custom.get("tags") or []):
+            builds.setdefault(version, "CI build")
+    return sorted(builds.items(), reverse=True)
+
+
+def revert_suggestion(*, wave):
+    """For a completed wave: {"tag", "to_version", "prune"} taking its tag back to the build in
+    production before it (the latest earlier completed wave's build, else the highest earlier
+    version in the production targets), pruning the wave's own version; None if there is none."""
+    if wave.status != Wave.Status.COMPLETE:
+        return None
+    earlier = (
+        Wave.objects.filter(factory_id=wave.factory_id, tag=wave.tag, status=Wave.Status.COMPLETE, version__lt=wave.version)
+        .exclude(pk=wave.pk)
+        .order_by("-version")
+        .first()
+    )
+    production = tuf_selectors.production_targets_versions(factory=wave.factory_id, tag=wave.tag)
+    if earlier is not None:
+        to_version = earlier.build_version
+    else:
+        below = [v for v in production if v < wave.build_version]
+        if not below:
+            return None
+        to_version = below[-1]
+    if to_version == wave.build_version:
+        return None
+    return {"tag": wave.tag, "to_version": to_version, "prune": [wave.version] if wave.version in production else []}
+
+
 def wave_signing_payload(wave):
     return wave_targets.wave_signing_payload(bytes(wave.targets))
 
