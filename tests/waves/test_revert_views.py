@@ -4,12 +4,13 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from devices.models import Device
 from factory.models import AuditEntry, RereleaseVersion
 from tests.factory.test_views import hx, login
 from waves.models import Wave
-from waves.services import wave_complete
+from waves.services import wave_complete, wave_revert
 
-from .conftest import TAG, make_wave
+from .conftest import TAG, make_wave, seed
 
 pytestmark = pytest.mark.django_db
 
@@ -84,3 +85,13 @@ def test_roles_that_may_not_release_cannot_revert(client, bad_release, offline_k
     response = client.post(reverse("wave-revert"), {"name": "b", "tag": TAG, "to_version": 41, "action": "create", "key_archive": archive(offline_key)})
     assert response.status_code == 403
     assert Wave.objects.count() == 2 and not RereleaseVersion.objects.exists()
+
+
+def test_device_pages_say_when_the_device_runs_a_re_release(client, dave, factory, bob, bad_release, offline_key):
+    seed(factory, groups={"canary": 2})
+    wave_revert(factory=factory, actor=bob, name="back", tag=TAG, to_version=41, key_archive=offline_key)
+    device = Device.objects.filter(factory=factory).first()
+    Device.objects.filter(pk=device.pk).update(target_version=44, target_name="intel-corei7-64-lmp-44")
+    login(client, dave)
+    assert "(version 44: build 41 re-released)" in client.get(reverse("device-detail", args=[device.uuid])).content.decode()
+    assert "build 41 re-released</span>" in client.get(reverse("device-list")).content.decode()
