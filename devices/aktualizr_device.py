@@ -615,7 +615,9 @@ class AktualizrDevice:
                 self._event("EcuInstallationApplied", name, version, correlation, details="Installation succeeded, now reboot is required"),
             ],
         )
-        self.pending = {"name": name, "version": version, "correlation": correlation, "sha256": (meta.get("hashes") or {}).get("sha256", "")}
+        self.pending = {
+            "name": name, "version": version, "correlation": correlation, "sha256": (meta.get("hashes") or {}).get("sha256", ""), "custom": meta["custom"],
+        }  # fmt: skip
         self.state = REBOOTING
         return self.sim.reboot_delay
 
@@ -652,10 +654,11 @@ class AktualizrDevice:
 
     def _finalize(self, pool):
         name, version, correlation = self.pending["name"], self.pending["version"], self.pending["correlation"]
-        sha256 = self.pending["sha256"]
+        sha256, custom = self.pending["sha256"], self.pending.get("custom")
         self.pending = None
         self.state = IDLE
-        if self.sim.fails(self.identity.group):
+        # A re-release installs without the simulated failure: see Simulator.fails.
+        if self.sim.fails(self.identity.group, custom):
             self.bad_targets.add(name)
             self.sim.count("failed")
             self._flush(pool, [self._event("EcuInstallationCompleted", name, version, correlation, success=False, details="simulated failure: health check failed, rolled back")])

@@ -387,15 +387,15 @@ class SimDevice:
                 {"type": "install-applied", "target": name, "version": version, "success": True, "detail": "reboot required"},
             ],
         )
-        self.pending = {"name": name, "version": version}
+        self.pending = {"name": name, "version": version, "custom": info.custom}
         self.state = REBOOTING
         return self.sim.reboot_delay
 
     def _finish_install(self, pool):
-        name, version = self.pending["name"], self.pending["version"]
+        name, version, custom = self.pending["name"], self.pending["version"], self.pending.get("custom")
         self.pending = None
         self.state = IDLE
-        if self.sim.fails(self.identity.group):
+        if self.sim.fails(self.identity.group, custom):
             # The new image did not boot healthy: roll back to the running version.
             self.bad_targets.add(name)
             self.sim.count("failed")
@@ -479,7 +479,18 @@ class Simulator:
     def next_poll(self):
         return self.interval * self.random.uniform(0.9, 1.1)
 
-    def fails(self, group):
+    def fails(self, group, custom=None):
+        """Whether this install fails its health check, at the group's failure rate.
+
+        The simulated failures model a bad build: its image does not boot healthy on some of the
+        group's devices. A re-release (a revert, or a rollback: `custom.rerelease_of` is present)
+        carries an earlier build's very content, the one these devices ran before and the release
+        manager chose because it worked, so it installs without the simulated failure. Without
+        that, a group set to fail would fail the revert as it failed the bad build, and the
+        demo could never show devices getting back.
+        """
+        if isinstance(custom, dict) and custom.get("rerelease_of"):
+            return False
         rate = self.fail_rates.get(group or "-", self.fail_rates.get("*", 0.0))
         return self.random.random() < rate
 

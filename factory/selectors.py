@@ -24,3 +24,12 @@ def release_version_next(*, factory):
         RereleaseVersion.objects.filter(factory=factory).aggregate(v=Max("version"))["v"] or 0,
     )
     return highest + 1
+
+
+def rerelease_builds(*, factory, versions):
+    """{version: build} for those of `versions` that are re-releases: the build whose content a
+    device on that version runs. One query, for the versions on a page."""
+    wanted = {v for v in versions if v is not None}
+    if not wanted:
+        return {}
+    return dict(RereleaseVersion.objects.filter(factory=factory, version__in=wanted).values_list("version", "build_version"))

@@ -160,6 +160,7 @@ CASES = {
     "registration_tokens_revoke": [("factory.admin", {"path": {"prefix": "token_prefix"}})],
     "waves_list": [("view", {})],
     "waves_init": [("wave.manage", {"body": {"name": "w2", "version": 43, "tag": "staging"}})],
+    "waves_revert": [("wave.manage", {"body": {"name": "back-to-43", "tag": "staging", "to_version": 43, "prune": []}})],
     "waves_show": [("view", {"path": {"wave": "v2.0-update"}, "query": {"targets": "true"}})],
     "waves_sign": [("wave.manage", {"setup": unsigned_wave, "path": {"wave": "w-unsigned"}, "body": lambda w: {"key_archive": w["archive_b64"]}})],
     "waves_rollout": [

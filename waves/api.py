@@ -1,4 +1,4 @@
-"""Waves API: init (with the bytes to sign), sign, rollout, complete, cancel, status, list, show;
+"""Waves API: init (with the bytes to sign), revert (a re-release of an earlier build), sign, rollout, complete, cancel, status, list, show;
 factory status; saved device lists."""
 import base64
 import binascii
@@ -31,6 +31,7 @@ from .schemas import (
     WaveInitIn,
     WaveOut,
     WavePage,
+    WaveRevertIn,
     WaveSignIn,
     WaveStatusOut,
 )
@@ -71,6 +72,8 @@ def wave_out(wave, *, rollouts=None, targets=False, bads=None):
     return {
         "name": wave.name,
         "version": wave.version,
+        "rerelease_of": wave.rerelease_of,
+        "build_version": wave.build_version,
         "tag": wave.tag,
         "source_tag": wave.source_tag,
         "status": wave.status,
@@ -145,6 +148,36 @@ def waves_init(request, factory: FactoryName, payload: WaveInitIn):
         name=payload.name,
         version=payload.version,
         tag=payload.tag,
+        prune=payload.prune,
+        expires_days=payload.expires_days,
+        expires_at=payload.expires_at,
+        source_tag=payload.source_tag,
+        dry_run=payload.dry_run,
+        signatures=[s.dict() for s in payload.signatures] if payload.signatures else None,
+        aktualizr_signatures=[s.dict() for s in payload.aktualizr_signatures] if payload.aktualizr_signatures else None,
+        key_archive=archive,
+    )
+    if payload.dry_run:
+        return Status(200, wave_out(wave, targets=True))
+    return Status(201, wave_out(wave))
+
+
+@router.post("/waves/revert/", response=responses(201, WaveOut) | {200: WaveOut}, summary="Take a tag back to an earlier build (a re-release)")
+def waves_revert(request, factory: FactoryName, payload: WaveRevertIn):
+    """Creates a wave that re-releases build `to_version`'s content (the same hashes, the same
+    OSTree commit) under new target names at the next number of the factory's one sequence of
+    builds and re-releases, above everything the tag has served: devices only ever move up, so
+    going back is a release. It is signed and rolled out like any wave (see `POST /waves/`): sign
+    its `signing_payload` and `aktualizr_signing_payload`, or give `signatures` made over a dry
+    run with the same inputs and `expires_at`, or a `key_archive`. A dry run claims no number."""
+    factory_obj, user = actor_scope(request, "wave.manage")
+    archive = _decode_archive(payload.key_archive)
+    wave = services.wave_revert(
+        factory=factory_obj,
+        actor=user,
+        name=payload.name,
+        tag=payload.tag,
+        to_version=payload.to_version,
         prune=payload.prune,
         expires_days=payload.expires_days,
         expires_at=payload.expires_at,
@@ -262,12 +295,18 @@ def waves_status(request, factory: FactoryName, wave: str, offline_threshold: Th
     return {
         "name": wave_obj.name,
         "version": wave_obj.version,
+        "rerelease_of": wave_obj.rerelease_of,
+        "build_version": wave_obj.build_version,
+        "version_labels": status["version_labels"],
         "tag": wave_obj.tag,
         "status": wave_obj.status,
         "created_at": wave_obj.created_at,
         "finished_at": wave_obj.finished_at,
         "offline_cutoff": status["offline_cutoff"],
-        "groups": [{**{k: v for k, v in g.items() if k not in ("group_id", "versions")}, "versions": _versions(g["versions"])} for g in status["groups"]],
+        "groups": [
+            {**{k: v for k, v in g.items() if k not in ("group_id", "versions", "version_chips")}, "versions": _versions(g["versions"])}
+            for g in status["groups"]
+        ],
         "totals": status["totals"],
         "bad": bad_build_out(_bads([wave_obj]).get(wave_obj.build_version)),
     }

@@ -7,6 +7,7 @@ from datetime import timezone as dt_timezone
 
 from factory.charts import plotly_text
 
+from . import rereleases
 from .states import STACK_ORDER, STATE_COLORS, STATE_LABELS
 
 VERSION_COLORS = ("#0b5cad", "#e0a030", "#6f5bd3", "#d64545", "#3aa6b9", "#8a6d3b", "#b35c9e", "#5b6577", "#9aa5b1")
@@ -176,10 +177,11 @@ def _version_key(version):
     return (version == "none", -int(version) if version != "none" else 0)
 
 
-def version_distribution(groups, *, uirevision, filename="wave-versions", wave_version=None, max_groups=MAX_GROUPS):
+def version_distribution(groups, *, uirevision, filename="wave-versions", wave_version=None, labels=None, max_groups=MAX_GROUPS):
     """Devices per running version, per group, stacked (newest version first).
 
-    `groups`: [{"group": name, "versions": {"42": n, "none": n}}].
+    `groups`: [{"group": name, "versions": {"42": n, "none": n}}]; `labels`: {"45": "45 (build 41
+    re-released)"} for a re-release (waves.rereleases.version_labels).
     """
     shown, hidden = _shown_groups(groups, max_groups)
     if not shown:
@@ -189,7 +191,7 @@ def version_distribution(groups, *, uirevision, filename="wave-versions", wave_v
     data = []
     others = iter(VERSION_COLORS * (1 + len(versions) // len(VERSION_COLORS)))
     for version in versions:
-        label = "no target" if version == "none" else f"v{plotly_text(version)}"
+        label = "no target" if version == "none" else f"v{plotly_text((labels or {}).get(version, version))}"
         color = next(others)
         if wave_version is not None and version == str(wave_version):
             # the wave's version in the "updated" colour of the other charts
@@ -319,7 +321,10 @@ def wave_figures(live):
     return {
         "progress": progress(live["series"], live["phases"], uirevision=f"{key}-progress", filename=f"{slug}-progress"),
         "groups": group_progress(live["groups"], uirevision=f"{key}-groups", filename=f"{slug}-groups"),
-        "versions": version_distribution(live["groups"], uirevision=f"{key}-versions", filename=f"{slug}-versions", wave_version=wave.version),
+        "versions": version_distribution(
+            live["groups"], uirevision=f"{key}-versions", filename=f"{slug}-versions", wave_version=wave.version,
+            labels=rereleases.version_labels({v for g in live["groups"] for v in g["versions"]}, wave),
+        ),  # fmt: skip
         "failures": failures(live["failures"], uirevision=f"{key}-failures", filename=f"{slug}-failures"),
         "update_times": time_to_update(live["update_times"], uirevision=f"{key}-update-times", filename=f"{slug}-time-to-update"),
         "online": online_offline(live["series"], uirevision=f"{key}-online", filename=f"{slug}-online"),

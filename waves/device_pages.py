@@ -13,6 +13,7 @@ from devices import selectors as device_selectors
 from devices.forms import NO_GROUP, DeviceFilterForm
 from devices.models import Device, DeviceEvent, DeviceGroup
 from factory.auth import factory_view
+from factory.selectors import rerelease_builds
 from factory.views import capped_count, distinct_values, keyset_paginate, render_page
 
 from .models import Wave, WaveDevice, WaveGroup
@@ -105,6 +106,9 @@ def device_list(request):
     query = request.GET.copy()
     for key in ("after", "before"):
         query.pop(key, None)
+    rereleased = rerelease_builds(factory=request.factory, versions=[d.target_version for d in page])
+    for d in page:
+        d.rerelease_of = rereleased.get(d.target_version)
     context = {
         "form": form,
         "page": page,
@@ -146,6 +150,7 @@ def device_detail(request, uuid):
     )
     context = {
         "device": device,
+        "rerelease_of": rerelease_builds(factory=request.factory, versions=[device.target_version]).get(device.target_version),
         "certificate": _certificate(device),
         "online": device.last_seen is not None and device.last_seen >= _online_cutoff(),
         "events": events,

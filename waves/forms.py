@@ -92,6 +92,30 @@ def _build_label(version, bad):
     return f"Build {version} — marked bad: {reason} (by {bad.marked_by_name} on {bad.marked_at:%Y-%m-%d})"
 
 
+class WaveRevertForm(DashboardForm):
+    """A revert: the tag, the earlier build to go back to, a name; the bad build to prune."""
+
+    name = WaveCreateForm.base_fields["name"]
+    tag = forms.ChoiceField(label="Tag", help_text="Production devices following this tag go back.")
+    to_version = forms.TypedChoiceField(
+        coerce=int,
+        label="Go back to build",
+        help_text="Its content (the same hashes, the same OSTree commit) is re-released at the next version number, above "
+        "everything the tag has served: devices only ever move up.",
+    )
+    prune = WaveCreateForm.base_fields["prune"]
+    expires_days = WaveCreateForm.base_fields["expires_days"]
+    key_archive = WaveCreateForm.base_fields["key_archive"]
+    clean_key_archive = WaveCreateForm.clean_key_archive
+
+    def __init__(self, *args, tags=(), builds=(), prune_choices=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["tag"].choices = [(t, t) for t in tags]
+        self.fields["to_version"].choices = builds
+        self.fields["prune"].choices = [(v, f"version {v}") for v in prune_choices]
+        self.fields["prune"].help_text = "Drop the bad build from the tag's production targets in this wave."
+
+
 class WaveSignForm(DashboardForm):
     key_archive = forms.FileField(
         label="Offline targets key archive (.tgz)", help_text="Used once, in memory, to sign this wave; it is never stored."

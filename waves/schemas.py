@@ -43,6 +43,28 @@ class WaveInitIn(Schema):
     )
 
 
+class WaveRevertIn(Schema):
+    name: Name
+    tag: Name
+    to_version: Version = Field(
+        description="The earlier build to take the tag back to: one in the tag's production targets, or a CI build on the tag (or on source_tag)."
+    )
+    prune: list[Version] = Field(default_factory=list, description="Versions to drop from the production targets (the bad build, usually).")
+    expires_days: Annotated[int, Field(ge=2, le=3650)] | None = None
+    expires_at: AwareDatetime | None = Field(None, description="RFC 3339 with a time zone, e.g. 2027-06-01T00:00:00Z.")
+    source_tag: Name | None = Field(None, description="Match this tag when looking for the CI build's targets.")
+    dry_run: bool = Field(
+        False, description="Build and return the re-release's targets (at the number it would take now) without creating it or claiming the number."
+    )
+    signatures: list[SignatureIn] | None = Field(None, description="Offline signatures over the signing payload of a dry run with the same inputs and expires_at.")
+    aktualizr_signatures: list[SignatureIn] | None = Field(
+        None, description="The same keys' signatures over the aktualizr signing payload (every key signs both payloads)."
+    )
+    key_archive: Base64 | None = Field(
+        None, description="A keys .tgz to sign with on the server, used in memory once. The CLI signs locally instead."
+    )
+
+
 class WaveSignIn(Schema):
     signatures: list[SignatureIn] | None = Field(None, description="Signatures made over the wave's signing payload.")
     aktualizr_signatures: list[SignatureIn] | None = Field(
@@ -65,6 +87,10 @@ class RolloutSummaryOut(Schema):
 class WaveOut(Schema):
     name: str
     version: int
+    rerelease_of: int | None = Field(
+        None, description="For a re-release (a revert): the earlier build whose content the wave carries at its own, higher, version."
+    )
+    build_version: int = Field(description="The CI build whose content the wave releases: rerelease_of, else version.")
     tag: str
     source_tag: str
     status: Literal["unsigned", "active", "complete", "canceled"]
@@ -147,6 +173,7 @@ class GroupStatusOut(Schema):
     scheduled: int
     failed: int
     held: int
+    on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
     rollout_time: datetime | None
     versions: dict[str, int] = Field(description="Devices per target version ('none' for devices that never reported one).")
 
@@ -160,11 +187,18 @@ class StatusTotalsOut(Schema):
     scheduled: int
     failed: int
     held: int
+    on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
 
 
 class WaveStatusOut(Schema):
     name: str
     version: int
+    rerelease_of: int | None = Field(None, description="For a re-release (a revert): the build whose content the wave carries.")
+    build_version: int
+    version_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="How status shows each version present ('none' too): for a re-release '45 (build 41 re-released)', '42 (bad build)', '41 (same content)'.",
+    )
     tag: str
     status: str
     created_at: datetime

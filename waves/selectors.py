@@ -22,6 +22,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
+from . import rereleases
 from .outcomes import device_outcomes_sql, failed_sql, fetched_sql, outcome_params, version_updated
 
 NO_GROUP = "(No Group)"
@@ -72,6 +73,45 @@ def tag_served_version(*, factory, tag):
     return (
         Wave.objects.filter(factory=factory, tag=tag, activated_at__isnull=False).only("name", "version").order_by("-version").first()
     )
+
+
+def revert_builds(*, factory, tag):
+    """[(build, "in production" | "CI build")] a revert of `tag` may go back to, newest first:
+    the builds in the tag's production targets (their content as served), then CI builds on the tag."""
+    production = {}
+    for target in tuf_selectors.production_targets(factory=factory, tag=tag):
+        if target["version"] is not None:
+            production[target["version"]] = "in production"
+    builds = dict(production)
+    for version, custom in CiTarget.objects.filter(factory=factory).values_list("version", "custom"):
+        if tag in (custom.get("tags") or []):
+            builds.setdefault(version, "CI build")
+    return sorted(builds.items(), reverse=True)
+
+
+def revert_suggestion(*, wave):
+    """For a completed wave: {"tag", "to_version", "prune"} taking its tag back to the build in
+    production before it (the latest earlier completed wave's build, else the highest earlier
+    version in the production targets), pruning the wave's own version; None if there is none."""
+    if wave.status != Wave.Status.COMPLETE:
+        return None
+    earlier = (
+        Wave.objects.filter(factory_id=wave.factory_id, tag=wave.tag, status=Wave.Status.COMPLETE, version__lt=wave.version)
+        .exclude(pk=wave.pk)
+        .order_by("-version")
+        .first()
+    )
+    production = tuf_selectors.production_targets_versions(factory=wave.factory_id, tag=wave.tag)
+    if earlier is not None:
+        to_version = earlier.build_version
+    else:
+        below = [v for v in production if v < wave.build_version]
+        if not below:
+            return None
+        to_version = below[-1]
+    if to_version == wave.build_version:
+        return None
+    return {"tag": wave.tag, "to_version": to_version, "prune": [wave.version] if wave.version in production else []}
 
 
 def wave_signing_payload(wave):
@@ -176,7 +216,8 @@ def group_order(rows):
 def wave_status(*, wave, offline_threshold_hours=None):
     """Per group on the wave's tag (rollout groups first, then other groups, then "(No Group)"):
     total, online, on the wave version, newer, older, scheduled, failed, held, rollout time;
-    totals; and the version distribution per group."""
+    totals; and the version distribution per group. For a re-release (a revert) also the devices
+    on the bad build (among the older) and labels of the versions (waves/rereleases.py)."""
     cutoff = offline_cutoff(offline_threshold_hours)
     params = {**outcome_params(wave), "cutoff": cutoff}
     counts = defaultdict(lambda: dict.fromkeys(("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held"), 0))
@@ -205,7 +246,13 @@ def wave_status(*, wave, offline_threshold_hours=None):
 
     names = dict(DeviceGroup.objects.filter(factory_id=wave.factory_id).values_list("id", "name"))
     rows = []
+    all_versions = defaultdict(int)
+    for group_versions in versions.values():
+        for version, total in group_versions.items():
+            all_versions[version] += total
+    labels = rereleases.version_labels(all_versions, wave)
     for group_id, values in counts.items():
+        ordered = dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0))))
         rows.append(
             {
                 "group": names.get(group_id, NO_GROUP) if group_id else NO_GROUP,
@@ -214,12 +261,17 @@ def wave_status(*, wave, offline_threshold_hours=None):
                 "scheduled": values["scheduled"] if wave.status == Wave.Status.ACTIVE else 0,
                 "held": values["held"] if wave.status == Wave.Status.CANCELED else 0,
                 "rollout_time": rollout_times.get(group_id),
-                "versions": dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0)))),
+                "versions": ordered,
+                "on_bad_build": rereleases.on_bad_build(ordered, wave),
+                "version_chips": [
+                    {"label": labels["none" if v is None else str(v)], "count": n, "role": rereleases.version_role(v, wave)} for v, n in ordered.items()
+                ],
             }
         )
     rows = group_order(rows)
-    totals = {key: sum(r[key] for r in rows) for key in ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held")}
-    return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff}
+    keys = ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held", "on_bad_build")
+    totals = {key: sum(r[key] for r in rows) for key in keys}
+    return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff, "version_labels": labels}
 
 
 def factory_status(*, factory, offline_threshold_hours=None):

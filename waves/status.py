@@ -21,6 +21,7 @@ from django.utils.dateparse import parse_datetime
 from devices.models import DeviceGroup
 from factory.auth import authorize
 
+from . import rereleases
 from .models import Rollout, Wave, WaveStatusSample
 from .outcomes import (
     failed_sql,
@@ -609,6 +610,10 @@ def wave_status_csv_rows(*, wave, offline_threshold_hours=None):
     """The status per group as CSV rows (header first, a total row last), computed now."""
     snapshot = wave_snapshot(wave=wave, offline_threshold_hours=offline_threshold_hours)
     header = ["group", "total", "online", "on_wave_version", "newer", "older", *CSV_STATE_COLUMNS, "rollout_time"]
+    # A re-release (a revert) adds the devices on the bad build, among the older ones.
+    revert = wave.rerelease_of is not None
+    if revert:
+        header.append("on_bad_build")
     rows = [header]
 
     def version_split(versions):
@@ -631,10 +636,14 @@ def wave_status_csv_rows(*, wave, offline_threshold_hours=None):
                 row["group"], row["total"], row["online"], *version_split(row["versions"]),
                 *[row["states"][s] for s in STATES], row["stuck"],
                 row["rollout_time"].isoformat() if row["rollout_time"] else "",
+                *([rereleases.on_bad_build(row["versions"], wave)] if revert else []),
             ]
         )
     totals = snapshot["totals"]
-    rows.append(["(Total)", totals["total"], totals["online"], *version_split(all_versions), *[totals[s] for s in STATES], totals["stuck"], ""])
+    rows.append(
+        ["(Total)", totals["total"], totals["online"], *version_split(all_versions), *[totals[s] for s in STATES], totals["stuck"], "",
+         *([rereleases.on_bad_build(all_versions, wave)] if revert else [])]
+    )  # fmt: skip
     return snapshot["taken_at"], rows
 
 

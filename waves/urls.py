@@ -7,6 +7,7 @@ from . import devicelist_views, plan_views, rollout_views, status_views, views
 urlpatterns = [
     path("", views.wave_list, name="wave-list"),
     path("new/", views.wave_create, name="wave-create"),
+    path("new/revert/", views.wave_revert, name="wave-revert"),
     path("lists/", devicelist_views.device_list_index, name="devicelist-list"),
     path("lists/new/", devicelist_views.device_list_create, name="devicelist-create"),
     path("lists/<int:list_id>/", devicelist_views.device_list_detail, name="devicelist-detail"),

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
-from django.http import Http404
+from django.http import Http404, QueryDict
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils import timezone
@@ -21,12 +21,13 @@ from factory.downloads import attachment
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
 from factory.models import CiTarget
+from factory.tuf import metadata as md
 from factory.tuf import selectors as tuf_selectors
 from factory.tuf.models import TufKey, TufRepository
 from factory.views import add_service_error, distinct_values, render_page, service_error_status
 
 from . import selectors, services
-from .forms import ConfirmNameForm, RolloutForm, WaveCreateForm, WaveFilterForm, WaveSignForm
+from .forms import ConfirmNameForm, RolloutForm, WaveCreateForm, WaveFilterForm, WaveRevertForm, WaveSignForm
 from .models import Rollout, SavedDeviceList, Wave
 
 EXPIRY_WARNING_DAYS = 30
@@ -34,6 +35,8 @@ EXPIRY_WARNING_DAYS = 30
 # wave_init's errors share codes, so their field is told by what the message is about.
 INIT_ERROR_WORDS = (
     ("marked bad", "version"),
+    ("build version", "to_version"),
+    ("neither in the production targets", "to_version"),
     ("wave name", "name"),
     ("wave named", "name"),
     ("prune", "prune"),
@@ -84,6 +87,7 @@ def _targets_facts(wave):
                 "sha256": info.get("hashes", {}).get("sha256", ""),
                 "length": info.get("length"),
                 "new": str(custom.get("version", "")) == str(wave.version),
+                "rerelease_of": md.content_source(name, custom)[1] if custom.get("rerelease_of") else None,
             }
         )
     targets.sort(key=lambda t: (not t["new"], -int(t["version"]) if str(t["version"]).isdigit() else 0, t["name"]))
@@ -238,6 +242,88 @@ def wave_create(request):
     )
 
 
+def _revert_form(request, data=None, files=None, initial=None):
+    factory = request.factory
+    released = [t["tag"] for t in tuf_selectors.production_tags(factory=factory) if t["version"] is not None]
+    tags = sorted(set(released) | set(_factory_tags(factory)))
+    # A tag something was released on comes first: only there is there something to go back from.
+    tag = (data or {}).get("tag") or (initial or {}).get("tag") or (released or tags or [None])[0]
+    builds, prune_choices = [], []
+    if tag:
+        try:
+            builds = [(v, f"Build {v} ({where})") for v, where in selectors.revert_builds(factory=factory, tag=tag)]
+            prune_choices = sorted(tuf_selectors.production_targets_versions(factory=factory, tag=tag), reverse=True)
+        except ApplicationError:
+            pass
+    return WaveRevertForm(data, files, tags=tags, builds=builds, prune_choices=prune_choices, initial=initial)
+
+
+def _revert_initial(request):
+    """What the "Revert this release" link of a completed wave fills in (tag, build, prune)."""
+    initial = {"expires_days": None}
+    for key in ("tag", "to_version", "name"):
+        if request.GET.get(key):
+            initial[key] = request.GET[key][:64]
+    prune = [v for v in request.GET.getlist("prune") if v.isdigit()]
+    if prune:
+        initial["prune"] = prune
+    return initial
+
+
+@factory_view("wave.manage")
+@require_http_methods(["GET", "POST"])
+def wave_revert(request):
+    """Create a revert: a wave re-releasing an earlier build's content at a new, higher version."""
+    page = {"title": "Revert a tag to an earlier build", "section": "waves", "fragments": ("wave-revert",)}
+    if request.method == "GET":
+        form = _revert_form(request, initial=_revert_initial(request))
+        return render_page(request, "waves/revert.html", {"form": form}, **page)
+    form = _revert_form(request, request.POST, request.FILES)
+    preview, status = None, 400
+    if form.is_valid():
+        data = form.cleaned_data
+        args = {
+            "factory": request.factory,
+            "actor": request.user,
+            "name": data["name"],
+            "tag": data["tag"],
+            "to_version": data["to_version"],
+            "prune": data["prune"],
+            "expires_days": data["expires_days"],
+        }
+        if request.POST.get("action") != "create":
+            try:
+                preview, status = _wave_preview(services.wave_revert(**args, dry_run=True)), 200
+            except ApplicationError as error:
+                add_service_error(form, error, {error.code: _init_error_field(error)})
+                status = service_error_status(error)
+        else:
+            try:
+                # The re-release and its first signature land together: a key archive that does
+                # not sign leaves no wave behind and claims no number.
+                with transaction.atomic():
+                    wave = services.wave_revert(**args)
+                    if data["key_archive"]:
+                        try:
+                            wave = services.wave_sign(wave=wave, actor=request.user, key_archive=data["key_archive"])
+                        except ApplicationError as error:
+                            add_service_error(form, error, {error.code: "key_archive"})
+                            raise
+            except ApplicationError as error:
+                if not form.errors:
+                    add_service_error(form, error, {error.code: _init_error_field(error)})
+                status = service_error_status(error)
+            else:
+                where = f"version {wave.version}, build {wave.rerelease_of} re-released"
+                if wave.status == Wave.Status.ACTIVE:
+                    messages.success(request, f"Revert {wave.name} ({where}) is signed and active. Roll it out in phases below.")
+                else:
+                    messages.info(request, f"Revert {wave.name} ({where}) was created and waits for offline signatures.")
+                url = reverse("wave-detail", args=[wave.name])
+                return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    return render_page(request, "waves/revert.html", {"form": form, "preview": preview}, status=status, **page)
+
+
 @factory_view("wave.manage")
 @require_POST
 def wave_sign(request, name):
@@ -267,6 +353,17 @@ def wave_rollout_form(request, wave, data=None, files=None):
     return RolloutForm(data, files, groups=groups, saved_lists=saved)
 
 
+def _revert_link(wave):
+    """The "Revert this release" link of a completed wave, prefilled; None if nothing to go back to."""
+    suggestion = selectors.revert_suggestion(wave=wave)
+    if suggestion is None:
+        return None
+    query = QueryDict(mutable=True)
+    query.update({"tag": suggestion["tag"], "to_version": suggestion["to_version"]})
+    query.setlist("prune", [str(v) for v in suggestion["prune"]])
+    return {**suggestion, "url": f"{reverse('wave-revert')}?{query.urlencode()}"}
+
+
 def detail_page(request, wave, *, sign_form=None, rollout_form=None, status=200):
     shown = selectors.wave_show(wave=wave)
     threshold_form, hours = _threshold(request)
@@ -283,6 +380,7 @@ def detail_page(request, wave, *, sign_form=None, rollout_form=None, status=200)
         "status_interval": int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS),
         "threshold_form": threshold_form,
         "bad": build_bad(factory=wave.factory, version=wave.build_version),
+        "revert": _revert_link(wave),
     }
     return render_page(
         request,

@@ -34,6 +34,26 @@ def register(sub, common):
     p.add_argument("-d", "--dry-run", action="store_true", help="print the wave's targets without creating it")
     p.set_defaults(handler=waves_init)
 
+    p = commands.add_parser(
+        "revert",
+        parents=[common],
+        help="take TAG back to an earlier build: a re-release of it at a new, higher version",
+        description="Create a wave that takes production devices on TAG back to build VERSION. Devices only ever "
+        "move up, so the build's content (the same hashes, the same OSTree commit) is re-released under new "
+        "target names at the next number of the factory's one sequence of builds and re-releases. Sign it and "
+        "roll it out like any wave; with -k it is signed on this machine with your offline targets key.",
+    )
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("tag", metavar="TAG")
+    p.add_argument("--to", dest="to_version", required=True, metavar="VERSION", help="the earlier build to go back to")
+    p.add_argument("-k", "--keys", metavar="KEYS.tgz", help="offline keys archive to sign the wave's targets with (locally)")
+    p.add_argument("-e", "--expires-days", type=int, metavar="DAYS", help="targets expire after DAYS days (default 365)")
+    p.add_argument("-E", "--expires-at", metavar="RFC3339", help="targets expire at this time, e.g. 2027-06-01T00:00:00Z")
+    p.add_argument("--prune", action="append", default=[], metavar="V1,V2", help="drop these versions (the bad build) from the production targets")
+    p.add_argument("--source-tag", metavar="TAG", help="match this tag when looking for the build's CI targets")
+    p.add_argument("-d", "--dry-run", action="store_true", help="print the re-release's targets without creating it")
+    p.set_defaults(handler=waves_revert)
+
     p = commands.add_parser("sign", parents=[common], help="add your offline signature to an unsigned wave")
     p.add_argument("wave", metavar="WAVE")
     p.add_argument("-k", "--keys", metavar="KEYS.tgz", required=True, help="offline keys archive (used on this machine only)")
@@ -116,40 +136,68 @@ def _versions(values):
     return out_values
 
 
-def waves_init(args, ctx):
-    if not args.version.isdigit():
-        raise UsageError(f"VERSION must be a CI build number, not {args.version!r}")
+def rerelease(wave):
+    """" (re-release of build 41)" for a revert's wave, "" for a build's."""
+    return f" (re-release of build {wave['rerelease_of']})" if wave.get("rerelease_of") else ""
+
+
+def _wave_payload(args, **fields_):
     if args.expires_days is not None and args.expires_at:
         raise UsageError("give --expires-days or --expires-at, not both")
     payload = {
         "name": args.wave,
-        "version": int(args.version),
+        **fields_,
         "tag": args.tag,
         "prune": _versions(args.prune),
         "expires_days": args.expires_days,
         "expires_at": args.expires_at,
         "source_tag": args.source_tag,
     }
-    payload = {k: v for k, v in payload.items() if v is not None}
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def _wave_create(args, ctx, path, payload):
+    """POST a new wave (init or revert): a dry run prints it; with -k it is signed here."""
     if args.dry_run:
-        dump_json(ctx.client.post(ctx.path("waves/"), {**payload, "dry_run": True}))
-        return 0
+        dump_json(ctx.client.post(path, {**payload, "dry_run": True}))
+        return None
     if not args.keys:
-        wave = ctx.client.post(ctx.path("waves/"), payload)
-        out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
-        out(f"It is unsigned: sign it with `breakwater waves sign {wave['name']} -k KEYS.tgz` before rolling it out.")
-        return 0
+        return ctx.client.post(path, payload)
     # Check the archive holds a key the production root trusts before creating anything.
     signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
     # The wave is created and signed in one request, so a signature the server refuses leaves
     # no unsigned wave blocking the tag: sign what a dry run with the same inputs returns, with
     # its expiry pinned so the server builds the very same targets.
-    preview = ctx.client.post(ctx.path("waves/"), {**payload, "dry_run": True})
+    preview = ctx.client.post(path, {**payload, "dry_run": True})
     payload.pop("expires_days", None)
     payload["expires_at"] = preview["expires_at"]
-    wave = ctx.client.post(ctx.path("waves/"), {**payload, **signer.sign_wave(preview)})
-    out(f"Wave {wave['name']} created for version {wave['version']} on tag {wave['tag']}")
-    _print_signed(wave)
+    return ctx.client.post(path, {**payload, **signer.sign_wave(preview)})
+
+
+def _print_created(wave, signed_here):
+    out(f"Wave {wave['name']} created for version {wave['version']}{rerelease(wave)} on tag {wave['tag']}")
+    if signed_here:
+        _print_signed(wave)
+    else:
+        out(f"It is unsigned: sign it with `breakwater waves sign {wave['name']} -k KEYS.tgz` before rolling it out.")
+
+
+def waves_init(args, ctx):
+    if not args.version.isdigit():
+        raise UsageError(f"VERSION must be a CI build number, not {args.version!r}")
+    wave = _wave_create(args, ctx, ctx.path("waves/"), _wave_payload(args, version=int(args.version)))
+    if wave is not None:
+        _print_created(wave, bool(args.keys))
+    return 0
+
+
+def waves_revert(args, ctx):
+    if not args.to_version.isdigit():
+        raise UsageError(f"--to must be the number of the build to go back to, not {args.to_version!r}")
+    wave = _wave_create(args, ctx, ctx.path("waves/revert/"), _wave_payload(args, to_version=int(args.to_version)))
+    if wave is not None:
+        _print_created(wave, bool(args.keys))
+        out(f"Devices on tag {wave['tag']} that install it run build {wave['rerelease_of']}'s content again, as version {wave['version']}.")
     return 0
 
 
@@ -247,7 +295,9 @@ def waves_status(args, ctx):
 def print_wave_status(status):
     totals = status["totals"]
     tag = status["tag"]
-    out(f"Wave '{status['name']}' for tag '{tag}' version {status['version']} is {status['status']}")
+    labels = status.get("version_labels") or {}
+    revert = status.get("rerelease_of") is not None
+    out(f"Wave '{status['name']}' for tag '{tag}' version {status['version']}{rerelease(status)} is {status['status']}")
     if status.get("bad"):
         out(f"Its {bad_build(status['bad'])}: no further rollout, and it cannot be completed.")
     out()
@@ -269,6 +319,8 @@ def print_wave_status(status):
         ("Devices Not Scheduled", out_of_wave),
         ("Devices Failed to Install", totals["failed"]),
     ]
+    if revert:
+        pairs.insert(-2, ("Devices on the Bad Build (not scheduled or scheduled)", totals.get("on_bad_build", 0)))
     if status["status"] == "canceled":
         pairs.append(("Devices Held (fetched the canceled wave)", totals["held"]))
     fields(pairs)
@@ -276,13 +328,16 @@ def print_wave_status(status):
         return
     out()
     pending = {"canceled": "Never (Wave Canceled)", "complete": "At Wave Completion (Done)"}.get(status["status"], "At Wave Completion")
-    table(
-        ["GROUP", "TOTAL", "ONLINE", "UPDATED", "NEED UPDATE", "SCHEDULED", "FAILED", "ROLLOUT AT"],
-        [
-            [g["group"], g["total"], g["online"], g["on_wave"] + g["newer"], g["older"], g["scheduled"], g["failed"], when(g["rollout_time"]) if g["rollout_time"] else pending]
-            for g in status["groups"]
-        ],
-    )
+    header = ["GROUP", "TOTAL", "ONLINE", "UPDATED", "NEED UPDATE", "SCHEDULED", "FAILED", "ROLLOUT AT"]
+    rows = [
+        [g["group"], g["total"], g["online"], g["on_wave"] + g["newer"], g["older"], g["scheduled"], g["failed"], when(g["rollout_time"]) if g["rollout_time"] else pending]
+        for g in status["groups"]
+    ]
+    if revert:
+        header.insert(5, "ON BAD BUILD")
+        for row, g in zip(rows, status["groups"]):
+            row.insert(5, g.get("on_bad_build", 0))
+    table(header, rows)
     if status["status"] != "active":
         return
     out()
@@ -294,7 +349,8 @@ def print_wave_status(status):
         rows = []
         for version, count in group["versions"].items():
             mark = "<-" if version == str(status["version"]) else ""
-            rows.append([f"{version:<6}{mark:>2}", count])
+            text = labels.get(version, version)
+            rows.append([f"{text:<6}{mark:>2}" if len(text) < 6 else f"{text} {mark}".rstrip(), count])
         table(["TARGET", "DEVICES"], rows, indent=1)
 
 
@@ -308,7 +364,7 @@ def waves_list(args, ctx):
         return 0
     table(
         ["NAME", "VERSION", "TAG", "STATUS", "CREATED AT", "FINISHED AT"],
-        [[w["name"], w["version"], w["tag"], w["status"] + (" (bad build)" if w.get("bad") else ""), when(w["created_at"]), when(w["finished_at"]) if w["finished_at"] else ""] for w in data["items"]],
+        [[w["name"], f"{w['version']}{rerelease(w)}", w["tag"], w["status"] + (" (bad build)" if w.get("bad") else ""), when(w["created_at"]), when(w["finished_at"]) if w["finished_at"] else ""] for w in data["items"]],
     )
     bad = [w for w in data["items"] if w.get("bad")]
     if bad:
@@ -326,7 +382,7 @@ def waves_show(args, ctx):
         return 0
     pairs = [
         ("Name", wave["name"]),
-        ("Version", wave["version"]),
+        ("Version", f"{wave['version']}{rerelease(wave)}"),
         ("Tag", wave["tag"]),
         ("Status", wave["status"]),
         ("Created At", when(wave["created_at"])),

@@ -4,7 +4,7 @@ import re
 from datetime import datetime, timedelta, timezone
 
 from factory import charts as factory_charts
-from waves import charts
+from waves import charts, rereleases
 from waves.states import STATE_COLORS, STATES
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -171,7 +171,17 @@ def test_online_and_offline_over_time():
 
 
 class FakeWave:
-    pk, name, version = 7, "v2.0", 42
+    pk, name, version, rerelease_of = 7, "v2.0", 42, None
+
+
+def test_a_revert_labels_its_version_and_the_bad_build_in_the_version_chart():
+    revert = FakeWave()
+    revert.version, revert.rerelease_of = 45, 41
+    groups = [{"group": "canary", "versions": {"45": 2, "42": 3, "41": 1, "none": 1}}]
+    labels = rereleases.version_labels(groups[0]["versions"], revert)
+    figure = charts.version_distribution(groups, uirevision="r", wave_version=45, labels=labels)
+    names = [trace["name"] for trace in figure["data"]]
+    assert names == ["v45 (build 41 re-released) (wave)", "v42 (bad build)", "v41 (same content)", "no target"]
 
 
 def test_wave_figures_have_one_uirevision_per_chart_and_wave():

@@ -33,9 +33,10 @@ def test_status_per_group_in_order_with_totals(factory, bob, fleet100, wave):
     status = wave_status(wave=wave)
     assert [r["group"] for r in status["groups"]] == ["beta", "canary", "alpha", "(No Group)"]
     rows = by_group(status)
-    assert rows["beta"] | {"versions": None, "rollout_time": None, "group_id": None} == {
+    assert rows["beta"] | {"versions": None, "version_chips": None, "rollout_time": None, "group_id": None} == {
         "group": "beta", "group_id": None, "total": 20, "online": 20, "on_wave": 0, "newer": 0, "older": 20,
-        "scheduled": 20, "failed": 1, "held": 0, "versions": None, "rollout_time": None,
+        "scheduled": 20, "failed": 1, "held": 0, "versions": None, "version_chips": None, "rollout_time": None,
+        "on_bad_build": 0,  # not a re-release
     }
     assert rows["canary"]["on_wave"] == 1 and rows["canary"]["newer"] == 1 and rows["canary"]["older"] == 3
     assert rows["canary"]["scheduled"] == 1  # two staged, one already updated
