@@ -9,6 +9,9 @@ class Wave(models.Model):
         # Initialized, but the offline signatures do not meet the production root's threshold yet.
         UNSIGNED = "unsigned"
         ACTIVE = "active"
+        # A pre-signed rollback held by a running plan: signed with the offline key when the plan
+        # started, activated (and its devices staged) only if the plan halts on a failure gate.
+        ARMED = "armed"
         COMPLETE = "complete"
         CANCELED = "canceled"
 
@@ -69,6 +72,8 @@ class Rollout(models.Model):
     full_group = models.BooleanField(default=False)
     device_count = models.PositiveIntegerField(default=0)
     options = models.JSONField(default=dict, blank=True)
+    # The plan phase this rollout is a batch of (a paced phase stages its devices in several).
+    phase = models.ForeignKey("PlanPhase", null=True, blank=True, on_delete=models.SET_NULL, related_name="batches")
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -155,6 +160,15 @@ class RolloutPlan(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     # Claimed by the evaluator with a conditional update so two workers never act twice.
     evaluating_until = models.DateTimeField(null=True, blank=True)
+    # Maintenance windows: phases stage devices only inside them. A window is
+    # {"days": ["mon", ...], "start": "HH:MM", "end": "HH:MM"} in `timezone`; `group_windows`
+    # maps a group name to its own windows, which replace the plan's for that group's phases.
+    windows = models.JSONField(default=list, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    group_windows = models.JSONField(default=dict, blank=True)
+    # The pre-signed rollback (an ARMED re-release wave) and whom it moves back on a halt.
+    rollback_wave = models.OneToOneField(Wave, null=True, blank=True, on_delete=models.SET_NULL, related_name="rollback_of_plan")
+    rollback_scope = models.CharField(max_length=16, blank=True)
 
 
 class PlanPhase(models.Model):
@@ -186,6 +200,18 @@ class PlanPhase(models.Model):
     stuck_after_minutes = models.PositiveIntegerField(null=True, blank=True)
     advance = models.CharField(max_length=16, choices=Advance.choices, default=Advance.AUTO)
     approver_must_differ = models.BooleanField(default=False)
+    # Pacing: at most `pace_per_minute` devices a minute, or batches growing from `pace_start`
+    # by `pace_factor` each minute up to `pace_ceiling`; none set stages the phase at once.
+    pace_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    pace_start = models.PositiveIntegerField(null=True, blank=True)
+    pace_factor = models.FloatField(null=True, blank=True)
+    pace_ceiling = models.PositiveIntegerField(null=True, blank=True)
+    # Kept as batches are staged, so a paced tick never counts the phase's devices.
+    staged_count = models.PositiveIntegerField(default=0)
+    batches_done = models.BooleanField(default=False)
+    last_batch_at = models.DateTimeField(null=True, blank=True)
+    # Offer the wave again to a device that reported a failure, up to this many times.
+    retry_failed = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     rollout = models.ForeignKey(Rollout, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     started_at = models.DateTimeField(null=True, blank=True)
@@ -200,7 +226,22 @@ class PlanPhase(models.Model):
                 & (Q(max_failure_ratio__isnull=True) | Q(max_failure_ratio__gte=0, max_failure_ratio__lte=1)),
                 name="planphase_ratios_between_0_and_1",
             ),
+            models.CheckConstraint(condition=Q(pace_factor__isnull=True) | Q(pace_factor__gt=1), name="planphase_pace_factor_above_1"),
         ]
+
+
+class WaveRetry(models.Model):
+    """The wave offered again to a device that reported a failure: `count` times, the last at
+    `retried_at`. A failure reported before `retried_at` no longer counts (waves/outcomes.py)."""
+
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="retries")
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    count = models.PositiveSmallIntegerField(default=1)
+    retried_at = models.DateTimeField()
+    retried_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["wave", "device"], name="waveretry_once_per_wave_device")]
 
 
 class PlanDecision(models.Model):
