@@ -3,7 +3,7 @@
 Each figure carries a `uirevision`, so `Plotly.react` with fresh data keeps the user's zoom and
 hidden traces, and a `config` naming the PNG that Plotly's camera button saves.
 """
-from datetime import timezone as dt_timezone
+from datetime import timedelta, timezone as dt_timezone
 
 from factory.charts import plotly_text
 
@@ -19,6 +19,29 @@ FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "siz
 def _time(value):
     """Plotly reads naive "YYYY-MM-DD HH:MM:SS" times; the axes say they are UTC."""
     return value.astimezone(dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# A time axis spans at least this long: one sample alone would otherwise get a sub-second axis
+# (Plotly pads a single point by a millisecond) and a line chart with nothing drawn on it.
+MIN_TIME_WINDOW = timedelta(minutes=30)
+PHASE_LABEL_MAX = 24
+
+
+def _time_axis(times):
+    """A date axis over `times` (datetimes), at least MIN_TIME_WINDOW wide, ending at the latest."""
+    end, start = max(times), min(times)
+    if end - start < MIN_TIME_WINDOW:
+        start = end - MIN_TIME_WINDOW
+    return {"type": "date", "title": {"text": "time (UTC)"}, "range": [_time(start), _time(end)]}
+
+
+def _line_mode(series):
+    # A line needs two points: with fewer, each sample is drawn as a marker.
+    return "lines" if len(series) > 1 else "lines+markers"
+
+
+def _short(label):
+    return label if len(label) <= PHASE_LABEL_MAX else label[: PHASE_LABEL_MAX - 1] + "\u2026"
 
 
 def _layout(uirevision, *, height=320, **extra):
@@ -76,7 +99,7 @@ def _phase_clusters(phases, series):
     times = [p["at"] for p in phases] + [point["taken_at"] for point in series]
     if not phases:
         return []
-    gap = (max(times) - min(times)) / 60
+    gap = max(max(times) - min(times), MIN_TIME_WINDOW) / 60
     clusters = [[phases[0]]]
     for phase in phases[1:]:
         if phase["at"] - clusters[-1][0]["at"] <= gap:
@@ -99,7 +122,7 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
     data = [
         {
             "type": "scatter",
-            "mode": "lines",
+            "mode": _line_mode(series),
             "stackgroup": "states",
             "name": STATE_LABELS[state],
             "x": x,
@@ -117,9 +140,11 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
         at = _time(cluster[0]["at"])
         color = "#b42318" if any(p.get("kind") == "canceled" for p in cluster) else PHASE_COLOR
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": at, "x1": at, "y0": 0, "y1": 1, "line": {"color": color, "width": 1, "dash": "dot"}})
+        # Labels are cut to fit beside the marker; the whole text shows on hover.
         annotations.append(
             {
-                "x": at, "y": 1, "xref": "x", "yref": "paper", "text": "<br>".join(plotly_text(p["label"]) for p in cluster), "showarrow": False,
+                "x": at, "y": 1, "xref": "x", "yref": "paper", "text": "<br>".join(plotly_text(_short(p["label"])) for p in cluster), "showarrow": False,
+                "hovertext": "<br>".join(plotly_text(p["label"]) for p in cluster),
                 "xanchor": "left", "yanchor": "top", "font": {"size": 10, "color": color}, "textangle": -90,
             }
         )
@@ -128,7 +153,7 @@ def progress(series, phases, *, uirevision, filename="wave-progress"):
         height=340,
         shapes=shapes,
         annotations=annotations,
-        xaxis={"type": "date", "title": {"text": "time (UTC)"}},
+        xaxis=_time_axis([point["taken_at"] for point in series] + [p["at"] for p in phases]),
         yaxis=_count_axis(max(point["totals"].get("total", 0) - point["totals"].get("not_scheduled", 0) for point in series), title={"text": "devices"}),
     )
     return {"data": data, "layout": layout, "config": _config(filename)}
@@ -305,11 +330,11 @@ def online_offline(series, *, uirevision, filename="wave-online"):
     online = [point["totals"].get("online", 0) for point in series]
     offline = [point["totals"].get("total", 0) - n for point, n in zip(series, online)]
     data = [
-        {"type": "scatter", "mode": "lines", "stackgroup": "seen", "name": name, "x": x, "y": values, "line": {"width": 0.5, "color": color}, "fillcolor": color, "hovertemplate": "%{y:,}"}
+        {"type": "scatter", "mode": _line_mode(series), "stackgroup": "seen", "name": name, "x": x, "y": values, "line": {"width": 0.5, "color": color}, "fillcolor": color, "hovertemplate": "%{y:,}"}
         for name, values, color in (("online", online, "#1f9d55"), ("offline", offline, "#7a8291"))
     ]
     largest = max(point["totals"].get("total", 0) for point in series)
-    layout = _layout(uirevision, height=260, xaxis={"type": "date", "title": {"text": "time (UTC)"}}, yaxis=_count_axis(largest, title={"text": "devices"}))
+    layout = _layout(uirevision, height=260, xaxis=_time_axis([point["taken_at"] for point in series]), yaxis=_count_axis(largest, title={"text": "devices"}))
     return {"data": data, "layout": layout, "config": _config(filename)}
 
 

@@ -1,13 +1,30 @@
 // Breakwater's one script: redraw Plotly charts when htmx swaps content in, show errors that
 // htmx would otherwise swallow, and keep focus where a keyboard user expects it.
 (function () {
+  function drawChart(el) {
+    var source = document.getElementById(el.dataset.chart);
+    if (!source) return;
+    var fig = JSON.parse(source.textContent);
+    el.dataset.drawn = "1";
+    window.Plotly.react(el, fig.data, fig.layout || {}, Object.assign({ responsive: true, displaylogo: false }, fig.config || {}));
+  }
+
+  // Drawing six charts at once holds the page for a second: the first chart of a panel, and any
+  // chart already drawn (a refresh redraws it in place), draw now; the rest as they come near the
+  // viewport.
+  var observer = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (entry) {
+      if (!entry.isIntersecting) return;
+      observer.unobserve(entry.target);
+      if (window.Plotly) drawChart(entry.target);
+    });
+  }, { rootMargin: "200px 0px" }) : null;
+
   function drawCharts(root) {
     if (!window.Plotly || !root.querySelectorAll) return;
-    root.querySelectorAll("[data-chart]").forEach(function (el) {
-      var source = document.getElementById(el.dataset.chart);
-      if (!source) return;
-      var fig = JSON.parse(source.textContent);
-      window.Plotly.react(el, fig.data, fig.layout || {}, Object.assign({ responsive: true, displaylogo: false }, fig.config || {}));
+    root.querySelectorAll("[data-chart]").forEach(function (el, index) {
+      if (!observer || index === 0 || el.dataset.drawn) drawChart(el);
+      else observer.observe(el);
     });
   }
 
@@ -32,6 +49,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () { drawCharts(document); });
+  document.addEventListener("breakwater:plotly-ready", function () { drawCharts(document); });
   document.addEventListener("htmx:afterSettle", function (evt) { drawCharts(evt.target); });
   document.addEventListener("htmx:responseError", function (evt) {
     var xhr = evt.detail.xhr;

@@ -79,6 +79,11 @@ def test_the_wave_chart_follows_device_reports_without_a_reload(page, live_serve
     expect(live).to_contain_text("Sampled at")
     page.wait_for_function("() => document.querySelector('#wave-chart-progress .main-svg') !== null")
     assert page.evaluate(UPDATED_NOW) == 0
+    # The first chart draws at once; the rest wait until they scroll into view.
+    assert page.evaluate("() => document.querySelector('#wave-chart-online .main-svg') === null")
+    page.locator("#wave-chart-online").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelector('#wave-chart-online .main-svg') !== null", timeout=20_000)
+    page.locator("#wave-chart-progress").scroll_into_view_if_needed()
     expect(live.locator('[data-state="scheduled"] .n')).to_have_text("5")
 
     # The user zooms into the progress chart; a reload would lose this marker and the zoom.
@@ -99,6 +104,8 @@ def test_the_wave_chart_follows_device_reports_without_a_reload(page, live_serve
     expect(live.locator('[data-state="failed"] .n')).to_have_text("1")
     assert page.evaluate("() => window.__sameDocument === true")  # no reload happened
     assert page.evaluate("() => document.getElementById('wave-chart-progress').layout.yaxis.range") == [0, 40]  # zoom kept
+    page.locator("#wave-chart-failures").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelector('#wave-chart-failures .main-svg') !== null", timeout=20_000)
     failures = page.evaluate("() => document.getElementById('wave-chart-failures').data[0].y")
     assert failures == ["no space left on device"]
     shot(page, "live-wave-status")

@@ -50,14 +50,33 @@ def test_progress_is_a_stacked_area_per_state_with_updated_at_the_bottom():
 def test_progress_marks_each_phase_on_the_time_axis_in_utc():
     phases = [
         {"at": T0 + timedelta(seconds=5), "label": "#1 canary whole group", "kind": "rollout"},
-        {"at": datetime(2026, 3, 1, 13, 0, 10, tzinfo=CET), "label": "canceled", "kind": "canceled"},
+        {"at": datetime(2026, 3, 1, 13, 10, 10, tzinfo=CET), "label": "canceled", "kind": "canceled"},
     ]
     layout = charts.progress(SERIES, phases, uirevision="u")["layout"]
     assert [(s["x0"], s["x1"], s["yref"], s["line"]["color"]) for s in layout["shapes"]] == [
         ("2026-03-01 12:00:05", "2026-03-01 12:00:05", "paper", "#0f2742"),
-        ("2026-03-01 12:00:10", "2026-03-01 12:00:10", "paper", "#b42318"),
+        ("2026-03-01 12:10:10", "2026-03-01 12:10:10", "paper", "#b42318"),
     ]
-    assert [(a["x"], a["text"]) for a in layout["annotations"]] == [("2026-03-01 12:00:05", "#1 canary whole group"), ("2026-03-01 12:00:10", "canceled")]
+    assert [(a["x"], a["text"]) for a in layout["annotations"]] == [("2026-03-01 12:00:05", "#1 canary whole group"), ("2026-03-01 12:10:10", "canceled")]
+
+
+def test_one_sample_gets_a_time_window_and_a_visible_point():
+    """One sample alone: the axis spans the last 30 minutes (not Plotly's millisecond around the
+    point) and each state is drawn as a marker, so the chart never looks broken."""
+    one = SERIES[:1]
+    for fig in (charts.progress(one, [], uirevision="u"), charts.online_offline(one, uirevision="u")):
+        assert fig["layout"]["xaxis"]["range"] == ["2026-03-01 11:30:00", "2026-03-01 12:00:00"]
+        assert {t["mode"] for t in fig["data"]} == {"lines+markers"}
+    # A longer history keeps its own span, up to a phase marked after the last sample.
+    later = {"at": T0 + timedelta(hours=2), "label": "complete", "kind": "complete"}
+    long = [{"taken_at": T0 + timedelta(hours=h), "totals": totals(scheduled=1, total=1)} for h in (0, 1)]
+    assert charts.progress(long, [later], uirevision="u")["layout"]["xaxis"]["range"] == ["2026-03-01 12:00:00", "2026-03-01 14:00:00"]
+
+
+def test_a_long_phase_label_is_cut_to_fit_and_whole_on_hover():
+    label = "#3 every device of group us-east-production-fleet"
+    annotation = charts.progress(SERIES, [{"at": T0, "label": label, "kind": "rollout"}], uirevision="u")["layout"]["annotations"][0]
+    assert annotation["text"] == label[:23] + "\u2026" and annotation["hovertext"] == label
 
 
 def test_phases_too_close_to_tell_apart_share_one_marker():
@@ -270,6 +289,9 @@ def test_figures_hold_no_live_markup_from_device_or_user_text():
     failures = figures["failures"]
     assert failures["data"][0]["y"] == [ESCAPED] and failures["data"][1]["y"] == ["&lt;span style='font-size:90px'&gt;rpi&lt;/span&gt;"]
     assert figures["groups"]["data"][0]["y"] == [ESCAPED, "&lt;b&gt;beta&lt;/b&gt;"]
-    assert figures["progress"]["layout"]["annotations"][0]["text"] == f"#1 {ESCAPED} whole group"
+    annotation = figures["progress"]["layout"]["annotations"][0]
+    assert annotation["hovertext"] == f"#1 {ESCAPED} whole group"
+    # Cut before escaping, so the cut never splits an entity.
+    assert annotation["text"] == factory_charts.plotly_text(f"#1 {HOSTILE}"[:23] + "\u2026")
     assert figures["factory-versions"]["data"][0]["x"] == [f"tag {ESCAPED} · production"]
 

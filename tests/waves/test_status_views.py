@@ -103,9 +103,11 @@ def test_wave_page_includes_the_panel_and_loads_plotly_only_there(client, dave, 
     assert 'id="wave-live"' in page and 'hx-trigger="load, every 15s' in page
     assert "vendor/plotly.min.js" in page
     assert "vendor/plotly.min.js" not in client.get(reverse("wave-list")).content.decode()
-    # navigating to the page through htmx loads plotly.js once, then the panel redraws
+    # navigating to the page through htmx loads plotly.js once, then app.js draws the charts
     swapped = client.get(reverse("wave-detail", args=[rolled.name]), **hx("main")).content.decode()
     assert "breakwater:plotly-ready" in swapped and '<script src="/static/vendor/plotly.min.js">' not in swapped
+    # plotly.js never blocks the page: it is fetched after the load event, on a full page too.
+    assert '<script src="/static/vendor/plotly.min.js">' not in page and 'addEventListener("load", load)' in page
 
 
 # --- CSV exports ------------------------------------------------------------------------------------
