@@ -49,3 +49,19 @@ def test_tokens_are_hashed_at_rest_scoped_and_revocable(factory, other_factory, 
         api_token_create(user=eve, factory=factory)  # not a member of this factory
     api_token_revoke(token=token, actor=bob)
     assert api_token_authenticate(plain) is None
+
+
+def test_passwords_are_hashed_with_argon2_and_older_hashes_upgrade_at_sign_in(db, client, settings):
+    """Sign-in costs one Argon2id verification (memory-hard, under the 300 ms goal); a user
+    whose password was stored with PBKDF2 still signs in, and is rehashed with Argon2."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+
+    settings.PASSWORD_HASHERS = list(settings.PASSWORD_HASHERS)
+    assert settings.PASSWORD_HASHERS[0].endswith("Argon2PasswordHasher")
+    user = get_user_model().objects.create(username="olde", password=make_password("olde-pass-1", hasher="pbkdf2_sha256"))
+    assert user.password.startswith("pbkdf2_sha256$")
+    response = client.post("/login/", {"username": "olde", "password": "olde-pass-1"})
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.password.startswith("argon2$argon2id$")
