@@ -27,7 +27,7 @@ from .schemas import (
     RegistrationTokenIn,
     RegistrationTokenOut,
 )
-from .selectors import device_telemetry, registration_token_get, registration_token_list
+from .selectors import device_name_filter, device_sort, device_telemetry, registration_token_get, registration_token_list
 from .services import (
     device_delete,
     device_group_create,
@@ -97,7 +97,8 @@ def devices_list(
     group: Text | None = Query(None, description="A group name; '-' lists devices without a group."),
     production: bool | None = None,
     uuid: Text | None = Query(None, description="A UUID or the start of one."),
-    name: Text | None = Query(None, description="Devices whose name contains this text."),
+    name: Text | None = Query(None, description="Devices whose name contains this text; with * or ?, whose whole name matches it as a pattern."),
+    sort: Text | None = Query(None, description="name (default), last-seen, registered, version, group or tag; a leading - reverses."),
     online: bool | None = None,
     target_version: Version | None = None,
     offline_threshold: ThresholdHours | None = Query(None, description="Hours without a check-in before a device counts as offline."),
@@ -106,7 +107,7 @@ def devices_list(
 ):
     factory_obj, _ = actor_scope(request)
     cutoff = _cutoff(offline_threshold)
-    devices = Device.objects.filter(factory=factory_obj).select_related("group").order_by("name", "id")
+    devices = device_sort(Device.objects.filter(factory=factory_obj).select_related("group"), sort)
     if tag:
         devices = devices.filter(tag=tag)
     if group == "-":
@@ -118,7 +119,7 @@ def devices_list(
     if uuid:
         devices = _uuid_filter(devices, uuid)
     if name:
-        devices = devices.filter(name__icontains=name)
+        devices = device_name_filter(devices, name)
     if online is True:
         devices = devices.filter(last_seen__gte=cutoff)
     elif online is False:

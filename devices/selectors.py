@@ -1,5 +1,6 @@
 """Reads for devices: lookups, filtered lists, event timelines, certificate facts, tokens, dead letters."""
 import json
+import re
 import uuid as uuid_lib
 from datetime import timedelta
 
@@ -41,6 +42,36 @@ def device_get(*, factory, uuid):
     if device is None:
         raise NotFound(f"device {key} does not exist in factory {factory.name}")
     return device
+
+
+# The orders a device list may take, as the doors spell them; "-" sorts newest or highest first.
+DEVICE_SORTS = {
+    "name": ("name", "id"),
+    "last-seen": ("last_seen", "name", "id"),
+    "registered": ("created_at", "id"),
+    "version": ("target_version", "name", "id"),
+    "group": ("group__name", "name", "id"),
+    "tag": ("tag", "name", "id"),
+}
+
+
+def device_sort(devices, sort):
+    """Order `devices` by one of DEVICE_SORTS ("last-seen", "-last-seen", ...)."""
+    sort = (sort or "name").strip()
+    descending = sort.startswith("-")
+    fields = DEVICE_SORTS.get(sort.lstrip("-"))
+    if fields is None:
+        raise ApplicationError(f"cannot sort by {sort[:40]!r}: sort by " + ", ".join(DEVICE_SORTS) + " (a leading - reverses)")
+    return devices.order_by(*(("-" + f) if descending else f for f in fields))
+
+
+def device_name_filter(devices, text):
+    """Devices whose name contains `text`, or, when it holds * or ?, whose whole name matches it
+    as a pattern (fioctl's `devices list 'gw-*'`). Every other character is literal."""
+    if "*" not in text and "?" not in text:
+        return devices.filter(name__icontains=text)
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
+    return devices.filter(name__iregex=f"^{regex}$")
 
 
 def device_list(*, factory, tag=None, group=None, production=None, online=None, target_version=None, search=None, offline_threshold_hours=None):

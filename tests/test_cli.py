@@ -320,11 +320,32 @@ def test_devices_list_show_and_filters(cli, tokens, fleet):
     test_devices = json.loads(cli("devices", "list", "--only-non-prod", "--json", token=dave).out)
     assert test_devices["total"] == 10 and not any(d["production"] for d in test_devices["items"])
     paged = cli("devices", "list", "-n", "10", token=dave)
-    assert "next page: --page 2" in paged.err
+    assert "devices 1-10 of 110: more on the next page: --page 2" in paged.err
+    assert len(paged.out.splitlines()) == 2 + 10  # the hint is on stderr: a pipe reads the table only
+    # fioctl's default page: 500 devices, so this fleet fits on one page and no hint is printed.
+    whole = cli("devices", "list", token=dave)
+    assert len(whole.out.splitlines()) == 2 + 110 and "next page" not in whole.err
     device = fleet.get(name="beta-0002")
     shown = cli("devices", "show", str(device.uuid), token=dave)
     assert "beta-0002" in shown.out and "Group:" in shown.out
     assert "does not exist" in one_sentence_error(cli("devices", "show", "00000000-0000-0000-0000-000000000000", token=dave))
+
+
+def test_devices_list_name_pattern_columns_and_sort(cli, tokens, fleet):
+    dave = tokens["dave"]
+    beta = cli("devices", "list", "beta-00?2", "--columns", "name,group,version", token=dave)
+    assert beta.code == 0, beta.err
+    assert beta.out.splitlines()[0].split() == ["NAME", "GROUP", "VERSION"]
+    rows = [line.split() for line in beta.out.splitlines()[2:]]
+    assert rows == [["beta-0002", "beta", "41"], ["beta-0012", "beta", "41"]]
+    # * matches the whole name, plain text any part of it, and regex characters are literal.
+    assert len(cli("devices", "list", "canary-*", token=dave).out.splitlines()) == 2 + 5
+    assert len(cli("devices", "list", "nary-000", token=dave).out.splitlines()) == 2 + 5
+    assert len(cli("devices", "list", "canary.*", token=dave).out.splitlines()) == 2
+    last = json.loads(cli("devices", "list", "--by-group", "beta", "--sort=-name", "--json", token=dave).out)
+    assert [d["name"] for d in last["items"]][:2] == ["beta-0020", "beta-0019"]
+    assert "cannot sort by 'colour'" in one_sentence_error(cli("devices", "list", "--sort", "colour", token=dave))
+    assert "unknown column colour" in one_sentence_error(cli("devices", "list", "--columns", "name,colour", token=dave), code=2)
 
 
 def test_set_group_in_batches_with_progress_and_unknown_uuids(cli, tokens, factory, env, monkeypatch):

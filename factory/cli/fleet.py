@@ -23,11 +23,14 @@ def register(sub, common):
     online.add_argument("--online", action="store_true", help="only devices seen within the offline threshold")
     online.add_argument("--offline", action="store_true", help="only devices not seen within the offline threshold")
     p.add_argument("--uuid", metavar="UUID", help="a UUID or the start of one")
+    p.add_argument("pattern", nargs="?", metavar="NAME_PATTERN", help="devices whose name matches, e.g. 'gw-*' (* and ? are wildcards; plain text matches part of the name)")
     p.add_argument("--name", metavar="TEXT", help="devices whose name contains TEXT")
     p.add_argument("--target-version", type=int, metavar="VERSION", help="devices running this version")
     p.add_argument("--offline-threshold", type=float, metavar="HOURS")
-    p.add_argument("-n", "--limit", type=int, default=50, metavar="N", help="devices per page (default 50, at most 1000)")
+    p.add_argument("-n", "--limit", type=int, default=500, metavar="N", help="devices per page (default 500, as fioctl; at most 1000)")
     p.add_argument("-p", "--page", type=int, default=1, metavar="PAGE")
+    p.add_argument("--columns", metavar="COLS", help="columns to show, comma-separated: " + ",".join(DEVICE_COLUMNS))
+    p.add_argument("--sort", metavar="FIELD", help="name (default), last-seen, registered, version, group or tag; --sort=-FIELD reverses")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=devices_list)
 
@@ -120,8 +123,36 @@ def _paging(args):
         raise UsageError("--page must be at least 1 and --limit between 1 and 1000")
 
 
+# The columns of `devices list`, in their default order, and how each cell reads.
+DEVICE_COLUMNS = {
+    "name": lambda d: d["name"],
+    "uuid": lambda d: d["uuid"],
+    "group": lambda d: d["group"] or "-",
+    "tag": lambda d: d["tag"],
+    "production": lambda d: "yes" if d["production"] else "no",
+    "target": lambda d: d["target_name"] or "-",
+    "version": lambda d: "-" if d["target_version"] is None else d["target_version"],
+    "online": lambda d: "yes" if d["online"] else "no",
+    "last-seen": lambda d: ago(d["last_seen"]),
+}
+DEFAULT_DEVICE_COLUMNS = ("name", "uuid", "group", "tag", "production", "target", "online", "last-seen")
+
+
+def _columns(text):
+    if not text:
+        return list(DEFAULT_DEVICE_COLUMNS)
+    columns = [c.strip().lower() for c in text.split(",") if c.strip()]
+    unknown = [c for c in columns if c not in DEVICE_COLUMNS]
+    if unknown or not columns:
+        raise UsageError(f"unknown column {', '.join(unknown) or '(none)'}; columns: {','.join(DEVICE_COLUMNS)}")
+    return columns
+
+
 def devices_list(args, ctx):
     _paging(args)
+    columns = _columns(args.columns)
+    if args.pattern and args.name:
+        raise UsageError("give a name pattern or --name, not both")
     production = True if args.only_prod else False if args.only_non_prod else None
     online = True if args.online else False if args.offline else None
     params = {
@@ -130,7 +161,8 @@ def devices_list(args, ctx):
         "production": production,
         "online": online,
         "uuid": args.uuid,
-        "name": args.name,
+        "name": args.pattern or args.name,
+        "sort": args.sort,
         "target_version": args.target_version,
         "offline_threshold": args.offline_threshold,
         "page": args.page,
@@ -140,14 +172,12 @@ def devices_list(args, ctx):
     if args.json:
         dump_json(data)
         return 0
-    table(
-        ["NAME", "UUID", "GROUP", "TAG", "PRODUCTION", "TARGET", "ONLINE", "LAST SEEN"],
-        [
-            [d["name"], d["uuid"], d["group"] or "-", d["tag"], "yes" if d["production"] else "no", d["target_name"] or "-", "yes" if d["online"] else "no", ago(d["last_seen"])]
-            for d in data["items"]
-        ],
-    )
-    pages(args.page, data["next"], data["total"])
+    table([c.replace("-", " ").upper() for c in columns], [[DEVICE_COLUMNS[c](d) for c in columns] for d in data["items"]])
+    shown = len(data["items"])
+    if data["next"]:
+        # On stderr, so a pipe reads only the table; set apart so a person sees the list goes on.
+        first = (args.page - 1) * args.limit + 1
+        err(f"\n-- devices {first:,}-{first + shown - 1:,} of {data['total']:,}: more on the next page: --page {data['next']} (or --limit up to 1000) --")
     return 0
 
 
