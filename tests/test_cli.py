@@ -223,6 +223,23 @@ def test_init_without_keys_then_sign(cli, tokens, fleet, keys_file):
     assert "only an unsigned wave" in one_sentence_error(cli("waves", "sign", "v2", "-k", keys_file, token=tokens["bob"]))
 
 
+def test_status_commands_print_the_expiry_warnings_the_dashboard_shows(cli, tokens, fleet, keys_file):
+    """A wave whose offline-signed targets expire within 30 days: `waves status` and `status` say
+    so, as the dashboard's banner does, and the API carries the same warning."""
+    cli("waves", "init", "v2", 42, TAG, "--expires-days", 10, "-k", keys_file, token=tokens["bob"])
+    shown = cli("waves", "status", "v2", token=tokens["dave"])
+    assert shown.code == 0, shown.err
+    assert "WARNING: the targets of wave v2 (tag " in shown.out and "complete it before then" in shown.out
+    fleet_status = cli("status", token=tokens["dave"])
+    assert "WARNING: the targets of wave v2" in fleet_status.out
+    api = json.loads(cli("waves", "status", "v2", "--json", token=tokens["dave"]).out)
+    assert [w["wave"] for w in api["warnings"]] == ["v2"] and api["warnings"][0]["days_left"] in (9, 10)
+    # A wave far from expiry prints no warning.
+    cli("waves", "cancel", "v2", token=tokens["bob"])
+    cli("waves", "init", "v3", 42, TAG, "-k", keys_file, token=tokens["bob"])
+    assert "WARNING" not in cli("waves", "status", "v3", token=tokens["dave"]).out
+
+
 def test_init_with_an_untrusted_key_creates_nothing(cli, tokens, fleet, tmp_path):
     stranger = tmp_path / "stranger.tgz"
     stranger.write_bytes(key_archive_write([("targets", key_generate())]))

@@ -309,6 +309,7 @@ def waves_status(request, factory: FactoryName, wave: str, offline_threshold: Th
         ],
         "totals": status["totals"],
         "bad": bad_build_out(_bads([wave_obj]).get(wave_obj.build_version)),
+        "warnings": expiry.wave_expiring_targets(wave=wave_obj),
     }
 
 

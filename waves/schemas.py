@@ -207,6 +207,7 @@ class WaveStatusOut(Schema):
     groups: list[GroupStatusOut]
     totals: StatusTotalsOut
     bad: BadBuildOut | None = Field(None, description="The wave's build is marked bad: no further rollout of it, nor completing it.")
+    warnings: list[ExpiryWarningOut] = Field(default_factory=list, description="The wave's targets, or its tag's production targets, expire within 30 days.")
 
 
 class TagStatusOut(Schema):

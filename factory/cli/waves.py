@@ -75,7 +75,7 @@ def register(sub, common):
     p.add_argument("group", nargs="?", metavar="GROUP", help="device group to roll out to")
     p.add_argument("-g", "--group", dest="group_option", metavar="GROUP", help="device group to roll out to")
     p.add_argument("-l", "--limit", metavar="N|N%", help="a pseudo-random sample of N devices, or N%% of the devices in scope")
-    p.add_argument("--uuids", metavar="LIST|@FILE", help="exact device UUIDs, or @FILE")
+    p.add_argument("--uuids", metavar="LIST|@FILE", help="exact device UUIDs, or @FILE (@- reads standard input)")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.add_argument("--print-uuids", action="store_true", help="print the UUIDs of the devices rolled out to (or that would be)")
     p.add_argument("--print-names", action="store_true", help="print the names of the devices rolled out to (or that would be)")
@@ -292,6 +292,12 @@ def waves_status(args, ctx):
     return 0
 
 
+def expiry_warnings(warnings):
+    """What the dashboard shows in its expiry banner: offline-signed metadata about to expire."""
+    for warning in warnings or ():
+        out(f"{'EXPIRED' if warning['expired'] else 'WARNING'}: {warning['message']}")
+
+
 def print_wave_status(status):
     totals = status["totals"]
     tag = status["tag"]
@@ -300,6 +306,7 @@ def print_wave_status(status):
     out(f"Wave '{status['name']}' for tag '{tag}' version {status['version']}{rerelease(status)} is {status['status']}")
     if status.get("bad"):
         out(f"Its {bad_build(status['bad'])}: no further rollout, and it cannot be completed.")
+    expiry_warnings(status.get("warnings"))
     out()
     if status["status"] not in ("active", "unsigned"):
         out("Device numbers are for the current time, not for when the wave finished.")
@@ -451,6 +458,7 @@ def factory_status(args, ctx):
         return 0
     hours = status["offline_threshold_hours"]
     out(f"Factory {status['factory']} (a device is offline after {hours:g} hours without a check-in)")
+    expiry_warnings(status.get("warnings"))
     for production, title in ((True, "Production devices"), (False, "Test devices")):
         rows = [t for t in status["tags"] if t["production"] is production]
         out(f"\n{title}:")
