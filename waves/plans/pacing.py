@@ -74,22 +74,33 @@ def pace_label(phase):
     return ""
 
 
-def pace_minutes(phase, devices):
-    """About how many minutes a paced phase takes to stage `devices` (0 unpaced or none)."""
+def pace_minutes(phase, devices, staged=0):
+    """About how many minutes after its next batch a paced phase that staged `staged` devices
+    stages its last one, for `devices` more (0: unpaced, or one batch is enough)."""
     if not devices or not is_paced(phase):
         return 0
     get = phase.get if isinstance(phase, dict) else lambda k: getattr(phase, k)
     if get("pace_per_minute"):
         return max(0, math.ceil(devices / get("pace_per_minute")) - 1)
-    start, factor, ceiling = get("pace_start"), get("pace_factor"), get("pace_ceiling") or MAX_PACE
+    start, factor, ceiling = get("pace_start"), get("pace_factor"), min(get("pace_ceiling") or MAX_PACE, MAX_PACE)
     cum, k = 0, 0
-    while cum < devices:
-        size = max(1, min(ceiling, MAX_PACE, math.floor(start * factor**k)))
+    # Skip the batches already staged; then count the ones still to come.
+    while cum < staged:
+        size = max(1, min(ceiling, math.floor(start * factor**k)))
         if size >= ceiling:
-            return k + math.ceil((devices - cum) / size) - 1
+            break
         cum += size
         k += 1
-    return max(0, k - 1)
+    batches = 0
+    while devices > 0:
+        size = max(1, min(ceiling, math.floor(start * factor**k)))
+        if size >= ceiling:
+            batches += math.ceil(devices / size)
+            break
+        devices -= size
+        batches += 1
+        k += 1
+    return max(0, batches - 1)
 
 
 def pace_progress(phase, total=None):

@@ -247,3 +247,17 @@ def plan_windows_clean(*, factory, windows=None, time_zone=None, group_windows=N
             group_windows, group_exists=lambda name: DeviceGroup.objects.filter(factory=factory, name=name).exists()
         )
     return fields
+
+
+def window_schedule(plan, group_name, start, minutes):
+    """When `minutes` of releasing that begin at `start` end, counting only time inside the
+    windows (a phase's batches stop at a window's close and go on at the next opening)."""
+    at = next_opening(plan, group_name, start) or start
+    left = timedelta(minutes=minutes)
+    for _ in range(100):
+        closes = next_closing(plan, group_name, at)
+        if closes is None or at + left <= closes:
+            return at + left
+        left -= closes - at
+        at = next_opening(plan, group_name, closes) or closes
+    return at + left
