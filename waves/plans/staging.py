@@ -37,25 +37,23 @@ def _resolved_total(wave, phase):
 
 
 def _stage(plan, phase, actor, size):
-    return wave_services.wave_rollout(wave=plan.wave, actor=actor, group=phase.group_name or None, limit=str(size), uuids=_uuids(phase))
+    return wave_services.wave_rollout(wave=plan.wave, actor=actor, group=phase.group_name or None, limit=str(size), uuids=_uuids(phase), phase=phase)
 
 
 def phase_rollout(plan, phase, actor, now):
     """A phase's rollout: all at once, or a paced phase's first batch. Raises the rollout's
     ApplicationError (code rollout_empty when no device is left in its scope)."""
     if not is_paced(phase):
-        result = wave_services.wave_rollout(
-            wave=plan.wave, actor=actor, group=phase.group_name or None, limit=phase.limit or None, uuids=_uuids(phase)
+        return wave_services.wave_rollout(
+            wave=plan.wave, actor=actor, group=phase.group_name or None, limit=phase.limit or None, uuids=_uuids(phase), phase=phase
         )
-        Rollout.objects.filter(pk=result.rollout.pk).update(phase=phase)
-        return result
     total = _resolved_total(plan.wave, phase)
     size = first_batch_size(phase) if total is None else min(first_batch_size(phase), total)
     if size <= 0:
         raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty")
     result = _stage(plan, phase, actor, size)
     result.rollout.options = {**result.rollout.options, "phase_total": total, "pace": pace_label(phase)}
-    Rollout.objects.filter(pk=result.rollout.pk).update(phase=phase, options=result.rollout.options)
+    Rollout.objects.filter(pk=result.rollout.pk).update(options=result.rollout.options)
     phase.staged_count = result.count
     phase.last_batch_at = now
     phase.batches_done = result.count < size or (total is not None and result.count >= total)
@@ -80,7 +78,6 @@ def batch_next(plan, phase, actor, now):
             if exc.code != "rollout_empty":
                 raise
     if rollout is not None:
-        Rollout.objects.filter(pk=rollout.pk).update(phase=phase)
         phase.staged_count += count
         phase.last_batch_at = now
     # A short batch, an empty one or the phase's limit: every device of its scope is staged.
