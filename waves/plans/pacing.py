@@ -14,6 +14,7 @@ CATCH_UP_MINUTES = 2
 MIN_BATCH_GAP_SECONDS = 30
 MAX_PACE = MAX_UUIDS
 MAX_FACTOR = 10.0
+MIN_FACTOR = 1.01
 
 
 def is_paced(phase):
@@ -152,8 +153,10 @@ def pace_clean(raw, where):
         raise ApplicationError(f"{where}: pace either at a rate (pace_per_minute) or exponentially (pace_start, pace_factor, pace_ceiling), not both")
     if exponential and (pace["pace_start"] is None or pace["pace_factor"] is None):
         raise ApplicationError(f"{where}: exponential pacing needs pace_start and pace_factor (and optionally pace_ceiling)")
-    if pace["pace_factor"] is not None and pace["pace_factor"] <= 1:
-        raise ApplicationError(f"{where}: the pace factor must be above 1 (each batch grows), not {pace['pace_factor']:g}")
+    # At least MIN_FACTOR: a factor a hair above 1 would grow so slowly that counting its batches
+    # (next_batch_size, the forecast) walks one batch a device.
+    if pace["pace_factor"] is not None and pace["pace_factor"] < MIN_FACTOR:
+        raise ApplicationError(f"{where}: the pace factor must be above 1 (each batch grows; at least {MIN_FACTOR:g}), not {pace['pace_factor']:g}")
     if pace["pace_ceiling"] is not None and pace["pace_ceiling"] < pace["pace_start"]:
         raise ApplicationError(f"{where}: the pace ceiling ({pace['pace_ceiling']:,}) may not be below the first batch ({pace['pace_start']:,})")
     return pace
