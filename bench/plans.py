@@ -9,7 +9,15 @@ for each phase the time of `plan_evaluate` (the gates: one set-based query over 
 devices, plus the rollout of the next phase) and of `plan_show` (the timeline with every phase's
 gates and the forecast). The scheduler evaluates every running plan once a minute, so the goal is
 well under a second per plan even for the largest phase.
+
+Then a paced phase over the whole "big" group (1,000 devices a minute): the time and the queries
+of one tick that stages a batch, which must not grow with the group (goals: <= 500 ms, <= 15
+queries). `--fleet N --big-group M` loads a smaller fleet (e.g. 50,000 and 5,000) to check the
+bench itself; `--paced-only` skips the large-fleet example.
 """
+import argparse
+import os
+import re
 import statistics
 import sys
 import time
@@ -23,9 +31,11 @@ sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [p for p in sys.pa
 from bench.fleet import BENCH_TAG, bench_fleet  # noqa: E402  (sets up Django)
 
 from django.db import connection  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from waves.models import PlanPhase, Wave  # noqa: E402
+from devices.models import Device  # noqa: E402
+from waves.models import PlanPhase, RolloutPlan, Wave  # noqa: E402
 from waves.plans.forecast import plan_show  # noqa: E402
 from waves.plans.phases import large_fleet_phases  # noqa: E402
 from waves.plans.selectors import phase_devices, plan_get  # noqa: E402
@@ -33,11 +43,14 @@ from waves.plans.services import plan_evaluate, plan_set, plan_start  # noqa: E4
 from waves.services import wave_cancel, wave_init, wave_sign  # noqa: E402
 
 REPEAT = 3
+PACE = 1000
+PACED_GOAL_MS, PACED_GOAL_QUERIES = 500, 15
+CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT)\b", re.I)
 
 REPORT_SQL = """
 WITH events AS (
-  INSERT INTO devices_deviceevent (factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at)
-  SELECT %(factory)s, d.id, 'install-completed', d.hardware_id || '-lmp-' || %(version)s, %(version)s, s.fate = 'updated', '', %(at)s, %(at)s
+  INSERT INTO devices_deviceevent (factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at, event_id)
+  SELECT %(factory)s, d.id, 'install-completed', d.hardware_id || '-lmp-' || %(version)s, %(version)s, s.fate = 'updated', '', %(at)s, %(at)s, ''
     FROM bench_staged s JOIN devices_device d ON d.id = s.id WHERE s.fate <> 'stuck'
 )
 UPDATE devices_device d SET target_version = %(version)s, target_name = d.hardware_id || '-lmp-' || %(version)s, last_seen = %(later)s
@@ -86,14 +99,54 @@ def timed(fn):
     return time.perf_counter() - started, result
 
 
+def paced(factory, author, size):
+    """One paced phase over the big group: a tick stages the next 1,000 devices."""
+    wave = fresh_wave(factory)
+    plan_set(wave=wave, actor=author, phases=[{"name": "paced", "group": "big", "pace_per_minute": PACE, "wait_minutes": 60}])
+    t0 = timezone.now()
+    plan_start(wave=wave, actor=author, now=t0)
+    times, queries = [], []
+    plan_id = plan_get(wave=wave).pk
+    for minute in range(1, REPEAT + 2):
+        # As the scheduler calls it (plans_evaluate_due passes the plan's id).
+        with CaptureQueriesContext(connection) as captured:
+            t, result = timed(lambda: plan_evaluate(plan=RolloutPlan(pk=plan_id), now=t0 + timedelta(minutes=minute)))
+        assert result.outcome == "batch", result.reason
+        times.append(t)
+        # SQL statements; BEGIN, COMMIT and savepoints are the transaction's, not queries.
+        queries.append(sum(1 for q in captured.captured_queries if not CONTROL.match(q["sql"])))
+        if os.environ.get("BENCH_SHOW_QUERIES"):
+            print("\n".join(q["sql"][:160] for q in captured.captured_queries), file=sys.stderr)
+    phase = PlanPhase.objects.get(plan__wave=wave, position=1)
+    wave_cancel(wave=wave, actor=None)
+    note = f"{max(queries)} queries; {phase.staged_count:,} staged (goals <= {PACED_GOAL_MS} ms, <= {PACED_GOAL_QUERIES} queries)"
+    return (f"paced phase: {size:,} devices, evaluate one tick ({PACE:,} a minute)", statistics.median(times), note)
+
+
 def main():
     from factory.models import Role
     from factory.services import user_create
 
-    factory = bench_fleet()
-    wave = fresh_wave(factory)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fleet", type=int, default=1_000_000, help="devices in the bench factory (default 1,000,000)")
+    parser.add_argument("--big-group", type=int, default=100_000, help="devices in group big (default 100,000)")
+    parser.add_argument("--paced-only", action="store_true", help="only the paced phase's tick")
+    args = parser.parse_args()
+    factory = bench_fleet(total=args.fleet, big_group=args.big_group)
     # The scheduler rolls phases out as the plan's author, a release manager.
-    author = user_create(username="bench-release-manager", factory=factory, role=Role.RELEASE_MANAGER)
+    from django.contrib.auth import get_user_model
+
+    author = get_user_model().objects.filter(username="bench-release-manager").first() or user_create(
+        username="bench-release-manager", factory=factory, role=Role.RELEASE_MANAGER
+    )
+    big = Device.objects.filter(factory=factory, group__name="big").count()
+    if args.paced_only:
+        rows = [paced(factory, author, big)]
+        print(f"\n{'operation':<60} {'time':>9}  notes")
+        for name, t, note in rows:
+            print(f"{name:<60} {t * 1000:>6.0f} ms  {note}")
+        return
+    wave = fresh_wave(factory)
     plan_set(wave=wave, actor=author, phases=large_fleet_phases("big", wait_minutes=60))
     t0 = timezone.now()
     elapsed_start, _ = timed(lambda: plan_start(wave=wave, actor=author, now=t0))
@@ -116,9 +169,10 @@ def main():
         rows.append((f"phase {position}: evaluate and {result.outcome}", t, result.reason[:60]))
         start = start + timedelta(minutes=60)
     wave_cancel(wave=wave, actor=None)
-    print(f"\n{'operation':<52} {'time':>9}  notes")
+    rows.append(paced(factory, author, big))
+    print(f"\n{'operation':<60} {'time':>9}  notes")
     for name, t, note in rows:
-        print(f"{name:<52} {t * 1000:>6.0f} ms  {note}")
+        print(f"{name:<60} {t * 1000:>6.0f} ms  {note}")
 
 
 if __name__ == "__main__":

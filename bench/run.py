@@ -137,8 +137,15 @@ def parse_api_cli(out):
 def parse_plans(out):
     """`operation   <time> ms  notes`: a plan's evaluation well under a second."""
     figures = []
-    for name, ms in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]", out, re.M):
+    for name, ms, note in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+(.*)$", out, re.M):
         figure = Figure("plans", name.strip(), _num(ms), "ms")
+        if name.startswith("paced"):
+            # A paced tick: a batch staged, its queries independent of the group's size.
+            figures.append(_goal(figure, 500))
+            queries = re.match(r"(\d+) queries", note)
+            if queries:
+                figures.append(_goal(Figure("plans", f"{name.strip()}: queries", float(queries.group(1)), "queries"), 15))
+            continue
         if "evaluate" in name:
             _goal(figure, 1000)
         figures.append(figure)

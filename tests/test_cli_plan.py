@@ -140,3 +140,42 @@ def test_plan_files_templates_and_errors(cli, tokens, factory, wave, env):
     missing = cli("waves", "plan", "show", "nope", token=bob)
     assert missing.code == 1 and "wave nope does not exist" in missing.err
     assert [p.group_name for p in PlanPhase.objects.filter(plan__wave=wave).order_by("position")] == ["us-east", "us-east", "us-west", "us-west"]
+
+
+def test_pace_and_maintenance_windows_from_the_cli(cli, tokens, factory, wave, env):
+    bob = tokens["bob"]
+    result = cli(
+        "waves", "plan", "set", wave.name,
+        "--phase", "group=us-east pace=10 wait=0",
+        "--phase", "group=us-west pace-start=2 factor=2 ceiling=8",
+        "--window", "mon-fri 00:00-00:00", "--window", "sat,sun 00:00-00:00",
+        "--timezone", "Europe/Berlin", "--group-window", "us-west=sat 00:00-06:00",
+        token=bob,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert "pace 10 a minute" in result.out and "pace 2, x2 each minute, up to 8" in result.out
+    plan = RolloutPlan.objects.get(wave=wave)
+    assert plan.timezone == "Europe/Berlin" and len(plan.windows) == 2 and plan.group_windows["us-west"][0]["days"] == ["sat"]
+    first, second = PlanPhase.objects.filter(plan=plan).order_by("position")
+    assert first.pace_per_minute == 10 and (second.pace_start, second.pace_factor, second.pace_ceiling) == (2, 2.0, 8)
+
+    assert cli("waves", "plan", "start", wave.name, token=bob).code == 0
+    shown = cli("waves", "plan", "show", wave.name, token=bob)
+    assert shown.code == 0, shown.err
+    assert "mon-fri 00:00-00:00; sat,sun 00:00-00:00 (Europe/Berlin); group us-west: sat 00:00-06:00" in shown.out
+    assert "Phase 1: staged 10 at 10 a minute" in shown.out and "every batch staged: staged 10 at 10 a minute" in shown.out
+
+    # a phase file takes the same keys, and the plan's windows
+    path = env.tmp / "paced.json"
+    path.write_text(json.dumps({"phases": [{"group": "us-east", "pace_per_minute": 5}], "windows": ["sat 01:00-02:00"], "timezone": "UTC"}))
+    cli("waves", "plan", "pause", wave.name, token=bob)
+    bad = cli("waves", "plan", "set", wave.name, "--file", path, "--timezone", "Mars/Base", token=bob)
+    assert bad.code == 1 and "unknown time zone 'Mars/Base'" in bad.err
+    both = cli("waves", "plan", "set", wave.name, "--phase", "group=us-east pace=5 factor=2 pace-start=1", token=bob)
+    assert both.code == 1 and "not both" in both.err
+    usage = cli("waves", "plan", "set", wave.name, "--phase", "group=us-east", "--group-window", "us-west", token=bob)
+    assert usage.code == 2 and "GROUP=WINDOW" in usage.err
+    assert RolloutPlan.objects.get(wave=wave).timezone == "Europe/Berlin"
+    assert cli("waves", "plan", "set", wave.name, "--file", path, token=bob).code == 0
+    plan.refresh_from_db()
+    assert plan.windows == [{"days": ["sat"], "start": "01:00", "end": "02:00"}] and plan.timezone == "UTC"

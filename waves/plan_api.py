@@ -14,6 +14,7 @@ from factory.schemas import FactoryName, Text
 
 from . import selectors
 from .plans.decisions import MAX_REASON
+from .plans.pacing import MAX_FACTOR, MAX_PACE
 from .plans.phases import DEFAULT_WAIT_MINUTES, MAX_MINUTES, MAX_PHASES, PHASE_NAME_MAX, phase_as_input
 from .plans.selectors import plan_get
 from .plans import forecast
@@ -48,6 +49,24 @@ class PhaseIn(Schema):
     )
     advance: Literal["auto", "approval"] | None = None
     approver_must_differ: bool | None = Field(None, description="Approval phases: the approver may not be the plan's author.")
+    pace_per_minute: Annotated[int, Field(ge=1, le=MAX_PACE)] | None = Field(None, description="Stage at most this many devices a minute, in batches.")
+    pace_start: Annotated[int, Field(ge=1, le=MAX_PACE)] | None = Field(None, description="Exponential pacing: the first batch.")
+    pace_factor: Annotated[float, Field(gt=1, le=MAX_FACTOR)] | None = Field(None, description="Exponential pacing: each minute's batch grows by this factor.")
+    pace_ceiling: Annotated[int, Field(ge=1, le=MAX_PACE)] | None = Field(None, description="Exponential pacing: the largest batch.")
+
+
+WindowText = Annotated[Text, Field(max_length=200, description="e.g. 'mon-fri 02:00-05:00'")]
+
+
+class WindowIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    days: list[Annotated[Text, Field(max_length=12)]] | Annotated[Text, Field(max_length=60)] = Field(description="e.g. ['mon', 'tue'] or 'mon-fri'.")
+    start: Annotated[Text, Field(max_length=5)] = Field(description="HH:MM in the plan's time zone.")
+    end: Annotated[Text, Field(max_length=5)] = Field(description="HH:MM; not after start: the window crosses midnight.")
+
+
+Windows = list[WindowIn | WindowText] | WindowText
 
 
 class PlanSetIn(Schema):
@@ -57,6 +76,11 @@ class PlanSetIn(Schema):
     template: Annotated[Text, Field(max_length=100)] | None = Field(None, description="Apply this plan template instead of giving phases.")
     groups: list[Annotated[Text, Field(max_length=64)]] | None = Field(None, max_length=200, description="Groups for a per-group ({group}) template.")
     webhook_url: Annotated[Text, Field(max_length=200)] | None = Field(None, description="POSTed JSON on halts, approvals needed and the end; '' removes it.")
+    windows: Windows | None = Field(None, description="Maintenance windows: phases release devices only inside them; [] removes them (unset: kept).")
+    timezone: Annotated[Text, Field(max_length=64)] | None = Field(None, description="The windows' time zone, e.g. Europe/Berlin (default UTC).")
+    group_windows: dict[Annotated[Text, Field(max_length=64)], Windows] | None = Field(
+        None, description="A group's own windows, replacing the plan's for that group's phases; {} removes them."
+    )
 
 
 class ReasonIn(Schema):
@@ -109,6 +133,16 @@ class PhaseOut(Schema):
     rollout: int | None
     started_at: datetime | None
     finished_at: datetime | None
+    pace_per_minute: int | None = None
+    pace_start: int | None = None
+    pace_factor: float | None = None
+    pace_ceiling: int | None = None
+    pace: str = Field("", description="e.g. '10 a minute'; '' for a phase staged at once.")
+    pace_progress: str = Field("", description="e.g. 'staged 30 of 100 at 10 a minute'.")
+    staged_count: int = 0
+    batches_done: bool = False
+    last_batch_at: datetime | None = None
+    windows: list[dict[str, Any]] = Field(default_factory=list, description="The windows that apply to this phase (its group's, else the plan's).")
     estimated_devices: int | None = Field(None, description="For a phase yet to start: about how many devices it would stage now.")
     evidence: EvidenceOut | None = None
 
@@ -123,6 +157,14 @@ class DecisionOut(Schema):
     evidence: dict[str, Any]
 
 
+class ForecastPhaseOut(Schema):
+    position: int
+    ends_at: datetime
+    starts_at: datetime | None = None
+    pace: str = ""
+    window_delay: bool = Field(False, description="The phase waits for a maintenance window to start.")
+
+
 class ForecastOut(Schema):
     completion_at: datetime | None
     remaining_minutes: int | None
@@ -132,6 +174,7 @@ class ForecastOut(Schema):
     observed_updates: int
     approvals_ahead: int
     basis: str
+    phases: list[ForecastPhaseOut] = []
 
 
 class PlanOut(Schema):
@@ -143,6 +186,11 @@ class PlanOut(Schema):
     current_phase: int | None
     created_at: datetime
     updated_at: datetime
+    windows: list[dict[str, Any]]
+    timezone: str
+    group_windows: dict[str, list[dict[str, Any]]]
+    windows_summary: str = Field(description="e.g. 'mon-fri 02:00-05:00 (Europe/Berlin)'.")
+    next_opening: datetime | None = Field(None, description="When the current phase may next release devices (now when open).")
     phases: list[PhaseOut]
     decisions: list[DecisionOut]
     forecast: ForecastOut | None
@@ -168,6 +216,15 @@ def _phases_in(phases):
     return None if phases is None else [p.model_dump(exclude_none=True) for p in phases]
 
 
+def _windows_in(value):
+    """Windows (or a group -> windows map) as plain data for plans.windows to check."""
+    if isinstance(value, dict):
+        return {group: _windows_in(windows) for group, windows in value.items()}
+    if isinstance(value, list):
+        return [w.model_dump() if isinstance(w, Schema) else w for w in value]
+    return value
+
+
 def plan_out(shown):
     plan = shown["plan"]
     phases = []
@@ -185,6 +242,12 @@ def plan_out(shown):
                 "started_at": phase.started_at,
                 "finished_at": phase.finished_at,
                 "estimated_devices": row["estimate"],
+                "pace": row["pace"],
+                "pace_progress": row["pace_progress"],
+                "staged_count": phase.staged_count,
+                "batches_done": phase.batches_done,
+                "last_batch_at": phase.last_batch_at,
+                "windows": row["windows"],
                 "evidence": None if evidence is None else {**evidence.as_dict(), "wait_ends_at": evidence.wait_ends_at},
             }
         )
@@ -198,6 +261,11 @@ def plan_out(shown):
         "current_phase": current.position if current is not None else None,
         "created_at": plan.created_at,
         "updated_at": plan.updated_at,
+        "windows": plan.windows,
+        "timezone": plan.timezone,
+        "group_windows": plan.group_windows,
+        "windows_summary": shown["windows"],
+        "next_opening": shown["next_opening"],
         "phases": phases,
         "decisions": [
             {
@@ -238,12 +306,15 @@ def plan_set(request, factory: FactoryName, wave: str, payload: PlanSetIn):
     wave_obj, user = _wave(request, wave)
     if (payload.phases is None) == (payload.template is None):
         raise ApplicationError("give either phases or a template")
+    windows = {"windows": _windows_in(payload.windows), "time_zone": payload.timezone, "group_windows": _windows_in(payload.group_windows)}
     if payload.template is not None:
-        plan_templates.plan_template_apply(wave=wave_obj, actor=user, name=payload.template, groups=payload.groups, webhook_url=payload.webhook_url)
+        plan_templates.plan_template_apply(
+            wave=wave_obj, actor=user, name=payload.template, groups=payload.groups, webhook_url=payload.webhook_url, **windows
+        )
     else:
         if payload.groups:
             raise ApplicationError("groups go with a template")
-        plan_services.plan_set(wave=wave_obj, actor=user, phases=_phases_in(payload.phases), webhook_url=payload.webhook_url)
+        plan_services.plan_set(wave=wave_obj, actor=user, phases=_phases_in(payload.phases), webhook_url=payload.webhook_url, **windows)
     return _shown(wave_obj)
 
 

@@ -56,6 +56,12 @@ class PhaseForm(DashboardForm):
     )
     advance = forms.ChoiceField(choices=[("auto", "Automatically"), ("approval", "On approval")], initial="auto", label="Advance")
     approver_must_differ = forms.BooleanField(required=False, label="Approver must not be the author")
+    pace_per_minute = forms.IntegerField(
+        required=False, min_value=1, label="Pace: devices a minute", help_text="Stage in batches of at most this many a minute; empty: all at once."
+    )
+    pace_start = forms.IntegerField(required=False, min_value=1, label="…or growing: first batch")
+    pace_factor = forms.FloatField(required=False, label="Growth each minute", help_text="Above 1, e.g. 2 doubles each batch.", widget=forms.TextInput(attrs={"placeholder": "2"}))
+    pace_ceiling = forms.IntegerField(required=False, min_value=1, label="Largest batch")
 
     SCOPE = ("group", "limit", "saved_list", "uuids")
 
@@ -127,6 +133,20 @@ def phase_initial(phase):
     return {k: v for k, v in data.items() if v is not None}
 
 
+def settings_initial(plan):
+    """A plan's settings (webhook, maintenance windows) as the editor's initial values."""
+    from .plans.windows import window_text
+
+    if plan is None:
+        return {"timezone": "UTC"}
+    return {
+        "webhook_url": plan.webhook_url,
+        "windows": "\n".join(window_text(w) for w in plan.windows or []),
+        "timezone": plan.timezone,
+        "group_windows": "\n".join(f"{g}={window_text(w)}" for g, ws in sorted((plan.group_windows or {}).items()) for w in ws),
+    }
+
+
 class PlanSettingsForm(DashboardForm):
     webhook_url = forms.URLField(
         required=False,
@@ -135,6 +155,30 @@ class PlanSettingsForm(DashboardForm):
         label="Webhook URL",
         help_text="Optional. Breakwater POSTs JSON here when the plan halts, needs an approval, or ends.",
     )
+    windows = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Maintenance windows",
+        help_text="One a line, e.g. mon-fri 02:00-05:00 (an end before the start crosses midnight). Phases release devices only inside them; empty: any time.",
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "class": "mono"}),
+    )
+    timezone = forms.CharField(required=False, max_length=64, label="Time zone of the windows", widget=forms.TextInput(attrs={"placeholder": "Europe/Berlin"}))
+    group_windows = forms.CharField(
+        required=False,
+        max_length=4000,
+        label="A group's own windows",
+        help_text="One a line, GROUP=WINDOW, e.g. beta=sat 00:00-06:00: they replace the plan's for that group's phases.",
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "class": "mono"}),
+    )
+
+    def windows_kwargs(self):
+        """The windows in plan_set's spelling (the service checks them)."""
+        data = self.cleaned_data
+        return {
+            "windows": data.get("windows") or [],
+            "time_zone": data.get("timezone") or "UTC",
+            "group_windows": [line.strip() for line in (data.get("group_windows") or "").splitlines() if line.strip()],
+        }
 
 
 class LargeFleetForm(DashboardForm):

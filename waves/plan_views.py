@@ -33,6 +33,7 @@ from .plan_forms import (
     TemplateFillForm,
     TemplateSaveForm,
     phase_initial,
+    settings_initial,
 )
 
 PLAN_CHANGED = "plan-changed"
@@ -210,7 +211,7 @@ def _editor(request, wave, *, formset=None, settings_form=None, error=None, noti
         "plan": plan,
         "editable": wave.is_open and (plan is None or plan.status in (RolloutPlan.Status.DRAFT, RolloutPlan.Status.PAUSED, RolloutPlan.Status.HALTED)),
         "formset": formset or _formset(request, plan),
-        "settings_form": settings_form or PlanSettingsForm(initial={"webhook_url": plan.webhook_url if plan else ""}),
+        "settings_form": settings_form or PlanSettingsForm(initial=settings_initial(plan)),
         "large_fleet_form": LargeFleetForm(groups=groups, initial={"group": "us-east" if "us-east" in groups else None}, prefix="example"),
         "template_fill_form": TemplateFillForm(templates=templates, prefix="fill"),
         "template_save_form": TemplateSaveForm(prefix="template"),
@@ -269,7 +270,9 @@ def plan_edit(request, name):
     if not formset.is_valid() or not settings_form.is_valid():
         return _editor(request, wave, formset=formset, settings_form=settings_form, error="Fix the marked fields.", status=400)
     try:
-        plan_services.plan_set(wave=wave, actor=request.user, phases=formset.phases(), webhook_url=settings_form.cleaned_data["webhook_url"])
+        plan_services.plan_set(
+            wave=wave, actor=request.user, phases=formset.phases(), webhook_url=settings_form.cleaned_data["webhook_url"], **settings_form.windows_kwargs()
+        )
     except Forbidden as error:
         raise PermissionDenied(error.message) from None
     except ApplicationError as error:
@@ -284,7 +287,7 @@ def _editor_filled(request, wave, plan, phases, notice):
     kept = [phase_initial(p) for p, lock in zip(stored, locks) if lock]
     groups, saved, _ = _editor_sources(request)
     formset = PhaseFormSet(initial=kept + [phase_initial(p) for p in phases], prefix="phases", groups=groups, saved_lists=saved, locks=[lock for lock in locks if lock])
-    settings_form = PlanSettingsForm(initial={"webhook_url": plan.webhook_url if plan else ""})
+    settings_form = PlanSettingsForm(initial=settings_initial(plan))
     return _editor(request, wave, formset=formset, settings_form=settings_form, notice=notice + " Review the phases, then save the plan.")
 
 

@@ -323,13 +323,14 @@ def _views_changed(wave):
     signed_views.views_changed(factory=wave.factory, tag=wave.tag)
 
 
-def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=False, progress=None):
+def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=False, progress=None, phase=None):
     """Stage devices of an active wave: a group, a sample, an exact UUID list, or a mix.
 
     Candidates are production devices on the wave's tag (in the group, in the list), minus
     devices already staged (individually or through their group) and devices already on the
     wave's version or newer. A dry run selects the same way and changes nothing.
-    `progress(done, total)`, if given, is called as the staged rows are written.
+    `progress(done, total)`, if given, is called as the staged rows are written; `phase`, the
+    plan phase this rollout is (a batch of).
     """
     factory = wave.factory
     authorize(user=actor, factory=factory, action="rollout.preview" if dry_run else "wave.manage")
@@ -367,7 +368,7 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
             if dry_run:
                 result.devices = _device_rows(candidates.order_by("name", "id"))
                 return result
-            rollout = _rollout_record(wave, actor, group_obj, limit, 0, True, result.count)
+            rollout = _rollout_record(wave, actor, group_obj, limit, 0, True, result.count, phase)
             WaveGroup.objects.create(wave=wave, group=group_obj, rollout=rollout)
         else:
             if listed is not None:
@@ -389,7 +390,7 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
                 return result
             if not selected:
                 raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty", extra={"skipped": result.skipped})
-            rollout = _rollout_record(wave, actor, group_obj, limit, len(listed or ()), False, len(selected))
+            rollout = _rollout_record(wave, actor, group_obj, limit, len(listed or ()), False, len(selected), phase)
             _stage(wave, rollout, [row["id"] for row in selected], progress)
             _statistics_refresh_after(wave, rollout)
         result.rollout = rollout
@@ -412,9 +413,10 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
     return result
 
 
-def _rollout_record(wave, actor, group, limit, uuids_count, full_group, count):
+def _rollout_record(wave, actor, group, limit, uuids_count, full_group, count, phase=None):
     return Rollout.objects.create(
         wave=wave,
+        phase=phase,
         created_by=actor,
         group=group,
         group_name=group.name if group else "",

@@ -6,6 +6,11 @@ commas, with short names for the gates, e.g.:
 
     --phase "group=us-east limit=5 wait=60 reporting=5 success=90% failure=10% stuck=30 unhealthy=0"
     --phase "group=us-east wait=120 approval four-eyes"
+    --phase "group=us-east pace=10"                        (10 devices a minute, in batches)
+    --phase "group=us-east pace-start=5 factor=2 ceiling=200" (5, 10, 20, ... a minute, up to 200)
+
+Maintenance windows: phases release devices only inside them, e.g.
+    --window "mon-fri 02:00-05:00" --timezone Europe/Berlin --group-window beta="sat 00:00-06:00"
 """
 import argparse
 import json
@@ -25,6 +30,10 @@ ALIASES = {
     "unhealthy": "max_unhealthy",
     "stuck": "stuck_after_minutes",
     "list": "saved_list",
+    "pace": "pace_per_minute",
+    "rate": "pace_per_minute",
+    "factor": "pace_factor",
+    "ceiling": "pace_ceiling",
 }
 FLAGS = {
     "approval": ("advance", "approval"),
@@ -35,6 +44,7 @@ FLAGS = {
 KEYS = (
     "name", "group", "limit", "saved_list", "uuids", "wait_minutes", "min_reporting", "min_success_ratio",
     "max_failure_ratio", "max_unhealthy", "stuck_after_minutes", "advance", "approver_must_differ",
+    "pace_per_minute", "pace_start", "pace_factor", "pace_ceiling",
 )  # fmt: skip
 TOKEN = re.compile(r"""([\w-]+)=("[^"]*"|'[^']*'|[^\s,]*)|([\w-]+)""")
 
@@ -65,6 +75,10 @@ def register(commands, common):
     source.add_argument("--template", metavar="NAME", help="apply a saved plan template")
     p.add_argument("--groups", metavar="G1,G2", help="with a per-group template: the groups to apply it to, in order")
     p.add_argument("--webhook", metavar="URL", help="POST JSON here when the plan halts, needs an approval or ends ('' removes it)")
+    p.add_argument("--window", action="append", metavar="WINDOW", help="a maintenance window, e.g. 'mon-fri 02:00-05:00'; repeat for more")
+    p.add_argument("--no-windows", action="store_true", help="remove the plan's maintenance windows (and the groups' own)")
+    p.add_argument("--timezone", metavar="ZONE", help="the windows' time zone, e.g. Europe/Berlin (default UTC)")
+    p.add_argument("--group-window", action="append", metavar="GROUP=WINDOW", help="a group's own window, replacing the plan's for its phases")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=plan_set)
 
@@ -147,9 +161,9 @@ def _file_phases(path):
     except ValueError as exc:
         raise CliError(f"the plan file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if isinstance(data, dict) and isinstance(data.get("phases"), list):
-        return data["phases"], data.get("webhook_url")
+        return data["phases"], data.get("webhook_url"), {k: data[k] for k in ("windows", "timezone", "group_windows") if k in data}
     if isinstance(data, list):
-        return data, None
+        return data, None, {}
     raise CliError(f"the plan file {path} must hold a list of phases or an object with \"phases\"")
 
 
@@ -164,12 +178,14 @@ def plan_set(args, ctx):
         if args.groups:
             raise UsageError("--groups goes with --template")
         if args.file:
-            payload["phases"], file_webhook = _file_phases(args.file)
+            payload["phases"], file_webhook, file_windows = _file_phases(args.file)
+            payload.update(file_windows)
             webhook = webhook if webhook is not None else file_webhook
         else:
             payload["phases"] = [phase_parse(spec, i) for i, spec in enumerate(args.phase, start=1)]
     if webhook is not None:
         payload["webhook_url"] = webhook
+    payload.update(_windows_args(args))
     plan = ctx.client.request("PUT", plan_path(ctx, args.wave), payload=payload)
     if args.json:
         dump_json(plan)
@@ -179,6 +195,28 @@ def plan_set(args, ctx):
     if plan["status"] == "draft":
         err(f"\nStart it with: breakwater waves plan start {args.wave}")
     return 0
+
+
+def _windows_args(args):
+    """--window / --timezone / --group-window / --no-windows -> the API's keys (the server checks)."""
+    if args.no_windows and (args.window or args.group_window):
+        raise UsageError("--no-windows removes every window; give it without --window or --group-window")
+    payload = {}
+    if args.no_windows:
+        payload["windows"], payload["group_windows"] = [], {}
+    if args.window:
+        payload["windows"] = args.window
+    if args.timezone is not None:
+        payload["timezone"] = args.timezone
+    if args.group_window:
+        groups = {}
+        for item in args.group_window:
+            group, sep, window = item.partition("=")
+            if not sep or not group.strip() or not window.strip():
+                raise UsageError(f"--group-window {item!r}: write GROUP=WINDOW, e.g. beta='sat 00:00-06:00'")
+            groups.setdefault(group.strip(), []).append(_value(window.strip()))
+        payload["group_windows"] = groups
+    return payload
 
 
 def plan_action(args, ctx):
@@ -215,6 +253,8 @@ def _gates(phase):
         parts.append(f"stuck>{phase['stuck_after_minutes']}m")
     if phase["max_unhealthy"] is not None:
         parts.append(f"silent≤{phase['max_unhealthy']}")
+    if phase.get("pace"):
+        parts.append(f"pace {phase['pace']}")
     if phase["advance"] == "approval":
         parts.append("approval" + (" (not the author)" if phase["approver_must_differ"] else ""))
     return " ".join(parts)
@@ -246,6 +286,8 @@ def plan_show(args, ctx):
             ("Status", plan["status"]),
             ("Author", plan["author"] or "-"),
             ("Webhook", plan["webhook_url"] or "-"),
+            ("Windows", plan.get("windows_summary") or "any time"),
+            *([("Next opening", when(plan["next_opening"]))] if plan.get("next_opening") and plan.get("windows_summary", "").split(" (")[0] != "any time" else []),
             ("Forecast", when(forecast.get("completion_at")) + (f" (+{forecast['approvals_ahead']} approvals)" if forecast.get("approvals_ahead") else "")),
             ("Basis", forecast.get("basis") or "-"),
         ]
@@ -255,6 +297,8 @@ def plan_show(args, ctx):
     current = plan["current_phase"]
     if current is not None and plan["status"] in ("running", "paused", "halted"):
         phase = plan["phases"][current - 1]
+        if phase.get("pace_progress"):
+            out(f"\nPhase {current}: {phase['pace_progress']}")
         if phase["evidence"]:
             out(f"\nPhase {current} gates:")
             for gate in phase["evidence"]["gates"]:

@@ -126,3 +126,38 @@ def test_the_plan_paths_are_in_the_openapi_schema(client):
     paths = client.get(f"{API}/openapi.json").json()["paths"]
     for path in ("/waves/{wave}/plan", "/waves/{wave}/plan/approve", "/plan-templates/"):
         assert f"{API}/factories/{{factory}}{path}" in paths
+
+
+def test_pace_and_windows_through_the_api(as_user, factory, fleet100, wave):
+    bob = as_user("bob")
+    path = f"waves/{wave.name}/plan"
+    payload = {
+        "phases": [{"group": "beta", "pace_per_minute": 5, "wait_minutes": 0}, {"limit": 10, "pace_start": 2, "pace_factor": 2, "pace_ceiling": 8}],
+        "windows": ["mon-fri 00:00-00:00", {"days": ["sat", "sun"], "start": "00:00", "end": "00:00"}],
+        "timezone": "Europe/Berlin",
+        "group_windows": {"canary": "sat 00:00-06:00"},
+    }
+    body = put(bob, path, payload).json()
+    assert body["windows"][0] == {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "00:00", "end": "00:00"}
+    assert body["timezone"] == "Europe/Berlin" and body["group_windows"]["canary"][0]["days"] == ["sat"]
+    assert body["windows_summary"].startswith("mon-fri 00:00-00:00; sat,sun 00:00-00:00 (Europe/Berlin)")
+    assert [p["pace"] for p in body["phases"]] == ["5 a minute", "2, x2 each minute, up to 8"]
+    body = bob.post(f"{path}/start").json()
+    first = body["phases"][0]
+    assert first["staged_count"] == 5 and first["pace_progress"] == "staged 5 at 5 a minute" and not first["batches_done"]
+    assert first["evidence"]["staged"] == 5 and body["next_opening"] is not None
+    # bad input: a clear message, nothing changed
+    bob.post(f"{path}/pause")
+    detail = assert_error(put(bob, path, {**payload, "timezone": "Nowhere/City"}), 400, "invalid")["detail"]
+    assert "unknown time zone 'Nowhere/City'" in detail
+    assert_error(put(bob, path, {**payload, "windows": "funday 01:00-02:00"}), 400, "invalid")
+    assert_error(put(bob, path, {"phases": [{"group": "beta", "pace_per_minute": 5, "pace_start": 2, "pace_factor": 2}]}), 400, "invalid")
+    assert_error(put(bob, path, {"phases": [{"group": "beta", "pace_start": 2, "pace_factor": 1}]}), 400, "invalid")
+    assert plan_get(wave=wave).timezone == "Europe/Berlin"
+
+
+def test_pace_and_windows_are_in_the_openapi_schema(client):
+    schemas = client.get(f"{API}/openapi.json").json()["components"]["schemas"]
+    assert {"pace_per_minute", "pace_start", "pace_factor", "pace_ceiling"} <= set(schemas["PhaseIn"]["properties"])
+    assert {"windows", "timezone", "group_windows"} <= set(schemas["PlanSetIn"]["properties"])
+    assert {"windows_summary", "next_opening"} <= set(schemas["PlanOut"]["properties"])

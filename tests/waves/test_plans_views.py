@@ -215,3 +215,28 @@ def test_qa_and_support_watch_but_cannot_edit_or_act(client, request, factory, b
 def test_other_factories_see_nothing(client, eve, wave):
     login(client, eve)
     assert client.get(reverse("plan-detail", args=[wave.name])).status_code == 404
+
+
+def test_pace_and_windows_from_the_editor_and_on_the_plan_page(client, factory, bob, fleet100, wave):
+    login(client, bob)
+    rows = [{"group": "beta", "pace_per_minute": 5, "wait_minutes": 1}, {"group": "canary", "pace_start": 1, "pace_factor": 2, "pace_ceiling": 4}]
+    windows = {"windows": "mon-fri 00:00-00:00\nsat,sun 00:00-00:00", "timezone": "Europe/Berlin", "group_windows": "canary=sat 00:00-06:00"}
+    bad = editor_post(client, wave, rows, **{**windows, "timezone": "Atlantis/City"})
+    assert bad.status_code == 400 and "unknown time zone &#x27;Atlantis/City&#x27;" in bad.content.decode()
+    both = editor_post(client, wave, [{"group": "beta", "pace_per_minute": 5, "pace_start": 1, "pace_factor": 2}], **windows)
+    assert both.status_code == 400 and "not both" in both.content.decode() and not RolloutPlan.objects.filter(wave=wave).exists()
+
+    assert editor_post(client, wave, rows, **windows).status_code == 302
+    plan = plan_get(wave=wave)
+    assert plan.timezone == "Europe/Berlin" and len(plan.windows) == 2 and list(plan.group_windows) == ["canary"]
+    first, second = plan_phases(plan)
+    assert first.pace_per_minute == 5 and (second.pace_start, second.pace_factor, second.pace_ceiling) == (1, 2.0, 4)
+    editor = client.get(reverse("plan-edit", args=[wave.name])).content.decode()
+    assert "mon-fri 00:00-00:00\nsat,sun 00:00-00:00" in editor and "canary=sat 00:00-06:00" in editor and 'value="Europe/Berlin"' in editor
+
+    plan_start(wave=wave, actor=bob)
+    page = client.get(reverse("plan-detail", args=[wave.name])).content.decode()
+    assert "paced: 5 a minute" in page and "paced: 1, x2 each minute, up to 4" in page
+    assert "Staged 5 at 5 a minute." in page
+    assert "mon-fri 00:00-00:00; sat,sun 00:00-00:00 (Europe/Berlin); group canary: sat 00:00-06:00" in page
+    assert "The window is open now." in page

@@ -15,8 +15,10 @@ from ..models import PlanDecision, PlanPhase, RolloutPlan, WaveDevice, WaveGroup
 from ..outcomes import not_updated_q
 from ..scope import limit_parse, limit_size
 from .gates import phase_evidence
+from .pacing import batches_pending, is_paced, pace_label, pace_minutes, pace_progress, phase_total
 from .phases import phase_label
 from .selectors import current_phase, phase_devices, plan_phases
+from .windows import next_opening, window_schedule, windows_for, windows_summary
 
 Status = RolloutPlan.Status
 PhaseStatus = PlanPhase.Status
@@ -28,7 +30,9 @@ def _phase_estimates(phases, wave):
     estimates = {}
     taken = {}  # group name ("" for the fleet) -> devices the earlier pending phases take
     for phase in phases:
-        if phase.rollout_id is not None or phase.status != PhaseStatus.PENDING:
+        # A paced phase still staging batches: how many devices its next batches take.
+        batching = batches_pending(phase) and phase.status == PhaseStatus.WATCHING
+        if (phase.rollout_id is not None or phase.status != PhaseStatus.PENDING) and not batching:
             continue
         scope = Device.objects.filter(factory_id=wave.factory_id, is_production=True, tag=wave.tag)
         if phase.group_name:
@@ -51,7 +55,10 @@ def _phase_estimates(phases, wave):
             available -= sum(taken.values()) if not group else taken.get(group, 0) + taken.get("", 0)
         available = max(0, available)
         limit = limit_parse(phase.limit)
-        if limit is not None:
+        if batching:
+            total = phase_total(phase)
+            available = available if total is None else min(available, max(0, total - phase.staged_count))
+        elif limit is not None:
             available = min(limit_size(limit, scope.count() if limit[1] else 0), available)
         if not listed:
             taken[phase.group_name] = taken.get(phase.group_name, 0) + available
@@ -87,12 +94,13 @@ def _quantile(values, q):
     return values[index]
 
 
-def plan_forecast(*, plan, now=None, phases=None):
+def plan_forecast(*, plan, now=None, phases=None, estimates=None):
     """When the plan should finish, from how long its devices took to update so far.
 
     Each remaining phase takes the longer of its wait time and the time its success ratio needs
     (the same share of the devices observed so far updated within that time); approvals add an
-    unknown delay and are counted apart.
+    unknown delay and are counted apart. A paced phase first takes the minutes its batches need
+    at its rate; a phase starts, and its batches go on, only inside its maintenance windows.
     """
     now = now or timezone.now()
     wave = plan.wave
@@ -132,21 +140,35 @@ def plan_forecast(*, plan, now=None, phases=None):
     if not minutes:
         result["basis"] = "no device has reported a successful update yet"
         return result
+    if estimates is None and any(is_paced(p) for p in phases):
+        estimates = _phase_estimates(phases, wave)
     at = now
     for phase in phases:
         if phase.status == PhaseStatus.PASSED:
             continue
         needed = _quantile(minutes, phase.min_success_ratio or 0.5)
+        watch = timedelta(minutes=max(phase.wait_minutes, needed))
+        starts, previous = None, at
         if phase.status == PhaseStatus.AWAITING_APPROVAL:
             end = now
+        elif batches_pending(phase):
+            # The next batch is due a minute after the last; then the rest at the phase's rate.
+            remaining = (estimates or {}).get(phase.pk) or 0
+            batches = (pace_minutes(phase, remaining, phase.staged_count) + 1) if remaining else 0
+            last = window_schedule(plan, phase.group_name, max(now, phase.last_batch_at), batches)
+            end = max(now, last + watch)
         elif phase.started_at is not None:
-            end = max(now, phase.started_at + timedelta(minutes=max(phase.wait_minutes, needed)))
+            end = max(now, phase.started_at + watch)
         else:
-            end = at + timedelta(minutes=max(phase.wait_minutes, needed))
+            starts = next_opening(plan, phase.group_name, at) or at
+            batches = pace_minutes(phase, (estimates or {}).get(phase.pk) or 0)
+            end = window_schedule(plan, phase.group_name, starts, batches) + watch
         if phase.advance == PlanPhase.Advance.APPROVAL and phase.status != PhaseStatus.PASSED:
             result["approvals_ahead"] += 1
         at = max(at, end)
-        result["phases"].append({"position": phase.position, "ends_at": at})
+        result["phases"].append(
+            {"position": phase.position, "ends_at": at, "starts_at": starts, "pace": pace_label(phase), "window_delay": starts is not None and starts > previous}
+        )
     result["completion_at"] = at
     result["remaining_minutes"] = round((at - now).total_seconds() / 60)
     result["basis"] = (
@@ -173,8 +195,14 @@ def plan_show(*, plan, now=None, forecast=True):
                 "current": phase is current and plan.status not in (Status.DRAFT, Status.FINISHED, Status.CANCELED),
                 "evidence": evidence,
                 "estimate": estimates.get(phase.pk),
+                "pace": pace_label(phase),
+                "pace_progress": pace_progress(phase, phase_total(phase)) if is_paced(phase) and phase.last_batch_at else "",
+                "windows": windows_for(plan, phase.group_name),
             }
         )
+    opens = None
+    if current is not None and plan.status == Status.RUNNING and (current.rollout_id is None or batches_pending(current)):
+        opens = next_opening(plan, current.group_name, now)
     decisions = list(PlanDecision.objects.filter(plan=plan).select_related("actor", "phase").order_by("created_at", "id"))
     return {
         "plan": plan,
@@ -182,6 +210,9 @@ def plan_show(*, plan, now=None, forecast=True):
         "phases": rows,
         "current": current,
         "decisions": decisions,
-        "forecast": plan_forecast(plan=plan, now=now, phases=phases) if forecast else None,
+        "forecast": plan_forecast(plan=plan, now=now, phases=phases, estimates=estimates) if forecast else None,
+        "windows": windows_summary(plan),
+        # When the current phase may next release devices (now when its window is open).
+        "next_opening": opens,
         "measured_at": now,
     }

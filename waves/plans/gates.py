@@ -18,6 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from ..outcomes import failed_sql, failure_sql, outcome_params, sql_time, success_sql, updated_sql, wave_report_sql
+from .pacing import batches_pending, pace_progress, phase_total
 from .selectors import phase_devices
 
 
@@ -145,7 +146,8 @@ def phase_counts(phase, *, now, wave=None):
     if phase.stuck_after_minutes is not None:
         params["silent_since"] = sql_time(now - timedelta(minutes=phase.stuck_after_minutes))
         stuck = "last_report < %(silent_since)s"
-        if (phase.started_at or now) < now - timedelta(minutes=phase.stuck_after_minutes):
+        # A paced phase's latest batch has had only since then to report.
+        if (phase.last_batch_at or phase.started_at or now) < now - timedelta(minutes=phase.stuck_after_minutes):
             stuck += " OR last_report IS NULL"  # nothing reported since the phase started
         stuck = f"({stuck})"
         unhealthy = (
@@ -174,7 +176,8 @@ def phase_evidence(phase, *, now=None, wave=None):
     ev = Evidence(measured_at=now, **counts)
     n = ev.staged
     if phase.started_at is not None:
-        ev.wait_ends_at = phase.started_at + timedelta(minutes=phase.wait_minutes)
+        # A paced phase waits from its latest batch.
+        ev.wait_ends_at = (phase.last_batch_at or phase.started_at) + timedelta(minutes=phase.wait_minutes)
         ev.gates.append(
             Gate(
                 "wait",
@@ -183,6 +186,8 @@ def phase_evidence(phase, *, now=None, wave=None):
                 "over" if now >= ev.wait_ends_at else f"{math.ceil((ev.wait_ends_at - now).total_seconds() / 60)} min left",
             )
         )
+    if batches_pending(phase):
+        ev.gates.append(Gate("batches", "every batch staged", False, pace_progress(phase, phase_total(phase))))
     if phase.min_reporting:
         needed = min(phase.min_reporting, n)
         clamp = f" (all {n} staged)" if needed < phase.min_reporting else ""

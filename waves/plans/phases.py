@@ -9,6 +9,7 @@ from factory.names import name_problem
 
 from ..models import PlanPhase, SavedDeviceList
 from ..scope import limit_parse, limit_text, scope_require
+from .pacing import PACE_KEYS, pace_clean
 
 MAX_PHASES = 50
 MAX_MINUTES = 30 * 24 * 60
@@ -31,6 +32,7 @@ PHASE_KEYS = (
     "stuck_after_minutes",
     "advance",
     "approver_must_differ",
+    *PACE_KEYS,
 )
 SCOPE_KEYS = ("group", "limit", "saved_list", "uuids")
 
@@ -142,6 +144,7 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
         "stuck_after_minutes": _whole(raw.get("stuck_after_minutes"), where, "stuck after (minutes)", low=1, high=MAX_MINUTES),
         "advance": _text(raw.get("advance"), where, "advance", 16) or PlanPhase.Advance.AUTO,
         "approver_must_differ": _boolean(raw.get("approver_must_differ"), where, "approver must differ"),
+        **pace_clean(raw, where),
     }
     uuids = raw.get("uuids")
     if uuids is not None and not (isinstance(uuids, str) and not uuids.strip()) and uuids != []:
@@ -197,6 +200,7 @@ def phase_as_input(phase):
         "stuck_after_minutes": phase.stuck_after_minutes,
         "advance": phase.advance,
         "approver_must_differ": phase.approver_must_differ,
+        **{key: getattr(phase, key) for key in PACE_KEYS},
     }
 
 

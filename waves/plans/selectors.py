@@ -36,6 +36,9 @@ def phase_devices(phase, wave=None):
     rollout = phase.rollout
     if rollout is None:
         return Device.objects.none()
+    if phase.last_batch_at is not None:
+        # A paced phase: every batch it staged so far.
+        return Device.objects.filter(wave_stagings__rollout__phase=phase)
     if rollout.full_group:
         if rollout.group_id is None:
             return Device.objects.none()

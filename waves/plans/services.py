@@ -18,8 +18,11 @@ from .. import services as wave_services
 from ..models import PlanDecision, PlanPhase, RolloutPlan, SavedDeviceList, Wave
 from .decisions import MAX_REASON, decision_record, webhook_on_commit, webhook_url_clean
 from .gates import Evidence, phase_evidence
+from .pacing import PACE_KEYS, batches_pending
 from .phases import SCOPE_KEYS, phase_as_input, phase_label, phases_clean
 from .selectors import current_phase, plan_get, plan_phases
+from .staging import batch_next, phase_rollout, window_reason, window_wait
+from .windows import plan_windows_clean
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +50,19 @@ def _reason(reason, *, required, what):
     return reason
 
 
-def plan_set(*, wave, actor, phases, webhook_url=None):
+def plan_set(*, wave, actor, phases, webhook_url=None, windows=None, time_zone=None, group_windows=None):
     """Create the wave's plan or replace its phases; the actor becomes the plan's author.
 
     A plan that has not started is replaced entirely. A paused or halted plan keeps the phases
     that have started: the list must begin with them, with the same scope (the current phase's
     gates may change; a passed phase may not), and replaces the phases still to come.
+    Maintenance windows, their time zone and group windows change when given (None: kept).
     """
     factory = wave.factory
     authorize(user=actor, factory=factory, action="wave.manage")
     cleaned = phases_clean(phases, factory=factory)
     webhook = webhook_url_clean(webhook_url) if webhook_url is not None else None
+    schedule = plan_windows_clean(factory=factory, windows=windows, time_zone=time_zone, group_windows=group_windows)
     try:
         with transaction.atomic():
             locked_wave = Wave.objects.select_for_update().get(pk=wave.pk)
@@ -92,7 +97,8 @@ def plan_set(*, wave, actor, phases, webhook_url=None):
                         continue
                 else:
                     phase.status = PhaseStatus.PENDING
-                    phase.rollout = phase.started_at = phase.finished_at = None
+                    phase.rollout = phase.started_at = phase.finished_at = phase.last_batch_at = None
+                    phase.staged_count, phase.batches_done = 0, False
                 for key, value in _model_fields(new, saved_lists).items():
                     setattr(phase, key, value)
                 phase.save()
@@ -105,6 +111,9 @@ def plan_set(*, wave, actor, phases, webhook_url=None):
             if webhook is not None:
                 plan.webhook_url = webhook
                 fields.append("webhook_url")
+            for key, value in schedule.items():
+                setattr(plan, key, value)
+                fields.append(key)
             plan.save(update_fields=fields)
             decision_record(
                 plan,
@@ -134,21 +143,16 @@ def _model_fields(phase, saved_lists):
         "stuck_after_minutes": phase["stuck_after_minutes"],
         "advance": phase["advance"],
         "approver_must_differ": phase["approver_must_differ"],
+        **{key: phase[key] for key in PACE_KEYS},
     }
 
 
 def _phase_rollout(plan, phase, actor, now):
     """Roll the phase out (as `actor`) and start watching it. Raises ApplicationError if the
     rollout is refused; returns False when no device was left in its scope (phase passes)."""
-    uuids = phase.uuids or (phase.saved_list.uuids if phase.saved_list_id else None)
     try:
-        result = wave_services.wave_rollout(
-            wave=plan.wave,
-            actor=actor,
-            group=phase.group_name or None,
-            limit=phase.limit or None,
-            uuids=uuids or None,
-        )
+        # All at once, or a paced phase's first batch (plans.staging).
+        result = phase_rollout(plan, phase, actor, now)
     except ApplicationError as exc:
         if exc.code != "rollout_empty":
             raise
@@ -168,7 +172,7 @@ def _phase_rollout(plan, phase, actor, now):
         "rollout",
         actor,
         reason=result.message,
-        evidence={"rollout": result.rollout.pk, "devices": result.count, "skipped": len(result.skipped), "full_group": result.full_group},
+        evidence={"rollout": result.rollout.pk, "devices": result.count, "skipped": len(result.skipped), "full_group": result.full_group, "staged": phase.staged_count},
     )
     return True
 
@@ -176,11 +180,14 @@ def _phase_rollout(plan, phase, actor, now):
 def _advance(plan, phases, start_index, actor, now):
     """Start the next phase that has devices to roll out to, or finish the plan.
 
-    Returns ("started", phase), ("finished", None), or raises the rollout's ApplicationError.
+    Returns ("started", phase), ("waiting", phase) outside the phase's maintenance window,
+    ("finished", None), or raises the rollout's ApplicationError.
     """
     for phase in phases[start_index:]:
         if phase.status == PhaseStatus.PASSED:
             continue
+        if window_wait(plan, phase, now):
+            return "waiting", phase
         if _phase_rollout(plan, phase, actor, now):
             return "started", phase
     plan.status = Status.FINISHED
@@ -249,7 +256,7 @@ def plan_start(*, wave, actor, now=None):
 @dataclass
 class Evaluation:
     plan: RolloutPlan
-    outcome: str  # idle, wait, advanced, awaiting-approval, halted, finished, canceled
+    outcome: str  # idle, wait, batch, advanced, awaiting-approval, halted, finished, canceled
     phase: PlanPhase | None = None
     reason: str = ""
     evidence: Evidence | None = None
@@ -293,6 +300,8 @@ def plan_evaluate(*, plan, now=None):
             return Evaluation(plan, "halted", phase, reason, evidence)
         if phase.status == PhaseStatus.AWAITING_APPROVAL:
             return Evaluation(plan, "awaiting-approval", phase, evidence=evidence)
+        if batches_pending(phase) and phase.status == PhaseStatus.WATCHING:
+            return _evaluate_batch(plan, phase, now, evidence)
         unmet = evidence.unmet
         if unmet:
             _record_wait(plan, phase, evidence)
@@ -334,7 +343,24 @@ def _evaluate_start(plan, phases, index, now):
         reason = _rollout_refused(failed, exc)
         _halt(plan, failed, reason, {"error": exc.message, "code": exc.code}, now)
         return Evaluation(plan, "halted", failed, reason)
+    if outcome == "waiting":
+        return Evaluation(plan, "wait", started, window_reason(plan, started, now))
     return Evaluation(plan, "advanced" if outcome == "started" else "finished", started)
+
+
+def _evaluate_batch(plan, phase, now, evidence):
+    """A paced phase whose gates hold stages its next batch, inside its window; a refused
+    rollout halts the plan as a refused phase does."""
+    waiting = window_wait(plan, phase, now)
+    if waiting:
+        return Evaluation(plan, "wait", phase, waiting, evidence)
+    try:
+        reason = batch_next(plan, phase, _author(plan), now)
+    except ApplicationError as exc:
+        reason = _rollout_refused(phase, exc)
+        _halt(plan, phase, reason, {"error": exc.message, "code": exc.code}, now)
+        return Evaluation(plan, "halted", phase, reason)
+    return Evaluation(plan, "batch", phase, reason, evidence)
 
 
 def _evaluate_advance(plan, phases, index, now, evidence):

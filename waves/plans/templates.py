@@ -76,13 +76,14 @@ def template_phases(template, groups=None):
     return out
 
 
-def plan_template_apply(*, wave, actor, name, groups=None, webhook_url=None):
-    """Set the wave's plan from a template (see plan_set)."""
+def plan_template_apply(*, wave, actor, name, groups=None, webhook_url=None, **windows):
+    """Set the wave's plan from a template (see plan_set; `windows`: its windows, time_zone and
+    group_windows)."""
     authorize(user=actor, factory=wave.factory, action="wave.manage")
     template = plan_template_get(factory=wave.factory, name=name)
     phases = template_phases(template, groups)
     with transaction.atomic():
-        plan = plan_set(wave=wave, actor=actor, phases=phases, webhook_url=webhook_url)
+        plan = plan_set(wave=wave, actor=actor, phases=phases, webhook_url=webhook_url, **windows)
         audit_record(factory=wave.factory, actor=actor, action="plan.template-apply", target=wave.name, details={"template": name, "groups": list(groups or [])})
     return plan
 
