@@ -195,3 +195,32 @@ def test_only_release_managers_start_a_plan_with_a_rollback(factory, bob, archiv
     with pytest.raises(Forbidden):
         plan_rollback.rollback_prepare(wave=bad_wave, actor=actor, scope="staged")
     assert RolloutPlan.objects.get(wave=bad_wave).status == "draft" and not Wave.objects.filter(status="armed").exists()
+
+
+# --- the dashboard ---------------------------------------------------------------------------
+
+
+def test_the_dashboard_starts_a_plan_with_a_rollback_signed_by_an_uploaded_key(client, factory, bob, carol, archive, fleet, bad_wave):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+
+    from tests.factory.test_views import hx, login
+
+    url = reverse("plan-action", args=[bad_wave.name, "start"])
+    page = login(client, bob).get(reverse("plan-detail", args=[bad_wave.name]))
+    assert b"Pre-signed rollback" in page.content and b"a halt stays a halt" in page.content
+    # A scope without the key (or the key without a scope) is refused and starts nothing.
+    refused = client.post(url, {"rollback_scope": "staged"}, **hx("plan-live"))
+    assert refused.status_code == 400 and b"needs both a scope and the offline key archive" in refused.content
+    wrong = client.post(url, {"rollback_scope": "staged", "key_archive": SimpleUploadedFile("k.tgz", b"junk")}, **hx("plan-live"))
+    assert wrong.status_code == 400 and b"pre-signed rollback was refused" in wrong.content
+    assert RolloutPlan.objects.get(wave=bad_wave).status == "draft" and not Wave.objects.filter(status="armed").exists()
+    assert login(client, carol).post(url, {"rollback_scope": "staged", "key_archive": SimpleUploadedFile("k.tgz", archive)}).status_code == 403
+    assert not Wave.objects.filter(status="armed").exists()
+
+    started = login(client, bob).post(url, {"rollback_scope": "staged", "key_archive": SimpleUploadedFile("k.tgz", archive)}, **hx("plan-live"))
+    assert started.status_code == 200 and b"Plan started" in started.content
+    assert b"v42-rollback" in started.content and b"moves staged devices back on a halt" in started.content
+    assert Wave.objects.get(name="v42-rollback").status == "armed"
+    panel = client.get(reverse("plan-panel", args=[bad_wave.name]))
+    assert b"v42-rollback" in panel.content
