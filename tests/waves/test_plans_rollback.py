@@ -224,3 +224,6 @@ def test_the_dashboard_starts_a_plan_with_a_rollback_signed_by_an_uploaded_key(c
     assert Wave.objects.get(name="v42-rollback").status == "armed"
     panel = client.get(reverse("plan-panel", args=[bad_wave.name]))
     assert b"v42-rollback" in panel.content
+    rollback_page = client.get(reverse("wave-detail", args=["v42-rollback"]))
+    assert rollback_page.status_code == 200 and b"armed (pre-signed rollback)" in rollback_page.content
+    assert b"served only if a failure gate halts the plan" in rollback_page.content
