@@ -19,7 +19,7 @@ from waves.plans.selectors import plan_get
 from waves.plans.services import plan_evaluate, plan_set, plan_start
 from waves.services import wave_cancel, wave_complete
 
-from .plan_devices import Fleet
+from .plan_devices import Fleet, webhook  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,6 +96,43 @@ def test_a_failure_gate_rolls_the_staged_devices_back_to_the_production_build(fa
     assert all(c.update() == 45 for c in clients.values())
     for client in clients.values():
         never_down(client)
+
+
+def test_an_approval_that_finds_a_failure_rolls_back_and_announces_it(factory, bob, alice, archive, fleet, bad_wave, webhook):
+    from waves.plans.services import plan_approve
+
+    plan_set(wave=bad_wave, actor=bob, phases=[{**PHASES[0], "wait_minutes": 0, "advance": "approval"}, PHASES[1]], webhook_url=webhook.url)
+    t0 = timezone.now()
+    plan_start(wave=bad_wave, actor=bob, now=t0, rollback={"scope": "staged", "key_archive": archive})
+    clients = production(fleet)
+    assert clients["prod-0"].update() == 42 and clients["prod-1"].update() == 42
+    devices = Fleet(factory, bad_wave)
+    devices.start_download([clients["prod-0"].device], t0 + timedelta(minutes=1))
+    devices.update([clients["prod-1"].device], t0 + timedelta(minutes=1))
+    assert plan_evaluate(plan=plan_get(wave=bad_wave), now=t0 + timedelta(minutes=2)).outcome == "awaiting-approval"
+    # prod-0 fails after all (its health check, once it rebooted): the approval halts the plan.
+    devices.update([clients["prod-0"].device], t0 + timedelta(minutes=3), fail_rate=1.0)
+    with pytest.raises(ApplicationError, match="not approved"):
+        plan_approve(wave=bad_wave, actor=alice, reason="looks fine", now=t0 + timedelta(minutes=4))
+    assert Wave.objects.get(name="v42-rollback").status == Wave.Status.ACTIVE
+    assert clients["prod-0"].update() == 45 and clients["prod-1"].update() == 45
+    import time
+
+    for _ in range(50):
+        if any(c["event"] == "plan.rolled-back" for c in webhook.calls):
+            break
+        time.sleep(0.1)
+    rolled = next(c for c in webhook.calls if c["event"] == "plan.rolled-back")
+    assert rolled["rollback"]["wave"] == "v42-rollback" and rolled["rollback"]["devices"] == 2
+
+
+def test_a_plan_that_finishes_disarms_its_rollback(factory, bob, archive, fleet, bad_wave):
+    plan_set(wave=bad_wave, actor=bob, phases=[{"group": "canary", "wait_minutes": 0}])
+    t0 = timezone.now()
+    plan_start(wave=bad_wave, actor=bob, now=t0, rollback={"scope": "staged", "key_archive": archive})
+    assert plan_evaluate(plan=plan_get(wave=bad_wave), now=t0 + timedelta(minutes=1)).outcome == "finished"
+    assert Wave.objects.get(name="v42-rollback").status == Wave.Status.CANCELED
+    assert AuditEntry.objects.filter(action="wave.disarm", details__reason="the plan finished").exists()
 
 
 def test_scope_failed_moves_only_the_devices_that_failed(factory, bob, archive, fleet, bad_wave):
