@@ -39,7 +39,7 @@ from waves import devicelists
 from waves.plans import selectors as plan_selectors
 from waves.plans import services as plan_services
 from waves.plans import templates
-from waves.services import wave_init, wave_rollout, wave_sign
+from waves.services import wave_complete, wave_init, wave_rollout, wave_sign
 
 API = "/api/v1"
 ANY_TOKEN = "any valid token"
@@ -100,6 +100,16 @@ def template(world):
 def bad_build(world):
     if build_bad(factory=world["factory"], version=41) is None:
         build_mark_bad(factory=world["factory"], actor=world["bob"], version=41, reason="boot loop")
+
+
+def staging_plan(world):
+    """A draft plan on wave s43 (tag staging), whose production build is 41: a rollback can be prepared."""
+    archive = base64.b64decode(world["archive_b64"])
+    bob, factory = world["bob"], world["factory"]
+    first = wave_init(factory=factory, actor=bob, name="s41", version=41, tag="staging", source_tag="production")
+    wave_complete(wave=wave_sign(wave=first, actor=bob, key_archive=archive), actor=bob)
+    wave = wave_sign(wave=wave_init(factory=factory, actor=bob, name="s43", version=43, tag="staging"), actor=bob, key_archive=archive)
+    plan_services.plan_set(wave=wave, actor=bob, phases=PHASES)
 
 
 def unsigned_wave(world):
@@ -186,6 +196,7 @@ CASES = {
     "plan_show": [("view", {"setup": draft_plan, "path": {"wave": "v2.0-update"}})],
     "plan_set": [("wave.manage", {"path": {"wave": "v2.0-update"}, "body": {"phases": PHASES}})],
     "plan_start": [("wave.manage", {"setup": draft_plan, "path": {"wave": "v2.0-update"}})],
+    "plan_rollback_prepare": [("wave.manage", {"setup": staging_plan, "path": {"wave": "s43"}, "body": {"scope": "staged"}})],
     "plan_approve": [("plan.approve", {"setup": plan_awaiting_approval, "path": {"wave": "v2.0-update"}, "body": {"reason": "canary looks good"}})],
     "plan_pause": [("wave.manage", {"setup": running_plan, "path": {"wave": "v2.0-update"}, "body": {"reason": "weekend"}})],
     "plan_resume": [("wave.manage", {"setup": paused_plan, "path": {"wave": "v2.0-update"}, "body": {"reason": "monday"}})],

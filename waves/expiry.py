@@ -1,4 +1,4 @@
-"""Expiry warnings for everything a factory signs offline: its open waves' targets with the TUF
+"""Expiry warnings for everything a factory signs offline: its open waves' and armed rollbacks' targets with the TUF
 repository's own (production and baseline targets, an offline root)."""
 from factory.tuf import selectors as tuf_selectors
 
@@ -7,7 +7,9 @@ from .models import Wave
 
 def expiring_targets(*, factory, within_days=30):
     """factory.tuf.selectors.expiring_targets, the factory's open waves included."""
-    waves = Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES).values("name", "tag", "version", "expires_at")
+    # An armed rollback too: it activates only while its targets have not expired.
+    statuses = (*Wave.OPEN_STATUSES, Wave.Status.ARMED)
+    waves = Wave.objects.filter(factory=factory, status__in=statuses).values("name", "tag", "version", "expires_at")
     return tuf_selectors.expiring_targets(factory=factory, within_days=within_days, waves=list(waves))
 
 

@@ -1,5 +1,7 @@
 """Rollout plans API: a wave's plan (show, set, start, approve, pause, resume, cancel) and plan
 templates. Every endpoint calls the services in waves.plans, which check the token user's role."""
+import base64
+import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -13,11 +15,13 @@ from factory.names import api_name
 from factory.schemas import FactoryName, Text
 
 from . import selectors
+from .schemas import Base64, SignatureIn
 from .plans.decisions import MAX_REASON
 from .plans.pacing import MAX_FACTOR, MAX_PACE
 from .plans.phases import DEFAULT_WAIT_MINUTES, MAX_MINUTES, MAX_PHASES, PHASE_NAME_MAX, phase_as_input
 from .plans.selectors import plan_get
 from .plans import forecast
+from .plans import rollback as plan_rollback
 from .plans import services as plan_services
 from .plans import templates as plan_templates
 
@@ -177,10 +181,57 @@ class ForecastOut(Schema):
     phases: list[ForecastPhaseOut] = []
 
 
+class RollbackIn(Schema):
+    """A rollback signed when the plan starts: signatures made locally over the payloads of
+    `plan/rollback/prepare`, or a key archive used in memory once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: Literal["staged", "failed"] = Field(description="On a halt, move back every device the wave staged, or only those that failed.")
+    signatures: list[SignatureIn] | None = Field(None, description="Offline signatures over the prepared signing_payload.")
+    aktualizr_signatures: list[SignatureIn] | None = Field(None, description="The same keys' signatures over the prepared aktualizr_signing_payload.")
+    key_archive: Base64 | None = Field(None, description="A keys .tgz to sign with on the server, used in memory once. The CLI signs locally instead.")
+
+
+class PlanStartIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    rollback: RollbackIn | None = Field(None, description="Arm a pre-signed rollback: if a failure gate halts the plan, devices move back by themselves.")
+
+
+class RollbackPrepareIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    scope: Literal["staged", "failed"]
+
+
+class RollbackDraftOut(Schema):
+    name: str
+    tag: str
+    version: int
+    build_version: int
+    scope: str
+    expires_at: datetime
+    targets: str = Field(description="Base64 of the rollback's targets as the server will store them (online signature only).")
+    signing_payload: str = Field(description="Base64 of the canonical bytes each offline key signs.")
+    aktualizr_signing_payload: str = Field(description="Base64 of the aktualizr flavour's bytes the same keys sign.")
+
+
+class RollbackOut(Schema):
+    wave: str
+    version: int
+    build: int | None
+    scope: str
+    state: str = Field(description="armed, active (it took over on a halt), complete, or canceled (disarmed).")
+    expires_at: datetime
+    description: str
+
+
 class PlanOut(Schema):
     wave: str
     status: str
     author: str
+    rollback: RollbackOut | None = None
     webhook_url: str
     halted_reason: str
     current_phase: int | None
@@ -280,6 +331,7 @@ def plan_out(shown):
             for d in shown["decisions"]
         ],
         "forecast": shown["forecast"],
+        "rollback": plan_rollback.rollback_summary(plan),
     }
 
 
@@ -318,11 +370,52 @@ def plan_set(request, factory: FactoryName, wave: str, payload: PlanSetIn):
     return _shown(wave_obj)
 
 
+def _archive(text):
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApplicationError("key_archive is not valid base64") from None
+
+
 @router.post("/waves/{wave}/plan/start", response=responses(200, PlanOut), summary="Start the plan: roll out its first phase now")
-def plan_start(request, factory: FactoryName, wave: str):
+def plan_start(request, factory: FactoryName, wave: str, payload: PlanStartIn | None = None):
+    """With `rollback`, a pre-signed rollback is armed in the same step: a signature that does not
+    verify, or too few, and nothing starts."""
     wave_obj, user = _wave(request, wave)
-    plan_services.plan_start(wave=wave_obj, actor=user)
+    rollback = None
+    if payload is not None and payload.rollback is not None:
+        given = payload.rollback
+        rollback = {
+            "scope": given.scope,
+            "signatures": [s.dict() for s in given.signatures] if given.signatures else None,
+            "aktualizr_signatures": [s.dict() for s in given.aktualizr_signatures] if given.aktualizr_signatures else None,
+            "key_archive": _archive(given.key_archive),
+        }
+    plan_services.plan_start(wave=wave_obj, actor=user, rollback=rollback)
     return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/rollback/prepare", response=responses(200, RollbackDraftOut), summary="The payloads to sign for a plan's pre-signed rollback")
+def plan_rollback_prepare(request, factory: FactoryName, wave: str, payload: RollbackPrepareIn):
+    """The rollback (a re-release of the tag's production build at the next number) as it would be
+    signed now. Sign both payloads with the offline key locally and POST the signatures with
+    `plan/start`. Changes nothing and claims no number."""
+    wave_obj, user = _wave(request, wave)
+    draft = plan_rollback.rollback_prepare(wave=wave_obj, actor=user, scope=payload.scope)
+    encode = lambda data: base64.b64encode(bytes(data)).decode()  # noqa: E731
+    return {
+        "name": draft.name,
+        "tag": draft.tag,
+        "version": draft.version,
+        "build_version": draft.build_version,
+        "scope": draft.scope,
+        "expires_at": draft.expires_at,
+        "targets": encode(draft.targets),
+        "signing_payload": encode(draft.signing_payload),
+        "aktualizr_signing_payload": encode(draft.aktualizr_signing_payload),
+    }
 
 
 @router.post("/waves/{wave}/plan/approve", response=responses(200, PlanOut), summary="Approve the phase awaiting approval")

@@ -6,7 +6,7 @@ the same answers."""
 from django import forms
 from django.forms import BaseFormSet, formset_factory
 
-from factory.forms import DashboardForm
+from factory.forms import DashboardForm, key_archive_upload_read
 from factory.names import NameValidator
 
 from .plans.decisions import MAX_REASON
@@ -24,6 +24,33 @@ def percent(ratio):
     if isinstance(ratio, str):
         return ratio
     return f"{ratio * 100:.10g}%"
+
+
+class PlanRollbackForm(DashboardForm):
+    """Starting a plan with a pre-signed rollback: whom it moves back, and the key that signs it now."""
+
+    rollback_scope = forms.ChoiceField(
+        required=False,
+        label="Pre-signed rollback",
+        choices=[("", "none: a halt stays a halt"), ("staged", "move the staged devices back on a halt"), ("failed", "move the failed devices back on a halt")],
+    )
+    key_archive = forms.FileField(
+        required=False, label="Offline targets key archive (.tgz)", help_text="Signs the rollback now, in memory, once; it is never stored."
+    )
+
+    def clean_key_archive(self):
+        upload = self.cleaned_data.get("key_archive")
+        return None if upload is None else key_archive_upload_read(upload)
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("rollback_scope")) != bool(data.get("key_archive")):
+            raise forms.ValidationError("A pre-signed rollback needs both a scope and the offline key archive that signs it.")
+        return data
+
+    def rollback(self):
+        data = self.cleaned_data
+        return {"scope": data["rollback_scope"], "key_archive": data["key_archive"]} if data.get("rollback_scope") else None
 
 
 class PhaseForm(DashboardForm):

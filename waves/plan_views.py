@@ -20,6 +20,7 @@ from factory.views import render_page
 from . import selectors
 from .plans.forecast import plan_show
 from .plans.gates import phase_evidence
+from .plans.rollback import rollback_summary
 from .plans.phases import GROUP_PLACEHOLDER, MAX_PHASES, large_fleet_phases, phase_as_input
 from .plans.selectors import plan_find, plan_get, plan_phases
 from .plans import services as plan_services
@@ -28,6 +29,7 @@ from .models import PlanTemplate, RolloutPlan, SavedDeviceList
 from .plan_forms import (
     LargeFleetForm,
     PhaseFormSet,
+    PlanRollbackForm,
     PlanSettingsForm,
     ReasonForm,
     TemplateFillForm,
@@ -94,6 +96,8 @@ def _plan_context(request, wave, **extra):
             author_blocked=(
                 current is not None and current.approver_must_differ and plan.author_id is not None and plan.author_id == request.user.pk
             ),
+            rollback=rollback_summary(plan),
+            rollback_form=PlanRollbackForm(),
             can_edit=plan.status in (RolloutPlan.Status.DRAFT, RolloutPlan.Status.PAUSED, RolloutPlan.Status.HALTED) and wave.is_open,
         )
     return context
@@ -159,6 +163,11 @@ def plan_action(request, name, action):
     kwargs = {"wave": wave, "actor": request.user}
     if action != "start":
         kwargs["reason"] = form.cleaned_data["reason"]
+    else:
+        rollback_form = PlanRollbackForm(request.POST, request.FILES)
+        if not rollback_form.is_valid():
+            return _respond(request, wave, "", error=" ".join(e for errors in rollback_form.errors.values() for e in errors), status=400)
+        kwargs["rollback"] = rollback_form.rollback()
     try:
         service(**kwargs)
     except Forbidden as error:

@@ -26,6 +26,7 @@ from factory.services import audit_record, rerelease_version_claim
 from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import signed_views, wave_targets
 
+from . import armed
 from .models import Rollout, Wave, WaveDevice, WaveGroup
 from .ostree_deltas import wave_deltas_enqueue
 from .outcomes import not_updated_q, version_updated
@@ -605,13 +606,19 @@ def wave_complete(*, wave, actor):
         wave.finished_by = actor
         wave.save(update_fields=["status", "finished_at", "finished_by"])
         audit_record(factory=wave.factory, actor=actor, action="wave.complete", target=wave.name, details={"version": wave.version, "tag": wave.tag})
+        armed.rollback_disarm(wave=wave, actor=actor, reason=f"wave {wave.name} was completed")
         _views_changed(wave)
     return wave
 
 
-def wave_cancel(*, wave, actor):
-    """Stop serving the wave. Devices already on it stay; no other device is updated to it."""
-    authorize(user=actor, factory=wave.factory, action="wave.manage")
+def wave_cancel(*, wave, actor, for_rollback=False):
+    """Stop serving the wave. Devices already on it stay; no other device is updated to it.
+
+    `for_rollback`: the plan's scheduler (no user) cancels it because the plan halted and its
+    pre-signed rollback takes over (waves/plans/rollback.py), so that rollback stays armed here.
+    """
+    if not for_rollback:
+        authorize(user=actor, factory=wave.factory, action="wave.manage")
     with transaction.atomic():
         wave = _locked(wave)
         if wave.status == Wave.Status.COMPLETE:
@@ -625,6 +632,11 @@ def wave_cancel(*, wave, actor):
         wave.finished_at = timezone.now()
         wave.finished_by = actor
         wave.save(update_fields=["status", "finished_at", "finished_by"])
-        audit_record(factory=wave.factory, actor=actor, action="wave.cancel", target=wave.name, details={"version": wave.version, "tag": wave.tag})
+        details = {"version": wave.version, "tag": wave.tag}
+        if for_rollback:
+            details["rolled_back"] = True
+        audit_record(factory=wave.factory, actor=actor, action="wave.cancel", target=wave.name, details=details)
+        if not for_rollback:
+            armed.rollback_disarm(wave=wave, actor=actor, reason=f"wave {wave.name} was canceled")
         _views_changed(wave)
     return wave

@@ -18,8 +18,9 @@ import re
 from urllib.parse import quote
 
 from .client import CliError, UsageError
-from .common import read_file_text
+from .common import read_binary, read_file_text
 from .output import dump_json, err, fields, out, table, when
+from .signing import OfflineSigner
 
 ALIASES = {
     "wait": "wait_minutes",
@@ -88,9 +89,18 @@ def register(commands, common):
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=plan_show)
 
-    p = sub.add_parser("start", parents=[common], help="start a drafted plan: its first phase rolls out now")
+    p = sub.add_parser(
+        "start",
+        parents=[common],
+        help="start a drafted plan: its first phase rolls out now",
+        description="Start a drafted plan. With --rollback and -k, a rollback (the tag's production build re-released "
+        "above the wave) is signed here with the offline key in the same step and armed: if a failure gate halts the "
+        "plan, the staged (or the failed) devices move back by themselves. The key never leaves this machine.",
+    )
     p.add_argument("wave", metavar="WAVE")
-    p.set_defaults(handler=plan_action, action="start")
+    p.add_argument("--rollback", choices=("staged", "failed"), help="arm a pre-signed rollback moving back the staged, or only the failed, devices on a halt")
+    p.add_argument("-k", "--keys", metavar="KEYS.tgz", help="with --rollback: the offline keys archive to sign it with (locally)")
+    p.set_defaults(handler=plan_start)
 
     p = sub.add_parser("approve", parents=[common], help="approve the phase awaiting approval; the next phase rolls out as you")
     p.add_argument("wave", metavar="WAVE")
@@ -233,6 +243,24 @@ def plan_action(args, ctx):
     return 0
 
 
+def plan_start(args, ctx):
+    if bool(args.rollback) != bool(args.keys):
+        raise UsageError("--rollback and -k go together: the rollback is signed with the offline key when the plan starts")
+    payload = {}
+    if args.rollback:
+        signer = OfflineSigner.for_factory(ctx, read_binary(args.keys, what="keys archive"), args.keys)
+        # The server hands out the exact bytes; only the signatures travel back.
+        draft = ctx.client.post(plan_path(ctx, args.wave, "/rollback/prepare"), {"scope": args.rollback})
+        payload = {"rollback": {"scope": args.rollback, **signer.sign_wave(draft)}}
+    plan = ctx.client.post(plan_path(ctx, args.wave, "/start"), payload)
+    out(f"Plan of wave {plan['wave']} started: it is {plan['status']}.")
+    if plan.get("rollback"):
+        out(f"Rollback: {plan['rollback']['description']}.")
+    if plan["status"] == "halted":
+        out(f"HALTED: {plan['halted_reason']}")
+    return 0
+
+
 def _percent(value):
     return "-" if value is None else f"{value * 100:.4g}%"
 
@@ -288,6 +316,7 @@ def plan_show(args, ctx):
             ("Webhook", plan["webhook_url"] or "-"),
             ("Windows", plan.get("windows_summary") or "any time"),
             *([("Next opening", when(plan["next_opening"]))] if plan.get("next_opening") and plan.get("windows_summary", "").split(" (")[0] != "any time" else []),
+            ("Rollback", (plan.get("rollback") or {}).get("description") or "none (a halt stays a halt)"),
             ("Forecast", when(forecast.get("completion_at")) + (f" (+{forecast['approvals_ahead']} approvals)" if forecast.get("approvals_ahead") else "")),
             ("Basis", forecast.get("basis") or "-"),
         ]

@@ -14,12 +14,14 @@ from django.utils import timezone
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, Conflict, Forbidden
 
+from .. import armed
 from .. import services as wave_services
 from ..models import PlanDecision, PlanPhase, RolloutPlan, SavedDeviceList, Wave
 from .decisions import MAX_REASON, decision_record, webhook_on_commit, webhook_url_clean
 from .gates import Evidence, phase_evidence
 from .pacing import PACE_KEYS, batches_pending
 from .phases import SCOPE_KEYS, phase_as_input, phase_label, phases_clean
+from .rollback import rollback_arm, rollback_on_halt
 from .selectors import current_phase, plan_get, plan_phases
 from .staging import batch_next, phase_rollout, window_reason, window_wait
 from .windows import plan_windows_clean
@@ -192,12 +194,16 @@ def _advance(plan, phases, start_index, actor, now):
             return "started", phase
     plan.status = Status.FINISHED
     plan.save(update_fields=["status", "updated_at"])
+    # The plan is over: its pre-signed rollback must never activate later.
+    armed.rollback_disarm(wave=plan.wave, actor=actor, reason="the plan finished")
     decision_record(plan, None, "finish", actor, reason=f"every phase has passed; complete wave {plan.wave.name} when you are ready", evidence={"status": plan.status})
     webhook_on_commit(plan, "plan.finished", {"reason": "every phase has passed"})
     return "finished", None
 
 
-def _halt(plan, phase, reason, evidence, now, actor=None):
+def _halt(plan, phase, reason, evidence, now, actor=None, *, failure_gate=False):
+    """Halt the plan. A halt on a failure gate activates the plan's armed rollback, if any
+    (plans.rollback); any other halt (a refused rollout) stays a halt."""
     plan.status = Status.HALTED
     plan.halted_reason = reason[:MAX_REASON]
     plan.save(update_fields=["status", "halted_reason", "updated_at"])
@@ -215,6 +221,11 @@ def _halt(plan, phase, reason, evidence, now, actor=None):
             "evidence": evidence,
         },
     )
+    if failure_gate:
+        rolled_back = rollback_on_halt(plan, phase, now)
+        if rolled_back:
+            plan.halted_reason = f"{reason}; {rolled_back}"[:MAX_REASON]
+            plan.save(update_fields=["halted_reason", "updated_at"])
 
 
 def _halt_reason(phase, evidence):
@@ -226,8 +237,12 @@ def _rollout_refused(phase, exc):
     return f"phase {phase.position} ({phase.name or phase_label(phase)}) could not be rolled out: {exc.message}"
 
 
-def plan_start(*, wave, actor, now=None):
-    """Start a drafted plan: roll out its first phase now, as `actor`, and watch it."""
+def plan_start(*, wave, actor, now=None, rollback=None):
+    """Start a drafted plan: roll out its first phase now, as `actor`, and watch it.
+
+    `rollback` ({scope, signatures, aktualizr_signatures} or {scope, key_archive}) arms a
+    pre-signed rollback in the same transaction (plans.rollback): if it is refused, nothing starts.
+    """
     authorize(user=actor, factory=wave.factory, action="wave.manage")
     now = now or timezone.now()
     plan = plan_get(wave=wave)
@@ -240,6 +255,15 @@ def plan_start(*, wave, actor, now=None):
         phases = plan_phases(plan)
         if not phases:
             raise ApplicationError(f"the plan of wave {wave.name} has no phases")
+        if rollback:
+            rollback_arm(
+                plan=plan,
+                actor=actor,
+                scope=rollback.get("scope"),
+                signatures=rollback.get("signatures"),
+                aktualizr_signatures=rollback.get("aktualizr_signatures"),
+                key_archive=rollback.get("key_archive"),
+            )
         plan.status = Status.RUNNING
         plan.halted_reason = ""
         plan.save(update_fields=["status", "halted_reason", "updated_at"])
@@ -296,7 +320,7 @@ def plan_evaluate(*, plan, now=None):
         evidence = phase_evidence(phase, now=now, wave=wave)
         if evidence.halting:
             reason = _halt_reason(phase, evidence)
-            _halt(plan, phase, reason, evidence.as_dict(), now)
+            _halt(plan, phase, reason, evidence.as_dict(), now, failure_gate=True)
             return Evaluation(plan, "halted", phase, reason, evidence)
         if phase.status == PhaseStatus.AWAITING_APPROVAL:
             return Evaluation(plan, "awaiting-approval", phase, evidence=evidence)
@@ -412,7 +436,7 @@ def plan_approve(*, wave, actor, reason, now=None):
         evidence = phase_evidence(phase, now=now, wave=plan.wave)
         if evidence.halting:
             halted = _halt_reason(phase, evidence)
-            _halt(plan, phase, halted, evidence.as_dict(), now)
+            _halt(plan, phase, halted, evidence.as_dict(), now, failure_gate=True)
         else:
             _pass(plan, phase, actor, reason, evidence, now, kind="approve")
             try:
