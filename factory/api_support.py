@@ -1,9 +1,13 @@
 """What every API router shares: token authentication, the error responses an endpoint declares,
-the role check that gives an endpoint its factory and user, and page-number paging.
+the role check that gives an endpoint its factory and user, page-number paging, and the decoding
+of an uploaded key archive.
 
 The routers import this module and the API root (factory/project/api.py) mounts them, so imports
 run one way: root -> routers -> this module.
 """
+import base64
+import binascii
+
 from ninja.security.http import HttpAuthBase
 
 from .auth import authorize, role_of
@@ -95,3 +99,13 @@ def paginate_list(values, *, page, per_page):
     start = (page - 1) * per_page
     total = len(values)
     return {"total": total, "page": page, "per_page": per_page, "next": page + 1 if start + per_page < total else None, "items": values[start : start + per_page]}
+
+
+def key_archive_decode(text):
+    """A request's base64 `key_archive` as bytes (held in memory only), or None when not given."""
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApplicationError("key_archive is not valid base64") from None

@@ -1,7 +1,6 @@
 """Waves API: init (with the bytes to sign), revert (a re-release of an earlier build), sign, rollout, complete, cancel, status, list, show;
 factory status; saved device lists."""
 import base64
-import binascii
 import json
 from typing import Annotated, Literal
 
@@ -11,7 +10,7 @@ from pydantic import Field
 
 from devices.models import Device
 from devices.selectors import uuids_in
-from factory.api_support import actor_scope, bad_build_out, responses
+from factory.api_support import actor_scope, bad_build_out, key_archive_decode, responses
 from factory.builds import bad_builds
 from factory.errors import ApplicationError
 from factory.errors import NotFound
@@ -93,15 +92,6 @@ def wave_out(wave, *, rollouts=None, targets=False, bads=None):
     }
 
 
-def _decode_archive(text):
-    if text is None:
-        return None
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApplicationError("key_archive is not valid base64") from None
-
-
 def _wave(request, name, action="view"):
     factory_obj, user = actor_scope(request, action)
     return selectors.wave_get(factory=factory_obj, name=name), user
@@ -141,7 +131,7 @@ def waves_init(request, factory: FactoryName, payload: WaveInitIn):
     With `dry_run`, nothing is created and the targets it would have are returned, with the
     `signing_payload` that signatures given with the same inputs and `expires_at` must sign."""
     factory_obj, user = actor_scope(request, "wave.manage")
-    archive = _decode_archive(payload.key_archive)
+    archive = key_archive_decode(payload.key_archive)
     wave = services.wave_init(
         factory=factory_obj,
         actor=user,
@@ -171,7 +161,7 @@ def waves_revert(request, factory: FactoryName, payload: WaveRevertIn):
     its `signing_payload` and `aktualizr_signing_payload`, or give `signatures` made over a dry
     run with the same inputs and `expires_at`, or a `key_archive`. A dry run claims no number."""
     factory_obj, user = actor_scope(request, "wave.manage")
-    archive = _decode_archive(payload.key_archive)
+    archive = key_archive_decode(payload.key_archive)
     wave = services.wave_revert(
         factory=factory_obj,
         actor=user,
@@ -209,7 +199,7 @@ def waves_sign(request, factory: FactoryName, wave: str, payload: WaveSignIn):
     aktualizr_signatures = [s.dict() for s in payload.aktualizr_signatures] if payload.aktualizr_signatures else None
     wave_obj = services.wave_sign(
         wave=wave_obj, actor=user, signatures=signatures, aktualizr_signatures=aktualizr_signatures,
-        key_archive=_decode_archive(payload.key_archive),
+        key_archive=key_archive_decode(payload.key_archive),
     )  # fmt: skip
     return wave_out(wave_obj, rollouts=_rollouts(wave_obj))
 

@@ -1,7 +1,6 @@
 """Rollout plans API: a wave's plan (show, set, start, approve, pause, resume, cancel) and plan
 templates. Every endpoint calls the services in waves.plans, which check the token user's role."""
 import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -9,7 +8,7 @@ from ninja import Router, Schema, Status
 from pydantic import ConfigDict, Field
 
 from devices.uuids import MAX_UUIDS
-from factory.api_support import actor_scope, responses
+from factory.api_support import actor_scope, key_archive_decode, responses
 from factory.errors import ApplicationError
 from factory.names import api_name
 from factory.schemas import FactoryName, Text
@@ -370,15 +369,6 @@ def plan_set(request, factory: FactoryName, wave: str, payload: PlanSetIn):
     return _shown(wave_obj)
 
 
-def _archive(text):
-    if text is None:
-        return None
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApplicationError("key_archive is not valid base64") from None
-
-
 @router.post("/waves/{wave}/plan/start", response=responses(200, PlanOut), summary="Start the plan: roll out its first phase now")
 def plan_start(request, factory: FactoryName, wave: str, payload: PlanStartIn | None = None):
     """With `rollback`, a pre-signed rollback is armed in the same step: a signature that does not
@@ -391,7 +381,7 @@ def plan_start(request, factory: FactoryName, wave: str, payload: PlanStartIn | 
             "scope": given.scope,
             "signatures": [s.dict() for s in given.signatures] if given.signatures else None,
             "aktualizr_signatures": [s.dict() for s in given.aktualizr_signatures] if given.aktualizr_signatures else None,
-            "key_archive": _archive(given.key_archive),
+            "key_archive": key_archive_decode(given.key_archive),
         }
     plan_services.plan_start(wave=wave_obj, actor=user, rollback=rollback)
     return _shown(wave_obj)
