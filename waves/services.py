@@ -598,6 +598,10 @@ def wave_complete(*, wave, actor):
             raise Conflict(f"wave {wave.name} is already complete")
         if wave.status == Wave.Status.UNSIGNED:
             raise Conflict(f"wave {wave.name} is not signed yet; sign it before completing it")
+        if wave.status == Wave.Status.ARMED:
+            # Armed, it was never rolled out: completing it would move every production device
+            # of the tag back without a phase, a gate or a halt having asked for it.
+            raise Conflict(f"wave {wave.name} is a plan's pre-signed rollback, armed until the plan halts on a failure; it cannot be completed by hand")
         # Completing makes the build every production device's on the tag: the widest rollout.
         build_check_not_bad(factory=wave.factory, version=wave.build_version, lock=True)
         wave_targets.production_targets_promote(wave=wave)

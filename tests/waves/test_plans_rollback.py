@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 from tuf.api.metadata import Metadata
 
-from factory.errors import ApplicationError, Forbidden
+from factory.errors import ApplicationError, Conflict, Forbidden
 from factory.models import AuditEntry, RereleaseVersion
 from factory.tuf.services import wave_targets
 from tests.factory.test_tuf_waves import TAG, archive, fleet, make_wave  # noqa: F401  (fixtures)
@@ -212,6 +212,15 @@ def test_signatures_over_other_bytes_are_refused(factory, bob, archive, fleet, b
     with pytest.raises(ApplicationError, match="prepare and sign it again"):
         plan_start(wave=bad_wave, actor=bob, rollback={"scope": "staged", "signatures": tuf, "aktualizr_signatures": aktualizr})
     assert RolloutPlan.objects.get(wave=bad_wave).status == "draft" and not Wave.objects.filter(status="armed").exists()
+
+
+def test_an_armed_rollback_cannot_be_completed_by_hand(factory, bob, archive, fleet, bad_wave):
+    plan_start(wave=bad_wave, actor=bob, rollback={"scope": "staged", "key_archive": archive})
+    before = served_targets(fleet)
+    with pytest.raises(Conflict, match="pre-signed rollback"):
+        wave_complete(wave=Wave.objects.get(name="v42-rollback"), actor=bob)
+    assert Wave.objects.get(name="v42-rollback").status == Wave.Status.ARMED
+    assert served_targets(fleet) == before
 
 
 @pytest.mark.parametrize("end", ["complete", "cancel"])
