@@ -35,6 +35,9 @@ class Wave(models.Model):
     activated_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     finished_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # When failed devices were last offered the wave again (WaveRetry); null: never, so the
+    # status reads skip the per-report retry check (waves/outcomes.py).
+    retried_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

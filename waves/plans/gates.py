@@ -98,14 +98,23 @@ def _percent(ratio):
 # events, a small one index lookups, and neither is mistaken for a huge query.
 _COUNTS_SQL = """
 WITH phase AS ({devices}),
-latest AS (
+reports AS (
   SELECT p.target_version, p.last_seen,
-         MAX(e.reported_at) AS last_report,
+         MAX(e.reported_at) AS reported,
+         MAX(rt.retried_at) AS retried,
          MAX(e.reported_at) FILTER (WHERE {success}) AS last_success,
          MAX(e.reported_at) FILTER (WHERE {failure}) AS last_failure
     FROM phase p
     LEFT JOIN devices_deviceevent e ON e.device_id = p.id AND {report}
+    LEFT JOIN waves_waveretry rt ON %(retried)s = %(true)s AND rt.wave_id = %(wave)s AND rt.device_id = p.id
    GROUP BY p.id, p.target_version, p.last_seen
+),
+-- A retry sets the device's earlier reports aside and is its latest activity: it is installing
+-- again, and stuck only if it stays silent for the stuck threshold after the retry.
+latest AS (
+  SELECT target_version, last_seen, last_success, last_failure,
+         CASE WHEN retried IS NOT NULL AND (reported IS NULL OR retried > reported) THEN retried ELSE reported END AS last_report
+    FROM reports
 ),
 states AS (
   SELECT last_seen, last_report,

@@ -8,6 +8,7 @@ from factory.errors import ApplicationError
 from factory.names import name_problem
 
 from ..models import PlanPhase, SavedDeviceList
+from ..retries import MAX_RETRIES
 from ..scope import limit_parse, limit_text, scope_require
 from .pacing import PACE_KEYS, pace_clean
 
@@ -32,6 +33,7 @@ PHASE_KEYS = (
     "stuck_after_minutes",
     "advance",
     "approver_must_differ",
+    "retry_failed",
     *PACE_KEYS,
 )
 SCOPE_KEYS = ("group", "limit", "saved_list", "uuids")
@@ -144,6 +146,7 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
         "stuck_after_minutes": _whole(raw.get("stuck_after_minutes"), where, "stuck after (minutes)", low=1, high=MAX_MINUTES),
         "advance": _text(raw.get("advance"), where, "advance", 16) or PlanPhase.Advance.AUTO,
         "approver_must_differ": _boolean(raw.get("approver_must_differ"), where, "approver must differ"),
+        "retry_failed": _whole(raw.get("retry_failed"), where, "retries per failed device", low=0, high=MAX_RETRIES, default=0),
         **pace_clean(raw, where),
     }
     uuids = raw.get("uuids")
@@ -200,6 +203,7 @@ def phase_as_input(phase):
         "stuck_after_minutes": phase.stuck_after_minutes,
         "advance": phase.advance,
         "approver_must_differ": phase.approver_must_differ,
+        "retry_failed": phase.retry_failed,
         **{key: getattr(phase, key) for key in PACE_KEYS},
     }
 

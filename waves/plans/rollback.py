@@ -32,6 +32,7 @@ from .. import armed
 from .. import services as wave_services
 from ..models import RolloutPlan, Wave, WaveDevice, WaveGroup
 from ..ostree_deltas import wave_deltas_enqueue
+from ..outcomes import devices_failed, devices_silent_since
 from ..selectors import tag_served_version
 from .decisions import decision_record, webhook_on_commit
 from .selectors import phase_devices, plan_get
@@ -219,22 +220,14 @@ def rollback_summary(plan):
 
 def _failed_ids(phase, wave, now):
     """The halted phase's devices that failed the wave's version or are stuck (the gates' rule,
-    waves/outcomes.py and waves/plans/gates.py, as an ORM filter)."""
-    reports = DeviceEvent.objects.filter(
-        device_id=OuterRef("pk"), factory_id=wave.factory_id, target_version=wave.version, reported_at__gte=wave.created_at
-    )
-    last = lambda q: Subquery(q.order_by().values("device_id").annotate(m=Max("reported_at")).values("m")[:1])  # noqa: E731
-    devices = phase_devices(phase, wave).filter(Q(target_version__isnull=True) | Q(target_version__lt=wave.version)).annotate(
-        last_failure=last(reports.filter(success=False)), last_success=last(reports.filter(success=True)), last_report=last(reports)
-    )
-    failed = Q(last_failure__isnull=False) & (Q(last_success__isnull=True) | Q(last_failure__gt=F("last_success")))
+    waves/outcomes.py and waves/plans/gates.py)."""
+    devices = phase_devices(phase, wave)
+    ids = set(devices_failed(devices, wave).values_list("id", flat=True))
     if phase.stuck_after_minutes is not None:
         silent_since = now - timedelta(minutes=phase.stuck_after_minutes)
-        stuck = Q(last_report__lt=silent_since)
-        if (phase.started_at or now) < silent_since:
-            stuck |= Q(last_report__isnull=True)
-        failed |= stuck
-    return list(devices.filter(failed).values_list("id", flat=True))
+        never = (phase.last_batch_at or phase.started_at or now) < silent_since
+        ids.update(devices_silent_since(devices, wave, silent_since, never_reported=never).values_list("id", flat=True))
+    return sorted(ids)
 
 
 def _stage_groups(rollback, group_ids):

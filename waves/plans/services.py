@@ -14,7 +14,7 @@ from django.utils import timezone
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, Conflict, Forbidden
 
-from .. import armed
+from .. import armed, retries
 from .. import services as wave_services
 from ..models import PlanDecision, PlanPhase, RolloutPlan, SavedDeviceList, Wave
 from .decisions import MAX_REASON, decision_record, webhook_on_commit, webhook_url_clean
@@ -22,7 +22,7 @@ from .gates import Evidence, phase_evidence
 from .pacing import PACE_KEYS, batches_pending
 from .phases import SCOPE_KEYS, phase_as_input, phase_label, phases_clean
 from .rollback import rollback_arm, rollback_on_halt
-from .selectors import current_phase, plan_get, plan_phases
+from .selectors import current_phase, phase_devices, plan_get, plan_phases
 from .staging import batch_next, phase_rollout, window_reason, window_wait
 from .windows import plan_windows_clean
 
@@ -145,6 +145,7 @@ def _model_fields(phase, saved_lists):
         "stuck_after_minutes": phase["stuck_after_minutes"],
         "advance": phase["advance"],
         "approver_must_differ": phase["approver_must_differ"],
+        "retry_failed": phase["retry_failed"],
         **{key: phase[key] for key in PACE_KEYS},
     }
 
@@ -318,6 +319,9 @@ def plan_evaluate(*, plan, now=None):
         if phase.rollout_id is None and phase.status == PhaseStatus.PENDING:
             return _evaluate_start(plan, phases, index, now)
         evidence = phase_evidence(phase, now=now, wave=wave)
+        if evidence.failed and phase.retry_failed and _retry_phase(plan, phase, now, evidence):
+            # The retried devices are installing again: judge the gates on what is left.
+            evidence = phase_evidence(phase, now=now, wave=wave)
         if evidence.halting:
             reason = _halt_reason(phase, evidence)
             _halt(plan, phase, reason, evidence.as_dict(), now, failure_gate=True)
@@ -356,6 +360,32 @@ def _author(plan):
     if not plan.author.is_active:
         raise Forbidden(f"the plan's author {plan.author.get_username()} is disabled; set the plan again to become its author")
     return plan.author
+
+
+def _retry_phase(plan, phase, now, evidence):
+    """The phase's `retry_failed` option: offer the wave again, as the plan's author, to the
+    phase's failed devices offered it fewer times than that. True if any device was retried."""
+    try:
+        result = retries.wave_retry_failed(
+            wave=plan.wave, actor=_author(plan), devices=phase_devices(phase, plan.wave), max_retries=phase.retry_failed, now=now, by_plan=True
+        )
+    except ApplicationError as exc:
+        # Nothing left to retry, or the retry is refused (a build marked bad): the gates judge.
+        if exc.code != "retry_empty":
+            logger.warning("plan of wave %s: retrying phase %s refused: %s", plan.wave.name, phase.position, exc.message)
+        return False
+    # The evaluator's wave row now reads the retry too (waves/outcomes.py checks retried_at).
+    plan.wave.retried_at = result.wave.retried_at
+    decision_record(
+        plan,
+        phase,
+        "retry",
+        None,
+        reason=result.message,
+        evidence={"failed": evidence.failed, "retried": result.count, "exhausted": result.exhausted, "retry_failed": phase.retry_failed},
+    )
+    webhook_on_commit(plan, "plan.retried", {"reason": result.message, "phase": {"position": phase.position, "name": phase.name or phase_label(phase)}})
+    return True
 
 
 def _evaluate_start(plan, phases, index, now):

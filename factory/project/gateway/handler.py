@@ -52,6 +52,7 @@ from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
 from factory.tuf import metadata as md  # noqa: E402
 from factory.tuf.flavours import flavour_of  # noqa: E402
+from waves.retries import device_retry_offer  # noqa: E402
 from waves.served_views import device_metadata  # noqa: E402
 
 from .http1 import PEER_CERTIFICATE  # noqa: E402
@@ -423,6 +424,9 @@ class Gateway:
             "target_version": device.target_version,
             # `aktualizr-lite status` shows the device's name from this key.
             "Name": device.name,
+            # When a release manager (or a plan) last offered the device's wave to it again after
+            # it failed: a device that set the failed target aside may take it up again.
+            "retry": device_retry_offer(device),
         }
 
     @staticmethod

@@ -152,6 +152,14 @@ def tag_resign(anchor, keyring, now):
     return views
 
 
+def tag_republish(*, factory_id, tag, now=None):
+    """Re-sign the tag's snapshot and timestamp over the same targets (in the caller's
+    transaction): its devices see new metadata versions at their next poll."""
+    now = now or timezone.now()
+    anchor = production_anchor(factory_id, tag, now=now)
+    return tag_resign(anchor, Keyring(factory_id), now)
+
+
 def production_view_ensure(*, factory_id, tag):
     """Give a real production tag its view (serving the baseline until a wave completes).
 
