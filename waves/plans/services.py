@@ -1,4 +1,5 @@
-"""Writes of rollout plans: set, start, evaluate (the scheduler), approve, pause, resume, cancel.
+"""Writes of rollout plans: set, start, evaluate (the scheduler), approve, force, skip, pause,
+resume, cancel.
 
 Each locks the plan's row, records its decision (plans.decisions) and rolls phases out with
 `wave_rollout`, as the acting user or, for the scheduler, as the plan's author.
@@ -476,6 +477,98 @@ def plan_approve(*, wave, actor, reason, now=None):
                 _halt(plan, failed, _rollout_refused(failed, exc), {"error": exc.message, "code": exc.code}, now, actor=actor)
     if halted:
         raise Conflict(f"not approved: {halted}; the plan is halted")
+    return plan
+
+
+def plan_force(*, wave, actor, reason, now=None):
+    """Advance by hand: the current phase moves on now although it waits for something.
+
+    A phase waiting for its maintenance window rolls out now; a watched phase whose wait gates
+    (the wait, devices reporting, the success ratio) are not met yet passes, and the next phase
+    rolls out as `actor` (inside its window; outside it, the plan waits for it, or another force).
+    Refused, changing nothing: a phase failing a halting gate, awaiting approval (approve it),
+    or still releasing paced batches; a plan that is not running.
+    """
+    authorize(user=actor, factory=wave.factory, action="wave.manage")
+    reason = _reason(reason, required=True, what="forcing a phase on")
+    now = now or timezone.now()
+    plan = plan_get(wave=wave)
+    with transaction.atomic():
+        plan = _locked_plan(plan)
+        if plan.status != Status.RUNNING:
+            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a running plan's phase can be forced on (resume it first)")
+        phases = plan_phases(plan)
+        phase = current_phase(phases)
+        if phase is None:
+            raise Conflict(f"every phase of the plan of wave {wave.name} has passed: nothing to force")
+        where = f"phase {phase.position} ({phase.name or phase_label(phase)})"
+        if phase.status == PhaseStatus.AWAITING_APPROVAL:
+            raise Conflict(f"{where} is awaiting approval: approve it instead (the approval is the release manager's check)")
+        if phase.rollout_id is None:
+            # Held back by its window (or not reached yet): roll it out now, window or not.
+            try:
+                started = _phase_rollout(plan, phase, actor, now)
+            except ApplicationError as exc:
+                raise type(exc)(_rollout_refused(phase, exc), code=exc.code, extra=exc.extra) from None
+            decision_record(plan, phase, "force", actor, reason=reason, evidence={"forced": "rollout", "window": window_reason(plan, phase, now)})
+            if not started:
+                _advance(plan, phases, phases.index(phase) + 1, actor, now)
+            return plan
+        evidence = phase_evidence(phase, now=now, wave=plan.wave)
+        if evidence.halting:
+            raise Conflict(f"{where} is failing its gates ({_halt_reason(phase, evidence)}); it cannot be forced on")
+        if batches_pending(phase):
+            raise Conflict(
+                f"{where} is still releasing its paced batches ({phase.staged_count:,} staged so far); "
+                "to release faster, pause the plan and raise the phase's pace"
+            )
+        # The decision keeps the evidence: which gates were not met when it was forced on.
+        _pass(plan, phase, actor, reason, evidence, now, kind="force")
+        try:
+            _advance(plan, phases, phases.index(phase) + 1, actor, now)
+        except ApplicationError as exc:
+            failed = current_phase(phases)
+            raise type(exc)(_rollout_refused(failed, exc), code=exc.code, extra=exc.extra) from None
+    return plan
+
+
+def plan_skip(*, wave, actor, reason, position=None, now=None):
+    """Skip a phase that has not rolled out (the current one, or the one at `position`): it
+    passes without staging anything. Skipping a running plan's current phase starts the next
+    one now, as `actor`, inside its window. A paused or halted plan stays so (resume it)."""
+    authorize(user=actor, factory=wave.factory, action="wave.manage")
+    reason = _reason(reason, required=True, what="skipping a phase")
+    now = now or timezone.now()
+    plan = plan_get(wave=wave)
+    with transaction.atomic():
+        plan = _locked_plan(plan)
+        if plan.status not in (Status.RUNNING, Status.PAUSED, Status.HALTED):
+            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a started plan's phases can be skipped (edit a draft instead)")
+        phases = plan_phases(plan)
+        current = current_phase(phases)
+        if position is None:
+            phase = current
+            if phase is None:
+                raise Conflict(f"every phase of the plan of wave {wave.name} has passed: nothing to skip")
+        else:
+            phase = next((p for p in phases if p.position == position), None)
+            if phase is None:
+                raise ApplicationError(f"the plan of wave {wave.name} has no phase {position} (it has {len(phases)})")
+        where = f"phase {phase.position} ({phase.name or phase_label(phase)})"
+        if phase.status == PhaseStatus.PASSED:
+            raise Conflict(f"{where} has already passed")
+        if phase.rollout_id is not None:
+            raise Conflict(f"{where} has rolled out to devices; it cannot be skipped (force it on instead)")
+        phase.status = PhaseStatus.PASSED
+        phase.finished_at = now
+        phase.save(update_fields=["status", "finished_at"])
+        decision_record(plan, phase, "skip", actor, reason=reason, evidence={"skipped": phase.position})
+        if phase == current and plan.status == Status.RUNNING:
+            try:
+                _advance(plan, phases, phases.index(phase) + 1, actor, now)
+            except ApplicationError as exc:
+                failed = current_phase(phases)
+                raise type(exc)(_rollout_refused(failed, exc), code=exc.code, extra=exc.extra) from None
     return plan
 
 
