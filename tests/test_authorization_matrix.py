@@ -20,9 +20,11 @@ from urllib.parse import urlencode
 import pytest
 from django.db import transaction
 from django.test import Client, override_settings
+from django.utils import timezone
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from devices.fleet import fleet_load_for_benchmark
+from devices.checkins import events_write
 from devices.models import Device
 from devices.services import registration_token_create
 from factory.project.api import api
@@ -84,6 +86,25 @@ def running_plan(world):
 def paused_plan(world):
     running_plan(world)
     plan_services.plan_pause(wave=world["wave"], actor=world["bob"])
+
+
+def waiting_plan(world):
+    plan_services.plan_set(wave=world["wave"], actor=world["bob"], phases=[{"limit": 2, "wait_minutes": 60}, {"group": "canary"}])
+    plan_services.plan_start(wave=world["wave"], actor=world["bob"])
+
+
+def failed_device(world):
+    """The device staged in beta reported that the wave's build failed to boot."""
+    wave = world["wave"]
+    device = Device.objects.get(wave_stagings__wave=wave)
+    events_write(
+        [
+            {
+                "factory_id": wave.factory_id, "device_id": device.pk, "event_type": "install-completed", "target_name": "hw-lmp-42",
+                "target_version": 42, "success": False, "detail": "boot loop", "reported_at": timezone.now().isoformat(),
+            }
+        ]
+    )  # fmt: skip
 
 
 def plan_awaiting_approval(world):
@@ -178,6 +199,10 @@ CASES = {
         ("rollout.preview", {"path": {"wave": "v2.0-update"}, "body": {"limit": 2, "dry_run": True}}),
         ("wave.manage", {"path": {"wave": "v2.0-update"}, "body": {"group": "canary"}}),
     ],
+    "waves_retry": [
+        ("wave.manage", {"setup": failed_device, "path": {"wave": "v2.0-update"}, "body": {}}),
+        ("rollout.preview", {"setup": failed_device, "path": {"wave": "v2.0-update"}, "body": {"dry_run": True}}),
+    ],
     "waves_rollouts": [("view", {"path": {"wave": "v2.0-update"}})],
     "waves_rollout_devices": [("view", {"path": {"wave": "v2.0-update", "rollout": "rollout"}})],
     "waves_complete": [("wave.manage", {"path": {"wave": "v2.0-update"}})],
@@ -198,6 +223,8 @@ CASES = {
     "plan_start": [("wave.manage", {"setup": draft_plan, "path": {"wave": "v2.0-update"}})],
     "plan_rollback_prepare": [("wave.manage", {"setup": staging_plan, "path": {"wave": "s43"}, "body": {"scope": "staged"}})],
     "plan_approve": [("plan.approve", {"setup": plan_awaiting_approval, "path": {"wave": "v2.0-update"}, "body": {"reason": "canary looks good"}})],
+    "plan_force": [("wave.manage", {"setup": waiting_plan, "path": {"wave": "v2.0-update"}, "body": {"reason": "looks fine"}})],
+    "plan_skip": [("wave.manage", {"setup": waiting_plan, "path": {"wave": "v2.0-update"}, "body": {"reason": "not needed", "phase": 2}})],
     "plan_pause": [("wave.manage", {"setup": running_plan, "path": {"wave": "v2.0-update"}, "body": {"reason": "weekend"}})],
     "plan_resume": [("wave.manage", {"setup": paused_plan, "path": {"wave": "v2.0-update"}, "body": {"reason": "monday"}})],
     "plan_cancel": [("wave.manage", {"setup": running_plan, "path": {"wave": "v2.0-update"}, "body": {"reason": "bad build"}})],

@@ -16,7 +16,7 @@ from factory.errors import ApplicationError
 from factory.errors import NotFound
 from factory.schemas import FactoryName, PageNumber, Text
 
-from . import devicelists, expiry, selectors, services
+from . import devicelists, expiry, retries, selectors, services
 from .models import SavedDeviceList
 from .schemas import (
     DeviceListIn,
@@ -27,6 +27,8 @@ from .schemas import (
     RolloutIn,
     RolloutResultOut,
     RolloutSummaryOut,
+    RetryIn,
+    RetryResultOut,
     WaveInitIn,
     WaveOut,
     WavePage,
@@ -225,6 +227,22 @@ def waves_rollout(request, factory: FactoryName, wave: str, payload: RolloutIn):
         "rollout": result.rollout.pk if result.rollout else None,
         "devices": [{k: d[k] for k in ("uuid", "name", "group", "target_version", "online")} for d in devices],
         "skipped": result.skipped,
+    }
+
+
+@router.post("/waves/{wave}/retry", response=responses(200, RetryResultOut), summary="Offer the wave again to devices that failed it")
+def waves_retry(request, factory: FactoryName, wave: str, payload: RetryIn):
+    """Every device that reported a failure of the wave (or the listed ones, each of which must
+    have): its failure is set aside, it is installing again, and it sees new metadata at its next
+    poll. QA may preview (dry_run); retrying needs a release manager."""
+    wave_obj, user = _wave(request, wave)
+    result = retries.wave_retry_failed(wave=wave_obj, actor=user, uuids=payload.uuids, dry_run=payload.dry_run)
+    return {
+        "message": result.message,
+        "dry_run": result.dry_run,
+        "count": result.count,
+        "exhausted": result.exhausted,
+        "devices": [{k: d[k] for k in ("uuid", "name", "retries")} for d in result.devices],
     }
 
 

@@ -19,6 +19,7 @@ from .plans.decisions import MAX_REASON
 from .plans.pacing import MAX_FACTOR, MAX_PACE
 from .plans.phases import DEFAULT_WAIT_MINUTES, MAX_MINUTES, MAX_PHASES, PHASE_NAME_MAX, phase_as_input
 from .plans.selectors import plan_get
+from .retries import MAX_RETRIES
 from .plans import forecast
 from .plans import rollback as plan_rollback
 from .plans import services as plan_services
@@ -52,6 +53,9 @@ class PhaseIn(Schema):
     )
     advance: Literal["auto", "approval"] | None = None
     approver_must_differ: bool | None = Field(None, description="Approval phases: the approver may not be the plan's author.")
+    retry_failed: Annotated[int, Field(ge=0, le=MAX_RETRIES)] | None = Field(
+        None, description="Offer the wave again to a device that failed, up to this many times, before its failure counts against the gates."
+    )
     pace_per_minute: Annotated[int, Field(ge=1, le=MAX_PACE)] | None = Field(None, description="Stage at most this many devices a minute, in batches.")
     pace_start: Annotated[int, Field(ge=1, le=MAX_PACE)] | None = Field(None, description="Exponential pacing: the first batch.")
     pace_factor: Annotated[float, Field(gt=1, le=MAX_FACTOR)] | None = Field(None, description="Exponential pacing: each minute's batch grows by this factor.")
@@ -94,6 +98,19 @@ class ApproveIn(Schema):
     reason: Reason = Field(description="Why the phase may go on; recorded with the approver's name.")
 
 
+class ForceIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason = Field(description="Why the phase moves on without what it waits for; recorded with your name.")
+
+
+class SkipIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason = Field(description="Why the phase is skipped; recorded with your name.")
+    phase: Annotated[int, Field(ge=1, le=MAX_PHASES)] | None = Field(None, description="The phase's position (default: the current phase).")
+
+
 class GateOut(Schema):
     key: str
     label: str
@@ -132,6 +149,7 @@ class PhaseOut(Schema):
     stuck_after_minutes: int | None
     advance: str
     approver_must_differ: bool
+    retry_failed: int = 0
     status: str
     rollout: int | None
     started_at: datetime | None
@@ -412,6 +430,25 @@ def plan_rollback_prepare(request, factory: FactoryName, wave: str, payload: Rol
 def plan_approve(request, factory: FactoryName, wave: str, payload: ApproveIn):
     wave_obj, user = _wave(request, wave)
     plan_services.plan_approve(wave=wave_obj, actor=user, reason=payload.reason)
+    return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/force", response=responses(200, PlanOut), summary="Force the current phase on now")
+def plan_force(request, factory: FactoryName, wave: str, payload: ForceIn):
+    """A phase held by its maintenance window rolls out now; a watched phase whose wait gates are
+    not met passes and the next one rolls out. Refused for a phase failing a halting gate, one
+    awaiting approval, or one still releasing paced batches."""
+    wave_obj, user = _wave(request, wave)
+    plan_services.plan_force(wave=wave_obj, actor=user, reason=payload.reason)
+    return _shown(wave_obj)
+
+
+@router.post("/waves/{wave}/plan/skip", response=responses(200, PlanOut), summary="Skip a phase that has not rolled out")
+def plan_skip(request, factory: FactoryName, wave: str, payload: SkipIn):
+    """The phase passes without staging anything; skipping a running plan's current phase starts
+    the next one now (inside its window)."""
+    wave_obj, user = _wave(request, wave)
+    plan_services.plan_skip(wave=wave_obj, actor=user, reason=payload.reason, position=payload.phase)
     return _shown(wave_obj)
 
 

@@ -132,6 +132,25 @@ class RolloutIn(Schema):
     dry_run: bool = Field(False, description="Select the same way and change nothing.")
 
 
+class RetryIn(Schema):
+    uuids: UuidList | None = Field(None, description="Only these devices, each of which must have failed the wave (default: every failed device).")
+    dry_run: bool = Field(False, description="List the devices that would be offered the wave again and change nothing.")
+
+
+class RetryDeviceOut(BaseModel):
+    uuid: UUID
+    name: str
+    retries: int = Field(description="Times the device was offered the wave again before this one.")
+
+
+class RetryResultOut(BaseModel):
+    message: str
+    dry_run: bool
+    count: int
+    exhausted: int = Field(description="Failed devices left out: already offered the wave as many times as allowed.")
+    devices: list[RetryDeviceOut]
+
+
 # Rollout answers list up to 10,000 devices: plain pydantic models validate them several times
 # faster than ninja's Schema, whose per-object getter is meant for ORM instances.
 class RolloutDeviceOut(BaseModel):

@@ -84,8 +84,10 @@ def test_force_does_not_replace_an_approval(factory, bob, alice, groups, wave):
     plan_set(wave=wave, actor=bob, phases=[{"group": "canary", "wait_minutes": 0, "advance": "approval"}, {"group": "beta"}])
     t0 = timezone.now()
     plan_start(wave=wave, actor=bob, now=t0)
+    with pytest.raises(Conflict, match="advances by approval"):
+        plan_force(wave=wave, actor=alice, reason="go")
     assert plan_evaluate(plan=plan_get(wave=wave), now=t0 + timedelta(minutes=1)).outcome == "awaiting-approval"
-    with pytest.raises(Conflict, match="awaiting approval: approve it instead"):
+    with pytest.raises(Conflict, match="advances by approval: approve it instead"):
         plan_force(wave=wave, actor=alice, reason="go")
 
 

@@ -502,8 +502,9 @@ def plan_force(*, wave, actor, reason, now=None):
         if phase is None:
             raise Conflict(f"every phase of the plan of wave {wave.name} has passed: nothing to force")
         where = f"phase {phase.position} ({phase.name or phase_label(phase)})"
-        if phase.status == PhaseStatus.AWAITING_APPROVAL:
-            raise Conflict(f"{where} is awaiting approval: approve it instead (the approval is the release manager's check)")
+        if phase.status == PhaseStatus.AWAITING_APPROVAL or (phase.rollout_id is not None and phase.advance == PlanPhase.Advance.APPROVAL):
+            # The approval is its own check, which may have to come from someone else.
+            raise Conflict(f"{where} advances by approval: approve it instead when it asks (breakwater waves plan approve)")
         if phase.rollout_id is None:
             # Held back by its window (or not reached yet): roll it out now, window or not.
             try:
