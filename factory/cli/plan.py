@@ -8,6 +8,7 @@ commas, with short names for the gates, e.g.:
     --phase "group=us-east wait=120 approval four-eyes"
     --phase "group=us-east pace=10"                        (10 devices a minute, in batches)
     --phase "group=us-east pace-start=5 factor=2 ceiling=200" (5, 10, 20, ... a minute, up to 200)
+    --phase "group=us-east failure=5% retry=2"              (a failed device is offered the wave twice more)
 
 Maintenance windows: phases release devices only inside them, e.g.
     --window "mon-fri 02:00-05:00" --timezone Europe/Berlin --group-window beta="sat 00:00-06:00"
@@ -35,6 +36,8 @@ ALIASES = {
     "rate": "pace_per_minute",
     "factor": "pace_factor",
     "ceiling": "pace_ceiling",
+    "retry": "retry_failed",
+    "retries": "retry_failed",
 }
 FLAGS = {
     "approval": ("advance", "approval"),
@@ -44,7 +47,7 @@ FLAGS = {
 }
 KEYS = (
     "name", "group", "limit", "saved_list", "uuids", "wait_minutes", "min_reporting", "min_success_ratio",
-    "max_failure_ratio", "max_unhealthy", "stuck_after_minutes", "advance", "approver_must_differ",
+    "max_failure_ratio", "max_unhealthy", "stuck_after_minutes", "advance", "approver_must_differ", "retry_failed",
     "pace_per_minute", "pace_start", "pace_factor", "pace_ceiling",
 )  # fmt: skip
 TOKEN = re.compile(r"""([\w-]+)=("[^"]*"|'[^']*'|[^\s,]*)|([\w-]+)""")
@@ -106,6 +109,25 @@ def register(commands, common):
     p.add_argument("wave", metavar="WAVE")
     p.add_argument("-r", "--reason", required=True, help="why the plan may go on (recorded with your name)")
     p.set_defaults(handler=plan_action, action="approve")
+
+    p = sub.add_parser(
+        "force",
+        parents=[common],
+        help="move the current phase on now: roll out one held by its window, or pass one still waiting",
+        description="Force the current phase on: a phase waiting for its maintenance window rolls out now; a watched "
+        "phase whose wait gates (the wait, devices reporting, the success ratio) are not met yet passes and the next "
+        "phase rolls out as you. Refused for a phase failing a halting gate, one that advances by approval, or one "
+        "still releasing paced batches.",
+    )
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("-r", "--reason", required=True, help="why it may go on now (recorded with your name)")
+    p.set_defaults(handler=plan_action, action="force")
+
+    p = sub.add_parser("skip", parents=[common], help="skip a phase that has not rolled out (default: the current one)")
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("--phase", type=int, metavar="N", help="the phase's number (see `waves plan show`)")
+    p.add_argument("-r", "--reason", required=True, help="why the phase is not needed (recorded with your name)")
+    p.set_defaults(handler=plan_action, action="skip")
 
     p = sub.add_parser("pause", parents=[common], help="pause the plan: nothing advances until it resumes")
     p.add_argument("wave", metavar="WAVE")
@@ -231,11 +253,15 @@ def _windows_args(args):
 
 def plan_action(args, ctx):
     payload = {"reason": args.reason} if getattr(args, "reason", None) is not None else {}
+    if getattr(args, "phase", None) is not None:
+        payload["phase"] = args.phase
     plan = ctx.client.post(plan_path(ctx, args.wave, f"/{args.action}"), payload)
     current = plan["current_phase"]
-    words = {"start": "started", "approve": "approved", "pause": "paused", "resume": "resumed"}
-    if args.action == "approve" and current is not None:
-        out(f"Approved. Phase {current} ({_phase_title(plan['phases'][current - 1])}) is rolling out.")
+    words = {"start": "started", "approve": "approved", "pause": "paused", "resume": "resumed", "force": "forced on", "skip": "skipped"}
+    if args.action in ("approve", "force", "skip") and current is not None and plan["status"] == "running":
+        phase = plan["phases"][current - 1]
+        state = "is rolling out" if phase["status"] != "pending" else f"waits ({plan.get('windows_summary') or 'its window'})"
+        out(f"{words[args.action].capitalize()}. Phase {current} ({_phase_title(phase)}) {state}.")
     else:
         out(f"Plan of wave {plan['wave']} {words[args.action]}: it is {plan['status']}.")
     if plan["status"] == "halted":
@@ -283,6 +309,8 @@ def _gates(phase):
         parts.append(f"silent≤{phase['max_unhealthy']}")
     if phase.get("pace"):
         parts.append(f"pace {phase['pace']}")
+    if phase.get("retry_failed"):
+        parts.append(f"retry×{phase['retry_failed']}")
     if phase["advance"] == "approval":
         parts.append("approval" + (" (not the author)" if phase["approver_must_differ"] else ""))
     return " ".join(parts)

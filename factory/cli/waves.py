@@ -82,6 +82,22 @@ def register(sub, common):
     p.add_argument("--json", action="store_true", help="print the API's answer as JSON")
     p.set_defaults(handler=waves_rollout)
 
+    p = commands.add_parser(
+        "retry",
+        parents=[common],
+        help="offer a wave again to the devices that reported a failure",
+        description="Offer an active wave again to its devices that reported a failure: every one, or those of "
+        "--uuids (each must have failed). Their failure is set aside, they count as installing again, and they "
+        "see new metadata at their next poll.",
+        epilog="--uuids takes UUIDs separated by , ; | or white space, or @FILE (@- reads standard input).",
+    )
+    p.add_argument("wave", metavar="WAVE")
+    p.add_argument("--uuids", metavar="LIST|@FILE", help="only these failed devices, or @FILE (@- reads standard input)")
+    p.add_argument("--dry-run", action="store_true", help="list the devices that would be offered the wave again; change nothing")
+    p.add_argument("--print-uuids", action="store_true", help="print the devices' UUIDs, one per line (the summary goes to standard error)")
+    p.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    p.set_defaults(handler=waves_retry)
+
     p = commands.add_parser("status", parents=[common], help="a wave's progress per device group (no WAVE: every active wave)")
     p.add_argument("wave", nargs="?", metavar="WAVE")
     p.add_argument("--offline-threshold", type=float, metavar="HOURS", help="hours without a check-in before a device is offline (default 4)")
@@ -253,6 +269,25 @@ def waves_rollout(args, ctx):
             out("\t".join(columns))
     report(result["message"])
     _print_skipped(result["skipped"])
+    return 0
+
+
+def waves_retry(args, ctx):
+    payload = {"uuids": uuids_arg(args.uuids), "dry_run": args.dry_run}
+    result = ctx.client.post(wave_path(ctx, args.wave, "/retry"), {k: v for k, v in payload.items() if v is not None})
+    if args.json:
+        dump_json(result)
+        return 0
+    if args.print_uuids:
+        for device in result["devices"]:
+            out(device["uuid"])
+        err(result["message"] + ".")
+        return 0
+    out(result["message"] + ".")
+    if result["devices"]:
+        table(["UUID", "NAME", "RETRIED BEFORE"], [[d["uuid"], d["name"], d["retries"]] for d in result["devices"][:50]])
+        if len(result["devices"]) > 50:
+            err(f"… and {len(result['devices']) - 50} more (--print-uuids or --json lists them all)")
     return 0
 
 
