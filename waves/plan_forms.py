@@ -13,6 +13,7 @@ from .plans.decisions import MAX_REASON
 from .plans.phases import DEFAULT_WAIT_MINUTES, MAX_MINUTES, MAX_PHASES, PHASE_KEYS, PHASE_NAME_MAX, phase_as_input
 from .plans import templates as plan_templates
 from .models import PlanPhase
+from .retries import MAX_RETRIES
 
 WHOLE_FLEET = ""
 
@@ -89,6 +90,10 @@ class PhaseForm(DashboardForm):
     pace_start = forms.IntegerField(required=False, min_value=1, label="…or growing: first batch")
     pace_factor = forms.FloatField(required=False, label="Growth each minute", help_text="Above 1, e.g. 2 doubles each batch.", widget=forms.TextInput(attrs={"placeholder": "2"}))
     pace_ceiling = forms.IntegerField(required=False, min_value=1, label="Largest batch")
+    retry_failed = forms.IntegerField(
+        required=False, min_value=0, max_value=MAX_RETRIES, label="Retry a failed device",
+        help_text="Times the wave is offered again to a device that failed, before its failure counts against the gates.",
+    )  # fmt: skip
 
     SCOPE = ("group", "limit", "saved_list", "uuids")
 
@@ -251,3 +256,5 @@ class TemplateSaveForm(DashboardForm):
 
 class ReasonForm(DashboardForm):
     reason = forms.CharField(required=False, max_length=MAX_REASON, label="Reason", widget=forms.Textarea(attrs={"rows": 2}))
+    # Skipping: which phase (default the current one).
+    phase = forms.IntegerField(required=False, min_value=1, max_value=MAX_PHASES)

@@ -46,6 +46,8 @@ ACTIONS = {
     "pause": ("wave.manage", plan_services.plan_pause, "Plan paused: nothing advances until it resumes."),
     "resume": ("wave.manage", plan_services.plan_resume, "Plan resumed: the next evaluation runs within a minute."),
     "approve": ("plan.approve", plan_services.plan_approve, "Approved: the next phase is rolling out."),
+    "force": ("wave.manage", plan_services.plan_force, "Phase forced on: the decision is recorded with your reason."),
+    "skip": ("wave.manage", plan_services.plan_skip, "Phase skipped: the decision is recorded with your reason."),
     "cancel": ("wave.manage", plan_services.plan_wave_cancel, "Wave canceled: no further device will be updated to it."),
 }
 
@@ -97,6 +99,11 @@ def _plan_context(request, wave, **extra):
                 current is not None and current.approver_must_differ and plan.author_id is not None and plan.author_id == request.user.pk
             ),
             rollback=rollback_summary(plan),
+            # Advancing by hand (plans.services.plan_force / plan_skip decide; these only choose what to offer).
+            can_force=plan.status == RolloutPlan.Status.RUNNING and current is not None and current.status != current.Status.AWAITING_APPROVAL
+            and not (current.rollout_id is not None and current.advance == current.Advance.APPROVAL),
+            skippable=[p for p in shown["phases"] if p["phase"].rollout_id is None and p["phase"].status != p["phase"].Status.PASSED]
+            if plan.status in (RolloutPlan.Status.RUNNING, RolloutPlan.Status.PAUSED, RolloutPlan.Status.HALTED) else [],
             rollback_form=PlanRollbackForm(),
             can_edit=plan.status in (RolloutPlan.Status.DRAFT, RolloutPlan.Status.PAUSED, RolloutPlan.Status.HALTED) and wave.is_open,
         )
@@ -161,6 +168,8 @@ def plan_action(request, name, action):
     if action == "cancel" and request.POST.get("confirm", "").strip() != wave.name:
         return _respond(request, wave, "", error=f"Type the wave's name, {wave.name}, to cancel it.", status=400)
     kwargs = {"wave": wave, "actor": request.user}
+    if action == "skip" and form.cleaned_data.get("phase"):
+        kwargs["position"] = form.cleaned_data["phase"]
     if action != "start":
         kwargs["reason"] = form.cleaned_data["reason"]
     else:

@@ -17,6 +17,7 @@ urlpatterns = [
     path("<str:name>/sign/", views.wave_sign, name="wave-sign"),
     path("<str:name>/complete/", views.wave_complete, name="wave-complete"),
     path("<str:name>/cancel/", views.wave_cancel, name="wave-cancel"),
+    path("<str:name>/retry/", views.wave_retry, name="wave-retry"),
     path("<str:name>/plan/", plan_views.plan_detail, name="plan-detail"),
     path("<str:name>/plan/panel/", plan_views.plan_panel, name="plan-panel"),
     path("<str:name>/plan/edit/", plan_views.plan_edit, name="plan-edit"),

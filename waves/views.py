@@ -26,7 +26,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.models import TufKey, TufRepository
 from factory.views import add_service_error, distinct_values, render_page, service_error_status
 
-from . import selectors, services
+from . import retries, selectors, services
 from .forms import ConfirmNameForm, RolloutForm, WaveCreateForm, WaveFilterForm, WaveRevertForm, WaveSignForm
 from .models import Rollout, SavedDeviceList, Wave
 
@@ -456,6 +456,21 @@ def _finish(request, name, *, action):
     return render_page(
         request, "waves/finish.html", context, title=f"{action.capitalize()} {wave.name}", section="waves", status=status
     )
+
+
+@factory_view("wave.manage")
+@require_POST
+def wave_retry(request, name):
+    """Offer the wave again to every device that failed it (waves.retries)."""
+    wave = wave_or_404(request, name)
+    try:
+        result = retries.wave_retry_failed(wave=wave, actor=request.user)
+    except ApplicationError as error:
+        messages.error(request, f"Nothing was retried: {error.message}")
+    else:
+        messages.success(request, f"{result.message}: they count as installing again and see new metadata at their next poll.")
+    url = reverse("wave-detail", args=[wave.name])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 @factory_view("wave.manage")

@@ -3,10 +3,12 @@ the roles that may roll out; refused (changing nothing) where it would hide trou
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from factory.errors import ApplicationError, Conflict, Forbidden
 from factory.models import AuditEntry
+from tests.factory.test_views import hx, login
 from waves.models import PlanDecision, PlanPhase, RolloutPlan, Rollout
 from waves.plans.selectors import plan_get, plan_phases
 from waves.plans.services import plan_evaluate, plan_force, plan_pause, plan_set, plan_skip, plan_start
@@ -137,3 +139,22 @@ def test_a_draft_plan_is_edited_not_skipped(factory, bob, groups, wave):
     with pytest.raises(Conflict, match="draft; only a started plan"):
         plan_skip(wave=wave, actor=bob, reason="x")
     assert PlanPhase.objects.filter(plan__wave=wave, status="passed").count() == 0
+
+
+def test_force_and_skip_from_the_dashboard(client, factory, bob, carol, groups, wave):
+    plan_set(wave=wave, actor=bob, phases=PHASES)
+    t0 = timezone.now()
+    plan_start(wave=wave, actor=bob, now=t0)
+    page = login(client, bob).get(reverse("plan-detail", args=[wave.name])).content.decode()
+    assert "Advance by hand" in page and "Force phase 1 on" in page
+    assert '<option value="2">2: beta</option>' in page and '<option value="1">' not in page  # phase 1 rolled out
+    refused = client.post(reverse("plan-action", args=[wave.name, "force"]), {"reason": ""}, **hx("plan-live"))
+    assert refused.status_code == 400 and "say why" in refused.content.decode()
+    skipped = client.post(reverse("plan-action", args=[wave.name, "skip"]), {"reason": "beta covered", "phase": "2"}, **hx("plan-live"))
+    assert skipped.status_code == 200 and "Phase skipped" in skipped.content.decode()
+    forced = client.post(reverse("plan-action", args=[wave.name, "force"]), {"reason": "canaries fine"}, **hx("plan-live"))
+    assert forced.status_code == 200, forced.content.decode()[:500]
+    assert statuses(wave) == ["passed", "passed", "watching"]
+    html = forced.content.decode()
+    assert "canaries fine" in html and "force" in html
+    assert "Advance by hand" not in login(client, carol).get(reverse("plan-detail", args=[wave.name])).content.decode()

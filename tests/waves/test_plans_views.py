@@ -207,7 +207,7 @@ def test_qa_and_support_watch_but_cannot_edit_or_act(client, request, factory, b
     assert page.status_code == 200 and b"Start plan" not in page.content and b"Edit plan" not in page.content
     assert client.get(reverse("plan-edit", args=[wave.name])).status_code == 403
     assert editor_post(client, wave, [{"group": "beta"}]).status_code == 403
-    for action in ("start", "pause", "resume", "approve", "cancel"):
+    for action in ("start", "pause", "resume", "approve", "cancel", "force", "skip"):
         assert client.post(reverse("plan-action", args=[wave.name, action]), {"reason": "x", "confirm": wave.name}).status_code == 403
     assert plan_get(wave=wave).status == "draft" and not Rollout.objects.exists()
 

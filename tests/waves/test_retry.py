@@ -4,11 +4,13 @@ metadata (python-tuf), whose versions never go down."""
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from factory.builds import build_mark_bad
 from factory.errors import ApplicationError, Conflict, Forbidden
 from factory.models import AuditEntry
+from tests.factory.test_views import login
 from tests.factory.test_tuf_waves import archive, fleet, make_wave  # noqa: F401  (fixtures)
 from waves.models import PlanDecision, Wave, WaveRetry
 from waves.plans.gates import phase_evidence
@@ -168,3 +170,17 @@ def test_retry_failed_is_checked_like_every_phase_setting(factory, bob, archive,
     for bad, message in ((11, "between 0 and 10"), ("x", "not a whole number"), (-1, "between 0 and 10")):
         with pytest.raises(ApplicationError, match=message):
             plan_set(wave=wave, actor=bob, phases=[{"group": "canary", "retry_failed": bad}])
+
+
+def test_the_wave_page_offers_release_managers_to_retry_the_failed_devices(client, factory, bob, carol, archive, fleet, wave):
+    wave_rollout(wave=wave, actor=bob, group="canary")
+    clients = production(fleet)
+    fail(factory, wave, {n: clients[n] for n in ("prod-0", "prod-1")}, {"prod-0", "prod-1"}, timezone.now())
+    url = reverse("wave-detail", args=[wave.name])
+    assert "Retry the 2 failed devices" in login(client, bob).get(url).content.decode()
+    assert "Retry the" not in login(client, carol).get(url).content.decode()
+    assert client.post(reverse("wave-retry", args=[wave.name])).status_code == 403 and not WaveRetry.objects.exists()
+    done = login(client, bob).post(reverse("wave-retry", args=[wave.name]), follow=True).content.decode()
+    assert "2 failed devices offered wave v42 again" in done and WaveRetry.objects.count() == 2
+    again = client.post(reverse("wave-retry", args=[wave.name]), follow=True).content.decode()
+    assert "Nothing was retried: nothing to retry in wave v42" in again
