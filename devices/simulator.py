@@ -4,7 +4,8 @@ the gateway over mutual TLS with its own key and certificate, as aktualizr-lite 
 Each simulated device polls its metadata, picks the newest target for its hardware ID and tag,
 downloads it (ngclient checks length and hashes), "installs" it (a reboot delay) and reports every
 step as an event. A TUF rollback (after a wave is cancelled) makes the refresh fail, so the device
-installs nothing. Failures can be injected per group; some devices can stay offline, and some can
+installs nothing. A target that failed is set aside, like aktualizr-lite's rollback targets, until
+the device sees new metadata and the gateway says its wave was offered to it again since (a retry). Failures can be injected per group; some devices can stay offline, and some can
 never come back after an update.
 
 Where devices come from:
@@ -241,6 +242,9 @@ class SimDevice:
     state: str = IDLE
     pending: dict | None = None
     bad_targets: set = field(default_factory=set)
+    # When each set-aside target failed and its version; the timestamp version last asked about.
+    failed_at: dict = field(default_factory=dict)
+    retry_checked: int | None = None
     etags: dict = field(default_factory=dict)
     outbox: list = field(default_factory=list)
     gone: bool = False
@@ -328,6 +332,8 @@ class SimDevice:
             logger.warning("%s rejected metadata: %s", self.identity.name, exc)
             return self.sim.next_poll()
         self.rollback = False
+        if self.bad_targets:
+            self._take_up_retry(pool)
         if self.never_returns and self.state == "checked-in-once":
             self.gone = True
             self.sim.count("gone")
@@ -336,6 +342,26 @@ class SimDevice:
         if target is None:
             return self.sim.next_poll()
         return self._install(pool, updater, target)
+
+    def _take_up_retry(self, pool):
+        """A device holding failed targets asks, once per new timestamp, whether its wave was
+        offered to it again after the failure; if so it tries that version once more."""
+        timestamp = json.loads((self.folder / "metadata" / "timestamp.json").read_bytes())["signed"]["version"]
+        if timestamp == self.retry_checked:
+            return
+        self.retry_checked = timestamp
+        response = pool.request("GET", "/device", headers=self.headers(), timeout=self.sim.timeout)
+        self.sim.count("requests")
+        retry = json.loads(response.data).get("retry") if response.status == 200 else None
+        if not retry:
+            return
+        offered_at = datetime.fromisoformat(retry["offered_at"])
+        again = {name for name, (at, version) in self.failed_at.items() if version == retry["version"] and at < offered_at}
+        if again:
+            self.bad_targets -= again
+            for name in again:
+                del self.failed_at[name]
+            self.sim.count("retries-taken")
 
     def _choose_target(self):
         signed = json.loads((self.folder / "metadata" / "targets.json").read_bytes())["signed"]
@@ -398,6 +424,7 @@ class SimDevice:
         if self.sim.fails(self.identity.group, custom):
             # The new image did not boot healthy: roll back to the running version.
             self.bad_targets.add(name)
+            self.failed_at[name] = (datetime.now(dt_timezone.utc), version)
             self.sim.count("failed")
             self._post_events(
                 pool, [{"type": "install-completed", "target": name, "version": version, "success": False, "detail": "simulated failure: health check failed, rolled back"}]

@@ -8,6 +8,7 @@ from devices.fleet import fleet_seed, take_over
 from devices.models import Device, DeviceEvent
 from devices.simulator import Keystore, Simulator, register
 from factory.tuf.services.repository import ci_build_publish
+from waves.retries import wave_retry_failed
 from waves.selectors import wave_status
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout, wave_sign
 
@@ -173,3 +174,24 @@ def test_the_simulator_registers_devices_through_the_endpoint(gateway, factory, 
     sim = Simulator(identities=identities, keystore=keystore, gateway_url=gateway.url, reboot_delay=0)
     sim.cycle()
     assert wait_for(lambda: set(Device.objects.filter(factory=factory).values_list("target_version", flat=True)) == {42}, timeout=15)
+
+
+def test_a_device_that_failed_takes_up_a_retry_and_its_failure_no_longer_counts(fleet, factory, bob, simulator):
+    sim = simulator(fail_rates={"beta": 1.0})
+    wave = make_wave(factory, bob, fleet)
+    wave_rollout(wave=wave, actor=bob, group="beta")
+    sim.cycle()
+    assert wait_for(lambda: group_row(wave_status(wave=wave), "beta")["failed"] == 3, timeout=15)
+    # Without a retry a failed device does not try the same build again.
+    sim.fail_rates = {}
+    sim.cycle()
+    unchanged = {name: 41 for name in versions_by_name(factory)}
+    assert settled(factory, unchanged) == unchanged
+
+    wave_retry_failed(wave=wave, actor=bob)
+    sim.cycle()  # new metadata: the devices ask, learn of the retry and install again
+    sim.cycle()
+    expected = {name: 42 if name.startswith("beta-") else 41 for name in versions_by_name(factory)}
+    assert settled(factory, expected) == expected
+    assert sim.summary()["retries-taken"] == 3
+    assert wait_for(lambda: group_row(wave_status(wave=wave), "beta")["failed"] == 0, timeout=15)
