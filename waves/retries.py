@@ -11,7 +11,7 @@ wave again (`device_retry_offer`): a device that set a failed target aside can t
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from devices.models import Device
@@ -130,15 +130,26 @@ def wave_retry_failed(*, wave, actor, uuids=None, dry_run=False, now=None, devic
     return result
 
 
+# What `/device` says of a device's last retry offer, read in the statement that loads the device.
+_OFFER_COLUMNS = {"wave": "wave__name", "version": "wave__version", "offered_at": "retried_at", "count": "count"}
+
+
+def with_retry_offer(devices):
+    """`devices` (a Device queryset) with each one's last offer of its active wave again, as
+    columns of the same statement: the gateway caches the device with it, so a poll costs no
+    query for it."""
+    latest = WaveRetry.objects.filter(device_id=OuterRef("pk"), wave__status=Wave.Status.ACTIVE).order_by("-retried_at", "-pk")
+    return devices.annotate(**{f"retry_offer_{key}": Subquery(latest.values(column)[:1]) for key, column in _OFFER_COLUMNS.items()})
+
+
 def device_retry_offer(device):
-    """When `device` was last offered its active wave again, for the gateway's `/device`; or None."""
-    row = (
-        WaveRetry.objects.filter(device_id=device.pk, wave__status=Wave.Status.ACTIVE)
-        .order_by("-retried_at")
-        .values_list("wave__name", "wave__version", "retried_at", "count")
-        .first()
-    )
-    if row is None:
+    """When `device` (read through `with_retry_offer`) was last offered its active wave again,
+    for the gateway's `/device`; or None."""
+    if device.retry_offer_wave is None:
         return None
-    name, version, at, count = row
-    return {"wave": name, "version": version, "offered_at": at.isoformat(), "count": count}
+    return {
+        "wave": device.retry_offer_wave,
+        "version": device.retry_offer_version,
+        "offered_at": device.retry_offer_offered_at.isoformat(),
+        "count": device.retry_offer_count,
+    }

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from devices import checkins
 from devices.checkins import Checkin, MemoryBuffer, flush
 from devices.models import DeadLetter, Device, DeviceReport
-from factory.project.gateway.handler import Gateway
+from factory.project.gateway.handler import Gateway, gateway_devices
 from tests.fuzz.harness import buffer_empty, der_of, environ_for
 
 from .test_checkins import T0, redis_buffer
@@ -24,7 +24,7 @@ def device(db, factory, register):
     buffer_empty()
     files = register(factory, production=False, tag="main")
     # As the gateway caches it (with its factory and group): the copies below read nothing.
-    device = Device.objects.select_related("factory", "group").get(uuid=files.uuid)
+    device = gateway_devices().get(uuid=files.uuid)
     gateway = Gateway()
     der = der_of(files.response["certificate"])
 

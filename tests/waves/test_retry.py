@@ -7,6 +7,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from devices.models import Device
 from factory.builds import build_mark_bad
 from factory.errors import ApplicationError, Conflict, Forbidden
 from factory.models import AuditEntry
@@ -16,7 +17,7 @@ from waves.models import PlanDecision, Wave, WaveRetry
 from waves.plans.gates import phase_evidence
 from waves.plans.selectors import plan_get, plan_phases
 from waves.plans.services import plan_evaluate, plan_set, plan_start
-from waves.retries import device_retry_offer, wave_retry_failed
+from waves.retries import device_retry_offer, wave_retry_failed, with_retry_offer
 from waves.selectors import wave_status
 from waves.services import wave_complete, wave_rollout
 
@@ -57,7 +58,7 @@ def test_a_retry_sets_the_failure_aside_and_offers_new_metadata(factory, bob, ar
     assert AuditEntry.objects.filter(action="wave.retry", target="v42", actor=bob, details__devices=1).exists()
     # The failure is set aside on every reading of the wave: it is installing again.
     assert wave_status(wave=wave)["totals"]["failed"] == 0
-    assert device_retry_offer(clients["prod-0"].device)["wave"] == "v42"
+    assert device_retry_offer(with_retry_offer(Device.objects).get(pk=clients["prod-0"].device.pk))["wave"] == "v42"
     # New snapshot and timestamp, same targets: the device notices, nothing goes down.
     clients["prod-0"].refresh()
     after = clients["prod-0"].versions()

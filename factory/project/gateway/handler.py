@@ -52,7 +52,7 @@ from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
 from factory.tuf import metadata as md  # noqa: E402
 from factory.tuf.flavours import flavour_of  # noqa: E402
-from waves.retries import device_retry_offer  # noqa: E402
+from waves.retries import device_retry_offer, with_retry_offer  # noqa: E402
 from waves.served_views import device_metadata  # noqa: E402
 
 from .http1 import PEER_CERTIFICATE  # noqa: E402
@@ -165,6 +165,12 @@ class OutageLog:
             logger.exception(self.message)
 
 
+def gateway_devices():
+    """Devices as the gateway caches them: with their factory, group and last retry offer, so a
+    request served from the cache reads nothing."""
+    return with_retry_offer(Device.objects.select_related("factory", "group"))
+
+
 class Gateway:
     def __init__(self, device_cache_seconds=None):
         self.device_cache_seconds = (
@@ -270,7 +276,7 @@ class Gateway:
         now = time.monotonic()
         cached = self._devices.get(key)
         if cached is None or cached[0] <= now:
-            device = Device.objects.select_related("factory", "group").filter(factory__name=peer.factory, uuid=peer.uuid).first()
+            device = gateway_devices().filter(factory__name=peer.factory, uuid=peer.uuid).first()
             cached = (now + self.device_cache_seconds, device)
             self._devices.put(key, cached)
         device = cached[1]
