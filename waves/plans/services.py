@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from factory.auth import actor_name, authorize
+from factory.auth import actor_name, authorize, role_known, role_subquery
 from factory.errors import ApplicationError, Conflict, Forbidden
 
 from .. import armed, retries
@@ -39,7 +39,15 @@ PhaseStatus = PlanPhase.Status
 
 
 def _locked_plan(plan):
-    return RolloutPlan.objects.select_for_update(of=("self",)).select_related("wave", "wave__factory", "author").get(pk=plan.pk)
+    # The author's role comes with the plan: the rollouts the plan makes as its author check it.
+    locked = (
+        RolloutPlan.objects.select_for_update(of=("self",))
+        .select_related("wave", "wave__factory", "author")
+        .annotate(author_role=role_subquery("author_id", "wave__factory_id"))
+        .get(pk=plan.pk)
+    )
+    role_known(locked.author, locked.wave.factory_id, locked.author_role)
+    return locked
 
 
 def _reason(reason, *, required, what):
