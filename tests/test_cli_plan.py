@@ -4,10 +4,12 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from devices.fleet import fleet_load_for_benchmark
 from factory.tuf.services.repository import ci_build_publish
+from tests.factory.test_views import login
 from tests.test_cli import cli, env, fast_passwords, tokens  # noqa: F401  (fixtures)
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.plan_devices import Fleet
@@ -179,3 +181,39 @@ def test_pace_and_maintenance_windows_from_the_cli(cli, tokens, factory, wave, e
     assert cli("waves", "plan", "set", wave.name, "--file", path, token=bob).code == 0
     plan.refresh_from_db()
     assert plan.windows == [{"days": ["sat"], "start": "01:00", "end": "02:00"}] and plan.timezone == "UTC"
+
+
+def shut_window():
+    """A one-hour window two days from now (UTC): shut for the next day and more."""
+    day = timezone.now() + timedelta(days=2)
+    return f"{day:%a}".lower() + " 01:00-02:00"
+
+
+def test_a_phase_waiting_for_its_window_says_so_in_the_same_words_on_every_door(cli, tokens, factory, wave, client, bob):
+    token = tokens["bob"]
+    window = shut_window()
+    assert cli("waves", "plan", "set", wave.name, "--phase", "group=us-east pace=10 wait=0", "--phase", "group=us-west", "--window", window, token=token).code == 0
+    assert cli("waves", "plan", "start", wave.name, token=token).code == 0
+    assert not Rollout.objects.filter(wave=wave).exists()
+    day = window.split()[0].capitalize()
+    words = f"waiting for the maintenance window: opens {day} 01:00 UTC"
+
+    shown = cli("waves", "plan", "show", wave.name, token=token)
+    assert shown.code == 0, shown.err
+    assert f"Phase 1: {words}" in shown.out and "Phase 2:" not in shown.out
+
+    # The API's answer, as `--json` prints it.
+    body = json.loads(cli("waves", "plan", "show", wave.name, "--json", token=token).out)
+    assert [p["window_wait"] for p in body["phases"]] == [words, None]
+    assert [p["window_text"] for p in body["phases"]] == [window, window]
+
+    login(client, bob)
+    page = client.get(reverse("plan-detail", args=[wave.name])).content.decode()
+    assert f"{words[0].upper()}{words[1:]}." in page and page.count(f"window: {window}") == 2
+    assert "The current phase waits: the window opens" in page
+
+    # Once its window is open (forced here), the phase rolls out and the words go.
+    assert cli("waves", "plan", "force", wave.name, "-r", "change approved for today", token=token).code == 0
+    body = json.loads(cli("waves", "plan", "show", wave.name, "--json", token=token).out)
+    assert body["phases"][0]["window_wait"] is not None  # batches still pending outside the window
+    assert Rollout.objects.filter(wave=wave).count() == 1

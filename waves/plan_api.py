@@ -164,6 +164,10 @@ class PhaseOut(Schema):
     batches_done: bool = False
     last_batch_at: datetime | None = None
     windows: list[dict[str, Any]] = Field(default_factory=list, description="The windows that apply to this phase (its group's, else the plan's).")
+    window_text: str = Field("", description="Those windows as text, e.g. 'mon-fri 02:00-05:00'; '' when the phase may release at any time.")
+    window_wait: str | None = Field(
+        None, description="For the current phase, when it has devices to release and its window is shut: e.g. 'waiting for the maintenance window: opens Tue 02:00 UTC'."
+    )
     estimated_devices: int | None = Field(None, description="For a phase yet to start: about how many devices it would stage now.")
     evidence: EvidenceOut | None = None
 
@@ -316,6 +320,8 @@ def plan_out(shown):
                 "batches_done": phase.batches_done,
                 "last_batch_at": phase.last_batch_at,
                 "windows": row["windows"],
+                "window_text": row["window_text"],
+                "window_wait": row["window_wait"],
                 "evidence": None if evidence is None else {**evidence.as_dict(), "wait_ends_at": evidence.wait_ends_at},
             }
         )

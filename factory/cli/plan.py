@@ -356,6 +356,8 @@ def plan_show(args, ctx):
         phase = plan["phases"][current - 1]
         if phase.get("pace_progress"):
             out(f"\nPhase {current}: {phase['pace_progress']}")
+        if phase.get("window_wait"):
+            out(f"\nPhase {current}: {phase['window_wait']}")
         if phase["evidence"]:
             out(f"\nPhase {current} gates:")
             for gate in phase["evidence"]["gates"]:

@@ -18,7 +18,7 @@ from .gates import phase_evidence
 from .pacing import batches_pending, is_paced, pace_label, pace_minutes, pace_progress, phase_total
 from .phases import phase_label
 from .selectors import current_phase, phase_devices, plan_phases
-from .windows import next_opening, window_schedule, windows_for, windows_summary
+from .windows import next_opening, window_reason, window_schedule, window_text, windows_for, windows_summary
 
 Status = RolloutPlan.Status
 PhaseStatus = PlanPhase.Status
@@ -203,6 +203,16 @@ def plan_show(*, plan, now=None, forecast=True):
     opens = None
     if current is not None and plan.status == Status.RUNNING and (current.rollout_id is None or batches_pending(current)):
         opens = next_opening(plan, current.group_name, now)
+        for row in rows:
+            if row["phase"] is current:
+                # The current phase has devices to release and its window is shut: say so on it.
+                row["window_wait"] = window_reason(plan, current.group_name, now)
+    predicted = plan_forecast(plan=plan, now=now, phases=phases, estimates=estimates) if forecast else None
+    by_position = {f["position"]: f for f in (predicted or {}).get("phases", [])}
+    for row in rows:
+        row["window_text"] = "; ".join(window_text(w) for w in row["windows"])
+        row["window_wait"] = row.get("window_wait")
+        row["forecast"] = by_position.get(row["phase"].position)
     decisions = list(PlanDecision.objects.filter(plan=plan).select_related("actor", "phase").order_by("created_at", "id"))
     return {
         "plan": plan,
@@ -210,7 +220,7 @@ def plan_show(*, plan, now=None, forecast=True):
         "phases": rows,
         "current": current,
         "decisions": decisions,
-        "forecast": plan_forecast(plan=plan, now=now, phases=phases, estimates=estimates) if forecast else None,
+        "forecast": predicted,
         "windows": windows_summary(plan),
         # When the current phase may next release devices (now when its window is open).
         "next_opening": opens,

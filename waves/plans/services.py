@@ -24,8 +24,8 @@ from .pacing import PACE_KEYS, batches_pending
 from .phases import SCOPE_KEYS, phase_as_input, phase_label, phases_clean
 from .rollback import rollback_arm, rollback_on_halt
 from .selectors import current_phase, phase_devices, plan_get, plan_phases
-from .staging import batch_next, phase_rollout, window_reason, window_wait
-from .windows import plan_windows_clean
+from .staging import batch_next, phase_rollout, window_wait
+from .windows import plan_windows_clean, window_reason
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ def _evaluate_start(plan, phases, index, now):
         _halt(plan, failed, reason, {"error": exc.message, "code": exc.code}, now)
         return Evaluation(plan, "halted", failed, reason)
     if outcome == "waiting":
-        return Evaluation(plan, "wait", started, window_reason(plan, started, now))
+        return Evaluation(plan, "wait", started, window_reason(plan, started.group_name, now))
     return Evaluation(plan, "advanced" if outcome == "started" else "finished", started)
 
 
@@ -519,7 +519,7 @@ def plan_force(*, wave, actor, reason, now=None):
                 started = _phase_rollout(plan, phase, actor, now)
             except ApplicationError as exc:
                 raise type(exc)(_rollout_refused(phase, exc), code=exc.code, extra=exc.extra) from None
-            decision_record(plan, phase, "force", actor, reason=reason, evidence={"forced": "rollout", "window": window_reason(plan, phase, now)})
+            decision_record(plan, phase, "force", actor, reason=reason, evidence={"forced": "rollout", "window": window_reason(plan, phase.group_name, now)})
             if not started:
                 _advance(plan, phases, phases.index(phase) + 1, actor, now)
             return plan

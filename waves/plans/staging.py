@@ -11,7 +11,7 @@ from ..models import PlanDecision, Rollout
 from ..scope import limit_parse, limit_size
 from .decisions import decision_record
 from .pacing import first_batch_size, is_paced, next_batch_size, pace_label, pace_progress, phase_total
-from .windows import next_opening, opening_text, window_open, windows_for
+from .windows import window_reason, windows_for
 
 PACE_STATE = ["staged_count", "batches_done", "last_batch_at"]
 
@@ -90,19 +90,10 @@ def batch_next(plan, phase, actor, now):
     return reason
 
 
-def window_reason(plan, phase, now):
-    """Why the phase waits for its window (None: open now)."""
-    if window_open(plan, phase.group_name, now):
-        return None
-    opens = next_opening(plan, phase.group_name, now)
-    when = f": opens {opening_text(plan, opens)}" if opens else ""
-    return f"waiting for the maintenance window{when}"
-
-
 def window_wait(plan, phase, now):
     """Outside its window, a phase releases nothing: record the wait once (not at every tick,
     like the gates' waits) and say why. None when the window is open."""
-    reason = window_reason(plan, phase, now)
+    reason = window_reason(plan, phase.group_name, now)
     if reason is None:
         return None
     last = PlanDecision.objects.filter(plan=plan).order_by("-created_at", "-id").first()

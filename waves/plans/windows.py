@@ -227,6 +227,16 @@ def opening_text(plan, at):
     return f"{DAYS[local.weekday()].capitalize()} {local:%H:%M} {plan.timezone or 'UTC'}"
 
 
+def window_reason(plan, group_name, now):
+    """Why a phase of `group_name` releases nothing now: every door says it in these words
+    (None: its window is open)."""
+    if window_open(plan, group_name, now):
+        return None
+    opens = next_opening(plan, group_name, now)
+    when = f": opens {opening_text(plan, opens)}" if opens else ""
+    return f"waiting for the maintenance window{when}"
+
+
 def windows_summary(plan):
     """What the timeline and `plan show` print: the plan's windows, and each group's own."""
     parts = [window_text(w) for w in plan.windows or []]
