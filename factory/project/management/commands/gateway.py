@@ -21,9 +21,12 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=8)
         parser.add_argument("--tls-dir", default=str(settings.VAR_DIR / "gateway"), help="where the TLS files are written")
         parser.add_argument("--print-command", action="store_true", help="write the TLS files, print the server's command, do not run it")
+        parser.add_argument("--access-log", default="", help='append `status microseconds "path"` per request to this file (default: none)')
 
-    def handle(self, *args, bind, workers, threads, tls_dir, print_command, **options):
+    def handle(self, *args, bind, workers, threads, tls_dir, print_command, access_log, **options):
         argv = self.prepare(bind=bind, workers=workers, threads=threads, tls_dir=Path(tls_dir))
+        if access_log:
+            argv += ["--access-log", access_log]
         if print_command:
             self.stdout.write(" ".join(argv))
             return
