@@ -45,6 +45,14 @@ def test_start_with_a_rollback_signed_locally_then_a_halt_rolls_back(cli, tokens
     assert "Rollback: wave v2.0-update-rollback (version 43 = build 41 re-released), armed, moves staged devices back on a halt." in started.out
     shown = cli("waves", "plan", "show", wave.name, token=bob)
     assert "wave v2.0-update-rollback (version 43 = build 41 re-released), armed, moves staged devices back on a halt" in shown.out
+    # The armed rollback is a wave like the others on every listing, and may be filtered on.
+    listed = cli("waves", "list", token=bob)
+    assert listed.code == 0, listed.err
+    assert any(line.split()[:1] == ["v2.0-update-rollback"] and "armed" in line for line in listed.out.splitlines())
+    armed = cli("waves", "list", "--status", "armed", token=bob)
+    assert armed.code == 0, armed.err
+    assert "v2.0-update-rollback" in armed.out and "v2.0-update " not in armed.out
+    assert cli("waves", "show", "v2.0-update-rollback", token=bob).code == 0
 
     fleet = Fleet(factory, wave)
     t0 = timezone.now()

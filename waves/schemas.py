@@ -12,8 +12,11 @@ from factory.names import api_name
 from factory.schemas import BAD_DESCRIPTION, BadBuildOut, ExpiryWarningOut, PageMeta, Text, Version
 
 from . import devicelists
+from .models import Wave
 
 Name = Annotated[Text, Field(min_length=1, max_length=64)]
+# Every status a wave can have (an armed pre-signed rollback too), from the model's one list.
+WaveStatus = Literal[tuple(Wave.Status.values)]
 ListName = api_name("a device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
 Base64 = Annotated[Text, Field(max_length=8 * 1024 * 1024, description="Base64-encoded bytes.")]
 
@@ -93,7 +96,7 @@ class WaveOut(Schema):
     build_version: int = Field(description="The CI build whose content the wave releases: rerelease_of, else version.")
     tag: str
     source_tag: str
-    status: Literal["unsigned", "active", "complete", "canceled"]
+    status: WaveStatus
     pruned_versions: list[int]
     expires_at: datetime
     created_at: datetime | None

@@ -9,7 +9,7 @@ from .common import read_binary, uuids_arg
 from .output import bad_build, dump_json, err, fields, out, pages, progress, table, when
 from .signing import OfflineSigner
 
-STATUSES = ("unsigned", "active", "complete", "canceled")
+STATUSES = ("unsigned", "active", "armed", "complete", "canceled")
 
 
 def register(sub, common):
