@@ -31,8 +31,9 @@ def processes():
     (https://127.0.0.1:8443 by default)."""
     return [
         ("web", [PY, "-m", "gunicorn", "factory.project.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", str(LOG_DIR / "web-access.log")]),
-        ("worker", [PY, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--concurrency", "2"]),
-        ("beat", [PY, "-m", "celery", "-A", "factory.project", "beat", "-l", "info"]),
+        # Warnings and errors only: a line per task run would scroll the logins away in seconds.
+        ("worker", [PY, "-m", "celery", "-A", "factory.project", "--quiet", "worker", "-l", "warning", "--concurrency", "2"]),
+        ("beat", [PY, "-m", "celery", "-A", "factory.project", "--quiet", "beat", "-l", "warning"]),
         ("gateway", [PY, "manage.py", "gateway", "--workers", "2", "--threads", "8", "--access-log", str(LOG_DIR / "gateway-access.log")]),
         (
             "simulator",

@@ -183,6 +183,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _processed = VAR_DIR / "celery" / "processed"
     for folder in (_queue, _processed, VAR_DIR / "celery" / "results", VAR_DIR / "celery" / "control"):
         folder.mkdir(parents=True, exist_ok=True)
+    # kombu's filesystem transport, writing each message whole before workers see it.
+    CELERY_BROKER_TRANSPORT = "factory.project.broker_files:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue),
         "data_folder_out": str(_queue),
