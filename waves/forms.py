@@ -28,7 +28,8 @@ class WaveFilterForm(DashboardForm):
 
 
 class SelectSomeDisabled(forms.Select):
-    """A select whose options in `disabled` are shown but cannot be chosen (a bad build, with why)."""
+    """A select whose options in `disabled` are shown but cannot be chosen (a bad build, or one that
+    cannot go out on the tag, with why)."""
 
     def __init__(self, *args, disabled=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -71,11 +72,11 @@ class WaveCreateForm(DashboardForm):
         help_text="Used once, in memory, to sign this wave; it is never stored.",
     )
 
-    def __init__(self, *args, versions=(), tags=(), prune_choices=(), bad=None, **kwargs):
+    def __init__(self, *args, versions=(), tags=(), prune_choices=(), bad=None, refused=None, **kwargs):
         super().__init__(*args, **kwargs)
-        bad = bad or {}
-        self.fields["version"].widget = SelectSomeDisabled(disabled=bad)
-        self.fields["version"].choices = [(v, _build_label(v, bad.get(v))) for v in versions]
+        bad, refused = bad or {}, refused or {}
+        self.fields["version"].widget = SelectSomeDisabled(disabled=set(bad) | set(refused))
+        self.fields["version"].choices = [(v, _build_label(v, bad.get(v), refused.get(v))) for v in versions]
         self.fields["tag"].choices = [(t, t) for t in tags]
         self.fields["prune"].choices = [(v, f"version {v}") for v in prune_choices]
 
@@ -84,9 +85,10 @@ class WaveCreateForm(DashboardForm):
         return None if upload is None else key_archive_upload_read(upload)
 
 
-def _build_label(version, bad):
+def _build_label(version, bad, refused=None):
     if bad is None:
-        return f"Build {version}"
+        # Why it cannot go out on this tag, e.g. "version 41 is already in the production targets".
+        return f"Build {version} — {refused}" if refused else f"Build {version}"
     # Option text is escaped by the widget; the reason is cut so one option stays one line.
     reason = bad.reason if len(bad.reason) <= 80 else bad.reason[:79] + "…"
     return f"Build {version} — marked bad: {reason} (by {bad.marked_by_name} on {bad.marked_at:%Y-%m-%d})"

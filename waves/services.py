@@ -122,6 +122,31 @@ def _version(value, what):
         raise ApplicationError(f"{what} {str(value)[:20]!r} is not a number") from None
 
 
+def wave_version_refusals(*, factory, tag, versions):
+    """{version: the error} of the builds in `versions` that cannot be a new wave on `tag`
+    (wave_init raises it; the create-wave form shows it next to the build, disabled).
+
+    Devices only move up: a wave goes above the tag's production targets and above every version
+    its devices were served.
+    """
+    production_versions = tuf_selectors.production_targets_versions(factory=factory, tag=tag)
+    current = tuf_selectors.production_targets_version(factory=factory, tag=tag)
+    served = selectors.tag_served_version(factory=factory, tag=tag)
+    refusals = {}
+    for version in versions:
+        if version in production_versions:
+            refusals[version] = Conflict(f"version {version} is already in the production targets of tag {tag}")
+        elif current is not None and version <= current:
+            refusals[version] = ApplicationError(f"version {version} must be higher than tag {tag}'s current production targets version {current}")
+        # The same build again (a canceled wave re-initialized) is the same version with the same content.
+        elif served is not None and version < served.version:
+            refusals[version] = ApplicationError(
+                f"devices on tag {tag} were served version {served.version} (wave {served.name}); build {version} can reach them "
+                f"only as a re-release at a higher version: breakwater waves revert NAME {tag} --to {version}"
+            )
+    return refusals
+
+
 def wave_init(
     *, factory, actor, name, version, tag, prune=(), expires_days=None, expires_at=None, source_tag=None, dry_run=False,
     signatures=None, key_archive=None, aktualizr_signatures=None,
@@ -144,19 +169,9 @@ def wave_init(
     if not any(wanted_tag in t.tags for t in build):
         raise ApplicationError(f"CI build {version} has no targets for tag {wanted_tag}")
     build_check_not_bad(factory=factory, version=version)
-    production_versions = tuf_selectors.production_targets_versions(factory=factory, tag=tag)
-    current = tuf_selectors.production_targets_version(factory=factory, tag=tag)
-    if version in production_versions:
-        raise Conflict(f"version {version} is already in the production targets of tag {tag}")
-    if current is not None and version <= current:
-        raise ApplicationError(f"version {version} must be higher than tag {tag}'s current production targets version {current}")
-    served = selectors.tag_served_version(factory=factory, tag=tag)
-    # The same build again (a canceled wave re-initialized) is the same version with the same content.
-    if served is not None and version < served.version:
-        raise ApplicationError(
-            f"devices on tag {tag} were served version {served.version} (wave {served.name}); build {version} can reach them "
-            f"only as a re-release at a higher version: breakwater waves revert NAME {tag} --to {version}"
-        )
+    refusal = wave_version_refusals(factory=factory, tag=tag, versions=[version]).get(version)
+    if refusal is not None:
+        raise refusal
     prune = _wave_new_checks(factory=factory, actor=actor, name=name, tag=tag, source_tag=source_tag, prune=prune)
     targets = wave_targets.wave_targets_build(factory=factory, tag=tag, version=version, prune=prune, expires_at=expires, source_tag=source_tag)
     wave = Wave(

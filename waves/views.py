@@ -174,7 +174,9 @@ def _create_form(request, data=None, files=None, initial=None):
         except ApplicationError:
             prune_choices = []
     bad = bad_builds(factory=factory)
-    return WaveCreateForm(data, files, versions=versions, tags=tags, prune_choices=prune_choices, initial=initial, bad=bad)
+    # Builds that cannot go out on the chosen tag are shown disabled, with why (the service's words).
+    refused = {v: e.message for v, e in services.wave_version_refusals(factory=factory, tag=tag, versions=versions).items()} if tag else {}
+    return WaveCreateForm(data, files, versions=versions, tags=tags, prune_choices=prune_choices, initial=initial, bad=bad, refused=refused)
 
 
 def _wave_preview(wave):

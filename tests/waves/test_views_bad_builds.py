@@ -100,3 +100,22 @@ def test_the_create_form_shows_a_bad_build_disabled_with_its_reason(client, bob,
     refused = client.post(reverse("wave-create"), {"name": "v43", "version": 43, "tag": "production", "action": "preview"})
     assert refused.status_code == 400 and b"build 43 is marked bad" in refused.content
     assert not Wave.objects.exists()
+
+
+def test_the_create_form_offers_only_builds_that_can_go_out_and_says_why_not(client, bob, factory, builds, offline_key):
+    from waves.services import wave_complete  # noqa: PLC0415
+
+    wave_complete(wave=make_wave(factory, bob, offline_key, name="v41", version=41), actor=bob)
+    login(client, bob)
+    html = client.get(reverse("wave-create")).content.decode()
+
+    def option(version):
+        return re.search(rf'<option value="{version}"[^>]*>[^<]*</option>', html).group(0)
+
+    assert "disabled" in option(41) and "version 41 is already in the production targets of tag production" in option(41)
+    assert "disabled" in option(40) and "must be higher than tag production&#x27;s current production targets version 41" in option(40)
+    assert "disabled" not in option(42) and "disabled" not in option(43)
+    # posted anyway: the service refuses in the same words, nothing is created
+    refused = client.post(reverse("wave-create"), {"name": "v40", "version": 40, "tag": "production", "action": "preview"})
+    assert refused.status_code == 400 and b"must be higher than tag production" in refused.content
+    assert not Wave.objects.filter(name="v40").exists()
