@@ -22,6 +22,7 @@ from .signed_views import ci_view_publish
 TAG_MAX = 64
 TAGS_MAX = 50
 REFS_MAX = 1000
+VERSION_MAX = 2**31 - 1
 # A tag travels in `x-ats-tags` headers (comma-separated) and on command lines.
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -64,7 +65,7 @@ def ci_targets_resolve(*, factory, refs, lock=True):
         raise ApplicationError("name at least one target or build version")
     if len(refs) > REFS_MAX:
         raise ApplicationError(f"name at most {REFS_MAX} targets or versions at a time")
-    digits = {r for r in refs if r.isdigit() and len(r) <= 10}
+    digits = {r for r in refs if _is_version(r)}
     versions = {int(r) for r in digits}
     names = set(refs) - digits
     rows = CiTarget.objects.filter(factory=factory)
@@ -78,8 +79,13 @@ def ci_targets_resolve(*, factory, refs, lock=True):
     return sorted(unique.values(), key=lambda t: (t.version, t.name))
 
 
+def _is_version(ref):
+    # Build numbers are stored in 32-bit columns; a longer run of digits can only be a name.
+    return ref.isascii() and ref.isdigit() and int(ref) <= VERSION_MAX
+
+
 def _missing_reason(factory, ref):
-    if ref.isdigit() and len(ref) <= 10:
+    if _is_version(ref):
         version = int(ref)
         rerelease = RereleaseVersion.objects.filter(factory=factory, version=version).first()
         if rerelease is not None:
