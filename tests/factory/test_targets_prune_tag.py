@@ -232,3 +232,16 @@ def test_openapi_describes_the_new_routes(client):
         assert f"/api/v1/factories/{{factory}}/{path}" in paths
     prune = paths["/api/v1/factories/{factory}/targets/prune"]["post"]
     assert {"200", "400", "403", "404"} <= set(prune["responses"])
+
+
+def test_a_pruned_build_cannot_go_into_a_wave_even_if_read_before_it_was_pruned(factory, bob, builds):
+    from factory.builds import build_check_not_bad
+    from django.db import transaction
+
+    offline_targets_key(factory=factory, actor=bob)
+    ci_targets_prune(factory=factory, actor=bob, targets=["43"])
+    with pytest.raises(NotFound, match="CI build 43 does not exist"):
+        wave_init(factory=factory, actor=bob, name="w43", version=43, tag="main")
+    # A wave init that read the build before the prune locks its rows afterwards and finds none.
+    with pytest.raises(NotFound, match="build 43 was just pruned by bob"), transaction.atomic():
+        build_check_not_bad(factory=factory, version=43, lock=True)
