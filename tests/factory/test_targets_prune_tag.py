@@ -245,3 +245,18 @@ def test_a_pruned_build_cannot_go_into_a_wave_even_if_read_before_it_was_pruned(
     # A wave init that read the build before the prune locks its rows afterwards and finds none.
     with pytest.raises(NotFound, match="build 43 was just pruned by bob"), transaction.atomic():
         build_check_not_bad(factory=factory, version=43, lock=True)
+
+
+def test_a_build_re_released_in_production_is_kept_even_when_its_own_targets_left(factory, bob, builds):
+    from waves.services import wave_revert
+
+    archive = offline_targets_key(factory=factory, actor=bob)
+    for version in (41, 42):
+        wave = wave_sign(wave=wave_init(factory=factory, actor=bob, name=f"w{version}", version=version, tag="main"), actor=bob, key_archive=archive)
+        wave_complete(wave=wave, actor=bob)
+    back = wave_revert(factory=factory, actor=bob, name="back-to-41", tag="main", to_version=41, prune=[41, 42])
+    wave_complete(wave=wave_sign(wave=back, actor=bob, key_archive=archive), actor=bob)
+    # Production now serves only the re-release (version 44, build 41's content).
+    result = ci_targets_prune(factory=factory, actor=bob, targets=["41", "42"], dry_run=True)
+    assert {t["version"] for t in result.pruned} == {42}
+    assert {(t["version"], t["reason"]) for t in result.kept} == {(41, "in the production targets of tag main")}
