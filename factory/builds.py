@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from .auth import actor_name, authorize
 from .errors import ApplicationError, Conflict, NotFound
-from .models import BadBuild, CiTarget, RereleaseVersion
+from .models import BadBuild, CiTarget, PrunedTarget, RereleaseVersion
 from .services import audit_record
 
 REASON_MAX = BadBuild.REASON_MAX
@@ -52,8 +52,11 @@ def _build_lock(factory, version):
 def build_check_not_bad(*, factory, version, lock=False):
     """Refuse (Conflict) if build `version` is marked bad. With `lock`, inside the caller's
     transaction, the build's rows stay locked until it commits (see _build_lock)."""
-    if lock:
-        _build_lock(factory, version)
+    if lock and not _build_lock(factory, version):
+        # Pruned between the caller's first read of the build and this lock (pruning takes it too).
+        pruned = PrunedTarget.objects.filter(factory=factory, version=version).first()
+        if pruned is not None:
+            raise NotFound(f"build {version} was just pruned by {pruned.pruned_by_name}")
     bad = build_bad(factory=factory, version=version)
     if bad is not None:
         raise Conflict(f"{bad_build_message(bad)}: unmark it first", code="build_bad", extra={"version": bad.version})

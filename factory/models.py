@@ -1,5 +1,5 @@
-"""Factories (tenants), who may act on them, what they did, the CI builds they publish and the
-builds they marked bad."""
+"""Factories (tenants), who may act on them, what they did, the CI builds they publish (and the
+targets they pruned) and the builds they marked bad."""
 from django.conf import settings
 from django.db import models
 
@@ -126,6 +126,29 @@ class CiTarget(models.Model):
     def __str__(self):
         return self.name
 
+
+class PrunedTarget(models.Model):
+    """A CI target taken out of the CI targets metadata (`targets prune`).
+
+    Its name and version stay taken: a pruned number is never published again with other content,
+    and the next build or re-release still numbers above it. The audit log says who pruned it.
+    """
+
+    factory = models.ForeignKey(Factory, on_delete=models.CASCADE, related_name="pruned_targets")
+    name = models.CharField(max_length=255)
+    version = models.PositiveIntegerField()
+    hardware_id = models.CharField(max_length=128)
+    sha256 = models.CharField(max_length=64)
+    tags = models.JSONField(default=list)
+    pruned_at = models.DateTimeField()
+    pruned_by_name = models.CharField(max_length=150)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["factory", "name"], name="prunedtarget_factory_name_unique")]
+        indexes = [models.Index(fields=["factory", "version"], name="prunedtarget_factory_version")]
+
+    def __str__(self):
+        return f"{self.name} (pruned)"
 
 
 class RereleaseVersion(models.Model):

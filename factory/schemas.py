@@ -108,6 +108,58 @@ class CiBuildIn(Schema):
     custom: dict[Text, Any] | None = Field(None, description="Extra fields for each target's `custom` metadata.")
 
 
+TargetRef = Annotated[Text, Field(min_length=1, max_length=255)]
+TagName = Annotated[Text, Field(min_length=1, max_length=64)]
+
+
+class TargetsTagIn(Schema):
+    targets: Annotated[list[TargetRef], Field(min_length=1, max_length=1000)] = Field(
+        description="Target names (`<hwid>-lmp-<version>`) or build versions (all of the build's targets)."
+    )
+    tags: Annotated[list[TagName], Field(min_length=1, max_length=50)] = Field(description="The tags to set (or add, with `append`).")
+    append: bool = Field(False, description="Add the tags to each target's tags instead of replacing them.")
+
+
+class TargetTagChangeOut(Schema):
+    name: str
+    version: int
+    before: list[str]
+    after: list[str]
+
+
+class TargetsTagOut(Schema):
+    changed: list[TargetTagChangeOut] = Field(description="Targets whose tags changed: the CI targets were re-signed.")
+    unchanged: list[TargetTagChangeOut] = Field(description="Targets that already had these tags.")
+
+
+class TargetsPruneIn(Schema):
+    targets: Annotated[list[TargetRef], Field(max_length=1000)] = Field(
+        default_factory=list, description="Target names or build versions to prune (or give by_tag)."
+    )
+    by_tag: Annotated[list[TagName], Field(max_length=50)] | None = Field(
+        None, description="Prune the targets whose tags are exactly these (as fioctl's --by-tag)."
+    )
+    keep_last: Annotated[int, Field(ge=0, le=10_000)] | None = Field(None, description="With by_tag: keep the newest N builds.")
+    dry_run: bool = Field(False, description="Say what would be pruned and kept; change nothing.")
+
+
+class PrunedTargetOut(Schema):
+    name: str
+    version: int
+    hardware_id: str
+    tags: list[str]
+
+
+class KeptTargetOut(PrunedTargetOut):
+    reason: str = Field(description="Why it was kept, e.g. in the production targets of tag production.")
+
+
+class TargetsPruneOut(Schema):
+    dry_run: bool
+    pruned: list[PrunedTargetOut] = Field(description="Taken out of the CI targets (with dry_run: would be).")
+    kept: list[KeptTargetOut] = Field(description="Asked for or matched, but kept, each with its reason.")
+
+
 class AuditEntryOut(Schema):
     id: int
     created_at: datetime

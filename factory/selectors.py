@@ -3,7 +3,7 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from .models import AuditEntry, CiTarget, RereleaseVersion
+from .models import AuditEntry, CiTarget, PrunedTarget, RereleaseVersion
 
 
 def status_cache_key(kind, factory, *parts):
@@ -18,9 +18,11 @@ def status_cache_key(kind, factory, *parts):
 
 
 def release_version_next(*, factory):
-    """The next number of the factory's one sequence of builds and re-releases."""
+    """The next number of the factory's one sequence of builds and re-releases (pruned builds
+    keep their numbers)."""
     highest = max(
         CiTarget.objects.filter(factory=factory).aggregate(v=Max("version"))["v"] or 0,
+        PrunedTarget.objects.filter(factory=factory).aggregate(v=Max("version"))["v"] or 0,
         RereleaseVersion.objects.filter(factory=factory).aggregate(v=Max("version"))["v"] or 0,
     )
     return highest + 1

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from .auth import actor_name, authorize
 from .errors import ApplicationError, Conflict
-from .models import ApiToken, AuditEntry, Factory, Membership, RereleaseVersion, Role
+from .models import ApiToken, AuditEntry, Factory, Membership, PrunedTarget, RereleaseVersion, Role
 from .names import name_clean
 from .selectors import release_version_next
 
@@ -138,7 +138,7 @@ def rerelease_version_claim(*, factory, build_version):
 
 
 def build_version_check_free(*, factory, version):
-    """Refuse a CI build numbered like a re-release: one number, one content. Locks the factory's
+    """Refuse a CI build numbered like a re-release or a pruned build: one number, one content. Locks the factory's
     row for the caller's transaction (see rerelease_version_claim)."""
     Factory.objects.select_for_update().filter(pk=factory.pk).first()
     taken = RereleaseVersion.objects.filter(factory=factory, version=version).first()
@@ -146,4 +146,10 @@ def build_version_check_free(*, factory, version):
         raise Conflict(
             f"version {version} is taken by a re-release of build {taken.build_version}: builds and re-releases share one "
             f"sequence of numbers; publish this build as {release_version_next(factory=factory)} or later"
+        )
+    pruned = PrunedTarget.objects.filter(factory=factory, version=version).first()
+    if pruned is not None:
+        raise Conflict(
+            f"build {version} was pruned (by {pruned.pruned_by_name} on {pruned.pruned_at:%Y-%m-%d}) and its number is not reused; "
+            f"publish this build as {release_version_next(factory=factory)} or later"
         )

@@ -10,11 +10,10 @@ from pydantic import Field
 
 from devices.models import Device
 from devices.selectors import uuids_in
-from factory.api_support import actor_scope, bad_build_out, key_archive_decode, responses
+from factory.api_support import actor_scope, bad_build_out, key_archive_decode, paginate, responses
 from factory.builds import bad_builds
-from factory.errors import ApplicationError
-from factory.errors import NotFound
-from factory.schemas import FactoryName, PageNumber, Text
+from factory.errors import ApplicationError, NotFound
+from factory.schemas import FactoryName, PageNumber, PerPage, Text
 
 from . import devicelists, expiry, retries, selectors, services
 from .models import SavedDeviceList
@@ -25,6 +24,7 @@ from .schemas import (
     FactoryStatusOut,
     RetryIn,
     RetryResultOut,
+    RolloutDevicePage,
     RolloutDevicesOut,
     RolloutIn,
     RolloutResultOut,
@@ -277,6 +277,24 @@ def waves_rollout_devices(request, factory: FactoryName, wave: str, rollout: Ann
     if rollout_obj is None:
         raise NotFound(f"wave {wave_obj.name} has no rollout {rollout}")
     return {"rollout": rollout_obj.pk, "uuids": selectors.rollout_device_uuids(rollout=rollout_obj)}
+
+
+@router.get(
+    "/waves/{wave}/rollouts/{rollout}/devices", response=responses(200, RolloutDevicePage), summary="The exact devices one rollout staged, paged"
+)
+def waves_rollout_device_page(
+    request, factory: FactoryName, wave: str, rollout: Annotated[int, Field(ge=1, le=2**63 - 1)], page: PageNumber = 1, per_page: PerPage = 500
+):
+    """Each device's UUID, name and group, by name; 500 a page unless `per_page` (as `devices
+    list`). A full-group rollout lists the group's production devices on the tag staged through it now."""
+    wave_obj, _ = _wave(request, wave)
+    rollout_obj = wave_obj.rollouts.filter(pk=rollout).select_related("wave").first()
+    if rollout_obj is None:
+        raise NotFound(f"wave {wave_obj.name} has no rollout {rollout}")
+    rows = selectors.rollout_devices(rollout=rollout_obj).values_list("uuid", "name", "group__name")
+    result = paginate(rows, page=page, per_page=per_page)
+    result["items"] = [{"uuid": u, "name": n, "group": g or ""} for u, n, g in result["items"]]
+    return {**result, "rollout": rollout_obj.pk}
 
 
 @router.post("/waves/{wave}/complete", response=responses(200, WaveOut), summary="Make the wave the tag's production targets")

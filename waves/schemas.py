@@ -185,6 +185,17 @@ class RolloutDevicesOut(Schema):
     uuids: list[UUID]
 
 
+class RolloutDeviceOut(Schema):
+    uuid: UUID
+    name: str
+    group: str = Field(description="The device's group now; empty if it has none.")
+
+
+class RolloutDevicePage(PageMeta):
+    rollout: int
+    items: list[RolloutDeviceOut]
+
+
 class GroupStatusOut(Schema):
     group: str
     total: int

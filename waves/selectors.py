@@ -140,19 +140,20 @@ def wave_show(*, wave):
     return {"wave": wave, "rollouts": rollouts}
 
 
-def rollout_device_uuids(*, rollout):
-    """The exact devices a rollout staged. A full-group rollout stages the group itself: its
-    list is the group's production devices on the tag that are staged through it now."""
+def rollout_devices(*, rollout):
+    """The exact devices a rollout staged, by name, as a Device queryset (page it). A full-group
+    rollout stages the group itself: its devices are the group's production devices on the tag,
+    which are staged through it now."""
     if rollout.full_group:
-        return [
-            str(u)
-            for u in Device.objects.filter(
-                group_id=rollout.group_id, is_production=True, tag=rollout.wave.tag, factory_id=rollout.wave.factory_id
-            )
-            .order_by("name", "id")
-            .values_list("uuid", flat=True)
-        ]
-    return [str(u) for u in WaveDevice.objects.filter(rollout=rollout).order_by("device__name", "device_id").values_list("device__uuid", flat=True)]
+        rows = Device.objects.filter(group_id=rollout.group_id, is_production=True, tag=rollout.wave.tag, factory_id=rollout.wave.factory_id)
+    else:
+        rows = Device.objects.filter(wave_stagings__rollout=rollout)
+    return rows.order_by("name", "id")
+
+
+def rollout_device_uuids(*, rollout):
+    """The UUIDs of `rollout_devices`, all of them."""
+    return [str(u) for u in rollout_devices(rollout=rollout).values_list("uuid", flat=True)]
 
 
 def device_wave(*, device):

@@ -25,6 +25,7 @@ urlpatterns = [
     path("<str:name>/plan/templates/<int:template_id>/delete/", plan_views.plan_template_delete, name="plan-template-delete"),
     path("<str:name>/plan/<slug:action>/", plan_views.plan_action, name="plan-action"),
     path("<str:name>/rollouts/<int:rollout_id>/devices.txt", views.rollout_devices_download, name="rollout-devices"),
+    path("<str:name>/rollouts/<int:rollout_id>/devices/", views.rollout_devices_page, name="rollout-devices-page"),
     path("<str:name>/rollout/", rollout_views.rollout_preview, name="rollout-preview"),
     path("<str:name>/rollout-jobs/<str:token>/", rollout_views.rollout_job, name="rollout-job"),
     path("<str:name>/rollout/<str:token>/", rollout_views.rollout_preview_show, name="rollout-preview-show"),

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404, QueryDict
 from django.shortcuts import redirect
@@ -421,6 +422,29 @@ def rollout_devices_download(request, name, rollout_id):
         raise Http404("No such rollout for this wave.")
     uuids = selectors.rollout_device_uuids(rollout=rollout)
     return text_download("\n".join(uuids) + ("\n" if uuids else ""), f"{wave.name}-rollout-{rollout.id}.txt")
+
+
+ROLLOUT_DEVICES_PER_PAGE = 500
+
+
+@factory_view("view")
+@require_GET
+def rollout_devices_page(request, name, rollout_id):
+    """The exact devices one rollout staged (UUID, name, group), 500 a page as the API pages them."""
+    wave = wave_or_404(request, name)
+    rollout = Rollout.objects.filter(wave=wave, id=rollout_id).select_related("wave").first()
+    if rollout is None:
+        raise Http404("No such rollout for this wave.")
+    rows = selectors.rollout_devices(rollout=rollout).select_related("group")
+    page = Paginator(rows, ROLLOUT_DEVICES_PER_PAGE).get_page(request.GET.get("page") or 1)
+    return render_page(
+        request,
+        "waves/rollout_devices.html",
+        {"wave": wave, "rollout": rollout, "page": page},
+        title=f"Wave {wave.name}: rollout {rollout.id} devices",
+        section="waves",
+        fragments=("rollout-devices",),
+    )
 
 
 def text_download(text, filename):

@@ -69,6 +69,34 @@ def register(sub, common):
     p.add_argument("-r", "--reason", required=True, metavar="TEXT", help="why (recorded in the audit log)")
     p.set_defaults(handler=targets_unmark_bad)
 
+    p = commands.add_parser(
+        "tag",
+        parents=[common],
+        help="set the tags of CI targets (test devices on a tag see its targets)",
+        description="Set the tags of each TARGET (a target name, or a build version for all of its targets) to --tags, "
+        "or add them with --append, and re-sign the CI targets. Production targets change only through waves.",
+    )
+    p.add_argument("targets", nargs="+", metavar="TARGET_OR_VERSION")
+    p.add_argument("-T", "--tags", action="append", required=True, metavar="TAG[,TAG]", help="the tags (repeat or comma-separate)")
+    p.add_argument("--append", action="store_true", help="add the tags to each target's tags instead of replacing them")
+    p.add_argument("--by-version", action="store_true", help="(fioctl's spelling) every TARGET is a build version")
+    p.set_defaults(handler=targets_tag)
+
+    p = commands.add_parser(
+        "prune",
+        parents=[common],
+        help="take CI targets out of the CI targets (never what production or an open wave needs)",
+        description="Prune the named targets (names or build versions), or with --by-tag those tagged exactly TAG, "
+        "keeping the newest --keep-last builds. Builds in a tag's production targets or in an open wave are kept, "
+        "and said why. A pruned number is never published again.",
+    )
+    p.add_argument("targets", nargs="*", metavar="TARGET_OR_VERSION")
+    p.add_argument("--by-tag", action="append", metavar="TAG[,TAG]", help="prune the targets whose tags are exactly these")
+    p.add_argument("--keep-last", type=int, metavar="N", help="with --by-tag: keep the newest N builds")
+    p.add_argument("--dryrun", "--dry-run", dest="dry_run", action="store_true", help="only show what would be pruned; change nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=targets_prune)
+
     p = sub.add_parser("audit", parents=[common], help="the factory's audit log, newest first")
     p.add_argument("--action", metavar="PREFIX", help="only actions starting with PREFIX, e.g. wave.")
     p.add_argument("--actor", metavar="USER")
@@ -138,6 +166,58 @@ def targets_unmark_bad(args, ctx):
     version = _build_version(args.version)
     ctx.client.delete(ctx.path(f"targets/{version}/bad"), {"reason": args.reason})
     out(f"Build {version} is no longer marked bad: it can go into waves and rollouts again.")
+    return 0
+
+
+def _refs(values, *, versions_only=False):
+    refs = _split(values)
+    if versions_only:
+        wrong = [r for r in refs if not r.isdigit()]
+        if wrong:
+            raise UsageError(f"--by-version takes build numbers, not {', '.join(map(repr, wrong[:5]))}")
+    return refs
+
+
+def targets_tag(args, ctx):
+    payload = {"targets": _refs(args.targets, versions_only=args.by_version), "tags": _split(args.tags), "append": args.append}
+    if not payload["tags"]:
+        raise UsageError("--tags needs at least one tag")
+    data = ctx.client.post(ctx.path("targets/tags"), payload)
+    for change in data["changed"]:
+        out(f"Changed tags of {change['name']} from {','.join(change['before']) or '-'} to {','.join(change['after'])}")
+    for change in data["unchanged"]:
+        out(f"{change['name']} already has tags {','.join(change['after'])}")
+    if data["changed"]:
+        out("The CI targets were re-signed: test devices see the change at their next poll.")
+    return 0
+
+
+def targets_prune(args, ctx):
+    refs = _refs(args.targets)
+    by_tag = _split(args.by_tag or [])
+    if bool(refs) == bool(by_tag):
+        raise UsageError("name the targets or versions to prune, or give --by-tag TAG, not both")
+    if args.keep_last is not None and not by_tag:
+        raise UsageError("--keep-last works with --by-tag")
+    payload = {"targets": refs, "by_tag": by_tag or None, "keep_last": args.keep_last, "dry_run": args.dry_run}
+    data = ctx.client.post(ctx.path("targets/prune"), payload)
+    if args.json:
+        dump_json(data)
+        return 0
+    if data["pruned"]:
+        out("Would prune:" if data["dry_run"] else "Pruned:")
+        for target in data["pruned"]:
+            out(f"  {target['name']}")
+    else:
+        out("Nothing to prune.")
+    if data["kept"]:
+        out("Kept:")
+        for target in data["kept"]:
+            out(f"  {target['name']}: {target['reason']}")
+    if data["dry_run"]:
+        out("Dry run: nothing was changed.")
+    elif data["pruned"]:
+        out("The CI targets were re-signed: test devices no longer see the pruned targets.")
     return 0
 
 

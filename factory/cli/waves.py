@@ -123,6 +123,10 @@ def register(sub, common):
     p = commands.add_parser("show", parents=[common], help="a wave and its rollout history")
     p.add_argument("wave", metavar="WAVE")
     p.add_argument("-s", "--show-targets", action="store_true", help="also print the wave's signed targets")
+    p.add_argument("--devices", action="store_true", help="also print the exact devices of each rollout (uuid, name, group), paged")
+    p.add_argument("--rollout", type=int, metavar="ID", help="with --devices: only this rollout")
+    p.add_argument("-n", "--limit", type=int, default=500, metavar="N", help="with --devices: devices per rollout and page (default 500, as fioctl; at most 1000)")
+    p.add_argument("-p", "--page", type=int, default=1, metavar="PAGE", help="with --devices: the page of each rollout's devices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=waves_show)
     plan.register(commands, common)
@@ -417,10 +421,24 @@ def waves_list(args, ctx):
     return 0
 
 
+def _rollout_devices(args, ctx, wave):
+    """{rollout id: page of its devices} for --devices (one rollout with --rollout)."""
+    rollouts = [r for r in wave["rollouts"] if args.rollout is None or r["id"] == args.rollout]
+    if args.rollout is not None and not rollouts:
+        raise UsageError(f"wave {wave['name']} has no rollout {args.rollout}; `breakwater waves show {wave['name']}` lists them")
+    params = {"page": args.page, "per_page": args.limit}
+    return {r["id"]: ctx.client.get(wave_path(ctx, wave["name"], f"/rollouts/{r['id']}/devices"), params) for r in rollouts}
+
+
 def waves_show(args, ctx):
+    if not args.devices and (args.rollout is not None or args.page != 1 or args.limit != 500):
+        raise UsageError("--rollout, --page and --limit go with --devices")
+    if args.page < 1 or not 1 <= args.limit <= 1000:
+        raise UsageError("--page must be at least 1 and --limit between 1 and 1000")
     wave = ctx.client.get(wave_path(ctx, args.wave), {"targets": args.show_targets})
+    devices = _rollout_devices(args, ctx, wave) if args.devices else None
     if args.json:
-        dump_json(wave)
+        dump_json(wave if devices is None else {**wave, "rollout_devices": {str(k): v for k, v in devices.items()}})
         return 0
     pairs = [
         ("Name", wave["name"]),
@@ -451,6 +469,11 @@ def waves_show(args, ctx):
                 scope.append(f"{r['uuids']} listed UUIDs")
             rows.append([r["id"], when(r["created_at"]), r["created_by"] or "-", ", ".join(scope) or "-", r["device_count"]])
         table(["ROLLOUT", "AT", "BY", "SCOPE", "DEVICES"], rows)
+    for rollout_id, page in (devices or {}).items():
+        out(f"\nRollout {rollout_id}: {page['total']:,} devices")
+        table(["UUID", "NAME", "GROUP"], [[d["uuid"], d["name"], d["group"] or "-"] for d in page["items"]], indent=2)
+        if page["next"]:
+            out(f"  Page {page['page']} of {-(-page['total'] // page['per_page'])}; next page: --page {page['next']}")
     if args.show_targets:
         out("\nTargets:")
         out("  " + json.dumps(wave["targets"], indent=2).replace("\n", "\n  "))

@@ -21,6 +21,7 @@ from factory.errors import ApplicationError
 from factory.tuf.api import keys as keys_router
 from factory.tuf.api import router as targets_router
 from waves.api import router as waves_router
+from waves.build_pruning_api import router as pruning_router
 from waves.plan_api import router as plans_router
 from waves.status_api import router as status_router
 
@@ -114,6 +115,7 @@ def _server_error(request, exc):
 api.add_router("/", identity)
 api.add_router("/factories/{factory}/", factory_router)
 api.add_router("/factories/{factory}/", targets_router)
+api.add_router("/factories/{factory}/", pruning_router)
 api.add_router("/factories/{factory}/", keys_router)
 api.add_router("/factories/{factory}/", devices_router)
 api.add_router("/factories/{factory}/", waves_router)

@@ -8,7 +8,7 @@ from factory import build_views
 from factory import views as factory_views
 from factory.auth_views import LoginView
 from factory.tuf import views as tuf_views
-from waves import device_pages, fleet_pages, status_views
+from waves import ci_target_views, device_pages, fleet_pages, status_views
 
 from .api import api, api_not_found
 
@@ -22,6 +22,8 @@ dashboard = [
     path("builds/", build_views.build_list, name="build-list"),
     path("builds/<int:version>/mark-bad/", build_views.build_bad_set, {"action": "mark"}, name="build-mark-bad"),
     path("builds/<int:version>/unmark-bad/", build_views.build_bad_set, {"action": "unmark"}, name="build-unmark-bad"),
+    path("builds/<int:version>/tags/", ci_target_views.build_tags_set, name="build-tags"),
+    path("builds/<int:version>/prune/", ci_target_views.build_prune, name="build-prune"),
     path("audit/", factory_views.audit_log, name="audit-log"),
     path("keys/", tuf_views.keys_page, name="keys"),
     path("keys/change/sign/", tuf_views.key_change_sign, name="key-change-sign"),

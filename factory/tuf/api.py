@@ -25,11 +25,14 @@ from factory.schemas import (
     ProductionTagOut,
     ProductionTargetsOut,
     RootChangeOut,
+    TargetsTagIn,
+    TargetsTagOut,
     PageNumber,
     PerPage,
     Text,
     Version,
 )
+from .services.ci_targets import ci_targets_tag
 from .services.repository import ci_build_publish, ostree_build_publish
 
 from . import selectors as tuf_selectors
@@ -140,6 +143,18 @@ def targets_unmark_bad(request, factory: FactoryName, version: Version, payload:
     factory_obj, user = actor_scope(request, "wave.manage")
     build_unmark_bad(factory=factory_obj, actor=user, version=version, reason=payload.reason)
     return _builds(factory_obj, [version])[0]
+
+
+@router.post("/targets/tags", response=responses(200, TargetsTagOut), summary="Set (or add to) the tags of CI targets")
+def targets_tag(request, factory: FactoryName, payload: TargetsTagIn):
+    """Like `fioctl targets tag`: each of `targets` (a target name, or a build version for all of
+    its targets) gets `tags`, or with `append` its tags plus `tags`. The CI targets are re-signed,
+    so test devices on a new tag see the targets and those on a dropped tag no longer do.
+    Production targets are not touched (they change only through waves): naming a production-only
+    or pruned target is a 404 that changes nothing."""
+    factory_obj, user = actor_scope(request, "targets.publish")
+    changes = ci_targets_tag(factory=factory_obj, actor=user, refs=payload.targets, tags=payload.tags, append=payload.append)
+    return {"changed": [c for c in changes if c["before"] != c["after"]], "unchanged": [c for c in changes if c["before"] == c["after"]]}
 
 
 @router.post(
