@@ -4,6 +4,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import urllib3
@@ -50,7 +51,7 @@ def forge(tmp_path, device, *, ca_cert, ca_key, device_uuid=None, unit=None, pro
         tmp_path / f"forged-{uuid.uuid4()}",
         key=key,
         chain_pem=pki.cert_pem(cert) + pki.cert_pem(ca_cert),
-        server_ca_pem=server_ca or open(device.server_ca).read(),
+        server_ca_pem=server_ca or Path(device.server_ca).read_text(),
         device_uuid=device_uuid or device.uuid,
     )
 

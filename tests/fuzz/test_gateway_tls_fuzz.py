@@ -8,6 +8,7 @@ import socket
 import ssl
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -128,7 +129,7 @@ def test_a_certificate_outside_its_validity_ends_at_the_handshake(gateway, facto
         .not_valid_after(end)
         .sign(ca_key, hashes.SHA256())
     )
-    forged = write_identity(tmp_path / "outside", key=key, chain_pem=pki.cert_pem(cert) + ca.certificate, server_ca_pem=open(device.server_ca).read(), device_uuid=device.uuid)
+    forged = write_identity(tmp_path / "outside", key=key, chain_pem=pki.cert_pem(cert) + ca.certificate, server_ca_pem=Path(device.server_ca).read_text(), device_uuid=device.uuid)
     with pytest.raises(Exception) as caught:
         device_pool(gateway, forged).request("GET", "/device")
     assert "CERTIFICATE" in str(caught.value).upper() or "SSL" in str(caught.value).upper(), caught.value
