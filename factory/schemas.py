@@ -167,6 +167,15 @@ class RootChangeOut(Schema):
     documents: list[ChangeDocumentOut] = Field(description="Only while the change is pending.")
 
 
+class RootVersionOut(Schema):
+    version: int
+    filename: str = Field(description="The name the TUF repository serves it under, N.root.json.")
+    expires_at: datetime
+    created_at: datetime
+    sha256: str = Field(description="Of the exact bytes served.")
+    length: int
+
+
 class KeysOut(Schema):
     root_version: int
     root_expires_at: datetime

@@ -170,6 +170,8 @@ CASES = {
     "targets_production": [("view", {"path": {"tag": "production"}})],
     "keys_list": [("view", {})],
     "keys_root": [("view", {"query": {"production": "true"}})],
+    "keys_roots": [("view", {"query": {"production": "true"}})],
+    "keys_root_download": [("view", {"path": {"version": 1}, "query": {"production": "true"}})],
     "keys_offline_add": [("keys.manage", {"body": lambda w: {"role": "targets", "public_key": new_public_key()}})],
     "keys_root_renew": [("keys.manage", {})],
     "keys_offline_retire": [("keys.manage", {"setup": second_offline_key, "path": {"keyid": "retire_keyid"}})],

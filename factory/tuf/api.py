@@ -5,11 +5,12 @@ import json
 import tempfile
 from typing import Annotated, Any
 
-from ninja import Query, Router, Status
+from ninja import Path, Query, Router, Status
 from pydantic import Field
 
 from factory.api_support import actor_scope, bad_build_out, paginate, paginate_list, responses
 from factory.builds import bad_builds, build_mark_bad, build_unmark_bad
+from factory.downloads import attachment
 from factory.errors import ApplicationError, NotFound
 from factory import ostree
 from factory.models import CiTarget
@@ -25,6 +26,7 @@ from factory.schemas import (
     ProductionTagOut,
     ProductionTargetsOut,
     RootChangeOut,
+    RootVersionOut,
     PageNumber,
     PerPage,
     Text,
@@ -223,6 +225,29 @@ def keys_root(request, factory: FactoryName, production: bool = False, version: 
     factory_obj, _ = actor_scope(request)
     channel = "production" if production else "ci"
     return json.loads(tuf_selectors.root_get(factory=factory_obj, channel=channel, version=version))
+
+
+RootVersion = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@keys.get("/keys/roots", response=responses(200, list[RootVersionOut]), summary="Every version of the CI root (test devices) or the production root, oldest first")
+def keys_roots(request, factory: FactoryName, production: bool = False):
+    """What `breakwater keys download-roots` saves: a device trusts 1.root.json and walks up to
+    the newest, so an offline copy of all of them lets anyone check the chain."""
+    factory_obj, _ = actor_scope(request)
+    return tuf_selectors.root_versions(factory=factory_obj, channel="production" if production else "ci")
+
+
+@keys.get(
+    "/keys/roots/{version}",
+    response=responses(200, None),
+    summary="One root version as N.root.json, the exact bytes the TUF repository serves devices",
+    openapi_extra={"responses": {"200": {"description": "N.root.json", "content": {"application/json": {"schema": {"type": "object"}}}}}},
+)
+def keys_root_download(request, factory: FactoryName, version: RootVersion, production: bool = False):
+    factory_obj, _ = actor_scope(request)
+    data = tuf_selectors.root_get(factory=factory_obj, channel="production" if production else "ci", version=version)
+    return attachment(data, filename=f"{version}.root.json", content_type="application/json")
 
 
 @keys.post("/keys/offline", response=responses(200, RootChangeOut), summary="Add a user-held offline key (targets signing key or the new root key)")
