@@ -195,6 +195,10 @@ class PublicKeyIn(Schema):
     keyval: dict[Annotated[Text, Field(max_length=32)], Annotated[Text, Field(max_length=256)]]
 
 
+class OnlineKeyRotateIn(Schema):
+    role: Literal["targets", "snapshot", "timestamp"]
+
+
 class OfflineKeyIn(Schema):
     role: Literal["targets", "root"]
     public_key: PublicKeyIn = Field(description="The .pub content: {keytype, scheme, keyval: {public}} (ed25519).")

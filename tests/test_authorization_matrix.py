@@ -174,6 +174,7 @@ CASES = {
     "keys_root_download": [("view", {"path": {"version": 1}, "query": {"production": "true"}})],
     "keys_offline_add": [("keys.manage", {"body": lambda w: {"role": "targets", "public_key": new_public_key()}})],
     "keys_root_renew": [("keys.manage", {})],
+    "keys_online_rotate": [("keys.manage", {"body": {"role": "snapshot"}})],
     "keys_offline_retire": [("keys.manage", {"setup": second_offline_key, "path": {"keyid": "retire_keyid"}})],
     "keys_change": [("view", {"setup": pending_root_change})],
     "keys_change_abandon": [("keys.manage", {"setup": pending_root_change})],

@@ -2,7 +2,7 @@
 user gets, and the refusals that write or change nothing."""
 import tarfile
 
-from factory.tuf.models import TufRoot
+from factory.tuf.models import TufKey, TufRoot
 from factory.tuf.services import root_changes
 from tests.test_cli import cli, env, fast_passwords, one_sentence_error, tokens  # noqa: F401  (fixtures)
 
@@ -42,3 +42,29 @@ def test_download_roots_refusals(cli, tokens, factory, other_factory, env):
     # A token reads its own factory's roots only.
     assert cli("keys", "download-roots", env.tmp / "eve", token=tokens["eve"]).code == 0
     assert {p.name: p.read_bytes() for p in (env.tmp / "eve").iterdir()} == served(other_factory, "ci") != served(factory, "ci")
+
+
+def test_rotate_online_key_from_the_cli(cli, tokens, factory, env):
+    def online(role):
+        return TufKey.objects.get(factory=factory, role=role, online=True, retired_at__isnull=True).keyid
+
+    old = online("timestamp")
+    assert "may not do this" in one_sentence_error(cli("keys", "rotate-online-key", "--role", "timestamp", token=tokens["carol"]))
+    assert cli("keys", "rotate-online-key", "--role", "root", token=tokens["bob"]).code == 2
+    assert online("timestamp") == old and TufRoot.objects.filter(factory=factory).count() == 2
+    result = cli("keys", "rotate-online-key", "--role", "timestamp", token=tokens["bob"])
+    assert result.code == 0, result.err
+    new = online("timestamp")
+    assert new != old and f"The online timestamp key is now {new}" in result.out and "applied" in result.out
+    assert cli("keys", "download-roots", env.tmp / "r", token=tokens["dave"]).code == 0
+    assert sorted(p.name for p in (env.tmp / "r").iterdir()) == ["1.root.json", "2.root.json"]
+
+
+def test_rotate_online_key_with_the_root_key_offline_signs_with_the_archive(cli, tokens, factory, env):
+    root_file = env.tmp / "root.tgz"
+    assert cli("keys", "rotate-offline-key", "--role", "root", "-k", root_file, token=tokens["bob"]).code == 0
+    pending = cli("keys", "rotate-online-key", "--role", "snapshot", token=tokens["bob"])
+    assert pending.code == 0 and "waiting for offline signatures" in pending.out and "root keys" in pending.out
+    assert cli("keys", "abandon-change", token=tokens["bob"]).code == 0
+    applied = cli("keys", "rotate-online-key", "--role", "snapshot", "-k", root_file, token=tokens["bob"])
+    assert applied.code == 0 and "applied" in applied.out, (applied.out, applied.err)

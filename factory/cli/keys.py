@@ -72,6 +72,18 @@ def register(sub, common):
     p.add_argument("-K", "--sign-with", action="append", default=[], metavar="KEYS.tgz", help="remaining offline keys to sign what the change needs")
     p.set_defaults(handler=keys_retire)
 
+    p = commands.add_parser(
+        "rotate-online-key",
+        parents=[common],
+        help="replace the server's online targets, snapshot or timestamp key with a new one",
+        description="The server generates a new online key and publishes a new root version that trusts it "
+        "instead of the old one; every view is re-signed with it and devices follow at their next poll. When "
+        "the root key is offline, give its archive with -k (or sign later with `breakwater keys sign-change`).",
+    )
+    p.add_argument("--role", required=True, choices=("targets", "snapshot", "timestamp"))
+    p.add_argument("-k", "--keys", action="append", default=[], metavar="ROOT.tgz", help="the offline root key, when the root is offline")
+    p.set_defaults(handler=keys_rotate_online)
+
     p = commands.add_parser("sign-change", parents=[common], help="sign the pending key change with the keys in an archive")
     p.add_argument("-k", "--keys", action="append", required=True, metavar="KEYS.tgz")
     p.set_defaults(handler=keys_sign_change)
@@ -281,6 +293,16 @@ def keys_sign_change(args, ctx):
         raise CliError("none of the keys in the archive can add a signature the pending change still needs")
     change = ctx.client.post(ctx.path("keys/change/sign"), {"signatures": signatures})
     err(f"Added {len(signatures)} signatures")
+    _print_change(change)
+    return 0
+
+
+def keys_rotate_online(args, ctx):
+    signers = _signers(args.keys)
+    change = ctx.client.post(ctx.path("keys/online/rotate"), {"role": args.role})
+    change = _sign_pending(ctx, change, signers)
+    if change["status"] == "applied":
+        out(f"The online {args.role} key is now {change['details']['keyid']}; the old one is retired.")
     _print_change(change)
     return 0
 

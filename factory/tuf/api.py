@@ -23,6 +23,7 @@ from factory.schemas import (
     FactoryName,
     KeysOut,
     OfflineKeyIn,
+    OnlineKeyRotateIn,
     ProductionTagOut,
     ProductionTargetsOut,
     RootChangeOut,
@@ -270,6 +271,17 @@ def keys_offline_retire(request, factory: FactoryName, keyid: str):
     targets key cannot be retired, nor can the root key (add a new one instead)."""
     factory_obj, user = actor_scope(request)
     return _change_out(root_changes.offline_key_retire(factory=factory_obj, actor=user, keyid=keyid))
+
+
+@keys.post("/keys/online/rotate", response=responses(200, RootChangeOut), summary="Replace an online key (targets, snapshot or timestamp) with a new one")
+def keys_online_rotate(request, factory: FactoryName, payload: OnlineKeyRotateIn):
+    """The server generates the new key and starts a key change: new roots that trust it instead
+    of the old one. Applied at once while the root key is online; otherwise it waits (status
+    "pending") for the root key's signatures, sent to `/keys/change/sign`. Once applied, every
+    view is re-signed with the new key; devices follow at their next poll. 409 while another key
+    change is pending, or (targets) while a wave is open."""
+    factory_obj, user = actor_scope(request)
+    return _change_out(root_changes.online_key_rotate(factory=factory_obj, actor=user, role=payload.role))
 
 
 @keys.post("/keys/root/renew", response=responses(200, RootChangeOut), summary="Renew the root (same keys, a year more)")

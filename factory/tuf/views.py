@@ -12,6 +12,7 @@ from factory.forms import KeyChangeSignForm
 from factory.views import add_service_error, render_page, service_error_status
 
 from . import selectors as tuf_selectors
+from .keys import ONLINE_ROLES
 from .services import root_changes
 
 @require_safe
@@ -25,6 +26,7 @@ def _keys(request, *, sign_form=None, status=200):
     change = tuf_selectors.root_change_pending(factory=factory)
     keys = tuf_selectors.key_list(factory=factory)
     offline_targets = [k for k in keys if k["role"] == "targets" and not k["online"] and not k["retired_at"]]
+    rotatable = {k["keyid"] for k in keys if k["online"] and not k["retired_at"] and k["role"] in ONLINE_ROLES}
     return render_page(
         request,
         "factory/keys.html",
@@ -33,6 +35,7 @@ def _keys(request, *, sign_form=None, status=200):
             "keys": keys,
             # The last offline targets key cannot be retired: offer the button only where it can work.
             "retirable": {k["keyid"] for k in offline_targets} if len(offline_targets) > 1 else set(),
+            "rotatable": rotatable,
             "change": change,
             "documents": tuf_selectors.root_change_payloads(change=change) if change else [],
             "sign_form": sign_form or KeyChangeSignForm(),
@@ -64,6 +67,18 @@ def key_retire(request, keyid):
         messages.error(request, error.message)
     else:
         _change_message(request, change, f"Offline key {change.details['keyid'][:16]}… is leaving the roots.")
+    return _back_to_keys(request)
+
+
+@require_POST
+@factory_view("keys.manage")
+def key_rotate_online(request, role):
+    try:
+        change = root_changes.online_key_rotate(factory=request.factory, actor=request.user, role=role)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        _change_message(request, change, f"The online {change.details['role']} key is being replaced by {change.details['keyid'][:16]}….")
     return _back_to_keys(request)
 
 
