@@ -183,6 +183,7 @@ CASES = {
     "devices_set_group": [("fleet.manage", {"body": lambda w: {"group": "beta", "uuids": [w["device"]]}})],
     "devices_show": [("view", {"path": {"device": "device"}})],
     "devices_delete": [("fleet.manage", {"path": {"device": "device"}})],
+    "devices_config_updates": [("fleet.manage", {"path": {"device": "device"}, "body": {"tag": "staging"}})],
     "devices_events": [("view", {"path": {"device": "device"}})],
     "groups_list": [("view", {})],
     "groups_create": [("fleet.manage", {"body": {"name": "apac"}})],
