@@ -5,6 +5,7 @@ nothing. Through the service, the API and the audit log."""
 import json
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from devices import checkins
@@ -18,6 +19,7 @@ from factory.tuf.models import TufView
 from factory.tuf.services.repository import ci_build_publish
 from factory.tuf.services.signed_views import tag_republish
 from tests.factory.test_api import as_user, assert_error, tokens  # noqa: F401  (fixtures)
+from tests.factory.test_views import login
 from tests.factory.tuf_client import GatewayFetcher, TufDevice, offline_targets_key
 from waves.services import wave_complete, wave_init
 
@@ -127,3 +129,25 @@ def test_bad_tag_moves_change_nothing(as_user, factory, bob, carol, released):  
     assert_error(as_user("eve").post(f"devices/{device.uuid}/config/updates", {"tag": "devel"}), 403)
     assert_error(bob_api.post("devices/00000000-0000-0000-0000-000000000000/config/updates", {"tag": "devel"}), 404)
     assert state() == before
+
+
+def test_the_device_page_moves_a_device_for_roles_that_may(client, factory, bob, carol, eve, released):
+    device = registered(factory)
+    page = reverse("device-detail", args=[device.uuid])
+    form_url = reverse("device-tag-update", args=[device.uuid])
+    assert form_url not in login(client, carol).get(page).content.decode()  # QA sees no form...
+    assert login(client, carol).post(form_url, {"tag": "staging"}).status_code == 403  # ...and may not post one
+    html = login(client, bob).get(page).content.decode()
+    assert form_url in html and '<option value="staging">' in html and '<option value="production" selected>' in html
+    response = login(client, bob).post(form_url, {"tag": "staging"}, follow=True)
+    assert "moved from tag production to staging" in response.content.decode()
+    device.refresh_from_db()
+    assert device.tag == "staging" and "(set from the server)" in login(client, bob).get(page).content.decode()
+    # A tag that is not the factory's, and markup in it: an error shown as text; nothing changes.
+    response = login(client, bob).post(form_url, {"tag": "<b>x</b>"}, follow=True)
+    assert "&lt;b&gt;x&lt;/b&gt; is not a tag of this factory" in response.content.decode() and "<b>x</b>" not in response.content.decode()
+    device.refresh_from_db()
+    assert device.tag == "staging"
+    assert login(client, eve).post(form_url, {"tag": "production"}).status_code == 404  # another factory's device
+    device.refresh_from_db()
+    assert device.tag == "staging"
