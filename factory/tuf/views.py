@@ -1,13 +1,15 @@
 """Dashboard pages of the TUF repository: the factory's keys and roots, and the key changes that
 wait for offline signatures (sign with an uploaded key archive, abandon, renew the root)."""
 from django.contrib import messages
+from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from factory.auth import factory_view
-from factory.errors import ApplicationError
+from factory.downloads import attachment
+from factory.errors import ApplicationError, NotFound
 from factory.forms import KeyChangeSignForm
 from factory.views import add_service_error, render_page, service_error_status
 
@@ -36,6 +38,7 @@ def _keys(request, *, sign_form=None, status=200):
             # The last offline targets key cannot be retired: offer the button only where it can work.
             "retirable": {k["keyid"] for k in offline_targets} if len(offline_targets) > 1 else set(),
             "rotatable": rotatable,
+            "root_versions": [(channel, tuf_selectors.root_versions(factory=factory, channel=channel)) for channel in ("ci", "production")],
             "change": change,
             "documents": tuf_selectors.root_change_payloads(change=change) if change else [],
             "sign_form": sign_form or KeyChangeSignForm(),
@@ -44,6 +47,19 @@ def _keys(request, *, sign_form=None, status=200):
         section="keys",
         status=status,
     )
+
+
+@require_safe
+@factory_view("view")
+def root_download(request, channel, version):
+    """One root version as N.root.json, the bytes devices are served (`keys download-roots`)."""
+    if channel not in ("ci", "production"):
+        raise Http404("No such root.")
+    try:
+        data = tuf_selectors.root_get(factory=request.factory, channel=channel, version=version)
+    except NotFound:
+        raise Http404(f"No {channel} root version {version}.") from None
+    return attachment(data, filename=f"{version}.root.json", content_type="application/json")
 
 
 def _back_to_keys(request):
