@@ -293,8 +293,9 @@ def online_key_rotate(*, factory, actor, role):
     change applies at once; with it offline it waits for `root_change_sign`. On applying, the
     old key is retired (its private half forgotten) and every view is re-signed with the new
     key at higher versions; production targets are re-signed by the new targets key beside
-    their offline signatures, so no offline targets key is needed. Refused while a wave is open
-    on a targets rotation (its offline-signed targets would lose the online signature).
+    their offline signatures, so no offline targets key is needed. A targets rotation is refused
+    while a wave is active (its offline-signed targets would lose the online signature); waves
+    are above this layer, so unsigned waves and armed rollbacks are not seen here.
     """
     authorize(user=actor, factory=factory, action="keys.manage")
     if role not in tuf_keys.ONLINE_ROLES:
