@@ -15,6 +15,8 @@ from factory.schemas import FactoryName, PageNumber, PerPage, Text, Version
 
 from .models import Device, DeviceEvent, DeviceGroup
 from .schemas import (
+    DeviceConfigUpdatesIn,
+    DeviceConfigUpdatesOut,
     DeviceDetailOut,
     DeviceEventPage,
     DeviceGroupAssignIn,
@@ -37,6 +39,7 @@ from .services import (
     registration_token_create,
     registration_token_revoke,
 )
+from .tag_moves import device_config, device_tag_set
 from .uuids import parse_uuid_list
 
 router = Router(tags=["devices"])
@@ -160,6 +163,23 @@ def devices_show(request, factory: FactoryName, device: str, offline_threshold: 
     factory_obj, _ = actor_scope(request)
     row = device_lookup(factory_obj, device)
     return {**_device_out(row, _cutoff(offline_threshold)), **device_telemetry(device=row)}
+
+
+@router.post(
+    "/devices/{device}/config/updates", response=responses(200, DeviceConfigUpdatesOut), summary="Move a device to another tag from the server"
+)
+def devices_config_updates(request, factory: FactoryName, device: str, payload: DeviceConfigUpdatesIn):
+    """fioctl's `devices config updates --tag`: from now on the device is served the tag's
+    metadata, and the gateway hands it a config fragment naming the tag (GET /config), whatever
+    tag its own configuration names. Only tags CI builds target or releases were made for (400
+    otherwise); a production device is not moved to a tag whose production targets version is
+    below what it was served (409: its TUF client would refuse them as a rollback)."""
+    factory_obj, user = actor_scope(request)
+    moved, previous = device_tag_set(device=device_lookup(factory_obj, device), tag=payload.tag, actor=user)
+    return {
+        "uuid": moved.uuid, "name": moved.name, "production": moved.is_production, "tag": moved.tag, "previous_tag": previous,
+        "config": device_config(device=moved),
+    }  # fmt: skip
 
 
 @router.delete("/devices/{device}", response=responses(204, None), summary="Delete a device; the gateway refuses its certificate from then on")

@@ -340,7 +340,8 @@ def checkins_write(checkins):
     """Apply {device id: Checkin} to the devices, one UPDATE per batch; returns rows updated.
 
     A check-in older than what the database holds (two gateways flushing out of order) moves
-    nothing back: last_seen and targets_version_seen only grow, target and tag follow the latest.
+    nothing back: last_seen and targets_version_seen only grow, target and tag follow the latest
+    (the tag only while no tag was set from the server: `devices.tag_moves`).
     A check-in the database refuses becomes a dead letter; if the database cannot be reached,
     raises Unwritten with the check-ins not yet written.
     """
@@ -434,7 +435,7 @@ def _update_batch(items):
             last_seen = CASE WHEN {newer} THEN v.seen ELSE {table}.last_seen END,
             target_name = CASE WHEN {newer} AND v.target_name IS NOT NULL THEN v.target_name ELSE {table}.target_name END,
             target_version = CASE WHEN {newer} AND v.target_name IS NOT NULL THEN v.target_version ELSE {table}.target_version END,
-            tag = CASE WHEN {newer} AND v.tag IS NOT NULL THEN v.tag ELSE {table}.tag END,
+            tag = CASE WHEN {newer} AND v.tag IS NOT NULL AND {table}.config_tag = '' THEN v.tag ELSE {table}.tag END,
             targets_version_seen = CASE
                 WHEN v.targets_version IS NOT NULL AND ({table}.targets_version_seen IS NULL OR v.targets_version > {table}.targets_version_seen)
                 THEN v.targets_version ELSE {table}.targets_version_seen END

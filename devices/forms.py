@@ -56,6 +56,10 @@ class GroupCreateForm(DashboardForm):
     description = forms.CharField(max_length=255, required=False, label="Description")
 
 
+class DeviceTagForm(DashboardForm):
+    tag = forms.CharField(max_length=64, label="Move to tag")
+
+
 class GroupRenameForm(DashboardForm):
     name = forms.CharField(max_length=64, label="New name")
 

@@ -29,6 +29,10 @@ class Device(models.Model):
     name = models.CharField(max_length=128)
     is_production = models.BooleanField(default=False)
     tag = models.CharField(max_length=64)
+    # The tag a release manager moved the device to (`devices config updates --tag`), or "". While
+    # set it is the device's tag whatever its x-ats-tags header says, and the gateway hands the
+    # device a config fragment naming it, as fioctl's z-50-fioctl.toml does.
+    config_tag = models.CharField(max_length=64, blank=True, default="")
     group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL, related_name="devices")
     hardware_id = models.CharField(max_length=128, blank=True)
     target_name = models.CharField(max_length=255, blank=True)

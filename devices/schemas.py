@@ -95,6 +95,19 @@ class DeviceGroupAssignIn(Schema):
     uuids: UuidList
 
 
+class DeviceConfigUpdatesIn(Schema):
+    tag: Annotated[Text, Field(min_length=1, max_length=64)] = Field(description="The tag the device follows from now on.")
+
+
+class DeviceConfigUpdatesOut(Schema):
+    uuid: UUID
+    name: str
+    production: bool
+    tag: str
+    previous_tag: str
+    config: dict = Field(description="The config fragments the gateway hands the device at GET /config.")
+
+
 class DeviceGroupAssignOut(Schema):
     group: str | None
     moved: int

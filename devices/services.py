@@ -113,7 +113,8 @@ def _secret_hash(secret):
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _validate_tag(tag):
+def tag_clean(tag):
+    """`tag` stripped, or ApplicationError: the one rule for tags people give (registration, tag moves)."""
     tag = (tag or "").strip()
     if not tag or len(tag) > TAG_MAX or not tag.isprintable() or any(c.isspace() or c in ",;|@" for c in tag):
         raise ApplicationError(f"tag {tag[:70]!r} must be 1 to {TAG_MAX} printable characters without spaces or , ; | @")
@@ -171,7 +172,7 @@ def registration_token_create(*, factory, actor, tag, name="", group=None, produ
     production certificate.
     """
     authorize(user=actor, factory=factory, action="factory.admin")
-    tag = _validate_tag(tag)
+    tag = tag_clean(tag)
     name = name_clean(name, what="a token name", required=False)
     if group is not None and group.factory_id != factory.id:
         raise NotFound("device group not found")
@@ -310,7 +311,7 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
     one transaction and one audit entry. Returns the list of Registration, in order.
     """
     authorize(user=actor, factory=factory, action="fleet.manage")
-    tag = _validate_tag(tag)
+    tag = tag_clean(tag)
     if group is not None and group.factory_id != factory.id:
         raise NotFound("device group not found")
     ca = device_ca_get(factory=factory)

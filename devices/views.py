@@ -3,18 +3,39 @@ The device list and a device's page show wave membership: they are in waves/devi
 from django.contrib import messages
 from django.db.models.expressions import RawSQL
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
-from django_htmx.http import trigger_client_event
+from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from factory.auth import factory_view
 from factory.errors import ApplicationError
 from factory.views import add_service_error, keyset_paginate, render_page, service_error_status
 
 from . import selectors, services
-from .forms import GroupAssignForm, GroupCreateForm, GroupDeleteForm, GroupRenameForm
+from .tag_moves import device_tag_set
+from .forms import DeviceTagForm, GroupAssignForm, GroupCreateForm, GroupDeleteForm, GroupRenameForm
 from .models import Device, DeviceGroup
 
 GROUPS_CHANGED = "groups-changed"
+
+
+@require_POST
+@factory_view("fleet.manage")
+def device_tag_update(request, uuid):
+    """The device page's tag form: move the device to another tag (`devices config updates --tag`)."""
+    device = get_object_or_404(Device.objects.select_related("factory"), factory=request.factory, uuid=uuid)
+    form = DeviceTagForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose the tag to move the device to (at most 64 characters).")
+    else:
+        try:
+            device, previous = device_tag_set(device=device, tag=form.cleaned_data["tag"], actor=request.user)
+        except ApplicationError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(request, f"Device {device.name} moved from tag {previous} to {device.tag}; it follows it at its next poll.")
+    url = reverse("device-detail", args=[device.uuid])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 @factory_view("deadletters.view")

@@ -219,6 +219,15 @@ class RootChangeOut(Schema):
     documents: list[ChangeDocumentOut] = Field(description="Only while the change is pending.")
 
 
+class RootVersionOut(Schema):
+    version: int
+    filename: str = Field(description="The name the TUF repository serves it under, N.root.json.")
+    expires_at: datetime
+    created_at: datetime
+    sha256: str = Field(description="Of the exact bytes served.")
+    length: int
+
+
 class KeysOut(Schema):
     root_version: int
     root_expires_at: datetime
@@ -236,6 +245,10 @@ class PublicKeyIn(Schema):
     keytype: Annotated[Text, Field(max_length=32)]
     scheme: Annotated[Text, Field(max_length=32)]
     keyval: dict[Annotated[Text, Field(max_length=32)], Annotated[Text, Field(max_length=256)]]
+
+
+class OnlineKeyRotateIn(Schema):
+    role: Literal["targets", "snapshot", "timestamp"]
 
 
 class OfflineKeyIn(Schema):

@@ -12,7 +12,8 @@ from django.utils import timezone
 from devices import selectors as device_selectors
 from devices.forms import NO_GROUP, DeviceFilterForm
 from devices.models import Device, DeviceEvent, DeviceGroup
-from factory.auth import factory_view
+from devices.tag_moves import known_tags
+from factory.auth import can, factory_view
 from factory.selectors import rerelease_builds
 from factory.views import capped_count, distinct_values, keyset_paginate, render_page
 
@@ -157,6 +158,8 @@ def device_detail(request, uuid):
         "active_wave": device_wave(device=device),
         "stagings": stagings,
         "telemetry": device_selectors.device_telemetry(device=device),
+        # The tags the device may be moved to (the service checks again), for roles that may.
+        "tag_choices": sorted(known_tags(factory=request.factory) | {device.tag}) if can(request.user, request.factory, "fleet.manage") else [],
     }
     return render_page(
         request, "devices/detail.html", context, title=f"Device {device.name}", section="devices", fragments=("device-events",)

@@ -124,6 +124,10 @@ class Client:
     def get(self, path, params=None):
         return self.request("GET", path, params=params)
 
+    def get_bytes(self, path, params=None):
+        """The exact bytes of a download (an error still comes back as the API's JSON message)."""
+        return self.request("GET", path, params=params, raw=True)
+
     def post(self, path, payload=None):
         return self.request("POST", path, payload=payload if payload is not None else {})
 
@@ -140,7 +144,7 @@ class Client:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
             return self.request("POST", path, params=params, body=handle, headers=headers)
 
-    def request(self, method, path, *, params=None, payload=None, body=None, headers=None):
+    def request(self, method, path, *, params=None, payload=None, body=None, headers=None, raw=False):
         url = f"{self.url}{API_PREFIX}{path}"
         if params:
             query = {k: _param(v) for k, v in params.items() if v is not None}
@@ -156,6 +160,8 @@ class Client:
             raise CliError(_network_message(self.url, exc.reason)) from None
         except urllib3.exceptions.HTTPError as exc:
             raise CliError(_network_message(self.url, exc)) from None
+        if raw and response.status < 400:
+            return response.data
         return self._decode(response)
 
     def _decode(self, response):

@@ -58,6 +58,21 @@ def register(sub, common):
     p.add_argument("--uuids", metavar="LIST|@FILE", help="device UUIDs, or @FILE (@- reads standard input)")
     p.set_defaults(handler=devices_set_group, group=None)
 
+    device_config = commands.add_parser("config", parents=[common], help="a device's configuration, set from the server")
+    device_config_commands = device_config.add_subparsers(dest="device_config_command", metavar="COMMAND", required=True)
+    p = device_config_commands.add_parser(
+        "updates",
+        parents=[common],
+        help="move a device to another tag",
+        description="Move the device to TAG from the server, as fioctl's `devices config updates --tag`: it is "
+        "served TAG's metadata from now on, and the gateway hands it a config fragment naming TAG. TAG must be a "
+        "tag CI builds target or a release was made for.",
+    )
+    p.add_argument("device", metavar="UUID", help="the device's UUID (or unique name)")
+    p.add_argument("--tag", required=True, metavar="TAG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=devices_config_updates)
+
     config = sub.add_parser("config", help="factory configuration: device groups", parents=[common])
     config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     group = config_commands.add_parser("device-group", parents=[common], help="create, list, rename and delete device groups")
@@ -241,6 +256,18 @@ def _listed_uuids(args):
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise CliError(f"not a device UUID: {shown}{more}")
     return list(unique)
+
+
+def devices_config_updates(args, ctx):
+    result = ctx.client.post(_device_path(ctx, args.device, "/config/updates"), {"tag": args.tag})
+    if args.json:
+        dump_json(result)
+        return 0
+    if result["previous_tag"] == result["tag"]:
+        out(f"Device {result['name']} follows tag {result['tag']} (set from the server)")
+    else:
+        out(f"Device {result['name']} moved from tag {result['previous_tag']} to {result['tag']}; it follows it at its next poll")
+    return 0
 
 
 def devices_set_group(args, ctx):

@@ -4,7 +4,11 @@ New offline keys are generated on this machine and written to an archive here fi
 public key and signatures are sent to the server.
 """
 import base64
+import hashlib
+import io
 import os
+import tarfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +32,19 @@ def register(sub, common):
     p.add_argument("--prod", action="store_true", help="the production root")
     p.add_argument("--version", type=int, metavar="N", help="this root version (default: the newest)")
     p.set_defaults(handler=keys_show_root)
+
+    p = commands.add_parser(
+        "download-roots",
+        parents=[common],
+        help="save every root version (1.root.json, 2.root.json, ...) to a directory or a tar archive",
+        description="Save the factory's root metadata versions, the exact bytes the TUF repository serves "
+        "devices, as N.root.json. DEST ending in .tar, .tar.gz or .tgz is written as an archive (it must not "
+        "exist); any other DEST is a directory, created if missing, where a different N.root.json is never "
+        "overwritten.",
+    )
+    p.add_argument("dest", metavar="DEST", help="a directory, or an archive path ending in .tar, .tar.gz or .tgz")
+    p.add_argument("--prod", action="store_true", help="the production root (default: the CI root of test devices)")
+    p.set_defaults(handler=keys_download_roots)
 
     p = commands.add_parser(
         "rotate-offline-key",
@@ -54,6 +71,18 @@ def register(sub, common):
     p.add_argument("keyid", metavar="KEYID", help="the key's id as `breakwater keys list` shows it, or its first 8 characters or more")
     p.add_argument("-K", "--sign-with", action="append", default=[], metavar="KEYS.tgz", help="remaining offline keys to sign what the change needs")
     p.set_defaults(handler=keys_retire)
+
+    p = commands.add_parser(
+        "rotate-online-key",
+        parents=[common],
+        help="replace the server's online targets, snapshot or timestamp key with a new one",
+        description="The server generates a new online key and publishes a new root version that trusts it "
+        "instead of the old one; every view is re-signed with it and devices follow at their next poll. When "
+        "the root key is offline, give its archive with -k (or sign later with `breakwater keys sign-change`).",
+    )
+    p.add_argument("--role", required=True, choices=("targets", "snapshot", "timestamp"))
+    p.add_argument("-k", "--keys", action="append", default=[], metavar="ROOT.tgz", help="the offline root key, when the root is offline")
+    p.set_defaults(handler=keys_rotate_online)
 
     p = commands.add_parser("sign-change", parents=[common], help="sign the pending key change with the keys in an archive")
     p.add_argument("-k", "--keys", action="append", required=True, metavar="KEYS.tgz")
@@ -97,6 +126,78 @@ def keys_list(args, ctx):
 
 def keys_show_root(args, ctx):
     dump_json(ctx.client.get(ctx.path("keys/root"), {"production": args.prod, "version": args.version}))
+    return 0
+
+
+ARCHIVE_SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
+
+
+def _archive_mode(dest):
+    name = str(dest).lower()
+    return next((mode for suffix, mode in ARCHIVE_SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def _roots_fetch(ctx, production):
+    roots = []
+    for entry in ctx.client.get(ctx.path("keys/roots"), {"production": production}):
+        data = ctx.client.get_bytes(ctx.path(f"keys/roots/{int(entry['version'])}"), {"production": production})
+        # The listing and the download are two requests: a root applied between them, or a proxy
+        # that rewrote the body, must not end up in the user's copy of the trust chain.
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CliError(f"{entry['filename']} did not arrive as the server lists it (sha256 differs); try again")
+        roots.append((f"{int(entry['version'])}.root.json", data))
+    return roots
+
+
+def _roots_write_archive(dest, mode, roots):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        for name, data in roots:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise CliError(f"{dest} already exists; choose a new file") from None
+    except OSError as exc:
+        raise CliError(f"cannot create {dest}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def _roots_write_directory(dest, roots):
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the directory {dest}: {exc.strerror}") from None
+    # Check every file before writing any: a root is a trust anchor, and a copy that differs from
+    # the server's is a question for a person, never something to replace silently.
+    for name, data in roots:
+        existing = dest / name
+        if existing.exists() and existing.read_bytes() != data:
+            raise CliError(f"{existing} exists and differs from the server's {name}; nothing was written")
+    for name, data in roots:
+        path = dest / name
+        if path.exists():
+            continue
+        temporary = dest / f".{name}.part"
+        temporary.write_bytes(data)
+        temporary.replace(path)
+
+
+def keys_download_roots(args, ctx):
+    dest = Path(args.dest).expanduser()
+    mode = _archive_mode(dest)
+    if mode is None and dest.exists() and not dest.is_dir():
+        raise UsageError(f"{args.dest} is a file: give a directory, or an archive path ending in .tar, .tar.gz or .tgz")
+    roots = _roots_fetch(ctx, args.prod)
+    if mode is None:
+        _roots_write_directory(dest, roots)
+    else:
+        _roots_write_archive(dest, mode, roots)
+    channel = "production" if args.prod else "CI"
+    out(f"Saved {len(roots)} {channel} root versions ({roots[0][0]} to {roots[-1][0]}) to {args.dest}")
     return 0
 
 
@@ -192,6 +293,16 @@ def keys_sign_change(args, ctx):
         raise CliError("none of the keys in the archive can add a signature the pending change still needs")
     change = ctx.client.post(ctx.path("keys/change/sign"), {"signatures": signatures})
     err(f"Added {len(signatures)} signatures")
+    _print_change(change)
+    return 0
+
+
+def keys_rotate_online(args, ctx):
+    signers = _signers(args.keys)
+    change = ctx.client.post(ctx.path("keys/online/rotate"), {"role": args.role})
+    change = _sign_pending(ctx, change, signers)
+    if change["status"] == "applied":
+        out(f"The online {args.role} key is now {change['details']['keyid']}; the old one is retired.")
     _print_change(change)
     return 0
 

@@ -29,6 +29,8 @@ dashboard = [
     path("keys/change/sign/", tuf_views.key_change_sign, name="key-change-sign"),
     path("keys/change/abandon/", tuf_views.key_change_abandon, name="key-change-abandon"),
     path("keys/root/renew/", tuf_views.root_renew, name="root-renew"),
+    path("keys/roots/<str:channel>/<int:version>.root.json", tuf_views.root_download, name="root-download"),
+    path("keys/online/<str:role>/rotate/", tuf_views.key_rotate_online, name="key-rotate-online"),
     path("keys/<str:keyid>/retire/", tuf_views.key_retire, name="key-retire"),
 ]
 

@@ -5,11 +5,12 @@ import json
 import tempfile
 from typing import Annotated, Any
 
-from ninja import Query, Router, Status
+from ninja import Path, Query, Router, Status
 from pydantic import Field
 
 from factory.api_support import actor_scope, bad_build_out, paginate, paginate_list, responses
 from factory.builds import bad_builds, build_mark_bad, build_unmark_bad
+from factory.downloads import attachment
 from factory.errors import ApplicationError, NotFound
 from factory import ostree
 from factory.models import CiTarget
@@ -22,9 +23,11 @@ from factory.schemas import (
     FactoryName,
     KeysOut,
     OfflineKeyIn,
+    OnlineKeyRotateIn,
     ProductionTagOut,
     ProductionTargetsOut,
     RootChangeOut,
+    RootVersionOut,
     TargetsTagIn,
     TargetsTagOut,
     PageNumber,
@@ -240,6 +243,29 @@ def keys_root(request, factory: FactoryName, production: bool = False, version: 
     return json.loads(tuf_selectors.root_get(factory=factory_obj, channel=channel, version=version))
 
 
+RootVersion = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@keys.get("/keys/roots", response=responses(200, list[RootVersionOut]), summary="Every version of the CI root (test devices) or the production root, oldest first")
+def keys_roots(request, factory: FactoryName, production: bool = False):
+    """What `breakwater keys download-roots` saves: a device trusts 1.root.json and walks up to
+    the newest, so an offline copy of all of them lets anyone check the chain."""
+    factory_obj, _ = actor_scope(request)
+    return tuf_selectors.root_versions(factory=factory_obj, channel="production" if production else "ci")
+
+
+@keys.get(
+    "/keys/roots/{version}",
+    response=responses(200, None),
+    summary="One root version as N.root.json, the exact bytes the TUF repository serves devices",
+    openapi_extra={"responses": {"200": {"description": "N.root.json", "content": {"application/json": {"schema": {"type": "object"}}}}}},
+)
+def keys_root_download(request, factory: FactoryName, version: RootVersion, production: bool = False):
+    factory_obj, _ = actor_scope(request)
+    data = tuf_selectors.root_get(factory=factory_obj, channel="production" if production else "ci", version=version)
+    return attachment(data, filename=f"{version}.root.json", content_type="application/json")
+
+
 @keys.post("/keys/offline", response=responses(200, RootChangeOut), summary="Add a user-held offline key (targets signing key or the new root key)")
 def keys_offline_add(request, factory: FactoryName, payload: OfflineKeyIn):
     """Starts a key change: new roots, and any production targets the new root makes invalid. It is
@@ -260,6 +286,17 @@ def keys_offline_retire(request, factory: FactoryName, keyid: str):
     targets key cannot be retired, nor can the root key (add a new one instead)."""
     factory_obj, user = actor_scope(request)
     return _change_out(root_changes.offline_key_retire(factory=factory_obj, actor=user, keyid=keyid))
+
+
+@keys.post("/keys/online/rotate", response=responses(200, RootChangeOut), summary="Replace an online key (targets, snapshot or timestamp) with a new one")
+def keys_online_rotate(request, factory: FactoryName, payload: OnlineKeyRotateIn):
+    """The server generates the new key and starts a key change: new roots that trust it instead
+    of the old one. Applied at once while the root key is online; otherwise it waits (status
+    "pending") for the root key's signatures, sent to `/keys/change/sign`. Once applied, every
+    view is re-signed with the new key; devices follow at their next poll. 409 while another key
+    change is pending, or (targets) while a wave is open."""
+    factory_obj, user = actor_scope(request)
+    return _change_out(root_changes.online_key_rotate(factory=factory_obj, actor=user, role=payload.role))
 
 
 @keys.post("/keys/root/renew", response=responses(200, RootChangeOut), summary="Renew the root (same keys, a year more)")

@@ -22,6 +22,7 @@ from factory.errors import ApplicationError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 OFFLINE_ROLES = ("root", "targets")
+ONLINE_ROLES = ("targets", "snapshot", "timestamp")  # keys only the server holds (the root key may be online too)
 KEYID_RE = re.compile(r"^[0-9a-f]{64}$")
 HEX_RE = re.compile(r"^[0-9a-f]+$")
 MEMBER_RE = re.compile(r"^tufrepo/keys/(root|targets|snapshot|timestamp)-([0-9a-f]{64})\.(pub|sec)$")

@@ -186,6 +186,16 @@ def root_get(*, factory, channel, version=None):
     return bytes(row.data)
 
 
+def root_versions(*, factory, channel):
+    """Every root version of a channel, oldest first: what a device walks from 1.root.json up."""
+    rows = TufRoot.objects.filter(factory=factory, channel=channel).order_by("version")
+    return [
+        {"version": row.version, "filename": f"{row.version}.root.json", "expires_at": row.expires_at, "created_at": row.created_at,
+         "sha256": md.sha256(bytes(row.data)), "length": len(bytes(row.data))}
+        for row in rows
+    ]  # fmt: skip
+
+
 def root_change_pending(*, factory):
     return TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).first()
 

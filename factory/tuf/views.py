@@ -1,17 +1,20 @@
 """Dashboard pages of the TUF repository: the factory's keys and roots, and the key changes that
 wait for offline signatures (sign with an uploaded key archive, abandon, renew the root)."""
 from django.contrib import messages
+from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from factory.auth import factory_view
-from factory.errors import ApplicationError
+from factory.downloads import attachment
+from factory.errors import ApplicationError, NotFound
 from factory.forms import KeyChangeSignForm
 from factory.views import add_service_error, render_page, service_error_status
 
 from . import selectors as tuf_selectors
+from .keys import ONLINE_ROLES
 from .services import root_changes
 
 @require_safe
@@ -25,6 +28,7 @@ def _keys(request, *, sign_form=None, status=200):
     change = tuf_selectors.root_change_pending(factory=factory)
     keys = tuf_selectors.key_list(factory=factory)
     offline_targets = [k for k in keys if k["role"] == "targets" and not k["online"] and not k["retired_at"]]
+    rotatable = {k["keyid"] for k in keys if k["online"] and not k["retired_at"] and k["role"] in ONLINE_ROLES}
     return render_page(
         request,
         "factory/keys.html",
@@ -33,6 +37,8 @@ def _keys(request, *, sign_form=None, status=200):
             "keys": keys,
             # The last offline targets key cannot be retired: offer the button only where it can work.
             "retirable": {k["keyid"] for k in offline_targets} if len(offline_targets) > 1 else set(),
+            "rotatable": rotatable,
+            "root_versions": [(channel, tuf_selectors.root_versions(factory=factory, channel=channel)) for channel in ("ci", "production")],
             "change": change,
             "documents": tuf_selectors.root_change_payloads(change=change) if change else [],
             "sign_form": sign_form or KeyChangeSignForm(),
@@ -41,6 +47,19 @@ def _keys(request, *, sign_form=None, status=200):
         section="keys",
         status=status,
     )
+
+
+@require_safe
+@factory_view("view")
+def root_download(request, channel, version):
+    """One root version as N.root.json, the bytes devices are served (`keys download-roots`)."""
+    if channel not in ("ci", "production"):
+        raise Http404("No such root.")
+    try:
+        data = tuf_selectors.root_get(factory=request.factory, channel=channel, version=version)
+    except NotFound:
+        raise Http404(f"No {channel} root version {version}.") from None
+    return attachment(data, filename=f"{version}.root.json", content_type="application/json")
 
 
 def _back_to_keys(request):
@@ -64,6 +83,18 @@ def key_retire(request, keyid):
         messages.error(request, error.message)
     else:
         _change_message(request, change, f"Offline key {change.details['keyid'][:16]}… is leaving the roots.")
+    return _back_to_keys(request)
+
+
+@require_POST
+@factory_view("keys.manage")
+def key_rotate_online(request, role):
+    try:
+        change = root_changes.online_key_rotate(factory=request.factory, actor=request.user, role=role)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        _change_message(request, change, f"The online {change.details['role']} key is being replaced by {change.details['keyid'][:16]}….")
     return _back_to_keys(request)
 
 

@@ -99,3 +99,38 @@ def test_the_root_key_the_last_offline_key_and_other_roles_are_refused(as_user, 
     assert "only offline targets key" in last["detail"]
     # Retired already: no longer an offline key of the factory.
     assert_error(client.post(f"keys/offline/{two_keys[1]}/retire"), 404, "not_found")
+
+
+def test_rotating_an_online_key_through_the_api(as_user, factory):  # noqa: F811
+    bob = as_user("bob")
+    before = bob.get("keys/").json()
+    old = {k["keyid"] for k in before["keys"] if k["role"] == "snapshot" and k["online"]}
+    response = bob.post("keys/online/rotate", {"role": "snapshot"})
+    assert response.status_code == 200, response.content
+    change = response.json()
+    assert change["status"] == "applied" and change["action"] == "key.rotate.snapshot" and change["details"]["old_keyids"] == sorted(old)
+    after = bob.get("keys/").json()
+    assert after["root_version"] == before["root_version"] + 1
+    live = {k["keyid"] for k in after["keys"] if k["role"] == "snapshot" and not k["retired_at"]}
+    assert live == {change["details"]["keyid"]}
+    assert bob.get("keys/root").json()["signed"]["roles"]["snapshot"]["keyids"] == [change["details"]["keyid"]]
+    assert AuditEntry.objects.filter(action="tuf.key.rotate.snapshot", actor__username="bob").exists()
+
+
+def test_a_bad_online_key_rotation_changes_nothing(as_user, factory):  # noqa: F811
+    def state():
+        return list(TufKey.objects.filter(factory=factory).order_by("keyid").values_list("keyid", "retired_at")), TufRootChange.objects.count()
+
+    before = state()
+    for body in ({"role": "root"}, {"role": "bogus"}, {}, {"role": ["targets"]}):
+        assert_error(as_user("bob").post("keys/online/rotate", body), 400)
+    assert_error(as_user("carol").post("keys/online/rotate", {"role": "targets"}), 403, "forbidden")
+    assert_error(as_user("eve").post("keys/online/rotate", {"role": "targets"}), 403)
+    assert state() == before
+    # Another change pending: 409, and the pending change stays as it was.
+    public = {k: v for k, v in tuf_keys.key_generate().public_key.to_dict().items() if k in ("keytype", "scheme", "keyval")}
+    pending = as_user("bob").post("keys/offline", {"role": "root", "public_key": public}).json()
+    assert pending["status"] == "pending"  # the new root key has not signed yet
+    before = state()
+    assert "waiting for offline signatures" in assert_error(as_user("bob").post("keys/online/rotate", {"role": "timestamp"}), 409, "conflict")["detail"]
+    assert state() == before

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from factory.models import AuditEntry
 from factory.tuf import keys as tuf_keys
-from factory.tuf.models import TufKey, TufRepository, TufRootChange
+from factory.tuf.models import TufKey, TufRepository, TufRoot, TufRootChange
 from factory.tuf.services import root_changes
 from tests.tuf_helpers import offline_targets_key
 
@@ -149,3 +149,45 @@ def test_a_malformed_or_unknown_key_id_is_a_message_not_an_error(client, factory
         page = client.post(reverse("key-retire", args=[keyid]), follow=True)
         assert page.status_code == 200 and words in page.content.decode()
     assert state(factory) == before
+
+
+@pytest.mark.django_db
+def test_a_manager_rotates_an_online_key_from_the_keys_page(client, factory, bob, carol):
+    def online(role):
+        return TufKey.objects.get(factory=factory, role=role, online=True, retired_at__isnull=True).keyid
+
+    url = reverse("key-rotate-online", args=["targets"])
+    assert "Rotate…" not in login(client, carol).get(reverse("keys")).content.decode()
+    before = state(factory)
+    assert login(client, carol).post(url).status_code == 403
+    assert state(factory) == before
+    html = login(client, bob).get(reverse("keys")).content.decode()
+    assert html.count("Rotate…") == 3 and url in html  # targets, snapshot, timestamp; never the root key
+    old = online("targets")
+    response = login(client, bob).post(url, follow=True)
+    assert response.status_code == 200 and "is being replaced by" in response.content.decode()
+    assert online("targets") != old and TufRepository.objects.get(factory=factory).root_version == before[0] + 1
+    assert AuditEntry.objects.filter(factory=factory, action="tuf.key.rotate.targets", actor=bob).exists()
+    # A role that is not an online one: an error message, nothing changes.
+    before = state(factory)
+    response = login(client, bob).post(reverse("key-rotate-online", args=["root"]), follow=True)
+    assert "role must be one of targets, snapshot, timestamp" in response.content.decode()
+    assert state(factory) == before
+
+
+@pytest.mark.django_db
+def test_every_role_downloads_root_versions_from_the_keys_page(client, factory, bob, dave, eve):
+    root_changes.root_renew(factory=factory, actor=bob)
+    html = login(client, dave).get(reverse("keys")).content.decode()
+    for channel in ("ci", "production"):
+        for version in (1, 2):
+            url = reverse("root-download", args=[channel, version])
+            assert url in html
+            response = login(client, dave).get(url)
+            assert response.status_code == 200 and response["Content-Disposition"] == f'attachment; filename="{version}.root.json"'
+            assert response.content == bytes(TufRoot.objects.get(factory=factory, channel=channel, version=version).data)
+    assert login(client, dave).get(reverse("root-download", args=["ci", 3])).status_code == 404
+    assert login(client, dave).get(reverse("root-download", args=["other", 1])).status_code == 404
+    # eve's factory has its own roots: she never gets acme's bytes.
+    other = login(client, eve).get(reverse("root-download", args=["ci", 1])).content
+    assert other != bytes(TufRoot.objects.get(factory=factory, channel="ci", version=1).data)

@@ -273,3 +273,20 @@ def test_the_migration_fills_siblings_the_online_keys_can_sign_and_leaves_offlin
     assert Gatewayed(production, "python-tuf/5").get("timestamp.json")[0] == 200
     wave_complete(wave=wave_sign(wave=wave_init(factory=factory, actor=bob, name="v42", version=42, tag=TAG), actor=bob, key_archive=archive), actor=bob)
     assert sorted(AktualizrClient().refresh(Gatewayed(production, AKLITE))) == [f"{HWID}-lmp-41", f"{HWID}-lmp-42"]
+
+
+def test_an_online_key_rotation_is_followed_in_both_flavours(factory, bob, builds, tmp_path):
+    """Each online key replaced in turn: aktualizr-lite and python-tuf devices walk to the new
+    root, verify what the new key signed, and keep their production targets (offline-signed)."""
+    archive = offline_targets_key(factory=factory, actor=bob)
+    wave = wave_sign(wave=wave_init(factory=factory, actor=bob, name="v41", version=41, tag=TAG), actor=bob, key_archive=archive)
+    wave_complete(wave=wave, actor=bob)
+    test_device = Pair(_device(factory, False, "test-0"), tmp_path / "t")
+    production = Pair(_device(factory, True, "prod-0"), tmp_path / "p")
+    assert production.refresh() == [f"{HWID}-lmp-41"] and len(test_device.refresh()) == 4
+    for role in ("targets", "snapshot", "timestamp"):
+        assert root_changes.online_key_rotate(factory=factory, actor=bob, role=role).status == "applied"
+        assert production.refresh() == [f"{HWID}-lmp-41"] and len(test_device.refresh()) == 4
+    assert production.seen[-1]["root"] == production.seen[0]["root"] + 3
+    ci_build_publish(factory=factory, version=44, hardware_ids=[HWID], tags=[TAG])
+    assert test_device.refresh()[-1] == f"{HWID}-lmp-44"

@@ -16,6 +16,7 @@ factory CA. A device reads only its own view:
     PUT  /system_info/config    TOML text       |
     POST /apps-states           JSON           /
     GET  /device                what the gateway knows about the device
+    GET  /config                config fragments set from the server (fioconfig's shape): the tag
 
 Every request is a check-in (last seen; `x-ats-tags` and `x-ats-target` headers carry the tag and
 the current target; User-Agent, `x-ats-ostreehash` and `x-ats-dockerapps` what the client is),
@@ -47,6 +48,7 @@ from django.db import DatabaseError, close_old_connections, connections  # noqa:
 
 from devices import checkins, pki, reports  # noqa: E402
 from devices.models import Device, DeviceCA, DeviceReport  # noqa: E402
+from devices.tag_moves import device_config  # noqa: E402
 from devices.telemetry import device_report_store  # noqa: E402
 from factory.artifacts import synthetic_artifact  # noqa: E402
 from factory.errors import NotFound  # noqa: E402
@@ -225,9 +227,9 @@ class Gateway:
             seen=seen, target_name=target_name, target_version=reports.target_version(target_name), tag=tag, client=reports.client_facts(environ) or None
         )
         # The view follows the tag the device says it follows, at once; the database catches up
-        # with the next flush.
+        # with the next flush. A tag set from the server wins until the device follows it too.
         view_device = device
-        if tag is not None and tag != device.tag:
+        if tag is not None and tag != device.tag and not device.config_tag:
             view_device = copy.copy(device)
             view_device.tag = tag
         try:
@@ -249,6 +251,9 @@ class Gateway:
             elif path == "/device":
                 self._allow(method, "GET")
                 response = self._json(200, self.device_facts(device, peer))
+            elif path == "/config":
+                self._allow(method, "GET")
+                response = self._json(200, device_config(device=device))
             else:
                 raise Refused(404, "no such resource")
         finally:

@@ -24,7 +24,8 @@ from ..selectors import (
 from . import siblings
 from .keyring import Keyring, offline_targets_keyids, roots_build, signatures_verified
 from .repository import repository_init
-from .signed_views import VIEW_FIELDS, tag_resign, view_set_targets
+from .keyring import private_encrypt
+from .signed_views import VIEW_FIELDS, ci_targets_sign, next_version, tag_resign, view_set_targets, view_sign
 
 
 def _b64(data):
@@ -38,8 +39,25 @@ def _repository_locked(factory):
     return repository
 
 
-def _root_change_begin(*, repository, actor, action, keysets, production_threshold, new_key=None, retire_keyids=(), details=None):
-    """Create the change: new roots signed online where possible, and targets to re-sign."""
+def _resigned_targets(data, aktualizr_data, *, signer, dropped):
+    """Targets bytes and their aktualizr sibling with the signatures of `dropped` key ids taken
+    off and `signer`'s added: the same signed content (same version), trusted by the new root."""
+    metadata = md.parse(bytes(data), Targets, "targets")
+    for keyid in dropped:
+        metadata.signatures.pop(keyid, None)
+    metadata.sign(signer, append=True)
+    signed, signatures = ak.parse(aktualizr_data)
+    kept = [s for s in signatures if not (isinstance(s, dict) and s.get("keyid") in dropped)]
+    return md.to_bytes(metadata), ak.document(signed, kept + [ak.sign(signer, signed)])
+
+
+def _root_change_begin(
+    *, repository, actor, action, keysets, production_threshold, new_key=None, retire_keyids=(), details=None, online_signer=None, new_private=None
+):
+    """Create the change: new roots signed online where possible, and targets to re-sign.
+
+    `online_signer`: a new online targets key (an online key rotation), which re-signs at once
+    every production targets document the new root would no longer trust."""
     factory = repository.factory
     if TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).exists():
         raise Conflict("a key change is waiting for offline signatures; sign it or abandon it first")
@@ -61,28 +79,31 @@ def _root_change_begin(*, repository, actor, action, keysets, production_thresho
              "aktualizr_data": _b64(siblings.root_sibling(keyring=keyring, tuf_bytes=data))}
         )  # fmt: skip
     production_root = roots[Channel.PRODUCTION].signed
-    online_keyids = keyring.online_keyids()
+    online_keyids = (keyring.online_keyids() - set(retire_keyids)) | ({online_signer.public_key.keyid} if online_signer else set())
 
     def still_valid(targets_md):
         result = md.targets_verification(production_root, targets_md)
         return result.verified and (production_threshold < 2 or any(k not in online_keyids for k in result.signed))
 
     baseline = md.parse(repository.baseline_targets, Targets, "the baseline targets")
+
+    def targets_document(name, kind, tag, data):
+        data = bytes(data)
+        sibling = siblings.targets_sibling(factory_id=factory.id, keyring=keyring, tuf_bytes=data, required=True)
+        signed = data
+        if online_signer is not None:
+            signed, sibling = _resigned_targets(data, sibling, signer=online_signer, dropped=set(retire_keyids))
+        return {"name": name, "kind": kind, "tag": tag, "data": _b64(signed), "source_hash": md.sha256(data), "aktualizr_data": _b64(sibling)}
+
     if not still_valid(baseline):
-        documents.append(
-            {"name": "baseline-targets", "kind": "baseline", "tag": "", "data": _b64(repository.baseline_targets),
-             "source_hash": md.sha256(bytes(repository.baseline_targets)),
-             "aktualizr_data": _b64(siblings.targets_sibling(factory_id=factory.id, keyring=keyring, tuf_bytes=repository.baseline_targets, required=True))}
-        )  # fmt: skip
+        documents.append(targets_document("baseline-targets", "baseline", "", repository.baseline_targets))
     for view in TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=False).order_by("tag"):
         if not still_valid(md.parse(view.targets, Targets)):
-            documents.append(
-                {"name": f"production-targets:{view.tag}", "kind": "production", "tag": view.tag, "data": _b64(view.targets),
-                 "source_hash": view.targets_hash,
-                 "aktualizr_data": _b64(siblings.targets_sibling(factory_id=factory.id, keyring=keyring, tuf_bytes=view.targets, required=True))}
-            )  # fmt: skip
+            documents.append(targets_document(f"production-targets:{view.tag}", "production", view.tag, view.targets))
     for view in TufView.objects.filter(factory=factory, kind=TufView.Kind.WAVE).select_related("wave"):
         if not still_valid(md.parse(view.targets, Targets)):
+            # A wave's targets were signed with its offline keys at init and are served as they
+            # were signed; the server does not re-sign them behind their signers' backs.
             raise Conflict(f"wave {view.wave.name} is active with fewer signatures than the new root requires; complete or cancel it first")
     change = TufRootChange.objects.create(
         factory=factory,
@@ -90,7 +111,7 @@ def _root_change_begin(*, repository, actor, action, keysets, production_thresho
         details={**(details or {}), "production_threshold": production_threshold, "retire_keyids": list(retire_keyids)},
         base_root_version=repository.root_version,
         documents=documents,
-        new_key=new_key.to_dict() | {"keyid": new_key.keyid} if new_key is not None else None,
+        new_key=(new_key.to_dict() | {"keyid": new_key.keyid} | ({"private_encrypted": new_private} if new_private else {})) if new_key is not None else None,
         created_by=actor,
     )
     audit_record(factory=factory, actor=actor, action=f"tuf.{action}", target=f"root v{version}", details=change.details)
@@ -127,7 +148,14 @@ def _root_change_apply(change, repository, actor):
     if change.new_key:
         key_data = dict(change.new_key)
         keyid = key_data.pop("keyid")
-        TufKey.objects.create(factory=factory, role=change.details["role"], keyid=keyid, public=key_data, online=False, created_by=change.created_by)
+        # An online key rotation carries the new key's encrypted private half until it applies;
+        # from here the key's row holds it and the change keeps the public half only.
+        private = key_data.pop("private_encrypted", None)
+        TufKey.objects.create(
+            factory=factory, role=change.details["role"], keyid=keyid, public=key_data, online=private is not None,
+            private_encrypted=base64.b64decode(private) if private else None, created_by=change.created_by,
+        )  # fmt: skip
+        change.new_key = {"keyid": keyid, **key_data}
     retire = change.details.get("retire_keyids", [])
     if retire:
         # The server forgets retired private keys: root signing is now the user's alone.
@@ -151,12 +179,20 @@ def _root_change_apply(change, repository, actor):
             view_set_targets(view, data, keyring=keyring)
             view.save(update_fields=VIEW_FIELDS)
     repository.save()
-    if targets_docs:
+    rotated = change.details.get("online_role")
+    if targets_docs or rotated:
+        # New snapshots and timestamps, at higher versions, signed by today's online keys.
         for anchor in TufView.objects.select_for_update().filter(factory=factory, kind=TufView.Kind.PRODUCTION).order_by("tag"):
             tag_resign(anchor, keyring, now)
+    if rotated:
+        ci = TufView.objects.select_for_update().get(factory=factory, kind=TufView.Kind.CI)
+        if rotated == "targets":
+            ci_targets_sign(ci, keyring, now, version=ci.targets_version + 1)
+        view_sign(ci, keyring, version=next_version(ci, now), now=now)
+        ci.save(update_fields=VIEW_FIELDS)
     change.status = TufRootChange.Status.APPLIED
     change.finished_at = now
-    change.save(update_fields=["status", "finished_at", "documents"])
+    change.save(update_fields=["status", "finished_at", "documents", "new_key"])
     audit_record(factory=factory, actor=actor, action="tuf.root.apply", target=f"root v{version}", details={"change": change.action})
 
 
@@ -246,6 +282,47 @@ def offline_key_retire(*, factory, actor, keyid):
             retire_keyids=[row.keyid],
             details={"role": "targets", "keyid": row.keyid},
         )
+
+
+def online_key_rotate(*, factory, actor, role):
+    """Replace the online key of `role` (targets, snapshot or timestamp) with a new one the
+    server generates: new CI and production roots that trust the new key instead of the old.
+
+    The root key signs the new roots (TUF: the previous root's threshold and the new one's; the
+    root keys stay, so one set of root signatures meets both). With the root key online the
+    change applies at once; with it offline it waits for `root_change_sign`. On applying, the
+    old key is retired (its private half forgotten) and every view is re-signed with the new
+    key at higher versions; production targets are re-signed by the new targets key beside
+    their offline signatures, so no offline targets key is needed. A targets rotation is refused
+    while a wave is active (its offline-signed targets would lose the online signature); waves
+    are above this layer, so unsigned waves and armed rollbacks are not seen here.
+    """
+    authorize(user=actor, factory=factory, action="keys.manage")
+    if role not in tuf_keys.ONLINE_ROLES:
+        raise ApplicationError(f"role must be one of {', '.join(tuf_keys.ONLINE_ROLES)}, not {str(role)[:20]!r}")
+    with transaction.atomic():
+        repository = _repository_locked(factory)
+        keyring = Keyring(factory.id)
+        old = [row for row in keyring.rows if row.role == role and row.online]
+        if not old:
+            raise ApplicationError(f"the factory has no online {role} key to rotate")
+        signer = tuf_keys.key_generate()
+        keysets = keyring.keysets()
+        old_keyids = {row.keyid for row in old}
+        keysets[role] = [key for key in keysets[role] if key.keyid not in old_keyids] + [signer.public_key]
+        change = _root_change_begin(
+            repository=repository,
+            actor=actor,
+            action=f"key.rotate.{role}",
+            keysets=keysets,
+            production_threshold=repository.production_targets_threshold,
+            new_key=signer.public_key,
+            retire_keyids=sorted(old_keyids),
+            details={"role": role, "online_role": role, "keyid": signer.public_key.keyid, "old_keyids": sorted(old_keyids)},
+            online_signer=signer if role == "targets" else None,
+            new_private=_b64(private_encrypt(signer)),
+        )
+        return change
 
 
 def root_renew(*, factory, actor):
@@ -347,11 +424,14 @@ def root_change_sign_with_archive(*, factory, actor, key_archive):
 def root_change_abandon(*, factory, actor):
     authorize(user=actor, factory=factory, action="keys.manage")
     with transaction.atomic():
-        updated = TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).update(
-            status=TufRootChange.Status.ABANDONED, finished_at=timezone.now()
-        )
-        if not updated:
+        change = TufRootChange.objects.select_for_update().filter(factory=factory, status=TufRootChange.Status.PENDING).first()
+        if change is None:
             raise NotFound("no key change is waiting for signatures")
+        change.status, change.finished_at = TufRootChange.Status.ABANDONED, timezone.now()
+        if change.new_key:
+            # An abandoned online key rotation's new private key is never needed again.
+            change.new_key = {k: v for k, v in change.new_key.items() if k != "private_encrypted"}
+        change.save(update_fields=["status", "finished_at", "new_key"])
         audit_record(factory=factory, actor=actor, action="tuf.root.abandon", target="")
 
 
