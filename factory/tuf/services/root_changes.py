@@ -17,6 +17,7 @@ from .. import keys as tuf_keys
 from .. import metadata as md
 from ..lifetimes import root_lifetime
 from ..models import Channel, TufKey, TufRepository, TufRoot, TufRootChange, TufView
+from ..signals import online_key_rotating
 from ..selectors import (
     AKTUALIZR_SUFFIX, document_aktualizr_bytes, document_aktualizr_missing, document_bytes, document_md, document_missing,
     document_signers, root_change_payloads, root_current,
@@ -294,14 +295,16 @@ def online_key_rotate(*, factory, actor, role):
     old key is retired (its private half forgotten) and every view is re-signed with the new
     key at higher versions; production targets are re-signed by the new targets key beside
     their offline signatures, so no offline targets key is needed. A targets rotation is refused
-    while a wave is active (its offline-signed targets would lose the online signature); waves
-    are above this layer, so unsigned waves and armed rollbacks are not seen here.
+    while a wave is active (its offline-signed targets would lose the online signature); the waves
+    layer refuses it too while a wave waits for its offline signatures or a rollback is armed.
     """
     authorize(user=actor, factory=factory, action="keys.manage")
     if role not in tuf_keys.ONLINE_ROLES:
         raise ApplicationError(f"role must be one of {', '.join(tuf_keys.ONLINE_ROLES)}, not {str(role)[:20]!r}")
     with transaction.atomic():
         repository = _repository_locked(factory)
+        # The layers above refuse here what they keep signed with the key (see factory.tuf.signals).
+        online_key_rotating.send(sender=None, factory=factory, role=role)
         keyring = Keyring(factory.id)
         old = [row for row in keyring.rows if row.role == role and row.online]
         if not old:
