@@ -30,7 +30,7 @@ def processes():
     """(name, argv) of every process the demo runs; the gateway listens on BREAKWATER_GATEWAY_URL
     (https://127.0.0.1:8443 by default)."""
     return [
-        ("web", [PY, "-m", "gunicorn", "factory.project.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--access-logfile", str(LOG_DIR / "web-access.log")]),
+        ("web", [PY, "-m", "gunicorn", "factory.project.wsgi", "-b", WEB_ADDR, "-w", "3", "--threads", "4", "--no-control-socket", "--log-level", "warning", "--access-logfile", str(LOG_DIR / "web-access.log")]),
         # Warnings and errors only: a line per task run would scroll the logins away in seconds.
         ("worker", [PY, "-m", "celery", "-A", "factory.project", "--quiet", "worker", "-l", "warning", "--concurrency", "2"]),
         ("beat", [PY, "-m", "celery", "-A", "factory.project", "--quiet", "beat", "-l", "warning"]),
