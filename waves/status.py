@@ -617,8 +617,9 @@ def wave_live_status(*, wave, now=None):
     # Phases are keyed by rollout id; jsonb does not keep key order, the start times do.
     current["update_times"] = sorted(current["update_times"].values(), key=lambda p: p["started_at"])
     series = wave_status_series(wave=wave)
-    if not series:
-        series = [{"taken_at": current["taken_at"], "totals": current["totals"]}]
+    if not current["sampled"]:
+        # The status computed now ends the series, so the charts end where the numbers are.
+        series = [*series, {"taken_at": current["taken_at"], "totals": current["totals"]}]
     return {
         "wave": wave,
         **current,
