@@ -365,7 +365,7 @@ def print_wave_status(status):
         ("Devices Not Scheduled", totals["not_scheduled"]),
     ]
     if revert:
-        pairs.append(("Devices on the Bad Build (among the not updated)", totals.get("on_bad_build", 0)))
+        pairs.append(("Devices on the Bad Build (not scheduled or scheduled)", totals.get("on_bad_build", 0)))
     if status["status"] == "canceled":
         pairs.insert(-1 - revert, ("Devices Held (fetched the canceled wave)", totals["held"]))
     fields(pairs)
