@@ -1,6 +1,6 @@
-"""What became of a device in a wave: updated, failed or held. One definition for `waves status`
-(waves/selectors.py), the live status and its charts (waves/status.py) and rollout plans' gates
-(waves/plans/gates.py):
+"""What became of a device in a wave: updated, failed or held. One definition for the wave's
+status (waves/status.py's group_states, which `waves status`, the live status and its charts
+read) and rollout plans' gates (waves/plans/gates.py):
 
 - updated: on the wave's version or newer, by the device's own check-ins;
 - failed: not updated, and the latest outcome it reported for the wave's version since the wave
@@ -10,8 +10,8 @@
   is installing again until it reports anew;
 - held: not updated, staged in a wave that was then canceled, after fetching its targets: TUF
   forbids the lower production version, so the device stays where it is until a later wave
-  completes. A held device may have failed too: `waves status` counts it in both columns, the
-  live status, whose states exclude each other, shows it as failed (waves/states.py's order).
+  completes. A held device may have failed too: every door shows it as failed, since the
+  states exclude each other (waves/states.py's order, counted once by waves/status.py).
 
 The status reads are set-based SQL, so the definition is written as SQL conditions over a device
 row and its event rows, with the parameters of `outcome_params`; the Python and ORM forms below

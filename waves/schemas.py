@@ -203,9 +203,15 @@ class GroupStatusOut(Schema):
     on_wave: int
     newer: int
     older: int
-    scheduled: int
-    failed: int
-    held: int
+    # The states of waves/states.py, as the live status counts them: each device in exactly one.
+    scheduled: int = Field(description="Staged (every device on the tag once the wave is complete), online, and no progress reported yet.")
+    downloading: int
+    installing: int
+    failed: int = Field(description="Not updated, and its latest report for the wave's version since the wave was created is a failure.")
+    held: int = Field(description="After a cancel: staged, fetched the wave's targets, not updated (TUF keeps it where it is).")
+    offline: int = Field(description="Not seen within the offline threshold, and neither updated, failed, held nor progressing.")
+    not_scheduled: int
+    stuck: int = Field(description="Counted apart, across states: staged and nothing happened for longer than the stuck threshold.")
     on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
     rollout_time: datetime | None
     versions: dict[str, int] = Field(description="Devices per target version ('none' for devices that never reported one).")
@@ -217,9 +223,15 @@ class StatusTotalsOut(Schema):
     on_wave: int
     newer: int
     older: int
-    scheduled: int
-    failed: int
-    held: int
+    # The states of waves/states.py, as the live status counts them: each device in exactly one.
+    scheduled: int = Field(description="Staged (every device on the tag once the wave is complete), online, and no progress reported yet.")
+    downloading: int
+    installing: int
+    failed: int = Field(description="Not updated, and its latest report for the wave's version since the wave was created is a failure.")
+    held: int = Field(description="After a cancel: staged, fetched the wave's targets, not updated (TUF keeps it where it is).")
+    offline: int = Field(description="Not seen within the offline threshold, and neither updated, failed, held nor progressing.")
+    not_scheduled: int
+    stuck: int = Field(description="Counted apart, across states: staged and nothing happened for longer than the stuck threshold.")
     on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
 
 

@@ -9,10 +9,8 @@ from datetime import timezone as dt_timezone
 from django.conf import settings
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db import connection
 from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, DeviceGroup
 from factory.errors import ApplicationError, NotFound
@@ -23,7 +21,8 @@ from factory.tuf.services import wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
 from . import rereleases
-from .outcomes import device_outcomes_sql, failed_sql, fetched_sql, outcome_params, version_updated
+from .outcomes import version_updated
+from .states import STATES
 
 NO_GROUP = "(No Group)"
 
@@ -170,43 +169,6 @@ def device_wave(*, device):
     return None
 
 
-# One pass over the tag's devices, grouped by (group, current version): the per-group counts,
-# the version distribution and when each group first got the wave all come from these few rows.
-# Failed and held are counted as waves/outcomes.py defines them; the rows of devices not
-# updated keep them.
-_STATUS_SQL = f"""
-SELECT d.group_id, d.target_version,
-       COUNT(*) AS total,
-       MIN(r.created_at) AS first_rollout,
-       COUNT(*) FILTER (WHERE d.last_seen >= %(cutoff)s) AS online,
-       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL)) AS staged,
-       COUNT(*) FILTER (WHERE {failed_sql("o")}) AS failed,
-       COUNT(*) FILTER (WHERE (wd.id IS NOT NULL OR wg.id IS NOT NULL) AND {fetched_sql("d")}) AS fetched
-  FROM devices_device d
-  LEFT JOIN waves_wavedevice wd ON wd.device_id = d.id AND wd.wave_id = %(wave)s
-  LEFT JOIN waves_rollout r ON r.id = wd.rollout_id
-  LEFT JOIN waves_wavegroup wg ON wg.group_id = d.group_id AND wg.wave_id = %(wave)s
-  LEFT JOIN ({device_outcomes_sql()}) o ON o.device_id = d.id
- WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
- GROUP BY d.group_id, d.target_version
-"""
-
-
-def _timestamp(value):
-    """A timestamp from raw SQL: SQLite hands back text, in UTC."""
-    if isinstance(value, str):
-        value = parse_datetime(value)
-        if timezone.is_naive(value):
-            value = timezone.make_aware(value, dt_timezone.utc)
-    return value
-
-
-def _rows(sql, params):
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
 def group_order(rows):
     """Status rows of groups in the order every wave status shows them: groups the wave was rolled
     out to first (in rollout order), then the other groups by name, then "(No Group)"."""
@@ -216,52 +178,43 @@ def group_order(rows):
 
 def wave_status(*, wave, offline_threshold_hours=None):
     """Per group on the wave's tag (rollout groups first, then other groups, then "(No Group)"):
-    total, online, on the wave version, newer, older, scheduled, failed, held, rollout time;
-    totals; and the version distribution per group. For a re-release (a revert) also the devices
-    on the bad build (among the older) and labels of the versions (waves/rereleases.py)."""
+    total, online, on the wave version, newer, older, the devices in each state of
+    waves/states.py (scheduled, downloading, installing, failed, held, offline, not scheduled),
+    stuck, rollout time; totals; and the version distribution per group. For a re-release (a
+    revert) also the devices on the bad build (among the older) and labels of the versions
+    (waves/rereleases.py).
+
+    The states are counted by waves/status.py's `group_states`, the one count the live status,
+    its samples, charts and CSV exports read too, so every door shows the same numbers."""
+    # waves/status.py reads this module's helpers (offline cutoff, group order), hence the late import.
+    from .status import group_states
+
     cutoff = offline_cutoff(offline_threshold_hours)
-    params = {**outcome_params(wave), "cutoff": cutoff}
-    counts = defaultdict(lambda: dict.fromkeys(("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held"), 0))
-    versions = defaultdict(dict)
-    rollout_times = {}
-    for group_id, version, total, first_rollout, online, staged, failed, fetched in _rows(_STATUS_SQL, params):
-        first_rollout = _timestamp(first_rollout)
-        if first_rollout is not None and (group_id not in rollout_times or first_rollout < rollout_times[group_id]):
-            rollout_times[group_id] = first_rollout
-        row = counts[group_id]
-        row["total"] += total
-        row["online"] += online
-        versions[group_id][version] = total
-        if version_updated(version, wave):
-            row["on_wave" if version == wave.version else "newer"] += total
-        else:
-            row["older"] += total
-            row["scheduled"] += staged  # staged, not yet updated
-            row["failed"] += failed
-            row["held"] += fetched  # staged, saw the wave's targets, not updated
-
-    # groups staged whole got the wave when their rollout ran
-    for group_id, created_at in WaveGroup.objects.filter(wave=wave).values_list("group_id", "rollout__created_at"):
-        if group_id not in rollout_times or created_at < rollout_times[group_id]:
-            rollout_times[group_id] = created_at
-
+    groups = group_states(wave=wave, cutoff=cutoff)
     names = dict(DeviceGroup.objects.filter(factory_id=wave.factory_id).values_list("id", "name"))
-    rows = []
     all_versions = defaultdict(int)
-    for group_versions in versions.values():
-        for version, total in group_versions.items():
-            all_versions[version] += total
+    for row in groups.values():
+        for version, total in row["versions"].items():
+            all_versions[None if version == "none" else int(version)] += total
     labels = rereleases.version_labels(all_versions, wave)
-    for group_id, values in counts.items():
-        ordered = dict(sorted(versions[group_id].items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0))))
+    rows = []
+    for group_id, row in groups.items():
+        versions = {(None if v == "none" else int(v)): n for v, n in row["versions"].items()}
+        ordered = dict(sorted(versions.items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0))))
+        on_wave = versions.get(wave.version, 0)
+        updated = sum(n for v, n in versions.items() if version_updated(v, wave))
         rows.append(
             {
                 "group": names.get(group_id, NO_GROUP) if group_id else NO_GROUP,
                 "group_id": group_id,
-                **values,
-                "scheduled": values["scheduled"] if wave.status == Wave.Status.ACTIVE else 0,
-                "held": values["held"] if wave.status == Wave.Status.CANCELED else 0,
-                "rollout_time": rollout_times.get(group_id),
+                "total": row["total"],
+                "online": row["online"],
+                "on_wave": on_wave,
+                "newer": updated - on_wave,
+                "older": row["total"] - updated,
+                **{state: row["states"][state] for state in STATES if state != "updated"},
+                "stuck": row["stuck"],
+                "rollout_time": row["rollout_time"],
                 "versions": ordered,
                 "on_bad_build": rereleases.on_bad_build(ordered, wave),
                 "version_chips": [
@@ -270,7 +223,7 @@ def wave_status(*, wave, offline_threshold_hours=None):
             }
         )
     rows = group_order(rows)
-    keys = ("total", "online", "on_wave", "newer", "older", "scheduled", "failed", "held", "on_bad_build")
+    keys = ("total", "online", "on_wave", "newer", "older", *(s for s in STATES if s != "updated"), "stuck", "on_bad_build")
     totals = {key: sum(r[key] for r in rows) for key in keys}
     return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff, "version_labels": labels}
 

@@ -298,6 +298,16 @@ def _states(wave, params):
     return groups
 
 
+def group_states(*, wave, cutoff, now=None, stuck_after_minutes=None):
+    """{group id: {"states", "total", "online", "stuck", "versions", "rollout_time"}}: every
+    device on the wave's tag in exactly one state of waves/states.py, per group. The one count of
+    the wave's devices: the live status and its samples (`wave_snapshot`), the status table, the
+    API and the CLI (`waves.selectors.wave_status`) all read it."""
+    now = now or timezone.now()
+    stuck_after = settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES if stuck_after_minutes is None else stuck_after_minutes
+    return _states(wave, _params(wave, now=now, cutoff=cutoff, stuck_cutoff=now - timedelta(minutes=float(stuck_after))))
+
+
 def _failures(params):
     sql = _FAILURES_SQL.format(chars=REASON_CHARS, report=wave_report_sql("e"), failure=failure_sql("e"), updated=updated_sql("d"))
     out = defaultdict(lambda: {"reason": defaultdict(int), "hardware_id": defaultdict(int), "version": defaultdict(int)})
@@ -577,21 +587,39 @@ def failures_merged(groups):
     return {"reason": kept, "hardware_id": dict(merged["hardware_id"]), "version": dict(merged["version"])}
 
 
-def wave_live_status(*, wave, now=None):
-    """What the live status panel shows: the latest sample (or, before the first one, the status
-    computed now), the totals over time, the phases and the merged failure breakdown."""
-    now = now or timezone.now()
-    latest = WaveStatusSample.objects.filter(wave=wave).order_by("-bucket").first()
-    if latest is not None:
+def _last_change(wave):
+    """When the wave last changed whom it is offered to: its latest rollout, retry, complete or cancel."""
+    changes = [wave.finished_at, wave.retried_at, Rollout.objects.filter(wave=wave).aggregate(at=Max("created_at"))["at"]]
+    return max((at for at in changes if at is not None), default=None)
+
+
+def wave_current(*, wave, now=None, totals_only=False):
+    """The wave's status as every door shows it now: {"taken_at", "totals", "groups",
+    "update_times", "sampled"}. The latest stored sample, unless there is none yet or it was
+    taken before the wave last changed (a rollout, a retry, complete, cancel): then the status
+    computed now, so right after a step the live status agrees with the status table."""
+    samples = WaveStatusSample.objects.filter(wave=wave).order_by("-bucket")
+    latest = (samples.only("taken_at", "totals") if totals_only else samples).first()
+    changed = _last_change(wave) if latest is not None else None
+    if latest is not None and (changed is None or latest.taken_at >= changed):
+        if totals_only:
+            return {"taken_at": latest.taken_at, "totals": latest.totals, "sampled": True}
         groups = _groups_from_sample(latest.groups)
-        current = {"taken_at": latest.taken_at, "totals": latest.totals, "groups": groups, "update_times": latest.update_times, "sampled": True}
-    else:
-        current = {**wave_snapshot(wave=wave, now=now), "sampled": False}
+        return {"taken_at": latest.taken_at, "totals": latest.totals, "groups": groups, "update_times": latest.update_times, "sampled": True}
+    return {**wave_snapshot(wave=wave, now=now), "sampled": False}
+
+
+def wave_live_status(*, wave, now=None):
+    """What the live status panel shows: the current status (`wave_current`), the totals over
+    time, the phases and the merged failure breakdown."""
+    now = now or timezone.now()
+    current = wave_current(wave=wave, now=now)
     # Phases are keyed by rollout id; jsonb does not keep key order, the start times do.
     current["update_times"] = sorted(current["update_times"].values(), key=lambda p: p["started_at"])
     series = wave_status_series(wave=wave)
-    if not series:
-        series = [{"taken_at": current["taken_at"], "totals": current["totals"]}]
+    if not current["sampled"]:
+        # The status computed now ends the series, so the charts end where the numbers are.
+        series = [*series, {"taken_at": current["taken_at"], "totals": current["totals"]}]
     return {
         "wave": wave,
         **current,

@@ -13,7 +13,7 @@ from factory.downloads import csv_attachment
 from factory.errors import ApplicationError
 
 from . import charts, selectors, status
-from .models import Wave, WaveStatusSample
+from .models import Wave
 from .states import STATE_COLORS, STATE_LABELS, STATES
 
 def _wave_or_404(request, name):
@@ -81,16 +81,20 @@ def wave_status_history_csv(request, name):
 
 
 def _active_waves(factory):
-    """Open waves of the factory with their latest sample's totals (one query per wave, few waves)."""
+    """Open waves of the factory with their current totals (`status.wave_current`: the latest
+    sample, or computed now before the first one or after a change), as the wave's own live
+    status shows them: a wave never reads "0 of 0" while it has devices."""
     out = []
     for wave in Wave.objects.filter(factory=factory, status=Wave.Status.ACTIVE).order_by("tag", "name"):
-        sample = WaveStatusSample.objects.filter(wave=wave).order_by("-bucket").values("totals", "taken_at").first()
-        totals = sample["totals"] if sample else {}
+        sample = status.wave_current(wave=wave, totals_only=True)
+        sampled = sample["sampled"]
+        totals = sample["totals"]
         total = totals.get("total", 0)
         out.append(
             {
                 "wave": wave,
-                "taken_at": sample["taken_at"] if sample else None,
+                "taken_at": sample["taken_at"],
+                "sampled": sampled,
                 "total": total,
                 "updated": totals.get("updated", 0),
                 "failed": totals.get("failed", 0),

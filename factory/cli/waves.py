@@ -353,30 +353,36 @@ def print_wave_status(status):
     pairs = [("Created At", when(status["created_at"]))]
     if status.get("finished_at"):
         pairs.append(("Finished At", when(status["finished_at"])))
-    out_of_wave = totals["older"] - totals["scheduled"]
     rollout_groups = [g for g in status["groups"] if g["rollout_time"]]
     pairs += [
         (f"Device Groups on Tag '{tag}'", len(status["groups"])),
         ("Device Groups Rollout", len(rollout_groups)),
         (f"Devices on Tag '{tag}'", totals["total"]),
         ("Devices Online", totals["online"]),
+        # Each device in exactly one of the lines below (waves/states.py), as the live status shows them.
         ("Devices Updated", totals["on_wave"] + totals["newer"]),
         ("Devices Scheduled for Update", totals["scheduled"]),
-        ("Devices Not Scheduled", out_of_wave),
+        ("Devices Downloading", totals["downloading"]),
+        ("Devices Installing", totals["installing"]),
         ("Devices Failed to Install", totals["failed"]),
+        ("Devices Offline", totals["offline"]),
+        ("Devices Not Scheduled", totals["not_scheduled"]),
     ]
     if revert:
-        pairs.insert(-2, ("Devices on the Bad Build (not scheduled or scheduled)", totals.get("on_bad_build", 0)))
+        pairs.append(("Devices on the Bad Build (not scheduled or scheduled)", totals.get("on_bad_build", 0)))
     if status["status"] == "canceled":
-        pairs.append(("Devices Held (fetched the canceled wave)", totals["held"]))
+        pairs.insert(-1 - revert, ("Devices Held (fetched the canceled wave)", totals["held"]))
     fields(pairs)
     if not status["groups"]:
         return
     out()
     pending = {"canceled": "Never (Wave Canceled)", "complete": "At Wave Completion (Done)"}.get(status["status"], "At Wave Completion")
-    header = ["GROUP", "TOTAL", "ONLINE", "UPDATED", "NEED UPDATE", "SCHEDULED", "FAILED", "ROLLOUT AT"]
+    header = ["GROUP", "TOTAL", "ONLINE", "UPDATED", "NEED UPDATE", "SCHEDULED", "UPDATING", "FAILED", "OFFLINE", "ROLLOUT AT"]
     rows = [
-        [g["group"], g["total"], g["online"], g["on_wave"] + g["newer"], g["older"], g["scheduled"], g["failed"], when(g["rollout_time"]) if g["rollout_time"] else pending]
+        [
+            g["group"], g["total"], g["online"], g["on_wave"] + g["newer"], g["older"], g["scheduled"], g["downloading"] + g["installing"],
+            g["failed"], g["offline"], when(g["rollout_time"]) if g["rollout_time"] else pending,
+        ]
         for g in status["groups"]
     ]
     if revert:
