@@ -185,7 +185,9 @@ class RolloutDevicesOut(Schema):
     uuids: list[UUID]
 
 
-class RolloutDeviceOut(Schema):
+class RolloutMemberOut(Schema):
+    """A device one rollout staged, as its paged list shows it."""
+
     uuid: UUID
     name: str
     group: str = Field(description="The device's group now; empty if it has none.")
@@ -193,11 +195,12 @@ class RolloutDeviceOut(Schema):
 
 class RolloutDevicePage(PageMeta):
     rollout: int
-    items: list[RolloutDeviceOut]
+    items: list[RolloutMemberOut]
 
 
-class GroupStatusOut(Schema):
-    group: str
+class StateCountsOut(Schema):
+    """The counts a wave's status gives a group and the whole tag alike."""
+
     total: int
     online: int
     on_wave: int
@@ -213,26 +216,16 @@ class GroupStatusOut(Schema):
     not_scheduled: int
     stuck: int = Field(description="Counted apart, across states: staged and nothing happened for longer than the stuck threshold.")
     on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
+
+
+class GroupStatusOut(StateCountsOut):
+    group: str
     rollout_time: datetime | None
     versions: dict[str, int] = Field(description="Devices per target version ('none' for devices that never reported one).")
 
 
-class StatusTotalsOut(Schema):
-    total: int
-    online: int
-    on_wave: int
-    newer: int
-    older: int
-    # The states of waves/states.py, as the live status counts them: each device in exactly one.
-    scheduled: int = Field(description="Staged (every device on the tag once the wave is complete), online, and no progress reported yet.")
-    downloading: int
-    installing: int
-    failed: int = Field(description="Not updated, and its latest report for the wave's version since the wave was created is a failure.")
-    held: int = Field(description="After a cancel: staged, fetched the wave's targets, not updated (TUF keeps it where it is).")
-    offline: int = Field(description="Not seen within the offline threshold, and neither updated, failed, held nor progressing.")
-    not_scheduled: int
-    stuck: int = Field(description="Counted apart, across states: staged and nothing happened for longer than the stuck threshold.")
-    on_bad_build: int = Field(0, description="For a re-release (a revert): devices on a version above the re-released build and below the wave, the bad build it takes them back from (counted among older).")
+class StatusTotalsOut(StateCountsOut):
+    """The counts over every group."""
 
 
 class WaveStatusOut(Schema):
