@@ -33,7 +33,8 @@ from factory.models import AuditEntry, Role  # noqa: E402
 from factory.services import user_create  # noqa: E402
 from waves import devicelists  # noqa: E402
 from waves.models import Rollout, SavedDeviceList, WaveDevice, WaveGroup  # noqa: E402
-from waves.selectors import factory_status, wave_status  # noqa: E402
+from waves.selectors import factory_status  # noqa: E402
+from waves.status_table import wave_status  # noqa: E402
 from waves.services import wave_rollout  # noqa: E402
 
 REPEAT = 7

@@ -24,7 +24,8 @@ from django.db import connection, transaction  # noqa: E402
 
 from devices.models import Device, DeviceGroup  # noqa: E402
 from waves.models import Rollout, WaveDevice  # noqa: E402
-from waves.selectors import offline_cutoff, wave_status  # noqa: E402
+from waves.selectors import offline_cutoff  # noqa: E402
+from waves.status_table import wave_status  # noqa: E402
 from waves.services import wave_rollout  # noqa: E402
 
 REPEAT = 3

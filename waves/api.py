@@ -15,7 +15,7 @@ from factory.builds import bad_builds
 from factory.errors import ApplicationError, NotFound
 from factory.schemas import FactoryName, PageNumber, PerPage, Text
 
-from . import devicelists, expiry, retries, selectors, services
+from . import devicelists, expiry, retries, selectors, services, status_table
 from .models import SavedDeviceList
 from .schemas import (
     DeviceListIn,
@@ -318,7 +318,7 @@ def _versions(versions):
 @router.get("/waves/{wave}/status", response=responses(200, WaveStatusOut), summary="Per-group progress of a wave")
 def waves_status(request, factory: FactoryName, wave: str, offline_threshold: ThresholdHours | None = None):
     wave_obj, _ = _wave(request, wave)
-    status = selectors.wave_status(wave=wave_obj, offline_threshold_hours=offline_threshold)
+    status = status_table.wave_status(wave=wave_obj, offline_threshold_hours=offline_threshold)
     return {
         "name": wave_obj.name,
         "version": wave_obj.version,

@@ -7,22 +7,17 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.utils import timezone
 
-from devices.models import Device, DeviceGroup
+from devices.models import Device
 from factory.errors import ApplicationError, NotFound
 from factory.models import CiTarget
-from factory.selectors import status_cache_key
 from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
-from . import rereleases
-from .outcomes import version_updated
-from .states import STATES
 
 NO_GROUP = "(No Group)"
 
@@ -176,58 +171,6 @@ def group_order(rows):
     return sorted(rows, key=lambda r: (r["group_id"] is None, r["rollout_time"] is None, r["rollout_time"] or far, r["group"]))
 
 
-def wave_status(*, wave, offline_threshold_hours=None):
-    """Per group on the wave's tag (rollout groups first, then other groups, then "(No Group)"):
-    total, online, on the wave version, newer, older, the devices in each state of
-    waves/states.py (scheduled, downloading, installing, failed, held, offline, not scheduled),
-    stuck, rollout time; totals; and the version distribution per group. For a re-release (a
-    revert) also the devices on the bad build (among the older) and labels of the versions
-    (waves/rereleases.py).
-
-    The states are counted by waves/status.py's `group_states`, the one count the live status,
-    its samples, charts and CSV exports read too, so every door shows the same numbers."""
-    # waves/status.py reads this module's helpers (offline cutoff, group order), hence the late import.
-    from .status import group_states
-
-    cutoff = offline_cutoff(offline_threshold_hours)
-    groups = group_states(wave=wave, cutoff=cutoff)
-    names = dict(DeviceGroup.objects.filter(factory_id=wave.factory_id).values_list("id", "name"))
-    all_versions = defaultdict(int)
-    for row in groups.values():
-        for version, total in row["versions"].items():
-            all_versions[None if version == "none" else int(version)] += total
-    labels = rereleases.version_labels(all_versions, wave)
-    rows = []
-    for group_id, row in groups.items():
-        versions = {(None if v == "none" else int(v)): n for v, n in row["versions"].items()}
-        ordered = dict(sorted(versions.items(), key=lambda kv: (kv[0] is None, -(kv[0] or 0))))
-        on_wave = versions.get(wave.version, 0)
-        updated = sum(n for v, n in versions.items() if version_updated(v, wave))
-        rows.append(
-            {
-                "group": names.get(group_id, NO_GROUP) if group_id else NO_GROUP,
-                "group_id": group_id,
-                "total": row["total"],
-                "online": row["online"],
-                "on_wave": on_wave,
-                "newer": updated - on_wave,
-                "older": row["total"] - updated,
-                **{state: row["states"][state] for state in STATES if state != "updated"},
-                "stuck": row["stuck"],
-                "rollout_time": row["rollout_time"],
-                "versions": ordered,
-                "on_bad_build": rereleases.on_bad_build(ordered, wave),
-                "version_chips": [
-                    {"label": labels["none" if v is None else str(v)], "count": n, "role": rereleases.version_role(v, wave)} for v, n in ordered.items()
-                ],
-            }
-        )
-    rows = group_order(rows)
-    keys = ("total", "online", "on_wave", "newer", "older", *(s for s in STATES if s != "updated"), "stuck", "on_bad_build")
-    totals = {key: sum(r[key] for r in rows) for key in keys}
-    return {"wave": wave, "groups": rows, "totals": totals, "offline_cutoff": cutoff, "version_labels": labels}
-
-
 def factory_status(*, factory, offline_threshold_hours=None):
     """Per tag, production and test devices apart: latest target version, devices, on latest,
     online, and on orphan targets (a version that the tag's targets no longer list)."""
@@ -271,21 +214,3 @@ def factory_status(*, factory, offline_threshold_hours=None):
             }
         )
     return out
-
-
-def cached_wave_status(wave, offline_threshold_hours=None):
-    """The wave's status table, computed at most once per status interval and factory change.
-
-    Aggregating a million devices takes the database most of a second; every viewer and every
-    poll within the interval shares that one computation, which the beat's aggregation task
-    makes at the start of each interval (so a viewer rarely waits for it).
-    """
-    key, interval = status_cache_key(
-        "wave-status", wave.factory, wave.id, wave.created_at.timestamp(), wave.status, offline_threshold_hours
-    )
-    status = cache.get(key)
-    if status is None:
-        status = {**wave_status(wave=wave, offline_threshold_hours=offline_threshold_hours), "computed_at": timezone.now()}
-        status["wave"] = None  # the wave row is not cached with the numbers
-        cache.set(key, status, interval * 2)
-    return {**status, "wave": wave}

@@ -302,7 +302,7 @@ def group_states(*, wave, cutoff, now=None, stuck_after_minutes=None):
     """{group id: {"states", "total", "online", "stuck", "versions", "rollout_time"}}: every
     device on the wave's tag in exactly one state of waves/states.py, per group. The one count of
     the wave's devices: the live status and its samples (`wave_snapshot`), the status table, the
-    API and the CLI (`waves.selectors.wave_status`) all read it."""
+    API and the CLI (`waves.status_table.wave_status`) all read it."""
     now = now or timezone.now()
     stuck_after = settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES if stuck_after_minutes is None else stuck_after_minutes
     return _states(wave, _params(wave, now=now, cutoff=cutoff, stuck_cutoff=now - timedelta(minutes=float(stuck_after))))

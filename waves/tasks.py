@@ -17,7 +17,7 @@ from factory.models import Factory
 
 from . import status
 from .models import Wave
-from .selectors import cached_wave_status
+from .status_table import cached_wave_status
 from .plan_tasks import plans_evaluate  # noqa: F401 (registers the rollout plans' beat task)
 from .rollout_jobs import wave_rollout_job  # noqa: F401 (registers the background rollouts' task)
 

@@ -27,7 +27,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.models import TufKey, TufRepository
 from factory.views import add_service_error, distinct_values, render_page, service_error_status
 
-from . import retries, selectors, services
+from . import retries, selectors, services, status_table
 from .forms import ConfirmNameForm, RolloutForm, WaveCreateForm, WaveFilterForm, WaveRevertForm, WaveSignForm
 from .models import Rollout, SavedDeviceList, Wave
 
@@ -370,7 +370,7 @@ def _revert_link(wave):
 def detail_page(request, wave, *, sign_form=None, rollout_form=None, status=200):
     shown = selectors.wave_show(wave=wave)
     threshold_form, hours = _threshold(request)
-    wave_status = selectors.cached_wave_status(wave, hours)
+    wave_status = status_table.cached_wave_status(wave, hours)
     context = {
         "wave": wave,
         "rollouts": shown["rollouts"],
@@ -405,7 +405,7 @@ def wave_detail(request, name):
         threshold_form, hours = _threshold(request)
         context = {
             "wave": wave,
-            "status": selectors.cached_wave_status(wave, hours),
+            "status": status_table.cached_wave_status(wave, hours),
             "status_interval": int(settings.BREAKWATER_STATUS_INTERVAL_SECONDS),
             "threshold_form": threshold_form,
         }
@@ -476,7 +476,7 @@ def _finish(request, name, *, action):
         "wave": wave,
         "form": form,
         "action": action,
-        "status": selectors.cached_wave_status(wave),
+        "status": status_table.cached_wave_status(wave),
         "bad": build_bad(factory=wave.factory, version=wave.build_version),
     }
     return render_page(

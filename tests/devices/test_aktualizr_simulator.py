@@ -11,7 +11,7 @@ from devices.models import Device, DeviceEvent
 from devices.services import registration_token_create
 from devices.simulator import Identity, Keystore, Simulator
 from factory.tuf.services.repository import ci_build_publish
-from waves.selectors import wave_status
+from waves.status_table import wave_status
 from waves.services import wave_cancel, wave_complete, wave_rollout
 
 from .conftest import wait_for

@@ -9,7 +9,7 @@ from devices.models import Device, DeviceEvent
 from devices.simulator import Keystore, Simulator, register
 from factory.tuf.services.repository import ci_build_publish
 from waves.retries import wave_retry_failed
-from waves.selectors import wave_status
+from waves.status_table import wave_status
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout, wave_sign
 
 from .conftest import wait_for

@@ -4,7 +4,7 @@ version) once staged, then everyone at completion; a group that fails the bad bu
 re-release (the simulated failures model a bad build)."""
 from devices.models import Device, DeviceEvent
 from factory.models import CiTarget
-from waves.selectors import wave_status
+from waves.status_table import wave_status
 from waves.services import wave_complete, wave_revert, wave_rollout, wave_sign
 
 from .conftest import wait_for

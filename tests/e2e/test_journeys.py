@@ -12,6 +12,7 @@ from devices.services import device_create
 from factory.tuf.services.repository import ci_build_publish
 from tests.tuf_helpers import offline_targets_key
 from waves.models import SavedDeviceList, Wave, WaveDevice
+from waves.selectors import offline_cutoff
 from waves.services import wave_init, wave_rollout, wave_sign
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -101,7 +102,10 @@ def test_release_manager_creates_previews_edits_rolls_out_and_completes(page, li
     assert staged == remaining
 
     canary_row = page.locator("#wave-status tbody tr", has_text="canary")
-    expect(canary_row.locator("td").nth(5)).to_have_text("4")  # scheduled
+    # Each staged device in one state: scheduled if online, else offline (the seed has offline devices).
+    offline = Device.objects.filter(uuid__in=staged).exclude(last_seen__gte=offline_cutoff()).count()
+    expect(canary_row.locator("td").nth(5)).to_have_text(str(4 - offline))  # scheduled
+    expect(canary_row.locator("td").nth(9)).to_have_text(str(offline))  # offline
     expect(page.locator("#rollout-history")).to_contain_text("group canary")
     shot(page, "05-wave-detail-after-rollout")
 

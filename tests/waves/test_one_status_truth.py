@@ -26,7 +26,7 @@ from devices.models import Device
 from tests.factory.test_api import ApiClient, token_of
 from tests.factory.test_views import hx, login
 from tests.test_cli import cli, env, fast_passwords  # noqa: F401  (fixtures)
-from waves import charts, selectors, status
+from waves import charts, status, status_table
 from waves.models import Wave, WaveDevice
 from waves.services import wave_cancel, wave_complete, wave_rollout
 from waves.states import STATE_LABELS, STATES
@@ -162,8 +162,8 @@ def doors(client, cli, factory, dave, bob):  # noqa: F811  (cli is a fixture)
         # The status table is cached for a status interval; each step is read as its own interval.
         cache.clear()
         out = {}
-        out["wave_status"] = from_status_totals(selectors.wave_status(wave=wave)["totals"])
-        out["cached_wave_status"] = from_status_totals(selectors.cached_wave_status(wave)["totals"])
+        out["wave_status"] = from_status_totals(status_table.wave_status(wave=wave)["totals"])
+        out["cached_wave_status"] = from_status_totals(status_table.cached_wave_status(wave)["totals"])
         out["snapshot"] = {k: status.wave_snapshot(wave=wave)["totals"][k] for k in NUMBERS}
         live = status.wave_live_status(wave=wave)
         out["live_status"] = {k: live["totals"][k] for k in NUMBERS}

@@ -21,7 +21,10 @@ from .plan_devices import Fleet
 
 Status = RolloutPlan.Status
 # Gates count reports made after the wave was created: the clock starts at the next whole hour.
-T0 = (datetime.now(dt_timezone.utc) + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+# A whole hour at least an hour after the module is imported: every report at T0 or later comes
+# after the waves the tests create (reports before a wave's creation do not count), even when the
+# suite crosses an hour boundary between collecting this module and running it.
+T0 = (datetime.now(dt_timezone.utc) + timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
 
 
 def at(minutes, seconds=0):

@@ -18,7 +18,7 @@ from waves.plans.gates import phase_evidence
 from waves.plans.selectors import plan_get, plan_phases
 from waves.plans.services import plan_evaluate, plan_set, plan_start
 from waves.retries import device_retry_offer, wave_retry_failed, with_retry_offer
-from waves.selectors import wave_status
+from waves.status_table import wave_status
 from waves.services import wave_complete, wave_rollout
 
 from .plan_devices import Fleet

@@ -9,7 +9,7 @@ from django.urls import reverse
 from devices.models import Device
 from tests.factory.test_api import as_user, tokens  # noqa: F401  (fixtures)
 from tests.factory.test_views import login
-from waves.selectors import wave_status
+from waves.status_table import wave_status
 from waves.services import wave_complete, wave_revert, wave_rollout, wave_sign
 
 from .conftest import TAG, make_wave, seed

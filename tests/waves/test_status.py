@@ -6,7 +6,8 @@ from django.utils import timezone
 
 from devices.models import Device, DeviceEvent
 from factory.errors import ApplicationError
-from waves.selectors import factory_status, wave_status
+from waves.selectors import factory_status
+from waves.status_table import wave_status
 from waves.services import wave_cancel, wave_complete, wave_rollout
 
 from .conftest import TAG, make_wave, seed

@@ -19,7 +19,7 @@ from devices.checkins import Checkin, checkins_write, events_write
 from devices.models import Device, DeviceEvent
 from waves import status, tasks
 from waves.models import Rollout, Wave, WaveDevice, WaveGroup, WaveStatusSample
-from waves.selectors import wave_status
+from waves.status_table import wave_status
 from waves.services import wave_cancel, wave_complete, wave_init, wave_rollout
 from waves.states import STATES
 

@@ -1,5 +1,5 @@
 """The beat's aggregation warms the dashboard's status table, so page views do not compute it."""
-from waves import selectors, status
+from waves import status, status_table
 from waves.tasks import wave_status_aggregate
 
 
@@ -9,6 +9,6 @@ def test_the_aggregation_task_warms_the_wave_status_for_the_interval(fleet100, w
     def not_again(**kwargs):
         raise AssertionError("a page view recomputed the wave status")
 
-    monkeypatch.setattr(selectors, "wave_status", not_again)
-    cached = selectors.cached_wave_status(wave)
+    monkeypatch.setattr(status_table, "wave_status", not_again)
+    cached = status_table.cached_wave_status(wave)
     assert cached["wave"] == wave and cached["totals"]["total"] == 100
