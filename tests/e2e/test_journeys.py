@@ -102,10 +102,13 @@ def test_release_manager_creates_previews_edits_rolls_out_and_completes(page, li
     assert staged == remaining
 
     canary_row = page.locator("#wave-status tbody tr", has_text="canary")
-    # Each staged device in one state: scheduled if online, else offline (the seed has offline devices).
-    offline = Device.objects.filter(uuid__in=staged).exclude(last_seen__gte=offline_cutoff()).count()
-    expect(canary_row.locator("td").nth(5)).to_have_text(str(4 - offline))  # scheduled
-    expect(canary_row.locator("td").nth(9)).to_have_text(str(offline))  # offline
+    # Each device in one state: a staged one is scheduled if online; any offline one is offline,
+    # staged or not (the seed has offline devices).
+    cutoff = offline_cutoff()
+    staged_offline = Device.objects.filter(uuid__in=staged).exclude(last_seen__gte=cutoff).count()
+    group_offline = Device.objects.filter(factory=factory, group__name="canary", is_production=True).exclude(last_seen__gte=cutoff).count()
+    expect(canary_row.locator("td").nth(5)).to_have_text(str(4 - staged_offline))  # scheduled
+    expect(canary_row.locator("td").nth(9)).to_have_text(str(group_offline))  # offline
     expect(page.locator("#rollout-history")).to_contain_text("group canary")
     shot(page, "05-wave-detail-after-rollout")
 
