@@ -3,6 +3,7 @@ know stops the demo at its first start."""
 import pytest
 from django.core.management import call_command
 
+from devices.management.commands.simulate_fleet import Command
 from factory.project import run_demo
 
 
@@ -19,8 +20,6 @@ def test_the_gateway_takes_the_demos_arguments_and_writes_its_access_log_there(d
 
 @pytest.mark.parametrize("name", ["simulator"])
 def test_the_simulator_takes_the_demos_arguments(name):
-    from devices.management.commands.simulate_fleet import Command  # noqa: PLC0415
-
     argv = dict(run_demo.processes())[name]
     parser = Command().create_parser("manage.py", "simulate_fleet")
     parser.parse_args(argv[3:])  # exits (SystemExit) on an unknown flag

@@ -10,6 +10,7 @@ from factory.models import AuditEntry
 from tests.factory.test_views import hx, login
 from waves.plans.services import plan_set
 from waves.models import Wave
+from waves.services import wave_complete
 
 from .conftest import make_wave
 from .test_plans import canary_beta_fleet
@@ -103,8 +104,6 @@ def test_the_create_form_shows_a_bad_build_disabled_with_its_reason(client, bob,
 
 
 def test_the_create_form_offers_only_builds_that_can_go_out_and_says_why_not(client, bob, factory, builds, offline_key):
-    from waves.services import wave_complete  # noqa: PLC0415
-
     wave_complete(wave=make_wave(factory, bob, offline_key, name="v41", version=41), actor=bob)
     login(client, bob)
     html = client.get(reverse("wave-create")).content.decode()
