@@ -1,8 +1,18 @@
 """Bulk loader for benchmark fleets on PostgreSQL (COPY, minutes not hours).
 
 Benchmark devices skip registration (no certificates): they exist to measure selection,
-status and pages at 1,000,000 devices, not to talk to the gateway.
+status and pages at 1,000,000 devices and more, not to talk to the gateway.
+
+The fleet's size is BREAKWATER_BENCH_DEVICES (default 1,000,000), one size per database: the
+fleet scripts read it, and `bench/run.py --sizes` runs them at each size on a database of its
+own. Load one ahead of a run (it is loaded on first use anyway):
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench_10m .venv/bin/python bench/fleet.py --devices 10000000
+
+Measured on the 2-core development VM: 1,000,000 devices load in about 30 s and take 0.5 GB
+with their indexes; 10,000,000 in about 6 minutes and 5 GB.
 """
+import argparse
 import os
 import random
 import sys
@@ -29,6 +39,18 @@ from factory.models import Factory  # noqa: E402
 BENCH_FACTORY = "bench"
 BENCH_TAG = "production"
 HWIDS = ["intel-corei7-64", "raspberrypi4-64"]
+SIZE_VARIABLE = "BREAKWATER_BENCH_DEVICES"
+DEFAULT_SIZE = 1_000_000
+
+
+def fleet_size():
+    """The bench fleet's size for this process: BREAKWATER_BENCH_DEVICES, default 1,000,000."""
+    return int(os.environ.get(SIZE_VARIABLE, DEFAULT_SIZE))
+
+
+def big_group_size(total):
+    """The one big group holds a tenth of the fleet: 100,000 devices at 1,000,000."""
+    return total // 10
 
 
 def group_sizes(total, groups, big):
@@ -40,10 +62,13 @@ def group_sizes(total, groups, big):
     return sizes
 
 
-def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9, version=41, stdout=sys.stdout):
-    """Return the bench factory, loading `total` production devices on first use."""
+def bench_fleet(total=None, groups=100, big_group=None, online_ratio=0.9, version=41, stdout=sys.stdout):
+    """Return the bench factory, loading `total` production devices (default `fleet_size()`) on
+    first use."""
     from factory.tuf.services.repository import ci_build_publish, factory_create
 
+    total = fleet_size() if total is None else total
+    big_group = big_group_size(total) if big_group is None else big_group
     assert connection.vendor == "postgresql", "benchmarks run on PostgreSQL: set DATABASE_URL"
     factory = Factory.objects.filter(name=BENCH_FACTORY).first()
     if factory is None:
@@ -53,6 +78,8 @@ def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9
     have = Device.objects.filter(factory=factory).count()
     if have >= total:
         return factory
+    if have:
+        raise SystemExit(f"this database holds a bench fleet of {have:,} devices, not {total:,}: one size per database (bench/run.py --sizes)")
     started = time.perf_counter()
     sizes = group_sizes(total, groups, big_group)
     group_ids = []
@@ -65,7 +92,7 @@ def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9
     rng = random.Random(42)
     columns = (
         "factory_id, uuid, name, is_production, tag, group_id, hardware_id, target_name, target_version, "
-        "last_seen, certificate_serial, created_at, sample_key"
+        "last_seen, certificate_serial, created_at, sample_key, config_tag"
     )
     n = 0
     with connection.cursor() as cursor:
@@ -77,7 +104,7 @@ def bench_fleet(total=1_000_000, groups=100, big_group=100_000, online_ratio=0.9
                         (
                             factory.id, uuid.UUID(int=rng.getrandbits(128), version=4), f"dev-{n:07d}", True, BENCH_TAG, group_id,
                             hwid, f"{hwid}-lmp-{version}", version,
-                            online_seen if rng.random() < online_ratio else offline_seen, "", now, rng.random(),
+                            online_seen if rng.random() < online_ratio else offline_seen, "", now, rng.random(), "",
                         )
                     )
                     n += 1
@@ -105,3 +132,22 @@ def bench_wave(factory, name="bench-wave", version=42):
     archive = offline_key_generate(factory=factory, actor=None, role="targets")
     wave = wave_init(factory=factory, actor=None, name=name, version=version, tag=BENCH_TAG)
     return wave_sign(wave=wave, actor=None, key_archive=archive)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Load the bench fleet into DATABASE_URL's database.")
+    parser.add_argument("--devices", type=int, default=fleet_size(), help=f"fleet size (default {SIZE_VARIABLE} or 1,000,000)")
+    args = parser.parse_args(argv)
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    started = time.perf_counter()
+    bench_fleet(total=args.devices)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_database_size(current_database())")
+        size = cursor.fetchone()[0]
+    print(f"bench fleet of {args.devices:,} devices ready in {time.perf_counter() - started:.0f} s; database size {size / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
-"""Rollout plan evaluation at scale on PostgreSQL: the seed's large-fleet example on a
-100,000-device group of a 1,000,000-device fleet.
+"""Rollout plan evaluation at scale on PostgreSQL: the seed's large-fleet example on the big
+group (a tenth of the fleet) of the bench fleet (1,000,000 devices, or BREAKWATER_BENCH_DEVICES).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/plans.py
 
@@ -29,7 +29,7 @@ from pathlib import Path
 # the tuf package: put the project root there instead.
 sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from bench.fleet import BENCH_TAG, bench_fleet  # noqa: E402  (sets up Django)
+from bench.fleet import BENCH_TAG, bench_fleet, fleet_size  # noqa: E402  (sets up Django)
 
 from django.db import connection  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
@@ -138,8 +138,8 @@ def main():
     from factory.services import user_create
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fleet", type=int, default=1_000_000, help="devices in the bench factory (default 1,000,000)")
-    parser.add_argument("--big-group", type=int, default=100_000, help="devices in group big (default 100,000)")
+    parser.add_argument("--fleet", type=int, default=fleet_size(), help="devices in the bench factory (default BREAKWATER_BENCH_DEVICES or 1,000,000)")
+    parser.add_argument("--big-group", type=int, default=None, help="devices in group big (default a tenth of the fleet)")
     parser.add_argument("--paced-only", action="store_true", help="only the paced phase's tick")
     args = parser.parse_args()
     factory = bench_fleet(total=args.fleet, big_group=args.big_group)

@@ -1,10 +1,12 @@
-"""Rollout selection at 1,000,000 devices on PostgreSQL.
+"""Rollout selection on the bench fleet (bench/fleet.py: 1,000,000 devices, or
+BREAKWATER_BENCH_DEVICES) on PostgreSQL.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/rollout.py
 
-Prints, for `--limit 10000` fleet-wide with 0 / 100,000 / 900,000 devices already staged, the
-service time next to the best single SQL statement for the same selection; `--uuids` with
-10,000 UUIDs; a full-group rollout of a 100,000-device group; and `wave_status`. Each rollout
+Prints, for `--limit 10000` fleet-wide with none, a tenth and nine tenths of the fleet already
+staged, the service time next to the best single SQL statement for the same selection;
+`--uuids` with 10,000 UUIDs; a full-group rollout of the big group (a tenth of the fleet); and
+`wave_status`. Figures are named by shares of the fleet, so the sizes line up. Each rollout
 runs inside a transaction that is rolled back, so every measurement starts from the same state.
 Goals: each rollout <= 1 s, full-group <= 50 ms, status <= 1 s, limit within 1.5x of the SQL.
 """
@@ -103,12 +105,14 @@ def main():
     user = None  # the operator's shell: no role check cost in the figures
     rows = []
     scratch = Rollout.objects.create(wave=wave, limit="bench")
-    for staged in (0, 100_000, 900_000):
+    total = Device.objects.filter(factory=factory).count()
+    for share in (0, 10, 90):
+        staged = total * share // 100
         stage_randomly(wave, staged)
         scratch = Rollout.objects.create(wave=wave, limit="bench")
         t, mem = measure(lambda: wave_rollout(wave=wave, actor=user, limit="10000"))
         b, _ = measure(lambda: baseline(wave, scratch.id))
-        rows.append((f"rollout --limit 10000 ({staged:,} staged)", t, mem, f"SQL baseline {b * 1000:.0f} ms, ratio {t / b:.2f}"))
+        rows.append((f"rollout --limit 10000 ({share}% staged)", t, mem, f"{staged:,} staged; SQL baseline {b * 1000:.0f} ms, ratio {t / b:.2f}"))
     stage_randomly(wave, 0)
     listed = [str(u) for u in Device.objects.filter(factory=factory).order_by("?").values_list("uuid", flat=True)[:10_000]]
     text = "\n".join(listed)
@@ -116,14 +120,15 @@ def main():
     rows.append(("rollout --uuids (10,000 UUIDs)", t, mem, ""))
     big = DeviceGroup.objects.get(factory=factory, name="big")
     t, mem = measure(lambda: wave_rollout(wave=wave, actor=user, group=big.name))
-    rows.append((f"rollout full group ({Device.objects.filter(group=big).count():,} devices)", t, mem, ""))
+    rows.append(("rollout full group (the big group: a tenth of the fleet)", t, mem, f"{Device.objects.filter(group=big).count():,} devices"))
     t, mem = measure(lambda: wave_rollout(wave=wave, actor=user, group=big.name, limit="10000"))
     rows.append(("rollout --group big --limit 10000", t, mem, ""))
-    stage_randomly(wave, 100_000)
+    stage_randomly(wave, total // 10)
     t, mem = measure(lambda: wave_status(wave=wave), rollback=False)
-    rows.append(("wave_status (100 groups, 100,000 staged)", t, mem, ""))
+    rows.append(("wave_status (100 groups, 10% staged)", t, mem, f"{total // 10:,} staged"))
     stage_randomly(wave, 0)
 
+    print(f"\n{total:,} devices")
     print(f"\n{'operation':<48} {'time':>10} {'peak mem':>10}  notes")
     for name, t, mem, note in rows:
         print(f"{name:<48} {t * 1000:>7.0f} ms {mem:>7.1f} MiB  {note}")

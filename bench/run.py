@@ -2,12 +2,15 @@
 read from what it prints, and one table puts each figure next to its goal.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/run.py
-        [--quick] [--only rollout,status,...] [--gateway-seconds 15]
+        [--quick] [--only rollout,status,...] [--gateway-seconds 15] [--sizes 1000000,10000000]
 
 The fleet scripts (rollout, status, dashboard, api_cli, plans) load a 1,000,000-device factory the
 first time (minutes) and take long on a busy machine; --quick runs only those that build their own
-small world (tuf, gateway, gateway_flood). Each script's own output is shown as it runs; peak memory is the
-largest resident set of the script or of a process it started and waited for (e.g. gunicorn).
+small world (tuf, gateway, gateway_flood). With --sizes they run once per fleet size, each size on
+a database of its own (the first on DATABASE_URL's, the others on `<name>_10m` and so on, created
+on first use), and the table puts each figure's sizes side by side. Each script's own output is
+shown as it runs; peak memory is the largest resident set of the script or of a process it
+started and waited for (e.g. gunicorn).
 """
 import argparse
 import os
@@ -21,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ("tuf", "gateway", "gateway_flood")
 ORDER = ("rollout", "status", "dashboard", "gateway", "gateway_flood", "tuf", "api_cli", "plans")
+# The scripts that measure the bench fleet (bench/fleet.py), run once per --sizes entry.
+FLEET = ("rollout", "status", "dashboard", "api_cli", "plans")
 # Ten minutes of a simulated fleet on a database of its own, and the device doors' fuzzing with
 # its long budget: run on request (--only soak, --only fuzz_gateway).
 OPTIONAL = ("soak", "fuzz_gateway")
@@ -41,6 +46,7 @@ class Figure:
 @dataclass
 class Run:
     script: str
+    size: int | None = None  # the bench fleet's size, for the fleet scripts
     seconds: float = 0.0
     returncode: int = 0
     peak_mib: float = 0.0
@@ -191,16 +197,47 @@ PARSERS = {
 }
 
 
-def soak_database_url(url):
+def _database_url_with_suffix(url, suffix):
     base, _, name = url.rpartition("/")
     name, sep, query = name.partition("?")
-    return f"{base}/{name}_soak{sep}{query}"
+    return f"{base}/{name}_{suffix}{sep}{query}"
 
 
-def run_script(script, extra, env):
+def soak_database_url(url):
+    return _database_url_with_suffix(url, "soak")
+
+
+def size_label(size):
+    """1,000,000 -> "1M", 10,000,000 -> "10M", 250,000 -> "250k"."""
+    for unit, word in ((1_000_000, "M"), (1_000, "k")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{word}"
+    return f"{size:,}"
+
+
+def sized_database_url(url, size, first_size):
+    """The first size measures on DATABASE_URL's database; every other on one of its own, since
+    a database holds one bench fleet (bench/fleet.py)."""
+    return url if size == first_size else _database_url_with_suffix(url, size_label(size).lower())
+
+
+def database_ensure(url):
+    """Create the database of `url` on its server when it does not exist yet."""
+    import psycopg
+    from psycopg import sql
+
+    base, _, name = url.rpartition("/")
+    name = name.partition("?")[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def run_script(script, extra, env, size=None):
     """Runs bench/<script>.py as a module (so bench/tuf.py cannot shadow the tuf package),
     echoing its output, and returns the output with the process's peak memory."""
-    print(f"\n=== bench/{script}.py {' '.join(extra)}".rstrip(), flush=True)
+    at = f" ({size_label(size)} devices)" if size else ""
+    print(f"\n=== bench/{script}.py {' '.join(extra)}".rstrip() + at, flush=True)
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", f"bench.{script}", *extra],
@@ -218,26 +255,60 @@ def run_script(script, extra, env):
     # wait4 gives this child's own resource usage (RUSAGE_CHILDREN would mix the scripts).
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    run = Run(script, time.perf_counter() - started, proc.returncode, usage.ru_maxrss / 1024)
+    run = Run(script, size, time.perf_counter() - started, proc.returncode, usage.ru_maxrss / 1024)
     run.figures = PARSERS[script]("".join(lines))
     return run
 
 
-def table(runs):
-    rows = [("script", "figure", "value", "goal", "")]
+def _value(f):
+    return f"{f.value:,.2f} {f.unit}" if f.unit in ("s", "x") or f.value < 10 else f"{f.value:,.0f} {f.unit}"
+
+
+def table(runs, sizes=()):
+    """One row per figure; with several fleet sizes, one value column per size, side by side."""
+    sizes = list(sizes) or [None]
+    labels = [f"value at {size_label(s)}" if s else "value" for s in sizes]
+    header = ("script", "figure", *labels, "goal", "")
+    rows, keyed = [], {}
+
+    def row_for(script, name):
+        key = (script, name)
+        if key not in keyed:
+            keyed[key] = len(rows)
+            rows.append({"script": script, "figure": name, "values": {}, "goal": "-", "verdicts": {}})
+        return rows[keyed[key]]
+
     for run in runs:
-        if run.returncode != 0:
-            rows.append((run.script, f"FAILED (exit {run.returncode}); see its output above", "", "", "FAIL"))
-        elif not run.figures:
-            rows.append((run.script, "no figures found in its output", "", "", "FAIL"))
+        column = run.size if run.size in sizes else sizes[0]
+        if run.returncode != 0 or not run.figures:
+            row = row_for(run.script, "FAILED (exit %d); see its output above" % run.returncode if run.returncode else "no figures found in its output")
+            row["verdicts"][column] = "FAIL"
         for f in run.figures:
-            value = f"{f.value:,.2f} {f.unit}" if f.unit in ("s", "x") or f.value < 10 else f"{f.value:,.0f} {f.unit}"
-            rows.append((run.script, f.name, value, f.goal or "-", "" if f.ok is None else ("ok" if f.ok else "MISSED")))
-        rows.append((run.script, "peak memory (largest process RSS) / wall time", f"{run.peak_mib:,.0f} MiB", f"{run.seconds:,.0f} s run", ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            row = row_for(run.script, f.name)
+            row["values"][column] = _value(f)
+            row["goal"] = f.goal or row["goal"]
+            if f.ok is not None:
+                row["verdicts"][column] = "ok" if f.ok else "MISSED"
+        row = row_for(run.script, "peak memory (largest process RSS) / wall time")
+        row["values"][column] = f"{run.peak_mib:,.0f} MiB, {run.seconds:,.0f} s"
+
+    def verdict(row):
+        marks = row["verdicts"]
+        if not marks:
+            return ""
+        if len(sizes) == 1:
+            return next(iter(marks.values()))
+        bad = [f"{v} at {size_label(s)}" for s, v in marks.items() if v != "ok"]
+        return ", ".join(bad) or "ok"
+
+    cells = [header] + [(r["script"], r["figure"], *(r["values"].get(s, "") for s in sizes), r["goal"], verdict(r)) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
     lines = []
-    for i, r in enumerate(rows):
-        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}".rstrip())
+    for i, c in enumerate(cells):
+        parts = [f"{c[0]:<{widths[0]}}", f"{c[1]:<{widths[1]}}"]
+        parts += [f"{v:>{w}}" for v, w in zip(c[2:-2], widths[2:-1])]
+        parts += [f"{c[-2]:<{widths[-1]}}", c[-1]]
+        lines.append("  ".join(parts).rstrip())
         if i == 0:
             lines.append("-" * len(lines[0]))
     return "\n".join(lines)
@@ -248,7 +319,16 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="only the scripts that need no 1,000,000-device fleet: " + ", ".join(QUICK))
     parser.add_argument("--only", default="", help="comma-separated scripts to run, of: " + ", ".join(ORDER + OPTIONAL))
     parser.add_argument("--gateway-seconds", type=float, default=15.0, help="seconds per gateway load row")
+    parser.add_argument(
+        "--sizes", default="", help="comma-separated bench fleet sizes for the fleet scripts (" + ", ".join(FLEET) + "), e.g. 1000000,10000000; default BREAKWATER_BENCH_DEVICES or 1,000,000"
+    )
     args = parser.parse_args(argv)
+    try:
+        sizes = [int(x.replace("_", "").strip()) for x in args.sizes.split(",") if x.strip()]
+    except ValueError:
+        parser.exit(2, f"--sizes takes whole numbers of devices, e.g. 1000000,10000000, not {args.sizes!r}\n")
+    if any(size < 1000 for size in sizes) or len(set(sizes)) != len(sizes):
+        parser.exit(2, "--sizes takes distinct fleet sizes of at least 1,000 devices\n")
 
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
@@ -259,13 +339,24 @@ def main(argv=None):
         parser.exit(2, f"unknown benchmark scripts: {', '.join(unknown)} (known: {', '.join(ORDER + OPTIONAL)})\n")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    migrated = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env)
-    if migrated.returncode != 0:
-        parser.exit(1, "migrating the benchmark database failed\n")
+    sizes = sizes or [int(env.get("BREAKWATER_BENCH_DEVICES", 1_000_000))]
+    fleet_urls = {size: sized_database_url(url, size, sizes[0]) for size in sizes}
+    for size_url in fleet_urls.values():
+        if size_url != url:
+            database_ensure(size_url)
+    for size_url in dict.fromkeys([url, *(fleet_urls.values() if any(s in FLEET for s in scripts) else ())]):
+        migrated = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env={**env, "DATABASE_URL": size_url})
+        if migrated.returncode != 0:
+            parser.exit(1, f"migrating the benchmark database {size_url.rpartition('/')[2]} failed\n")
     started = time.perf_counter()
     runs = []
     for script in scripts:
         extra = ["--seconds", f"{args.gateway_seconds:g}"] if script == "gateway" else []
+        if script in FLEET:
+            for size in sizes:
+                size_env = {**env, "DATABASE_URL": fleet_urls[size], "BREAKWATER_BENCH_DEVICES": str(size)}
+                runs.append(run_script(script, extra, size_env, size=size))
+            continue
         # The soak refuses a database holding other factories (the 1,000,000-device one): it
         # gets a database of its own on the same server, created on first use.
         script_env = {**env, "DATABASE_URL": soak_database_url(url)} if script == "soak" else env
@@ -273,7 +364,7 @@ def main(argv=None):
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nBreakwater benchmarks on {os.uname().nodename}: {os.cpu_count()} CPUs, load average {load}, {time.perf_counter() - started:,.0f} s in all\n")
-    print(table(runs))
+    print(table(runs, sizes if len(sizes) > 1 else ()))
     missed = [f for r in runs for f in r.figures if f.ok is False]
     failed = [r.script for r in runs if r.returncode != 0 or not r.figures]
     print(f"\n{sum(f.ok is True for r in runs for f in r.figures)} figures within their goal, {len(missed)} missed, {len(failed)} scripts failed.")

@@ -1,8 +1,9 @@
-"""Live wave status at 1,000,000 devices and 100 groups on PostgreSQL.
+"""Live wave status on the bench fleet (bench/fleet.py: 1,000,000 devices, or
+BREAKWATER_BENCH_DEVICES) in 100 groups on PostgreSQL.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/status.py
 
-Stages the bench wave like a wave in full swing (the 100,000-device group as a full-group
+Stages the bench wave like a wave in full swing (the big group, a tenth of the fleet, as a full-group
 rollout, 10,000 devices fleet-wide, devices downloading, installing, updated and failed, with
 their events), then prints the time of one aggregation cycle (the sample the Celery task stores
 every interval) and its parts, and the server time of the live status pages and exports
@@ -156,7 +157,7 @@ def main():
                 bucket[0] += 1
                 status.wave_status_sample_take(wave=wave, bucket=bucket[0])
 
-            rows.append(("yardstick: COUNT(*) of the tag's 1,000,000 devices", *measure(lambda: fleet_scan(factory)), "the floor of any pass"))
+            rows.append(("yardstick: COUNT(*) of the tag's devices", *measure(lambda: fleet_scan(factory)), "the floor of any pass"))
             rows.append(("aggregation cycle (one sample, 100 groups)", *measure(cycle), "goal <= 1000 ms"))
             rows.append(("  states per group (1 statement)", *measure(lambda: status._states(wave, params)), ""))
             rows.append(("  failures by reason/hardware/version", *measure(lambda: status._failures(params)), ""))

@@ -11,6 +11,8 @@ from bench.run import (
     parse_soak,
     parse_status,
     parse_tuf,
+    size_label,
+    sized_database_url,
     soak_database_url,
     table,
 )
@@ -88,3 +90,23 @@ def test_soak_errors_must_be_zero_and_p99_is_reported():
 def test_fuzz_gateway_figures_have_a_goal_of_zero():
     out = "5xx answers: 3 (goal 0)\ngood events lost: 0 (goal 0)\nfailed properties: 2 (goal 0)\n"
     assert [(f.name, f.value, f.ok) for f in parse_fuzz_gateway(out)] == [("5xx answers", 3, False), ("good events lost", 0, True), ("failed properties", 2, False)]
+
+
+def test_fleet_sizes_get_databases_of_their_own_and_short_labels():
+    url = "postgres://postgres@127.0.0.1:5432/bench?sslmode=disable"
+    assert sized_database_url(url, 1_000_000, 1_000_000) == url
+    assert sized_database_url(url, 10_000_000, 1_000_000) == "postgres://postgres@127.0.0.1:5432/bench_10m?sslmode=disable"
+    assert [size_label(n) for n in (1_000_000, 10_000_000, 250_000, 1_234)] == ["1M", "10M", "250k", "1,234"]
+
+
+def test_the_table_puts_each_size_of_a_figure_side_by_side():
+    def rollout_run(size, full_group_ms):
+        line = f"{'rollout full group (the big group: a tenth of the fleet)':<48} {full_group_ms:>7.0f} ms {1.0:>7.1f} MiB  "
+        return Run("rollout", size, figures=parse_rollout(line))
+
+    rendered = table([rollout_run(1_000_000, 40), rollout_run(10_000_000, 75)], sizes=[1_000_000, 10_000_000])
+    header, _, row = rendered.splitlines()[:3]
+    assert "value at 1M" in header and "value at 10M" in header
+    assert "40 ms" in row and "75 ms" in row and row.index("40 ms") < row.index("75 ms")
+    # One row per figure, its verdict naming the size that missed the goal.
+    assert rendered.count("rollout full group") == 1 and row.endswith("MISSED at 10M")
