@@ -217,7 +217,9 @@ def waves_rollout(request, factory: FactoryName, wave: str, payload: RolloutIn):
         wave=wave_obj, actor=user, group=payload.group, limit=limit, uuids=payload.uuids, dry_run=payload.dry_run
     )
     devices = result.devices
-    if result.full_group and not devices and result.rollout is not None:
+    if result.full_group and not devices and result.rollout is not None and result.count is not None:
+        # A group small enough to count in the request is small enough to list; a larger one is
+        # paged from the rollout's device list.
         devices = _staged_devices(result.rollout)
     return {
         "message": result.message,

@@ -73,7 +73,10 @@ class Rollout(models.Model):
     limit = models.CharField(max_length=16, blank=True)
     uuids_count = models.PositiveIntegerField(default=0)
     full_group = models.BooleanField(default=False)
-    device_count = models.PositiveIntegerField(default=0)
+    # A full-group rollout stages the group, not its devices: the request does not count them
+    # (that pass grows with the group), and the count arrives right after the commit
+    # (waves/rollout_counts.py). None until then.
+    device_count = models.PositiveIntegerField(null=True, default=0)
     options = models.JSONField(default=dict, blank=True)
     # The plan phase this rollout is a batch of (a paced phase stages its devices in several).
     phase = models.ForeignKey("PlanPhase", null=True, blank=True, on_delete=models.SET_NULL, related_name="batches")

@@ -302,7 +302,7 @@ def rollout_perform(request, name, token):
     cache.delete(_preview_key(request, wave, token))
     expected = form.cleaned_data["count"]
     text = f"{result.message}."
-    if result.count != expected:
+    if result.count is not None and result.count != expected:
         text += f" {expected - result.count} of the {expected} previewed devices were staged meanwhile or changed and were skipped."
     messages.success(request, text)
     url = reverse("wave-detail", args=[wave.name])

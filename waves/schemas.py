@@ -84,7 +84,7 @@ class RolloutSummaryOut(Schema):
     limit: str
     uuids: int
     full_group: bool
-    device_count: int
+    device_count: int | None = Field(description="Devices the rollout staged; null while a large full-group rollout's devices are being counted (moments after it).")
 
 
 class WaveOut(Schema):
@@ -172,11 +172,13 @@ class SkippedDeviceOut(BaseModel):
 class RolloutResultOut(BaseModel):
     message: str
     dry_run: bool
-    count: int
+    count: int | None = Field(description="Devices staged (or that would be); null for a full-group rollout of a group too large to count in the request: its count follows in the rollout history.")
     group: str
     full_group: bool
     rollout: int | None = Field(description="The recorded rollout's id; null for a dry run.")
-    devices: list[RolloutDeviceOut] = Field(description="The devices staged (or that would be). For a full-group rollout, the group's devices now.")
+    devices: list[RolloutDeviceOut] = Field(
+        description="The devices staged (or that would be). For a full-group rollout, the group's devices now; none when the count is null: page them with GET /waves/{wave}/rollouts/{rollout}/devices."
+    )
     skipped: list[SkippedDeviceOut] = Field(description="Listed UUIDs that were not rolled out, with the reason.")
 
 

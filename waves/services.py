@@ -29,6 +29,7 @@ from factory.tuf.services import signed_views, wave_targets
 from . import armed
 from .models import Rollout, Wave, WaveDevice, WaveGroup
 from .ostree_deltas import wave_deltas_enqueue
+from .rollout_counts import candidates_count_capped, rollout_count_enqueue
 from .outcomes import not_updated_q, version_updated
 from .scope import limit_parse, sample_size, scope_require
 from . import selectors
@@ -307,7 +308,9 @@ class RolloutResult:
     dry_run: bool
     group_name: str = ""
     full_group: bool = False
-    count: int = 0
+    # None for a full-group rollout (not a preview): the group is staged, its devices are counted
+    # after the commit, into the rollout's device_count.
+    count: int | None = 0
     devices: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     rollout: Rollout | None = None
@@ -318,10 +321,8 @@ class RolloutResult:
         scope = f' in group "{self.group_name}"' if self.group_name else ""
         devices = "device" if self.count == 1 else "devices"
         if self.full_group:
-            return (
-                f"A Wave {verb} rolled out to all {self.count} {devices}{scope}; "
-                "devices that join the group later get it too"
-            )
+            which = "every device" if self.count is None else f"all {self.count} {devices}"
+            return f"A Wave {verb} rolled out to {which}{scope}; devices that join the group later get it too"
         return f"A Wave {verb} rolled out to {self.count} {devices}{scope}"
 
 
@@ -383,13 +384,18 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
         if full_group:
             if WaveGroup.objects.filter(wave=wave, group=group_obj).exists():
                 raise Conflict(f"wave {wave.name} was already rolled out to every device in group {group_obj.name}")
-            candidates = _candidates(scope, wave, group_staged=False)
-            result.count = candidates.count()
             if dry_run:
+                candidates = _candidates(scope, wave, group_staged=False)
                 result.devices = _device_rows(candidates.order_by("name", "id"))
+                result.count = len(result.devices)
                 return result
+            # The group row stages every device of it, now and later, in a time that does not
+            # grow with the group: a small group is counted here, a large one after the commit.
+            result.count = candidates_count_capped(_candidates(scope, wave, group_staged=False))
             rollout = _rollout_record(wave, actor, group_obj, limit, 0, True, result.count, phase)
             WaveGroup.objects.create(wave=wave, group=group_obj, rollout=rollout)
+            if result.count is None:
+                rollout_count_enqueue(rollout)
         else:
             if listed is not None:
                 # A UUID list bounds the scope to at most MAX_UUIDS devices: one query reads them

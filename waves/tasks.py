@@ -16,6 +16,7 @@ from django.utils import timezone
 from factory.models import Factory
 
 from . import status
+from .rollout_counts import rollouts_uncounted_send  # also registers the full-group rollouts' count task
 from .models import Wave
 from .status_table import cached_wave_status
 from .plan_tasks import plans_evaluate  # noqa: F401 (registers the rollout plans' beat task)
@@ -39,6 +40,7 @@ def wave_status_schedule():
         transaction.on_commit(lambda wave_id=wave_id: wave_status_aggregate.apply_async((wave_id, bucket), expires=expires))
     for factory_id in Factory.objects.values_list("id", flat=True):
         transaction.on_commit(lambda factory_id=factory_id: factory_status_refresh.apply_async((factory_id,), expires=expires))
+    rollouts_uncounted_send(wave_ids=wave_ids)
     return len(wave_ids)
 
 

@@ -264,7 +264,10 @@ def waves_rollout(args, ctx):
     printing = args.print_uuids or args.print_names
     report = err if printing else out
     if printing:
-        for device in result["devices"]:
+        devices = result["devices"]
+        if result["full_group"] and result["count"] is None and result["rollout"]:
+            devices = _rollout_devices_all(ctx, args.wave, result["rollout"])
+        for device in devices:
             columns = []
             if args.print_uuids:
                 columns.append(device["uuid"])
@@ -274,6 +277,17 @@ def waves_rollout(args, ctx):
     report(result["message"])
     _print_skipped(result["skipped"])
     return 0
+
+
+def _rollout_devices_all(ctx, wave, rollout_id):
+    """Every device of a rollout, page by page (a large full-group rollout lists none itself)."""
+    page = 1
+    while True:
+        result = ctx.client.get(wave_path(ctx, wave, f"/rollouts/{rollout_id}/devices"), {"page": page, "per_page": 1000})
+        yield from result["items"]
+        if page * 1000 >= result["total"] or not result["items"]:
+            return
+        page += 1
 
 
 def waves_retry(args, ctx):
@@ -473,7 +487,7 @@ def waves_show(args, ctx):
                 scope.append(f"limit {r['limit']}")
             if r["uuids"]:
                 scope.append(f"{r['uuids']} listed UUIDs")
-            rows.append([r["id"], when(r["created_at"]), r["created_by"] or "-", ", ".join(scope) or "-", r["device_count"]])
+            rows.append([r["id"], when(r["created_at"]), r["created_by"] or "-", ", ".join(scope) or "-", "counting" if r["device_count"] is None else r["device_count"]])
         table(["ROLLOUT", "AT", "BY", "SCOPE", "DEVICES"], rows)
     for rollout_id, page in (devices or {}).items():
         out(f"\nRollout {rollout_id}: {page['total']:,} devices")

@@ -97,6 +97,22 @@ def test_rollout_to_a_group_is_a_full_group_rollout_listing_its_devices(as_user,
     assert WaveGroup.objects.filter(wave=wave, group__name="canary").exists()
 
 
+def test_a_group_too_large_to_count_in_the_request_is_paged_from_its_rollout(as_user, fleet100, wave, monkeypatch):
+    from waves import rollout_counts
+
+    monkeypatch.setattr(rollout_counts, "INLINE_COUNT_MAX", 3)
+    bob = as_user("bob")
+    body = bob.post(f"waves/{wave.name}/rollout", {"group": "beta"}).json()
+    assert body["full_group"] is True and body["count"] is None and body["devices"] == []
+    assert body["message"].startswith('A Wave is being rolled out to every device in group "beta"')
+    history = {r["id"]: r for r in bob.get(f"waves/{wave.name}/rollouts").json()}
+    assert history[body["rollout"]]["device_count"] is None
+    page = bob.get(f"waves/{wave.name}/rollouts/{body['rollout']}/devices", {"per_page": 1000}).json()
+    assert page["total"] == 20 and {d["group"] for d in page["items"]} == {"beta"}
+    rollout_counts.rollout_group_count(rollout_id=body["rollout"])
+    assert {r["id"]: r for r in bob.get(f"waves/{wave.name}/rollouts").json()}[body["rollout"]]["device_count"] == 20
+
+
 def test_rollout_limit_then_uuids_text_with_skipped_reasons(as_user, fleet100, wave, factory):
     bob = as_user("bob")
     first = bob.post(f"waves/{wave.name}/rollout", {"limit": 10}).json()

@@ -326,3 +326,49 @@ def test_the_message_counts_one_device_as_one_device(factory, bob, fleet100, wav
     one = Device.objects.filter(factory=factory, is_production=True).first()
     assert wave_rollout(wave=wave, actor=bob, uuids=str(one.uuid), dry_run=True).message == "A Wave would be rolled out to 1 device"
     assert wave_rollout(wave=wave, actor=bob, limit="2", dry_run=True).message == "A Wave would be rolled out to 2 devices"
+
+
+def test_a_large_full_group_rollout_is_recorded_then_counted_after_the_commit(factory, bob, fleet100, wave, monkeypatch, django_capture_on_commit_callbacks):
+    """The request counts a group only up to a cap: a larger group is staged by its group row at
+    once, and its device count follows the commit, once, even when sent twice."""
+    from waves import rollout_counts, tasks
+
+    monkeypatch.setattr(rollout_counts, "INLINE_COUNT_MAX", 3)
+    sent = []
+    monkeypatch.setattr(rollout_counts.rollout_group_count_task, "delay", lambda rollout_id: sent.append(rollout_id))
+    with django_capture_on_commit_callbacks(execute=True):
+        result = wave_rollout(wave=wave, actor=bob, group="beta")
+    assert result.full_group and result.count is None
+    assert result.message == 'A Wave is being rolled out to every device in group "beta"; devices that join the group later get it too'
+    rollout = Rollout.objects.get(pk=result.rollout.pk)
+    assert rollout.device_count is None and sent == [rollout.pk]
+    # Staged already, before any count.
+    assert all(device_wave(device=d) == wave for d in Device.objects.filter(is_production=True, group__name="beta"))
+
+    # The status beat sends an uncounted rollout again; counting is once-only.
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.wave_status_schedule()
+    assert sent == [rollout.pk, rollout.pk]
+    assert rollout_counts.rollout_group_count(rollout_id=rollout.pk) == 20
+    assert rollout_counts.rollout_group_count(rollout_id=rollout.pk) is None
+    assert Rollout.objects.get(pk=rollout.pk).device_count == 20
+    # A group within the cap is counted in the request.
+    monkeypatch.setattr(rollout_counts, "INLINE_COUNT_MAX", 5)
+    with django_capture_on_commit_callbacks(execute=True):
+        canary = wave_rollout(wave=wave, actor=bob, group="canary")
+    assert canary.count == 5 and Rollout.objects.get(pk=canary.rollout.pk).device_count == 5 and len(sent) == 2
+
+
+def test_a_full_group_rollout_survives_a_broker_that_is_down(factory, bob, fleet100, wave, monkeypatch, django_capture_on_commit_callbacks):
+    from waves import rollout_counts
+
+    monkeypatch.setattr(rollout_counts, "INLINE_COUNT_MAX", 3)
+
+    def down(rollout_id):
+        raise ConnectionRefusedError("the broker is down")
+
+    monkeypatch.setattr(rollout_counts.rollout_group_count_task, "delay", down)
+    with django_capture_on_commit_callbacks(execute=True):
+        result = wave_rollout(wave=wave, actor=bob, group="beta")
+    assert WaveGroup.objects.filter(wave=wave, group__name="beta", rollout=result.rollout).exists()
+    assert Rollout.objects.get(pk=result.rollout.pk).device_count is None
