@@ -17,9 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from http.cookies import SimpleCookie
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 import redis
@@ -35,7 +33,7 @@ from devices.services import registration_token_create
 from factory.models import Role
 from factory.services import api_token_create, user_create
 from factory.tuf.services.repository import ci_build_publish, factory_create
-from tests.processes import database_url, free_port
+from tests.processes import Browser, database_url, free_port
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, make_wave
 
@@ -171,43 +169,6 @@ def _port_open(process):
 
 
 # --- clients -----------------------------------------------------------------------------------
-
-
-class Browser:
-    """A person's browser: one cookie jar, used against either web server."""
-
-    def __init__(self, address):
-        self.address = address  # the client address the proxy in front of the web servers records
-        self.cookies = {}
-        self.http = urllib3.PoolManager(retries=False, timeout=30)
-
-    def request(self, web, method, path, fields=None, headers=None):
-        headers = {"X-Forwarded-For": self.address, **(headers or {})}
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        body = None
-        if fields is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-            headers["X-CSRFToken"] = self.cookies.get("csrftoken", "")
-            body = urlencode(fields, doseq=True)
-        response = self.http.request(method, f"http://127.0.0.1:{web.port}{path}", body=body, headers=headers, redirect=False)
-        for header in response.headers.getlist("Set-Cookie"):
-            for key, morsel in SimpleCookie(header).items():
-                if morsel["max-age"] == "0" or not morsel.value:
-                    self.cookies.pop(key, None)
-                else:
-                    self.cookies[key] = morsel.value
-        return response
-
-    def get(self, web, path, **kwargs):
-        return self.request(web, "GET", path, **kwargs)
-
-    def post(self, web, path, fields, **kwargs):
-        return self.request(web, "POST", path, fields=fields, **kwargs)
-
-    def sign_in(self, web, username, password):
-        self.get(web, "/login/")  # the CSRF cookie
-        return self.post(web, "/login/", {"username": username, "password": password})
 
 
 def fresh_address():

@@ -14,6 +14,7 @@ from devices.forms import NO_GROUP, DeviceFilterForm
 from devices.models import Device, DeviceEvent, DeviceGroup
 from devices.tag_moves import known_tags
 from factory.auth import can, factory_view
+from factory.replica import replica_reads
 from factory.selectors import rerelease_builds
 from factory.views import capped_count, distinct_values, keyset_paginate, render_page
 
@@ -93,6 +94,7 @@ def _device_tags(factory):
 
 
 @factory_view("view")
+@replica_reads()
 def device_list(request):
     groups = list(DeviceGroup.objects.filter(factory=request.factory))
     form = DeviceFilterForm(request.GET, groups=groups, tags=_device_tags(request.factory))

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from factory.auth import factory_view
+from factory.replica import replica_reads
 from factory.forms import StatusForm
 from factory.selectors import status_cache_key
 from factory.views import render_page
@@ -14,6 +15,7 @@ from .selectors import factory_status as factory_status_rows
 
 
 @factory_view("view")
+@replica_reads()
 def factory_status(request):
     form = StatusForm(request.GET)
     hours = form.cleaned_data["offline_threshold"] if form.is_valid() and form.cleaned_data["offline_threshold"] else None

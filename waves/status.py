@@ -12,13 +12,13 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connections, router, transaction
 from django.db.models import F, Max, Min, Q
 from django.db.models.functions import Mod
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from devices.models import DeviceGroup
+from devices.models import Device, DeviceGroup
 from factory.auth import authorize
 
 from . import rereleases
@@ -57,8 +57,14 @@ def _as_datetime(value):
     return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, dt_timezone.utc)
 
 
+def _connection():
+    """Where these statements run: where the ORM reads devices (a read replica for the pages that
+    allow one, factory/replica.py), so a status read and its raw SQL use the same copy."""
+    return connections[router.db_for_read(Device)]
+
+
 def _rows(sql, params):
-    with connection.cursor() as cursor:
+    with _connection().cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -406,9 +412,10 @@ def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_m
     def read():
         return _states(wave, params), _failures(params), wave_update_times(wave=wave, params=params, now=now)
 
+    connection = _connection()
     if connection.vendor == "postgresql":
         own = not connection.in_atomic_block
-        with transaction.atomic():
+        with transaction.atomic(using=connection.alias):
             with connection.cursor() as cursor:
                 if own:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from factory.api_support import actor_scope, responses
 from factory.downloads import csv_attachment
+from factory.replica import replica_reads
 from factory.schemas import FactoryName
 
 from . import selectors, status
@@ -72,6 +73,7 @@ def _wave(request, name):
 
 
 @router.get("/waves/{wave}/status.csv", response=responses(200), openapi_extra={"responses": {200: CSV}}, summary="A wave's status per group as CSV")
+@replica_reads()
 def waves_status_csv(request, factory: FactoryName, wave: str, offline_threshold: ThresholdHours | None = None):
     """Per group: devices, online, on the wave's version, newer, older, each state, stuck and
     the rollout time; a total row last. Computed at the time of the request."""
@@ -83,6 +85,7 @@ def waves_status_csv(request, factory: FactoryName, wave: str, offline_threshold
 @router.get(
     "/waves/{wave}/status/history.csv", response=responses(200), openapi_extra={"responses": {200: CSV}}, summary="A wave's stored status samples as CSV"
 )
+@replica_reads()
 def waves_status_history_csv(request, factory: FactoryName, wave: str):
     """One line per stored sample (every aggregation interval while the wave is followed): the
     totals per state, oldest first."""
@@ -91,6 +94,7 @@ def waves_status_history_csv(request, factory: FactoryName, wave: str):
 
 
 @router.get("/waves/{wave}/status/live", response=responses(200, LiveStatusOut), summary="A wave's latest status sample, per group and over time")
+@replica_reads()
 def waves_status_live(request, factory: FactoryName, wave: str):
     """What the dashboard's live panel shows: device states per group (not scheduled, scheduled,
     downloading, installing, updated, failed, held, offline) and stuck devices, failures by
@@ -113,6 +117,7 @@ def waves_status_live(request, factory: FactoryName, wave: str):
 
 
 @router.get("/status.csv", response=responses(200), openapi_extra={"responses": {200: CSV}}, summary="Factory status as CSV")
+@replica_reads()
 def factory_status_csv(request, factory: FactoryName, offline_threshold: ThresholdHours | None = None):
     """One line per tag, production or test, and version, with the tag's totals."""
     factory_obj, _ = actor_scope(request)

@@ -11,6 +11,7 @@ from factory import charts as factory_charts
 from factory.auth import factory_view
 from factory.downloads import csv_attachment
 from factory.errors import ApplicationError
+from factory.replica import replica_reads
 
 from . import charts, selectors, status
 from .models import Wave
@@ -45,6 +46,7 @@ def _figure_list(figures, prefix):
 
 @factory_view("view")
 @require_GET
+@replica_reads()
 def wave_live_status(request, name):
     wave = _wave_or_404(request, name)
     live = status.wave_live_status(wave=wave)
@@ -64,6 +66,7 @@ def wave_live_status(request, name):
 
 @factory_view("view")
 @require_GET
+@replica_reads()
 def wave_status_csv(request, name):
     wave = _wave_or_404(request, name)
     try:
@@ -75,6 +78,7 @@ def wave_status_csv(request, name):
 
 @factory_view("view")
 @require_GET
+@replica_reads()
 def wave_status_history_csv(request, name):
     wave = _wave_or_404(request, name)
     return csv_attachment(status.wave_status_history_csv_rows(wave=wave), filename=f"{wave.name}-status-history.csv")
@@ -107,6 +111,7 @@ def _active_waves(factory):
 
 @factory_view("view")
 @require_GET
+@replica_reads()
 def factory_live_status(request):
     try:
         current = status.factory_status_cached(factory=request.factory, offline_threshold_hours=_threshold(request))
@@ -127,6 +132,7 @@ def factory_live_status(request):
 
 @factory_view("view")
 @require_GET
+@replica_reads()
 def factory_status_csv(request):
     try:
         rows = selectors.factory_status(factory=request.factory, offline_threshold_hours=_threshold(request))

@@ -22,6 +22,7 @@ from factory.downloads import attachment
 from factory.errors import ApplicationError
 from factory.forms import StatusForm
 from factory.models import CiTarget
+from factory.replica import replica_reads
 from factory.tuf import metadata as md
 from factory.tuf import selectors as tuf_selectors
 from factory.tuf.models import TufKey, TufRepository
@@ -141,6 +142,7 @@ def _sign_command(wave):
 
 
 @factory_view("view")
+@replica_reads()
 def wave_list(request):
     form = WaveFilterForm(request.GET, tags=_factory_tags(request.factory))
     data = form.cleaned_data if form.is_valid() else {}

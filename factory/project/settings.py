@@ -94,8 +94,28 @@ TEMPLATES = [
     }
 ]
 
+
+def database(url):
+    """One PostgreSQL database from its URL. Behind PgBouncer in transaction mode
+    (BREAKWATER_PGBOUNCER=1) a server session lasts one transaction, so nothing may outlive one:
+    no server-side cursors (`.iterator()` would DECLARE ... WITH HOLD in one transaction and FETCH
+    in the next, maybe on another server connection) and no prepared statements."""
+    config = dj_database_url.parse(url, conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", 60)), conn_health_checks=True)
+    if env_bool("BREAKWATER_PGBOUNCER"):
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True
+        # Django's default with psycopg 3 already; pinned so that no OPTIONS change turns them on.
+        config.setdefault("OPTIONS", {})["prepare_threshold"] = None
+    return config
+
+
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)}
+    DATABASES = {"default": database(os.environ["DATABASE_URL"])}
+    if os.environ.get("DATABASE_REPLICA_URL"):
+        # A read replica for the reads a page marks as safe to serve a moment stale
+        # (factory/replica.py, whose REPLICA is this alias). A test run uses the primary's test
+        # database for it, as there is no replica of a test database.
+        DATABASES["replica"] = {**database(os.environ["DATABASE_REPLICA_URL"]), "TEST": {"MIRROR": "default"}}
+        DATABASE_ROUTERS = ["factory.replica.ReplicaRouter"]
 else:
     DATABASES = {
         "default": {
