@@ -89,6 +89,9 @@ def stage_share(wave, percent):
     devices spills to disk for many minutes."""
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM waves_wavedevice WHERE wave_id = %s", [wave.id])
+        # A live database never drops millions of staged rows at once; autovacuum would clean
+        # up after such a delete, and its dead index entries would be measured otherwise.
+        cursor.execute("VACUUM ANALYZE waves_wavedevice")
     Rollout.objects.filter(wave=wave).delete()
     if not percent:
         return 0

@@ -27,11 +27,14 @@ logger = logging.getLogger(__name__)
 INLINE_COUNT_MAX = 10_000
 
 
-def candidates_count_capped(candidates):
-    """The number of `candidates` (a queryset) when at most INLINE_COUNT_MAX, else None: the
-    count reads INLINE_COUNT_MAX + 1 rows at most, whatever the group's size."""
-    count = candidates.order_by().values("pk")[: INLINE_COUNT_MAX + 1].count()
-    return count if count <= INLINE_COUNT_MAX else None
+def candidates_count_capped(scope, candidates):
+    """The number of `candidates` (a queryset narrowing `scope`, the group's devices on the tag)
+    when the group holds at most INLINE_COUNT_MAX devices, else None. The group is sized first,
+    reading INLINE_COUNT_MAX + 1 index entries at most; only a group that small is counted with
+    the candidates' exclusions, whose plan for a large group may read every staged row."""
+    if scope.order_by().values("pk")[: INLINE_COUNT_MAX + 1].count() > INLINE_COUNT_MAX:
+        return None
+    return candidates.count()
 
 
 def rollout_group_count(*, rollout_id):

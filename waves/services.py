@@ -391,7 +391,7 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
                 return result
             # The group row stages every device of it, now and later, in a time that does not
             # grow with the group: a small group is counted here, a large one after the commit.
-            result.count = candidates_count_capped(_candidates(scope, wave, group_staged=False))
+            result.count = candidates_count_capped(scope, _candidates(scope, wave, group_staged=False))
             rollout = _rollout_record(wave, actor, group_obj, limit, 0, True, result.count, phase)
             WaveGroup.objects.create(wave=wave, group=group_obj, rollout=rollout)
             if result.count is None:
