@@ -170,6 +170,13 @@ def parse_soak(out):
     growth = re.search(r"^database growth per device-day: ([\d,]+) bytes", out, re.M)
     if growth:
         figures.append(Figure("soak", "database growth per device-day", _num(growth.group(1)), "bytes"))
+    # Measured only when every device checked in well before the end (--interval below --seconds).
+    steady = re.search(r"^  \.\.\. steady state: from .*? to the end\s+(-?[\d,]+) bytes", out, re.M)
+    if steady:
+        figures.append(_goal(Figure("soak", "device + check-in tables per device-day after VACUUM, steady state", _num(steady.group(1)), "bytes"), 1024))
+    hot = re.search(r"^device row updates during the soak: [\d,]+, heap-only \(HOT\) [\d,]+ \(([\d.]+)%\)", out, re.M)
+    if hot:
+        figures.append(Figure("soak", "device row updates heap-only (HOT)", float(hot.group(1)), "%"))
     return figures
 
 

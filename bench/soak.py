@@ -14,7 +14,11 @@ factory status) a few times a second.
 
 Prints poll and page latencies (p50/p95/p99), errors, the database size before and after with the
 growth per device-day, and each process's CPU and memory; exits 1 if anything failed (a poll, a
-page, a rollout, an error in a server's log). The database must hold only earlier soak factories:
+page, a rollout, an error in a server's log). Storage: after a VACUUM (not FULL) at the end, the
+bytes per device-day of the device and check-in tables apart from the device events (goal
+< 1 KB), also from the moment every device had checked in once (so each device's first report
+rows are not taken for daily growth: give --interval well below --seconds), and how many of
+the device rows' updates were heap-only (HOT). The database must hold only earlier soak factories:
 a benchmark or demo database is refused. Processes keep their state and logs under
 var/soak/ (BREAKWATER_VAR_DIR), so their embedded Celery queue is never another process's.
 """
@@ -203,6 +207,63 @@ def database_sizes():
             "WHERE c.relkind = 'r' AND n.nspname = current_schema()"
         )
         return total, dict(cursor.fetchall())
+
+
+# What check-ins write: each device's row and its client report. Events are counted apart: they
+# grow with the updates devices report, and the retention (BREAKWATER_EVENT_RETENTION_DAYS)
+# bounds them, not the polls.
+CHECKIN_TABLES = ("devices_device", "devices_devicereport")
+EVENT_TABLES = ("devices_deviceevent",)
+CHECKIN_GOAL_BYTES = 1024  # per device-day, after VACUUM
+
+
+def relation_sizes(tables=CHECKIN_TABLES):
+    """{relation: bytes} of each table (heap, TOAST, free-space and visibility maps) and each of
+    its indexes: where a table's growth went."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, pg_table_size(c.oid) FROM pg_class c WHERE c.relname = ANY(%s) AND c.relkind = 'r' "
+            "UNION ALL SELECT i.relname, pg_relation_size(i.oid) FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid "
+            "JOIN pg_class i ON i.oid = x.indexrelid WHERE c.relname = ANY(%s)",
+            [list(tables), list(tables)],
+        )
+        return dict(cursor.fetchall())
+
+
+def vacuum(tables=()):
+    """Plain VACUUM (not FULL, which would lock and shrink): the space it frees is what later
+    rows reuse, so the sizes after it are the ones that keep growing or do not."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM " + ", ".join(tables) if tables else "VACUUM")
+
+
+def row_updates(table="devices_device"):
+    """(row updates, heap-only ones) of `table` so far, as the statistics collector counted them
+    (server processes report theirs as they go idle and when they exit)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = %s AND schemaname = current_schema()", [table])
+        row = cursor.fetchone()
+    return row or (0, 0)
+
+
+def row_updates_final(table="devices_device", patience=10.0):
+    """row_updates once the servers' last reports are in: a backend reports its counts as it
+    exits, a moment after its client has gone."""
+    last, deadline = row_updates(table), time.monotonic() + patience
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = row_updates(table)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def backend_pids():
@@ -444,7 +505,64 @@ def _mib(n):
     return f"{n / 2**20:,.1f} MiB"
 
 
-def report(*, args, run_name, loads, elapsed, fleet, dashboard, rollouts, gateway_log, sizes_before, sizes_after, watched, log_errors, checks, broker):
+def _tables_bytes(tables, names):
+    return sum(tables.get(name, 0) for name in names)
+
+
+def storage_report(*, args, elapsed, sizes_before, storage, events, updated):
+    """Print the sizes after VACUUM per device-day: check-in tables (against their goal), events
+    and the rest apart; then the device rows' heap-only updates."""
+    from django.conf import settings
+
+    _, tables_before = sizes_before
+    total_vacuumed, tables = storage["vacuumed"]
+    days = elapsed / 86400
+
+    def per_day(grown, span=days):
+        return grown / args.devices / span
+
+    checkin = _tables_bytes(tables, CHECKIN_TABLES) - _tables_bytes(tables_before, CHECKIN_TABLES)
+    event = _tables_bytes(tables, EVENT_TABLES) - _tables_bytes(tables_before, EVENT_TABLES)
+    rest = total_vacuumed - sizes_before[0] - checkin - event
+    goal = f"goal < {CHECKIN_GOAL_BYTES:,}"
+    print(f"\nstorage after VACUUM (not FULL), per device-day ({args.devices:,} devices x {days:.5f} days):")
+    verdict = "within goal" if per_day(checkin) < CHECKIN_GOAL_BYTES else "MISSED"
+    print(
+        f"{'  device + check-in tables (' + ', '.join(CHECKIN_TABLES) + ')':<72} {per_day(checkin):>10,.0f} bytes  ({goal}: {verdict}; "
+        f"{checkin:+,} bytes since the soak began, first check-ins included)"
+    )
+    if storage["settled"] is not None:
+        at, (_, settled_tables), settled_relations = storage["settled"]
+        steady = _tables_bytes(tables, CHECKIN_TABLES) - _tables_bytes(settled_tables, CHECKIN_TABLES)
+        span = (elapsed - at) / 86400
+        verdict = "within goal" if per_day(steady, span) < CHECKIN_GOAL_BYTES else "MISSED"
+        print(
+            f"{'  ... steady state: from ' + f'{at:,.0f} s' + ' (every device checked in once) to the end':<72} "
+            f"{per_day(steady, span):>10,.0f} bytes  ({goal}: {verdict}; {steady:+,} bytes; "
+            f"one 8 KiB page is {per_day(8192, span):,.0f} bytes per device-day here)"
+        )
+        grown = {name: size - settled_relations.get(name, 0) for name, size in storage["relations"].items() if size != settled_relations.get(name, 0)}
+        where = ", ".join(f"{name} {change:+,}" for name, change in sorted(grown.items(), key=lambda kv: -kv[1])) or "nothing"
+        print(f"      grew in that window (bytes): {where}")
+    else:
+        print("  ... steady state: not measured (the soak is shorter than a poll interval and a flush; use --interval well below --seconds)")
+    per_event = f"{event / events:,.0f} bytes an event" if events else "no events"
+    retention = settings.BREAKWATER_EVENT_RETENTION_DAYS
+    kept = f"kept {retention:g} days" if retention else "kept for ever"
+    print(
+        f"{'  device events (' + ', '.join(EVENT_TABLES) + ')':<72} {per_day(event):>10,.0f} bytes  ({event:+,} bytes, {events:,} events, {per_event}; "
+        f"they grow with updates, not polls, and are {kept})"
+    )
+    print(f"{'  everything else (status samples, rollouts, audit, sessions)':<72} {per_day(rest):>10,.0f} bytes  ({rest:+,} bytes)")
+    upd, hot = storage["updates"]
+    share = f"{100 * hot / upd:.1f}%" if upd else "-"
+    print(
+        f"device row updates during the soak: {upd:,}, heap-only (HOT) {hot:,} ({share}); {upd - hot:,} not, "
+        f"against {updated:,} devices that installed the wave (a new version moves an indexed column)"
+    )
+
+
+def report(*, args, run_name, loads, elapsed, fleet, dashboard, rollouts, gateway_log, sizes_before, sizes_after, watched, log_errors, checks, broker, storage, events):
     """Print the soak's figures; return the number of errors."""
     summary = fleet.get("summary", {})
     polls = summary.get("polls", 0)
@@ -499,8 +617,9 @@ def report(*, args, run_name, loads, elapsed, fleet, dashboard, rollouts, gatewa
         print(f"{'table ' + table:<48} {_mib(before):>12} {_mib(after):>12} {_mib(after - before):>12}")
     print(
         f"database growth per device-day: {grown / args.devices / days:,.0f} bytes "
-        f"({grown:,} bytes / {args.devices:,} devices / {days:.5f} days)"
+        f"({grown:,} bytes / {args.devices:,} devices / {days:.5f} days, before VACUUM)"
     )
+    storage_report(args=args, elapsed=elapsed, sizes_before=sizes_before, storage=storage, events=events, updated=summary.get("updated", 0))
 
     print(f"\n{'soak process':<48} {'CPU % of one core':>18} {'peak RSS':>12} {'peak PSS':>12}")
     for w in watched:
@@ -603,7 +722,12 @@ def _run(args, work):
 
         # The soak starts when the devices start polling.
         sizes_before = database_sizes()
+        updates_before = row_updates()
         t0 = time.monotonic()
+        # Once every device has checked in (its first poll falls within one interval) and been
+        # flushed, each device's first-check-in rows exist: growth from then on is steady state.
+        settle_after = args.interval + 2 * settings.BREAKWATER_CHECKIN_FLUSH_SECONDS + 10
+        settled = None
         from django.utils import timezone
 
         window_start = timezone.now()
@@ -629,6 +753,9 @@ def _run(args, work):
             for w in watched:
                 w.sample()
             load_peak = max(load_peak, os.getloadavg()[0])
+            if settled is None and settle_after <= time.monotonic() - t0 <= 0.8 * args.seconds:
+                vacuum(CHECKIN_TABLES)
+                settled = (time.monotonic() - t0, database_sizes(), relation_sizes())
             dead = servers.dead()
             if dead:
                 print(f"{', '.join(dead)} exited during the soak", flush=True)
@@ -664,6 +791,9 @@ def _run(args, work):
         f"{staged:,} devices staged, {WaveStatusSample.objects.filter(wave=wave).count():,} wave status samples"
     )
     sizes_after = database_sizes()
+    updates = [after - before for after, before in zip(row_updates_final(), updates_before)]
+    vacuum()
+    storage = {"vacuumed": database_sizes(), "relations": relation_sizes(), "settled": settled, "updates": updates}
     log_errors = {name: servers.log_errors(name) for name in ("gateway", "web", "worker", "beat", "fleet")}
     log_errors = {name: lines for name, lines in log_errors.items() if lines}
     if dead:
@@ -672,7 +802,7 @@ def _run(args, work):
     errors = report(
         args=args, run_name=run_name, loads=(load_start, load_end, load_peak), elapsed=elapsed, fleet=fleet, dashboard=dashboard,
         rollouts=rollouts, gateway_log=args.logs / "gateway-access.log", sizes_before=sizes_before, sizes_after=sizes_after,
-        watched=watched, log_errors=log_errors, checks=checks, broker=broker,
+        watched=watched, log_errors=log_errors, checks=checks, broker=broker, storage=storage, events=events,
     )
     return 1 if errors else 0
 

@@ -4,7 +4,9 @@ A poll never writes to the database. The gateway records each check-in in a buff
 REDIS_URL is set, so every gateway process shares it; else the gateway process's memory) and a
 flusher writes the latest check-in of each device with one UPDATE per batch, the client facts
 the check-ins carried (User-Agent, OSTree commit, apps) where they changed, and the buffered
-events with one INSERT per batch.
+events with one INSERT per batch. A plain poll moves only columns no index holds (last seen, the
+targets version served): on PostgreSQL its row update is heap-only, so a fleet that polls adds
+nothing to the device table's indexes or size (`devices.models.Device`).
 
 A row the database refuses holds back no other: a refused batch is bisected, each attempt in a
 transaction of its own, until the refused rows are found; they become dead letters
@@ -337,7 +339,8 @@ def _stamp(epoch):
 
 
 def checkins_write(checkins):
-    """Apply {device id: Checkin} to the devices, one UPDATE per batch; returns rows updated.
+    """Apply {device id: Checkin} to the devices, one UPDATE per batch; returns how many rows it
+    changed (a check-in that changes nothing, an older one or a repeated one, writes nothing).
 
     A check-in older than what the database holds (two gateways flushing out of order) moves
     nothing back: last_seen and targets_version_seen only grow, target and tag follow the latest
@@ -421,6 +424,16 @@ def _update_batch(items):
     for device_id, c in items:
         params += _checkin_values(device_id, c)
     newer = f"(v.seen IS NOT NULL AND ({table}.last_seen IS NULL OR v.seen >= {table}.last_seen))"
+    served_more = f"(v.targets_version IS NOT NULL AND ({table}.targets_version_seen IS NULL OR v.targets_version > {table}.targets_version_seen))"
+    # A row the check-in would leave as it is gets no new version at all: PostgreSQL writes one
+    # for every row an UPDATE matches, changed or not.
+    changes = (
+        f"(v.seen IS NOT NULL AND ({table}.last_seen IS NULL OR v.seen > {table}.last_seen))"
+        f" OR ({newer} AND v.target_name IS NOT NULL AND ({table}.target_name <> v.target_name"
+        f" OR COALESCE({table}.target_version, -1) <> COALESCE(v.target_version, -1)))"
+        f" OR ({newer} AND v.tag IS NOT NULL AND {table}.config_tag = '' AND {table}.tag <> v.tag)"
+        f" OR {served_more}"
+    )
     values = ", ".join([row] * len(items))
     columns = ("id", "seen", "target_name", "target_version", "tag", "targets_version")
     if postgres:
@@ -436,10 +449,8 @@ def _update_batch(items):
             target_name = CASE WHEN {newer} AND v.target_name IS NOT NULL THEN v.target_name ELSE {table}.target_name END,
             target_version = CASE WHEN {newer} AND v.target_name IS NOT NULL THEN v.target_version ELSE {table}.target_version END,
             tag = CASE WHEN {newer} AND v.tag IS NOT NULL AND {table}.config_tag = '' THEN v.tag ELSE {table}.tag END,
-            targets_version_seen = CASE
-                WHEN v.targets_version IS NOT NULL AND ({table}.targets_version_seen IS NULL OR v.targets_version > {table}.targets_version_seen)
-                THEN v.targets_version ELSE {table}.targets_version_seen END
-        FROM {source} WHERE {table}.id = v.id
+            targets_version_seen = CASE WHEN {served_more} THEN v.targets_version ELSE {table}.targets_version_seen END
+        FROM {source} WHERE {table}.id = v.id AND ({changes})
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -41,5 +41,7 @@ def test_a_short_soak_passes_with_zero_errors_and_reports_its_figures(tmp_path):
     pages = re.search(r"^dashboard all pages\s+(\d+)\s+0\s", out, re.M)
     assert pages and int(pages.group(1)) >= 10, out
     assert re.search(r"^database growth per device-day: [\d,]+ bytes", out, re.M), out
+    assert re.search(r"^  device \+ check-in tables \(devices_device, devices_devicereport\)\s+-?[\d,]+ bytes  \(goal < 1,024", out, re.M), out
+    assert re.search(r"^device row updates during the soak: [\d,]+, heap-only \(HOT\) [\d,]+", out, re.M), out
     assert "20 of 20 devices' check-ins written during the soak" in out
     assert re.search(r"rollout at .*: \d+ devices staged", out)

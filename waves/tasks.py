@@ -20,6 +20,7 @@ from .rollout_counts import rollouts_uncounted_send  # also registers the full-g
 from .models import Wave
 from .status_table import cached_wave_status
 from .plan_tasks import plans_evaluate  # noqa: F401 (registers the rollout plans' beat task)
+from .event_retention_tasks import device_events_purge  # noqa: F401 (registers the device events' retention beat task)
 from .rollout_jobs import wave_rollout_job  # noqa: F401 (registers the background rollouts' task)
 
 logger = logging.getLogger(__name__)

@@ -259,6 +259,10 @@ BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INT
 BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))
 CELERY_BEAT_SCHEDULE["wave-status"] = {"task": "waves.tasks.wave_status_schedule", "schedule": BREAKWATER_STATUS_INTERVAL_SECONDS}
 CELERY_BEAT_SCHEDULE["rollout-plans"] = {"task": "waves.plan_tasks.plans_evaluate", "schedule": 60.0, "options": {"expires": 55}}
+# Device events are deleted this many days after the gateway received them (0 keeps them for
+# ever), except the reports waves still read (waves/event_retention.py); the purge runs hourly.
+BREAKWATER_EVENT_RETENTION_DAYS = float(os.environ.get("BREAKWATER_EVENT_RETENTION_DAYS", 90))
+CELERY_BEAT_SCHEDULE["device-events-purge"] = {"task": "waves.event_retention_tasks.device_events_purge", "schedule": 3600.0, "options": {"expires": 3000}}
 
 # Device gateway (mutual TLS). Its TLS identity is generated and kept in the database unless
 # BREAKWATER_GATEWAY_CERTFILE, _KEYFILE and _SERVER_CA (the CA devices trust it by) are set.
