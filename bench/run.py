@@ -175,13 +175,14 @@ def parse_soak(out):
 
 def parse_browser(out):
     """`figure   <median> ms   <worst> ms  < <goal> ms  within|over` (`-  -` without a goal), then
-    `where a sign-in goes` with one time per part (no goal: they explain the sign-in figure)."""
+    `where a sign-in goes` with the time and CPU time of each part (the time is kept, without a
+    goal: the parts explain the sign-in figure)."""
     figures = []
     table, _, parts = out.partition("where a sign-in goes")
     for name, median, goal in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+\d[\d,]* ms[ \t]+(?:< (\d[\d,]*) ms|-)[ \t]+(?:within|over|-)[ \t]*$", table, re.M):
         figure = Figure("browser", name.strip(), _num(median), "ms")
         figures.append(_goal(figure, _num(goal)) if goal else figure)
-    for name, ms in re.findall(r"^[ \t]*(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]*$", parts, re.M):
+    for name, ms in re.findall(r"^[ \t]*(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+\d[\d,]* ms[ \t]*$", parts, re.M):
         figures.append(Figure("browser", f"sign-in part: {name.strip()}", _num(ms), "ms"))
     return figures
 
