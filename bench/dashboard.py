@@ -65,14 +65,14 @@ def bench_state(factory, wave, user):
         now = timezone.now()
         steps = ["download-started", "download-completed", "install-started", "install-applied", "install-completed"]
         with connection.cursor() as cursor:
-            columns = "factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at"
+            columns = "factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at, event_id"
             with cursor.cursor.copy(f"COPY devices_deviceevent ({columns}) FROM STDIN") as copy:
                 for n, device_id in enumerate(ids):
                     failed = n % 50 == 0
                     for i, step in enumerate(steps):
                         success = None if step != "install-completed" else not failed
                         at = now - timedelta(minutes=60 - i * 5)
-                        copy.write_row((factory.id, device_id, step, "intel-corei7-64-lmp-42", 42, success, "no space left" if failed and success is False else "", at, at))
+                        copy.write_row((factory.id, device_id, step, "intel-corei7-64-lmp-42", 42, success, "no space left" if failed and success is False else "", at, at, ""))
             cursor.execute("ANALYZE devices_deviceevent")
         print(f"wrote {len(ids) * len(steps):,} device events in {time.perf_counter() - started:.1f}s")
     if AuditEntry.objects.filter(factory=factory).count() < AUDIT_ROWS:

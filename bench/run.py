@@ -4,7 +4,7 @@ read from what it prints, and one table puts each figure next to its goal.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench .venv/bin/python bench/run.py
         [--quick] [--only rollout,status,...] [--gateway-seconds 15] [--sizes 1000000,10000000]
 
-The fleet scripts (rollout, status, dashboard, api_cli, plans) load a 1,000,000-device factory the
+The fleet scripts (rollout, status, dashboard, browser, api_cli, plans) load a 1,000,000-device factory the
 first time (minutes) and take long on a busy machine; --quick runs only those that build their own
 small world (tuf, gateway, gateway_flood). With --sizes they run once per fleet size, each size on
 a database of its own (the first on DATABASE_URL's, the others on `<name>_10m` and so on, created
@@ -23,9 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ("tuf", "gateway", "gateway_flood")
-ORDER = ("rollout", "status", "dashboard", "gateway", "gateway_flood", "tuf", "api_cli", "plans")
+ORDER = ("rollout", "status", "dashboard", "browser", "gateway", "gateway_flood", "tuf", "api_cli", "plans")
 # The scripts that measure the bench fleet (bench/fleet.py), run once per --sizes entry.
-FLEET = ("rollout", "status", "dashboard", "api_cli", "plans")
+FLEET = ("rollout", "status", "dashboard", "browser", "api_cli", "plans")
 # Ten minutes of a simulated fleet on a database of its own, and the device doors' fuzzing with
 # its long budget: run on request (--only soak, --only fuzz_gateway).
 OPTIONAL = ("soak", "fuzz_gateway")
@@ -180,6 +180,20 @@ def parse_soak(out):
     return figures
 
 
+def parse_browser(out):
+    """`figure   <median> ms   <worst> ms  < <goal> ms  within|over` (`-  -` without a goal), then
+    `where a sign-in goes` with the time and CPU time of each part (the time is kept, without a
+    goal: the parts explain the sign-in figure)."""
+    figures = []
+    table, _, parts = out.partition("where a sign-in goes")
+    for name, median, goal in re.findall(r"^(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+\d[\d,]* ms[ \t]+(?:< (\d[\d,]*) ms|-)[ \t]+(?:within|over|-)[ \t]*$", table, re.M):
+        figure = Figure("browser", name.strip(), _num(median), "ms")
+        figures.append(_goal(figure, _num(goal)) if goal else figure)
+    for name, ms in re.findall(r"^[ \t]*(\S.*?)[ \t]+(\d[\d,]*) ms[ \t]+\d[\d,]* ms[ \t]*$", parts, re.M):
+        figures.append(Figure("browser", f"sign-in part: {name.strip()}", _num(ms), "ms"))
+    return figures
+
+
 def parse_fuzz_gateway(out):
     """`5xx answers: N (goal 0)`, `good events lost: N (goal 0)`, `failed properties: N (goal 0)`."""
     figures = []
@@ -200,6 +214,7 @@ PARSERS = {
     "api_cli": parse_api_cli,
     "plans": parse_plans,
     "soak": parse_soak,
+    "browser": parse_browser,
     "fuzz_gateway": parse_fuzz_gateway,
 }
 

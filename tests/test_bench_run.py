@@ -3,6 +3,7 @@ The samples are made with the scripts' own print formats."""
 from bench.run import (
     Run,
     parse_api_cli,
+    parse_browser,
     parse_dashboard,
     parse_fuzz_gateway,
     parse_gateway,
@@ -122,3 +123,35 @@ def test_the_table_puts_each_size_of_a_figure_side_by_side():
     assert "40 ms" in row and "75 ms" in row and row.index("40 ms") < row.index("75 ms")
     # One row per figure, its verdict naming the size that missed the goal.
     assert rendered.count("rollout full group") == 1 and row.endswith("MISSED at 10M")
+
+
+def test_browser_figures_judge_the_median_against_their_goal_and_keep_the_sign_in_parts():
+    def row(name, median, worst, goal):
+        verdict = "-" if goal is None else ("within" if median < goal else "over")
+        return f"{name:<60} {median:>6.0f} ms {worst:>6.0f} ms  {'-' if goal is None else f'< {goal} ms':<9} {verdict}"
+
+    out = "\n".join(
+        [
+            f"{'figure':<60} {'median':>9} {'worst':>9}  {'goal':<9} verdict",
+            row("wave page LCP, demo fleet (1,050 devices)", 344, 992, 800),
+            row("wave page load event, demo fleet (1,050 devices)", 298, 749, None),
+            row("wave page LCP, bench fleet", 1234, 2920, 800),
+            row("sign-in: POST /login/ server time (to first byte)", 180, 240, 300),
+            "",
+            'bench fleet: LCP element p.muted.small "A group with no limit"; first load (empty cache) LCP 580 ms, load 520 ms; FCP median 344 ms',
+            "",
+            f"{'where a sign-in goes (this process, median of 9)':<80} {'time':>9} {'CPU':>9}",
+            f"{'password check: argon2':<80} {140:>6.0f} ms {270:>6.0f} ms",
+            f"{'  for comparison: PBKDF2-SHA256, Django 1,000,000 iterations':<80} {195:>6.0f} ms {194:>6.0f} ms",
+        ]
+    )
+    figures = {f.name: f for f in parse_browser(out)}
+    assert [(name, f.value, f.ok) for name, f in figures.items()] == [
+        ("wave page LCP, demo fleet (1,050 devices)", 344, True),
+        ("wave page load event, demo fleet (1,050 devices)", 298, None),
+        ("wave page LCP, bench fleet", 1234, False),
+        ("sign-in: POST /login/ server time (to first byte)", 180, True),
+        ("sign-in part: password check: argon2", 140, None),
+        ("sign-in part: for comparison: PBKDF2-SHA256, Django 1,000,000 iterations", 195, None),
+    ]
+    assert figures["wave page LCP, bench fleet"].goal == "<= 800 ms"

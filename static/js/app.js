@@ -1,5 +1,5 @@
 // Breakwater's one script: redraw Plotly charts when htmx swaps content in, show errors that
-// htmx would otherwise swallow, and keep focus where a keyboard user expects it.
+// htmx would otherwise swallow, keep focus where a keyboard user expects it, and copy commands.
 (function () {
   function drawChart(el) {
     var source = document.getElementById(el.dataset.chart);
@@ -78,6 +78,30 @@
   }
   document.addEventListener("DOMContentLoaded", function () { initConfirms(document); });
   document.addEventListener("htmx:load", function (evt) { initConfirms(evt.target); });
+
+  // A command box marked data-copy gets a button that puts its command on the clipboard (the box
+  // wraps, so the command can also be selected by hand; without JavaScript there is no button).
+  // The clipboard API exists only on HTTPS and localhost pages: elsewhere there is no button.
+  function addCopyButtons(root) {
+    if (!navigator.clipboard || !root.querySelectorAll) return;
+    root.querySelectorAll("pre.cli[data-copy]").forEach(function (box) {
+      if (box.dataset.copyButton) return;
+      box.dataset.copyButton = "1";
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "small copy";
+      button.textContent = "Copy command";
+      button.addEventListener("click", function () {
+        navigator.clipboard.writeText(box.textContent.trim()).then(function () {
+          button.textContent = "Copied";
+          setTimeout(function () { button.textContent = "Copy command"; }, 2000);
+        }, function () { toast("The browser did not allow copying: select the command and copy it instead."); });
+      });
+      box.insertAdjacentElement("afterend", button);
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { addCopyButtons(document); });
+  document.addEventListener("htmx:load", function (evt) { addCopyButtons(evt.target); });
   document.addEventListener("input", function (evt) {
     if (evt.target.dataset && evt.target.dataset.confirmFor) syncConfirm(evt.target);
   });

@@ -123,3 +123,22 @@ def test_the_factory_page_draws_its_fleet_charts(page, live_server, factory, dav
     assert names == ["v41"]
     expect(page.locator("#factory-live")).to_contain_text("v2.0-update")
     shot(page, "live-factory-status")
+
+
+def test_plotly_is_fetched_only_once_the_wave_page_has_painted(page, live_server, factory, dave, watched_wave):
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_label("Username").fill("dave")
+    page.get_by_label("Password").fill("dave-pass-1")
+    page.get_by_role("button", name="Sign in").click()
+    # Twice: the second load finds plotly.js in the browser's cache, where it used to be parsed
+    # before the first frame was on the screen.
+    for _ in range(2):
+        page.goto(f"{live_server.url}/waves/{watched_wave.name}/")
+        page.wait_for_function("() => document.querySelector('#wave-chart-progress .main-svg') !== null", timeout=20_000)
+        painted, requested = page.evaluate(
+            """() => [
+              performance.getEntriesByName("first-contentful-paint")[0].startTime,
+              performance.getEntriesByType("resource").find((r) => r.name.includes("/plotly.min.js")).startTime,
+            ]"""
+        )
+        assert requested >= painted, f"plotly.js was requested at {requested:.0f} ms, before the first paint at {painted:.0f} ms"
