@@ -332,21 +332,21 @@ def lmp_register(*, device_api, token, folder, factory_name, hardware_id, tag, n
     }
     if group:
         body["group"] = group
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=False)
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            ping = http.request("HEAD", device_api)
-            if ping.status < 500:
-                break
-        except urllib3.exceptions.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{device_api} does not answer")
-        time.sleep(1)
-    response = http.request(
-        "POST", device_api, body=json.dumps(body, indent=4).replace("/", "\\/"), headers={"Content-type": "application/json", "OSF-TOKEN": token}
-    )
+    with urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=False) as http:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                ping = http.request("HEAD", device_api)
+                if ping.status < 500:
+                    break
+            except urllib3.exceptions.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{device_api} does not answer")
+            time.sleep(1)
+        response = http.request(
+            "POST", device_api, body=json.dumps(body, indent=4).replace("/", "\\/"), headers={"Content-type": "application/json", "OSF-TOKEN": token}
+        )
     if response.status != 201:
         raise RuntimeError(f"Unable to create device: HTTP_{response.status} {response.data[:200]!r}")
     files = json.loads(response.data)

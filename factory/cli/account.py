@@ -39,8 +39,9 @@ def login(args, ctx):
     url = check_url(url.strip())
     token = (getattr(args, "token", None) or os.environ.get("BREAKWATER_TOKEN") or _read_token() or "").strip()
     if not token:
-        raise CliError("no API token was given; create one in the dashboard and pass it with --token or on standard input")
-    me = Client(url, token, ca_bundle=settings.ca_bundle).get("/whoami")
+        raise CliError("No API token was given; create one in the dashboard and pass it with --token or on standard input")
+    with Client(url, token, ca_bundle=settings.ca_bundle) as client:
+        me = client.get("/whoami")
     factory = getattr(args, "factory", None)
     if factory and factory != me["factory"]:
         raise CliError(f"this token belongs to factory {me['factory']}, not {factory}")

@@ -111,6 +111,16 @@ class Client:
             kwargs["ca_certs"] = ca_bundle
         self.pool = urllib3.PoolManager(**kwargs)
 
+    def close(self):
+        """Close the kept-alive connections now, not whenever the garbage collector finds them."""
+        self.pool.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     @property
     def factory(self):
         if not self._factory:

@@ -26,6 +26,10 @@ class Context:
             self._client = self.settings.client()
         return self._client
 
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+
     def path(self, path):
         """A path under the factory, e.g. ctx.path("waves/") -> /factories/acme/waves/."""
         return self.client.factory_path(path)

@@ -45,8 +45,8 @@ def released(factory, bob, *, complete, version=41, tag="main", name="w41"):
 # --- prune: services ---------------------------------------------------------------------------
 
 
-def test_pruning_named_targets_takes_them_from_test_devices_and_metadata_versions_rise(factory, bob, builds):
-    device = TufDevice(make_device(factory, production=False, tag="main"))
+def test_pruning_named_targets_takes_them_from_test_devices_and_metadata_versions_rise(factory, bob, builds, tmp_path):
+    device = TufDevice(make_device(factory, production=False, tag="main"), tmp_path)
     before = device.refresh()
     assert {"intel-corei7-64-lmp-40", "raspberrypi4-64-lmp-40", "intel-corei7-64-lmp-43"} <= set(before)
     versions_before = device.versions()
@@ -143,8 +143,8 @@ def tagged(targets, tag):
     return {name for name, t in targets.items() if tag in t["tags"]}
 
 
-def test_tagging_moves_targets_between_test_devices_tags(factory, bob, builds):
-    device = TufDevice(make_device(factory, production=False, tag="main"))
+def test_tagging_moves_targets_between_test_devices_tags(factory, bob, builds, tmp_path):
+    device = TufDevice(make_device(factory, production=False, tag="main"), tmp_path)
     assert "intel-corei7-64-lmp-42" in tagged(device.refresh(), "main") and tagged(device.refresh(), "qa") == set()
     version = device.versions()["targets"]
 
