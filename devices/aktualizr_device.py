@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from factory.plurals import counted
+
 from . import pki
 
 logger = logging.getLogger("breakwater.simulator")
@@ -127,7 +129,7 @@ def _check_signatures(root, role, signed, signatures, what):
         valid += 1
     if valid < threshold:
         problem = "BadKeyId" if len(signatures) == 1 else "UnmetThreshold"
-        raise MetadataRefused(f"{what}: {problem} ({valid} valid signature(s), threshold {threshold})")
+        raise MetadataRefused(f"{what}: {problem} ({counted(valid, 'valid signature')}, threshold {threshold})")
 
 
 def _check_hashes(meta, raw, what, *, required):

@@ -19,6 +19,8 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 
+from factory.plurals import counted
+
 from .models import DeviceEvent
 
 MAX_BODY = 64 * 1024
@@ -264,7 +266,7 @@ class _Fields:
         except OverflowError:  # year 9999 west of UTC is in year 10000 in UTC
             stamp = None
         if stamp is None or not now - back <= stamp <= now + ahead:
-            self.refuse(field, f"must be within {back.days} days before and {ahead.days} days after the server's clock (UTC {now:%Y-%m-%dT%H:%M:%SZ})")
+            self.refuse(field, f"must be within {counted(back.days, 'day')} before and {counted(ahead.days, 'day')} after the server's clock (UTC {now:%Y-%m-%dT%H:%M:%SZ})")
         return stamp
 
     def device(self, field):

@@ -13,6 +13,7 @@ from django.utils import timezone
 from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.names import name_clean
+from factory.plurals import counted, plural
 from factory.services import audit_record
 
 from . import pki
@@ -371,7 +372,7 @@ def device_certificates_renew(*, factory, actor, csrs):
     devices = {d.uuid: d for d in Device.objects.filter(factory=factory, uuid__in=uuids_in(wanted)).select_related("certificate_record")}
     missing = [str(u) for u in wanted if u not in devices]
     if missing:
-        raise NotFound(f"{len(missing)} device(s) are not registered in factory {factory.name}: {', '.join(missing[:5])}")
+        raise NotFound(f"{counted(len(missing), 'device')} {plural(len(missing), 'is', 'are')} not registered in factory {factory.name}: {', '.join(missing[:5])}")
     issued = {}
     for device_uuid, csr in wanted.items():
         device = devices[device_uuid]

@@ -13,7 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 
 from devices.fleet import fleet_load_for_benchmark
 from devices.models import Device, DeviceEvent, DeviceGroup, RegistrationToken
@@ -24,7 +26,9 @@ from factory.tuf.keys import key_archive_read, key_archive_write, key_generate
 from factory.tuf.models import TufKey, TufRoot, TufView
 from factory.tuf.services.repository import ci_build_publish
 from tests import aktualizr_verify
+from tests.factory.test_views import login
 from tests.tuf_helpers import offline_targets_key
+from waves import expiry
 from waves.models import SavedDeviceList, Wave, WaveDevice
 
 TAG = "production"
@@ -223,21 +227,46 @@ def test_init_without_keys_then_sign(cli, tokens, fleet, keys_file):
     assert "only an unsigned wave" in one_sentence_error(cli("waves", "sign", "v2", "-k", keys_file, token=tokens["bob"]))
 
 
-def test_status_commands_print_the_expiry_warnings_the_dashboard_shows(cli, tokens, fleet, keys_file):
+def test_status_commands_print_the_expiry_warnings_the_dashboard_shows(cli, tokens, fleet, keys_file, client, dave):
     """A wave whose offline-signed targets expire within 30 days: `waves status` and `status` say
     so, as the dashboard's banner does, and the API carries the same warning."""
     cli("waves", "init", "v2", 42, TAG, "--expires-days", 10, "-k", keys_file, token=tokens["bob"])
     shown = cli("waves", "status", "v2", token=tokens["dave"])
     assert shown.code == 0, shown.err
-    assert "WARNING: the targets of wave v2 (tag " in shown.out and "complete it before then" in shown.out
+    assert "WARNING: The targets of wave v2 (tag " in shown.out and "complete it before then" in shown.out
     fleet_status = cli("status", token=tokens["dave"])
-    assert "WARNING: the targets of wave v2" in fleet_status.out
+    assert "WARNING: The targets of wave v2" in fleet_status.out
     api = json.loads(cli("waves", "status", "v2", "--json", token=tokens["dave"]).out)
     assert [w["wave"] for w in api["warnings"]] == ["v2"] and api["warnings"][0]["days_left"] in (9, 10)
     # A wave far from expiry prints no warning.
     cli("waves", "cancel", "v2", token=tokens["bob"])
     cli("waves", "init", "v3", 42, TAG, "-k", keys_file, token=tokens["bob"])
     assert "WARNING" not in cli("waves", "status", "v3", token=tokens["dave"]).out
+    login(client, dave)
+    assert "expiry-warnings" not in client.get(reverse("wave-detail", args=["v3"])).content.decode()
+
+
+def test_the_dashboard_and_the_cli_warn_of_the_same_expiring_targets(cli, tokens, fleet, keys_file, client, dave):
+    """Both read waves.expiry: a wave's page and `waves status` warn of its tag's production
+    targets expiring as well as of its own; the status page and `status` of everything."""
+    ci_build_publish(factory=fleet.first().factory, version=43, hardware_ids=["intel-corei7-64"], tags=[TAG])
+    cli("waves", "init", "v2", 42, TAG, "--expires-days", 10, "-k", keys_file, token=tokens["bob"])
+    cli("waves", "complete", "v2", token=tokens["bob"])
+    cli("waves", "init", "v3", 43, TAG, "--expires-days", 20, "-k", keys_file, token=tokens["bob"])
+    v3 = Wave.objects.get(name="v3")
+    warnings = [w["message"] for w in expiry.wave_expiring_targets(wave=v3)]
+    assert len(warnings) == 2 and warnings[0].startswith("The production targets of tag production (version 42) expire in")
+    login(client, dave)
+    page = client.get(reverse("wave-detail", args=["v3"])).content.decode()
+    shown = cli("waves", "status", "v3", token=tokens["dave"]).out
+    for message in warnings:
+        assert f"WARNING: {message}" in shown and escape(message) in page
+    everything = [w["message"] for w in expiry.expiring_targets(factory=v3.factory)]
+    status_page = client.get(reverse("factory-status")).content.decode()
+    status = cli("status", token=tokens["dave"]).out
+    assert everything == warnings
+    for message in everything:
+        assert f"WARNING: {message}" in status and escape(message) in status_page
 
 
 def test_init_with_an_untrusted_key_creates_nothing(cli, tokens, fleet, tmp_path):
@@ -374,7 +403,7 @@ def test_set_group_in_batches_with_progress_and_unknown_uuids(cli, tokens, facto
     listing.write_text("\n".join(uuids + [unknown]))
     result = cli("devices", "set-group", "us-east", "--uuids", f"@{listing}", token=tokens["bob"])
     assert result.code == 0, result.err
-    assert "2300 devices are now in group us-east" in result.out
+    assert "2,300 devices are now in group us-east" in result.out
     assert "1,000 of 2,301 devices done" in result.err and "2,301 of 2,301 devices done" in result.err
     assert unknown in result.err
     assert Device.objects.filter(group__name="us-east").count() == 2300

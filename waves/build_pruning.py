@@ -12,6 +12,7 @@ from django.db import transaction
 from factory.auth import authorize
 from factory.errors import ApplicationError
 from factory.models import CiTarget
+from factory.plurals import counted
 from factory.services import audit_record
 from factory.tuf import metadata as md
 from factory.tuf.models import TufView
@@ -73,7 +74,8 @@ def _by_tag(factory, tags, keep_last):
     newest = sorted({t.version for t in candidates}, reverse=True)[:keep_last or 0]
     if newest:
         label = ",".join(sorted(wanted))
-        kept += [_row(t, f"one of the newest {keep_last} builds of tag {label}") for t in candidates if t.version in newest]
+        newest_builds = f"one of the newest {counted(keep_last, 'build')}" if keep_last != 1 else "the newest build"
+        kept += [_row(t, f"{newest_builds} of tag {label}") for t in candidates if t.version in newest]
         candidates = [t for t in candidates if t.version not in newest]
     return candidates, kept
 

@@ -8,6 +8,7 @@ from devices.uuids import MAX_UUIDS
 from factory.errors import ApplicationError
 from factory.forms import DashboardForm, key_archive_upload_read
 from factory.names import NameValidator
+from factory.plurals import counted
 
 from . import devicelists
 from .models import Wave
@@ -168,7 +169,7 @@ class RolloutForm(DashboardForm):
                     return data
             unique = list(dict.fromkeys(parsed))
             if len(unique) > MAX_UUIDS:
-                self.add_error("uuids", f"Together the lists hold {len(unique):,} devices; at most {MAX_UUIDS:,} may be given to one rollout.")
+                self.add_error("uuids", f"Together the lists hold {counted(len(unique), 'device')}; at most {MAX_UUIDS:,} may be given to one rollout.")
             data["uuid_list"] = unique
         if not self.errors:
             try:

@@ -19,6 +19,7 @@ from devices.uuids import MAX_UUIDS, parse_uuid_list
 from factory.auth import authorize
 from factory.builds import build_check_not_bad
 from factory.errors import ApplicationError, Conflict
+from factory.plurals import counted
 from factory.services import audit_record
 from factory.tuf.services import signed_views
 
@@ -43,7 +44,7 @@ class RetryResult:
     @property
     def message(self):
         n = self.count
-        what = f"{n} failed device{'' if n == 1 else 's'}"
+        what = counted(n, "failed device")
         text = f"{what} would be offered wave {self.wave.name} again" if self.dry_run else f"{what} offered wave {self.wave.name} again"
         if self.exhausted:
             text += f"; {self.exhausted} left out, already offered it as many times as allowed"

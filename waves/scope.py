@@ -9,6 +9,7 @@ import re
 
 from devices.uuids import MAX_UUIDS
 from factory.errors import ApplicationError
+from factory.plurals import counted
 
 LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
 
@@ -59,7 +60,7 @@ def sample_size(limit, *, in_scope):
     size = limit_size(limit, total)
     if size > MAX_UUIDS:
         raise ApplicationError(
-            f"{n}% of {total:,} devices is {size:,}, more than the {MAX_UUIDS:,} one rollout may stage; "
+            f"{n}% of {counted(total, 'device')} is {size:,}, more than the {MAX_UUIDS:,} one rollout may stage; "
             "use a smaller percentage or roll out to the whole group"
         )
     return size

@@ -21,6 +21,7 @@ from factory.auth import authorize
 from factory.builds import build_check_not_bad
 from factory.errors import ApplicationError, Conflict, NotFound
 from factory.models import CiTarget
+from factory.plurals import plural
 from factory.selectors import release_version_next
 from factory.services import audit_record, rerelease_version_claim
 from factory.tuf import selectors as tuf_selectors
@@ -316,13 +317,11 @@ class RolloutResult:
     def message(self):
         verb = "would be" if self.dry_run else "is being"
         scope = f' in group "{self.group_name}"' if self.group_name else ""
-        devices = "device" if self.count == 1 else "devices"
+        # fioctl's words and number format (no thousands separator): scripts written for it read these.
+        devices = f"{self.count} {plural(self.count, 'device')}"
         if self.full_group:
-            return (
-                f"A Wave {verb} rolled out to all {self.count} {devices}{scope}; "
-                "devices that join the group later get it too"
-            )
-        return f"A Wave {verb} rolled out to {self.count} {devices}{scope}"
+            return f"A Wave {verb} rolled out to all {devices}{scope}; devices that join the group later get it too"
+        return f"A Wave {verb} rolled out to {devices}{scope}"
 
 
 def _locked(wave):

@@ -2,6 +2,8 @@
 import uuid as uuid_lib
 from urllib.parse import quote
 
+from factory.plurals import counted, plural
+
 from .client import CliError, UsageError
 from .common import uuid_tokens, uuids_arg
 from .output import ago, dump_json, err, fields, out, pages, table, when
@@ -279,11 +281,11 @@ def devices_set_group(args, ctx):
         moved += result["moved"]
         unknown += result["unknown"]
         if len(batches) > 1:
-            err(f"{min(number * ASSIGN_BATCH, len(uuids)):,} of {len(uuids):,} devices done")
+            err(f"{min(number * ASSIGN_BATCH, len(uuids)):,} of {counted(len(uuids), 'device')} done")
     where = f"group {args.group}" if args.group else "no group"
-    out(f"{moved} devices are now in {where}")
+    out(f"{counted(moved, 'device')} {plural(moved, 'is', 'are')} now in {where}")
     if unknown:
-        err(f"{len(unknown)} UUIDs are not devices of this factory:")
+        err(f"{counted(len(unknown), 'UUID')} {plural(len(unknown), 'is not a device', 'are not devices')} of this factory:")
         for item in unknown[:20]:
             err(f"  {item}")
         if len(unknown) > 20:
@@ -347,7 +349,7 @@ def device_lists_show(args, ctx):
 
 def device_lists_create(args, ctx):
     saved = ctx.client.post(ctx.path("device-lists/"), {"name": args.name, "uuids": uuids_arg(args.uuids)})
-    out(f"Saved device list {saved['name']} with {saved['count']} devices")
+    out(f"Saved device list {saved['name']} with {counted(saved['count'], 'device')}")
     return 0
 
 
@@ -356,7 +358,7 @@ def device_lists_update(args, ctx):
         raise UsageError("give --uuids to replace the list's devices and/or --rename to rename it")
     payload = {"uuids": uuids_arg(args.uuids), "name": args.rename}
     saved = ctx.client.patch(_list_path(ctx, args.name), {k: v for k, v in payload.items() if v is not None})
-    out(f"Saved device list {saved['name']} has {saved['count']} devices")
+    out(f"Saved device list {saved['name']} has {counted(saved['count'], 'device')}")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from factory.errors import ApplicationError
+from factory.plurals import counted
 from factory.tuf.keys import key_archive_read, key_archive_write, key_generate, payload_sign
 
 from .client import CliError, UsageError
@@ -292,7 +293,7 @@ def keys_sign_change(args, ctx):
     if not signatures:
         raise CliError("none of the keys in the archive can add a signature the pending change still needs")
     change = ctx.client.post(ctx.path("keys/change/sign"), {"signatures": signatures})
-    err(f"Added {len(signatures)} signatures")
+    err(f"Added {counted(len(signatures), 'signature')}")
     _print_change(change)
     return 0
 

@@ -18,6 +18,8 @@ import json
 import re
 from urllib.parse import quote
 
+from factory.plurals import counted
+
 from .client import CliError, UsageError
 from .common import read_binary, read_file_text
 from .output import dump_json, err, fields, out, table, when
@@ -222,7 +224,7 @@ def plan_set(args, ctx):
     if args.json:
         dump_json(plan)
         return 0
-    out(f"Plan of wave {plan['wave']} set: {len(plan['phases'])} phases, {plan['status']}.")
+    out(f"Plan of wave {plan['wave']} set: {counted(len(plan['phases']), 'phase')}, {plan['status']}.")
     _phases_table(plan)
     if plan["status"] == "draft":
         err(f"\nStart it with: breakwater waves plan start {args.wave}")
@@ -345,7 +347,7 @@ def plan_show(args, ctx):
             ("Windows", plan.get("windows_summary") or "any time"),
             *([("Next opening", when(plan["next_opening"]))] if plan.get("next_opening") and plan.get("windows_summary", "").split(" (")[0] != "any time" else []),
             ("Rollback", (plan.get("rollback") or {}).get("description") or "none (a halt stays a halt)"),
-            ("Forecast", when(forecast.get("completion_at")) + (f" (+{forecast['approvals_ahead']} approvals)" if forecast.get("approvals_ahead") else "")),
+            ("Forecast", when(forecast.get("completion_at")) + (f" (+{counted(forecast['approvals_ahead'], 'approval')})" if forecast.get("approvals_ahead") else "")),
             ("Basis", forecast.get("basis") or "-"),
         ]
     )

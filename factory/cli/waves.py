@@ -3,6 +3,8 @@ import json
 import re
 from urllib.parse import quote
 
+from factory.plurals import counted, plural
+
 from . import plan
 from .client import ApiError, CliError, UsageError
 from .common import read_binary, uuids_arg
@@ -231,7 +233,7 @@ def _print_signed(wave):
     if wave["status"] == "active":
         out(f"Wave {wave['name']} is signed and active: roll it out with `breakwater waves rollout {wave['name']} ...`")
     else:
-        out(f"Wave {wave['name']} has {len(wave['signed_keyids'])} signatures; it needs more offline signatures before it can be rolled out")
+        out(f"Wave {wave['name']} has {counted(len(wave['signed_keyids']), 'signature')}; it needs more offline signatures before it can be rolled out")
 
 
 def waves_sign(args, ctx):
@@ -298,7 +300,7 @@ def waves_retry(args, ctx):
 def _print_skipped(skipped):
     if not skipped:
         return
-    err(f"{len(skipped)} listed devices were not rolled out:")
+    err(f"{counted(len(skipped), 'listed device')} {plural(len(skipped), 'was', 'were')} not rolled out:")
     for item in skipped[:50]:
         err(f"  {item['uuid']}  {item['reason']}")
     if len(skipped) > 50:
@@ -472,11 +474,11 @@ def waves_show(args, ctx):
             if r["limit"]:
                 scope.append(f"limit {r['limit']}")
             if r["uuids"]:
-                scope.append(f"{r['uuids']} listed UUIDs")
+                scope.append(counted(r["uuids"], "listed UUID"))
             rows.append([r["id"], when(r["created_at"]), r["created_by"] or "-", ", ".join(scope) or "-", r["device_count"]])
         table(["ROLLOUT", "AT", "BY", "SCOPE", "DEVICES"], rows)
     for rollout_id, page in (devices or {}).items():
-        out(f"\nRollout {rollout_id}: {page['total']:,} devices")
+        out(f"\nRollout {rollout_id}: {counted(page['total'], 'device')}")
         table(["UUID", "NAME", "GROUP"], [[d["uuid"], d["name"], d["group"] or "-"] for d in page["items"]], indent=2)
         if page["next"]:
             out(f"  Page {page['page']} of {-(-page['total'] // page['per_page'])}; next page: --page {page['next']}")
@@ -521,7 +523,7 @@ def factory_status(args, ctx):
         dump_json({**status, "active_wave_status": waves})
         return 0
     hours = status["offline_threshold_hours"]
-    out(f"Factory {status['factory']} (a device is offline after {hours:g} hours without a check-in)")
+    out(f"Factory {status['factory']} (a device is offline after {hours:g} {plural(hours, 'hour')} without a check-in)")
     expiry_warnings(status.get("warnings"))
     for production, title in ((True, "Production devices"), (False, "Test devices")):
         rows = [t for t in status["tags"] if t["production"] is production]

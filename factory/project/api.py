@@ -18,6 +18,7 @@ from factory.api import identity
 from factory.api import router as factory_router
 from factory.api_support import TokenAuth
 from factory.errors import ApplicationError
+from factory.plurals import counted
 from factory.tuf.api import keys as keys_router
 from factory.tuf.api import router as targets_router
 from waves.api import router as waves_router
@@ -74,7 +75,7 @@ def _loc(error):
 def _validation_error(request, exc):
     errors = [{"field": _loc(e), "message": e.get("msg", "invalid")} for e in exc.errors]
     first = errors[0] if errors else {"field": "input", "message": "invalid"}
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    more = f" (and {counted(len(errors) - 1, 'more problem')})" if len(errors) > 1 else ""
     detail = f"{first['field']}: {first['message']}{more}"
     return error_response(request, 400, "invalid", detail, errors=errors)
 

@@ -443,7 +443,7 @@ def test_the_expiry_monitor_warns_about_an_offline_root(factory, bob, settings):
     root_changes.root_change_sign(factory=factory, actor=bob, signatures=signatures)
     assert expiry.expiring_targets(factory=factory) == []
     [warning] = expiry.expiring_targets(factory=factory, within_days=400)
-    assert warning["kind"] == "root" and 360 <= warning["days_left"] <= 365 and "root version 2" in warning["message"]
+    assert warning["kind"] == "root" and 360 <= warning["days_left"] <= 365 and "Root version 2 expires in" in warning["message"]
     # An offline root is never renewed by the server.
     settings.BREAKWATER_TUF_ROOT_REFRESH_DAYS = 400
     assert refresh.roots_renew_due() == 0

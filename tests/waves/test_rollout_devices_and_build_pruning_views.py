@@ -105,7 +105,7 @@ def test_pruning_on_the_builds_page_previews_then_prunes_and_keeps_production(cl
     done = client.post(reverse("build-prune", args=[42]), {"confirm": "yes"}, **hx())
     assert done.status_code == 200 and done["HX-Redirect"] == reverse("build-list")
     assert build_names(factory, 42) == set()
-    assert "Pruned 2 target(s) of build 42" in client.get(reverse("build-list")).content.decode()
+    assert "Pruned 2 targets of build 42" in client.get(reverse("build-list")).content.decode()
 
     kept = client.post(reverse("build-prune", args=[41]), **hx()).content.decode()
     assert "Nothing of build 41 can be pruned" in kept and "in the production targets of tag production" in kept

@@ -6,6 +6,7 @@ from devices.models import DeviceGroup
 from devices.uuids import parse_uuid_list
 from factory.errors import ApplicationError
 from factory.names import name_problem
+from factory.plurals import counted
 
 from ..models import PlanPhase, SavedDeviceList
 from ..retries import MAX_RETRIES
@@ -239,13 +240,13 @@ def phase_label(phase):
         group, limit, saved, uuids = phase.get("group"), phase.get("limit"), phase.get("saved_list"), phase.get("uuids")
     parts = []
     if limit:
-        parts.append(f"{limit} of " if limit.endswith("%") else f"{limit} devices of ")
+        parts.append(f"{limit} of " if limit.endswith("%") else f"{counted(int(limit), 'device')} of ")
     elif not saved and not uuids:
         parts.append("every device of " if group else "")
     if saved:
         parts.append(f"list {saved}" + (" in " if group else ""))
     elif uuids:
         count = len([u for u in uuids.split() if u]) if isinstance(uuids, str) else len(uuids)
-        parts.append(f"{count} listed devices" + (" in " if group else ""))
+        parts.append(counted(count, "listed device") + (" in " if group else ""))
     parts.append(f"group {group}" if group else ("the fleet" if not saved and not uuids else ""))
     return "".join(parts).strip()

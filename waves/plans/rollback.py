@@ -22,6 +22,7 @@ from tuf.api.metadata import Targets
 from devices.models import Device, DeviceEvent, DeviceGroup
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, Conflict
+from factory.plurals import counted
 from factory.selectors import release_version_next, rerelease_builds
 from factory.services import audit_record, rerelease_version_claim
 from factory.tuf import metadata as md
@@ -284,7 +285,7 @@ def rollback_on_halt(plan, phase, now):
                 "devices": count, "individual": len(device_ids), "groups": len(group_ids), "author": author}  # fmt: skip
     reason = (
         f"rolled back: wave {wave.name} canceled, rollback {rollback.name} (version {rollback.version} = build "
-        f"{rollback.rerelease_of} re-released) activated for {count} {'device' if count == 1 else 'devices'} "
+        f"{rollback.rerelease_of} re-released) activated for {counted(count, 'device')} "
         f"({'the staged devices' if scope == 'staged' else 'the devices that failed'}); signed when {author} started the plan"
     )
     decision_record(plan, phase, "rollback", None, reason=reason, evidence=evidence)

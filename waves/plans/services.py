@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from factory.auth import actor_name, authorize, role_known, role_subquery
 from factory.errors import ApplicationError, Conflict, Forbidden
+from factory.plurals import counted, plural
 
 from .. import armed, retries
 from .. import services as wave_services
@@ -89,7 +90,7 @@ def plan_set(*, wave, actor, phases, webhook_url=None, windows=None, time_zone=N
             # A phase that rolled out (or was skipped) is history: its scope stays as it was.
             started = [p for p in existing if p.rollout_id is not None or p.status == PhaseStatus.PASSED]
             if started and len(cleaned) < started[-1].position:
-                raise ApplicationError(f"{started[-1].position} phases have already started; the plan must keep them")
+                raise ApplicationError(f"{counted(started[-1].position, 'phase')} {plural(started[-1].position, 'has', 'have')} already started; the plan must keep {plural(started[-1].position, 'it', 'them')}")
             saved_lists = {s.name: s for s in SavedDeviceList.objects.filter(factory=factory, name__in=[p["saved_list"] for p in cleaned if p["saved_list"]])}
             by_position = {p.position: p for p in existing}
             for position, new in enumerate(cleaned, start=1):
@@ -277,7 +278,7 @@ def plan_start(*, wave, actor, now=None, rollback=None):
         plan.status = Status.RUNNING
         plan.halted_reason = ""
         plan.save(update_fields=["status", "halted_reason", "updated_at"])
-        decision_record(plan, None, "start", actor, reason=f"{len(phases)} phases", evidence={"status": plan.status})
+        decision_record(plan, None, "start", actor, reason=counted(len(phases), "phase"), evidence={"status": plan.status})
         try:
             _advance(plan, phases, 0, actor, now)
         except ApplicationError as exc:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, NotFound
 from factory.models import CiTarget, PrunedTarget, RereleaseVersion
+from factory.plurals import counted
 from factory.services import audit_record
 
 from .. import metadata as md
@@ -120,7 +121,7 @@ def ci_targets_tag(*, factory, actor, refs, tags, append=False):
             before = list(row.tags)
             after = sorted(set(before) | set(tags)) if append else tags
             if len(after) > TAGS_MAX:
-                raise ApplicationError(f"{row.name} would have {len(after)} tags; a target may have at most {TAGS_MAX}")
+                raise ApplicationError(f"{row.name} would have {counted(len(after), 'tag')}; a target may have at most {TAGS_MAX}")
             changes.append({"name": row.name, "version": row.version, "before": before, "after": after})
             if after != before:
                 row.custom = {**row.custom, "tags": after}
