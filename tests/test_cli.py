@@ -114,7 +114,7 @@ def test_login_checks_the_token_and_saves_a_private_config(cli, env, tokens):
     assert whoami.code == 0 and "bob" in whoami.out and "release-manager" in whoami.out
     assert cli("logout", url=False).code == 0
     assert "token" not in json.loads(env.config.read_text())
-    assert "no API token is configured" in one_sentence_error(cli("waves", "list", url=False))
+    assert "No API token is configured" in one_sentence_error(cli("waves", "list", url=False))
 
 
 def test_login_with_a_bad_token_saves_nothing(cli, env, factory):
@@ -137,7 +137,7 @@ def test_server_down_is_explained(cli, tokens):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     err = one_sentence_error(cli("waves", "list", token=tokens["bob"], url=f"http://127.0.0.1:{port}"))
-    assert "cannot connect" in err and f"127.0.0.1:{port}" in err
+    assert "Cannot connect" in err and f"127.0.0.1:{port}" in err
 
 
 def test_a_url_that_is_not_breakwater_is_explained(cli, env, tokens):
@@ -168,14 +168,14 @@ def test_a_rollout_to_nothing_is_refused_by_the_server(cli, tokens, fleet, keys_
     # The CLI keeps no copy of the rule: it sends what was typed and prints the server's refusal.
     assert cli("waves", "init", "-k", keys_file, "v2", 42, TAG, token=tokens["bob"]).code == 0
     nothing = cli("waves", "rollout", "v2", token=tokens["bob"])
-    assert nothing.code == 1 and "choose what to roll out to" in one_sentence_error(nothing)
+    assert nothing.code == 1 and "Choose what to roll out to" in one_sentence_error(nothing)
     assert not WaveDevice.objects.exists()
 
 
 def test_wrong_role_is_one_sentence_and_qa_may_preview(cli, tokens, fleet, keys_file):
     assert cli("waves", "init", "-k", keys_file, "v2", 42, TAG, token=tokens["bob"]).code == 0
     err = one_sentence_error(cli("waves", "rollout", "v2", "--limit", "5", token=tokens["carol"]))
-    assert "role qa may not do this" in err
+    assert "Role qa may not do this" in err
     preview = cli("waves", "rollout", "v2", "--limit", "5", "--dry-run", "--print-names", token=tokens["carol"])
     assert preview.code == 0 and len(preview.out.split()) == 5 and "would be rolled out to 5 devices" in preview.err
     assert not WaveDevice.objects.exists()
@@ -278,7 +278,7 @@ def test_init_with_an_untrusted_key_creates_nothing(cli, tokens, fleet, tmp_path
     assert "does not exist" in one_sentence_error(cli("waves", "init", "-k", tmp_path / "missing.tgz", "v2", 42, TAG, token=tokens["bob"]))
     garbage = tmp_path / "garbage.tgz"
     garbage.write_bytes(b"not an archive")
-    assert "cannot use the keys archive" in one_sentence_error(cli("waves", "init", "-k", garbage, "v2", 42, TAG, token=tokens["bob"]))
+    assert "Cannot use the keys archive" in one_sentence_error(cli("waves", "init", "-k", garbage, "v2", 42, TAG, token=tokens["bob"]))
     assert not Wave.objects.exists()
 
 
@@ -339,7 +339,7 @@ def test_uuids_from_stdin_and_a_saved_list(cli, tokens, fleet, keys_file, env):
 def test_a_list_or_group_name_with_line_breaks_is_refused_and_nothing_is_saved(cli, tokens, factory):
     uuid = "00000000-0000-4000-8000-00000000abcd"
     refused = one_sentence_error(cli("device-lists", "create", 'x"; filename=evil.sh\r\nX: 1', "--uuids", uuid, token=tokens["carol"]))
-    assert "a device list name may only hold printable characters" in refused
+    assert "A device list name may only hold printable characters" in refused
     assert "printable" in one_sentence_error(cli("config", "device-group", "create", "canary\x1b[2J", token=tokens["bob"]))
     assert not SavedDeviceList.objects.exists() and not DeviceGroup.objects.filter(factory=factory).exists()
 
@@ -390,8 +390,8 @@ def test_devices_list_name_pattern_columns_and_sort(cli, tokens, fleet):
     assert len(cli("devices", "list", "canary.*", token=dave).out.splitlines()) == 2
     last = json.loads(cli("devices", "list", "--by-group", "beta", "--sort=-name", "--json", token=dave).out)
     assert [d["name"] for d in last["items"]][:2] == ["beta-0020", "beta-0019"]
-    assert "cannot sort by 'colour'" in one_sentence_error(cli("devices", "list", "--sort", "colour", token=dave))
-    assert "unknown column colour" in one_sentence_error(cli("devices", "list", "--columns", "name,colour", token=dave), code=2)
+    assert "Cannot sort by 'colour'" in one_sentence_error(cli("devices", "list", "--sort", "colour", token=dave))
+    assert "Unknown column colour" in one_sentence_error(cli("devices", "list", "--columns", "name,colour", token=dave), code=2)
 
 
 def test_set_group_in_batches_with_progress_and_unknown_uuids(cli, tokens, factory, env, monkeypatch):
@@ -559,13 +559,13 @@ def test_root_key_goes_offline_and_root_changes_are_signed_locally(cli, tokens, 
     assert "waiting for offline signatures" in cli("keys", "list", token=tokens["dave"]).out
     stranger = env.tmp / "stranger.tgz"
     stranger.write_bytes(key_archive_write([("root", key_generate())]))
-    assert "none of the keys" in one_sentence_error(cli("keys", "sign-change", "-k", stranger, token=bob))
+    assert "None of the keys" in one_sentence_error(cli("keys", "sign-change", "-k", stranger, token=bob))
     signed = cli("keys", "sign-change", "-k", root_file, token=bob)
     assert signed.code == 0 and "applied" in signed.out
     assert json.loads(cli("keys", "show-root", "--prod", token=bob).out)["signed"]["version"] == 3
     # ...or is abandoned.
     assert cli("keys", "renew-root", token=bob).code == 0
     assert cli("keys", "abandon-change", token=bob).code == 0
-    assert "no key change is waiting" in one_sentence_error(cli("keys", "sign-change", "-k", root_file, token=bob))
+    assert "No key change is waiting" in one_sentence_error(cli("keys", "sign-change", "-k", root_file, token=bob))
     renewed = cli("keys", "renew-root", "-k", root_file, token=bob)
     assert renewed.code == 0 and "applied" in renewed.out

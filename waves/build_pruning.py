@@ -88,12 +88,12 @@ def ci_targets_prune(*, factory, actor, targets=(), by_tag=None, keep_last=None,
     authorize(user=actor, factory=factory, action="view" if dry_run else "targets.publish")
     targets = list(targets or [])
     if bool(targets) == bool(by_tag):
-        raise ApplicationError("name the targets or build versions to prune, or give by_tag, not both")
+        raise ApplicationError("Name the targets or build versions to prune, or give by_tag, not both")
     if keep_last is not None:
         if not by_tag:
-            raise ApplicationError("keep_last works with by_tag: it keeps the newest builds of that tag")
+            raise ApplicationError("The keep_last option works only with by_tag: it keeps the newest builds of that tag")
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or not 0 <= keep_last <= KEEP_LAST_MAX:
-            raise ApplicationError(f"keep_last must be a number of builds from 0 to {KEEP_LAST_MAX}")
+            raise ApplicationError(f"The keep_last option must be a number of builds from 0 to {KEEP_LAST_MAX}")
     result = PruneResult(dry_run=bool(dry_run))
     with transaction.atomic():
         # Candidate rows are locked before reading what is needed: a wave init or rollout locks

@@ -176,7 +176,7 @@ class RolloutForm(DashboardForm):
                 scope_require(group=data.get("group"), limit=data.get("limit"), uuids=sources)
             except ApplicationError as error:
                 # "Whole fleet" is no group: the fleet itself is never rolled out to as a group.
-                raise forms.ValidationError(f"{error.message[:1].upper()}{error.message[1:]}. For the whole fleet, give a limit (for example 100%).") from None
+                raise forms.ValidationError(f"{error.message}. For the whole fleet, give a limit (for example 100%).") from None
         return data
 
 
@@ -187,7 +187,7 @@ class PreviewAddForm(DashboardForm):
         return parse_uuids(self.cleaned_data["uuids"], purpose="to one rollout")
 
 
-LIST_NAME = NameValidator("a device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
+LIST_NAME = NameValidator("A device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
 
 
 class SaveListForm(DashboardForm):

@@ -29,9 +29,8 @@ from . import expiry, retries, selectors, services, status_table
 from .forms import ConfirmNameForm, RolloutForm, WaveCreateForm, WaveFilterForm, WaveRevertForm, WaveSignForm
 from .models import Rollout, SavedDeviceList, Wave
 
-EXPIRY_WARNING_DAYS = 30
-
-# wave_init's errors share codes, so their field is told by what the message is about.
+# wave_init's errors share codes, so their field is told by what the message is about (in any
+# case: "Wave name ..." at the start of a sentence, "the wave name" inside one).
 INIT_ERROR_WORDS = (
     ("marked bad", "version"),
     ("build version", "to_version"),
@@ -48,7 +47,8 @@ INIT_ERROR_WORDS = (
 
 
 def _init_error_field(error):
-    return next((field for word, field in INIT_ERROR_WORDS if word in error.message), None)
+    message = error.message.lower()
+    return next((field for word, field in INIT_ERROR_WORDS if word.lower() in message), None)
 
 
 # --- helpers ---------------------------------------------------------------------------------

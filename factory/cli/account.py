@@ -35,7 +35,7 @@ def login(args, ctx):
     if not url:
         url = input("Breakwater URL: ") if sys.stdin.isatty() else None
     if not url:
-        raise CliError("give the server URL: `breakwater login --url https://breakwater.example.com`")
+        raise CliError("Give the server URL: `breakwater login --url https://breakwater.example.com`")
     url = check_url(url.strip())
     token = (getattr(args, "token", None) or os.environ.get("BREAKWATER_TOKEN") or _read_token() or "").strip()
     if not token:
@@ -44,7 +44,7 @@ def login(args, ctx):
         me = client.get("/whoami")
     factory = getattr(args, "factory", None)
     if factory and factory != me["factory"]:
-        raise CliError(f"this token belongs to factory {me['factory']}, not {factory}")
+        raise CliError(f"This token belongs to factory {me['factory']}, not {factory}")
     stored = config_load(settings.path)
     stored.update({"url": url, "token": token, "factory": me["factory"]})
     config_save(settings.path, stored)

@@ -161,7 +161,7 @@ def _columns(text):
     columns = [c.strip().lower() for c in text.split(",") if c.strip()]
     unknown = [c for c in columns if c not in DEVICE_COLUMNS]
     if unknown or not columns:
-        raise UsageError(f"unknown column {', '.join(unknown) or '(none)'}; columns: {','.join(DEVICE_COLUMNS)}")
+        raise UsageError(f"Unknown column {', '.join(unknown) or '(none)'}; columns: {','.join(DEVICE_COLUMNS)}")
     return columns
 
 
@@ -169,7 +169,7 @@ def devices_list(args, ctx):
     _paging(args)
     columns = _columns(args.columns)
     if args.pattern and args.name:
-        raise UsageError("give a name pattern or --name, not both")
+        raise UsageError("Give a name pattern or --name, not both")
     production = True if args.only_prod else False if args.only_non_prod else None
     online = True if args.online else False if args.offline else None
     params = {
@@ -245,7 +245,7 @@ def _listed_uuids(args):
     if args.uuids:
         tokens += uuid_tokens(uuids_arg(args.uuids))
     if not tokens:
-        raise UsageError("give device UUIDs as arguments or with --uuids LIST|@FILE")
+        raise UsageError("Give device UUIDs as arguments or with --uuids LIST|@FILE")
     # Check every UUID before the first batch is sent, so a typo changes nothing.
     unique, bad = {}, []
     for token in tokens:
@@ -256,7 +256,7 @@ def _listed_uuids(args):
     if bad:
         shown = ", ".join(repr(b[:40]) for b in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise CliError(f"not a device UUID: {shown}{more}")
+        raise CliError(f"Not a device UUID: {shown}{more}")
     return list(unique)
 
 
@@ -355,7 +355,7 @@ def device_lists_create(args, ctx):
 
 def device_lists_update(args, ctx):
     if args.uuids is None and args.rename is None:
-        raise UsageError("give --uuids to replace the list's devices and/or --rename to rename it")
+        raise UsageError("Give --uuids to replace the list's devices and/or --rename to rename it")
     payload = {"uuids": uuids_arg(args.uuids), "name": args.rename}
     saved = ctx.client.patch(_list_path(ctx, args.name), {k: v for k, v in payload.items() if v is not None})
     out(f"Saved device list {saved['name']} has {counted(saved['count'], 'device')}")

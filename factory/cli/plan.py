@@ -163,28 +163,28 @@ def phase_parse(spec, index):
             continue
         match = TOKEN.match(spec, position)
         if not match or match.end() == position:
-            raise UsageError(f"phase {index}: cannot read {spec[position:position + 20]!r}; write key=value pairs")
+            raise UsageError(f"Phase {index}: cannot read {spec[position:position + 20]!r}; write key=value pairs")
         position = match.end()
         if match.group(3):
             word = match.group(3).lower()
             if word not in FLAGS:
-                raise UsageError(f"phase {index}: {word!r} is not a setting; write key=value, or one of {', '.join(FLAGS)}")
+                raise UsageError(f"Phase {index}: {word!r} is not a setting; write key=value, or one of {', '.join(FLAGS)}")
             key, value = FLAGS[word]
         else:
             key = match.group(1).lower().replace("-", "_")
             key = ALIASES.get(key, key)
             if key not in KEYS:
-                raise UsageError(f"phase {index}: unknown setting {match.group(1)!r}; use {', '.join(KEYS)}")
+                raise UsageError(f"Phase {index}: unknown setting {match.group(1)!r}; use {', '.join(KEYS)}")
             value = _value(match.group(2))
             if key == "uuids" and value.startswith("@"):
                 value = read_file_text(value[1:], what="UUID list file")
             if key == "approver_must_differ":
                 value = value.lower() in ("1", "true", "yes", "on")
         if key in phase:
-            raise UsageError(f"phase {index}: {key} is given twice")
+            raise UsageError(f"Phase {index}: {key} is given twice")
         phase[key] = value
     if not phase:
-        raise UsageError(f"phase {index} is empty")
+        raise UsageError(f"Phase {index} is empty")
     return phase
 
 
@@ -193,12 +193,12 @@ def _file_phases(path):
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise CliError(f"the plan file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise CliError(f"The plan file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if isinstance(data, dict) and isinstance(data.get("phases"), list):
         return data["phases"], data.get("webhook_url"), {k: data[k] for k in ("windows", "timezone", "group_windows") if k in data}
     if isinstance(data, list):
         return data, None, {}
-    raise CliError(f"the plan file {path} must hold a list of phases or an object with \"phases\"")
+    raise CliError(f"The plan file {path} must hold a list of phases or an object with \"phases\"")
 
 
 def plan_set(args, ctx):

@@ -165,7 +165,7 @@ def rerelease(wave):
 
 def _wave_payload(args, **fields_):
     if args.expires_days is not None and args.expires_at:
-        raise UsageError("give --expires-days or --expires-at, not both")
+        raise UsageError("Give --expires-days or --expires-at, not both")
     payload = {
         "name": args.wave,
         **fields_,
@@ -225,7 +225,7 @@ def waves_revert(args, ctx):
 
 def _sign(ctx, wave, signer):
     if not wave.get("signing_payload"):
-        raise CliError(f"wave {wave['name']} is {wave['status']}; only an unsigned wave takes signatures")
+        raise CliError(f"Wave {wave['name']} is {wave['status']}; only an unsigned wave takes signatures")
     return ctx.client.post(wave_path(ctx, wave["name"], "/sign"), signer.sign_wave(wave))
 
 
@@ -248,7 +248,7 @@ def waves_sign(args, ctx):
 
 def waves_rollout(args, ctx):
     if args.group and args.group_option:
-        raise UsageError("give the group either as an argument or with --group, not both")
+        raise UsageError("Give the group either as an argument or with --group, not both")
     # What to roll out to is the server's rule: an empty scope comes back as its refusal.
     group = args.group or args.group_option
     payload = {"group": group, "limit": args.limit, "uuids": uuids_arg(args.uuids), "dry_run": args.dry_run}
@@ -433,7 +433,7 @@ def _rollout_devices(args, ctx, wave):
     """{rollout id: page of its devices} for --devices (one rollout with --rollout)."""
     rollouts = [r for r in wave["rollouts"] if args.rollout is None or r["id"] == args.rollout]
     if args.rollout is not None and not rollouts:
-        raise UsageError(f"wave {wave['name']} has no rollout {args.rollout}; `breakwater waves show {wave['name']}` lists them")
+        raise UsageError(f"Wave {wave['name']} has no rollout {args.rollout}; `breakwater waves show {wave['name']}` lists them")
     params = {"page": args.page, "per_page": args.limit}
     return {r["id"]: ctx.client.get(wave_path(ctx, wave["name"], f"/rollouts/{r['id']}/devices"), params) for r in rollouts}
 
@@ -492,10 +492,10 @@ def _the_active_wave(ctx):
     """The one open wave of the factory, for `waves complete` without a name (as in the seed)."""
     candidates = ctx.client.get(ctx.path("waves/"), {"status": "active", "per_page": 200})["items"]
     if not candidates:
-        raise CliError("there is no active wave to complete")
+        raise CliError("There is no active wave to complete")
     if len(candidates) > 1:
         names = ", ".join(w["name"] for w in candidates)
-        raise UsageError(f"several waves are active ({names}); name the one to complete")
+        raise UsageError(f"Several waves are active ({names}); name the one to complete")
     return candidates[0]["name"]
 
 

@@ -141,7 +141,7 @@ def expiring_targets(*, factory, within_days=30, waves=()):
 def _expiry_message(what, expires_at, now, advice, *, one=False):
     """`what` is targets (plural) unless `one`: "The targets of wave v2 expire", "Root version 3 expires"."""
     if expires_at <= now:
-        return f"{what} expired on {expires_at:%Y-%m-%d %H:%M} UTC; devices refuse them: {advice}"
+        return f"{what} expired on {expires_at:%Y-%m-%d %H:%M} UTC; devices refuse {'it' if one else 'them'}: {advice}"
     days = (expires_at - now).total_seconds() / 86400
     when = "in less than a day" if days < 1 else f"in {counted(int(days), 'day')}"
     return f"{what} {'expires' if one else 'expire'} {when} ({expires_at:%Y-%m-%d %H:%M} UTC): {advice}"
@@ -169,7 +169,7 @@ def key_list(*, factory):
 def repository_summary(*, factory):
     repository = TufRepository.objects.filter(factory=factory).first()
     if repository is None:
-        raise NotFound(f"factory {factory.name} has no TUF repository")
+        raise NotFound(f"Factory {factory.name} has no TUF repository")
     return {
         "root_version": repository.root_version,
         "root_expires_at": repository.root_expires_at,
@@ -184,7 +184,7 @@ def root_get(*, factory, channel, version=None):
     rows = TufRoot.objects.filter(factory=factory, channel=channel)
     row = rows.filter(version=version).first() if version else rows.order_by("-version").first()
     if row is None:
-        raise NotFound(f"{channel} root version {version} does not exist")
+        raise NotFound(f"The {channel} root version {version} does not exist")
     return bytes(row.data)
 
 
@@ -206,7 +206,7 @@ def root_current(*, factory_id, channel):
     """The newest root of a channel, as Metadata[Root]."""
     row = TufRoot.objects.filter(factory_id=factory_id, channel=channel).order_by("-version").first()
     if row is None:
-        raise NotFound("this factory has no TUF repository")
+        raise NotFound("This factory has no TUF repository")
     return md.parse(row.data, Root, "the stored root")
 
 

@@ -88,7 +88,7 @@ def test_a_release_manager_tags_a_build_on_the_builds_page(client, bob, factory,
     assert {t.name: t.tags for t in CiTarget.objects.filter(version=42)} == {f"{h}-lmp-42": ["production", "qa"] for h in HWIDS}
 
     refused = client.post(reverse("build-tags", args=[42]), {"tags": "<b>bad tag</b>"})
-    assert refused.status_code == 400 and "not a tag" in refused.content.decode() and "<b>bad" not in refused.content.decode()
+    assert refused.status_code == 400 and "Not a tag" in refused.content.decode() and "<b>bad" not in refused.content.decode()
     assert CiTarget.objects.get(name=f"{HWIDS[0]}-lmp-42").tags == ["production", "qa"]
     assert AuditEntry.objects.filter(action="targets.tag").count() == 1
 

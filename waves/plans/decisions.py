@@ -74,9 +74,9 @@ def webhook_url_clean(url):
     if not url:
         return ""
     if len(url) > 200:
-        raise ApplicationError("the webhook URL may be at most 200 characters")
+        raise ApplicationError("The webhook URL may be at most 200 characters")
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
-        raise ApplicationError(f"the webhook URL {url[:80]!r} is not an http:// or https:// URL") from None
+        raise ApplicationError(f"The webhook URL {url[:80]!r} is not an http:// or https:// URL") from None
     return url

@@ -127,7 +127,7 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
     With `factory`, the group and the saved list must exist in it. With `placeholders`
     (templates), a group may be the `{group}` placeholder filled in when the template is applied.
     """
-    where = f"phase {index}"
+    where = f"Phase {index}"
     if not isinstance(raw, dict):
         raise ApplicationError(f"{where}: a phase is a set of settings (e.g. group, limit, wait_minutes)")
     unknown = sorted(str(k) for k in raw if k not in PHASE_KEYS)
@@ -179,12 +179,12 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
 
 def phases_clean(phases, *, factory=None, placeholders=False):
     if isinstance(phases, dict) or isinstance(phases, str) or phases is None:
-        raise ApplicationError("a plan is a list of phases")
+        raise ApplicationError("A plan is a list of phases")
     phases = list(phases)
     if not phases:
-        raise ApplicationError("a plan needs at least one phase")
+        raise ApplicationError("A plan needs at least one phase")
     if len(phases) > MAX_PHASES:
-        raise ApplicationError(f"a plan may have at most {MAX_PHASES} phases")
+        raise ApplicationError(f"A plan may have at most {MAX_PHASES} phases")
     return [phase_clean(raw, index=i, factory=factory, placeholders=placeholders) for i, raw in enumerate(phases, start=1)]
 
 
