@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from factory.plurals import counted
+
 from . import pki
 
 logger = logging.getLogger("breakwater.simulator")
@@ -127,7 +129,7 @@ def _check_signatures(root, role, signed, signatures, what):
         valid += 1
     if valid < threshold:
         problem = "BadKeyId" if len(signatures) == 1 else "UnmetThreshold"
-        raise MetadataRefused(f"{what}: {problem} ({valid} valid signature(s), threshold {threshold})")
+        raise MetadataRefused(f"{what}: {problem} ({counted(valid, 'valid signature')}, threshold {threshold})")
 
 
 def _check_hashes(meta, raw, what, *, required):
@@ -332,21 +334,21 @@ def lmp_register(*, device_api, token, folder, factory_name, hardware_id, tag, n
     }
     if group:
         body["group"] = group
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=False)
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            ping = http.request("HEAD", device_api)
-            if ping.status < 500:
-                break
-        except urllib3.exceptions.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{device_api} does not answer")
-        time.sleep(1)
-    response = http.request(
-        "POST", device_api, body=json.dumps(body, indent=4).replace("/", "\\/"), headers={"Content-type": "application/json", "OSF-TOKEN": token}
-    )
+    with urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=False) as http:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                ping = http.request("HEAD", device_api)
+                if ping.status < 500:
+                    break
+            except urllib3.exceptions.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{device_api} does not answer")
+            time.sleep(1)
+        response = http.request(
+            "POST", device_api, body=json.dumps(body, indent=4).replace("/", "\\/"), headers={"Content-type": "application/json", "OSF-TOKEN": token}
+        )
     if response.status != 201:
         raise RuntimeError(f"Unable to create device: HTTP_{response.status} {response.data[:200]!r}")
     files = json.loads(response.data)

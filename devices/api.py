@@ -81,14 +81,14 @@ def device_lookup(factory, ident):
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ApplicationError(f"several devices are named {ident}; use the device UUID", code="ambiguous")
-    raise NotFound(f"device {ident} does not exist in factory {factory.name}")
+        raise ApplicationError(f"Several devices are named {ident}; use the device UUID", code="ambiguous")
+    raise NotFound(f"Device {ident} does not exist in factory {factory.name}")
 
 
 def group_lookup(factory, name):
     group = DeviceGroup.objects.filter(factory=factory, name=name).first()
     if group is None:
-        raise NotFound(f"device group {name} does not exist in factory {factory.name}")
+        raise NotFound(f"Device group {name} does not exist in factory {factory.name}")
     return group
 
 

@@ -23,7 +23,7 @@ def gateway_identity_get(*, hosts=None):
     """
     hosts = [h.strip() for h in (hosts if hosts is not None else settings.BREAKWATER_GATEWAY_HOSTS) if h and h.strip()]
     if not hosts:
-        raise ApplicationError("the gateway needs at least one host name or address")
+        raise ApplicationError("The gateway needs at least one host name or address")
     identity = GatewayIdentity.objects.filter(name="default").first()
     if identity is None:
         ca_cert, ca_key = pki.gateway_ca_generate()

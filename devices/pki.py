@@ -124,18 +124,18 @@ def device_ca_generate(factory_name, *, root_cert, root_key):
 def _check_public_key(public_key):
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if not isinstance(public_key.curve, EC_CURVES):
-            raise CertificateError(f"the CSR's key uses curve {public_key.curve.name}; use P-256 or P-384")
+            raise CertificateError(f"The CSR's key uses curve {public_key.curve.name}; use P-256 or P-384")
     elif isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < RSA_MIN_BITS:
-            raise CertificateError(f"the CSR's RSA key has {public_key.key_size} bits; at least {RSA_MIN_BITS} are required")
+            raise CertificateError(f"The CSR's RSA key has {public_key.key_size} bits; at least {RSA_MIN_BITS} are required")
     elif not isinstance(public_key, ed25519.Ed25519PublicKey):
-        raise CertificateError("the CSR's key type is not supported; use ECDSA P-256, Ed25519 or RSA")
+        raise CertificateError("The CSR's key type is not supported; use ECDSA P-256, Ed25519 or RSA")
 
 
 def _single(name, oid, what):
     values = name.get_attributes_for_oid(oid)
     if len(values) > 1:
-        raise CertificateError(f"the CSR subject has several {what} values")
+        raise CertificateError(f"The CSR subject has several {what} values")
     return values[0].value if values else None
 
 
@@ -148,37 +148,37 @@ def csr_parse(csr_pem, *, factory_name):
     if isinstance(csr_pem, str):
         csr_pem = csr_pem.encode()
     if not csr_pem or len(csr_pem) > CSR_MAX_BYTES:
-        raise CertificateError(f"a CSR (PEM, at most {CSR_MAX_BYTES} bytes) is required")
+        raise CertificateError(f"A CSR (PEM, at most {CSR_MAX_BYTES} bytes) is required")
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
-        raise CertificateError("the CSR is not a valid PEM certificate signing request") from None
+        raise CertificateError("The CSR is not a valid PEM certificate signing request") from None
     try:
         valid = csr.is_signature_valid
     except Exception:  # unsupported signature algorithms raise here
         valid = False
     if not valid:
-        raise CertificateError("the CSR's signature does not verify with its own key")
+        raise CertificateError("The CSR's signature does not verify with its own key")
     try:
         # cryptography parses the key and the subject only when asked: a request whose signature
         # verifies can still hold a key or a name it cannot read.
         public_key, subject = csr.public_key(), csr.subject
     except (ValueError, UnsupportedAlgorithm):
-        raise CertificateError("the CSR's key or subject is not valid DER") from None
+        raise CertificateError("The CSR's key or subject is not valid DER") from None
     _check_public_key(public_key)
     common_name = _single(subject, NameOID.COMMON_NAME, "CN")
     if not common_name:
-        raise CertificateError("the CSR subject needs CN = the device UUID")
+        raise CertificateError("The CSR subject needs CN = the device UUID")
     try:
         device_uuid = uuid_lib.UUID(common_name)
     except ValueError:
-        raise CertificateError(f"the CSR's CN {common_name[:40]!r} is not a UUID") from None
+        raise CertificateError(f"The CSR's CN {common_name[:40]!r} is not a UUID") from None
     unit = _single(subject, NameOID.ORGANIZATIONAL_UNIT_NAME, "OU")
     if unit != factory_name:
-        raise CertificateError(f"the CSR's OU must be the factory name {factory_name!r}, not {str(unit)[:64]!r}")
+        raise CertificateError(f"The CSR's OU must be the factory name {factory_name!r}, not {str(unit)[:64]!r}")
     category = _single(subject, NameOID.BUSINESS_CATEGORY, "businessCategory")
     if category not in (None, PRODUCTION):
-        raise CertificateError(f"businessCategory may only be {PRODUCTION!r}; {str(category)[:40]!r} is not allowed")
+        raise CertificateError(f"The CSR's businessCategory may only be {PRODUCTION!r}; {str(category)[:40]!r} is not allowed")
     return csr, device_uuid, category == PRODUCTION
 
 

@@ -31,9 +31,9 @@ def _oversized(request):
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return _error("the Content-Length header is not a number", 400)
+        return _error("The Content-Length header is not a number", 400)
     if length > MAX_BODY:
-        return _error(f"the request is larger than {MAX_BODY} bytes", 413, "too_large")
+        return _error(f"The request is larger than {MAX_BODY} bytes", 413, "too_large")
     return None
 
 
@@ -47,17 +47,17 @@ def register(request):
     try:
         data = json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays nested thousands deep
-        return _error("the body must be a JSON object", 400)
+        return _error("The body must be a JSON object", 400)
     if not isinstance(data, dict):
-        return _error("the body must be a JSON object", 400)
+        return _error("The body must be a JSON object", 400)
     fields = {"token": data.get("token"), "csr": data.get("csr"), "name": data.get("name") or "", "hardware_id": data.get("hardware_id") or ""}
     for key, value in fields.items():
         if not isinstance(value, str):
             return _error(f"{key} must be a string", 400)
     if not fields["token"]:
-        return _error("a registration token is required", 400)
+        return _error("A registration token is required", 400)
     if not fields["csr"]:
-        return _error("a CSR is required", 400)
+        return _error("A CSR is required", 400)
     try:
         registration = device_register(**fields)
     except ApplicationError as exc:
@@ -133,13 +133,13 @@ def lmp_register(request):
         return oversized
     token = _lmp_token(request)
     if not token:
-        return _error("send the registration token in an OSF-TOKEN header (or Authorization: Bearer)", 401, "unauthenticated")
+        return _error("Send the registration token in an OSF-TOKEN header (or Authorization: Bearer)", 401, "unauthenticated")
     try:
         data = json.loads(request.body or b"null")
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error("the body must be a JSON object", 400)
+        return _error("The body must be a JSON object", 400)
     if not isinstance(data, dict):
-        return _error("the body must be a JSON object", 400)
+        return _error("The body must be a JSON object", 400)
     fields = {}
     for key in LMP_FIELDS:
         value = data.get(key, "")
@@ -157,9 +157,9 @@ def lmp_register(request):
             return _error(f"{required} is required", 400)
     config_dir = fields["sota-config-dir"] or "/var/sota"
     if not CONFIG_DIR.match(config_dir) or ".." in config_dir.split("/") or len(config_dir) > 200:
-        return _error("sota-config-dir must be an absolute path of letters, digits and . _ - segments", 400)
+        return _error("The sota-config-dir field must be an absolute path of letters, digits and . _ - segments", 400)
     if fields["use-ostree-server"] not in ("", "true", "false"):
-        return _error('use-ostree-server must be "true" or "false"', 400)
+        return _error('The use-ostree-server field must be "true" or "false"', 400)
     try:
         registration = device_register(
             token=token,

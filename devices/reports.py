@@ -19,6 +19,8 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
 
+from factory.plurals import counted
+
 from .models import DeviceEvent
 
 MAX_BODY = 64 * 1024
@@ -57,12 +59,16 @@ class ReportError(Exception):
 
     @property
     def message(self):
-        where = []
+        # With an event or a field the message is a predicate they complete into a sentence:
+        # "In event 3, detail must be text", "Event 3 is not an object", "x-ats-tags must name a tag".
+        text = str(self)
+        if self.event is not None and self.field is not None:
+            return f"In event {self.event}, {self.field} {text}"
         if self.event is not None:
-            where.append(f"event {self.event}")
+            return f"Event {self.event} {text}"
         if self.field is not None:
-            where.append(self.field)
-        return ": ".join(where + [str(self)])
+            return f"{self.field} {text}"
+        return text
 
     def payload(self):
         return {"error": self.message, "event": self.event, "field": self.field}
@@ -143,19 +149,19 @@ def _no_constant(name):
 def body_parse(body):
     """The JSON value of a request body, or ReportError: size, encoding, depth, syntax."""
     if len(body) > MAX_BODY:
-        raise ReportError(f"at most {MAX_BODY} bytes of events per request", status=413)
+        raise ReportError(f"At most {MAX_BODY} bytes of events per request", status=413)
     if not body.strip():
-        raise ReportError("the body is empty; send a JSON list of events")
+        raise ReportError("The body is empty; send a JSON list of events")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ReportError("the body must be UTF-8 JSON") from None
+        raise ReportError("The body must be UTF-8 JSON") from None
     if json_depth(body) > MAX_DEPTH:
-        raise ReportError(f"the JSON is nested more than {MAX_DEPTH} levels deep")
+        raise ReportError(f"The JSON is nested more than {MAX_DEPTH} levels deep")
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except ValueError:  # JSONDecodeError, and integers of more than 4,300 digits
-        raise ReportError("the body must be JSON") from None
+        raise ReportError("The body must be JSON") from None
 
 
 def events_parse(body, *, now=None):
@@ -168,12 +174,12 @@ def events_parse(body, *, now=None):
     if isinstance(data, dict):
         unknown = sorted(set(data) - {"events"})
         if unknown:
-            raise ReportError(f"unknown field {unknown[0]!r}; send {{\"events\": [...]}}", field=unknown[0])
+            raise ReportError('is not a field of a report; send {"events": [...]}', field=unknown[0])
         data = data.get("events")
     if not isinstance(data, list) or not data:
-        raise ReportError('send a JSON list of events (or {"events": [...]})')
+        raise ReportError('Send a JSON list of events (or {"events": [...]})')
     if len(data) > MAX_EVENTS:
-        raise ReportError(f"at most {MAX_EVENTS} events per request", status=413)
+        raise ReportError(f"At most {MAX_EVENTS} events per request", status=413)
     now = now or datetime.now(dt_timezone.utc)
     events = [event_parse(item, index, now=now) for index, item in enumerate(data)]
     return [event for event in events if event is not None]
@@ -264,7 +270,7 @@ class _Fields:
         except OverflowError:  # year 9999 west of UTC is in year 10000 in UTC
             stamp = None
         if stamp is None or not now - back <= stamp <= now + ahead:
-            self.refuse(field, f"must be within {back.days} days before and {ahead.days} days after the server's clock (UTC {now:%Y-%m-%dT%H:%M:%SZ})")
+            self.refuse(field, f"must be within {counted(back.days, 'day')} before and {counted(ahead.days, 'day')} after the server's clock (UTC {now:%Y-%m-%dT%H:%M:%SZ})")
         return stamp
 
     def device(self, field):
@@ -517,21 +523,21 @@ def _telemetry_value_check(value, path):
 def telemetry_json_parse(body):
     """A JSON telemetry body (lshw, network, apps states) as compact JSON text, or ReportError."""
     if len(body) > MAX_TELEMETRY_BODY:
-        raise ReportError(f"at most {MAX_TELEMETRY_BODY} bytes per report", status=413)
+        raise ReportError(f"At most {MAX_TELEMETRY_BODY} bytes per report", status=413)
     if not body.strip():
-        raise ReportError("the body is empty; send JSON")
+        raise ReportError("The body is empty; send JSON")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ReportError("the body must be UTF-8 JSON") from None
+        raise ReportError("The body must be UTF-8 JSON") from None
     if json_depth(body, MAX_TELEMETRY_DEPTH) > MAX_TELEMETRY_DEPTH:
-        raise ReportError(f"the JSON is nested more than {MAX_TELEMETRY_DEPTH} levels deep")
+        raise ReportError(f"The JSON is nested more than {MAX_TELEMETRY_DEPTH} levels deep")
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except ValueError:
-        raise ReportError("the body must be JSON") from None
+        raise ReportError("The body must be JSON") from None
     if not isinstance(data, (dict, list)):
-        raise ReportError("the body must be a JSON object or list")
+        raise ReportError("The body must be a JSON object or list")
     _telemetry_value_check(data, "")
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
@@ -543,11 +549,11 @@ def telemetry_text_parse(body):
     Breakwater only shows it; it is text under the same rules as an event's detail.
     """
     if len(body) > MAX_TELEMETRY_BODY:
-        raise ReportError(f"at most {MAX_TELEMETRY_BODY} bytes per report", status=413)
+        raise ReportError(f"At most {MAX_TELEMETRY_BODY} bytes per report", status=413)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ReportError("the body must be UTF-8 text") from None
+        raise ReportError("The body must be UTF-8 text") from None
     text = text.replace("\r\n", "\n")
     bad = _REFUSED_IN_DETAIL.search(text)
     if bad:

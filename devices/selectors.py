@@ -40,7 +40,7 @@ def device_get(*, factory, uuid):
         raise ApplicationError(f"{str(uuid)[:40]!r} is not a device UUID") from None
     device = Device.objects.select_related("group", "factory").filter(factory=factory, uuid=key).first()
     if device is None:
-        raise NotFound(f"device {key} does not exist in factory {factory.name}")
+        raise NotFound(f"Device {key} does not exist in factory {factory.name}")
     return device
 
 
@@ -61,7 +61,7 @@ def device_sort(devices, sort):
     descending = sort.startswith("-")
     fields = DEVICE_SORTS.get(sort.lstrip("-"))
     if fields is None:
-        raise ApplicationError(f"cannot sort by {sort[:40]!r}: sort by " + ", ".join(DEVICE_SORTS) + " (a leading - reverses)")
+        raise ApplicationError(f"Cannot sort by {sort[:40]!r}: sort by " + ", ".join(DEVICE_SORTS) + " (a leading - reverses)")
     return devices.order_by(*(("-" + f) if descending else f for f in fields))
 
 
@@ -131,7 +131,7 @@ def registration_token_list(*, factory, include_revoked=False):
 def registration_token_get(*, factory, prefix):
     token = RegistrationToken.objects.select_related("group", "factory").filter(factory=factory, prefix=prefix).first()
     if token is None:
-        raise NotFound(f"registration token {prefix} does not exist in factory {factory.name}")
+        raise NotFound(f"Registration token {prefix} does not exist in factory {factory.name}")
     return token
 
 

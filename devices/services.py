@@ -13,6 +13,7 @@ from django.utils import timezone
 from factory.auth import authorize
 from factory.errors import ApplicationError, Conflict, Forbidden, NotFound
 from factory.names import name_clean
+from factory.plurals import counted, plural
 from factory.services import audit_record
 
 from . import pki
@@ -25,7 +26,7 @@ GROUP_NAME_MAX = 64
 
 def _validate_group_name(name):
     # , ; | @ and spaces separate the tokens of a rollout's scope on the command line.
-    return name_clean(name, what="a group name", max_length=GROUP_NAME_MAX, forbidden=" ,;|@")
+    return name_clean(name, what="A group name", max_length=GROUP_NAME_MAX, forbidden=" ,;|@")
 
 
 def device_group_create(*, factory, name, description="", actor=None):
@@ -36,7 +37,7 @@ def device_group_create(*, factory, name, description="", actor=None):
             group = DeviceGroup.objects.create(factory=factory, name=name, description=description[:255])
             audit_record(factory=factory, actor=actor, action="group.create", target=name)
     except IntegrityError:
-        raise Conflict(f"device group {name} already exists") from None
+        raise Conflict(f"Device group {name} already exists") from None
     return group
 
 
@@ -51,7 +52,7 @@ def device_group_rename(*, group, new_name, actor=None):
             audit_record(factory=group.factory, actor=actor, action="group.rename", target=new_name, details={"from": old})
     except IntegrityError:
         group.name = old
-        raise Conflict(f"device group {new_name} already exists") from None
+        raise Conflict(f"Device group {new_name} already exists") from None
     return group
 
 
@@ -67,7 +68,7 @@ def devices_assign_group(*, factory, uuids, group, actor=None):
     """Put the listed devices in `group` (None: no group). Returns (moved count, unknown UUIDs)."""
     authorize(user=actor, factory=factory, action="fleet.manage")
     if group is not None and group.factory_id != factory.id:
-        raise NotFound("device group not found")
+        raise NotFound("Device group not found")
     uuids = list(uuids)
     with transaction.atomic():
         known = set(Device.objects.filter(factory=factory, uuid__in=uuids_in(uuids)).values_list("uuid", flat=True))
@@ -98,7 +99,7 @@ def device_create(*, factory, uuid, name, tag, is_production, group=None, hardwa
                 device.certificate_record = DeviceCertificate.objects.create(device=device, pem=certificate)
             return device
     except IntegrityError:
-        raise Conflict(f"device {uuid} is already registered") from None
+        raise Conflict(f"Device {uuid} is already registered") from None
 
 
 # --- registration, certificates and the device lifecycle ---------------------------------------
@@ -117,21 +118,21 @@ def tag_clean(tag):
     """`tag` stripped, or ApplicationError: the one rule for tags people give (registration, tag moves)."""
     tag = (tag or "").strip()
     if not tag or len(tag) > TAG_MAX or not tag.isprintable() or any(c.isspace() or c in ",;|@" for c in tag):
-        raise ApplicationError(f"tag {tag[:70]!r} must be 1 to {TAG_MAX} printable characters without spaces or , ; | @")
+        raise ApplicationError(f"Tag {tag[:70]!r} must be 1 to {TAG_MAX} printable characters without spaces or , ; | @")
     return tag
 
 
 def _validate_device_name(name, default):
     name = (name or "").strip() or default
     if len(name) > DEVICE_NAME_MAX or not name.isprintable():
-        raise ApplicationError(f"a device name must be at most {DEVICE_NAME_MAX} printable characters")
+        raise ApplicationError(f"A device name must be at most {DEVICE_NAME_MAX} printable characters")
     return name
 
 
 def _validate_hardware_id(hardware_id):
     hardware_id = (hardware_id or "").strip()
     if len(hardware_id) > HARDWARE_ID_MAX or any(c.isspace() for c in hardware_id) or not hardware_id.isprintable():
-        raise ApplicationError(f"a hardware ID must be at most {HARDWARE_ID_MAX} characters without spaces")
+        raise ApplicationError(f"A hardware ID must be at most {HARDWARE_ID_MAX} characters without spaces")
     return hardware_id
 
 
@@ -173,28 +174,28 @@ def registration_token_create(*, factory, actor, tag, name="", group=None, produ
     """
     authorize(user=actor, factory=factory, action="factory.admin")
     tag = tag_clean(tag)
-    name = name_clean(name, what="a token name", required=False)
+    name = name_clean(name, what="A token name", required=False)
     if group is not None and group.factory_id != factory.id:
-        raise NotFound("device group not found")
+        raise NotFound("Device group not found")
     if max_uses is not None:
         try:
             max_uses = int(max_uses)
         except (TypeError, ValueError):
-            raise ApplicationError(f"max uses {str(max_uses)[:20]!r} is not a number") from None
+            raise ApplicationError(f"The maximum number of uses {str(max_uses)[:20]!r} is not a number") from None
         if max_uses < 1:
-            raise ApplicationError("max uses must be at least 1")
+            raise ApplicationError("The maximum number of uses must be at least 1")
     if expires_days is not None and expires_at is not None:
-        raise ApplicationError("give an expiry in days or a date, not both")
+        raise ApplicationError("Give an expiry in days or a date, not both")
     if expires_days is not None:
         try:
             expires_days = float(expires_days)
         except (TypeError, ValueError):
-            raise ApplicationError(f"expiry {str(expires_days)[:20]!r} is not a number of days") from None
+            raise ApplicationError(f"Expiry {str(expires_days)[:20]!r} is not a number of days") from None
         if not 0 < expires_days <= 3650:
-            raise ApplicationError("a registration token expires within 0 to 3650 days")
+            raise ApplicationError("A registration token expires within 0 to 3650 days")
         expires_at = timezone.now() + timedelta(days=expires_days)
     elif expires_at is not None and expires_at <= timezone.now():
-        raise ApplicationError("the expiry date is in the past")
+        raise ApplicationError("The expiry date is in the past")
     prefix = secrets.token_hex(4)
     plain = f"{REGISTRATION_TOKEN_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     with transaction.atomic():
@@ -232,16 +233,16 @@ def registration_token_revoke(*, token, actor):
 def _token_claim(plain):
     """Lock and return the live token for `plain`; the failure says why, without naming other tokens."""
     if not plain or not isinstance(plain, str) or not plain.startswith(f"{REGISTRATION_TOKEN_PREFIX}_") or len(plain) > 200:
-        raise Forbidden("the registration token is not valid")
+        raise Forbidden("The registration token is not valid")
     token = RegistrationToken.objects.select_for_update(of=("self",)).select_related("factory", "group").filter(token_hash=_secret_hash(plain)).first()
     if token is None:
-        raise Forbidden("the registration token is not valid")
+        raise Forbidden("The registration token is not valid")
     if token.revoked_at is not None:
-        raise Forbidden("the registration token was revoked")
+        raise Forbidden("The registration token was revoked")
     if token.expires_at is not None and token.expires_at <= timezone.now():
-        raise Forbidden("the registration token has expired")
+        raise Forbidden("The registration token has expired")
     if token.max_uses is not None and token.uses >= token.max_uses:
-        raise Forbidden(f"the registration token was already used {token.uses} times, its limit")
+        raise Forbidden(f"The registration token was already used {token.uses} times, its limit")
     return token
 
 
@@ -249,7 +250,7 @@ def _certify(*, factory, ca, csr, production_allowed):
     """Check a CSR for `factory` and sign it: (device UUID, production, certificate)."""
     parsed, device_uuid, production = pki.csr_parse(csr, factory_name=factory.name)
     if production and not production_allowed:
-        raise Forbidden("this registration does not allow production devices (the CSR asks for businessCategory=production)")
+        raise Forbidden("This registration does not allow production devices (the CSR asks for businessCategory=production)")
     ca_cert, ca_key = _ca_signer(ca)
     cert = pki.device_certificate_issue(
         ca_cert=ca_cert, ca_key=ca_key, public_key=parsed.public_key(), device_uuid=device_uuid, factory_name=factory.name, production=production
@@ -277,11 +278,11 @@ def device_register(*, token, csr, name="", hardware_id="", expected_uuid=None, 
         claimed = _token_claim(token)
         factory = claimed.factory
         if expected_group and expected_group != (claimed.group.name if claimed.group else ""):
-            raise ApplicationError(f"this registration token puts devices in {'group ' + claimed.group.name if claimed.group else 'no group'}; the request asks for another")
+            raise ApplicationError(f"This registration token puts devices in {'group ' + claimed.group.name if claimed.group else 'no group'}; the request asks for another")
         ca = device_ca_get(factory=factory)
         device_uuid, production, cert = _certify(factory=factory, ca=ca, csr=csr, production_allowed=claimed.allow_production)
         if expected_uuid is not None and str(device_uuid) != expected_uuid.strip().lower():
-            raise ApplicationError("the uuid field differs from the CSR's CN; they must be the same device UUID")
+            raise ApplicationError("The uuid field differs from the CSR's CN; they must be the same device UUID")
         device = device_create(
             factory=factory,
             uuid=device_uuid,
@@ -313,7 +314,7 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
     authorize(user=actor, factory=factory, action="fleet.manage")
     tag = tag_clean(tag)
     if group is not None and group.factory_id != factory.id:
-        raise NotFound("device group not found")
+        raise NotFound("Device group not found")
     ca = device_ca_get(factory=factory)
     rows, pems = [], []
     for request in requests:
@@ -333,7 +334,7 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
             )
         )
     if len({row.uuid for row in rows}) != len(rows):
-        raise Conflict("the same device UUID appears twice in this registration")
+        raise Conflict("The same device UUID appears twice in this registration")
     try:
         with transaction.atomic():
             Device.objects.bulk_create(rows, batch_size=500)
@@ -351,7 +352,7 @@ def devices_register(*, factory, actor, tag, requests, group=None, allow_product
                 details={"devices": len(rows), "group": group.name if group else None, "production": sum(r.is_production for r in rows)},
             )
     except IntegrityError:
-        raise Conflict("one of these device UUIDs is already registered") from None
+        raise Conflict("One of these device UUIDs is already registered") from None
     return [Registration(device=row, certificate=pem, ca_certificate=ca.certificate) for row, pem in zip(rows, pems)]
 
 
@@ -367,20 +368,20 @@ def device_certificates_renew(*, factory, actor, csrs):
     try:
         wanted = {uuid_lib.UUID(str(u)): csr for u, csr in csrs.items()}
     except ValueError:
-        raise ApplicationError("every device must be named by its UUID") from None
+        raise ApplicationError("Every device must be named by its UUID") from None
     devices = {d.uuid: d for d in Device.objects.filter(factory=factory, uuid__in=uuids_in(wanted)).select_related("certificate_record")}
     missing = [str(u) for u in wanted if u not in devices]
     if missing:
-        raise NotFound(f"{len(missing)} device(s) are not registered in factory {factory.name}: {', '.join(missing[:5])}")
+        raise NotFound(f"{counted(len(missing), 'device')} {plural(len(missing), 'is', 'are')} not registered in factory {factory.name}: {', '.join(missing[:5])}")
     issued = {}
     for device_uuid, csr in wanted.items():
         device = devices[device_uuid]
         current = pki.certificate_facts(pki.cert_load(device.certificate))["production"] if device.certificate else device.is_production
         csr_uuid, production, cert = _certify(factory=factory, ca=ca, csr=csr, production_allowed=current)
         if csr_uuid != device_uuid:
-            raise ApplicationError(f"the CSR for device {device_uuid} names {csr_uuid} as its CN")
+            raise ApplicationError(f"The CSR for device {device_uuid} names {csr_uuid} as its CN")
         if production != current:
-            raise ApplicationError(f"device {device_uuid} is a {'production' if current else 'test'} device; a new certificate cannot change that")
+            raise ApplicationError(f"Device {device_uuid} is a {'production' if current else 'test'} device; a new certificate cannot change that")
         device.certificate_serial = pki.serial_hex(cert)
         issued[device_uuid] = pki.cert_pem(cert)
     with transaction.atomic():

@@ -111,7 +111,13 @@ class Keystore:
 
 def register(*, web_url, token, factory_name, keystore, count, hardware_ids, production=True, name_prefix="sim", target_version=None, wait_seconds=60):
     """Register `count` new devices through the registration endpoint; returns their identities."""
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=False)
+    with urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=30), retries=False) as http:
+        return _register(http, web_url=web_url, token=token, factory_name=factory_name, keystore=keystore, count=count,
+                         hardware_ids=hardware_ids, production=production, name_prefix=name_prefix, target_version=target_version,
+                         wait_seconds=wait_seconds)  # fmt: skip
+
+
+def _register(http, *, web_url, token, factory_name, keystore, count, hardware_ids, production, name_prefix, target_version, wait_seconds):
     url = web_url.rstrip("/") + "/devices/register/"
     identities = []
     deadline = time.monotonic() + wait_seconds

@@ -53,7 +53,7 @@ def device_tag_set(*, device, tag, actor):
     tag = tag_clean(tag)
     factory = device.factory
     if tag not in known_tags(factory=factory):
-        raise ApplicationError(f"tag {tag} is not a tag of this factory: no CI build targets it and nothing was released for it")
+        raise ApplicationError(f"Tag {tag} is not a tag of this factory: no CI build targets it and nothing was released for it")
     with transaction.atomic():
         device = Device.objects.select_for_update().select_related("factory").get(pk=device.pk)
         previous = device.tag
@@ -63,7 +63,7 @@ def device_tag_set(*, device, tag, actor):
             served = new.targets_version
             if device.targets_version_seen and served < device.targets_version_seen:
                 raise Conflict(
-                    f"device {device.name} has been served production targets version {device.targets_version_seen} and tag {tag} "
+                    f"Device {device.name} has been served production targets version {device.targets_version_seen} and tag {tag} "
                     f"serves version {served}: its TUF client would refuse them as a rollback; release on {tag} first"
                 )
             if new.pk != old.pk:

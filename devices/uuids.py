@@ -6,6 +6,7 @@ import uuid
 from django.conf import settings
 
 from factory.errors import ApplicationError
+from factory.plurals import counted
 
 # The most UUIDs one list may hold: a rollout's, a saved list's, a group move's; a `--limit N`
 # samples at most as many. Read once: the API schemas' bounds are built from it at import.
@@ -24,7 +25,7 @@ def parse_uuid_list(value, *, max_items=MAX_UUIDS):
     are an error that names them; so are an empty list and more than `max_items` UUIDs.
     """
     if value is None:
-        raise ApplicationError("the UUID list is empty", code="uuids_empty")
+        raise ApplicationError("The UUID list is empty", code="uuids_empty")
     if isinstance(value, (list, tuple)) and value and all(isinstance(item, uuid.UUID) for item in value):
         # Already parsed by a form of the same rules: only the dedup and the cap remain.
         return _capped(list(dict.fromkeys(value)), max_items)
@@ -32,11 +33,11 @@ def parse_uuid_list(value, *, max_items=MAX_UUIDS):
         try:
             value = value.decode("utf-8-sig")
         except UnicodeDecodeError:
-            raise ApplicationError("the UUID list is not UTF-8 text", code="uuids_invalid") from None
+            raise ApplicationError("The UUID list is not UTF-8 text", code="uuids_invalid") from None
     text = value if isinstance(value, str) else "\n".join(str(item) for item in value)
     tokens = [t for t in SEPARATORS.split(text) if t]
     if not tokens:
-        raise ApplicationError("the UUID list is empty", code="uuids_empty")
+        raise ApplicationError("The UUID list is empty", code="uuids_empty")
     bad = []
     seen = {}
     for token in tokens:
@@ -52,13 +53,13 @@ def parse_uuid_list(value, *, max_items=MAX_UUIDS):
         shown = ", ".join(repr(b) for b in bad if b is not None)
         more = len(bad) - 5
         suffix = f" and {more} more" if more > 0 else ""
-        raise ApplicationError(f"not a device UUID: {shown}{suffix}", code="uuids_invalid")
+        raise ApplicationError(f"Not a device UUID: {shown}{suffix}", code="uuids_invalid")
     return _capped(list(seen), max_items)
 
 
 def _capped(uuids, max_items):
     if len(uuids) > max_items:
         raise ApplicationError(
-            f"the UUID list has {len(uuids):,} devices; at most {max_items:,} may be given to one rollout", code="uuids_too_many"
+            f"The UUID list has {counted(len(uuids), 'device')}; at most {max_items:,} may be given to one rollout", code="uuids_too_many"
         )
     return uuids

@@ -33,10 +33,10 @@ class TokenAuth(HttpAuthBase):
         _reject_unstorable_params(request)
         header = request.headers.get("Authorization", "").strip()
         if not header:
-            raise Unauthenticated(f"this request has no API token; {TOKEN_HELP}")
+            raise Unauthenticated(f"This request has no API token; {TOKEN_HELP}")
         scheme, _, plain = header.partition(" ")
         if scheme.lower() not in ("token", "bearer") or not plain.strip():
-            raise Unauthenticated(f"the Authorization header is malformed; {TOKEN_HELP}")
+            raise Unauthenticated(f"The Authorization header is malformed; {TOKEN_HELP}")
         limiter, ip = api_token_limiter(), client_ip(request)
         verdict = limiter.check(ip=ip)
         if verdict.blocked:
@@ -44,11 +44,11 @@ class TokenAuth(HttpAuthBase):
         token = api_token_authenticate(plain.strip())
         if token is None:
             limiter.attempt(ip=ip)
-            raise Unauthenticated("the API token is not valid: it is unknown, revoked, or its user is disabled")
+            raise Unauthenticated("The API token is not valid: it is unknown, revoked, or its user is disabled")
         match = getattr(request, "resolver_match", None)
         wanted = match.kwargs.get("factory") if match is not None else None
         if wanted is not None and wanted != token.factory.name:
-            raise Forbidden(f"this API token belongs to factory {token.factory.name}, not {wanted}")
+            raise Forbidden(f"This API token belongs to factory {token.factory.name}, not {wanted}")
         if role_of(token.user, token.factory) is None:
             raise Forbidden(f"{token.user.get_username()} no longer has a role in factory {token.factory.name}")
         # Services read the actor from request.user like the dashboard does.
@@ -63,7 +63,7 @@ def _reject_unstorable_params(request):
     if match is not None:
         values += [v for v in match.kwargs.values() if isinstance(v, str)]
     if any("\x00" in v for v in values):
-        raise ApplicationError("parameters may not contain NUL characters")
+        raise ApplicationError("Parameters may not contain NUL characters")
 
 
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut}
@@ -108,4 +108,4 @@ def key_archive_decode(text):
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ApplicationError("key_archive is not valid base64") from None
+        raise ApplicationError("The key_archive field is not valid base64") from None

@@ -67,7 +67,7 @@ def can(user, factory, action):
 def authorize(*, user, factory, action):
     if not can(user, factory, action):
         role = role_of(user, factory)
-        who = f"role {role}" if role else "a user without a role in this factory"
+        who = f"Role {role}" if role else "A user without a role in this factory"
         raise Forbidden(f"{who} may not do this ({action})")
 
 
@@ -126,4 +126,4 @@ def factory_get(name):
     try:
         return Factory.objects.get(name=name)
     except Factory.DoesNotExist:
-        raise NotFound(f"factory {name} does not exist") from None
+        raise NotFound(f"Factory {name} does not exist") from None

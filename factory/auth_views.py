@@ -12,7 +12,7 @@ class LoginForm(AuthenticationForm):
 
     def clean(self):
         if self.throttle is not None:
-            raise ValidationError(self.throttle.message.capitalize() + ".", code="throttled")
+            raise ValidationError(self.throttle.message + ".", code="throttled")
         return super().clean()
 
 

@@ -32,8 +32,8 @@ def build_bad(*, factory, version):
 
 
 def bad_build_message(bad):
-    """What every door says about a bad build: 'build 42 is marked bad (reason, by bob on 2026-12-03)'."""
-    return f"build {bad.version} is marked bad ({bad.reason}, by {bad.marked_by_name} on {bad.marked_at:%Y-%m-%d})"
+    """What every door says about a bad build: 'Build 42 is marked bad (reason, by bob on 2026-12-03)'."""
+    return f"Build {bad.version} is marked bad ({bad.reason}, by {bad.marked_by_name} on {bad.marked_at:%Y-%m-%d})"
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def build_check_not_bad(*, factory, version, lock=False):
         # Pruned between the caller's first read of the build and this lock (pruning takes it too).
         pruned = PrunedTarget.objects.filter(factory=factory, version=version).first()
         if pruned is not None:
-            raise NotFound(f"build {version} was just pruned by {pruned.pruned_by_name}")
+            raise NotFound(f"Build {version} was just pruned by {pruned.pruned_by_name}")
     bad = build_bad(factory=factory, version=version)
     if bad is not None:
         raise Conflict(f"{bad_build_message(bad)}: unmark it first", code="build_bad", extra={"version": bad.version})
@@ -68,11 +68,11 @@ def build_check_not_bad(*, factory, version, lock=False):
 def _reason_clean(reason, *, what):
     reason = reason.strip() if isinstance(reason, str) else ""
     if "\x00" in reason:
-        raise ApplicationError("the reason may not contain NUL characters")
+        raise ApplicationError("The reason may not contain NUL characters")
     if not reason:
-        raise ApplicationError(f"say why ({what}): the reason is recorded with the build and in the audit log")
+        raise ApplicationError(f"Say why ({what}): the reason is recorded with the build and in the audit log")
     if len(reason) > REASON_MAX:
-        raise ApplicationError(f"the reason may be at most {REASON_MAX} characters")
+        raise ApplicationError(f"The reason may be at most {REASON_MAX} characters")
     return reason
 
 
@@ -80,9 +80,9 @@ def _version(value):
     try:
         version = int(value)
     except (TypeError, ValueError):
-        raise ApplicationError(f"build version {str(value)[:20]!r} is not a number") from None
+        raise ApplicationError(f"Build version {str(value)[:20]!r} is not a number") from None
     if version < 1:
-        raise ApplicationError("a build version is a positive integer")
+        raise ApplicationError("A build version is a positive integer")
     return version
 
 
@@ -92,7 +92,7 @@ def _build_require(factory, version):
         return
     rerelease = RereleaseVersion.objects.filter(factory=factory, version=version).first()
     if rerelease is not None:
-        raise NotFound(f"version {version} is a re-release of build {rerelease.build_version}, not a CI build; mark build {rerelease.build_version} instead")
+        raise NotFound(f"Version {version} is a re-release of build {rerelease.build_version}, not a CI build; mark build {rerelease.build_version} instead")
     raise NotFound(f"CI build {version} does not exist")
 
 
@@ -105,14 +105,14 @@ def build_mark_bad(*, factory, actor, version, reason):
         _build_require(factory, version)
         existing = build_bad(factory=factory, version=version)
         if existing is not None:
-            raise Conflict(f"build {version} is already marked bad ({existing.reason}, by {existing.marked_by_name} on {existing.marked_at:%Y-%m-%d})")
+            raise Conflict(f"Build {version} is already marked bad ({existing.reason}, by {existing.marked_by_name} on {existing.marked_at:%Y-%m-%d})")
         try:
             with transaction.atomic():
                 bad = BadBuild.objects.create(
                     factory=factory, version=version, reason=reason, marked_by=actor, marked_by_name=actor_name(actor), marked_at=timezone.now()
                 )
         except IntegrityError:
-            raise Conflict(f"build {version} was just marked bad by someone else") from None
+            raise Conflict(f"Build {version} was just marked bad by someone else") from None
         audit_record(factory=factory, actor=actor, action="build.mark-bad", target=str(version), details={"reason": reason})
     return bad
 
@@ -126,7 +126,7 @@ def build_unmark_bad(*, factory, actor, version, reason):
         _build_require(factory, version)
         bad = build_bad(factory=factory, version=version)
         if bad is None:
-            raise Conflict(f"build {version} is not marked bad")
+            raise Conflict(f"Build {version} is not marked bad")
         bad.delete()
         audit_record(
             factory=factory,

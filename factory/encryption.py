@@ -26,4 +26,4 @@ def secret_decrypt(blob, *, keys, what="a stored private key"):
     try:
         return _fernet(keys).decrypt(bytes(blob))
     except InvalidToken:
-        raise ApplicationError(f"{what} cannot be decrypted: BREAKWATER_KEY_ENCRYPTION_KEY differs from the one that encrypted it") from None
+        raise ApplicationError(f"Cannot decrypt {what}: BREAKWATER_KEY_ENCRYPTION_KEY differs from the one that encrypted it") from None

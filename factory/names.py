@@ -32,7 +32,8 @@ def name_problem(value, *, max_length=NAME_MAX, forbidden="", required=True):
 
 
 def name_clean(value, *, what, max_length=NAME_MAX, forbidden="", required=True, code=None):
-    """`value` trimmed, or ApplicationError("<what> may …") naming what is wrong."""
+    """`value` trimmed, or ApplicationError("<what> may …") naming what is wrong; `what` starts
+    the sentence ("A group name")."""
     value = value.strip() if isinstance(value, str) else ""
     problem = name_problem(value, max_length=max_length, forbidden=forbidden, required=required)
     if problem:
@@ -50,7 +51,7 @@ class NameValidator:
     def __call__(self, value):
         problem = name_problem((value or "").strip(), max_length=self.max_length, forbidden=self.forbidden, required=self.required)
         if problem:
-            raise ValidationError(f"{self.what[0].upper()}{self.what[1:]} {problem}.", code="name")
+            raise ValidationError(f"{self.what} {problem}.", code="name")
 
     def __eq__(self, other):
         return isinstance(other, NameValidator) and vars(self) == vars(other)

@@ -39,11 +39,11 @@ def _run(*args, timeout=TIMEOUT_SECONDS):
     try:
         done = subprocess.run(["ostree", *args], capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
-        raise ApplicationError("this server has no ostree; OSTree builds cannot be stored") from None
+        raise ApplicationError("This server has no ostree; OSTree builds cannot be stored") from None
     except subprocess.TimeoutExpired:
-        raise ApplicationError(f"ostree {args[0]} took longer than {timeout} seconds") from None
+        raise ApplicationError(f"Running ostree {args[0]} took longer than {timeout} seconds") from None
     if done.returncode != 0:
-        raise ApplicationError(f"ostree {args[0]} failed: {done.stderr.strip()[-500:]}")
+        raise ApplicationError(f"Running ostree {args[0]} failed: {done.stderr.strip()[-500:]}")
     return done.stdout
 
 
@@ -95,15 +95,15 @@ def commit_import(*, factory_name, commit, upload):
     """Import `commit` from `upload` (a file from `ostree static-delta generate --empty
     --to=COMMIT --filename=F`), after checking that the file holds exactly that commit."""
     if not COMMIT.match(commit or ""):
-        raise ApplicationError("commit must be 64 lowercase hexadecimal digits (an OSTree commit checksum)")
+        raise ApplicationError("Commit must be 64 lowercase hexadecimal digits (an OSTree commit checksum)")
     if os.path.getsize(upload) > UPLOAD_MAX_BYTES:
-        raise ApplicationError(f"the upload is larger than {UPLOAD_MAX_BYTES // 1024**3} GiB")
+        raise ApplicationError(f"The upload is larger than {UPLOAD_MAX_BYTES // 1024**3} GiB")
     repo = repo_ensure(factory_name)
     with tempfile.TemporaryDirectory(dir=repo.parent, prefix=f".{factory_name}-import-") as staging:
         _run(f"--repo={staging}", "init", "--mode=archive")
         _run(f"--repo={staging}", "static-delta", "apply-offline", str(upload))
         if not (Path(staging) / "objects" / commit[:2] / f"{commit[2:]}.commit").exists():
-            raise ApplicationError(f"the upload does not hold commit {commit}")
+            raise ApplicationError(f"The upload does not hold commit {commit}")
         # --untrusted: every object's checksum is verified as it enters the factory's repository.
         _run(f"--repo={repo}", "pull-local", "--untrusted", staging, commit)
     index = {"objects": _closure(repo, commit), "deltas": []}
@@ -116,11 +116,11 @@ def commit_import(*, factory_name, commit, upload):
 def commit_files(*, factory_name, commit):
     """{"objects": [...], "deltas": [...]}: the treehub paths a device allowed `commit` may fetch."""
     if not COMMIT.match(commit or ""):
-        raise NotFound("not an OSTree commit")
+        raise NotFound("Not an OSTree commit")
     try:
         return json.loads(_index_path(repo_path(factory_name), commit).read_text())
     except (FileNotFoundError, ValueError):
-        raise NotFound(f"commit {commit} is not stored") from None
+        raise NotFound(f"Commit {commit} is not stored") from None
 
 
 def is_stored(*, factory_name, commit):
@@ -132,7 +132,7 @@ def delta_generate(*, factory_name, from_commit, to_commit):
     index of `to_commit` (devices that may fetch `to_commit` may fetch it). Idempotent."""
     for c in (from_commit, to_commit):
         if not is_stored(factory_name=factory_name, commit=c):
-            raise NotFound(f"commit {c} is not stored")
+            raise NotFound(f"Commit {c} is not stored")
     repo = repo_path(factory_name)
     _run(f"--repo={repo}", "static-delta", "generate", f"--from={from_commit}", f"--to={to_commit}")
     _run(f"--repo={repo}", "static-delta", "reindex", f"--to={to_commit}")

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.cache import caches
 
 from .errors import ApplicationError
+from .plurals import counted
 
 # Tests point this at a fresh namespace so counts from one test never leak into another.
 NAMESPACE = "ratelimit"
@@ -31,7 +32,7 @@ class Verdict:
     @property
     def message(self):
         minutes = max(1, math.ceil(self.retry_after / 60))
-        return f"too many failed attempts; try again in {minutes} minute{'s' if minutes != 1 else ''}"
+        return f"Too many failed attempts; try again in {counted(minutes, 'minute')}"
 
 
 class FailureLimiter:

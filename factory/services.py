@@ -64,7 +64,7 @@ def factory_purge(*, factory):
 def user_create(*, username, factory, role, password=None, actor=None):
     """Create (or update) a user and give them `role` in `factory`."""
     if role not in Role.values:
-        raise ApplicationError(f"unknown role {role!r}; choose one of {', '.join(Role.values)}")
+        raise ApplicationError(f"Unknown role {role!r}; choose one of {', '.join(Role.values)}")
     authorize(user=actor, factory=factory, action="factory.admin")
     User = get_user_model()
     with transaction.atomic():
@@ -90,7 +90,7 @@ def api_token_create(*, user, factory, name="", actor=None):
         authorize(user=actor, factory=factory, action="factory.admin")
     if not Membership.objects.filter(user=user, factory=factory).exists():
         raise ApplicationError(f"{user.get_username()} is not a member of factory {factory.name}")
-    name = name_clean(name, what="a token name", required=False)
+    name = name_clean(name, what="A token name", required=False)
     prefix = secrets.token_hex(4)
     plain = f"{TOKEN_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     with transaction.atomic():
@@ -144,12 +144,12 @@ def build_version_check_free(*, factory, version):
     taken = RereleaseVersion.objects.filter(factory=factory, version=version).first()
     if taken is not None:
         raise Conflict(
-            f"version {version} is taken by a re-release of build {taken.build_version}: builds and re-releases share one "
+            f"Version {version} is taken by a re-release of build {taken.build_version}: builds and re-releases share one "
             f"sequence of numbers; publish this build as {release_version_next(factory=factory)} or later"
         )
     pruned = PrunedTarget.objects.filter(factory=factory, version=version).first()
     if pruned is not None:
         raise Conflict(
-            f"build {version} was pruned (by {pruned.pruned_by_name} on {pruned.pruned_at:%Y-%m-%d}) and its number is not reused; "
+            f"Build {version} was pruned (by {pruned.pruned_by_name} on {pruned.pruned_at:%Y-%m-%d}) and its number is not reused; "
             f"publish this build as {release_version_next(factory=factory)} or later"
         )

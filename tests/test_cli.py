@@ -13,7 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 
 from devices.fleet import fleet_load_for_benchmark
 from devices.models import Device, DeviceEvent, DeviceGroup, RegistrationToken
@@ -24,7 +26,9 @@ from factory.tuf.keys import key_archive_read, key_archive_write, key_generate
 from factory.tuf.models import TufKey, TufRoot, TufView
 from factory.tuf.services.repository import ci_build_publish
 from tests import aktualizr_verify
+from tests.factory.test_views import login
 from tests.tuf_helpers import offline_targets_key
+from waves import expiry
 from waves.models import SavedDeviceList, Wave, WaveDevice
 
 TAG = "production"
@@ -110,7 +114,7 @@ def test_login_checks_the_token_and_saves_a_private_config(cli, env, tokens):
     assert whoami.code == 0 and "bob" in whoami.out and "release-manager" in whoami.out
     assert cli("logout", url=False).code == 0
     assert "token" not in json.loads(env.config.read_text())
-    assert "no API token is configured" in one_sentence_error(cli("waves", "list", url=False))
+    assert "No API token is configured" in one_sentence_error(cli("waves", "list", url=False))
 
 
 def test_login_with_a_bad_token_saves_nothing(cli, env, factory):
@@ -133,7 +137,7 @@ def test_server_down_is_explained(cli, tokens):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     err = one_sentence_error(cli("waves", "list", token=tokens["bob"], url=f"http://127.0.0.1:{port}"))
-    assert "cannot connect" in err and f"127.0.0.1:{port}" in err
+    assert "Cannot connect" in err and f"127.0.0.1:{port}" in err
 
 
 def test_a_url_that_is_not_breakwater_is_explained(cli, env, tokens):
@@ -164,14 +168,14 @@ def test_a_rollout_to_nothing_is_refused_by_the_server(cli, tokens, fleet, keys_
     # The CLI keeps no copy of the rule: it sends what was typed and prints the server's refusal.
     assert cli("waves", "init", "-k", keys_file, "v2", 42, TAG, token=tokens["bob"]).code == 0
     nothing = cli("waves", "rollout", "v2", token=tokens["bob"])
-    assert nothing.code == 1 and "choose what to roll out to" in one_sentence_error(nothing)
+    assert nothing.code == 1 and "Choose what to roll out to" in one_sentence_error(nothing)
     assert not WaveDevice.objects.exists()
 
 
 def test_wrong_role_is_one_sentence_and_qa_may_preview(cli, tokens, fleet, keys_file):
     assert cli("waves", "init", "-k", keys_file, "v2", 42, TAG, token=tokens["bob"]).code == 0
     err = one_sentence_error(cli("waves", "rollout", "v2", "--limit", "5", token=tokens["carol"]))
-    assert "role qa may not do this" in err
+    assert "Role qa may not do this" in err
     preview = cli("waves", "rollout", "v2", "--limit", "5", "--dry-run", "--print-names", token=tokens["carol"])
     assert preview.code == 0 and len(preview.out.split()) == 5 and "would be rolled out to 5 devices" in preview.err
     assert not WaveDevice.objects.exists()
@@ -223,21 +227,46 @@ def test_init_without_keys_then_sign(cli, tokens, fleet, keys_file):
     assert "only an unsigned wave" in one_sentence_error(cli("waves", "sign", "v2", "-k", keys_file, token=tokens["bob"]))
 
 
-def test_status_commands_print_the_expiry_warnings_the_dashboard_shows(cli, tokens, fleet, keys_file):
+def test_status_commands_print_the_expiry_warnings_the_dashboard_shows(cli, tokens, fleet, keys_file, client, dave):
     """A wave whose offline-signed targets expire within 30 days: `waves status` and `status` say
     so, as the dashboard's banner does, and the API carries the same warning."""
     cli("waves", "init", "v2", 42, TAG, "--expires-days", 10, "-k", keys_file, token=tokens["bob"])
     shown = cli("waves", "status", "v2", token=tokens["dave"])
     assert shown.code == 0, shown.err
-    assert "WARNING: the targets of wave v2 (tag " in shown.out and "complete it before then" in shown.out
+    assert "WARNING: The targets of wave v2 (tag " in shown.out and "complete it before then" in shown.out
     fleet_status = cli("status", token=tokens["dave"])
-    assert "WARNING: the targets of wave v2" in fleet_status.out
+    assert "WARNING: The targets of wave v2" in fleet_status.out
     api = json.loads(cli("waves", "status", "v2", "--json", token=tokens["dave"]).out)
     assert [w["wave"] for w in api["warnings"]] == ["v2"] and api["warnings"][0]["days_left"] in (9, 10)
     # A wave far from expiry prints no warning.
     cli("waves", "cancel", "v2", token=tokens["bob"])
     cli("waves", "init", "v3", 42, TAG, "-k", keys_file, token=tokens["bob"])
     assert "WARNING" not in cli("waves", "status", "v3", token=tokens["dave"]).out
+    login(client, dave)
+    assert "expiry-warnings" not in client.get(reverse("wave-detail", args=["v3"])).content.decode()
+
+
+def test_the_dashboard_and_the_cli_warn_of_the_same_expiring_targets(cli, tokens, fleet, keys_file, client, dave):
+    """Both read waves.expiry: a wave's page and `waves status` warn of its tag's production
+    targets expiring as well as of its own; the status page and `status` of everything."""
+    ci_build_publish(factory=fleet.first().factory, version=43, hardware_ids=["intel-corei7-64"], tags=[TAG])
+    cli("waves", "init", "v2", 42, TAG, "--expires-days", 10, "-k", keys_file, token=tokens["bob"])
+    cli("waves", "complete", "v2", token=tokens["bob"])
+    cli("waves", "init", "v3", 43, TAG, "--expires-days", 20, "-k", keys_file, token=tokens["bob"])
+    v3 = Wave.objects.get(name="v3")
+    warnings = [w["message"] for w in expiry.wave_expiring_targets(wave=v3)]
+    assert len(warnings) == 2 and warnings[0].startswith("The production targets of tag production (version 42) expire in")
+    login(client, dave)
+    page = client.get(reverse("wave-detail", args=["v3"])).content.decode()
+    shown = cli("waves", "status", "v3", token=tokens["dave"]).out
+    for message in warnings:
+        assert f"WARNING: {message}" in shown and escape(message) in page
+    everything = [w["message"] for w in expiry.expiring_targets(factory=v3.factory)]
+    status_page = client.get(reverse("factory-status")).content.decode()
+    status = cli("status", token=tokens["dave"]).out
+    assert everything == warnings
+    for message in everything:
+        assert f"WARNING: {message}" in status and escape(message) in status_page
 
 
 def test_init_with_an_untrusted_key_creates_nothing(cli, tokens, fleet, tmp_path):
@@ -249,7 +278,7 @@ def test_init_with_an_untrusted_key_creates_nothing(cli, tokens, fleet, tmp_path
     assert "does not exist" in one_sentence_error(cli("waves", "init", "-k", tmp_path / "missing.tgz", "v2", 42, TAG, token=tokens["bob"]))
     garbage = tmp_path / "garbage.tgz"
     garbage.write_bytes(b"not an archive")
-    assert "cannot use the keys archive" in one_sentence_error(cli("waves", "init", "-k", garbage, "v2", 42, TAG, token=tokens["bob"]))
+    assert "Cannot use the keys archive" in one_sentence_error(cli("waves", "init", "-k", garbage, "v2", 42, TAG, token=tokens["bob"]))
     assert not Wave.objects.exists()
 
 
@@ -310,7 +339,7 @@ def test_uuids_from_stdin_and_a_saved_list(cli, tokens, fleet, keys_file, env):
 def test_a_list_or_group_name_with_line_breaks_is_refused_and_nothing_is_saved(cli, tokens, factory):
     uuid = "00000000-0000-4000-8000-00000000abcd"
     refused = one_sentence_error(cli("device-lists", "create", 'x"; filename=evil.sh\r\nX: 1', "--uuids", uuid, token=tokens["carol"]))
-    assert "a device list name may only hold printable characters" in refused
+    assert "A device list name may only hold printable characters" in refused
     assert "printable" in one_sentence_error(cli("config", "device-group", "create", "canary\x1b[2J", token=tokens["bob"]))
     assert not SavedDeviceList.objects.exists() and not DeviceGroup.objects.filter(factory=factory).exists()
 
@@ -361,8 +390,8 @@ def test_devices_list_name_pattern_columns_and_sort(cli, tokens, fleet):
     assert len(cli("devices", "list", "canary.*", token=dave).out.splitlines()) == 2
     last = json.loads(cli("devices", "list", "--by-group", "beta", "--sort=-name", "--json", token=dave).out)
     assert [d["name"] for d in last["items"]][:2] == ["beta-0020", "beta-0019"]
-    assert "cannot sort by 'colour'" in one_sentence_error(cli("devices", "list", "--sort", "colour", token=dave))
-    assert "unknown column colour" in one_sentence_error(cli("devices", "list", "--columns", "name,colour", token=dave), code=2)
+    assert "Cannot sort by 'colour'" in one_sentence_error(cli("devices", "list", "--sort", "colour", token=dave))
+    assert "Unknown column colour" in one_sentence_error(cli("devices", "list", "--columns", "name,colour", token=dave), code=2)
 
 
 def test_set_group_in_batches_with_progress_and_unknown_uuids(cli, tokens, factory, env, monkeypatch):
@@ -374,7 +403,7 @@ def test_set_group_in_batches_with_progress_and_unknown_uuids(cli, tokens, facto
     listing.write_text("\n".join(uuids + [unknown]))
     result = cli("devices", "set-group", "us-east", "--uuids", f"@{listing}", token=tokens["bob"])
     assert result.code == 0, result.err
-    assert "2300 devices are now in group us-east" in result.out
+    assert "2,300 devices are now in group us-east" in result.out
     assert "1,000 of 2,301 devices done" in result.err and "2,301 of 2,301 devices done" in result.err
     assert unknown in result.err
     assert Device.objects.filter(group__name="us-east").count() == 2300
@@ -530,13 +559,13 @@ def test_root_key_goes_offline_and_root_changes_are_signed_locally(cli, tokens, 
     assert "waiting for offline signatures" in cli("keys", "list", token=tokens["dave"]).out
     stranger = env.tmp / "stranger.tgz"
     stranger.write_bytes(key_archive_write([("root", key_generate())]))
-    assert "none of the keys" in one_sentence_error(cli("keys", "sign-change", "-k", stranger, token=bob))
+    assert "None of the keys" in one_sentence_error(cli("keys", "sign-change", "-k", stranger, token=bob))
     signed = cli("keys", "sign-change", "-k", root_file, token=bob)
     assert signed.code == 0 and "applied" in signed.out
     assert json.loads(cli("keys", "show-root", "--prod", token=bob).out)["signed"]["version"] == 3
     # ...or is abandoned.
     assert cli("keys", "renew-root", token=bob).code == 0
     assert cli("keys", "abandon-change", token=bob).code == 0
-    assert "no key change is waiting" in one_sentence_error(cli("keys", "sign-change", "-k", root_file, token=bob))
+    assert "No key change is waiting" in one_sentence_error(cli("keys", "sign-change", "-k", root_file, token=bob))
     renewed = cli("keys", "renew-root", "-k", root_file, token=bob)
     assert renewed.code == 0 and "applied" in renewed.out

@@ -38,7 +38,7 @@ def test_download_roots_refusals(cli, tokens, factory, other_factory, env):
     a_file = env.tmp / "file.txt"
     a_file.write_text("x")
     assert "is a file" in one_sentence_error(cli("keys", "download-roots", a_file, token=tokens["dave"]), code=2)
-    assert "cannot create the directory" in one_sentence_error(cli("keys", "download-roots", a_file / "under", token=tokens["dave"]))
+    assert "Cannot create the directory" in one_sentence_error(cli("keys", "download-roots", a_file / "under", token=tokens["dave"]))
     # A token reads its own factory's roots only.
     assert cli("keys", "download-roots", env.tmp / "eve", token=tokens["eve"]).code == 0
     assert {p.name: p.read_bytes() for p in (env.tmp / "eve").iterdir()} == served(other_factory, "ci") != served(factory, "ci")

@@ -109,7 +109,7 @@ def test_pause_resume_and_a_halt_on_screen(cli, tokens, factory, wave):
     assert shown.out.startswith("HALTED: phase 1 (us-east canary) failed its gates: failures ≤ 10%: 40% (2 failed of 5)")
     assert "!! failures ≤ 10%" in shown.out
     need_reason = cli("waves", "plan", "resume", wave.name, token=bob)
-    assert need_reason.code == 1 and "say why" in need_reason.err
+    assert need_reason.code == 1 and "Say why" in need_reason.err
     assert cli("waves", "plan", "resume", wave.name, "-r", "known flaky units", token=bob).code == 0
 
 
@@ -130,7 +130,7 @@ def test_plan_files_templates_and_errors(cli, tokens, factory, wave, env):
     bad = cli("waves", "plan", "set", wave.name, "--phase", "group=us-east lmit=5", token=bob)
     assert bad.code == 2 and "unknown setting 'lmit'" in bad.err and "breakwater waves plan set --help" in bad.err
     server = cli("waves", "plan", "set", wave.name, "--phase", "group=nowhere", token=bob)
-    assert server.code == 1 and "phase 1: device group nowhere does not exist" in server.err
+    assert server.code == 1 and "Phase 1: device group nowhere does not exist" in server.err
     assert cli("waves", "plan", "set", wave.name, token=bob).code == 2  # no phases given
     path.write_text("{not json")
     broken = cli("waves", "plan", "set", wave.name, "--file", path, token=bob)
@@ -140,7 +140,7 @@ def test_plan_files_templates_and_errors(cli, tokens, factory, wave, env):
         assert denied.code == 1 and "may not do this" in denied.err
         assert cli("waves", "plan", "pause", wave.name, token=tokens[user]).code == 1
     missing = cli("waves", "plan", "show", "nope", token=bob)
-    assert missing.code == 1 and "wave nope does not exist" in missing.err
+    assert missing.code == 1 and "Wave nope does not exist" in missing.err
     assert [p.group_name for p in PlanPhase.objects.filter(plan__wave=wave).order_by("position")] == ["us-east", "us-east", "us-west", "us-west"]
 
 
@@ -172,7 +172,7 @@ def test_pace_and_maintenance_windows_from_the_cli(cli, tokens, factory, wave, e
     path.write_text(json.dumps({"phases": [{"group": "us-east", "pace_per_minute": 5}], "windows": ["sat 01:00-02:00"], "timezone": "UTC"}))
     cli("waves", "plan", "pause", wave.name, token=bob)
     bad = cli("waves", "plan", "set", wave.name, "--file", path, "--timezone", "Mars/Base", token=bob)
-    assert bad.code == 1 and "unknown time zone 'Mars/Base'" in bad.err
+    assert bad.code == 1 and "Unknown time zone 'Mars/Base'" in bad.err
     both = cli("waves", "plan", "set", wave.name, "--phase", "group=us-east pace=5 factor=2 pace-start=1", token=bob)
     assert both.code == 1 and "not both" in both.err
     usage = cli("waves", "plan", "set", wave.name, "--phase", "group=us-east", "--group-window", "us-west", token=bob)

@@ -40,14 +40,14 @@ def test_retry_from_the_cli_previews_for_qa_and_retries_for_a_release_manager(cl
     assert AuditEntry.objects.filter(action="wave.retry").count() == 2
 
     again = cli("waves", "retry", wave.name, token=tokens["bob"])
-    assert again.code != 0 and "nothing to retry in wave v2.0-update: no device has failed it" in again.err
+    assert again.code != 0 and "Nothing to retry in wave v2.0-update: no device has failed it" in again.err
 
 
 def test_retry_refuses_a_device_that_did_not_fail(cli, tokens, factory, wave, bob):
     failing(factory, wave, bob)
     healthy = Device.objects.filter(factory=factory, group__name="us-east").first()
     result = cli("waves", "retry", wave.name, "--uuids", str(healthy.uuid), token=tokens["bob"])
-    assert result.code != 0 and f"not a device that failed wave v2.0-update: {healthy.uuid}" in result.err
+    assert result.code != 0 and f"Not a device that failed wave v2.0-update: {healthy.uuid}" in result.err
     bad = cli("waves", "retry", wave.name, "--uuids", "not-a-uuid", token=tokens["bob"])
     assert bad.code != 0 and "not-a-uuid" in bad.err
     assert not WaveRetry.objects.exists()

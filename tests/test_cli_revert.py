@@ -64,7 +64,7 @@ def test_revert_without_keys_then_sign_and_a_dry_run_that_creates_nothing(cli, t
 def test_revert_refusals_are_one_sentence_and_change_nothing(cli, tokens, bad_release, keys_file):
     bob = tokens["bob"]
     assert "neither in the production targets" in one_sentence_error(cli("waves", "revert", "b", TAG, "--to", 99, token=bob))
-    assert "cannot prune 40" in one_sentence_error(cli("waves", "revert", "b", TAG, "--to", 41, "--prune", "40", token=bob))
+    assert "Cannot prune 40" in one_sentence_error(cli("waves", "revert", "b", TAG, "--to", 41, "--prune", "40", token=bob))
     assert "already exists" in one_sentence_error(cli("waves", "revert", "v42", TAG, "--to", 41, token=bob))
     assert "--to must be the number" in one_sentence_error(cli("waves", "revert", "b", TAG, "--to", "x", token=bob), code=2)
     assert "not both" in one_sentence_error(cli("waves", "revert", "b", TAG, "--to", 41, "-e", 3, "-E", "2030-01-01T00:00:00Z", token=bob), code=2)

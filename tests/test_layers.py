@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("factory", "devices", "waves")
 # What the CLI may import from the rest of the tree (each free of Django and Celery).
-CLI_MAY_IMPORT = {"factory", "factory.errors", "factory.logs", "factory.tuf", "factory.tuf.keys", "factory.tuf.metadata"}
+CLI_MAY_IMPORT = {"factory", "factory.errors", "factory.logs", "factory.plurals", "factory.tuf", "factory.tuf.keys", "factory.tuf.metadata"}
 
 
 def layer(module):

@@ -277,7 +277,7 @@ def waves_rollout_devices(request, factory: FactoryName, wave: str, rollout: Ann
     wave_obj, _ = _wave(request, wave)
     rollout_obj = wave_obj.rollouts.filter(pk=rollout).first()
     if rollout_obj is None:
-        raise NotFound(f"wave {wave_obj.name} has no rollout {rollout}")
+        raise NotFound(f"Wave {wave_obj.name} has no rollout {rollout}")
     return {"rollout": rollout_obj.pk, "uuids": selectors.rollout_device_uuids(rollout=rollout_obj)}
 
 
@@ -292,7 +292,7 @@ def waves_rollout_device_page(
     wave_obj, _ = _wave(request, wave)
     rollout_obj = wave_obj.rollouts.filter(pk=rollout).select_related("wave").first()
     if rollout_obj is None:
-        raise NotFound(f"wave {wave_obj.name} has no rollout {rollout}")
+        raise NotFound(f"Wave {wave_obj.name} has no rollout {rollout}")
     rows = selectors.rollout_devices(rollout=rollout_obj).values_list("uuid", "name", "group__name")
     result = paginate(rows, page=page, per_page=per_page)
     result["items"] = [{"uuid": u, "name": n, "group": g or ""} for u, n, g in result["items"]]
@@ -375,7 +375,7 @@ def _list_out(saved):
 def _saved_list(factory_obj, name):
     saved = SavedDeviceList.objects.select_related("created_by", "factory").filter(factory=factory_obj, name=name).first()
     if saved is None:
-        raise NotFound(f"device list {name} does not exist")
+        raise NotFound(f"Device list {name} does not exist")
     return saved
 
 

@@ -12,6 +12,7 @@ from django.db import transaction
 from factory.auth import authorize
 from factory.errors import ApplicationError
 from factory.models import CiTarget
+from factory.plurals import counted
 from factory.services import audit_record
 from factory.tuf import metadata as md
 from factory.tuf.models import TufView
@@ -73,7 +74,8 @@ def _by_tag(factory, tags, keep_last):
     newest = sorted({t.version for t in candidates}, reverse=True)[:keep_last or 0]
     if newest:
         label = ",".join(sorted(wanted))
-        kept += [_row(t, f"one of the newest {keep_last} builds of tag {label}") for t in candidates if t.version in newest]
+        newest_builds = f"one of the newest {counted(keep_last, 'build')}" if keep_last != 1 else "the newest build"
+        kept += [_row(t, f"{newest_builds} of tag {label}") for t in candidates if t.version in newest]
         candidates = [t for t in candidates if t.version not in newest]
     return candidates, kept
 
@@ -86,12 +88,12 @@ def ci_targets_prune(*, factory, actor, targets=(), by_tag=None, keep_last=None,
     authorize(user=actor, factory=factory, action="view" if dry_run else "targets.publish")
     targets = list(targets or [])
     if bool(targets) == bool(by_tag):
-        raise ApplicationError("name the targets or build versions to prune, or give by_tag, not both")
+        raise ApplicationError("Name the targets or build versions to prune, or give by_tag, not both")
     if keep_last is not None:
         if not by_tag:
-            raise ApplicationError("keep_last works with by_tag: it keeps the newest builds of that tag")
+            raise ApplicationError("The keep_last option works only with by_tag: it keeps the newest builds of that tag")
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or not 0 <= keep_last <= KEEP_LAST_MAX:
-            raise ApplicationError(f"keep_last must be a number of builds from 0 to {KEEP_LAST_MAX}")
+            raise ApplicationError(f"The keep_last option must be a number of builds from 0 to {KEEP_LAST_MAX}")
     result = PruneResult(dry_run=bool(dry_run))
     with transaction.atomic():
         # Candidate rows are locked before reading what is needed: a wave init or rollout locks

@@ -6,6 +6,7 @@ hidden traces, and a `config` naming the PNG that Plotly's camera button saves.
 from datetime import timedelta, timezone as dt_timezone
 
 from factory.charts import plotly_text
+from factory.plurals import counted
 
 from . import rereleases
 from .states import STACK_ORDER, STATE_COLORS, STATE_LABELS
@@ -180,7 +181,7 @@ def group_progress(groups, *, uirevision, filename="wave-groups", max_groups=MAX
         }
         for state in STACK_ORDER
     ]
-    title = f"first {len(shown)} groups; {hidden} more in the CSV export" if hidden else ""
+    title = f"first {counted(len(shown), 'group')}; {hidden:,} more in the CSV export" if hidden else ""
     layout = _layout(
         uirevision,
         height=max(200, 90 + 26 * len(shown)),
@@ -239,7 +240,7 @@ def version_distribution(groups, *, uirevision, filename="wave-versions", wave_v
         yaxis=_count_axis(max(sum(g["versions"].values()) for g in shown), title={"text": "devices"}),
     )
     if hidden:
-        layout["title"] = {"text": f"first {len(shown)} groups; {hidden} more in the CSV export", "font": {"size": 11}}
+        layout["title"] = {"text": f"first {counted(len(shown), 'group')}; {hidden:,} more in the CSV export", "font": {"size": 11}}
     return {"data": data, "layout": layout, "config": _config(filename)}
 
 

@@ -12,6 +12,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from factory.auth import factory_view
 from factory.build_views import build_page
 from factory.errors import ApplicationError
+from factory.plurals import counted
 from factory.tuf.services.ci_targets import ci_targets_tag
 
 from .build_pruning import ci_targets_prune
@@ -57,7 +58,7 @@ def build_prune(request, version):
     if not confirmed:
         return build_page(request, panel={"version": version, "preview": result})
     if result.pruned:
-        messages.success(request, f"Pruned {len(result.pruned)} target(s) of build {version}: test devices no longer see them.")
+        messages.success(request, f"Pruned {counted(len(result.pruned), 'target')} of build {version}: test devices no longer see them.")
     for kept in result.kept:
         messages.warning(request, f"Kept {kept['name']}: {kept['reason']}.")
     return _back(request)

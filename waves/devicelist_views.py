@@ -11,6 +11,7 @@ from devices.models import Device
 from devices.selectors import uuids_in
 from factory.auth import factory_view
 from factory.errors import ApplicationError
+from factory.plurals import counted
 from factory.views import add_service_error, render_page, service_error_status
 
 from . import devicelists
@@ -68,7 +69,7 @@ def device_list_create(request):
                 add_service_error(form, error, {"name": "name", "uuids_invalid": "uuids", "uuids_too_many": "uuids"})
                 status = service_error_status(error)
             else:
-                messages.success(request, f"Device list {saved.name} saved with {len(form.cleaned_data['uuid_list'])} UUIDs.")
+                messages.success(request, f"Device list {saved.name} saved with {counted(len(form.cleaned_data['uuid_list']), 'UUID')}.")
                 url = reverse("devicelist-detail", args=[saved.id])
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     return render_page(request, "waves/list_edit.html", {"form": form, "saved": None}, title="New device list", section="lists", status=status)

@@ -17,7 +17,7 @@ NAME_FORBIDDEN = "/\\"
 
 
 def _clean_name(name):
-    return name_clean(name, what="a device list name", max_length=NAME_MAX, forbidden=NAME_FORBIDDEN, code="name")
+    return name_clean(name, what="A device list name", max_length=NAME_MAX, forbidden=NAME_FORBIDDEN, code="name")
 
 
 def _clean_uuids(uuids):
@@ -36,7 +36,7 @@ def device_list_create(*, factory, actor, name, uuids=None):
             saved = SavedDeviceList.objects.create(factory=factory, name=name, uuids=text, created_by=actor)
             audit_record(factory=factory, actor=actor, action="devicelist.create", target=name, details={"devices": _count(text)})
     except IntegrityError:
-        raise Conflict(f"a device list named {name} already exists", code="name") from None
+        raise Conflict(f"A device list named {name} already exists", code="name") from None
     return saved
 
 
@@ -59,7 +59,7 @@ def device_list_update(*, device_list, actor, name=None, uuids=None):
             )
     except IntegrityError:
         device_list.name, device_list.uuids = old_name, old_text
-        raise Conflict(f"a device list named {new_name} already exists", code="name") from None
+        raise Conflict(f"A device list named {new_name} already exists", code="name") from None
     return device_list
 
 
@@ -70,13 +70,13 @@ def device_list_delete(*, device_list, actor):
             audit_record(factory=device_list.factory, actor=actor, action="devicelist.delete", target=device_list.name)
             device_list.delete()
     except ProtectedError:
-        raise Conflict(f"device list {device_list.name} is used by a rollout plan; remove it from the plan first") from None
+        raise Conflict(f"Device list {device_list.name} is used by a rollout plan; remove it from the plan first") from None
 
 
 def device_list_get(*, factory, list_id):
     saved = SavedDeviceList.objects.filter(factory=factory, id=list_id).first()
     if saved is None:
-        raise NotFound("device list not found")
+        raise NotFound("Device list not found")
     return saved
 
 

@@ -11,6 +11,7 @@ from factory.forms import StatusForm
 from factory.selectors import status_cache_key
 from factory.views import render_page
 
+from . import expiry
 from .selectors import factory_status as factory_status_rows
 
 
@@ -29,7 +30,12 @@ def factory_status(request):
     return render_page(
         request,
         "factory/status.html",
-        {"status": rows, "form": form, "threshold": hours or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS},
+        {
+            "status": rows,
+            "form": form,
+            "threshold": hours or settings.BREAKWATER_OFFLINE_THRESHOLD_HOURS,
+            "expiry_warnings": expiry.expiring_targets(factory=request.factory),
+        },
         title="Factory status",
         section="status",
         fragments=("status-panel",),

@@ -8,6 +8,7 @@ from devices.uuids import MAX_UUIDS
 from factory.errors import ApplicationError
 from factory.forms import DashboardForm, key_archive_upload_read
 from factory.names import NameValidator
+from factory.plurals import counted
 
 from . import devicelists
 from .models import Wave
@@ -168,14 +169,14 @@ class RolloutForm(DashboardForm):
                     return data
             unique = list(dict.fromkeys(parsed))
             if len(unique) > MAX_UUIDS:
-                self.add_error("uuids", f"Together the lists hold {len(unique):,} devices; at most {MAX_UUIDS:,} may be given to one rollout.")
+                self.add_error("uuids", f"Together the lists hold {counted(len(unique), 'device')}; at most {MAX_UUIDS:,} may be given to one rollout.")
             data["uuid_list"] = unique
         if not self.errors:
             try:
                 scope_require(group=data.get("group"), limit=data.get("limit"), uuids=sources)
             except ApplicationError as error:
                 # "Whole fleet" is no group: the fleet itself is never rolled out to as a group.
-                raise forms.ValidationError(f"{error.message[:1].upper()}{error.message[1:]}. For the whole fleet, give a limit (for example 100%).") from None
+                raise forms.ValidationError(f"{error.message}. For the whole fleet, give a limit (for example 100%).") from None
         return data
 
 
@@ -186,7 +187,7 @@ class PreviewAddForm(DashboardForm):
         return parse_uuids(self.cleaned_data["uuids"], purpose="to one rollout")
 
 
-LIST_NAME = NameValidator("a device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
+LIST_NAME = NameValidator("A device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
 
 
 class SaveListForm(DashboardForm):

@@ -20,11 +20,11 @@ def refuse_targets_rotation_over_pending_waves(sender, *, factory, role, **kwarg
         return
     if pending.status == Wave.Status.ARMED:
         raise Conflict(
-            f"wave {pending.name} is a plan's armed rollback, signed with the online targets key being replaced: "
+            f"Wave {pending.name} is a plan's armed rollback, signed with the online targets key being replaced: "
             "let its plan finish or cancel the plan's wave before rotating the targets key"
         )
     raise Conflict(
-        f"wave {pending.name} waits for its offline signatures and holds targets signed with the online targets key "
+        f"Wave {pending.name} waits for its offline signatures and holds targets signed with the online targets key "
         "being replaced: sign or cancel it before rotating the targets key"
     )
 

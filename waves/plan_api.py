@@ -38,7 +38,7 @@ class PhaseIn(Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: api_name("a phase name", max_length=PHASE_NAME_MAX, required=False) | None = None
+    name: api_name("A phase name", max_length=PHASE_NAME_MAX, required=False) | None = None
     group: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Device group; alone, the whole group (now and later).")
     limit: Annotated[int, Field(ge=1, le=MAX_UUIDS)] | Annotated[Text, Field(max_length=16)] | None = Field(None, description="N devices or N%.")
     saved_list: Annotated[Text, Field(max_length=100)] | None = Field(None, description="A saved device list's name (its UUIDs when the phase rolls out).")
@@ -271,7 +271,7 @@ class PlanOut(Schema):
 class TemplateIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    name: api_name("a template name", max_length=plan_templates.TEMPLATE_NAME_MAX, forbidden=plan_templates.TEMPLATE_NAME_FORBIDDEN)
+    name: api_name("A template name", max_length=plan_templates.TEMPLATE_NAME_MAX, forbidden=plan_templates.TEMPLATE_NAME_FORBIDDEN)
     phases: list[PhaseIn] | None = Field(None, max_length=MAX_PHASES, description="The phases; a group may be '{group}'.")
     wave: Annotated[Text, Field(max_length=64)] | None = Field(None, description="Save this wave's plan instead.")
     replace: bool = Field(False, description="Replace a template of the same name.")
@@ -380,7 +380,7 @@ def plan_set(request, factory: FactoryName, wave: str, payload: PlanSetIn):
     in scope."""
     wave_obj, user = _wave(request, wave)
     if (payload.phases is None) == (payload.template is None):
-        raise ApplicationError("give either phases or a template")
+        raise ApplicationError("Give either phases or a template")
     windows = {"windows": _windows_in(payload.windows), "time_zone": payload.timezone, "group_windows": _windows_in(payload.group_windows)}
     if payload.template is not None:
         plan_templates.plan_template_apply(
@@ -388,7 +388,7 @@ def plan_set(request, factory: FactoryName, wave: str, payload: PlanSetIn):
         )
     else:
         if payload.groups:
-            raise ApplicationError("groups go with a template")
+            raise ApplicationError("Groups go with a template")
         plan_services.plan_set(wave=wave_obj, actor=user, phases=_phases_in(payload.phases), webhook_url=payload.webhook_url, **windows)
     return _shown(wave_obj)
 
@@ -499,7 +499,7 @@ def plan_templates_list(request, factory: FactoryName):
 def plan_templates_save(request, factory: FactoryName, payload: TemplateIn):
     factory_obj, user = actor_scope(request)
     if (payload.phases is None) == (payload.wave is None):
-        raise ApplicationError("give either phases or a wave whose plan to save")
+        raise ApplicationError("Give either phases or a wave whose plan to save")
     wave_obj = selectors.wave_get(factory=factory_obj, name=payload.wave) if payload.wave else None
     template = plan_templates.plan_template_save(
         factory=factory_obj, actor=user, name=payload.name, phases=_phases_in(payload.phases), wave=wave_obj, replace=payload.replace

@@ -59,7 +59,7 @@ class PhaseForm(DashboardForm):
         required=False,
         max_length=PHASE_NAME_MAX,
         label="Name",
-        validators=[NameValidator("a phase name", max_length=PHASE_NAME_MAX, required=False)],
+        validators=[NameValidator("A phase name", max_length=PHASE_NAME_MAX, required=False)],
         widget=forms.TextInput(attrs={"placeholder": "e.g. us-east canary"}),
     )
     group = forms.ChoiceField(required=False, label="Scope")
@@ -242,7 +242,7 @@ class TemplateSaveForm(DashboardForm):
         max_length=plan_templates.TEMPLATE_NAME_MAX,
         label="Template name",
         error_messages={"required": "Give the template a name."},
-        validators=[NameValidator("a template name", max_length=plan_templates.TEMPLATE_NAME_MAX, forbidden=plan_templates.TEMPLATE_NAME_FORBIDDEN)],
+        validators=[NameValidator("A template name", max_length=plan_templates.TEMPLATE_NAME_MAX, forbidden=plan_templates.TEMPLATE_NAME_FORBIDDEN)],
         widget=forms.TextInput(attrs={"placeholder": "e.g. canary, 5%, 25%, all"}),
     )
     replace = forms.BooleanField(required=False, label="Replace a template of the same name")

@@ -56,7 +56,7 @@ def _wave_or_404(request, name):
     try:
         return selectors.wave_get(factory=request.factory, name=name)
     except ApplicationError:
-        raise Http404(f"wave {name} does not exist") from None
+        raise Http404(f"Wave {name} does not exist") from None
 
 
 def _rows(shown):
@@ -157,7 +157,7 @@ def _respond(request, wave, message, *, error=None, status=200, rolled_out=False
 @require_POST
 def plan_action(request, name, action):
     if action not in ACTIONS:
-        raise Http404("no such plan action")
+        raise Http404("No such plan action")
     permission, service, message = ACTIONS[action]
     if not can(request.user, request.factory, permission):
         raise PermissionDenied(f"Your role may not do this ({permission}).")
@@ -342,6 +342,6 @@ def plan_template_delete(request, name, template_id):
     wave = _wave_or_404(request, name)
     template = PlanTemplate.objects.filter(factory=request.factory, pk=template_id).first()
     if template is None:
-        raise Http404("no such plan template")
+        raise Http404("No such plan template")
     plan_templates.plan_template_delete(factory=request.factory, actor=request.user, name=template.name)
     return _editor(request, wave, notice=f"Deleted template {template.name}.")

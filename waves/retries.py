@@ -19,6 +19,7 @@ from devices.uuids import MAX_UUIDS, parse_uuid_list
 from factory.auth import authorize
 from factory.builds import build_check_not_bad
 from factory.errors import ApplicationError, Conflict
+from factory.plurals import counted
 from factory.services import audit_record
 from factory.tuf.services import signed_views
 
@@ -43,7 +44,7 @@ class RetryResult:
     @property
     def message(self):
         n = self.count
-        what = f"{n} failed device{'' if n == 1 else 's'}"
+        what = counted(n, "failed device")
         text = f"{what} would be offered wave {self.wave.name} again" if self.dry_run else f"{what} offered wave {self.wave.name} again"
         if self.exhausted:
             text += f"; {self.exhausted} left out, already offered it as many times as allowed"
@@ -79,7 +80,7 @@ def wave_retry_failed(*, wave, actor, uuids=None, dry_run=False, now=None, devic
             # The wave's row first, as every rollout, complete and cancel takes it.
             wave = Wave.objects.select_for_update(of=("self",)).select_related("factory").get(pk=wave.pk)
         if wave.status != Wave.Status.ACTIVE:
-            raise Conflict(f"wave {wave.name} is {wave.status}; only an active wave's failed devices can be offered it again")
+            raise Conflict(f"Wave {wave.name} is {wave.status}; only an active wave's failed devices can be offered it again")
         build_check_not_bad(factory=wave.factory, version=wave.build_version, lock=not dry_run)
         scope = wave_staged_devices(wave) if devices is None else devices
         if listed is not None:
@@ -87,7 +88,7 @@ def wave_retry_failed(*, wave, actor, uuids=None, dry_run=False, now=None, devic
         failed = list(devices_failed(scope, wave).order_by("name", "id").values("id", "uuid", "name")[: MAX_UUIDS + 1])
         if len(failed) > MAX_UUIDS:
             raise ApplicationError(
-                f"more than {MAX_UUIDS:,} devices failed wave {wave.name}: retry them in lists of at most {MAX_UUIDS:,} UUIDs (--uuids)"
+                f"More than {MAX_UUIDS:,} devices failed wave {wave.name}: retry them in lists of at most {MAX_UUIDS:,} UUIDs (--uuids)"
             )
         if listed is not None:
             found = {str(row["uuid"]) for row in failed}
@@ -95,7 +96,7 @@ def wave_retry_failed(*, wave, actor, uuids=None, dry_run=False, now=None, devic
             if missing:
                 shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
                 raise ApplicationError(
-                    f"not a device that failed wave {wave.name}: {shown}; only failed devices can be offered the wave again",
+                    f"Not a device that failed wave {wave.name}: {shown}; only failed devices can be offered the wave again",
                     code="retry_not_failed",
                     extra={"not_failed": missing[:100]},
                 )
@@ -110,7 +111,7 @@ def wave_retry_failed(*, wave, actor, uuids=None, dry_run=False, now=None, devic
             return result
         if not result.devices:
             why = "every failed device was already offered it as many times as allowed" if result.exhausted else "no device has failed it"
-            raise ApplicationError(f"nothing to retry in wave {wave.name}: {why}", code="retry_empty")
+            raise ApplicationError(f"Nothing to retry in wave {wave.name}: {why}", code="retry_empty")
         again = [row["id"] for row in result.devices if row["id"] in counts]
         WaveRetry.objects.filter(wave=wave, device_id__in=again).update(count=F("count") + 1, retried_at=now, retried_by=actor)
         WaveRetry.objects.bulk_create(

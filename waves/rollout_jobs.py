@@ -26,6 +26,7 @@ from django.db import transaction
 
 from factory.auth import authorize
 from factory.errors import ApplicationError, NotFound
+from factory.plurals import counted
 
 from .models import Rollout, Wave
 from .services import wave_rollout
@@ -103,8 +104,8 @@ def rollout_job_start(*, wave, actor, group=None, uuids=None, expected=0):
                     state,
                     status="failed",
                     message=(
-                        "the task queue that runs large rollouts cannot be reached; try again when it is back, "
-                        f"or roll out at most {background_threshold():,} devices at a time, which needs no task queue"
+                        "The task queue that runs large rollouts cannot be reached; try again when it is back, "
+                        f"or roll out at most {counted(background_threshold(), 'device')} at a time, which needs no task queue"
                     ),
                 )
 
@@ -115,7 +116,7 @@ def rollout_job_start(*, wave, actor, group=None, uuids=None, expected=0):
 def rollout_job_get(*, token, factory):
     state = cache.get(_key(token))
     if state is None or state["factory_id"] != factory.id:
-        raise NotFound("this rollout job is unknown or expired")
+        raise NotFound("This rollout job is unknown or expired")
     if state["status"] == "running" and cache.get(_alive_key(token)) is None:
         return _worker_lost(token, state)
     if state["status"] == "queued" and time.time() - state.get("queued_at", time.time()) > queue_patience_seconds():
@@ -131,13 +132,13 @@ def _worker_lost(token, state):
         started = datetime.fromtimestamp(state.get("started_at", 0), tz=dt_timezone.utc) - timedelta(seconds=1)
         saved = Rollout.objects.filter(wave_id=state.get("wave_id"), created_at__gte=started, device_count=total).exists()
         if saved:
-            message = f"Rolled out to {total:,} devices (the worker stopped before it could report it)."
+            message = f"Rolled out to {counted(total, 'device')} (the worker stopped before it could report it)."
             return _save(token, state, status="done", count=total, message=message)
     return _save(
         token,
         state,
         status="failed",
-        message=f"the worker running it stopped (killed or restarted) at {done:,} of {total:,} devices, before the rollout was saved; roll out again",
+        message=f"The worker running it stopped (killed or restarted) at {done:,} of {counted(total, 'device')}, before the rollout was saved; roll out again",
     )
 
 
@@ -145,12 +146,12 @@ def _never_started(token, state):
     if not _claim(token):
         return cache.get(_key(token)) or state  # a worker took it meanwhile
     patience = queue_patience_seconds()
-    waited = f"{patience / 60:.0f} minutes" if patience >= 120 else f"{patience:.0f} seconds"
+    waited = counted(round(patience / 60), "minute") if patience >= 120 else counted(round(patience), "second")
     return _save(
         token,
         state,
         status="failed",
-        message=f"no worker started it within {waited} (are the Celery workers running?), so it was called off; roll out again",
+        message=f"No worker started it within {waited} (are the Celery workers running?), so it was called off; roll out again",
     )
 
 
@@ -210,7 +211,7 @@ def rollout_job_run(*, token, wave_id, actor_id, params):
         except ApplicationError as error:
             save(status="failed", message=error.message)
         except Exception:
-            save(status="failed", message="the rollout stopped on an unexpected error; nothing was staged")
+            save(status="failed", message="The rollout stopped on an unexpected error; nothing was staged")
             raise
         else:
             save(status="done", done=result.count, total=result.count, message=f"{result.message}.", count=result.count)

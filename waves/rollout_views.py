@@ -147,7 +147,7 @@ def rollout_preview(request, name):
         )
     except ApplicationError as error:
         field = ROLLOUT_ERROR_FIELDS.get(error.code)
-        if "limit" in error.message:
+        if "limit" in error.message.lower():
             field = "limit"
         add_service_error(form, error, {error.code: field} if field else None)
         return detail_page(request, wave, rollout_form=form, status=service_error_status(error))

@@ -17,7 +17,7 @@ from .models import Wave
 Name = Annotated[Text, Field(min_length=1, max_length=64)]
 # Every status a wave can have (an armed pre-signed rollback too), from the model's one list.
 WaveStatus = Literal[tuple(Wave.Status.values)]
-ListName = api_name("a device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
+ListName = api_name("A device list name", max_length=devicelists.NAME_MAX, forbidden=devicelists.NAME_FORBIDDEN)
 Base64 = Annotated[Text, Field(max_length=8 * 1024 * 1024, description="Base64-encoded bytes.")]
 
 

@@ -9,6 +9,7 @@ import re
 
 from devices.uuids import MAX_UUIDS
 from factory.errors import ApplicationError
+from factory.plurals import counted
 
 LIMIT_RE = re.compile(r"^\s*(\d{1,9})\s*(%?)\s*$")
 
@@ -24,12 +25,12 @@ def limit_parse(limit):
     match = None if isinstance(limit, bool) else LIMIT_RE.match(str(limit))
     if not match:
         shown = "" if isinstance(limit, bool) else f" {str(limit)[:20]!r}"
-        raise ApplicationError(f"limit{shown} must be a number of devices (N) or a percentage (N%)")
+        raise ApplicationError(f"Limit{shown} must be a number of devices (N) or a percentage (N%)")
     n, percent = int(match.group(1)), bool(match.group(2))
     if percent and not 0 < n <= 100:
-        raise ApplicationError("a percentage limit must be between 1% and 100%")
+        raise ApplicationError("A percentage limit must be between 1% and 100%")
     if not percent and not 0 < n <= MAX_UUIDS:
-        raise ApplicationError(f"limit must be between 1 and {MAX_UUIDS:,} devices")
+        raise ApplicationError(f"Limit must be between 1 and {MAX_UUIDS:,} devices")
     return n, percent
 
 
@@ -59,7 +60,7 @@ def sample_size(limit, *, in_scope):
     size = limit_size(limit, total)
     if size > MAX_UUIDS:
         raise ApplicationError(
-            f"{n}% of {total:,} devices is {size:,}, more than the {MAX_UUIDS:,} one rollout may stage; "
+            f"{n}% of {counted(total, 'device')} is {size:,}, more than the {MAX_UUIDS:,} one rollout may stage; "
             "use a smaller percentage or roll out to the whole group"
         )
     return size
@@ -73,7 +74,7 @@ def scope_require(*, group, limit, uuids, saved_list=None, where=None):
     if group or limit or uuids or saved_list:
         return
     if where is None:
-        raise ApplicationError("choose what to roll out to: a group, a limit, a UUID list, or a combination")
+        raise ApplicationError("Choose what to roll out to: a group, a limit, a UUID list, or a combination")
     raise ApplicationError(
         f"{where}: choose what it rolls out to: a group, a limit, a saved device list, UUIDs, or a combination"
     )

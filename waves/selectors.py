@@ -27,16 +27,16 @@ def offline_cutoff(offline_threshold_hours=None):
     try:
         hours = float(hours)
     except (TypeError, ValueError):
-        raise ApplicationError(f"offline threshold {str(hours)[:20]!r} is not a number of hours") from None
+        raise ApplicationError(f"Offline threshold {str(hours)[:20]!r} is not a number of hours") from None
     if not 0 < hours <= 24 * 365:
-        raise ApplicationError("the offline threshold must be between 0 and 8760 hours")
+        raise ApplicationError("The offline threshold must be between 0 and 8760 hours")
     return timezone.now() - timedelta(hours=hours)
 
 
 def wave_get(*, factory, name):
     wave = Wave.objects.select_related("factory", "created_by", "finished_by").filter(factory=factory, name=name).first()
     if wave is None:
-        raise NotFound(f"wave {name} does not exist")
+        raise NotFound(f"Wave {name} does not exist")
     return wave
 
 
@@ -45,7 +45,7 @@ def wave_list(*, factory, status=None, tag=None, page=1, per_page=20):
     waves = Wave.objects.filter(factory=factory).select_related("created_by")
     if status:
         if status not in Wave.Status.values:
-            raise ApplicationError(f"unknown wave status {status!r}; choose one of {', '.join(Wave.Status.values)}")
+            raise ApplicationError(f"Unknown wave status {status!r}; choose one of {', '.join(Wave.Status.values)}")
         waves = waves.filter(status=status)
     if tag:
         waves = waves.filter(tag=tag)
@@ -56,7 +56,7 @@ def wave_list(*, factory, status=None, tag=None, page=1, per_page=20):
         per_page = max(1, min(int(per_page), 200))
         page = int(page)
     except (TypeError, ValueError):
-        raise ApplicationError("page and page size must be numbers") from None
+        raise ApplicationError("Page and page size must be numbers") from None
     return Paginator(waves, per_page).get_page(page)
 
 

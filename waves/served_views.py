@@ -88,7 +88,7 @@ def device_targets(*, device):
         if channel == Channel.CI:
             targets = {name: t for name, t in targets.items() if device.tag in t["tags"]}
         return targets
-    raise NotFound("the device's targets are being re-signed; try again")
+    raise NotFound("The device's targets are being re-signed; try again")
 
 
 def target_names_for(*, device):

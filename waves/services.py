@@ -21,6 +21,7 @@ from factory.auth import authorize
 from factory.builds import build_check_not_bad
 from factory.errors import ApplicationError, Conflict, NotFound
 from factory.models import CiTarget
+from factory.plurals import plural
 from factory.selectors import release_version_next
 from factory.services import audit_record, rerelease_version_claim
 from factory.tuf import selectors as tuf_selectors
@@ -56,27 +57,27 @@ def _validate_name(name, what):
 
 def _expiry(expires_days, expires_at, now):
     if expires_days is not None and expires_at is not None:
-        raise ApplicationError("give either an expiry in days or an expiry date, not both")
+        raise ApplicationError("Give either an expiry in days or an expiry date, not both")
     if expires_at is not None:
         if isinstance(expires_at, str):
             try:
                 expires_at = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
             except ValueError:
-                raise ApplicationError(f"expiry {expires_at[:40]!r} is not an RFC 3339 date-time") from None
+                raise ApplicationError(f"Expiry {expires_at[:40]!r} is not an RFC 3339 date-time") from None
         if timezone.is_naive(expires_at):
-            raise ApplicationError("the expiry date needs a time zone (e.g. 2027-06-01T00:00:00Z)")
+            raise ApplicationError("The expiry date needs a time zone (e.g. 2027-06-01T00:00:00Z)")
         if expires_at <= now + timedelta(days=1):
-            raise ApplicationError("the expiry date must be more than a day in the future")
+            raise ApplicationError("The expiry date must be more than a day in the future")
         if expires_at > now + timedelta(days=MAX_EXPIRES_DAYS):
-            raise ApplicationError(f"the expiry date may be at most {MAX_EXPIRES_DAYS} days away")
+            raise ApplicationError(f"The expiry date may be at most {MAX_EXPIRES_DAYS} days away")
         return expires_at.replace(microsecond=0)
     days = DEFAULT_EXPIRES_DAYS if expires_days is None else expires_days
     try:
         days = int(days)
     except (TypeError, ValueError):
-        raise ApplicationError(f"expiry days {days!r} is not a whole number") from None
+        raise ApplicationError(f"Expiry days {days!r} is not a whole number") from None
     if not 1 < days <= MAX_EXPIRES_DAYS:
-        raise ApplicationError(f"expiry days must be between 2 and {MAX_EXPIRES_DAYS}")
+        raise ApplicationError(f"Expiry days must be between 2 and {MAX_EXPIRES_DAYS}")
     return (now + timedelta(days=days)).replace(microsecond=0)
 
 
@@ -95,22 +96,22 @@ def _int_list(values, what):
 def _wave_new_checks(*, factory, actor, name, tag, source_tag, prune):
     """What every new wave (a build's or a re-release) must pass; returns the prune versions."""
     authorize(user=actor, factory=factory, action="wave.manage")
-    _validate_name(name, "wave name")
+    _validate_name(name, "Wave name")
     if name.lower() in RESERVED_WAVE_NAMES:
         raise ApplicationError(f"{name!r} is reserved; choose another wave name")
-    _validate_name(tag, "tag")
+    _validate_name(tag, "Tag")
     if source_tag:
-        _validate_name(source_tag, "source tag")
-    prune = _int_list(prune, "prune version")
+        _validate_name(source_tag, "Source tag")
+    prune = _int_list(prune, "Prune version")
     production_versions = tuf_selectors.production_targets_versions(factory=factory, tag=tag)
     unknown = [v for v in prune if v not in production_versions]
     if unknown:
-        raise ApplicationError(f"cannot prune {', '.join(map(str, unknown))}: not in the production targets of tag {tag}")
+        raise ApplicationError(f"Cannot prune {', '.join(map(str, unknown))}: not in the production targets of tag {tag}")
     if Wave.objects.filter(factory=factory, name=name).exists():
-        raise Conflict(f"a wave named {name} already exists")
+        raise Conflict(f"A wave named {name} already exists")
     open_wave = Wave.objects.filter(factory=factory, tag=tag, status__in=Wave.OPEN_STATUSES).first()
     if open_wave is not None:
-        raise Conflict(f"wave {open_wave.name} is still {open_wave.status} on tag {tag}; complete or cancel it first")
+        raise Conflict(f"Wave {open_wave.name} is still {open_wave.status} on tag {tag}; complete or cancel it first")
     open_tags = Wave.objects.filter(factory=factory, status__in=Wave.OPEN_STATUSES).values_list("tag", flat=True)
     signed_views.production_tag_admit(factory_id=factory.id, tag=tag, open_wave_tags=open_tags)
     return prune
@@ -136,13 +137,13 @@ def wave_version_refusals(*, factory, tag, versions):
     refusals = {}
     for version in versions:
         if version in production_versions:
-            refusals[version] = Conflict(f"version {version} is already in the production targets of tag {tag}")
+            refusals[version] = Conflict(f"Version {version} is already in the production targets of tag {tag}")
         elif current is not None and version <= current:
-            refusals[version] = ApplicationError(f"version {version} must be higher than tag {tag}'s current production targets version {current}")
+            refusals[version] = ApplicationError(f"Version {version} must be higher than tag {tag}'s current production targets version {current}")
         # The same build again (a canceled wave re-initialized) is the same version with the same content.
         elif served is not None and version < served.version:
             refusals[version] = ApplicationError(
-                f"devices on tag {tag} were served version {served.version} (wave {served.name}); build {version} can reach them "
+                f"Devices on tag {tag} were served version {served.version} (wave {served.name}); build {version} can reach them "
                 f"only as a re-release at a higher version: breakwater waves revert NAME {tag} --to {version}"
             )
     return refusals
@@ -160,7 +161,7 @@ def wave_init(
     cannot sign, a bad archive or a tag over BREAKWATER_TUF_MAX_TAGS leaves no wave behind.
     """
     authorize(user=actor, factory=factory, action="wave.manage")
-    version = _version(version, "target version")
+    version = _version(version, "Target version")
     now = timezone.now()
     expires = _expiry(expires_days, expires_at, now)
     build = CiTarget.objects.filter(factory=factory, version=version)
@@ -204,7 +205,7 @@ def wave_revert(
     offline and rolled out in phases like any wave.
     """
     authorize(user=actor, factory=factory, action="wave.manage")
-    to_version = _version(to_version, "build version")
+    to_version = _version(to_version, "Build version")
     build_check_not_bad(factory=factory, version=to_version)
     now = timezone.now()
     expires = _expiry(expires_days, expires_at, now)
@@ -242,7 +243,7 @@ def _wave_open(wave, actor, *, signatures, key_archive, aktualizr_signatures):
             wave.save()
     except IntegrityError:
         # Lost a race with a concurrent init: the database constraints decided.
-        raise Conflict(f"another wave was just created on tag {wave.tag} or with the name {wave.name}") from None
+        raise Conflict(f"Another wave was just created on tag {wave.tag} or with the name {wave.name}") from None
     details = {
         "version": wave.version,
         "tag": wave.tag,
@@ -267,11 +268,11 @@ def wave_sign(*, wave, actor, signatures=None, key_archive=None, aktualizr_signa
     """
     authorize(user=actor, factory=wave.factory, action="wave.manage")
     if not signatures and not key_archive and not aktualizr_signatures:
-        raise ApplicationError("give signatures or a key archive to sign with")
+        raise ApplicationError("Give signatures or a key archive to sign with")
     with transaction.atomic():
         wave = _locked(wave)
         if wave.status != Wave.Status.UNSIGNED:
-            raise Conflict(f"wave {wave.name} is {wave.status}; only an unsigned wave takes signatures")
+            raise Conflict(f"Wave {wave.name} is {wave.status}; only an unsigned wave takes signatures")
         signatures, aktualizr_signatures = list(signatures or []), list(aktualizr_signatures or [])
         if key_archive:
             tuf, aktualizr = wave_targets.key_archive_signatures_both(targets_bytes=bytes(wave.targets), archive_bytes=key_archive)
@@ -319,11 +320,12 @@ class RolloutResult:
     def message(self):
         verb = "would be" if self.dry_run else "is being"
         scope = f' in group "{self.group_name}"' if self.group_name else ""
-        devices = "device" if self.count == 1 else "devices"
+        # fioctl's words and number format (no thousands separator): scripts written for it read these.
         if self.full_group:
-            which = "every device" if self.count is None else f"all {self.count} {devices}"
+            # A large group's count follows the rollout (waves/rollout_counts.py).
+            which = "every device" if self.count is None else f"all {self.count} {plural(self.count, 'device')}"
             return f"A Wave {verb} rolled out to {which}{scope}; devices that join the group later get it too"
-        return f"A Wave {verb} rolled out to {self.count} {devices}{scope}"
+        return f"A Wave {verb} rolled out to {self.count} {plural(self.count, 'device')}{scope}"
 
 
 def _locked(wave):
@@ -365,7 +367,7 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
     if group_name is not None:
         group_obj = DeviceGroup.objects.filter(factory=factory, name=group_name).first()
         if group_obj is None:
-            raise NotFound(f"device group {group_name} does not exist")
+            raise NotFound(f"Device group {group_name} does not exist")
     full_group = group_obj is not None and parsed_limit is None and listed is None
 
     with transaction.atomic():
@@ -373,7 +375,7 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
         # device is never staged twice and a racing complete/cancel sees a finished rollout.
         wave = _locked(wave) if not dry_run else Wave.objects.select_related("factory").get(pk=wave.pk)
         if wave.status != Wave.Status.ACTIVE:
-            raise Conflict(f"wave {wave.name} is {wave.status}; only an active wave can be rolled out")
+            raise Conflict(f"Wave {wave.name} is {wave.status}; only an active wave can be rolled out")
         # Dry runs too: a preview of a rollout that would be refused says so.
         build_check_not_bad(factory=factory, version=wave.build_version, lock=not dry_run)
         result = RolloutResult(wave=wave, dry_run=dry_run, group_name=group_name or "", full_group=full_group)
@@ -383,7 +385,7 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
 
         if full_group:
             if WaveGroup.objects.filter(wave=wave, group=group_obj).exists():
-                raise Conflict(f"wave {wave.name} was already rolled out to every device in group {group_obj.name}")
+                raise Conflict(f"Wave {wave.name} was already rolled out to every device in group {group_obj.name}")
             if dry_run:
                 candidates = _candidates(scope, wave, group_staged=False)
                 result.devices = _device_rows(candidates.order_by("name", "id"))
@@ -415,7 +417,7 @@ def wave_rollout(*, wave, actor, group=None, limit=None, uuids=None, dry_run=Fal
             if dry_run:
                 return result
             if not selected:
-                raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty", extra={"skipped": result.skipped})
+                raise ApplicationError("No device matches this rollout: nothing was staged", code="rollout_empty", extra={"skipped": result.skipped})
             rollout = _rollout_record(wave, actor, group_obj, limit, len(listed or ()), False, len(selected), phase)
             _stage(wave, rollout, [row["id"] for row in selected], progress)
             _statistics_refresh_after(wave, rollout, phase)
@@ -623,15 +625,15 @@ def wave_complete(*, wave, actor):
     with transaction.atomic():
         wave = _locked(wave)
         if wave.status == Wave.Status.CANCELED:
-            raise Conflict(f"wave {wave.name} is canceled; it cannot be completed")
+            raise Conflict(f"Wave {wave.name} is canceled; it cannot be completed")
         if wave.status == Wave.Status.COMPLETE:
-            raise Conflict(f"wave {wave.name} is already complete")
+            raise Conflict(f"Wave {wave.name} is already complete")
         if wave.status == Wave.Status.UNSIGNED:
-            raise Conflict(f"wave {wave.name} is not signed yet; sign it before completing it")
+            raise Conflict(f"Wave {wave.name} is not signed yet; sign it before completing it")
         if wave.status == Wave.Status.ARMED:
             # Armed, it was never rolled out: completing it would move every production device
             # of the tag back without a phase, a gate or a halt having asked for it.
-            raise Conflict(f"wave {wave.name} is a plan's pre-signed rollback, armed until the plan halts on a failure; it cannot be completed by hand")
+            raise Conflict(f"Wave {wave.name} is a plan's pre-signed rollback, armed until the plan halts on a failure; it cannot be completed by hand")
         # Completing makes the build every production device's on the tag: the widest rollout.
         build_check_not_bad(factory=wave.factory, version=wave.build_version, lock=True)
         wave_targets.production_targets_promote(wave=wave)
@@ -656,9 +658,9 @@ def wave_cancel(*, wave, actor, for_rollback=False):
     with transaction.atomic():
         wave = _locked(wave)
         if wave.status == Wave.Status.COMPLETE:
-            raise Conflict(f"wave {wave.name} is complete; it cannot be canceled")
+            raise Conflict(f"Wave {wave.name} is complete; it cannot be canceled")
         if wave.status == Wave.Status.CANCELED:
-            raise Conflict(f"wave {wave.name} is already canceled")
+            raise Conflict(f"Wave {wave.name} is already canceled")
         was_active = wave.status == Wave.Status.ACTIVE
         if was_active:
             wave_targets.wave_view_drop(wave=wave)

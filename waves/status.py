@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_datetime
 
 from devices.models import Device, DeviceGroup
 from factory.auth import authorize
+from factory.plurals import counted
 
 from . import rereleases
 from .models import Rollout, Wave, WaveStatusSample
@@ -388,7 +389,7 @@ def phase_list(*, wave):
         if r.limit:
             scope.append(f"--limit {r.limit}")
         if r.uuids_count:
-            scope.append(f"{r.uuids_count} UUIDs")
+            scope.append(counted(r.uuids_count, "UUID"))
         if r.full_group:
             scope.append("whole group")
         phases.append({"id": r.id, "kind": "rollout", "at": r.created_at, "label": f"#{i} {' '.join(scope)}", "devices": r.device_count})

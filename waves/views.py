@@ -2,7 +2,6 @@
 The rollout flow has its own module (rollout_views), and so do saved device lists
 (devicelist_views). Every change goes through waves.services."""
 import json
-from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
@@ -11,7 +10,6 @@ from django.db import transaction
 from django.http import Http404, QueryDict
 from django.shortcuts import redirect
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -28,13 +26,12 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.models import TufKey, TufRepository
 from factory.views import add_service_error, distinct_values, render_page, service_error_status
 
-from . import retries, selectors, services, status_table
+from . import expiry, retries, selectors, services, status_table
 from .forms import ConfirmNameForm, RolloutForm, WaveCreateForm, WaveFilterForm, WaveRevertForm, WaveSignForm
 from .models import Rollout, SavedDeviceList, Wave
 
-EXPIRY_WARNING_DAYS = 30
-
-# wave_init's errors share codes, so their field is told by what the message is about.
+# wave_init's errors share codes, so their field is told by what the message is about (in any
+# case: "Wave name ..." at the start of a sentence, "the wave name" inside one).
 INIT_ERROR_WORDS = (
     ("marked bad", "version"),
     ("build version", "to_version"),
@@ -51,7 +48,8 @@ INIT_ERROR_WORDS = (
 
 
 def _init_error_field(error):
-    return next((field for word, field in INIT_ERROR_WORDS if word in error.message), None)
+    message = error.message.lower()
+    return next((field for word, field in INIT_ERROR_WORDS if word.lower() in message), None)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -111,20 +109,6 @@ def _targets_facts(wave):
         "threshold": repository.production_targets_threshold if repository else None,
         "expires": wave.expires_at,
     }
-
-
-def _expiry_warning(wave):
-    if wave.status in (Wave.Status.COMPLETE, Wave.Status.CANCELED):
-        return None
-    left = wave.expires_at - timezone.now()
-    if left <= timedelta(0):
-        return "This wave's targets have expired: devices refuse them. Cancel it and create a new wave."
-    if left <= timedelta(days=EXPIRY_WARNING_DAYS):
-        return (
-            f"This wave's targets expire in {left.days} day{'s' if left.days != 1 else ''} ({wave.expires_at:%Y-%m-%d}). "
-            "Production targets cannot be re-signed online: complete the wave or create a new one before then."
-        )
-    return None
 
 
 def _threshold(request):
@@ -377,7 +361,7 @@ def detail_page(request, wave, *, sign_form=None, rollout_form=None, status=200)
         "wave": wave,
         "rollouts": shown["rollouts"],
         "facts": _targets_facts(wave),
-        "expiry_warning": _expiry_warning(wave),
+        "expiry_warnings": expiry.wave_expiring_targets(wave=wave),
         "status": wave_status,
         "sign_form": sign_form or WaveSignForm(),
         "sign_command": _sign_command(wave),

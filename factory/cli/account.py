@@ -35,15 +35,16 @@ def login(args, ctx):
     if not url:
         url = input("Breakwater URL: ") if sys.stdin.isatty() else None
     if not url:
-        raise CliError("give the server URL: `breakwater login --url https://breakwater.example.com`")
+        raise CliError("Give the server URL: `breakwater login --url https://breakwater.example.com`")
     url = check_url(url.strip())
     token = (getattr(args, "token", None) or os.environ.get("BREAKWATER_TOKEN") or _read_token() or "").strip()
     if not token:
-        raise CliError("no API token was given; create one in the dashboard and pass it with --token or on standard input")
-    me = Client(url, token, ca_bundle=settings.ca_bundle).get("/whoami")
+        raise CliError("No API token was given; create one in the dashboard and pass it with --token or on standard input")
+    with Client(url, token, ca_bundle=settings.ca_bundle) as client:
+        me = client.get("/whoami")
     factory = getattr(args, "factory", None)
     if factory and factory != me["factory"]:
-        raise CliError(f"this token belongs to factory {me['factory']}, not {factory}")
+        raise CliError(f"This token belongs to factory {me['factory']}, not {factory}")
     stored = config_load(settings.path)
     stored.update({"url": url, "token": token, "factory": me["factory"]})
     config_save(settings.path, stored)

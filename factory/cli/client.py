@@ -54,11 +54,11 @@ def config_load(path):
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise CliError(f"cannot read the configuration file {path}: {exc.strerror}") from None
+        raise CliError(f"Cannot read the configuration file {path}: {exc.strerror}") from None
     try:
         data = json.loads(text)
     except ValueError:
-        raise CliError(f"the configuration file {path} is not valid JSON; run `breakwater login` again") from None
+        raise CliError(f"The configuration file {path} is not valid JSON; run `breakwater login` again") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -75,7 +75,7 @@ def config_save(path, data):
 def check_url(url):
     parts = urlsplit(url or "")
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CliError(f"the server URL {url!r} must start with http:// or https://")
+        raise CliError(f"The server URL {url!r} must start with http:// or https://")
     return url.rstrip("/")
 
 
@@ -92,9 +92,9 @@ class Settings:
 
     def client(self):
         if not self.url:
-            raise CliError("no Breakwater server is configured: run `breakwater login --url URL` or set BREAKWATER_URL")
+            raise CliError("No Breakwater server is configured: run `breakwater login --url URL` or set BREAKWATER_URL")
         if not self.token:
-            raise CliError("no API token is configured: run `breakwater login` or set BREAKWATER_TOKEN")
+            raise CliError("No API token is configured: run `breakwater login` or set BREAKWATER_TOKEN")
         return Client(self.url, self.token, factory=self.factory, ca_bundle=self.ca_bundle)
 
 
@@ -110,6 +110,16 @@ class Client:
         if ca_bundle:
             kwargs["ca_certs"] = ca_bundle
         self.pool = urllib3.PoolManager(**kwargs)
+
+    def close(self):
+        """Close the kept-alive connections now, not whenever the garbage collector finds them."""
+        self.pool.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @property
     def factory(self):
@@ -177,7 +187,7 @@ class Client:
                 data = None
         if data is None:
             if status >= 500:
-                raise CliError(f"the server at {self.url} failed (HTTP {status}); try again, or ask its operator to check the logs")
+                raise CliError(f"The server at {self.url} failed (HTTP {status}); try again, or ask its operator to check the logs")
             raise CliError(
                 f"{self.url} answered HTTP {status} with {content_type or 'no content type'}, not the Breakwater API; "
                 "check BREAKWATER_URL (or `breakwater login --url`)"
@@ -187,11 +197,11 @@ class Client:
         detail = data.get("detail") if isinstance(data, dict) else None
         code = data.get("code", "error") if isinstance(data, dict) else "error"
         if not isinstance(detail, str):
-            detail = f"the server refused the request (HTTP {status})"
+            detail = f"The server refused the request (HTTP {status})"
         if status == 401:
-            detail = f"the server rejected the API token ({detail}); run `breakwater login` or set BREAKWATER_TOKEN to a valid token"
+            detail = f"The server rejected the API token ({detail}); run `breakwater login` or set BREAKWATER_TOKEN to a valid token"
         elif status >= 500:
-            detail = f"the server at {self.url} failed (HTTP {status}): {detail}"
+            detail = f"The server at {self.url} failed (HTTP {status}): {detail}"
         raise ApiError(status, code, detail, body=data)
 
 
@@ -205,14 +215,14 @@ def _network_message(url, reason):
     text = str(reason)
     errors = urllib3.exceptions
     if isinstance(reason, errors.SSLError):
-        return f"the TLS connection to {url} failed ({text}); set BREAKWATER_CA_BUNDLE if the server uses a private CA"
+        return f"The TLS connection to {url} failed ({text}); set BREAKWATER_CA_BUNDLE if the server uses a private CA"
     # NewConnectionError is a kind of ConnectTimeoutError in urllib3: test the specific cases first.
     if isinstance(reason, errors.NameResolutionError):
-        return f"cannot resolve the host of {url}; check BREAKWATER_URL (or `breakwater login --url`)"
+        return f"Cannot resolve the host of {url}; check BREAKWATER_URL (or `breakwater login --url`)"
     if isinstance(reason, errors.NewConnectionError):
-        return f"cannot connect to the Breakwater server at {url} (connection refused); is it running, and is BREAKWATER_URL right?"
+        return f"Cannot connect to the Breakwater server at {url} (connection refused); is it running, and is BREAKWATER_URL right?"
     if isinstance(reason, errors.ConnectTimeoutError):
-        return f"cannot connect to the Breakwater server at {url} (timed out); check the network and BREAKWATER_URL"
+        return f"Cannot connect to the Breakwater server at {url} (timed out); check the network and BREAKWATER_URL"
     if isinstance(reason, (errors.ReadTimeoutError, errors.TimeoutError)):
-        return f"the server at {url} did not answer in time; it may still be working on the request, so check before retrying"
-    return f"cannot reach the Breakwater server at {url}: {text}"
+        return f"The server at {url} did not answer in time; it may still be working on the request, so check before retrying"
+    return f"Cannot reach the Breakwater server at {url}: {text}"

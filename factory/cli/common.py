@@ -26,6 +26,10 @@ class Context:
             self._client = self.settings.client()
         return self._client
 
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+
     def path(self, path):
         """A path under the factory, e.g. ctx.path("waves/") -> /factories/acme/waves/."""
         return self.client.factory_path(path)
@@ -37,13 +41,13 @@ def read_file_text(path, *, what="file"):
     try:
         return Path(path).expanduser().read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise CliError(f"the {what} {path} does not exist") from None
+        raise CliError(f"The {what} {path} does not exist") from None
     except IsADirectoryError:
-        raise CliError(f"the {what} {path} is a directory, not a file") from None
+        raise CliError(f"The {what} {path} is a directory, not a file") from None
     except UnicodeDecodeError:
-        raise CliError(f"the {what} {path} is not UTF-8 text") from None
+        raise CliError(f"The {what} {path} is not UTF-8 text") from None
     except OSError as exc:
-        raise CliError(f"cannot read the {what} {path}: {exc.strerror}") from None
+        raise CliError(f"Cannot read the {what} {path}: {exc.strerror}") from None
 
 
 def uuids_arg(value):
@@ -63,8 +67,8 @@ def read_binary(path, *, what):
     try:
         return Path(path).expanduser().read_bytes()
     except FileNotFoundError:
-        raise CliError(f"the {what} {path} does not exist") from None
+        raise CliError(f"The {what} {path} does not exist") from None
     except IsADirectoryError:
-        raise CliError(f"the {what} {path} is a directory, not a file") from None
+        raise CliError(f"The {what} {path} is a directory, not a file") from None
     except OSError as exc:
-        raise CliError(f"cannot read the {what} {path}: {exc.strerror}") from None
+        raise CliError(f"Cannot read the {what} {path}: {exc.strerror}") from None

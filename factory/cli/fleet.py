@@ -2,6 +2,8 @@
 import uuid as uuid_lib
 from urllib.parse import quote
 
+from factory.plurals import counted, plural
+
 from .client import CliError, UsageError
 from .common import uuid_tokens, uuids_arg
 from .output import ago, dump_json, err, fields, out, pages, table, when
@@ -159,7 +161,7 @@ def _columns(text):
     columns = [c.strip().lower() for c in text.split(",") if c.strip()]
     unknown = [c for c in columns if c not in DEVICE_COLUMNS]
     if unknown or not columns:
-        raise UsageError(f"unknown column {', '.join(unknown) or '(none)'}; columns: {','.join(DEVICE_COLUMNS)}")
+        raise UsageError(f"Unknown column {', '.join(unknown) or '(none)'}; columns: {','.join(DEVICE_COLUMNS)}")
     return columns
 
 
@@ -167,7 +169,7 @@ def devices_list(args, ctx):
     _paging(args)
     columns = _columns(args.columns)
     if args.pattern and args.name:
-        raise UsageError("give a name pattern or --name, not both")
+        raise UsageError("Give a name pattern or --name, not both")
     production = True if args.only_prod else False if args.only_non_prod else None
     online = True if args.online else False if args.offline else None
     params = {
@@ -243,7 +245,7 @@ def _listed_uuids(args):
     if args.uuids:
         tokens += uuid_tokens(uuids_arg(args.uuids))
     if not tokens:
-        raise UsageError("give device UUIDs as arguments or with --uuids LIST|@FILE")
+        raise UsageError("Give device UUIDs as arguments or with --uuids LIST|@FILE")
     # Check every UUID before the first batch is sent, so a typo changes nothing.
     unique, bad = {}, []
     for token in tokens:
@@ -254,7 +256,7 @@ def _listed_uuids(args):
     if bad:
         shown = ", ".join(repr(b[:40]) for b in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise CliError(f"not a device UUID: {shown}{more}")
+        raise CliError(f"Not a device UUID: {shown}{more}")
     return list(unique)
 
 
@@ -279,11 +281,11 @@ def devices_set_group(args, ctx):
         moved += result["moved"]
         unknown += result["unknown"]
         if len(batches) > 1:
-            err(f"{min(number * ASSIGN_BATCH, len(uuids)):,} of {len(uuids):,} devices done")
+            err(f"{min(number * ASSIGN_BATCH, len(uuids)):,} of {counted(len(uuids), 'device')} done")
     where = f"group {args.group}" if args.group else "no group"
-    out(f"{moved} devices are now in {where}")
+    out(f"{counted(moved, 'device')} {plural(moved, 'is', 'are')} now in {where}")
     if unknown:
-        err(f"{len(unknown)} UUIDs are not devices of this factory:")
+        err(f"{counted(len(unknown), 'UUID')} {plural(len(unknown), 'is not a device', 'are not devices')} of this factory:")
         for item in unknown[:20]:
             err(f"  {item}")
         if len(unknown) > 20:
@@ -347,16 +349,16 @@ def device_lists_show(args, ctx):
 
 def device_lists_create(args, ctx):
     saved = ctx.client.post(ctx.path("device-lists/"), {"name": args.name, "uuids": uuids_arg(args.uuids)})
-    out(f"Saved device list {saved['name']} with {saved['count']} devices")
+    out(f"Saved device list {saved['name']} with {counted(saved['count'], 'device')}")
     return 0
 
 
 def device_lists_update(args, ctx):
     if args.uuids is None and args.rename is None:
-        raise UsageError("give --uuids to replace the list's devices and/or --rename to rename it")
+        raise UsageError("Give --uuids to replace the list's devices and/or --rename to rename it")
     payload = {"uuids": uuids_arg(args.uuids), "name": args.rename}
     saved = ctx.client.patch(_list_path(ctx, args.name), {k: v for k, v in payload.items() if v is not None})
-    out(f"Saved device list {saved['name']} has {saved['count']} devices")
+    out(f"Saved device list {saved['name']} has {counted(saved['count'], 'device')}")
     return 0
 
 

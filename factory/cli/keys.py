@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from factory.errors import ApplicationError
+from factory.plurals import counted
 from factory.tuf.keys import key_archive_read, key_archive_write, key_generate, payload_sign
 
 from .client import CliError, UsageError
@@ -161,7 +162,7 @@ def _roots_write_archive(dest, mode, roots):
     except FileExistsError:
         raise CliError(f"{dest} already exists; choose a new file") from None
     except OSError as exc:
-        raise CliError(f"cannot create {dest}: {exc.strerror}") from None
+        raise CliError(f"Cannot create {dest}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(buffer.getvalue())
 
@@ -170,7 +171,7 @@ def _roots_write_directory(dest, roots):
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CliError(f"cannot create the directory {dest}: {exc.strerror}") from None
+        raise CliError(f"Cannot create the directory {dest}: {exc.strerror}") from None
     # Check every file before writing any: a root is a trust anchor, and a copy that differs from
     # the server's is a question for a person, never something to replace silently.
     for name, data in roots:
@@ -207,7 +208,7 @@ def _signers(paths):
         try:
             signers += [signer for _, signer in key_archive_read(read_binary(path, what="keys archive"))]
         except ApplicationError as exc:
-            raise CliError(f"cannot use the keys archive {path}: {exc.message}") from None
+            raise CliError(f"Cannot use the keys archive {path}: {exc.message}") from None
     return signers
 
 
@@ -249,7 +250,7 @@ def _write_new_archive(path, data):
     except FileExistsError:
         raise CliError(f"{path} already exists; choose a new file so that no key is lost") from None
     except OSError as exc:
-        raise CliError(f"cannot create {path}: {exc.strerror}") from None
+        raise CliError(f"Cannot create {path}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 
@@ -268,7 +269,7 @@ def keys_rotate(args, ctx):
     try:
         change = ctx.client.post(ctx.path("keys/offline"), payload)
     except CliError as exc:
-        raise CliError(f"the server did not add the new key ({exc.message}); {args.keys} holds an unused key and can be deleted") from None
+        raise CliError(f"The server did not add the new key ({exc.message}); {args.keys} holds an unused key and can be deleted") from None
     change = _sign_pending(ctx, change, [signer, *others])
     out(f"New offline {args.role} key {signer.public_key.keyid} saved to {args.keys}; keep it offline and backed up.")
     _print_change(change)
@@ -290,9 +291,9 @@ def keys_sign_change(args, ctx):
     signers = _signers(args.keys)
     signatures = _signatures(change, signers)
     if not signatures:
-        raise CliError("none of the keys in the archive can add a signature the pending change still needs")
+        raise CliError("None of the keys in the archive can add a signature the pending change still needs")
     change = ctx.client.post(ctx.path("keys/change/sign"), {"signatures": signatures})
-    err(f"Added {len(signatures)} signatures")
+    err(f"Added {counted(len(signatures), 'signature')}")
     _print_change(change)
     return 0
 

@@ -44,8 +44,10 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
+    ctx = None
     try:
-        return args.handler(args, Context(args)) or 0
+        ctx = Context(args)
+        return args.handler(args, ctx) or 0
     except CliError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         if exc.exit_code == 2:
@@ -58,6 +60,9 @@ def main(argv=None):
         # The reader of our output went away (e.g. `| head`): not an error worth a traceback.
         sys.stderr.close()
         return 1
+    finally:
+        if ctx is not None:
+            ctx.close()
 
 
 def _command_words(args):

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from factory.logs import one_line
+from factory.plurals import counted
 
 
 def out(text=""):
@@ -84,7 +85,7 @@ def ago(value):
 
 def pages(page, next_page, total=None):
     if next_page:
-        more = f" of {total:,} results" if total is not None else ""
+        more = f" of {counted(total, 'result')}" if total is not None else ""
         err(f"\nPage {page}{more}; next page: --page {next_page}")
 
 

@@ -18,6 +18,8 @@ import json
 import re
 from urllib.parse import quote
 
+from factory.plurals import counted
+
 from .client import CliError, UsageError
 from .common import read_binary, read_file_text
 from .output import dump_json, err, fields, out, table, when
@@ -161,28 +163,28 @@ def phase_parse(spec, index):
             continue
         match = TOKEN.match(spec, position)
         if not match or match.end() == position:
-            raise UsageError(f"phase {index}: cannot read {spec[position:position + 20]!r}; write key=value pairs")
+            raise UsageError(f"Phase {index}: cannot read {spec[position:position + 20]!r}; write key=value pairs")
         position = match.end()
         if match.group(3):
             word = match.group(3).lower()
             if word not in FLAGS:
-                raise UsageError(f"phase {index}: {word!r} is not a setting; write key=value, or one of {', '.join(FLAGS)}")
+                raise UsageError(f"Phase {index}: {word!r} is not a setting; write key=value, or one of {', '.join(FLAGS)}")
             key, value = FLAGS[word]
         else:
             key = match.group(1).lower().replace("-", "_")
             key = ALIASES.get(key, key)
             if key not in KEYS:
-                raise UsageError(f"phase {index}: unknown setting {match.group(1)!r}; use {', '.join(KEYS)}")
+                raise UsageError(f"Phase {index}: unknown setting {match.group(1)!r}; use {', '.join(KEYS)}")
             value = _value(match.group(2))
             if key == "uuids" and value.startswith("@"):
                 value = read_file_text(value[1:], what="UUID list file")
             if key == "approver_must_differ":
                 value = value.lower() in ("1", "true", "yes", "on")
         if key in phase:
-            raise UsageError(f"phase {index}: {key} is given twice")
+            raise UsageError(f"Phase {index}: {key} is given twice")
         phase[key] = value
     if not phase:
-        raise UsageError(f"phase {index} is empty")
+        raise UsageError(f"Phase {index} is empty")
     return phase
 
 
@@ -191,12 +193,12 @@ def _file_phases(path):
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise CliError(f"the plan file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise CliError(f"The plan file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if isinstance(data, dict) and isinstance(data.get("phases"), list):
         return data["phases"], data.get("webhook_url"), {k: data[k] for k in ("windows", "timezone", "group_windows") if k in data}
     if isinstance(data, list):
         return data, None, {}
-    raise CliError(f"the plan file {path} must hold a list of phases or an object with \"phases\"")
+    raise CliError(f"The plan file {path} must hold a list of phases or an object with \"phases\"")
 
 
 def plan_set(args, ctx):
@@ -222,7 +224,7 @@ def plan_set(args, ctx):
     if args.json:
         dump_json(plan)
         return 0
-    out(f"Plan of wave {plan['wave']} set: {len(plan['phases'])} phases, {plan['status']}.")
+    out(f"Plan of wave {plan['wave']} set: {counted(len(plan['phases']), 'phase')}, {plan['status']}.")
     _phases_table(plan)
     if plan["status"] == "draft":
         err(f"\nStart it with: breakwater waves plan start {args.wave}")
@@ -345,7 +347,7 @@ def plan_show(args, ctx):
             ("Windows", plan.get("windows_summary") or "any time"),
             *([("Next opening", when(plan["next_opening"]))] if plan.get("next_opening") and plan.get("windows_summary", "").split(" (")[0] != "any time" else []),
             ("Rollback", (plan.get("rollback") or {}).get("description") or "none (a halt stays a halt)"),
-            ("Forecast", when(forecast.get("completion_at")) + (f" (+{forecast['approvals_ahead']} approvals)" if forecast.get("approvals_ahead") else "")),
+            ("Forecast", when(forecast.get("completion_at")) + (f" (+{counted(forecast['approvals_ahead'], 'approval')})" if forecast.get("approvals_ahead") else "")),
             ("Basis", forecast.get("basis") or "-"),
         ]
     )

@@ -7,6 +7,7 @@ signatures travel.
 import base64
 
 from factory.errors import ApplicationError
+from factory.plurals import plural
 from factory.tuf.keys import key_archive_read, payload_sign
 
 from .client import CliError
@@ -22,15 +23,15 @@ class OfflineSigner:
         try:
             pairs = key_archive_read(archive_bytes)
         except ApplicationError as exc:
-            raise CliError(f"cannot use the keys archive {source}: {exc.message}") from None
+            raise CliError(f"Cannot use the keys archive {source}: {exc.message}") from None
         root = ctx.client.get(ctx.path("keys/root"), {"production": True})
         trusted = set(root["signed"]["roles"][role]["keyids"])
         signers = [signer for key_role, signer in pairs if key_role == role and signer.public_key.keyid in trusted]
         if not signers:
             held = sorted(signer.public_key.keyid[:12] for key_role, signer in pairs if key_role == role)
-            described = f"its {role} keys ({', '.join(held)}…) are" if held else f"it holds no {role} key, which is"
+            described = f"its {role} {plural(len(held), 'key')} ({', '.join(held)}…) {plural(len(held), 'is', 'are')}" if held else f"it holds no {role} key, which is"
             raise CliError(
-                f"the keys archive {source} cannot sign for factory {ctx.client.factory}: {described} not trusted by the "
+                f"The keys archive {source} cannot sign for factory {ctx.client.factory}: {described} not trusted by the "
                 "production root; use the archive from `breakwater keys rotate-offline-key`"
             )
         return cls(signers, source)

@@ -196,7 +196,7 @@ def targets_prune(args, ctx):
     refs = _refs(args.targets)
     by_tag = _split(args.by_tag or [])
     if bool(refs) == bool(by_tag):
-        raise UsageError("name the targets or versions to prune, or give --by-tag TAG, not both")
+        raise UsageError("Name the targets or versions to prune, or give --by-tag TAG, not both")
     if args.keep_last is not None and not by_tag:
         raise UsageError("--keep-last works with --by-tag")
     payload = {"targets": refs, "by_tag": by_tag or None, "keep_last": args.keep_last, "dry_run": args.dry_run}
@@ -255,10 +255,10 @@ def targets_publish(args, ctx):
 
 def _ostree(*args):
     if shutil.which("ostree") is None:
-        raise UsageError("publish-ostree needs the ostree CLI (apt-get install ostree)")
+        raise UsageError("The publish-ostree command needs the ostree CLI (apt-get install ostree)")
     done = subprocess.run(["ostree", *args], capture_output=True, text=True, timeout=3600, check=False)
     if done.returncode != 0:
-        raise UsageError(f"ostree {args[1]} failed: {done.stderr.strip()[-500:]}")
+        raise UsageError(f"Running ostree {args[1]} failed: {done.stderr.strip()[-500:]}")
     return done.stdout.strip()
 
 

@@ -3,6 +3,8 @@ import json
 import re
 from urllib.parse import quote
 
+from factory.plurals import counted, plural
+
 from . import plan
 from .client import ApiError, CliError, UsageError
 from .common import read_binary, uuids_arg
@@ -163,7 +165,7 @@ def rerelease(wave):
 
 def _wave_payload(args, **fields_):
     if args.expires_days is not None and args.expires_at:
-        raise UsageError("give --expires-days or --expires-at, not both")
+        raise UsageError("Give --expires-days or --expires-at, not both")
     payload = {
         "name": args.wave,
         **fields_,
@@ -223,7 +225,7 @@ def waves_revert(args, ctx):
 
 def _sign(ctx, wave, signer):
     if not wave.get("signing_payload"):
-        raise CliError(f"wave {wave['name']} is {wave['status']}; only an unsigned wave takes signatures")
+        raise CliError(f"Wave {wave['name']} is {wave['status']}; only an unsigned wave takes signatures")
     return ctx.client.post(wave_path(ctx, wave["name"], "/sign"), signer.sign_wave(wave))
 
 
@@ -231,7 +233,7 @@ def _print_signed(wave):
     if wave["status"] == "active":
         out(f"Wave {wave['name']} is signed and active: roll it out with `breakwater waves rollout {wave['name']} ...`")
     else:
-        out(f"Wave {wave['name']} has {len(wave['signed_keyids'])} signatures; it needs more offline signatures before it can be rolled out")
+        out(f"Wave {wave['name']} has {counted(len(wave['signed_keyids']), 'signature')}; it needs more offline signatures before it can be rolled out")
 
 
 def waves_sign(args, ctx):
@@ -246,7 +248,7 @@ def waves_sign(args, ctx):
 
 def waves_rollout(args, ctx):
     if args.group and args.group_option:
-        raise UsageError("give the group either as an argument or with --group, not both")
+        raise UsageError("Give the group either as an argument or with --group, not both")
     # What to roll out to is the server's rule: an empty scope comes back as its refusal.
     group = args.group or args.group_option
     payload = {"group": group, "limit": args.limit, "uuids": uuids_arg(args.uuids), "dry_run": args.dry_run}
@@ -312,7 +314,7 @@ def waves_retry(args, ctx):
 def _print_skipped(skipped):
     if not skipped:
         return
-    err(f"{len(skipped)} listed devices were not rolled out:")
+    err(f"{counted(len(skipped), 'listed device')} {plural(len(skipped), 'was', 'were')} not rolled out:")
     for item in skipped[:50]:
         err(f"  {item['uuid']}  {item['reason']}")
     if len(skipped) > 50:
@@ -445,7 +447,7 @@ def _rollout_devices(args, ctx, wave):
     """{rollout id: page of its devices} for --devices (one rollout with --rollout)."""
     rollouts = [r for r in wave["rollouts"] if args.rollout is None or r["id"] == args.rollout]
     if args.rollout is not None and not rollouts:
-        raise UsageError(f"wave {wave['name']} has no rollout {args.rollout}; `breakwater waves show {wave['name']}` lists them")
+        raise UsageError(f"Wave {wave['name']} has no rollout {args.rollout}; `breakwater waves show {wave['name']}` lists them")
     params = {"page": args.page, "per_page": args.limit}
     return {r["id"]: ctx.client.get(wave_path(ctx, wave["name"], f"/rollouts/{r['id']}/devices"), params) for r in rollouts}
 
@@ -486,11 +488,11 @@ def waves_show(args, ctx):
             if r["limit"]:
                 scope.append(f"limit {r['limit']}")
             if r["uuids"]:
-                scope.append(f"{r['uuids']} listed UUIDs")
+                scope.append(counted(r["uuids"], "listed UUID"))
             rows.append([r["id"], when(r["created_at"]), r["created_by"] or "-", ", ".join(scope) or "-", "counting" if r["device_count"] is None else r["device_count"]])
         table(["ROLLOUT", "AT", "BY", "SCOPE", "DEVICES"], rows)
     for rollout_id, page in (devices or {}).items():
-        out(f"\nRollout {rollout_id}: {page['total']:,} devices")
+        out(f"\nRollout {rollout_id}: {counted(page['total'], 'device')}")
         table(["UUID", "NAME", "GROUP"], [[d["uuid"], d["name"], d["group"] or "-"] for d in page["items"]], indent=2)
         if page["next"]:
             out(f"  Page {page['page']} of {-(-page['total'] // page['per_page'])}; next page: --page {page['next']}")
@@ -504,10 +506,10 @@ def _the_active_wave(ctx):
     """The one open wave of the factory, for `waves complete` without a name (as in the seed)."""
     candidates = ctx.client.get(ctx.path("waves/"), {"status": "active", "per_page": 200})["items"]
     if not candidates:
-        raise CliError("there is no active wave to complete")
+        raise CliError("There is no active wave to complete")
     if len(candidates) > 1:
         names = ", ".join(w["name"] for w in candidates)
-        raise UsageError(f"several waves are active ({names}); name the one to complete")
+        raise UsageError(f"Several waves are active ({names}); name the one to complete")
     return candidates[0]["name"]
 
 
@@ -535,7 +537,7 @@ def factory_status(args, ctx):
         dump_json({**status, "active_wave_status": waves})
         return 0
     hours = status["offline_threshold_hours"]
-    out(f"Factory {status['factory']} (a device is offline after {hours:g} hours without a check-in)")
+    out(f"Factory {status['factory']} (a device is offline after {hours:g} {plural(hours, 'hour')} without a check-in)")
     expiry_warnings(status.get("warnings"))
     for production, title in ((True, "Production devices"), (False, "Test devices")):
         rows = [t for t in status["tags"] if t["production"] is production]

@@ -18,6 +18,7 @@ from factory.api import identity
 from factory.api import router as factory_router
 from factory.api_support import TokenAuth
 from factory.errors import ApplicationError
+from factory.plurals import counted
 from factory.tuf.api import keys as keys_router
 from factory.tuf.api import router as targets_router
 from waves.api import router as waves_router
@@ -74,29 +75,29 @@ def _loc(error):
 def _validation_error(request, exc):
     errors = [{"field": _loc(e), "message": e.get("msg", "invalid")} for e in exc.errors]
     first = errors[0] if errors else {"field": "input", "message": "invalid"}
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    more = f" (and {counted(len(errors) - 1, 'more problem')})" if len(errors) > 1 else ""
     detail = f"{first['field']}: {first['message']}{more}"
     return error_response(request, 400, "invalid", detail, errors=errors)
 
 
 @api.exception_handler(Http404)
 def _not_found(request, exc):
-    return error_response(request, 404, "not_found", str(exc) or "not found")
+    return error_response(request, 404, "not_found", str(exc) or "Not found")
 
 
 @api.exception_handler(PermissionDenied)
 def _permission_denied(request, exc):
-    return error_response(request, 403, "forbidden", str(exc) or "you may not do this")
+    return error_response(request, 403, "forbidden", str(exc) or "You may not do this")
 
 
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request, exc):
-    return error_response(request, 400, "too_large", "the request body is too large (at most 5 MB)")
+    return error_response(request, 400, "too_large", "The request body is too large (at most 5 MB)")
 
 
 @api.exception_handler(SuspiciousOperation)
 def _suspicious(request, exc):
-    return error_response(request, 400, "invalid", "the request is malformed")
+    return error_response(request, 400, "invalid", "The request is malformed")
 
 
 @api.exception_handler(HttpError)
@@ -109,7 +110,7 @@ def _http_error(request, exc):
 def _server_error(request, exc):
     # A bug, not bad input: log it with the traceback and answer in the API's shape.
     logger.exception("API error on %s %s", request.method, request.path)
-    return error_response(request, 500, "server_error", "the server failed to handle this request; the error was logged")
+    return error_response(request, 500, "server_error", "The server failed to handle this request; the error was logged")
 
 
 api.add_router("/", identity)
@@ -126,4 +127,4 @@ api.add_router("/factories/{factory}/", plans_router)
 @csrf_exempt  # else a POST, PATCH or DELETE to an unknown path gets the CSRF failure's HTML 403
 def api_not_found(request, rest=""):
     # Unknown API paths answer in the API's error shape, not with the dashboard's HTML 404 page.
-    return JsonResponse({"detail": f"no API endpoint at {request.path}", "code": "not_found"}, status=404)
+    return JsonResponse({"detail": f"No API endpoint at {request.path}", "code": "not_found"}, status=404)

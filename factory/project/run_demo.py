@@ -24,6 +24,8 @@ WEB_ADDR = os.environ.get("BREAKWATER_WEB_ADDR", "127.0.0.1:8000")
 # Request logs go to files, so the console keeps the logins, warnings and errors in view.
 LOG_DIR = Path(os.environ.get("BREAKWATER_VAR_DIR", BASE / "var")) / "logs"
 MAX_RESTARTS = 5
+# Celery's SecurityWarning for a worker started as root, by the start of its message.
+ROOT_WORKER_WARNING = "ignore:You're running the worker with superuser privileges"
 
 
 def processes():
@@ -55,6 +57,17 @@ def processes():
     ]
 
 
+def child_env(name):
+    """The environment of one demo process."""
+    env = dict(os.environ)
+    if name == "worker" and os.geteuid() == 0:
+        # A demo in a container runs as root. Celery then warns at every worker start that a
+        # worker should not; it refuses outright only with pickle, which Breakwater never accepts
+        # (JSON only). A deployment runs its workers as a service user and still gets the warning.
+        env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), ROOT_WORKER_WARNING]))
+    return env
+
+
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.project.settings")
     subprocess.run([PY, "manage.py", "demo"], cwd=BASE, check=True)
@@ -64,7 +77,7 @@ def main():
     restarts = {name: 0 for name in specs}
     for name, argv in specs.items():
         print(f"starting {name}: {' '.join(argv[1:])}", flush=True)
-        children.append((name, subprocess.Popen(argv, cwd=BASE)))
+        children.append((name, subprocess.Popen(argv, cwd=BASE, env=child_env(name))))
     print(f"\nBreakwater is running on http://{WEB_ADDR}/ (Ctrl-C stops everything; request logs: {LOG_DIR})\n", flush=True)
 
     def stop(*_):
@@ -92,7 +105,7 @@ def main():
                 stop()
             restarts[name] += 1
             print(f"{name} exited with {child.returncode}; restarting it", flush=True)
-            children[i] = (name, subprocess.Popen(specs[name], cwd=BASE))
+            children[i] = (name, subprocess.Popen(specs[name], cwd=BASE, env=child_env(name)))
         time.sleep(1)
 
 

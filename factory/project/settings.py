@@ -90,6 +90,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "factory.auth.factory_context",
             ],
+            # Every page says counts the same way ("1 device", "2 devices"): factory/plurals.py.
+            "builtins": ["factory.templatetags.plurals"],
         },
     }
 ]

@@ -76,7 +76,7 @@ def _encode(value, out):
         # jsoncpp orders members by their UTF-8 bytes, which is the order of their code points.
         for index, key in enumerate(sorted(value)):
             if not isinstance(key, str):
-                raise ApplicationError("canonical JSON object keys must be text")
+                raise ApplicationError("Canonical JSON object keys must be text")
             if index:
                 out.append(",")
             out.append(_string(key))
@@ -84,7 +84,7 @@ def _encode(value, out):
             _encode(value[key], out)
         out.append("}")
     else:
-        raise ApplicationError(f"canonical JSON has no {type(value).__name__} values (only text, integers, true/false, null)")
+        raise ApplicationError(f"Canonical JSON has no {type(value).__name__} values (only text, integers, true/false, null)")
 
 
 def canonical(value):
@@ -101,7 +101,7 @@ def key_json(tuf_key):
     """libaktualizr's form of a TUF ed25519 key dict ({"keytype", "scheme", "keyval": {"public"}})."""
     public = (tuf_key.get("keyval") or {}).get("public") if isinstance(tuf_key, dict) else None
     if not isinstance(tuf_key, dict) or tuf_key.get("keytype") != "ed25519" or not isinstance(public, str):
-        raise ApplicationError("only ed25519 keys have a libaktualizr form here")
+        raise ApplicationError("Only ed25519 keys have a libaktualizr form here")
     return {"keytype": KEYTYPE, "keyval": {"public": public}}
 
 
@@ -143,7 +143,7 @@ def tuf_signed(tuf_bytes):
     try:
         return json.loads(bytes(tuf_bytes))["signed"]
     except (ValueError, KeyError, TypeError):
-        raise ApplicationError("the TUF document is not valid JSON metadata") from None
+        raise ApplicationError("The TUF document is not valid JSON metadata") from None
 
 
 def sibling_signed(tuf_bytes, *, described=None):
@@ -189,9 +189,9 @@ def parse(data):
         value = json.loads(bytes(data))
         signed, signatures = value["signed"], value["signatures"]
     except (ValueError, KeyError, TypeError):
-        raise ApplicationError("the aktualizr-flavour document is not valid JSON metadata") from None
+        raise ApplicationError("The aktualizr-flavour document is not valid JSON metadata") from None
     if not isinstance(signed, dict) or not isinstance(signatures, list):
-        raise ApplicationError("the aktualizr-flavour document is not valid JSON metadata")
+        raise ApplicationError("The aktualizr-flavour document is not valid JSON metadata")
     return signed, signatures
 
 

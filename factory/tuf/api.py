@@ -116,7 +116,7 @@ def targets_publish(request, factory: FactoryName, payload: CiBuildIn):
     targets = {hwid: meta.dict() for hwid, meta in (payload.targets or {}).items()}
     unknown = sorted(set(targets) - set(payload.hardware_ids))
     if unknown:
-        raise ApplicationError(f"targets lists hardware IDs that are not in hardware_ids: {', '.join(unknown)}")
+        raise ApplicationError(f"The targets list hardware IDs that are not in hardware_ids: {', '.join(unknown)}")
     ci_build_publish(
         factory=factory_obj,
         version=payload.version,
@@ -181,11 +181,11 @@ def targets_publish_ostree(
         while chunk := request.read(1024 * 1024):
             received += len(chunk)
             if received > ostree.UPLOAD_MAX_BYTES:
-                raise ApplicationError(f"the upload is larger than {ostree.UPLOAD_MAX_BYTES // 1024**3} GiB")
+                raise ApplicationError(f"The upload is larger than {ostree.UPLOAD_MAX_BYTES // 1024**3} GiB")
             upload.write(chunk)
         upload.flush()
         if not received:
-            raise ApplicationError("the body is empty: send the file of `ostree static-delta generate --empty --inline --to=COMMIT --filename=F`")
+            raise ApplicationError("The body is empty: send the file of `ostree static-delta generate --empty --inline --to=COMMIT --filename=F`")
         ostree_build_publish(
             factory=factory_obj, commit=commit, upload=upload.name, version=version, hardware_ids=hardware_id, tags=tag, actor=user
         )
@@ -308,7 +308,7 @@ def keys_root_renew(request, factory: FactoryName):
 def _pending(factory_obj):
     change = tuf_selectors.root_change_pending(factory=factory_obj)
     if change is None:
-        raise NotFound("no key change is waiting for signatures")
+        raise NotFound("No key change is waiting for signatures")
     return change
 
 

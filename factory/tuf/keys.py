@@ -61,23 +61,23 @@ def public_key_parse(value):
         try:
             value = json.loads(value)
         except (ValueError, UnicodeDecodeError):
-            raise ApplicationError("the public key is not JSON (expected the content of a .pub file)") from None
+            raise ApplicationError("The public key is not JSON (expected the content of a .pub file)") from None
     if not isinstance(value, dict):
-        raise ApplicationError("the public key must be a TUF key object with keytype, scheme and keyval")
+        raise ApplicationError("The public key must be a TUF key object with keytype, scheme and keyval")
     data = {k: value[k] for k in ("keytype", "scheme", "keyval") if k in value}
     try:
         key = SSlibKey.from_dict(_default_keyid(data), dict(data))
     except (KeyError, TypeError, ValueError):
-        raise ApplicationError("the public key must be a TUF key object with keytype, scheme and keyval") from None
+        raise ApplicationError("The public key must be a TUF key object with keytype, scheme and keyval") from None
     return _ed25519_only(key)
 
 
 def _ed25519_only(key):
     public = key.keyval.get("public", "") if isinstance(key.keyval, dict) else ""
     if key.keytype != "ed25519" or key.scheme != "ed25519" or not isinstance(public, str) or not HEX_RE.match(public) or len(public) != 64:
-        raise ApplicationError("only ed25519 public keys (64 hex characters) are accepted")
+        raise ApplicationError("Only ed25519 public keys (64 hex characters) are accepted")
     if key.keyid != _default_keyid(key.to_dict()):
-        raise ApplicationError("the key id does not match the key")
+        raise ApplicationError("The key id does not match the key")
     return key
 
 
@@ -86,7 +86,7 @@ def _default_keyid(data):
     try:
         canonical = encode_canonical({"keytype": data["keytype"], "scheme": data["scheme"], "keyval": data["keyval"]})
     except (KeyError, TypeError, ValueError, FormatError):
-        raise ApplicationError("the public key must be a TUF key object with keytype, scheme and keyval") from None
+        raise ApplicationError("The public key must be a TUF key object with keytype, scheme and keyval") from None
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -146,12 +146,12 @@ def payload_sign(signer, payload):
 def signature_parse(value):
     """A securesystemslib Signature from {"keyid", "sig"}, checked for shape only."""
     if not isinstance(value, dict):
-        raise ApplicationError("each signature must be an object with keyid and sig")
+        raise ApplicationError("Each signature must be an object with keyid and sig")
     keyid, sig = value.get("keyid"), value.get("sig")
     if not isinstance(keyid, str) or not KEYID_RE.match(keyid):
-        raise ApplicationError(f"signature key id {str(keyid)[:70]!r} is not 64 lowercase hex characters")
+        raise ApplicationError(f"Signature key id {str(keyid)[:70]!r} is not 64 lowercase hex characters")
     if not isinstance(sig, str) or not HEX_RE.match(sig) or len(sig) > 1024 or len(sig) % 2:
-        raise ApplicationError(f"the signature by key {keyid} is not hex")
+        raise ApplicationError(f"The signature by key {keyid} is not hex")
     return Signature(keyid, sig)
 
 
@@ -177,7 +177,7 @@ def key_archive_write(signers_by_role):
             archive.addfile(info)
         for role, signer in signers_by_role:
             if role not in ROLES:
-                raise ApplicationError(f"unknown TUF role {role!r}")
+                raise ApplicationError(f"Unknown TUF role {role!r}")
             keyid = signer.public_key.keyid
             for suffix, content, mode in (("pub", public_key_json(signer.public_key), 0o644), ("sec", _secret_json(signer), 0o600)):
                 info = tarfile.TarInfo(f"tufrepo/keys/{role}-{keyid}.{suffix}")
@@ -188,7 +188,7 @@ def key_archive_write(signers_by_role):
 
 def _gunzip_bounded(data):
     if len(data) > ARCHIVE_MAX_BYTES:
-        raise ApplicationError(f"the key archive is larger than {ARCHIVE_MAX_BYTES // 1024} KiB; it is not a TUF key archive")
+        raise ApplicationError(f"The key archive is larger than {ARCHIVE_MAX_BYTES // 1024} KiB; it is not a TUF key archive")
     out = bytearray()
     rest = data
     try:
@@ -197,12 +197,12 @@ def _gunzip_bounded(data):
             inflater = zlib.decompressobj(wbits=31)
             out += inflater.decompress(rest, ARCHIVE_MAX_UNPACKED_BYTES - len(out) + 1)
             if len(out) > ARCHIVE_MAX_UNPACKED_BYTES or inflater.unconsumed_tail:
-                raise ApplicationError("the key archive unpacks to more than 1 MiB; it is not a TUF key archive")
+                raise ApplicationError("The key archive unpacks to more than 1 MiB; it is not a TUF key archive")
             if not inflater.eof:
-                raise ApplicationError("the key archive is truncated")
+                raise ApplicationError("The key archive is truncated")
             rest = inflater.unused_data
     except zlib.error:
-        raise ApplicationError("the key archive is not a gzip-compressed tar file (.tgz)") from None
+        raise ApplicationError("The key archive is not a gzip-compressed tar file (.tgz)") from None
     return bytes(out)
 
 
@@ -221,25 +221,25 @@ def _tar_headers_check(raw):
         kind = header[156:157]
         size_field = header[124:136].split(b"\0", 1)[0].strip()
         if not re.fullmatch(rb"[0-7]*", size_field):
-            raise ApplicationError("the key archive is not a valid tar file")
+            raise ApplicationError("The key archive is not a valid tar file")
         size = int(size_field or b"0", 8)
         if kind == tarfile.GNUTYPE_SPARSE:
-            raise ApplicationError("the key archive holds a sparse file; key files are regular files")
+            raise ApplicationError("The key archive holds a sparse file; key files are regular files")
         if kind in EXTENDED_TYPES:
             in_a_row += 1
             extended_bytes += size
             if size > EXTENDED_HEADER_MAX_BYTES or extended_bytes > EXTENDED_HEADERS_MAX_BYTES or in_a_row > EXTENDED_HEADERS_IN_A_ROW:
-                raise ApplicationError("the key archive's extended (pax or long-name) headers are too large or too many; it is not a TUF key archive")
+                raise ApplicationError("The key archive's extended (pax or long-name) headers are too large or too many; it is not a TUF key archive")
             if kind in PAX_TYPES:
                 records = raw[offset + TAR_BLOCK:offset + TAR_BLOCK + size]
                 # Every record is "<length> <keyword>=<value>": whatever its framing, a size record holds " size=".
                 if b" size=" in records or b"GNU.sparse" in records:
-                    raise ApplicationError("the key archive's pax headers declare sizes or sparse files; key files are small regular files")
+                    raise ApplicationError("The key archive's pax headers declare sizes or sparse files; key files are small regular files")
         else:
             in_a_row = 0
             members += 1
             if members > ARCHIVE_MAX_MEMBERS:
-                raise ApplicationError(f"the key archive holds more than {ARCHIVE_MAX_MEMBERS} entries")
+                raise ApplicationError(f"The key archive holds more than {ARCHIVE_MAX_MEMBERS} entries")
         # tarfile skips the data of files, extended headers and unknown types, not of folders,
         # links or devices.
         skips_data = kind in tarfile.REGULAR_TYPES or kind in EXTENDED_TYPES or kind not in tarfile.SUPPORTED_TYPES
@@ -254,7 +254,7 @@ def key_archive_read(archive_bytes):
     A .pub without its .sec is ignored (it cannot sign).
     """
     if not isinstance(archive_bytes, (bytes, bytearray)) or not archive_bytes:
-        raise ApplicationError("the key archive is empty")
+        raise ApplicationError("The key archive is empty")
     raw = _gunzip_bounded(bytes(archive_bytes))
     _tar_headers_check(raw)
     secrets_found = {}
@@ -264,36 +264,36 @@ def key_archive_read(archive_bytes):
             for member in archive:
                 members += 1
                 if members > ARCHIVE_MAX_MEMBERS:
-                    raise ApplicationError(f"the key archive holds more than {ARCHIVE_MAX_MEMBERS} entries")
+                    raise ApplicationError(f"The key archive holds more than {ARCHIVE_MAX_MEMBERS} entries")
                 name = member.name.rstrip("/")
                 if name.startswith("./"):
                     name = name[2:]
                 shown = name[:100]
                 if name.startswith("/") or ".." in name.split("/") or "\\" in name:
-                    raise ApplicationError(f"the key archive entry {shown!r} points outside tufrepo/keys/")
+                    raise ApplicationError(f"The key archive entry {shown!r} points outside tufrepo/keys/")
                 if member.isdir():
                     if name not in DIRECTORIES:
-                        raise ApplicationError(f"unexpected folder {shown!r} in the key archive")
+                        raise ApplicationError(f"Unexpected folder {shown!r} in the key archive")
                     continue
                 if not member.isfile():
-                    raise ApplicationError(f"the key archive entry {shown!r} is not a regular file")
+                    raise ApplicationError(f"The key archive entry {shown!r} is not a regular file")
                 match = MEMBER_RE.match(name)
                 if not match:
-                    raise ApplicationError(f"unexpected file {shown!r} in the key archive (expected tufrepo/keys/<role>-<keyid>.pub or .sec)")
+                    raise ApplicationError(f"Unexpected file {shown!r} in the key archive (expected tufrepo/keys/<role>-<keyid>.pub or .sec)")
                 if member.size > MEMBER_MAX_BYTES:
-                    raise ApplicationError(f"the key file {shown!r} is larger than {MEMBER_MAX_BYTES // 1024} KiB")
+                    raise ApplicationError(f"The key file {shown!r} is larger than {MEMBER_MAX_BYTES // 1024} KiB")
                 role, keyid, suffix = match.groups()
                 if suffix == "sec":
                     if (role, keyid) in secrets_found:
-                        raise ApplicationError(f"the key archive holds {shown!r} twice")
+                        raise ApplicationError(f"The key archive holds {shown!r} twice")
                     secrets_found[(role, keyid)] = (archive.extractfile(member).read(), shown)
     except (tarfile.TarError, ValueError, OverflowError, RecursionError):
         # tarfile's own failures on hostile headers (fuzzing found each of these), should one get
         # past _tar_headers_check.
-        raise ApplicationError("the key archive is not a valid tar file") from None
+        raise ApplicationError("The key archive is not a valid tar file") from None
     signers = [(role, _signer_from_secret_json(content, keyid, shown)) for (role, keyid), (content, shown) in secrets_found.items()]
     if not signers:
-        raise ApplicationError("the key archive holds no private key (tufrepo/keys/<role>-<keyid>.sec)")
+        raise ApplicationError("The key archive holds no private key (tufrepo/keys/<role>-<keyid>.sec)")
     return signers
 
 
@@ -302,7 +302,7 @@ def archive_signatures(*, payload, archive_bytes, roles=("targets",)):
     signers = [(role, signer) for role, signer in key_archive_read(archive_bytes) if role in roles]
     try:
         if not signers:
-            raise ApplicationError(f"the key archive holds no {' or '.join(roles)} private key")
+            raise ApplicationError(f"The key archive holds no {' or '.join(roles)} private key")
         return [payload_sign(signer, payload) for _, signer in signers]
     finally:
         signers.clear()
@@ -314,7 +314,7 @@ def archive_signatures_many(*, payloads, archive_bytes, roles=("targets",)):
     signers = [(role, signer) for role, signer in key_archive_read(archive_bytes) if role in roles]
     try:
         if not signers:
-            raise ApplicationError(f"the key archive holds no {' or '.join(roles)} private key")
+            raise ApplicationError(f"The key archive holds no {' or '.join(roles)} private key")
         return [[payload_sign(signer, payload) for _, signer in signers] for payload in payloads]
     finally:
         signers.clear()

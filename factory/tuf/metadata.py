@@ -41,9 +41,9 @@ def parse(data, expected_type, what="metadata"):
     try:
         metadata = Metadata.from_bytes(bytes(data))
     except (DeserializationError, ValueError, KeyError, TypeError):
-        raise ApplicationError(f"{what} is not valid TUF metadata") from None
+        raise ApplicationError(f"Not valid TUF metadata: {what}") from None
     if not isinstance(metadata.signed, expected_type):
-        raise ApplicationError(f"{what} is {metadata.signed.type} metadata, not {expected_type.type}")
+        raise ApplicationError(f"Not {expected_type.type} metadata: {what} is {metadata.signed.type} metadata")
     return metadata
 
 

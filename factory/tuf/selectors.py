@@ -8,6 +8,7 @@ from django.utils import timezone
 from tuf.api.metadata import Root, Targets
 
 from factory.errors import NotFound
+from factory.plurals import counted, plural
 
 from . import aktualizr as ak
 from . import metadata as md
@@ -113,36 +114,37 @@ def expiring_targets(*, factory, within_days=30, waves=()):
         TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=False, targets_expires_at__lt=horizon)
         .values_list("tag", "targets_version", "targets_expires_at")
     ):
-        add("production-targets", expires_at, _expiry_message(f"the production targets of tag {tag} (version {version})", expires_at, now,
+        add("production-targets", expires_at, _expiry_message(f"The production targets of tag {tag} (version {version})", expires_at, now,
             "complete a new wave on the tag to replace them"), tag=tag, version=version)  # fmt: skip
     for wave in waves:
         name, tag, version, expires_at = wave["name"], wave["tag"], wave["version"], wave["expires_at"]
         if expires_at >= horizon:
             continue
-        add("wave-targets", expires_at, _expiry_message(f"the targets of wave {name} (tag {tag}, version {version})", expires_at, now,
+        add("wave-targets", expires_at, _expiry_message(f"The targets of wave {name} (tag {tag}, version {version})", expires_at, now,
             "complete it before then, or cancel it and start a new wave"), tag=tag, wave=name, version=version)  # fmt: skip
     repository = TufRepository.objects.filter(factory=factory).first()
     if repository is not None:
         baseline_tags = list(TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, baseline=True).values_list("tag", flat=True))
         real_tags = sorted(t for t in baseline_tags if t != EMPTY_TAG)
         if baseline_tags and repository.baseline_expires_at < horizon:
-            served = f"tag(s) {', '.join(real_tags)}" if real_tags else "production devices on tags without a wave"
+            served = f"{plural(len(real_tags), 'tag')} {', '.join(real_tags)}" if real_tags else "production devices on tags without a wave"
             add("baseline-targets", repository.baseline_expires_at, _expiry_message(
-                f"the empty production targets served to {served}", repository.baseline_expires_at, now,
+                f"The empty production targets served to {served}", repository.baseline_expires_at, now,
                 "complete a wave on each of these tags" if real_tags else "complete a wave on each tag those devices follow"))  # fmt: skip
         if not repository.root_online and repository.root_expires_at < horizon:
-            add("root", repository.root_expires_at, _expiry_message(f"root version {repository.root_version}", repository.root_expires_at, now,
-                "renew it: a root renewal signed with the offline root key"))  # fmt: skip
+            add("root", repository.root_expires_at, _expiry_message(f"Root version {repository.root_version}", repository.root_expires_at, now,
+                "renew it: a root renewal signed with the offline root key", one=True))  # fmt: skip
     out.sort(key=lambda item: item["expires_at"])
     return out
 
 
-def _expiry_message(what, expires_at, now, advice):
+def _expiry_message(what, expires_at, now, advice, *, one=False):
+    """`what` is targets (plural) unless `one`: "The targets of wave v2 expire", "Root version 3 expires"."""
     if expires_at <= now:
-        return f"{what} expired on {expires_at:%Y-%m-%d %H:%M} UTC; devices refuse them: {advice}"
+        return f"{what} expired on {expires_at:%Y-%m-%d %H:%M} UTC; devices refuse {'it' if one else 'them'}: {advice}"
     days = (expires_at - now).total_seconds() / 86400
-    when = "in less than a day" if days < 1 else f"in {int(days)} day{'s' if int(days) != 1 else ''}"
-    return f"{what} expire {when} ({expires_at:%Y-%m-%d %H:%M} UTC): {advice}"
+    when = "in less than a day" if days < 1 else f"in {counted(int(days), 'day')}"
+    return f"{what} {'expires' if one else 'expire'} {when} ({expires_at:%Y-%m-%d %H:%M} UTC): {advice}"
 
 
 # --- keys and root changes ---------------------------------------------------------------------
@@ -167,7 +169,7 @@ def key_list(*, factory):
 def repository_summary(*, factory):
     repository = TufRepository.objects.filter(factory=factory).first()
     if repository is None:
-        raise NotFound(f"factory {factory.name} has no TUF repository")
+        raise NotFound(f"Factory {factory.name} has no TUF repository")
     return {
         "root_version": repository.root_version,
         "root_expires_at": repository.root_expires_at,
@@ -182,7 +184,7 @@ def root_get(*, factory, channel, version=None):
     rows = TufRoot.objects.filter(factory=factory, channel=channel)
     row = rows.filter(version=version).first() if version else rows.order_by("-version").first()
     if row is None:
-        raise NotFound(f"{channel} root version {version} does not exist")
+        raise NotFound(f"The {channel} root version {version} does not exist")
     return bytes(row.data)
 
 
@@ -204,7 +206,7 @@ def root_current(*, factory_id, channel):
     """The newest root of a channel, as Metadata[Root]."""
     row = TufRoot.objects.filter(factory_id=factory_id, channel=channel).order_by("-version").first()
     if row is None:
-        raise NotFound("this factory has no TUF repository")
+        raise NotFound("This factory has no TUF repository")
     return md.parse(row.data, Root, "the stored root")
 
 
@@ -244,7 +246,7 @@ def document_missing(change, document):
     result = md.targets_verification(production_root, metadata)
     if result.verified:
         return ""
-    return f"{result.missing} more targets key signature(s)"
+    return counted(result.missing, "more targets key signature")
 
 
 # Each document's libaktualizr sibling is signed in the same step, named "<document>@aktualizr".
@@ -281,7 +283,7 @@ def document_aktualizr_missing(change, document):
     good, threshold = ak.signed_by(production_root, "targets", data)
     if len(good) >= threshold:
         return ""
-    return f"{threshold - len(good)} more targets key signature(s) (aktualizr flavour)"
+    return f"{counted(threshold - len(good), 'more targets key signature')} (aktualizr flavour)"
 
 
 def root_change_payloads(*, change):

@@ -39,7 +39,7 @@ def ci_view(*, factory_id):
     """(view id, view token) of the factory's CI view, which every test device is served."""
     row = TufView.objects.filter(factory_id=factory_id, kind=TufView.Kind.CI).values_list("id", "token").first()
     if row is None:
-        raise NotFound("this factory has no TUF repository")
+        raise NotFound("This factory has no TUF repository")
     return row[0], row[1]
 
 

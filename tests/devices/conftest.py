@@ -137,24 +137,25 @@ def gateway_start(folder, env=None, *, threads=4):
         **(env or {}),
     }
     gateway = GatewayProcess(port, saved, folder)
-    gateway.log = open(folder / "gateway.log", "w")
-    gateway.process = subprocess.Popen(
-        [sys.executable, "manage.py", "gateway", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", str(threads), "--tls-dir", str(folder / "tls")],
-        cwd=BASE,
-        env=env,
-        stdout=gateway.log,
-        stderr=subprocess.STDOUT,
-    )
+    # The child writes to its own copy of the log's descriptor; this process needs none open.
+    with open(folder / "gateway.log", "w") as log:
+        gateway.process = subprocess.Popen(
+            [sys.executable, "manage.py", "gateway", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", str(threads), "--tls-dir", str(folder / "tls")],
+            cwd=BASE,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 30
     while True:
         if gateway.process.poll() is not None:
             raise RuntimeError(f"the gateway exited: {(folder / 'gateway.log').read_text()[-2000:]}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return gateway
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return gateway
         except OSError:
             if time.monotonic() > deadline:
-                gateway.process.kill()
+                gateway_stop(gateway)
                 raise RuntimeError("the gateway did not start in 30 s")
             time.sleep(0.1)
 
@@ -165,7 +166,7 @@ def gateway_stop(gateway):
         gateway.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         gateway.process.kill()
-    gateway.log.close()
+        gateway.process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -184,12 +184,12 @@ def test_only_admins_create_registration_tokens(factory, alice, bob, carol):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"tag": ""}, "tag"),
-        ({"tag": "a b"}, "tag"),
+        ({"tag": ""}, "Tag"),
+        ({"tag": "a b"}, "Tag"),
         ({"tag": "main\x00"}, "printable"),
         ({"tag": "main\x1b[2J"}, "printable"),
         ({"tag": "main\u202e"}, "printable"),
-        ({"tag": "t", "max_uses": 0}, "max uses"),
+        ({"tag": "t", "max_uses": 0}, "number of uses"),
         ({"tag": "t", "expires_days": -1}, "expires"),
         ({"tag": "t", "expires_days": 1, "expires_at": timezone.now()}, "not both"),
     ],

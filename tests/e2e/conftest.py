@@ -45,6 +45,14 @@ def browser_type_launch_args(browser_type_launch_args, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def base_url():
+    """The journeys open the live server's URLs whole: there is no base URL. Defined here because
+    pytest-playwright's stand-in for pytest-base-url defines this fixture as a method of a plugin
+    object, which pytest 9 deprecates with a warning in every journey."""
+    return None
+
+
+@pytest.fixture(scope="session")
 def browser_context_args(browser_context_args):
     return {**browser_context_args, "viewport": {"width": 1366, "height": 900}}
 

@@ -75,7 +75,7 @@ def test_the_large_fleet_example_from_the_dashboard(page, live_server, factory, 
     page.goto(f"{live_server.url}/waves/{wave.name}/")
     banner = page.locator(".plan-banner.halted")
     expect(banner).to_contain_text("Rollout plan halted.")
-    expect(banner).to_contain_text("phase 3 (us-east: 100 more) failed its gates")
+    expect(banner).to_contain_text("Phase 3 (us-east: 100 more) failed its gates")
     shot(page, "plan-03-halt-banner")
     cancel = banner.get_by_role("button", name="Cancel wave")
     expect(cancel).to_be_disabled()

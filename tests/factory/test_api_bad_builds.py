@@ -81,7 +81,7 @@ def test_waves_of_a_bad_build_carry_it_and_refusals_name_the_build_reason_and_wh
     assert client.get("waves/v42/status").json()["bad"]["reason"] == "boot loop"
 
     body = assert_error(client.post("waves/v42/rollout", {"limit": 1, "dry_run": True}), 409, "build_bad")
-    assert body["detail"].startswith("build 42 is marked bad (boot loop, by bob on ") and body["detail"].endswith("): unmark it first")
+    assert body["detail"].startswith("Build 42 is marked bad (boot loop, by bob on ") and body["detail"].endswith("): unmark it first")
     assert_error(client.post("waves/v42/rollout", {"limit": 1}), 409, "build_bad")
     assert_error(client.post("waves/v42/complete"), 409, "build_bad")
     client.post("waves/v42/cancel")

@@ -26,7 +26,7 @@ def test_a_release_manager_marks_a_build_bad_with_a_reason_and_unmarks_it(factor
     assert list(bad_builds(factory=factory)) == [42]
     with pytest.raises(Conflict) as refused:
         build_check_not_bad(factory=factory, version=42)
-    assert refused.value.message == f"build 42 is marked bad (boot loop on rev-B boards, by bob on {bad.marked_at:%Y-%m-%d}): unmark it first"
+    assert refused.value.message == f"Build 42 is marked bad (boot loop on rev-B boards, by bob on {bad.marked_at:%Y-%m-%d}): unmark it first"
     build_check_not_bad(factory=factory, version=41)
     entry = AuditEntry.objects.get(action="build.mark-bad")
     assert (entry.actor_name, entry.target, entry.details) == ("bob", "42", {"reason": "boot loop on rev-B boards"})
@@ -60,7 +60,7 @@ def test_an_unknown_build_is_not_found_and_a_re_release_number_says_which_build_
     with pytest.raises(NotFound, match="CI build 99 does not exist"):
         build_mark_bad(factory=factory, actor=bob, version=99, reason="x")
     rerelease_version_claim(factory=factory, build_version=41)
-    with pytest.raises(NotFound, match="version 43 is a re-release of build 41, not a CI build; mark build 41 instead"):
+    with pytest.raises(NotFound, match="Version 43 is a re-release of build 41, not a CI build; mark build 41 instead"):
         build_mark_bad(factory=factory, actor=bob, version=43, reason="x")
     with pytest.raises(NotFound):
         build_unmark_bad(factory=factory, actor=bob, version=99, reason="x")
@@ -69,10 +69,10 @@ def test_an_unknown_build_is_not_found_and_a_re_release_number_says_which_build_
 
 def test_marking_twice_or_unmarking_a_good_build_is_a_conflict(factory, bob, builds):
     build_mark_bad(factory=factory, actor=bob, version=42, reason="first")
-    with pytest.raises(Conflict, match=r"build 42 is already marked bad \(first, by bob on "):
+    with pytest.raises(Conflict, match=r"Build 42 is already marked bad \(first, by bob on "):
         build_mark_bad(factory=factory, actor=bob, version=42, reason="second")
     assert build_bad(factory=factory, version=42).reason == "first"
-    with pytest.raises(Conflict, match="build 41 is not marked bad"):
+    with pytest.raises(Conflict, match="Build 41 is not marked bad"):
         build_unmark_bad(factory=factory, actor=bob, version=41, reason="x")
     assert AuditEntry.objects.filter(action__startswith="build.").count() == 1
 
@@ -80,9 +80,9 @@ def test_marking_twice_or_unmarking_a_good_build_is_a_conflict(factory, bob, bui
 @pytest.mark.parametrize(
     ("reason", "message"),
     [
-        ("", "say why (marking a build bad)"),
-        ("   ", "say why (marking a build bad)"),
-        (None, "say why (marking a build bad)"),
+        ("", "Say why (marking a build bad)"),
+        ("   ", "Say why (marking a build bad)"),
+        (None, "Say why (marking a build bad)"),
         ("a\x00b", "may not contain NUL"),
         ("x" * 501, "at most 500 characters"),
     ],
@@ -93,7 +93,7 @@ def test_a_reason_is_required_bounded_and_storable(factory, bob, builds, reason,
     assert refused.value.status == 400
     assert not BadBuild.objects.exists()
     build_mark_bad(factory=factory, actor=bob, version=42, reason="x" * 500)
-    with pytest.raises(ApplicationError, match="say why \\(unmarking a bad build\\)"):
+    with pytest.raises(ApplicationError, match="Say why \\(unmarking a bad build\\)"):
         build_unmark_bad(factory=factory, actor=bob, version=42, reason=" ")
     assert build_bad(factory=factory, version=42) is not None
 

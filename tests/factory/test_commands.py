@@ -37,7 +37,7 @@ def test_create_user_with_and_without_password(factory):
     assert Membership.objects.get(user__username="quinn").role == "qa"
     with pytest.raises(CommandError):
         run("create_user", "x", "--factory", "acme", "--role", "owner")
-    with pytest.raises(CommandError, match="factory nope does not exist"):
+    with pytest.raises(CommandError, match="Factory nope does not exist"):
         run("create_user", "x", "--factory", "nope", "--role", "qa")
 
 

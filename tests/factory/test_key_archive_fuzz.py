@@ -464,7 +464,7 @@ def test_the_entry_limit_counts_entries_however_they_are_framed():
 def test_non_utf8_and_control_character_names_are_shown_escaped():
     raw = header(b"tufrepo/keys/\xff\x1b[31m.sec", octal(2), b"0") + padded(b"{}") + b"\0" * 1024
     message = read(tgz(raw))
-    assert "unexpected file" in message and "\x1b" not in message
+    assert "Unexpected file" in message and "\x1b" not in message
 
 
 # --- through the doors: the dashboard's sign form and the API -------------------------------------

@@ -31,8 +31,8 @@ def test_the_names_in_use_stay_valid(name):
 @pytest.mark.parametrize(("name", "reason"), REFUSED.items())
 def test_names_that_could_end_a_header_or_forge_a_line_are_refused_with_the_reason(name, reason):
     with pytest.raises(ApplicationError, match=reason) as raised:
-        name_clean(name, what="a device list name")
-    assert raised.value.message.startswith("a device list name ") and raised.value.code == "invalid"
+        name_clean(name, what="A device list name")
+    assert raised.value.message.startswith("A device list name ") and raised.value.code == "invalid"
 
 
 def test_forbidden_characters_are_named():
@@ -48,9 +48,9 @@ def test_an_optional_name_may_be_empty_but_not_hostile():
 
 def test_form_and_schema_give_the_same_reason_as_the_service():
     with pytest.raises(ValidationError, match="A device list name may only hold printable"):
-        NameValidator("a device list name")("a\r\nb")
-    NameValidator("a device list name")("canary picks")
-    schema = TypeAdapter(api_name("a device list name"))
+        NameValidator("A device list name")("a\r\nb")
+    NameValidator("A device list name")("canary picks")
+    schema = TypeAdapter(api_name("A device list name"))
     assert schema.validate_python(" canary ") == "canary"
-    with pytest.raises(SchemaError, match="a device list name may only hold printable"):
+    with pytest.raises(SchemaError, match="A device list name may only hold printable"):
         schema.validate_python("a\r\nb")

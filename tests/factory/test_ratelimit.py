@@ -171,7 +171,7 @@ def test_an_address_sending_bad_tokens_is_throttled(client, factory, bob):
         assert client.get(url, HTTP_AUTHORIZATION="Token bw_nope", REMOTE_ADDR="10.5.0.1").status_code == 401
     throttled = client.get(url, HTTP_AUTHORIZATION=f"Token {good}", REMOTE_ADDR="10.5.0.1")
     assert throttled.status_code == 429 and throttled.json()["code"] == "throttled"
-    assert "too many failed attempts" in throttled.json()["detail"] and int(throttled["Retry-After"]) > 0
+    assert "Too many failed attempts" in throttled.json()["detail"] and int(throttled["Retry-After"]) > 0
     assert client.get(url, HTTP_AUTHORIZATION=f"Token {good}", REMOTE_ADDR="10.5.0.2").status_code == 200
     # Requests without a token are answered 401 and never counted.
     for _ in range(5):

@@ -45,8 +45,8 @@ def released(factory, bob, *, complete, version=41, tag="main", name="w41"):
 # --- prune: services ---------------------------------------------------------------------------
 
 
-def test_pruning_named_targets_takes_them_from_test_devices_and_metadata_versions_rise(factory, bob, builds):
-    device = TufDevice(make_device(factory, production=False, tag="main"))
+def test_pruning_named_targets_takes_them_from_test_devices_and_metadata_versions_rise(factory, bob, builds, tmp_path):
+    device = TufDevice(make_device(factory, production=False, tag="main"), tmp_path)
     before = device.refresh()
     assert {"intel-corei7-64-lmp-40", "raspberrypi4-64-lmp-40", "intel-corei7-64-lmp-43"} <= set(before)
     versions_before = device.versions()
@@ -66,9 +66,9 @@ def test_pruning_named_targets_takes_them_from_test_devices_and_metadata_version
     assert sorted(entry.details["targets"]) == ["intel-corei7-64-lmp-40", "intel-corei7-64-lmp-43", "raspberrypi4-64-lmp-40"]
     # The numbers stay taken: CI cannot publish 43 or 40 again, and the next number is above them.
     assert PrunedTarget.objects.filter(factory=factory).count() == 3
-    with pytest.raises(Conflict, match="build 43 was pruned"):
+    with pytest.raises(Conflict, match="Build 43 was pruned"):
         ci_build_publish(factory=factory, version=43, hardware_ids=["other-hw"], tags=["main"])
-    with pytest.raises(Conflict, match="build 40 was pruned"):
+    with pytest.raises(Conflict, match="Build 40 was pruned"):
         ci_build_publish(factory=factory, version=40, hardware_ids=HWIDS, tags=["main"])
     assert release_version_next(factory=factory) == 44
 
@@ -143,8 +143,8 @@ def tagged(targets, tag):
     return {name for name, t in targets.items() if tag in t["tags"]}
 
 
-def test_tagging_moves_targets_between_test_devices_tags(factory, bob, builds):
-    device = TufDevice(make_device(factory, production=False, tag="main"))
+def test_tagging_moves_targets_between_test_devices_tags(factory, bob, builds, tmp_path):
+    device = TufDevice(make_device(factory, production=False, tag="main"), tmp_path)
     assert "intel-corei7-64-lmp-42" in tagged(device.refresh(), "main") and tagged(device.refresh(), "qa") == set()
     version = device.versions()["targets"]
 
@@ -243,7 +243,7 @@ def test_a_pruned_build_cannot_go_into_a_wave_even_if_read_before_it_was_pruned(
     with pytest.raises(NotFound, match="CI build 43 does not exist"):
         wave_init(factory=factory, actor=bob, name="w43", version=43, tag="main")
     # A wave init that read the build before the prune locks its rows afterwards and finds none.
-    with pytest.raises(NotFound, match="build 43 was just pruned by bob"), transaction.atomic():
+    with pytest.raises(NotFound, match="Build 43 was just pruned by bob"), transaction.atomic():
         build_check_not_bad(factory=factory, version=43, lock=True)
 
 

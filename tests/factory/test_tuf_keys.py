@@ -69,8 +69,8 @@ def test_the_pub_file_is_the_public_key_the_server_accepts():
     [
         (b"not json", "not JSON"),
         ("[1, 2]", "TUF key object"),
-        ({"keytype": "rsa", "scheme": "rsassa-pss-sha256", "keyval": {"public": "ab"}}, "only ed25519"),
-        ({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": "zz" * 32}}, "only ed25519"),
+        ({"keytype": "rsa", "scheme": "rsassa-pss-sha256", "keyval": {"public": "ab"}}, "Only ed25519"),
+        ({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": "zz" * 32}}, "Only ed25519"),
         ({"keytype": "ed25519", "scheme": "ed25519"}, "TUF key object"),
     ],
 )
@@ -109,8 +109,8 @@ def _bad_archives():
         (tgz([("/tufrepo/keys/x.sec", b"x", "file")]), "outside tufrepo/keys"),
         (tgz([(f"tufrepo/keys/../keys/targets-{keyid}.sec", sec, "file")]), "outside tufrepo/keys"),
         (tgz([(name, None, "symlink")]), "not a regular file"),
-        (tgz([("tufrepo/other/", None, "dir")]), "unexpected folder"),
-        (tgz([("tufrepo/keys/readme.txt", b"hi", "file")]), "unexpected file"),
+        (tgz([("tufrepo/other/", None, "dir")]), "Unexpected folder"),
+        (tgz([("tufrepo/keys/readme.txt", b"hi", "file")]), "Unexpected file"),
         (tgz([(name, b"x" * (tuf_keys.MEMBER_MAX_BYTES + 1), "file")]), "larger than"),
         (tgz([(f"tufrepo/keys/targets-{keyid}.pub", tuf_keys.public_key_json(signer.public_key), "file")]), "no private key"),
         (tgz([(name, b"{}", "file")]), "not an ed25519 private key"),
@@ -172,7 +172,7 @@ def test_online_keys_are_encrypted_at_rest(factory, settings):
     # Another encryption key cannot read them; a new key in front of the old one (rotation) can.
     original = settings.TUF_KEY_ENCRYPTION_KEY
     settings.TUF_KEY_ENCRYPTION_KEY = Fernet.generate_key().decode()
-    with pytest.raises(ApplicationError, match="cannot be decrypted"):
+    with pytest.raises(ApplicationError, match="Cannot decrypt"):
         Keyring(factory.id).signer("targets")
     settings.TUF_KEY_ENCRYPTION_KEY = settings.TUF_KEY_ENCRYPTION_KEY + "," + original
     assert Keyring(factory.id).signer("targets").public_key.keyid == next(r.keyid for r in rows if r.role == "targets")

@@ -133,14 +133,14 @@ def test_bad_rotations_change_nothing(factory, bob, carol, builds):  # noqa: F81
     with pytest.raises(Forbidden):
         root_changes.online_key_rotate(factory=factory, actor=carol, role="targets")
     for role in ("root", "bogus", ""):
-        with pytest.raises(ApplicationError, match="role must be one of targets, snapshot, timestamp"):
+        with pytest.raises(ApplicationError, match="Role must be one of targets, snapshot, timestamp"):
             root_changes.online_key_rotate(factory=factory, actor=bob, role=role)
     assert state() == before
     # An open wave on a targets rotation: its offline-signed targets would lose their online signature.
     archive = offline_targets_key(factory=factory, actor=bob)
     wave_init(factory=factory, actor=bob, name="open", version=42, tag=TAG, key_archive=archive)
     before = state()
-    with pytest.raises(Conflict, match="wave open is active"):
+    with pytest.raises(Conflict, match="Wave open is active"):
         root_changes.online_key_rotate(factory=factory, actor=bob, role="targets")
     assert state() == before
     # Snapshot and timestamp rotations re-sign the open wave's view and go through.

@@ -95,7 +95,7 @@ def test_a_key_change_is_for_managers_and_refuses_bad_input(factory, carol, bob)
     signer = tuf_keys.key_generate()
     with pytest.raises(ApplicationError, match="may not"):
         root_changes.offline_key_add(factory=factory, actor=carol, role="targets", public_key=signer.public_key.to_dict())
-    with pytest.raises(ApplicationError, match="role must be"):
+    with pytest.raises(ApplicationError, match="Role must be"):
         root_changes.offline_key_add(factory=factory, actor=bob, role="snapshot", public_key=signer.public_key.to_dict())
     with pytest.raises(ApplicationError, match="between 2 and 2"):
         root_changes.offline_key_add(factory=factory, actor=bob, role="targets", public_key=signer.public_key.to_dict(), threshold=3)
@@ -289,12 +289,12 @@ def test_offline_signatures_are_verified_against_the_production_root(factory, bu
     [offline_ak] = wave_targets.key_archive_signatures(payload=ak_payload, archive_bytes=archive)
     bad = {"keyid": offline["keyid"], "sig": tuf_keys.payload_sign(tuf_keys.key_archive_read(archive)[0][1], b"other")["sig"]}
     for signatures, aktualizr, message in (
-        ([tuf_keys.payload_sign(stranger, payload)], [tuf_keys.payload_sign(stranger, ak_payload)], f"key {stranger.public_key.keyid} may not sign"),
+        ([tuf_keys.payload_sign(stranger, payload)], [tuf_keys.payload_sign(stranger, ak_payload)], f"Key {stranger.public_key.keyid} may not sign"),
         ([offline, bad], [offline_ak], f"signature by key {offline['keyid']} does not verify"),
         ([offline], [bad], f"signature by key {offline['keyid']} does not verify over this wave's targets \\(aktualizr"),
         ([offline], [offline], f"signature by key {offline['keyid']} does not verify over this wave's targets \\(aktualizr"),
-        ([offline], [], f"key {offline['keyid']} signed only one of the wave's two payloads"),
-        ([], [offline_ak], f"key {offline['keyid']} signed only one of the wave's two payloads"),
+        ([offline], [], f"Key {offline['keyid']} signed only one of the wave's two payloads"),
+        ([], [offline_ak], f"Key {offline['keyid']} signed only one of the wave's two payloads"),
         ("not a list", [], "must be a list"),
     ):
         with pytest.raises(ApplicationError, match=message):
@@ -443,7 +443,7 @@ def test_the_expiry_monitor_warns_about_an_offline_root(factory, bob, settings):
     root_changes.root_change_sign(factory=factory, actor=bob, signatures=signatures)
     assert expiry.expiring_targets(factory=factory) == []
     [warning] = expiry.expiring_targets(factory=factory, within_days=400)
-    assert warning["kind"] == "root" and 360 <= warning["days_left"] <= 365 and "root version 2" in warning["message"]
+    assert warning["kind"] == "root" and 360 <= warning["days_left"] <= 365 and "Root version 2 expires in" in warning["message"]
     # An offline root is never renewed by the server.
     settings.BREAKWATER_TUF_ROOT_REFRESH_DAYS = 400
     assert refresh.roots_renew_due() == 0

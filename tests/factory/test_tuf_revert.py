@@ -82,10 +82,10 @@ def test_a_canceled_re_release_still_keeps_later_waves_above_it(factory, bob, ar
 @pytest.mark.parametrize(
     "kwargs, error, kind",
     [
-        ({"to_version": 99}, "build 99 is neither in the production targets", NotFound),
+        ({"to_version": 99}, "Build 99 is neither in the production targets", NotFound),
         ({"to_version": "x"}, "is not a number", ApplicationError),
         ({"name": "v41"}, "already exists", Conflict),
-        ({"prune": [43]}, "cannot prune 43", ApplicationError),
+        ({"prune": [43]}, "Cannot prune 43", ApplicationError),
     ],
 )
 def test_bad_reverts_change_nothing(factory, bob, archive, fleet, kwargs, error, kind):

@@ -76,7 +76,7 @@ def test_retire_then_sign_the_change_with_the_remaining_key(client, factory, bob
     # An archive with only the leaving key cannot add what the change needs.
     before = state(factory)
     refused = client.post(reverse("key-change-sign"), {"key_archive": upload(archives[0])})
-    assert refused.status_code == 400 and "none of the keys in this archive" in refused.content.decode()
+    assert refused.status_code == 400 and "None of the keys in this archive" in refused.content.decode()
     garbage = client.post(reverse("key-change-sign"), {"key_archive": upload(b"not an archive")})
     assert garbage.status_code == 400 and b'class="field has-error"' in garbage.content
     huge = client.post(reverse("key-change-sign"), {"key_archive": upload(b"\0" * (1024 * 1024 + 1))})
@@ -109,7 +109,7 @@ def test_a_pending_change_is_abandoned_or_the_root_renewed(client, factory, bob,
     assert "Key change waiting for offline signatures" in page and "root keys" in page and "Renew root…" not in page
     assert client.post(reverse("key-change-abandon"), follow=True).status_code == 200
     assert TufRootChange.objects.get(action="key.add.root").status == "abandoned"
-    assert "no key change is waiting" in client.post(reverse("key-change-abandon"), follow=True).content.decode()
+    assert "No key change is waiting" in client.post(reverse("key-change-abandon"), follow=True).content.decode()
     version = TufRepository.objects.get(factory=factory).root_version
     renewed = client.post(reverse("root-renew"), follow=True).content.decode()
     assert "renewed for another year" in renewed
@@ -171,7 +171,7 @@ def test_a_manager_rotates_an_online_key_from_the_keys_page(client, factory, bob
     # A role that is not an online one: an error message, nothing changes.
     before = state(factory)
     response = login(client, bob).post(reverse("key-rotate-online", args=["root"]), follow=True)
-    assert "role must be one of targets, snapshot, timestamp" in response.content.decode()
+    assert "Role must be one of targets, snapshot, timestamp" in response.content.decode()
     assert state(factory) == before
 
 

@@ -9,7 +9,6 @@ verified by the standard client.
 import json
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_exceptions
@@ -100,12 +99,13 @@ class GatewayFetcher(FetcherInterface):
 class TufDevice:
     """A device's TUF client state across polls: trusted metadata on disk, installed target."""
 
-    def __init__(self, device, root_dir=None, via_gateway=False, tag=None):
+    def __init__(self, device, root_dir, via_gateway=False, tag=None):
         self.device = device
         self.via_gateway = via_gateway
         self.tag = tag  # what the device sends as x-ats-tags (through the gateway)
-        self._tmp = None if root_dir else tempfile.TemporaryDirectory()
-        base = Path(root_dir or self._tmp.name) / str(device.uuid)
+        # The test's tmp_path: pytest removes it, where a TemporaryDirectory of its own would be
+        # removed by the garbage collector, with a ResourceWarning in whichever test it runs.
+        base = Path(root_dir) / str(device.uuid)
         self.metadata_dir = base / "metadata"
         self.targets_dir = base / "targets"
         self.metadata_dir.mkdir(parents=True, exist_ok=True)

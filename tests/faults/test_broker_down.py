@@ -29,7 +29,7 @@ from waves.models import WaveDevice
 from .conftest import ROOT
 
 THRESHOLD = 30
-MESSAGE = "The rollout did not happen: the task queue that runs large rollouts cannot be reached"
+MESSAGE = "The rollout did not happen. The task queue that runs large rollouts cannot be reached"
 
 
 def _reset_connections():
@@ -177,7 +177,7 @@ def test_a_job_sent_when_no_worker_ever_takes_it_is_called_off_after_the_patienc
     assert "Waiting for a worker" in client.get(url).content.decode()
     settings.BREAKWATER_ROLLOUT_JOB_QUEUE_PATIENCE_SECONDS = 0
     html = client.get(url).content.decode()
-    assert "The rollout did not happen: no worker started it within 0 seconds (are the Celery workers running?)" in html
+    assert "The rollout did not happen. No worker started it within 0 seconds (are the Celery workers running?)" in html
     assert 'hx-trigger="every 1s"' not in html
     # A worker that gets the message late finds the job called off and stages nothing.
     rollout_jobs.rollout_job_run(token=token, wave_id=wave.id, actor_id=bob.id, params={"group": None, "uuids": None})

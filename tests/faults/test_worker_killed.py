@@ -106,7 +106,7 @@ def test_a_worker_killed_mid_rollout_stages_nothing_and_rolling_out_again_stages
     killed = time.monotonic()
     page = wait_until(lambda: job_page_saying(client, job, "did not happen"), timeout=20)
     shown_after = time.monotonic() - killed
-    assert "the worker running it stopped (killed or restarted) at 60 of 180 devices, before the rollout was saved" in page
+    assert "The worker running it stopped (killed or restarted) at 60 of 180 devices, before the rollout was saved" in page
     assert "Nothing was staged." in page and "every 1s" not in page
     assert shown_after < 10
 

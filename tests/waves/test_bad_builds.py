@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 
 def refusal(version, reason="boot loop", by="bob"):
-    return f"build {version} is marked bad ({reason}, by {by} on {timezone.now():%Y-%m-%d}): unmark it first"
+    return f"Build {version} is marked bad ({reason}, by {by} on {timezone.now():%Y-%m-%d}): unmark it first"
 
 
 def test_a_bad_build_gets_no_new_wave_not_even_a_dry_run_until_unmarked(factory, bob, builds, offline_key):
@@ -31,7 +31,7 @@ def test_a_bad_build_gets_no_new_wave_not_even_a_dry_run_until_unmarked(factory,
         assert refused.value.message == refusal(42)
     assert not Wave.objects.exists() and not AuditEntry.objects.filter(action="wave.init").exists()
     # on any tag
-    with pytest.raises(Conflict, match="build 42 is marked bad"):
+    with pytest.raises(Conflict, match="Build 42 is marked bad"):
         wave_init(factory=factory, actor=bob, name="v42-other", version=42, tag="other", source_tag=TAG)
 
     build_unmark_bad(factory=factory, actor=bob, version=42, reason="false alarm")
@@ -73,7 +73,7 @@ def test_a_re_release_of_a_build_marked_bad_later_is_not_rolled_out_nor_complete
     with pytest.raises(Conflict) as refused:
         wave_rollout(wave=revert, actor=bob, group="canary")
     assert refused.value.message == refusal(41)
-    with pytest.raises(Conflict, match="build 41 is marked bad"):
+    with pytest.raises(Conflict, match="Build 41 is marked bad"):
         wave_complete(wave=revert, actor=bob)
 
 
@@ -101,7 +101,7 @@ def test_a_running_plan_halts_at_its_next_phase_with_the_reason(factory, bob, fl
     assert result.outcome == "halted" and result.phase.position == 2
     plan = plan_get(wave=wave)
     assert plan.status == RolloutPlan.Status.HALTED
-    assert plan.halted_reason == f"phase 2 (beta) could not be rolled out: {refusal(42)}"
+    assert plan.halted_reason == f"Phase 2 (beta) could not be rolled out: {refusal(42)}"
     assert PlanDecision.objects.get(plan=plan, kind="halt").evidence["code"] == "build_bad"
     assert Rollout.objects.filter(wave=wave).count() == 1  # beta got nothing
 
@@ -109,6 +109,6 @@ def test_a_running_plan_halts_at_its_next_phase_with_the_reason(factory, bob, fl
 def test_a_plan_of_a_bad_build_does_not_start(factory, bob, fleet100, wave):
     plan_set(wave=wave, actor=bob, phases=canary_beta_fleet())
     build_mark_bad(factory=factory, actor=bob, version=42, reason="boot loop")
-    with pytest.raises(Conflict, match=r"phase 1 \(canary\) could not be rolled out: build 42 is marked bad \(boot loop"):
+    with pytest.raises(Conflict, match=r"Phase 1 \(canary\) could not be rolled out: Build 42 is marked bad \(boot loop"):
         plan_start(wave=wave, actor=bob)
     assert not Rollout.objects.filter(wave=wave).exists()

@@ -28,7 +28,7 @@ def test_an_unsigned_wave_holds_a_targets_rotation_until_it_is_signed(factory, b
     wave = wave_init(factory=factory, actor=bob, name="v42", version=42, tag=TAG)
     assert wave.status == Wave.Status.UNSIGNED
     before = keys_state(factory)
-    with pytest.raises(Conflict, match="wave v42 waits for its offline signatures"):
+    with pytest.raises(Conflict, match="Wave v42 waits for its offline signatures"):
         root_changes.online_key_rotate(factory=factory, actor=bob, role="targets")
     assert keys_state(factory) == before
     # The timestamp key signs no wave's targets: its rotation goes through.

@@ -65,9 +65,9 @@ def test_a_dry_run_init_creates_nothing(factory, bob, builds):
     [
         ({"version": 99}, "CI build 99 does not exist", NotFound),
         ({"version": "forty"}, "is not a number", ApplicationError),
-        ({"name": "bad name"}, "wave name", ApplicationError),
-        ({"name": "x" * 65}, "wave name", ApplicationError),
-        ({"name": "v42\n"}, "wave name", ApplicationError),  # a name ends headers and lines of output
+        ({"name": "bad name"}, "Wave name", ApplicationError),
+        ({"name": "x" * 65}, "Wave name", ApplicationError),
+        ({"name": "v42\n"}, "Wave name", ApplicationError),  # a name ends headers and lines of output
         ({"tag": "production\n"}, "tag", ApplicationError),
         ({"name": "new"}, "reserved", ApplicationError),
         ({"tag": ""}, "tag", ApplicationError),
@@ -76,7 +76,7 @@ def test_a_dry_run_init_creates_nothing(factory, bob, builds):
         ({"expires_at": "yesterday"}, "RFC 3339", ApplicationError),
         ({"expires_at": "2020-01-01T00:00:00Z"}, "in the future", ApplicationError),
         ({"expires_at": "2030-01-01T00:00:00"}, "time zone", ApplicationError),
-        ({"prune": "41"}, "cannot prune 41", ApplicationError),
+        ({"prune": "41"}, "Cannot prune 41", ApplicationError),
         ({"prune": "x"}, "not a version number", ApplicationError),
     ],
 )
@@ -98,7 +98,7 @@ def test_version_must_be_higher_than_production_and_not_in_it(factory, bob, buil
 
 def test_one_open_wave_per_tag_and_unique_names(factory, bob, builds, offline_key):
     make_wave(factory, bob, offline_key, name="one", version=42)
-    with pytest.raises(Conflict, match="wave one is still active on tag production"):
+    with pytest.raises(Conflict, match="Wave one is still active on tag production"):
         wave_init(factory=factory, actor=bob, name="two", version=43, tag=TAG)
     # another tag is fine, but not the same name
     ci_build_publish(factory=factory, version=44, hardware_ids=HWIDS, tags=["eu"])
@@ -116,13 +116,13 @@ def test_the_database_refuses_a_second_open_wave_on_a_tag(factory, bob, builds):
 def test_complete_and_cancel_rules(factory, bob, builds, offline_key):
     a = make_wave(factory, bob, offline_key, name="a", version=42)
     wave_cancel(wave=a, actor=bob)
-    with pytest.raises(Conflict, match="wave a is canceled; it cannot be completed"):
+    with pytest.raises(Conflict, match="Wave a is canceled; it cannot be completed"):
         wave_complete(wave=a, actor=bob)
     with pytest.raises(Conflict, match="already canceled"):
         wave_cancel(wave=a, actor=bob)
     b = make_wave(factory, bob, offline_key, name="b", version=42)
     wave_complete(wave=b, actor=bob)
-    with pytest.raises(Conflict, match="wave b is complete; it cannot be canceled"):
+    with pytest.raises(Conflict, match="Wave b is complete; it cannot be canceled"):
         wave_cancel(wave=b, actor=bob)
     with pytest.raises(Conflict, match="already complete"):
         wave_complete(wave=b, actor=bob)
@@ -154,5 +154,5 @@ def test_wave_list_puts_open_waves_first_and_filters(factory, bob, builds, offli
     assert [w.name for w in wave_list(factory=factory, status="complete")] == ["old"]
     assert [w.name for w in wave_list(factory=factory, tag="other")] == []
     assert [w.name for w in wave_list(factory=factory, per_page=1, page=2)] == ["old"]
-    with pytest.raises(ApplicationError, match="unknown wave status"):
+    with pytest.raises(ApplicationError, match="Unknown wave status"):
         wave_list(factory=factory, status="bogus")

@@ -176,7 +176,7 @@ def test_a_group_with_an_injected_failure_rate_halts_the_plan_at_its_phase(facto
     assert result.outcome == "halted" and result.phase.position == 2
     plan = plan_get(wave=wave)
     assert plan.status == Status.HALTED and phase_status(wave) == ["passed", "failed", "pending"]
-    assert "phase 2 (beta)" in plan.halted_reason and "25%" in plan.halted_reason and "5 failed" in plan.halted_reason
+    assert "Phase 2 (beta)" in plan.halted_reason and "25%" in plan.halted_reason and "5 failed" in plan.halted_reason
     # the fleet-wide phase never rolled out, and further evaluations leave the plan alone
     assert staged_count(wave) == 25 and Rollout.objects.filter(wave=wave).count() == 2
     assert evaluate(wave, minutes(t0, 200)).outcome == "idle" and Rollout.objects.filter(wave=wave).count() == 2
@@ -273,7 +273,7 @@ def test_an_approval_gate_waits_for_an_approval_and_records_who_gave_it(factory,
             plan_approve(wave=wave, actor=user, reason="looks fine")
     with pytest.raises(Forbidden, match="other than the plan's author bob"):
         plan_approve(wave=wave, actor=bob, reason="my own plan")
-    with pytest.raises(ApplicationError, match="say why"):
+    with pytest.raises(ApplicationError, match="Say why"):
         plan_approve(wave=wave, actor=alice, reason="  ")
     assert staged_count(wave) == 5
 
@@ -310,7 +310,7 @@ def test_an_approval_is_refused_and_the_plan_halts_when_failures_arrived_meanwhi
     # two canaries report a failure of the wave's version (after a later retry) and roll back
     fleet.update(canary[:2], minutes(t0, 40), fail_rate=1.0)
     Device.objects.filter(pk__in=[d.pk for d in canary[:2]]).update(target_version=41)
-    with pytest.raises(Conflict, match="not approved: phase 1 .* failed its gates"):
+    with pytest.raises(Conflict, match="Not approved: Phase 1 .* failed its gates"):
         plan_approve(wave=wave, actor=alice, reason="ship it", now=minutes(t0, 45))
     assert plan_get(wave=wave).status == Status.HALTED and staged_count(wave) == 5
     assert "approve" not in kinds(wave)
@@ -343,12 +343,12 @@ def test_a_halted_plan_resumes_with_a_reason_and_relaxed_gates(factory, bob, fle
     plan_start(wave=wave, actor=bob, now=t0)
     fleet.update(fleet.staged(1), minutes(t0, 5), fail_rate=0.2)  # 1 of 5 fails: over 10%
     assert evaluate(wave, minutes(t0, 6)).outcome == "halted"
-    with pytest.raises(ApplicationError, match="say why"):
+    with pytest.raises(ApplicationError, match="Say why"):
         plan_resume(wave=wave, actor=bob)
     # a halted plan's current phase keeps its scope but its gates may change
     changed = [dict(p) for p in phases]
     changed[0]["group"] = "beta"
-    with pytest.raises(ApplicationError, match="phase 1 \\(canary\\) has already rolled out; its scope cannot change"):
+    with pytest.raises(ApplicationError, match="Phase 1 \\(canary\\) has already rolled out; its scope cannot change"):
         plan_set(wave=wave, actor=bob, phases=changed)
     relaxed = [dict(p) for p in phases]
     relaxed[0].update(max_failure_ratio=0.25, min_success_ratio=0.75)
@@ -362,7 +362,7 @@ def test_a_halted_plan_resumes_with_a_reason_and_relaxed_gates(factory, bob, fle
     # a passed phase cannot change at all
     plan_pause(wave=wave, actor=bob)
     relaxed[0]["wait_minutes"] = 5
-    with pytest.raises(ApplicationError, match="phase 1 \\(canary\\) has passed"):
+    with pytest.raises(ApplicationError, match="Phase 1 \\(canary\\) has passed"):
         plan_set(wave=wave, actor=bob, phases=relaxed)
 
 
@@ -419,7 +419,7 @@ def test_a_refused_rollout_halts_the_plan_and_resumes_after_the_fix(factory, bob
     fleet.checkin_all(minutes(t0, 60))
     result = evaluate(wave, minutes(t0, 60))
     assert result.outcome == "halted" and result.phase.position == 2
-    assert "could not be rolled out: device group beta does not exist" in plan_get(wave=wave).halted_reason
+    assert "could not be rolled out: Device group beta does not exist" in plan_get(wave=wave).halted_reason
     with pytest.raises(ApplicationError, match="device group beta does not exist"):
         plan_set(wave=wave, actor=bob, phases=canary_beta_fleet())
     fixed = canary_beta_fleet()
@@ -435,7 +435,7 @@ def test_a_refused_rollout_halts_the_plan_and_resumes_after_the_fix(factory, bob
 def test_start_refuses_when_the_first_rollout_is_refused_and_changes_nothing(factory, bob, fleet100, wave):
     plan_set(wave=wave, actor=bob, phases=canary_beta_fleet())
     DeviceGroup.objects.filter(factory=factory, name="canary").delete()
-    with pytest.raises(ApplicationError, match="phase 1 \\(canary\\) could not be rolled out"):
+    with pytest.raises(ApplicationError, match="Phase 1 \\(canary\\) could not be rolled out"):
         plan_start(wave=wave, actor=bob)
     assert plan_get(wave=wave).status == Status.DRAFT and kinds(wave) == ["set"]
 
@@ -452,7 +452,7 @@ def test_the_scheduler_acts_as_the_author_and_halts_when_the_author_may_no_longe
     fleet.update(fleet.staged(1), minutes(t0, 5))
     fleet.checkin_all(minutes(t0, 60))
     result = evaluate(wave, minutes(t0, 60))
-    assert result.outcome == "halted" and "role support may not do this" in result.reason
+    assert result.outcome == "halted" and "Role support may not do this" in result.reason
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def test_the_scheduler_acts_as_the_author_and_halts_when_the_author_may_no_longe
         ({}, "choose what it rolls out to"),
         ({"group": "nope"}, "device group nope does not exist"),
         ({"limit": "5x"}, "must be a number of devices"),
-        ({"limit": "0"}, "limit must be between 1 and 10,000"),
+        ({"limit": "0"}, "Limit must be between 1 and 10,000"),
         ({"limit": "150%"}, "between 1% and 100%"),
         ({"limit": 5, "min_success_ratio": 1.5}, "between 0 and 1"),
         ({"limit": 5, "max_failure_ratio": "lots"}, "is not a number between 0 and 1"),
@@ -473,7 +473,7 @@ def test_the_scheduler_acts_as_the_author_and_halts_when_the_author_may_no_longe
         ({"limit": 5, "advance": "maybe"}, "advance must be"),
         ({"limit": 5, "approver_must_differ": True}, "only a phase that advances by approval"),
         ({"limit": 5, "max_unhealthy": 0}, "the health gate needs"),
-        ({"uuids": "not-a-uuid"}, "not a device UUID"),
+        ({"uuids": "not-a-uuid"}, "Not a device UUID"),
         ({"saved_list": "missing"}, "saved device list missing does not exist"),
         ({"saved_list": "x", "uuids": "7a733e81-f948-43a9-a358-56f3deb5f184"}, "either a saved device list or UUIDs"),
     ],

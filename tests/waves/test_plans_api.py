@@ -84,7 +84,7 @@ def test_plan_input_errors_are_clear_and_change_nothing(as_user, fleet100, wave)
     path = f"waves/{wave.name}/plan"
     assert_error(put(bob, path, {"phases": [{"group": "canary", "wait": 5}]}), 400, "invalid")
     body = assert_error(put(bob, path, {"phases": [{"group": "nope"}]}), 400, "invalid")
-    assert body["detail"] == "phase 1: device group nope does not exist"
+    assert body["detail"] == "Phase 1: device group nope does not exist"
     assert "not a number between 0 and 1" in assert_error(put(bob, path, {"phases": [{"limit": 5, "min_success_ratio": "most"}]}), 400)["detail"]
     assert_error(put(bob, path, {"phases": [{"limit": 5, "min_success_ratio": 2}]}), 400, "invalid")
     assert_error(put(bob, path, {}), 400, "invalid")
@@ -116,9 +116,9 @@ def test_template_and_phase_names_are_checked_at_the_api_and_nothing_changes(as_
     bob = as_user("bob")
     for name in ("canary\r\nthen all", "esc\x1b[31m", "a/b"):
         body = assert_error(bob.post("plan-templates/", {"name": name, "phases": [{"group": "{group}"}]}), 400, "invalid")
-        assert "a template name may" in body["detail"]
+        assert "A template name may" in body["detail"]
     body = assert_error(put(bob, f"waves/{wave.name}/plan", {"phases": [{"name": "canary\nX-Forged: 1", "group": "us-east"}]}), 400, "invalid")
-    assert "a phase name may" in body["detail"]
+    assert "A phase name may" in body["detail"]
     assert not PlanTemplate.objects.exists() and not RolloutPlan.objects.exists()
 
 
@@ -149,7 +149,7 @@ def test_pace_and_windows_through_the_api(as_user, factory, fleet100, wave):
     # bad input: a clear message, nothing changed
     bob.post(f"{path}/pause")
     detail = assert_error(put(bob, path, {**payload, "timezone": "Nowhere/City"}), 400, "invalid")["detail"]
-    assert "unknown time zone 'Nowhere/City'" in detail
+    assert "Unknown time zone 'Nowhere/City'" in detail
     assert_error(put(bob, path, {**payload, "windows": "funday 01:00-02:00"}), 400, "invalid")
     assert_error(put(bob, path, {"phases": [{"group": "beta", "pace_per_minute": 5, "pace_start": 2, "pace_factor": 2}]}), 400, "invalid")
     assert_error(put(bob, path, {"phases": [{"group": "beta", "pace_start": 2, "pace_factor": 1}]}), 400, "invalid")

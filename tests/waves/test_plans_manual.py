@@ -69,7 +69,7 @@ def test_force_is_refused_where_it_would_hide_trouble_and_changes_nothing(factor
     t0 = timezone.now()
     plan_start(wave=wave, actor=bob, now=t0)
     for reason in ("", "   "):
-        with pytest.raises(ApplicationError, match="say why"):
+        with pytest.raises(ApplicationError, match="Say why"):
             plan_force(wave=wave, actor=bob, reason=reason)
     devices = Fleet(factory, wave)
     devices.update(devices.staged(1), t0 + timedelta(minutes=5), fail_rate=0.5)
@@ -149,7 +149,7 @@ def test_force_and_skip_from_the_dashboard(client, factory, bob, carol, groups, 
     assert "Advance by hand" in page and "Force phase 1 on" in page
     assert '<option value="2">2: beta</option>' in page and '<option value="1">' not in page  # phase 1 rolled out
     refused = client.post(reverse("plan-action", args=[wave.name, "force"]), {"reason": ""}, **hx("plan-live"))
-    assert refused.status_code == 400 and "say why" in refused.content.decode()
+    assert refused.status_code == 400 and "Say why" in refused.content.decode()
     skipped = client.post(reverse("plan-action", args=[wave.name, "skip"]), {"reason": "beta covered", "phase": "2"}, **hx("plan-live"))
     assert skipped.status_code == 200 and "Phase skipped" in skipped.content.decode()
     forced = client.post(reverse("plan-action", args=[wave.name, "force"]), {"reason": "canaries fine"}, **hx("plan-live"))

@@ -112,7 +112,7 @@ def test_an_approval_that_finds_a_failure_rolls_back_and_announces_it(factory, b
     assert plan_evaluate(plan=plan_get(wave=bad_wave), now=t0 + timedelta(minutes=2)).outcome == "awaiting-approval"
     # prod-0 fails after all (its health check, once it rebooted): the approval halts the plan.
     devices.update([clients["prod-0"].device], t0 + timedelta(minutes=3), fail_rate=1.0)
-    with pytest.raises(ApplicationError, match="not approved"):
+    with pytest.raises(ApplicationError, match="Not approved"):
         plan_approve(wave=bad_wave, actor=alice, reason="looks fine", now=t0 + timedelta(minutes=4))
     assert Wave.objects.get(name="v42-rollback").status == Wave.Status.ACTIVE
     assert clients["prod-0"].update() == 45 and clients["prod-1"].update() == 45

@@ -70,7 +70,7 @@ def test_a_plan_with_the_simulator_advances_on_healthy_canaries_and_halts_on_fai
     assert result.outcome == "halted" and result.phase.name == "beta"
     assert result.evidence.failed == 4 and result.evidence.staged == 4
     plan = plan_get(wave=wave)
-    assert plan.status == "halted" and "phase 2 (beta) failed its gates" in plan.halted_reason
+    assert plan.status == "halted" and "Phase 2 (beta) failed its gates" in plan.halted_reason
     assert [p.status for p in PlanPhase.objects.filter(plan=plan).order_by("position")] == ["passed", "failed", "pending"]
     # the fleet-wide phase never rolled out: ungrouped devices are still on 41
     sim.cycle()

@@ -64,7 +64,7 @@ def test_template_rules(factory, bob, carol, dave, regions, wave):
         plan_template_apply(wave=wave, actor=bob, name="per group", groups=["nowhere"])
     with pytest.raises(ApplicationError, match="template name"):
         plan_template_save(factory=factory, actor=bob, name="  ", phases=[{"group": "canary"}])
-    with pytest.raises(ApplicationError, match="phase 1: limit"):
+    with pytest.raises(ApplicationError, match="Phase 1: Limit"):
         plan_template_save(factory=factory, actor=bob, name="bad", phases=[{"group": "{group}", "limit": "lots"}])
     for user in (carol, dave):
         with pytest.raises(Forbidden):

@@ -171,7 +171,7 @@ def test_a_group_window_lets_its_phase_start_when_the_plans_is_closed(factory, b
 def test_bad_windows_change_nothing(factory, bob, groups, wave):
     plan_set(wave=wave, actor=bob, phases=[{"group": "canary"}], windows="mon 01:00-02:00", time_zone="Europe/Berlin")
     for kwargs, message in (
-        ({"time_zone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+        ({"time_zone": "Mars/Olympus"}, "Unknown time zone 'Mars/Olympus'"),
         ({"windows": "someday 01:00-02:00"}, "unknown day"),
         ({"windows": "mon 1am-2am"}, "must be HH:MM"),
         ({"group_windows": {"nope": "sat 00:00-06:00"}}, "device group nope does not exist"),

@@ -80,7 +80,7 @@ def test_only_failed_devices_can_be_retried_and_nothing_changes_otherwise(factor
     clients = production(fleet)
     fail(factory, wave, {n: clients[n] for n in ("prod-0", "prod-1")}, {"prod-0"}, timezone.now())
     ok = str(clients["prod-1"].device.uuid)
-    with pytest.raises(ApplicationError, match=f"not a device that failed wave v42: {ok}"):
+    with pytest.raises(ApplicationError, match=f"Not a device that failed wave v42: {ok}"):
         wave_retry_failed(wave=wave, actor=bob, uuids=[str(clients["prod-0"].device.uuid), ok])
     with pytest.raises(ApplicationError, match="not a valid UUID|malformed|UUID"):
         wave_retry_failed(wave=wave, actor=bob, uuids="not-a-uuid")
@@ -88,7 +88,7 @@ def test_only_failed_devices_can_be_retried_and_nothing_changes_otherwise(factor
     assert Wave.objects.get(pk=wave.pk).retried_at is None
     # The exact list works.
     assert wave_retry_failed(wave=wave, actor=bob, uuids=str(clients["prod-0"].device.uuid)).count == 1
-    with pytest.raises(ApplicationError, match="nothing to retry in wave v42: no device has failed it") as error:
+    with pytest.raises(ApplicationError, match="Nothing to retry in wave v42: no device has failed it") as error:
         wave_retry_failed(wave=wave, actor=bob)
     assert error.value.code == "retry_empty"
 
@@ -184,4 +184,4 @@ def test_the_wave_page_offers_release_managers_to_retry_the_failed_devices(clien
     done = login(client, bob).post(reverse("wave-retry", args=[wave.name]), follow=True).content.decode()
     assert "2 failed devices offered wave v42 again" in done and WaveRetry.objects.count() == 2
     again = client.post(reverse("wave-retry", args=[wave.name]), follow=True).content.decode()
-    assert "Nothing was retried: nothing to retry in wave v42" in again
+    assert "Nothing was retried: Nothing to retry in wave v42" in again

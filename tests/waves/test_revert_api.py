@@ -68,7 +68,7 @@ def test_revert_with_a_key_archive_signs_on_the_server(as_user, bad_release, off
 def test_revert_errors_change_nothing(as_user, factory, bad_release, offline_key):
     bob = as_user("bob")
     assert "neither in the production targets" in assert_error(bob.post("waves/revert/", {"name": "b", "tag": TAG, "to_version": 99}), 404, "not_found")["detail"]
-    assert "cannot prune 40" in assert_error(bob.post("waves/revert/", {"name": "b", "tag": TAG, "to_version": 41, "prune": [40]}), 400)["detail"]
+    assert "Cannot prune 40" in assert_error(bob.post("waves/revert/", {"name": "b", "tag": TAG, "to_version": 41, "prune": [40]}), 400)["detail"]
     assert_error(bob.post("waves/revert/", {"name": "bad name", "tag": TAG, "to_version": 41}), 400, "invalid")
     assert_error(bob.post("waves/revert/", {"name": "b", "tag": TAG, "to_version": 41, "key_archive": "not base64!"}), 400, "invalid")
     assert_error(bob.post("waves/revert/", {"name": "b", "tag": TAG}), 400, "invalid")
@@ -78,7 +78,7 @@ def test_revert_errors_change_nothing(as_user, factory, bad_release, offline_key
     assert Wave.objects.count() == 2 and not RereleaseVersion.objects.exists()
     assert bob.post("waves/revert/", {"name": "b", "tag": TAG, "to_version": 41}).status_code == 201
     body = assert_error(bob.post("waves/revert/", {"name": "c", "tag": TAG, "to_version": 40}), 409, "conflict")
-    assert "wave b is still unsigned" in body["detail"]
+    assert "Wave b is still unsigned" in body["detail"]
     assert list(RereleaseVersion.objects.values_list("version", flat=True)) == [44]
 
 

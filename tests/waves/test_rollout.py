@@ -103,7 +103,7 @@ def test_fleet_wide_limit_within_a_preselected_list(factory, bob, fleet100, wave
         assert result.count == n and picked <= set(pre) and not picked & chosen
         chosen |= picked
     # the list is used up: nothing left to stage
-    with pytest.raises(ApplicationError, match="no device matches"):
+    with pytest.raises(ApplicationError, match="No device matches"):
         wave_rollout(wave=wave, actor=bob, limit=10, uuids=" ".join(pre))
 
 
@@ -206,14 +206,14 @@ def test_percentages_round_up_over_the_devices_in_scope(factory, bob, fleet100, 
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        ({}, "choose what to roll out to"),
+        ({}, "Choose what to roll out to"),
         ({"limit": "0"}, "between 1 and 10,000"),
         ({"limit": "10001"}, "between 1 and 10,000"),
         ({"limit": "-5"}, "must be a number"),
         ({"limit": "abc"}, "must be a number"),
         ({"limit": "101%"}, "between 1% and 100%"),
         ({"limit": "0%"}, "between 1% and 100%"),
-        ({"uuids": "nope"}, "not a device UUID: 'nope'"),
+        ({"uuids": "nope"}, "Not a device UUID: 'nope'"),
         ({"uuids": ",;"}, "empty"),
     ],
 )
@@ -224,7 +224,7 @@ def test_bad_rollouts_are_refused_and_change_nothing(factory, bob, fleet100, wav
 
 
 def test_unknown_group_is_not_found(factory, bob, fleet100, wave):
-    with pytest.raises(NotFound, match="device group nope does not exist"):
+    with pytest.raises(NotFound, match="Device group nope does not exist"):
         wave_rollout(wave=wave, actor=bob, group="nope")
 
 

@@ -88,7 +88,7 @@ def test_a_release_manager_tags_a_build_on_the_builds_page(client, bob, factory,
     assert {t.name: t.tags for t in CiTarget.objects.filter(version=42)} == {f"{h}-lmp-42": ["production", "qa"] for h in HWIDS}
 
     refused = client.post(reverse("build-tags", args=[42]), {"tags": "<b>bad tag</b>"})
-    assert refused.status_code == 400 and "not a tag" in refused.content.decode() and "<b>bad" not in refused.content.decode()
+    assert refused.status_code == 400 and "Not a tag" in refused.content.decode() and "<b>bad" not in refused.content.decode()
     assert CiTarget.objects.get(name=f"{HWIDS[0]}-lmp-42").tags == ["production", "qa"]
     assert AuditEntry.objects.filter(action="targets.tag").count() == 1
 
@@ -105,7 +105,7 @@ def test_pruning_on_the_builds_page_previews_then_prunes_and_keeps_production(cl
     done = client.post(reverse("build-prune", args=[42]), {"confirm": "yes"}, **hx())
     assert done.status_code == 200 and done["HX-Redirect"] == reverse("build-list")
     assert build_names(factory, 42) == set()
-    assert "Pruned 2 target(s) of build 42" in client.get(reverse("build-list")).content.decode()
+    assert "Pruned 2 targets of build 42" in client.get(reverse("build-list")).content.decode()
 
     kept = client.post(reverse("build-prune", args=[41]), **hx()).content.decode()
     assert "Nothing of build 41 can be pruned" in kept and "in the production targets of tag production" in kept

@@ -56,7 +56,7 @@ def test_offline_threshold_is_a_parameter(factory, bob, fleet100, wave):
     Device.objects.filter(group__name="beta").update(last_seen=timezone.now() - timedelta(hours=5))
     assert by_group(wave_status(wave=wave))["beta"]["online"] == 0
     assert by_group(wave_status(wave=wave, offline_threshold_hours=6))["beta"]["online"] == 20
-    with pytest.raises(ApplicationError, match="offline threshold"):
+    with pytest.raises(ApplicationError, match="Offline threshold"):
         wave_status(wave=wave, offline_threshold_hours="soon")
 
 

@@ -450,11 +450,13 @@ class Worker:
     def __init__(self, env, log, pool):
         self.log = log
         queue = ["-Q", env["STATUS_TEST_QUEUE"]] if env.get("STATUS_TEST_QUEUE") else []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--pool", pool, "--concurrency", "1",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"status-{pool}@%h", *queue],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        # The worker writes to its own copy of the log's descriptor; this process keeps none open.
+        with log.open("w") as output:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "factory.project", "worker", "-l", "info", "--pool", pool, "--concurrency", "1",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"status-{pool}@%h", *queue],
+                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def text(self):
         return self.log.read_text(errors="replace")

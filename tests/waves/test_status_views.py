@@ -138,7 +138,7 @@ def test_csv_cells_that_look_like_formulas_are_neutralised(client, dave, factory
 
 def test_bad_offline_threshold_in_a_csv_export_is_a_clear_400(client, dave, rolled):
     response = login(client, dave).get(reverse("wave-status-csv", args=[rolled.name]), {"offline_threshold": "soon"})
-    assert response.status_code == 400 and b"offline threshold" in response.content
+    assert response.status_code == 400 and b"Offline threshold" in response.content
 
 
 def test_wave_status_history_csv_lists_every_sample(client, dave, rolled):

@@ -204,7 +204,9 @@ def test_detail_for_support_and_qa_has_no_change_buttons(client, dave, carol, fl
 def test_detail_warns_before_the_targets_expire(client, bob, factory, builds, offline_key, fleet100):
     wave = make_wave(factory, bob, offline_key, expires_days=10)
     html = login(client, bob).get(reverse("wave-detail", args=[wave.name])).content.decode()
-    assert "targets expire in" in html and "cannot be re-signed online" in html
+    # The warning of waves.expiry, which `breakwater waves status` prints too.
+    assert f"The targets of wave {wave.name} (tag {wave.tag}, version {wave.version}) expire in " in html
+    assert "cannot be re-signed online" in html
 
 
 @pytest.mark.django_db

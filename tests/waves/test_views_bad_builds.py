@@ -85,7 +85,7 @@ def test_the_wave_list_detail_plan_and_complete_pages_say_the_build_is_bad(clien
     page = client.get(reverse("wave-complete", args=["v2"])).content.decode()
     assert "Build 42 is marked bad" in page
     refused = client.post(reverse("wave-complete", args=["v2"]), {"confirm": "v2"})
-    assert refused.status_code == 400 and b"build 42 is marked bad" in refused.content
+    assert refused.status_code == 400 and b"Build 42 is marked bad" in refused.content
     assert Wave.objects.get(name="v2").status == Wave.Status.ACTIVE
 
 
@@ -99,7 +99,7 @@ def test_the_create_form_shows_a_bad_build_disabled_with_its_reason(client, bob,
     assert "disabled" not in re.search(r'<option value="42"[^>]*>', html).group(0)
     # posted anyway: the service refuses, on the build field
     refused = client.post(reverse("wave-create"), {"name": "v43", "version": 43, "tag": "production", "action": "preview"})
-    assert refused.status_code == 400 and b"build 43 is marked bad" in refused.content
+    assert refused.status_code == 400 and b"Build 43 is marked bad" in refused.content
     assert not Wave.objects.exists()
 
 
@@ -111,7 +111,7 @@ def test_the_create_form_offers_only_builds_that_can_go_out_and_says_why_not(cli
     def option(version):
         return re.search(rf'<option value="{version}"[^>]*>[^<]*</option>', html).group(0)
 
-    assert "disabled" in option(41) and "version 41 is already in the production targets of tag production" in option(41)
+    assert "disabled" in option(41) and "Version 41 is already in the production targets of tag production" in option(41)
     assert "disabled" in option(40) and "must be higher than tag production&#x27;s current production targets version 41" in option(40)
     assert "disabled" not in option(42) and "disabled" not in option(43)
     # posted anyway: the service refuses in the same words, nothing is created

@@ -33,7 +33,7 @@ def test_create_keeps_unique_canonical_uuids_and_audits(factory, carol):
 
 @pytest.mark.django_db
 def test_create_rejects_bad_input_and_changes_nothing(factory, carol):
-    with pytest.raises(ApplicationError, match="not a device UUID: 'oops'"):
+    with pytest.raises(ApplicationError, match="Not a device UUID: 'oops'"):
         devicelists.device_list_create(factory=factory, actor=carol, name="x", uuids="oops")
     with pytest.raises(ApplicationError, match="device list name is required"):
         devicelists.device_list_create(factory=factory, actor=carol, name="  ", uuids=some_uuids(1))

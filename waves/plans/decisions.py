@@ -57,10 +57,10 @@ def webhook_send(url, body):
     """POST the JSON body with a short timeout. Failures are logged, never raised: the plan's
     decision is already recorded and the dashboard shows it either way."""
     try:
-        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=WEBHOOK_TIMEOUT_SECONDS))
-        response = http.request(
-            "POST", url, body=json.dumps(body, default=str).encode(), headers={"Content-Type": "application/json", "User-Agent": "breakwater-plans"}
-        )
+        with urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=WEBHOOK_TIMEOUT_SECONDS)) as http:
+            response = http.request(
+                "POST", url, body=json.dumps(body, default=str).encode(), headers={"Content-Type": "application/json", "User-Agent": "breakwater-plans"}
+            )
         if response.status >= 400:
             logger.warning("plan webhook %s answered HTTP %s", url, response.status)
         return response.status
@@ -74,9 +74,9 @@ def webhook_url_clean(url):
     if not url:
         return ""
     if len(url) > 200:
-        raise ApplicationError("the webhook URL may be at most 200 characters")
+        raise ApplicationError("The webhook URL may be at most 200 characters")
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError:
-        raise ApplicationError(f"the webhook URL {url[:80]!r} is not an http:// or https:// URL") from None
+        raise ApplicationError(f"The webhook URL {url[:80]!r} is not an http:// or https:// URL") from None
     return url

@@ -10,6 +10,7 @@ from devices.models import Device, DeviceEvent
 from devices.selectors import uuids_in
 from devices.uuids import parse_uuid_list
 from factory.errors import ApplicationError
+from factory.plurals import counted
 
 from ..models import PlanDecision, PlanPhase, RolloutPlan, WaveDevice, WaveGroup
 from ..outcomes import not_updated_q
@@ -172,7 +173,7 @@ def plan_forecast(*, plan, now=None, phases=None, estimates=None):
     result["completion_at"] = at
     result["remaining_minutes"] = round((at - now).total_seconds() / 60)
     result["basis"] = (
-        f"half of the {len(minutes)} devices observed updated within {result['typical_update_minutes']} min, "
+        f"half of the {counted(len(minutes), 'device')} observed updated within {result['typical_update_minutes']} min, "
         f"90% within {result['slow_update_minutes']} min"
     )
     return result

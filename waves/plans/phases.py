@@ -6,6 +6,7 @@ from devices.models import DeviceGroup
 from devices.uuids import parse_uuid_list
 from factory.errors import ApplicationError
 from factory.names import name_problem
+from factory.plurals import counted
 
 from ..models import PlanPhase, SavedDeviceList
 from ..retries import MAX_RETRIES
@@ -126,7 +127,7 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
     With `factory`, the group and the saved list must exist in it. With `placeholders`
     (templates), a group may be the `{group}` placeholder filled in when the template is applied.
     """
-    where = f"phase {index}"
+    where = f"Phase {index}"
     if not isinstance(raw, dict):
         raise ApplicationError(f"{where}: a phase is a set of settings (e.g. group, limit, wait_minutes)")
     unknown = sorted(str(k) for k in raw if k not in PHASE_KEYS)
@@ -178,12 +179,12 @@ def phase_clean(raw, *, index, factory=None, placeholders=False):
 
 def phases_clean(phases, *, factory=None, placeholders=False):
     if isinstance(phases, dict) or isinstance(phases, str) or phases is None:
-        raise ApplicationError("a plan is a list of phases")
+        raise ApplicationError("A plan is a list of phases")
     phases = list(phases)
     if not phases:
-        raise ApplicationError("a plan needs at least one phase")
+        raise ApplicationError("A plan needs at least one phase")
     if len(phases) > MAX_PHASES:
-        raise ApplicationError(f"a plan may have at most {MAX_PHASES} phases")
+        raise ApplicationError(f"A plan may have at most {MAX_PHASES} phases")
     return [phase_clean(raw, index=i, factory=factory, placeholders=placeholders) for i, raw in enumerate(phases, start=1)]
 
 
@@ -239,13 +240,13 @@ def phase_label(phase):
         group, limit, saved, uuids = phase.get("group"), phase.get("limit"), phase.get("saved_list"), phase.get("uuids")
     parts = []
     if limit:
-        parts.append(f"{limit} of " if limit.endswith("%") else f"{limit} devices of ")
+        parts.append(f"{limit} of " if limit.endswith("%") else f"{counted(int(limit), 'device')} of ")
     elif not saved and not uuids:
         parts.append("every device of " if group else "")
     if saved:
         parts.append(f"list {saved}" + (" in " if group else ""))
     elif uuids:
         count = len([u for u in uuids.split() if u]) if isinstance(uuids, str) else len(uuids)
-        parts.append(f"{count} listed devices" + (" in " if group else ""))
+        parts.append(counted(count, "listed device") + (" in " if group else ""))
     parts.append(f"group {group}" if group else ("the fleet" if not saved and not uuids else ""))
     return "".join(parts).strip()

@@ -22,6 +22,7 @@ from tuf.api.metadata import Targets
 from devices.models import Device, DeviceEvent, DeviceGroup
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, Conflict
+from factory.plurals import counted
 from factory.selectors import release_version_next, rerelease_builds
 from factory.services import audit_record, rerelease_version_claim
 from factory.tuf import metadata as md
@@ -64,7 +65,7 @@ def rollback_name(wave):
 
 def _scope(scope):
     if scope not in SCOPES:
-        raise ApplicationError(f"the rollback scope {str(scope)[:20]!r} must be 'staged' or 'failed'")
+        raise ApplicationError(f"The rollback scope {str(scope)[:20]!r} must be 'staged' or 'failed'")
     return scope
 
 
@@ -73,7 +74,7 @@ def _build_of_production(wave):
     its devices run (a re-release's own build)."""
     current = tuf_selectors.production_targets_version(factory=wave.factory, tag=wave.tag)
     if current is None:
-        raise ApplicationError(f"tag {wave.tag} has no production build yet: there is nothing to roll back to")
+        raise ApplicationError(f"Tag {wave.tag} has no production build yet: there is nothing to roll back to")
     build = rerelease_builds(factory=wave.factory, versions=[current]).get(current, current)
     return current, build
 
@@ -91,16 +92,16 @@ def _check_above(wave, version):
     served = tag_served_version(factory=wave.factory, tag=wave.tag)
     highest = max(wave.version, served.version if served is not None else 0)
     if version <= highest:
-        raise ApplicationError(f"the rollback's version {version} would not be above version {highest} devices on tag {wave.tag} may run")
+        raise ApplicationError(f"The rollback's version {version} would not be above version {highest} devices on tag {wave.tag} may run")
 
 
 def _plan_checks(wave, plan):
     if plan.status != RolloutPlan.Status.DRAFT:
-        raise Conflict(f"the plan of wave {wave.name} is {plan.status}; a rollback is signed when a draft plan starts")
+        raise Conflict(f"The plan of wave {wave.name} is {plan.status}; a rollback is signed when a draft plan starts")
     if wave.status != Wave.Status.ACTIVE:
-        raise Conflict(f"wave {wave.name} is {wave.status}; sign it (it must be active) before starting its plan")
+        raise Conflict(f"Wave {wave.name} is {wave.status}; sign it (it must be active) before starting its plan")
     if Wave.objects.filter(factory=wave.factory, name=rollback_name(wave)).exists():
-        raise Conflict(f"a wave named {rollback_name(wave)} already exists; the rollback needs that name")
+        raise Conflict(f"A wave named {rollback_name(wave)} already exists; the rollback needs that name")
 
 
 def rollback_prepare(*, wave, actor, scope):
@@ -132,7 +133,7 @@ def rollback_arm(*, plan, actor, scope, signatures=None, aktualizr_signatures=No
     wave = plan.wave
     scope = _scope(scope)
     if not (signatures or aktualizr_signatures or key_archive):
-        raise ApplicationError("sign the rollback: give its signatures or an offline key archive")
+        raise ApplicationError("Sign the rollback: give its signatures or an offline key archive")
     _plan_checks(wave, plan)
     current, build = _build_of_production(wave)
     version = rerelease_version_claim(factory=wave.factory, build_version=build)
@@ -150,13 +151,13 @@ def rollback_arm(*, plan, actor, scope, signatures=None, aktualizr_signatures=No
         )
     except ApplicationError as exc:
         raise ApplicationError(
-            f"the pre-signed rollback was refused ({exc.message}); if it was signed from a prepared payload, prepare and sign it again. "
+            f"The pre-signed rollback was refused ({exc.message}); if it was signed from a prepared payload, prepare and sign it again. "
             "The plan did not start",
             code="rollback_signatures",
         ) from None
     if not threshold_met:
         raise ApplicationError(
-            "the rollback's signatures do not meet the production root's targets threshold: sign it with the offline targets key(s). "
+            "The rollback's signatures do not meet the production root's targets threshold: sign it with the offline targets key(s). "
             "The plan did not start",
             code="rollback_signatures",
         )
@@ -176,7 +177,7 @@ def rollback_arm(*, plan, actor, scope, signatures=None, aktualizr_signatures=No
         with transaction.atomic():
             rollback.save()
     except IntegrityError:
-        raise Conflict(f"a wave named {rollback.name} was just created; the rollback needs that name") from None
+        raise Conflict(f"A wave named {rollback.name} was just created; the rollback needs that name") from None
     plan.rollback_wave = rollback
     plan.rollback_scope = scope
     plan.save(update_fields=["rollback_wave", "rollback_scope", "updated_at"])
@@ -284,7 +285,7 @@ def rollback_on_halt(plan, phase, now):
                 "devices": count, "individual": len(device_ids), "groups": len(group_ids), "author": author}  # fmt: skip
     reason = (
         f"rolled back: wave {wave.name} canceled, rollback {rollback.name} (version {rollback.version} = build "
-        f"{rollback.rerelease_of} re-released) activated for {count} {'device' if count == 1 else 'devices'} "
+        f"{rollback.rerelease_of} re-released) activated for {counted(count, 'device')} "
         f"({'the staged devices' if scope == 'staged' else 'the devices that failed'}); signed when {author} started the plan"
     )
     decision_record(plan, phase, "rollback", None, reason=reason, evidence=evidence)

@@ -12,7 +12,7 @@ def plan_get(*, wave):
     """The wave's plan, or NotFound."""
     plan = RolloutPlan.objects.select_related("wave", "wave__factory", "author").filter(wave=wave).first()
     if plan is None:
-        raise NotFound(f"wave {wave.name} has no rollout plan")
+        raise NotFound(f"Wave {wave.name} has no rollout plan")
     return plan
 
 

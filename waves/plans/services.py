@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from factory.auth import actor_name, authorize, role_known, role_subquery
 from factory.errors import ApplicationError, Conflict, Forbidden
+from factory.plurals import counted, plural
 
 from .. import armed, retries
 from .. import services as wave_services
@@ -53,11 +54,11 @@ def _locked_plan(plan):
 def _reason(reason, *, required, what):
     reason = (reason or "").strip()
     if "\x00" in reason:
-        raise ApplicationError("the reason may not contain NUL characters")
+        raise ApplicationError("The reason may not contain NUL characters")
     if required and not reason:
-        raise ApplicationError(f"say why ({what}): the reason is recorded in the plan and the audit log")
+        raise ApplicationError(f"Say why ({what}): the reason is recorded in the plan and the audit log")
     if len(reason) > MAX_REASON:
-        raise ApplicationError(f"the reason may be at most {MAX_REASON} characters")
+        raise ApplicationError(f"The reason may be at most {MAX_REASON} characters")
     return reason
 
 
@@ -78,18 +79,18 @@ def plan_set(*, wave, actor, phases, webhook_url=None, windows=None, time_zone=N
         with transaction.atomic():
             locked_wave = Wave.objects.select_for_update().get(pk=wave.pk)
             if not locked_wave.is_open:
-                raise Conflict(f"wave {wave.name} is {locked_wave.status}; it takes no rollout plan")
+                raise Conflict(f"Wave {wave.name} is {locked_wave.status}; it takes no rollout plan")
             plan, created = RolloutPlan.objects.get_or_create(wave=locked_wave, defaults={"author": actor})
             plan = _locked_plan(plan)
             if plan.status == Status.RUNNING:
-                raise Conflict(f"the plan of wave {wave.name} is running; pause it before changing its phases")
+                raise Conflict(f"The plan of wave {wave.name} is running; pause it before changing its phases")
             if plan.status in (Status.FINISHED, Status.CANCELED):
-                raise Conflict(f"the plan of wave {wave.name} is {plan.status}; it cannot change")
+                raise Conflict(f"The plan of wave {wave.name} is {plan.status}; it cannot change")
             existing = plan_phases(plan)
             # A phase that rolled out (or was skipped) is history: its scope stays as it was.
             started = [p for p in existing if p.rollout_id is not None or p.status == PhaseStatus.PASSED]
             if started and len(cleaned) < started[-1].position:
-                raise ApplicationError(f"{started[-1].position} phases have already started; the plan must keep them")
+                raise ApplicationError(f"{counted(started[-1].position, 'phase')} {plural(started[-1].position, 'has', 'have')} already started; the plan must keep {plural(started[-1].position, 'it', 'them')}")
             saved_lists = {s.name: s for s in SavedDeviceList.objects.filter(factory=factory, name__in=[p["saved_list"] for p in cleaned if p["saved_list"]])}
             by_position = {p.position: p for p in existing}
             for position, new in enumerate(cleaned, start=1):
@@ -98,7 +99,7 @@ def plan_set(*, wave, actor, phases, webhook_url=None, windows=None, time_zone=N
                     PlanPhase.objects.create(plan=plan, position=position, **_model_fields(new, saved_lists))
                     continue
                 if phase in started:
-                    where = f"phase {position} ({phase.name or phase_label(phase)})"
+                    where = f"Phase {position} ({phase.name or phase_label(phase)})"
                     old = phase_as_input(phase)
                     if any((old[k] or "") != (new[k] or "") for k in SCOPE_KEYS):
                         raise ApplicationError(f"{where} has already rolled out; its scope cannot change")
@@ -135,7 +136,7 @@ def plan_set(*, wave, actor, phases, webhook_url=None, windows=None, time_zone=N
                 evidence={"phases": [p["name"] or phase_label(p) for p in cleaned], "kept": len(started), "webhook": bool(plan.webhook_url)},
             )
     except IntegrityError:
-        raise Conflict(f"the plan of wave {wave.name} was changed at the same time; try again") from None
+        raise Conflict(f"The plan of wave {wave.name} was changed at the same time; try again") from None
     return plan
 
 
@@ -238,13 +239,13 @@ def _halt(plan, phase, reason, evidence, now, actor=None, *, failure_gate=False)
             plan.save(update_fields=["halted_reason", "updated_at"])
 
 
-def _halt_reason(phase, evidence):
+def _halt_message(phase, evidence):
     gates = "; ".join(f"{g.label}: {g.observed}" for g in evidence.halting)
-    return f"phase {phase.position} ({phase.name or phase_label(phase)}) failed its gates: {gates}"
+    return f"Phase {phase.position} ({phase.name or phase_label(phase)}) failed its gates: {gates}"
 
 
-def _rollout_refused(phase, exc):
-    return f"phase {phase.position} ({phase.name or phase_label(phase)}) could not be rolled out: {exc.message}"
+def _rollout_refused_message(phase, exc):
+    return f"Phase {phase.position} ({phase.name or phase_label(phase)}) could not be rolled out: {exc.message}"
 
 
 def plan_start(*, wave, actor, now=None, rollback=None):
@@ -259,12 +260,12 @@ def plan_start(*, wave, actor, now=None, rollback=None):
     with transaction.atomic():
         plan = _locked_plan(plan)
         if plan.status != Status.DRAFT:
-            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a draft plan can start")
+            raise Conflict(f"The plan of wave {wave.name} is {plan.status}; only a draft plan can start")
         if plan.wave.status != Wave.Status.ACTIVE:
-            raise Conflict(f"wave {wave.name} is {plan.wave.status}; sign it (it must be active) before starting its plan")
+            raise Conflict(f"Wave {wave.name} is {plan.wave.status}; sign it (it must be active) before starting its plan")
         phases = plan_phases(plan)
         if not phases:
-            raise ApplicationError(f"the plan of wave {wave.name} has no phases")
+            raise ApplicationError(f"The plan of wave {wave.name} has no phases")
         if rollback:
             rollback_arm(
                 plan=plan,
@@ -277,13 +278,13 @@ def plan_start(*, wave, actor, now=None, rollback=None):
         plan.status = Status.RUNNING
         plan.halted_reason = ""
         plan.save(update_fields=["status", "halted_reason", "updated_at"])
-        decision_record(plan, None, "start", actor, reason=f"{len(phases)} phases", evidence={"status": plan.status})
+        decision_record(plan, None, "start", actor, reason=counted(len(phases), "phase"), evidence={"status": plan.status})
         try:
             _advance(plan, phases, 0, actor, now)
         except ApplicationError as exc:
             # The person starting the plan is right here: refuse, and change nothing.
             failed = current_phase(phases) or phases[0]
-            raise type(exc)(_rollout_refused(failed, exc), code=exc.code, extra=exc.extra) from None
+            raise type(exc)(_rollout_refused_message(failed, exc), code=exc.code, extra=exc.extra) from None
     return plan
 
 
@@ -332,7 +333,7 @@ def plan_evaluate(*, plan, now=None):
             # The retried devices are installing again: judge the gates on what is left.
             evidence = phase_evidence(phase, now=now, wave=wave)
         if evidence.halting:
-            reason = _halt_reason(phase, evidence)
+            reason = _halt_message(phase, evidence)
             _halt(plan, phase, reason, evidence.as_dict(), now, failure_gate=True)
             return Evaluation(plan, "halted", phase, reason, evidence)
         if phase.status == PhaseStatus.AWAITING_APPROVAL:
@@ -365,9 +366,9 @@ def _pass(plan, phase, actor, reason, evidence, now, *, kind):
 def _author(plan):
     """Who the scheduler acts as: the plan's author, who must still be allowed to roll out."""
     if plan.author is None:
-        raise Forbidden("the plan's author no longer exists; set the plan again to become its author")
+        raise Forbidden("The plan's author no longer exists; set the plan again to become its author")
     if not plan.author.is_active:
-        raise Forbidden(f"the plan's author {plan.author.get_username()} is disabled; set the plan again to become its author")
+        raise Forbidden(f"The plan's author {plan.author.get_username()} is disabled; set the plan again to become its author")
     return plan.author
 
 
@@ -403,7 +404,7 @@ def _evaluate_start(plan, phases, index, now):
         outcome, started = _advance(plan, phases, index, _author(plan) if remaining else None, now)
     except ApplicationError as exc:
         failed = next(p for p in phases[index:] if p.status != PhaseStatus.PASSED)
-        reason = _rollout_refused(failed, exc)
+        reason = _rollout_refused_message(failed, exc)
         _halt(plan, failed, reason, {"error": exc.message, "code": exc.code}, now)
         return Evaluation(plan, "halted", failed, reason)
     if outcome == "waiting":
@@ -420,7 +421,7 @@ def _evaluate_batch(plan, phase, now, evidence):
     try:
         reason = batch_next(plan, phase, _author(plan), now)
     except ApplicationError as exc:
-        reason = _rollout_refused(phase, exc)
+        reason = _rollout_refused_message(phase, exc)
         _halt(plan, phase, reason, {"error": exc.message, "code": exc.code}, now)
         return Evaluation(plan, "halted", phase, reason)
     return Evaluation(plan, "batch", phase, reason, evidence)
@@ -462,19 +463,19 @@ def plan_approve(*, wave, actor, reason, now=None):
     with transaction.atomic():
         plan = _locked_plan(plan)
         if plan.status != Status.RUNNING:
-            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a running plan takes approvals")
+            raise Conflict(f"The plan of wave {wave.name} is {plan.status}; only a running plan takes approvals")
         phases = plan_phases(plan)
         phase = current_phase(phases)
         if phase is None or phase.status != PhaseStatus.AWAITING_APPROVAL:
             what = "no phase" if phase is None else f"phase {phase.position} is {phase.status}"
-            raise Conflict(f"nothing to approve in the plan of wave {wave.name}: {what}")
+            raise Conflict(f"Nothing to approve in the plan of wave {wave.name}: {what}")
         if phase.approver_must_differ and actor is not None and plan.author_id == actor.pk:
             raise Forbidden(
-                f"phase {phase.position} needs an approval from a release manager other than the plan's author {actor_name(plan.author)}"
+                f"Phase {phase.position} needs an approval from a release manager other than the plan's author {actor_name(plan.author)}"
             )
         evidence = phase_evidence(phase, now=now, wave=plan.wave)
         if evidence.halting:
-            halted = _halt_reason(phase, evidence)
+            halted = _halt_message(phase, evidence)
             _halt(plan, phase, halted, evidence.as_dict(), now, failure_gate=True)
         else:
             _pass(plan, phase, actor, reason, evidence, now, kind="approve")
@@ -482,9 +483,9 @@ def plan_approve(*, wave, actor, reason, now=None):
                 _advance(plan, phases, phases.index(phase) + 1, actor, now)
             except ApplicationError as exc:
                 failed = current_phase(phases)
-                _halt(plan, failed, _rollout_refused(failed, exc), {"error": exc.message, "code": exc.code}, now, actor=actor)
+                _halt(plan, failed, _rollout_refused_message(failed, exc), {"error": exc.message, "code": exc.code}, now, actor=actor)
     if halted:
-        raise Conflict(f"not approved: {halted}; the plan is halted")
+        raise Conflict(f"Not approved: {halted}; the plan is halted")
     return plan
 
 
@@ -504,12 +505,12 @@ def plan_force(*, wave, actor, reason, now=None):
     with transaction.atomic():
         plan = _locked_plan(plan)
         if plan.status != Status.RUNNING:
-            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a running plan's phase can be forced on (resume it first)")
+            raise Conflict(f"The plan of wave {wave.name} is {plan.status}; only a running plan's phase can be forced on (resume it first)")
         phases = plan_phases(plan)
         phase = current_phase(phases)
         if phase is None:
-            raise Conflict(f"every phase of the plan of wave {wave.name} has passed: nothing to force")
-        where = f"phase {phase.position} ({phase.name or phase_label(phase)})"
+            raise Conflict(f"Every phase of the plan of wave {wave.name} has passed: nothing to force")
+        where = f"Phase {phase.position} ({phase.name or phase_label(phase)})"
         if phase.status == PhaseStatus.AWAITING_APPROVAL or (phase.rollout_id is not None and phase.advance == PlanPhase.Advance.APPROVAL):
             # The approval is its own check, which may have to come from someone else.
             raise Conflict(f"{where} advances by approval: approve it instead when it asks (breakwater waves plan approve)")
@@ -518,14 +519,14 @@ def plan_force(*, wave, actor, reason, now=None):
             try:
                 started = _phase_rollout(plan, phase, actor, now)
             except ApplicationError as exc:
-                raise type(exc)(_rollout_refused(phase, exc), code=exc.code, extra=exc.extra) from None
+                raise type(exc)(_rollout_refused_message(phase, exc), code=exc.code, extra=exc.extra) from None
             decision_record(plan, phase, "force", actor, reason=reason, evidence={"forced": "rollout", "window": window_reason(plan, phase.group_name, now)})
             if not started:
                 _advance(plan, phases, phases.index(phase) + 1, actor, now)
             return plan
         evidence = phase_evidence(phase, now=now, wave=plan.wave)
         if evidence.halting:
-            raise Conflict(f"{where} is failing its gates ({_halt_reason(phase, evidence)}); it cannot be forced on")
+            raise Conflict(f"{where} is failing its gates ({_halt_message(phase, evidence)}); it cannot be forced on")
         if batches_pending(phase):
             raise Conflict(
                 f"{where} is still releasing its paced batches ({phase.staged_count:,} staged so far); "
@@ -537,7 +538,7 @@ def plan_force(*, wave, actor, reason, now=None):
             _advance(plan, phases, phases.index(phase) + 1, actor, now)
         except ApplicationError as exc:
             failed = current_phase(phases)
-            raise type(exc)(_rollout_refused(failed, exc), code=exc.code, extra=exc.extra) from None
+            raise type(exc)(_rollout_refused_message(failed, exc), code=exc.code, extra=exc.extra) from None
     return plan
 
 
@@ -552,18 +553,18 @@ def plan_skip(*, wave, actor, reason, position=None, now=None):
     with transaction.atomic():
         plan = _locked_plan(plan)
         if plan.status not in (Status.RUNNING, Status.PAUSED, Status.HALTED):
-            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a started plan's phases can be skipped (edit a draft instead)")
+            raise Conflict(f"The plan of wave {wave.name} is {plan.status}; only a started plan's phases can be skipped (edit a draft instead)")
         phases = plan_phases(plan)
         current = current_phase(phases)
         if position is None:
             phase = current
             if phase is None:
-                raise Conflict(f"every phase of the plan of wave {wave.name} has passed: nothing to skip")
+                raise Conflict(f"Every phase of the plan of wave {wave.name} has passed: nothing to skip")
         else:
             phase = next((p for p in phases if p.position == position), None)
             if phase is None:
-                raise ApplicationError(f"the plan of wave {wave.name} has no phase {position} (it has {len(phases)})")
-        where = f"phase {phase.position} ({phase.name or phase_label(phase)})"
+                raise ApplicationError(f"The plan of wave {wave.name} has no phase {position} (it has {len(phases)})")
+        where = f"Phase {phase.position} ({phase.name or phase_label(phase)})"
         if phase.status == PhaseStatus.PASSED:
             raise Conflict(f"{where} has already passed")
         if phase.rollout_id is not None:
@@ -577,7 +578,7 @@ def plan_skip(*, wave, actor, reason, position=None, now=None):
                 _advance(plan, phases, phases.index(phase) + 1, actor, now)
             except ApplicationError as exc:
                 failed = current_phase(phases)
-                raise type(exc)(_rollout_refused(failed, exc), code=exc.code, extra=exc.extra) from None
+                raise type(exc)(_rollout_refused_message(failed, exc), code=exc.code, extra=exc.extra) from None
     return plan
 
 
@@ -589,7 +590,7 @@ def plan_pause(*, wave, actor, reason=""):
     with transaction.atomic():
         plan = _locked_plan(plan)
         if plan.status != Status.RUNNING:
-            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a running plan can be paused")
+            raise Conflict(f"The plan of wave {wave.name} is {plan.status}; only a running plan can be paused")
         plan.status = Status.PAUSED
         plan.save(update_fields=["status", "updated_at"])
         decision_record(plan, current_phase(plan_phases(plan)), "pause", actor, reason=reason, evidence={"status": plan.status})
@@ -606,11 +607,11 @@ def plan_resume(*, wave, actor, reason=""):
     with transaction.atomic():
         plan = _locked_plan(plan)
         if plan.status not in (Status.PAUSED, Status.HALTED):
-            raise Conflict(f"the plan of wave {wave.name} is {plan.status}; only a paused or halted plan can resume")
+            raise Conflict(f"The plan of wave {wave.name} is {plan.status}; only a paused or halted plan can resume")
         if plan.wave.status != Wave.Status.ACTIVE:
-            raise Conflict(f"wave {wave.name} is {plan.wave.status}; its plan cannot resume")
+            raise Conflict(f"Wave {wave.name} is {plan.wave.status}; its plan cannot resume")
         if plan.status == Status.HALTED and not reason:
-            raise ApplicationError("say why (resuming a halted plan): the reason is recorded in the plan and the audit log")
+            raise ApplicationError("Say why (resuming a halted plan): the reason is recorded in the plan and the audit log")
         was = plan.status
         phase = current_phase(plan_phases(plan))
         if phase is not None and phase.status == PhaseStatus.FAILED:
@@ -632,7 +633,7 @@ def plan_wave_cancel(*, wave, actor, reason=""):
     with transaction.atomic():
         plan = _locked_plan(plan)
         if plan.status == Status.CANCELED:
-            raise Conflict(f"the plan of wave {wave.name} is already canceled")
+            raise Conflict(f"The plan of wave {wave.name} is already canceled")
         wave_services.wave_cancel(wave=plan.wave, actor=actor)
         plan.wave.refresh_from_db()
         plan.status = Status.CANCELED

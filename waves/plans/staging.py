@@ -50,7 +50,7 @@ def phase_rollout(plan, phase, actor, now):
     total = _resolved_total(plan.wave, phase)
     size = first_batch_size(phase) if total is None else min(first_batch_size(phase), total)
     if size <= 0:
-        raise ApplicationError("no device matches this rollout: nothing was staged", code="rollout_empty")
+        raise ApplicationError("No device matches this rollout: nothing was staged", code="rollout_empty")
     result = _stage(plan, phase, actor, size)
     result.rollout.options = {**result.rollout.options, "phase_total": total, "pace": pace_label(phase)}
     Rollout.objects.filter(pk=result.rollout.pk).update(options=result.rollout.options)

@@ -18,7 +18,7 @@ TEMPLATE_NAME_FORBIDDEN = "/\\"
 
 
 def _template_name(name):
-    return name_clean(name, what="a template name", max_length=TEMPLATE_NAME_MAX, forbidden=TEMPLATE_NAME_FORBIDDEN)
+    return name_clean(name, what="A template name", max_length=TEMPLATE_NAME_MAX, forbidden=TEMPLATE_NAME_FORBIDDEN)
 
 
 def plan_template_save(*, factory, actor, name, phases=None, wave=None, replace=False):
@@ -28,13 +28,13 @@ def plan_template_save(*, factory, actor, name, phases=None, wave=None, replace=
     name = _template_name(name)
     if phases is None:
         if wave is None:
-            raise ApplicationError("give the phases to save, or a wave whose plan to save")
+            raise ApplicationError("Give the phases to save, or a wave whose plan to save")
         phases = [phase_as_input(p) for p in plan_phases(plan_get(wave=wave))]
     cleaned = phases_clean(phases, factory=factory, placeholders=True)
     with transaction.atomic():
         existing = PlanTemplate.objects.select_for_update().filter(factory=factory, name=name).first()
         if existing is not None and not replace:
-            raise Conflict(f"a plan template named {name} already exists")
+            raise Conflict(f"A plan template named {name} already exists")
         try:
             with transaction.atomic():
                 if existing is not None:
@@ -45,7 +45,7 @@ def plan_template_save(*, factory, actor, name, phases=None, wave=None, replace=
                 else:
                     template = PlanTemplate.objects.create(factory=factory, name=name, phases=cleaned, created_by=actor)
         except IntegrityError:
-            raise Conflict(f"a plan template named {name} was just created") from None
+            raise Conflict(f"A plan template named {name} was just created") from None
         audit_record(factory=factory, actor=actor, action="plan.template-save", target=name, details={"phases": [phase_label(p) for p in cleaned]})
     return template
 
@@ -65,10 +65,10 @@ def template_phases(template, groups=None):
     groups = [g.strip() for g in (groups or []) if g and g.strip()]
     if not uses:
         if groups:
-            raise ApplicationError("this template names its groups itself; it takes no groups")
+            raise ApplicationError("This template names its groups itself; it takes no groups")
         return [dict(p) for p in phases]
     if not groups:
-        raise ApplicationError("this template is per group ({group}): give the groups to apply it to")
+        raise ApplicationError("This template is per group ({group}): give the groups to apply it to")
     out = []
     for group in groups:
         for p in phases:
@@ -95,5 +95,5 @@ def plan_template_list(*, factory):
 def plan_template_get(*, factory, name):
     template = PlanTemplate.objects.filter(factory=factory, name=name).first()
     if template is None:
-        raise NotFound(f"plan template {name} does not exist")
+        raise NotFound(f"Plan template {name} does not exist")
     return template

@@ -61,7 +61,7 @@ def _time(value, where, what):
     return f"{int(match.group(1)):02d}:{match.group(2)}"
 
 
-def window_clean(raw, where="window"):
+def window_clean(raw, where="Window"):
     """One window, as a dict or as text such as 'mon-fri 02:00-05:00' -> its stored form."""
     if isinstance(raw, str):
         match = _TEXT_RE.match(raw)
@@ -79,7 +79,7 @@ def window_clean(raw, where="window"):
     return window
 
 
-def windows_clean(raw, where="windows"):
+def windows_clean(raw, where="Windows"):
     if raw is None or raw == "" or raw == []:
         return []
     if isinstance(raw, (str, dict)):
@@ -96,7 +96,7 @@ def timezone_clean(name):
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ApplicationError(f"unknown time zone {name[:64]!r}; use a name such as Europe/Berlin or UTC") from None
+        raise ApplicationError(f"Unknown time zone {name[:64]!r}; use a name such as Europe/Berlin or UTC") from None
     return name
 
 
@@ -111,21 +111,21 @@ def group_windows_clean(raw, *, group_exists=None):
         for item in raw:
             group, sep, text = str(item).partition("=")
             if not sep or not group.strip():
-                raise ApplicationError(f"group window {str(item)[:40]!r} must be GROUP=WINDOW, e.g. beta=sat 00:00-06:00")
+                raise ApplicationError(f"Group window {str(item)[:40]!r} must be GROUP=WINDOW, e.g. beta=sat 00:00-06:00")
             merged.setdefault(group.strip(), []).append(text.strip().strip("\"'"))
         raw = merged
     if not isinstance(raw, dict):
-        raise ApplicationError("group windows map a group name to its windows")
+        raise ApplicationError("Group windows map a group name to its windows")
     if len(raw) > MAX_GROUP_WINDOWS:
-        raise ApplicationError(f"at most {MAX_GROUP_WINDOWS} groups may have their own windows")
+        raise ApplicationError(f"At most {MAX_GROUP_WINDOWS} groups may have their own windows")
     cleaned = {}
     for group, windows in raw.items():
         group = str(group).strip()
         if group_exists is not None and not group_exists(group):
-            raise ApplicationError(f"group windows: device group {group[:64]} does not exist")
-        cleaned[group] = windows_clean(windows, f"windows of group {group[:64]}")
+            raise ApplicationError(f"Group windows: device group {group[:64]} does not exist")
+        cleaned[group] = windows_clean(windows, f"Windows of group {group[:64]}")
         if not cleaned[group]:
-            raise ApplicationError(f"windows of group {group[:64]}: give at least one window (or leave the group out)")
+            raise ApplicationError(f"Windows of group {group[:64]}: give at least one window (or leave the group out)")
     return cleaned
 
 

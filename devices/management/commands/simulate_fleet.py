@@ -6,6 +6,7 @@ from devices.models import Device, DeviceGroup
 from devices.services import registration_token_create
 from devices.simulator import Keystore, Simulator, register, register_lmp
 from factory.management.commands._base import application_errors, get_factory
+from factory.plurals import counted
 
 
 def rate(value):
@@ -67,7 +68,7 @@ class Command(BaseCommand):
                 identities.update({i.uuid: i for i in self.register(factory, keystore, missing, o)})
         if not identities:
             raise CommandError(f"factory {factory.name} has no devices; seed some (seed_fleet) or use --register")
-        self.stdout.write(f"Simulating {len(identities)} devices of {factory.name} against {o['gateway_url']} ({o['threads']} threads)")
+        self.stdout.write(f"Simulating {counted(len(identities), 'device')} of {factory.name} against {o['gateway_url']} ({counted(o['threads'], 'thread')})")
         simulator = Simulator(
             identities=list(identities.values()),
             keystore=keystore,
@@ -100,7 +101,7 @@ class Command(BaseCommand):
                 factory=factory, actor=None, tag=tag, group=group, production=not o["register_test"], max_uses=count, expires_days=1, name="fleet simulator"
             )
         hardware_ids = sorted(set(Device.objects.filter(factory=factory).exclude(hardware_id="").values_list("hardware_id", flat=True))) or ["intel-corei7-64"]
-        self.stdout.write(f"Registering {count} devices through {o['web_url']}/devices/register/ ...")
+        self.stdout.write(f"Registering {counted(count, 'device')} through {o['web_url']}/devices/register/ ...")
         # The aktualizr-lite share registers as lmp-device-register does; the others as today.
         lmp = int(round(count * o["aktualizr_share"]))
         try:

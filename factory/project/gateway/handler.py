@@ -205,10 +205,10 @@ class Gateway:
             self._outage_log.report()
             close_old_connections()
             _close_connections()
-            status, headers, body = self._json(503, {"error": "the gateway cannot reach its database; retry later"})
+            status, headers, body = self._json(503, {"error": "The gateway cannot reach its database; retry later"})
         except Exception:
             logger.exception("gateway error")
-            status, headers, body = self._json(500, {"error": "internal error"})
+            status, headers, body = self._json(500, {"error": "Internal error"})
         headers.append(("Content-Length", str(len(body))))
         return status, headers, body
 
@@ -255,7 +255,7 @@ class Gateway:
                 self._allow(method, "GET")
                 response = self._json(200, device_config(device=device))
             else:
-                raise Refused(404, "no such resource")
+                raise Refused(404, "No such resource")
         finally:
             # A refused request of an authenticated device still tells us it is alive.
             checkins.buffer().checkin(device.pk, checkin)
@@ -266,13 +266,13 @@ class Gateway:
     def peer(self, environ):
         der = environ.get(PEER_CERTIFICATE)
         if not der:
-            raise Refused(403, "a client certificate is required")
+            raise Refused(403, "A client certificate is required")
         peer = self._peers.get(der)
         if peer is None:
             peer = Peer(der)
             self._peers.put(der, peer)
         if peer.uuid is None or not peer.factory:
-            raise Refused(403, "the client certificate does not name a device (CN = UUID, OU = factory)")
+            raise Refused(403, "The client certificate does not name a device (CN = UUID, OU = factory)")
         return peer
 
     def device(self, peer):
@@ -286,7 +286,7 @@ class Gateway:
             self._devices.put(key, cached)
         device = cached[1]
         if device is None:
-            raise Refused(403, "this device is not registered (unknown or deleted)")
+            raise Refused(403, "This device is not registered (unknown or deleted)")
         ca_pem, ca_cert = self._factory_ca(device.factory_id, peer.cert.issuer)
         der_key = (peer.fingerprint, ca_pem)
         issued = self._issuers.get(der_key)
@@ -294,11 +294,11 @@ class Gateway:
             issued = ca_cert is not None and pki.issued_by(peer.cert, ca_cert)
             self._issuers.put(der_key, issued)
         if not issued:
-            raise Refused(403, "the certificate was not issued by the device's factory CA")
+            raise Refused(403, "The certificate was not issued by the device's factory CA")
         if peer.serial != device.certificate_serial:
-            raise Refused(403, "this certificate is not the device's current certificate")
+            raise Refused(403, "This certificate is not the device's current certificate")
         if peer.production != device.is_production:
-            raise Refused(403, "the certificate's production status does not match the device's registration")
+            raise Refused(403, "The certificate's production status does not match the device's registration")
         return device
 
     def _factory_ca(self, factory_id, issuer):
@@ -315,13 +315,13 @@ class Gateway:
     @staticmethod
     def _allow(method, allowed):
         if method != allowed:
-            raise Refused(405, f"use {allowed}")
+            raise Refused(405, f"Use {allowed}")
 
     # --- what it gets -------------------------------------------------------------------------
 
     def metadata(self, device, filename, environ, checkin):
         if not REPO_FILE.match(filename):
-            raise Refused(404, "no such metadata file")
+            raise Refused(404, "No such metadata file")
         try:
             data, etag = device_metadata(device=device, filename=filename, flavour=flavour_of(environ.get("HTTP_USER_AGENT")))
         except NotFound as exc:
@@ -349,11 +349,11 @@ class Gateway:
 
     def target_file(self, device, name):
         if not reports.TARGET_NAME.match(name):
-            raise Refused(404, "no such target")
+            raise Refused(404, "No such target")
         try:
             data, etag = device_metadata(device=device, filename="targets.json")
         except NotFound:
-            raise Refused(404, "no targets for this device") from None
+            raise Refused(404, "No targets for this device") from None
         files = self._targets_info(data, etag)[1]
         if name not in files and "." in name:
             # Consistent snapshots name target files "<sha256>.<name>".
@@ -361,14 +361,14 @@ class Gateway:
             if rest in files and files[rest][1] == digest:
                 name = rest
         if name not in files:
-            raise Refused(404, "this target is not in the device's targets")
+            raise Refused(404, "This target is not in the device's targets")
         length, sha256, source = files[name]
         key = (device.factory.name, source, sha256)
         blob = self._artifacts.get(key)
         if blob is None:
             blob = synthetic_artifact(device.factory.name, source)
             if len(blob) != length or hashlib.sha256(blob).hexdigest() != sha256:
-                raise Refused(404, "this target's file is not stored on this server")
+                raise Refused(404, "This target's file is not stored on this server")
             self._artifacts.put(key, blob)
         return 200, [("Content-Type", "application/octet-stream")], blob
 
@@ -377,10 +377,10 @@ class Gateway:
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            raise Refused(400, "bad Content-Length") from None
+            raise Refused(400, "Bad Content-Length") from None
         if length > limit:
             # Refused before reading: the body is never held in memory.
-            raise Refused(413, f"at most {limit} bytes of {what} per request")
+            raise Refused(413, f"At most {limit} bytes of {what} per request")
         return environ["wsgi.input"].read(length) if length > 0 else b""
 
     def events(self, device, environ):
@@ -408,7 +408,7 @@ class Gateway:
     def _event_row(device, event, index):
         if event.device is not None and event.device != str(device.uuid):
             # A device reports for itself only; the whole request is refused.
-            raise Refused(403, f"event {index} names another device; a device may report only for itself")
+            raise Refused(403, f"Event {index} names another device; a device may report only for itself")
         return {
             "device_id": device.pk,
             "factory_id": device.factory_id,

@@ -73,36 +73,36 @@ class Request:
 def parse_head(head):
     """Parse a request head (the bytes before the blank line, without it) or raise BadRequest."""
     if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
-        raise BadRequest(400, "lines must end with CRLF")
+        raise BadRequest(400, "Lines must end with CRLF")
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3:
-        raise BadRequest(400, "the request line must be: METHOD /path HTTP/1.1")
+        raise BadRequest(400, "The request line must be: METHOD /path HTTP/1.1")
     raw_method, raw_target, raw_version = parts
     if not TOKEN.match(raw_method) or len(raw_method) > 16:
-        raise BadRequest(400, "the request line does not start with a method")
+        raise BadRequest(400, "The request line does not start with a method")
     method = raw_method.decode("ascii")
     if method not in METHODS:
-        raise BadRequest(405, f"unknown method {method}")
+        raise BadRequest(405, f"Unknown method {method}")
     if raw_version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise BadRequest(505 if raw_version.startswith(b"HTTP/") else 400, "only HTTP/1.1 and HTTP/1.0 are spoken here")
+        raise BadRequest(505 if raw_version.startswith(b"HTTP/") else 400, "Only HTTP/1.1 and HTTP/1.0 are spoken here")
     if not TARGET.match(raw_target):
-        raise BadRequest(400, "the request target must be a path starting with /")
+        raise BadRequest(400, "The request target must be a path starting with /")
     version = raw_version.decode("ascii")
     if len(lines) - 1 > MAX_HEADERS:
-        raise BadRequest(431, f"at most {MAX_HEADERS} header lines")
+        raise BadRequest(431, f"At most {MAX_HEADERS} header lines")
     headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
-            raise BadRequest(400, "a header line without a colon")
+            raise BadRequest(400, "A header line without a colon")
         if not TOKEN.match(name):
             # Also refuses folded lines and whitespace before the colon.
-            raise BadRequest(400, "a header name must be a token, directly followed by a colon")
+            raise BadRequest(400, "A header name must be a token, directly followed by a colon")
         value = value.strip(b" \t")
         if not FIELD_VALUE.match(value):
             # The name is a token (checked above), so it is safe to echo.
-            raise BadRequest(400, f"the {name.decode('ascii').lower()} header holds a control character")
+            raise BadRequest(400, f"The {name.decode('ascii').lower()} header holds a control character")
         if b"_" in name:
             # x_ats_tags would reach the handler as x-ats-tags: such headers are dropped, as nginx does.
             continue
@@ -111,9 +111,9 @@ def parse_head(head):
     content_length = 0
     lengths = [value for name, value in headers if name == "content-length"]
     if any(name == "transfer-encoding" for name, _ in headers):
-        raise BadRequest(411, "chunked or encoded request bodies are not accepted: send Content-Length")
+        raise BadRequest(411, "Chunked or encoded request bodies are not accepted: send Content-Length")
     if len(lengths) > 1:
-        raise BadRequest(400, "more than one Content-Length")
+        raise BadRequest(400, "More than one Content-Length")
     if lengths:
         if not lengths[0].isdigit() or not lengths[0].isascii() or len(lengths[0]) > 18:
             raise BadRequest(400, "Content-Length must be a number of bytes")
@@ -122,7 +122,7 @@ def parse_head(head):
     keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
     expect = [value.lower() for name, value in headers if name == "expect"]
     if expect and expect != ["100-continue"]:
-        raise BadRequest(417, "only Expect: 100-continue is understood")
+        raise BadRequest(417, "Only Expect: 100-continue is understood")
     return Request(method, raw_target.decode("ascii"), version, headers, content_length, keep_alive, bool(expect))
 
 

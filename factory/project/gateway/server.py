@@ -256,21 +256,21 @@ class Connection(asyncio.Protocol):
             if end < 0:
                 line_end = self.buffer.find(b"\r\n", 0, limits.max_request_line + 2)
                 if line_end < 0 and len(self.buffer) > limits.max_request_line:
-                    return self._refuse(414, f"the request line is longer than {limits.max_request_line} bytes")
+                    return self._refuse(414, f"The request line is longer than {limits.max_request_line} bytes")
                 if len(self.buffer) > limits.max_header_bytes:
-                    return self._refuse(431, f"the request head is larger than {limits.max_header_bytes} bytes")
+                    return self._refuse(431, f"The request head is larger than {limits.max_header_bytes} bytes")
                 if b"\n\n" in self.buffer:
-                    return self._refuse(400, "lines must end with CRLF")
+                    return self._refuse(400, "Lines must end with CRLF")
                 return
             if self.buffer.find(b"\r\n", 0, end + 2) > limits.max_request_line:
-                return self._refuse(414, f"the request line is longer than {limits.max_request_line} bytes")
+                return self._refuse(414, f"The request line is longer than {limits.max_request_line} bytes")
             try:
                 request = http1.parse_head(bytes(self.buffer[:end]))
             except http1.BadRequest as exc:
                 return self._refuse(exc.status, exc.message)
             del self.buffer[: end + 4]
             if request.content_length > limits.max_body_bytes:
-                return self._refuse(413, f"a request body may have at most {limits.max_body_bytes} bytes")
+                return self._refuse(413, f"A request body may have at most {limits.max_body_bytes} bytes")
             self.request = request
             self.state = BODY
             if request.content_length:
@@ -300,7 +300,7 @@ class Connection(asyncio.Protocol):
         try:
             status, headers, body = future.result()
         except Exception:
-            status, headers, body = 500, [("Content-Type", "application/json")], b'{"error": "internal error"}'
+            status, headers, body = 500, [("Content-Type", "application/json")], b'{"error": "Internal error"}'
         keep_alive = request.keep_alive and not worker.stopping
         self.write(
             http1.response_bytes(
@@ -394,7 +394,7 @@ class Connection(asyncio.Protocol):
         self.timer = None
         if self.state in (HEAD, BODY) and not self.idle:
             # A head or body that did not arrive in time: say so, then close.
-            self.write(http1.error_bytes(408, "the request did not arrive in time", date=self.worker.clock.date()))
+            self.write(http1.error_bytes(408, "The request did not arrive in time", date=self.worker.clock.date()))
             self.worker.access_log.add(408, 0, "-")
         self.close()
 

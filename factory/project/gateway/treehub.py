@@ -42,25 +42,25 @@ def treehub(device, method, path):
     if path == "download-urls":
         # aktualizr-lite asks for a CDN first; a 404 tells it to pull from the gateway itself.
         if method != "POST":
-            return _json(405, {"error": "use POST"})
-        return _json(404, {"error": "no download URLs; pull from this server"})
+            return _json(405, {"error": "Use POST"})
+        return _json(404, {"error": "No download URLs; pull from this server"})
     if method not in ("GET", "HEAD"):
-        return _json(405, {"error": "use GET"})
+        return _json(405, {"error": "Use GET"})
     if path == "config":
         return 200, [("Content-Type", "text/plain")], b"[core]\nrepo_version=1\nmode=archive-z2\nindexed-deltas=true\n"
     target = ostree.served_file(factory_name=device.factory.name, path=path)
     if target is None:
-        return _json(404, {"error": "no such treehub file"})
+        return _json(404, {"error": "No such treehub file"})
     try:
         if path not in allowed_files(device):
-            return _json(404, {"error": "this object is not in the device's commits"})
+            return _json(404, {"error": "This object is not in the device's commits"})
     except NotFound as exc:
         return _json(404, {"error": exc.message})
     try:
         with open(target, "rb") as handle:
             if os.fstat(handle.fileno()).st_size > OBJECT_MAX_BYTES:
-                return _json(404, {"error": "this object is too large to serve"})
+                return _json(404, {"error": "This object is too large to serve"})
             body = handle.read()
     except OSError:
-        return _json(404, {"error": "this object is not stored on this server"})
+        return _json(404, {"error": "This object is not stored on this server"})
     return 200, [("Content-Type", "application/octet-stream")], body if method == "GET" else b""

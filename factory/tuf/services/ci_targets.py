@@ -13,6 +13,7 @@ from django.utils import timezone
 from factory.auth import actor_name, authorize
 from factory.errors import ApplicationError, NotFound
 from factory.models import CiTarget, PrunedTarget, RereleaseVersion
+from factory.plurals import counted
 from factory.services import audit_record
 
 from .. import metadata as md
@@ -30,18 +31,18 @@ TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 def tags_clean(tags):
     """The tags, trimmed, deduplicated and sorted; ApplicationError naming the bad ones."""
     if isinstance(tags, str) or not isinstance(tags, (list, tuple, set)):
-        raise ApplicationError("tags must be a list of tag names")
+        raise ApplicationError("Tags must be a list of tag names")
     cleaned = sorted({t.strip() for t in tags if isinstance(t, str) and t.strip()})
     if not cleaned:
-        raise ApplicationError("give at least one tag")
+        raise ApplicationError("Give at least one tag")
     bad = [t for t in cleaned if len(t) > TAG_MAX or not TAG_RE.match(t)]
     if bad:
         shown = ", ".join(repr(t[:TAG_MAX]) for t in bad[:5])
         raise ApplicationError(
-            f"not a tag: {shown}; a tag is at most {TAG_MAX} letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
+            f"Not a tag: {shown}; a tag is at most {TAG_MAX} letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
         )
     if len(cleaned) > TAGS_MAX:
-        raise ApplicationError(f"a target may have at most {TAGS_MAX} tags")
+        raise ApplicationError(f"A target may have at most {TAGS_MAX} tags")
     return cleaned
 
 
@@ -59,12 +60,12 @@ def ci_targets_resolve(*, factory, refs, lock=True):
     in name order, locked for the caller's transaction. One NotFound lists every ref that names
     no CI target, saying what it is instead (pruned, a re-release, production only)."""
     if isinstance(refs, str) or not isinstance(refs, (list, tuple)):
-        raise ApplicationError("targets must be a list of target names or build versions")
+        raise ApplicationError("Targets must be a list of target names or build versions")
     refs = list(dict.fromkeys(str(r).strip() for r in refs if str(r).strip()))
     if not refs:
-        raise ApplicationError("name at least one target or build version")
+        raise ApplicationError("Name at least one target or build version")
     if len(refs) > REFS_MAX:
-        raise ApplicationError(f"name at most {REFS_MAX} targets or versions at a time")
+        raise ApplicationError(f"Name at most {REFS_MAX} targets or versions at a time")
     digits = {r for r in refs if _is_version(r)}
     versions = {int(r) for r in digits}
     names = set(refs) - digits
@@ -74,7 +75,7 @@ def ci_targets_resolve(*, factory, refs, lock=True):
     found = list(rows.filter(version__in=versions).order_by("id")) + list(rows.filter(name__in=names).order_by("id"))
     missing = [r for r in refs if not any((t.version == int(r) if r in digits else t.name == r) for t in found)]
     if missing:
-        raise NotFound("no such CI target: " + "; ".join(_missing_reason(factory, r) for r in missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""))
+        raise NotFound("No such CI target: " + "; ".join(_missing_reason(factory, r) for r in missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""))
     unique = {t.pk: t for t in found}
     return sorted(unique.values(), key=lambda t: (t.version, t.name))
 
@@ -120,7 +121,7 @@ def ci_targets_tag(*, factory, actor, refs, tags, append=False):
             before = list(row.tags)
             after = sorted(set(before) | set(tags)) if append else tags
             if len(after) > TAGS_MAX:
-                raise ApplicationError(f"{row.name} would have {len(after)} tags; a target may have at most {TAGS_MAX}")
+                raise ApplicationError(f"{row.name} would have {counted(len(after), 'tag')}; a target may have at most {TAGS_MAX}")
             changes.append({"name": row.name, "version": row.version, "before": before, "after": after})
             if after != before:
                 row.custom = {**row.custom, "tags": after}

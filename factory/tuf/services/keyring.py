@@ -60,7 +60,7 @@ class Keyring:
     def online_signer(self, role):
         signer = self.signer(role)
         if signer is None:
-            raise ApplicationError(f"the factory has no online {role} key")
+            raise ApplicationError(f"The factory has no online {role} key")
         return signer
 
 
@@ -78,15 +78,15 @@ def offline_targets_keyids(keyring):
 def signatures_verified(*, key_for, payload, signatures, what):
     """Parse and verify {"keyid", "sig"} dicts; any unknown key or bad signature refuses them all."""
     if not isinstance(signatures, (list, tuple)):
-        raise ApplicationError("signatures must be a list of objects with keyid and sig")
+        raise ApplicationError("Signatures must be a list of objects with keyid and sig")
     verified = []
     for value in signatures:
         signature = tuf_keys.signature_parse(value)
         key = key_for(signature.keyid)
         if key is None:
-            raise ApplicationError(f"key {signature.keyid} may not sign {what}")
+            raise ApplicationError(f"Key {signature.keyid} may not sign {what}")
         if not tuf_keys.signature_verify(key, signature, payload):
-            raise ApplicationError(f"the signature by key {signature.keyid} does not verify over {what}")
+            raise ApplicationError(f"The signature by key {signature.keyid} does not verify over {what}")
         verified.append(signature)
     return verified
 

@@ -8,6 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from factory.errors import Conflict
+from factory.plurals import counted
 
 from ..lifetimes import ci_targets_margin, refresh_margin, root_margin
 from ..models import TufRepository, TufRootChange, TufView
@@ -80,7 +81,7 @@ def views_refresh(*, anchor_ids, now=None):
             for view in changed:
                 view.save(update_fields=RESIGN_FIELDS)
             if signed:
-                logger.info("re-signed the TUF views of %d tag(s)", signed)
+                logger.info("re-signed the TUF views of %s", counted(signed, "tag"))
             return signed
     finally:
         TufView.objects.filter(refresh_claim=claim).update(refresh_claimed_until=None, refresh_claim="")

@@ -31,10 +31,10 @@ def factory_create(*, name, actor=None):
     try:
         validate_slug(name)
     except ValidationError:
-        raise ApplicationError(f"factory name {name!r} may only contain letters, digits, '-' and '_'") from None
+        raise ApplicationError(f"Factory name {name!r} may only contain letters, digits, '-' and '_'") from None
     with transaction.atomic():
         if Factory.objects.filter(name=name).exists():
-            raise Conflict(f"factory {name} already exists")
+            raise Conflict(f"Factory {name} already exists")
         factory = Factory.objects.create(name=name)
         repository_init(factory=factory)
         audit_record(factory=factory, actor=actor, action="factory.create", target=name)
@@ -49,7 +49,7 @@ def repository_init(*, factory):
     now = timezone.now()
     with transaction.atomic():
         if TufRepository.objects.filter(factory=factory).exists():
-            raise Conflict(f"factory {factory.name} already has a TUF repository")
+            raise Conflict(f"Factory {factory.name} already has a TUF repository")
         for role in ROLES:
             signer = tuf_keys.key_generate()
             TufKey.objects.create(
@@ -93,7 +93,7 @@ def _custom_check(value, path="custom", depth=0):
     """`custom` is copied into every target of the build, signed as canonical JSON (which has no
     fractional numbers) and stored in PostgreSQL (which cannot hold NUL characters)."""
     if depth > CUSTOM_MAX_DEPTH:
-        raise ApplicationError(f"custom is nested more than {CUSTOM_MAX_DEPTH} levels deep")
+        raise ApplicationError(f"The custom field is nested more than {CUSTOM_MAX_DEPTH} levels deep")
     if isinstance(value, dict):
         for key, item in value.items():
             _custom_check(key, f"{path} key", depth + 1)
@@ -124,27 +124,27 @@ def ci_build_publish(*, factory, version, hardware_ids, tags, actor=None, target
     try:
         version = int(version)
     except (TypeError, ValueError):
-        raise ApplicationError(f"version {version!r} is not an integer") from None
+        raise ApplicationError(f"Version {version!r} is not an integer") from None
     if version < 1:
-        raise ApplicationError("version must be a positive integer")
+        raise ApplicationError("Version must be a positive integer")
     hardware_ids = sorted({h.strip() for h in hardware_ids if h and h.strip()})
     tags = sorted({t.strip() for t in tags if t and t.strip()})
     if not hardware_ids:
-        raise ApplicationError("a CI build needs at least one hardware ID")
+        raise ApplicationError("A CI build needs at least one hardware ID")
     if not tags:
-        raise ApplicationError("a CI build needs at least one tag")
+        raise ApplicationError("A CI build needs at least one tag")
     if custom is not None:
         if not isinstance(custom, dict):
-            raise ApplicationError("custom must be an object")
+            raise ApplicationError("The custom field must be an object")
         _custom_check(custom)
         if len(json.dumps(custom, ensure_ascii=False).encode()) > CUSTOM_MAX_BYTES:
-            raise ApplicationError(f"custom is larger than {CUSTOM_MAX_BYTES // 1024} KiB; it is copied into every target of the build")
+            raise ApplicationError(f"The custom field is larger than {CUSTOM_MAX_BYTES // 1024} KiB; it is copied into every target of the build")
     targets = targets or {}
     if (custom or {}).get("targetFormat") == "OSTREE":
         for hwid in hardware_ids:
             commit = (targets.get(hwid) or {}).get("sha256")
             if not ostree.is_stored(factory_name=factory.name, commit=commit):
-                raise ApplicationError(f"an OSTREE target's sha256 is its commit, and commit {commit} of {hwid} is not stored; upload it with `breakwater targets publish-ostree`")
+                raise ApplicationError(f"An OSTREE target's sha256 is its commit, and commit {commit} of {hwid} is not stored; upload it with `breakwater targets publish-ostree`")
     created = []
     try:
         with transaction.atomic():

@@ -36,7 +36,7 @@ def _b64(data):
 def _repository_locked(factory):
     repository = TufRepository.objects.select_for_update().filter(factory=factory).first()
     if repository is None:
-        raise NotFound(f"factory {factory.name} has no TUF repository")
+        raise NotFound(f"Factory {factory.name} has no TUF repository")
     return repository
 
 
@@ -61,7 +61,7 @@ def _root_change_begin(
     every production targets document the new root would no longer trust."""
     factory = repository.factory
     if TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).exists():
-        raise Conflict("a key change is waiting for offline signatures; sign it or abandon it first")
+        raise Conflict("A key change is waiting for offline signatures; sign it or abandon it first")
     now = timezone.now()
     keyring = Keyring(factory.id)
     version = repository.root_version + 1
@@ -105,7 +105,7 @@ def _root_change_begin(
         if not still_valid(md.parse(view.targets, Targets)):
             # A wave's targets were signed with its offline keys at init and are served as they
             # were signed; the server does not re-sign them behind their signers' backs.
-            raise Conflict(f"wave {view.wave.name} is active with fewer signatures than the new root requires; complete or cancel it first")
+            raise Conflict(f"Wave {view.wave.name} is active with fewer signatures than the new root requires; complete or cancel it first")
     change = TufRootChange.objects.create(
         factory=factory,
         action=action,
@@ -128,7 +128,7 @@ def _root_change_complete(change, repository):
 def _root_change_apply(change, repository, actor):
     factory = repository.factory
     if repository.root_version != change.base_root_version:
-        raise Conflict("the root changed since this key change began; abandon it and start again")
+        raise Conflict("The root changed since this key change began; abandon it and start again")
     now = timezone.now()
     targets_docs = [d for d in change.documents if d["kind"] in ("baseline", "production")]
     for document in targets_docs:
@@ -137,7 +137,7 @@ def _root_change_apply(change, repository, actor):
         else:
             current = TufView.objects.filter(factory=factory, kind=TufView.Kind.PRODUCTION, tag=document["tag"]).values_list("targets_hash", flat=True).first()
         if current != document["source_hash"]:
-            raise Conflict("production targets changed since this key change began; abandon it and start again")
+            raise Conflict("Production targets changed since this key change began; abandon it and start again")
     version = repository.root_version + 1
     for document in change.documents:
         if document["kind"].startswith("root-"):
@@ -208,12 +208,12 @@ def offline_key_add(*, factory, actor, role, public_key, threshold=None):
     """
     authorize(user=actor, factory=factory, action="keys.manage")
     if role not in tuf_keys.OFFLINE_ROLES:
-        raise ApplicationError(f"role must be one of {', '.join(tuf_keys.OFFLINE_ROLES)}, not {str(role)[:20]!r}")
+        raise ApplicationError(f"Role must be one of {', '.join(tuf_keys.OFFLINE_ROLES)}, not {str(role)[:20]!r}")
     key = tuf_keys.public_key_parse(public_key)
     with transaction.atomic():
         repository = _repository_locked(factory)
         if TufKey.objects.filter(factory=factory, keyid=key.keyid).exists():
-            raise Conflict(f"key {key.keyid} is already known to this factory")
+            raise Conflict(f"Key {key.keyid} is already known to this factory")
         keyring = Keyring(factory.id)
         keysets = keyring.keysets()
         offline_targets = len(offline_targets_keyids(keyring))
@@ -225,13 +225,13 @@ def offline_key_add(*, factory, actor, role, public_key, threshold=None):
             try:
                 wanted = int(wanted)
             except (TypeError, ValueError):
-                raise ApplicationError(f"threshold {str(threshold)[:20]!r} is not a whole number") from None
+                raise ApplicationError(f"Threshold {str(threshold)[:20]!r} is not a whole number") from None
             if not 2 <= wanted <= offline_targets + 2:
-                raise ApplicationError(f"the production targets threshold must be between 2 and {offline_targets + 2} (the targets keys)")
+                raise ApplicationError(f"The production targets threshold must be between 2 and {offline_targets + 2} (the targets keys)")
             production_threshold = wanted
         else:
             if threshold is not None:
-                raise ApplicationError("a threshold applies to targets keys only")
+                raise ApplicationError("A threshold applies to targets keys only")
             retire = [k.keyid for k in keysets["root"]]
             keysets["root"] = [key]
         return _root_change_begin(
@@ -262,16 +262,16 @@ def offline_key_retire(*, factory, actor, keyid):
         repository = _repository_locked(factory)
         rows = list(TufKey.objects.filter(factory=factory, keyid__startswith=keyid, retired_at__isnull=True, online=False)[:2])
         if not rows:
-            raise NotFound(f"key {keyid} is not an offline key of this factory")
+            raise NotFound(f"Key {keyid} is not an offline key of this factory")
         if len(rows) > 1:
-            raise ApplicationError(f"more than one offline key starts with {keyid}; give more of the key id")
+            raise ApplicationError(f"More than one offline key starts with {keyid}; give more of the key id")
         [row] = rows
         if row.role != "targets":
-            raise ApplicationError("the root key is replaced, not removed: add the new root key instead")
+            raise ApplicationError("The root key is replaced, not removed: add the new root key instead")
         keyring = Keyring(factory.id)
         remaining = len(offline_targets_keyids(keyring)) - 1
         if remaining < 1:
-            raise ApplicationError("this is the factory's only offline targets key; add another one before removing it")
+            raise ApplicationError("This is the factory's only offline targets key; add another one before removing it")
         keysets = keyring.keysets()
         keysets["targets"] = [key for key in keysets["targets"] if key.keyid != row.keyid]
         return _root_change_begin(
@@ -300,7 +300,7 @@ def online_key_rotate(*, factory, actor, role):
     """
     authorize(user=actor, factory=factory, action="keys.manage")
     if role not in tuf_keys.ONLINE_ROLES:
-        raise ApplicationError(f"role must be one of {', '.join(tuf_keys.ONLINE_ROLES)}, not {str(role)[:20]!r}")
+        raise ApplicationError(f"Role must be one of {', '.join(tuf_keys.ONLINE_ROLES)}, not {str(role)[:20]!r}")
     with transaction.atomic():
         repository = _repository_locked(factory)
         # The layers above refuse here what they keep signed with the key (see factory.tuf.signals).
@@ -308,7 +308,7 @@ def online_key_rotate(*, factory, actor, role):
         keyring = Keyring(factory.id)
         old = [row for row in keyring.rows if row.role == role and row.online]
         if not old:
-            raise ApplicationError(f"the factory has no online {role} key to rotate")
+            raise ApplicationError(f"The factory has no online {role} key to rotate")
         signer = tuf_keys.key_generate()
         keysets = keyring.keysets()
         old_keyids = {row.keyid for row in old}
@@ -352,19 +352,19 @@ def root_change_sign(*, factory, actor, signatures):
     """
     authorize(user=actor, factory=factory, action="keys.manage")
     if not isinstance(signatures, (list, tuple)) or not signatures:
-        raise ApplicationError("give at least one signature")
+        raise ApplicationError("Give at least one signature")
     with transaction.atomic():
         repository = _repository_locked(factory)
         change = TufRootChange.objects.select_for_update().filter(factory=factory, status=TufRootChange.Status.PENDING).first()
         if change is None:
-            raise NotFound("no key change is waiting for signatures")
+            raise NotFound("No key change is waiting for signatures")
         by_name = {d["name"]: d for d in change.documents}
         names = [n for d in change.documents for n in (d["name"], d["name"] + AKTUALIZR_SUFFIX)]
         grouped = {}
         for value in signatures:
             name = value.get("document") if isinstance(value, dict) else None
             if name not in names:
-                raise ApplicationError(f"signature for unknown document {str(name)[:80]!r}; expected one of {', '.join(names)}")
+                raise ApplicationError(f"Signature for unknown document {str(name)[:80]!r}; expected one of {', '.join(names)}")
             grouped.setdefault(name, []).append(value)
         updated, updated_aktualizr = {}, {}
         for name, values in grouped.items():
@@ -407,7 +407,7 @@ def root_change_sign_with_archive(*, factory, actor, key_archive):
     authorize(user=actor, factory=factory, action="keys.manage")
     change = TufRootChange.objects.filter(factory=factory, status=TufRootChange.Status.PENDING).first()
     if change is None:
-        raise NotFound("no key change is waiting for signatures")
+        raise NotFound("No key change is waiting for signatures")
     signers = [signer for role, signer in tuf_keys.key_archive_read(key_archive) if role in tuf_keys.OFFLINE_ROLES]
     signatures = []
     try:
@@ -420,7 +420,7 @@ def root_change_sign_with_archive(*, factory, actor, key_archive):
     finally:
         signers.clear()
     if not signatures:
-        raise ApplicationError("none of the keys in this archive can add a signature the pending change still needs", code="key_archive")
+        raise ApplicationError("None of the keys in this archive can add a signature the pending change still needs", code="key_archive")
     return root_change_sign(factory=factory, actor=actor, signatures=signatures)
 
 
@@ -429,7 +429,7 @@ def root_change_abandon(*, factory, actor):
     with transaction.atomic():
         change = TufRootChange.objects.select_for_update().filter(factory=factory, status=TufRootChange.Status.PENDING).first()
         if change is None:
-            raise NotFound("no key change is waiting for signatures")
+            raise NotFound("No key change is waiting for signatures")
         change.status, change.finished_at = TufRootChange.Status.ABANDONED, timezone.now()
         if change.new_key:
             # An abandoned online key rotation's new private key is never needed again.

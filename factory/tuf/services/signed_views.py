@@ -82,7 +82,7 @@ def production_anchor(factory_id, tag, *, keyring=None, now=None):
     now = now or timezone.now()
     repository = TufRepository.objects.filter(factory_id=factory_id).first()
     if repository is None:
-        raise NotFound("this factory has no TUF repository")
+        raise NotFound("This factory has no TUF repository")
     view = TufView(factory_id=factory_id, kind=TufView.Kind.PRODUCTION, tag=tag, baseline=True, staging_token=token_new())
     if tag != EMPTY_TAG:
         production_tag_admit(factory_id=factory_id, tag=tag)
@@ -118,7 +118,7 @@ def production_tag_admit(*, factory_id, tag, open_wave_tags=()):
     if tag in tags or len(tags) < max_tags():
         return
     raise Conflict(
-        f"this factory already has {max_tags()} production tags (BREAKWATER_TUF_MAX_TAGS); tag {tag} would be one more: "
+        f"This factory already has {max_tags()} production tags (BREAKWATER_TUF_MAX_TAGS); tag {tag} would be one more: "
         "release on an existing tag, or raise the limit"
     )
 
@@ -233,7 +233,7 @@ def ci_view_publish(*, factory):
     with transaction.atomic():
         view = TufView.objects.select_for_update().filter(factory=factory, kind=TufView.Kind.CI).first()
         if view is None:
-            raise NotFound(f"factory {factory.name} has no TUF repository")
+            raise NotFound(f"Factory {factory.name} has no TUF repository")
         keyring = Keyring(factory.id)
         ci_targets_sign(view, keyring, now, version=view.targets_version + 1)
         view_sign(view, keyring, version=next_version(view, now), now=now)

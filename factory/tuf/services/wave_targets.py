@@ -24,7 +24,7 @@ def _keyring_with_offline_key(factory):
     keyring = Keyring(factory.id)
     if not offline_targets_keyids(keyring):
         raise ApplicationError(
-            "this factory has no offline targets key yet; create one first (breakwater keys rotate-offline-key --role targets)"
+            "This factory has no offline targets key yet; create one first (breakwater keys rotate-offline-key --role targets)"
         )
     return keyring
 
@@ -79,7 +79,7 @@ def rerelease_targets_build(*, factory, tag, build_version, version, prune=(), e
     if not originals:
         originals = _ci_build_files(factory, tag, build_version, source_tag)
     if not originals:
-        raise NotFound(f"build {build_version} is neither in the production targets of tag {tag} nor a CI build tagged {source_tag or tag}")
+        raise NotFound(f"Build {build_version} is neither in the production targets of tag {tag} nor a CI build tagged {source_tag or tag}")
     for original in originals:
         custom = dict(original.custom) if isinstance(original.custom, dict) else {}
         source_name, source_version = md.content_source(original.path, custom)
@@ -113,13 +113,13 @@ def wave_signatures_add(*, factory, targets_bytes, signatures, aktualizr_signatu
     bytes, whether the production root's targets threshold is now met in both flavours).
     """
     if not isinstance(signatures or [], (list, tuple)) or not isinstance(aktualizr_signatures or [], (list, tuple)):
-        raise ApplicationError("signatures must be a list of objects with keyid and sig")
+        raise ApplicationError("Signatures must be a list of objects with keyid and sig")
     signatures, aktualizr_signatures = list(signatures or []), list(aktualizr_signatures or [])
     unpaired = _keyids(signatures) ^ _keyids(aktualizr_signatures)
     if unpaired:
         keyid = sorted(str(k) for k in unpaired)[0][:64]
         raise ApplicationError(
-            f"key {keyid} signed only one of the wave's two payloads: sign both signing_payload and aktualizr_signing_payload "
+            f"Key {keyid} signed only one of the wave's two payloads: sign both signing_payload and aktualizr_signing_payload "
             "with every key (the aktualizr flavour is what aktualizr-lite devices verify)"
         )
     targets = md.parse(targets_bytes, Targets, "the wave's targets")
@@ -166,11 +166,11 @@ def _servable_wave_targets(wave, keyring, now):
     targets = md.parse(wave.targets, Targets, f"wave {wave.name}'s targets")
     root = root_current(factory_id=wave.factory_id, channel=Channel.PRODUCTION).signed
     if not production_threshold_met(root, targets, keyring.online_keyids()):
-        raise ApplicationError(f"wave {wave.name} is not signed by enough offline targets keys; devices cannot be served it")
+        raise ApplicationError(f"Wave {wave.name} is not signed by enough offline targets keys; devices cannot be served it")
     if targets.signed.version != wave.version:
-        raise ApplicationError(f"wave {wave.name}'s targets are version {targets.signed.version}, not {wave.version}")
+        raise ApplicationError(f"Wave {wave.name}'s targets are version {targets.signed.version}, not {wave.version}")
     if md.is_expired(targets, now):
-        raise ApplicationError(f"wave {wave.name}'s targets expired on {targets.signed.expires:%Y-%m-%d}; devices would refuse them")
+        raise ApplicationError(f"Wave {wave.name}'s targets expired on {targets.signed.expires:%Y-%m-%d}; devices would refuse them")
     return targets
 
 
