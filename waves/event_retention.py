@@ -56,9 +56,9 @@ def retention_days(days=None):
     try:
         days = float(days)
     except (TypeError, ValueError):
-        raise ApplicationError(f"the event retention must be a number of days, not {str(days)[:40]!r}") from None
+        raise ApplicationError(f"The event retention must be a number of days, not {str(days)[:40]!r}") from None
     if not days >= 0 or days == float("inf"):
-        raise ApplicationError(f"the event retention must be 0 (keep for ever) or a positive number of days, not {days:g}")
+        raise ApplicationError(f"The event retention must be 0 (keep for ever) or a positive number of days, not {days:g}")
     return days
 
 
@@ -74,7 +74,7 @@ def device_events_purge(*, now=None, days=None, batch=BATCH, max_batches=None, a
     now = now or timezone.now()
     days = retention_days(days)
     if batch < 1:
-        raise ApplicationError("a purge batch must hold at least one event")
+        raise ApplicationError("A purge batch must hold at least one event")
     if not days:
         return Purge(cutoff=None, dry_run=dry_run, position=after)
     purge = Purge(cutoff=now - timedelta(days=days), waves_since=now - max(timedelta(days=days), FOLLOW_FINISHED), dry_run=dry_run, position=after)
