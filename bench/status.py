@@ -115,10 +115,10 @@ def stage(wave):
         for event_type, success, where, seconds in steps:
             cursor.execute(
                 f"""
-                INSERT INTO devices_deviceevent (factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at)
+                INSERT INTO devices_deviceevent (factory_id, device_id, event_type, target_name, target_version, success, detail, reported_at, received_at, event_id)
                 SELECT %(factory)s, id, %(type)s, hardware_id || '-lmp-42', 42, {success},
                        CASE WHEN {success} IS FALSE THEN (ARRAY{list(REASONS)!r})[1 + id %% 5] ELSE '' END,
-                       %(since)s + make_interval(secs => %(seconds)s + id %% 600), now()
+                       %(since)s + make_interval(secs => %(seconds)s + id %% 600), now(), ''
                   FROM bench_staged WHERE {where}
                 """,
                 {"factory": wave.factory_id, "type": event_type, "since": since, "seconds": seconds},
