@@ -372,3 +372,12 @@ def test_a_full_group_rollout_survives_a_broker_that_is_down(factory, bob, fleet
         result = wave_rollout(wave=wave, actor=bob, group="beta")
     assert WaveGroup.objects.filter(wave=wave, group__name="beta", rollout=result.rollout).exists()
     assert Rollout.objects.get(pk=result.rollout.pk).device_count is None
+
+
+def test_a_group_staged_as_a_whole_leaves_no_device_for_its_limited_rollouts(factory, bob, fleet100, wave):
+    wave_rollout(wave=wave, actor=bob, group="beta")
+    assert wave_rollout(wave=wave, actor=bob, group="beta", limit=5, dry_run=True).count == 0
+    with pytest.raises(ApplicationError, match="No device matches this rollout"):
+        wave_rollout(wave=wave, actor=bob, group="beta", limit="50%")
+    # Another group's limited rollout still samples its own devices.
+    assert wave_rollout(wave=wave, actor=bob, group="canary", limit=2).count == 2
