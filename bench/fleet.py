@@ -9,8 +9,9 @@ own. Load one ahead of a run (it is loaded on first use anyway):
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/breakwater_bench_10m .venv/bin/python bench/fleet.py --devices 10000000
 
-Measured on the 2-core development VM: 1,000,000 devices load in about 30 s and take 0.5 GB
-with their indexes; 10,000,000 in about 6 minutes and 5 GB.
+Measured on the 2-core development VM: 1,000,000 devices load in about 30 s on a quiet machine
+and take 0.5 GiB with their indexes; 10,000,000 took 19 minutes at a load average of 8 to 11
+and take 4.5 GiB.
 """
 import argparse
 import os
