@@ -33,7 +33,7 @@ from devices.services import registration_token_create
 from factory.models import Role
 from factory.services import api_token_create, user_create
 from factory.tuf.services.repository import ci_build_publish, factory_create
-from tests.processes import Browser, database_url, free_port
+from tests.processes import Browser, database_url, free_port, wait_until
 from tests.tuf_helpers import offline_targets_key
 from tests.waves.conftest import HWIDS, make_wave
 
@@ -139,18 +139,7 @@ def worker_process(name, folder):
 
 
 def wait_for(condition, timeout, what, processes=()):
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for process in processes:
-            process.check_alive()
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name}\n{p.text()[-1500:]}" for p in processes)
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
-        time.sleep(0.1)
+    return wait_until(condition, timeout=timeout, what=what, processes=processes)
 
 
 def _web_ready(process):
