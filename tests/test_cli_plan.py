@@ -106,7 +106,7 @@ def test_pause_resume_and_a_halt_on_screen(cli, tokens, factory, wave):
     fleet.update(fleet.staged(1), t0, fail_rate=0.4)
     plan_evaluate(plan=plan_get(wave=wave), now=t0 + timedelta(minutes=1))
     shown = cli("waves", "plan", "show", wave.name, token=bob)
-    assert shown.out.startswith("HALTED: phase 1 (us-east canary) failed its gates: failures ≤ 10%: 40% (2 failed of 5)")
+    assert shown.out.startswith("HALTED: Phase 1 (us-east canary) failed its gates: failures ≤ 10%: 40% (2 failed of 5)")
     assert "!! failures ≤ 10%" in shown.out
     need_reason = cli("waves", "plan", "resume", wave.name, token=bob)
     assert need_reason.code == 1 and "Say why" in need_reason.err

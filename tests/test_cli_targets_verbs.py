@@ -37,7 +37,7 @@ def test_prune_dryrun_then_prune_keeping_what_the_open_wave_needs(cli, factory, 
     assert versions(factory) == [42, 44]
     assert AuditEntry.objects.get(action="targets.prune").target == "41,43"
 
-    assert "Build 43 was pruned" in one_sentence_error(cli("targets", "prune", 43, token=tokens["bob"]))
+    assert "build 43 was pruned" in one_sentence_error(cli("targets", "prune", 43, token=tokens["bob"]))
     json_out = cli("targets", "prune", 42, "--dry-run", "--json", token=tokens["dave"])
     assert json_out.code == 0 and '"reason": "released by active wave v2"' in json_out.out
 

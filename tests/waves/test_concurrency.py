@@ -84,6 +84,6 @@ def test_marking_a_build_bad_waits_for_a_rollout_that_passed_the_check(factory, 
     if errors[0] is None:
         assert results[0].rollout.created_at < bad.marked_at  # the rollout went first, whole
     else:
-        assert "build 42 is marked bad" in errors[0].message and not WaveDevice.objects.filter(wave=wave).exists()
-    with pytest.raises(ApplicationError, match="build 42 is marked bad"):
+        assert "Build 42 is marked bad" in errors[0].message and not WaveDevice.objects.filter(wave=wave).exists()
+    with pytest.raises(ApplicationError, match="Build 42 is marked bad"):
         wave_rollout(wave=wave, actor=bob, limit=10)
