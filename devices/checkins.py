@@ -372,6 +372,22 @@ def _checkin_refused(item, error):
     )
 
 
+def _devices_locked_first(device_ids):
+    """Take the devices' key-share locks before a write to a table that refers to them.
+
+    An insert into reports or events locks its own table, then its foreign-key check locks the
+    device rows; a statement that locks the device table first and the referring table next (a
+    TRUNCATE, an ALTER TABLE of a migration) would then wait on the flush while the flush waits
+    on it: a deadlock, in which PostgreSQL aborts one of the two. Locking the devices first puts
+    the flush in the same order, so it only waits.
+    """
+    if connection.vendor != "postgresql":
+        return
+    ids = sorted({i for i in device_ids if isinstance(i, int) and not isinstance(i, bool)})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM devices_device WHERE id = ANY(%s) FOR KEY SHARE", [ids])
+
+
 def _isolated(items, write, refused, handled):
     """Write `items` with `write(part) -> count`; a part the database refuses is halved and each
     half tried again, each attempt in a transaction (a savepoint) of its own, down to the single
@@ -493,6 +509,7 @@ def clients_write(checkins):
                     changed.append((device_id, (report, c, factory_id)))
 
             def upsert(part):
+                _devices_locked_first([device_id for device_id, _ in part])
                 reports = [report for _, (report, _, _) in part]
                 return len(DeviceReport.objects.bulk_create(reports, update_conflicts=True, unique_fields=["device", "kind"], update_fields=["content", "received_at"]))
 
@@ -636,6 +653,7 @@ def events_write(rows):
         events = unique
 
         def insert(part):
+            _devices_locked_first([event.device_id for _, event in part])
             return len(DeviceEvent.objects.bulk_create([event for _, event in part]))
 
         def refused(item, error):

