@@ -65,6 +65,8 @@ class Device(models.Model):
             models.Index(fields=["group", "sample_key"], name="device_group_sample"),
             models.Index(fields=["factory", "tag", "target_version"], name="device_tag_version"),
             models.Index(fields=["factory", "name"], name="device_name"),
+            # The devices that joined a group lately: the wave status counts them apart (waves/status.py).
+            models.Index(fields=["group", "created_at"], name="device_group_joined"),
         ]
 
     def __str__(self):
@@ -77,6 +79,29 @@ class Device(models.Model):
             return self.certificate_record.pem
         except DeviceCertificate.DoesNotExist:
             return ""
+
+
+class FleetCount(models.Model):
+    """How many production devices share one combination of the columns the wave status reads:
+    tag, group, version, targets version served and the minute last seen. Kept by the database
+    itself on PostgreSQL (triggers of migration 0009, in the transaction of every device write),
+    so the status reads a few hundred rows instead of the fleet (waves/status_counts.py).
+
+    Rows are deltas, only ever inserted by the writers, so concurrent writers never wait on one
+    another's counts: a key's count is the sum of its rows, and the status cycle folds each key's
+    rows into one (`status_counts.counts_compact`). "None" is 0 for the group and -1 for the
+    others; the factory is a plain id, as the rows of a deleted factory net to nothing."""
+
+    factory_id = models.BigIntegerField()
+    tag = models.CharField(max_length=64)
+    group_id = models.BigIntegerField()
+    target_version = models.BigIntegerField()
+    targets_seen = models.BigIntegerField()
+    seen_minute = models.BigIntegerField()
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["factory_id", "tag"], name="fleetcount_tag")]
 
 
 class DeviceCertificate(models.Model):

@@ -38,6 +38,9 @@ class Wave(models.Model):
     # When failed devices were last offered the wave again (WaveRetry); null: never, so the
     # status reads skip the per-report retry check (waves/outcomes.py).
     retried_at = models.DateTimeField(null=True, blank=True)
+    # The database keeps this wave's status counts (WaveActivity, WaveActivityCount) up to date:
+    # from its creation until it has been finished longer than the status follows it.
+    counts_ready = models.BooleanField(default=True)
 
     class Meta:
         constraints = [
@@ -96,6 +99,49 @@ class WaveDevice(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["wave", "device"], name="wavedevice_once_per_wave")]
+
+
+class WaveActivity(models.Model):
+    """What one device did in one wave: the furthest step it reported on the wave's version (1
+    download, 2 install), its last success, failure and report, and the rollout that staged it
+    on its own. Only devices with such activity have a row. Kept by the database on PostgreSQL
+    (migration 0008's triggers on events, stagings and retries), for the waves whose counts it
+    keeps (`Wave.counts_ready`)."""
+
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="+")
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+", db_index=False)
+    progress = models.SmallIntegerField(default=0)
+    last_success = models.DateTimeField(null=True)
+    last_failure = models.DateTimeField(null=True)
+    last_report = models.DateTimeField(null=True)
+    # The staging's rollout, as a plain id: rollouts are never deleted without their wave.
+    rollout_id = models.BigIntegerField(null=True)
+
+    class Meta:
+        # Led by the device: every device write looks up the device's activity.
+        constraints = [models.UniqueConstraint(fields=["device", "wave"], name="waveactivity_once_per_device_wave")]
+
+
+class WaveActivityCount(models.Model):
+    """How many production devices on the wave's tag with activity share one key: the device's
+    FleetCount columns (devices/models.py) and their activity's step, outcome, staging rollout
+    and the minute of the last report (kept only while it can still make the device stuck).
+    "None" is 0 or -1. Delta rows, as FleetCount's; the wave is a plain id, so a wave deleted
+    with its activity leaves rows that net to nothing, which the compaction drops."""
+
+    wave_id = models.BigIntegerField()
+    group_id = models.BigIntegerField()
+    target_version = models.BigIntegerField()
+    targets_seen = models.BigIntegerField()
+    seen_minute = models.BigIntegerField()
+    progress = models.SmallIntegerField()
+    failed = models.BooleanField()
+    rollout_id = models.BigIntegerField()
+    since_minute = models.BigIntegerField()
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["wave_id"], name="waveactivitycount_wave")]
 
 
 class WaveGroup(models.Model):

@@ -18,6 +18,7 @@ from factory.tuf import selectors as tuf_selectors
 from factory.tuf.services import wave_targets
 
 from .models import Rollout, Wave, WaveDevice, WaveGroup
+from .status_counts import minute_floor
 
 NO_GROUP = "(No Group)"
 
@@ -30,7 +31,8 @@ def offline_cutoff(offline_threshold_hours=None):
         raise ApplicationError(f"Offline threshold {str(hours)[:20]!r} is not a number of hours") from None
     if not 0 < hours <= 24 * 365:
         raise ApplicationError("The offline threshold must be between 0 and 8760 hours")
-    return timezone.now() - timedelta(hours=hours)
+    # Whole minutes: the wave status counts devices by the minute they were last seen.
+    return minute_floor(timezone.now() - timedelta(hours=hours))
 
 
 def wave_get(*, factory, name):

@@ -6,34 +6,43 @@ Every device on the wave's tag is in exactly one of the states of waves/states.p
 installing or offline, and nothing has happened since: it was staged, or last reported
 progress, longer ago than the stuck threshold.
 """
+import logging
 import math
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connections, router, transaction
+from django.db import transaction
 from django.db.models import F, Max, Min, Q
 from django.db.models.functions import Mod
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from devices.models import Device, DeviceGroup
+from devices.models import DeviceGroup
 from factory.auth import authorize
 from factory.plurals import counted
 
 from . import rereleases
 from .models import Rollout, Wave, WaveStatusSample
 from .outcomes import (
-    failed_sql,
     failure_sql,
-    fetched_sql,
     outcome_params,
     sql_time,
-    success_sql,
     updated_sql,
     version_updated,
     wave_report_sql,
+)
+from .status_counts import (
+    as_datetime,
+    connection_for_reads,
+    counts_compact,
+    counts_kept,
+    fleet_counts_rebuild,
+    minute_floor,
+    parts_counted,
+    parts_recounted,
+    wave_counts_drop,
+    wave_counts_rebuild,
 )
 from .selectors import NO_GROUP, factory_status, group_order, offline_cutoff
 from .states import STATES
@@ -47,21 +56,14 @@ REASON_CHARS = 80
 OTHER_REASONS = "(other reasons)"
 SERIES_POINTS = 400
 
+logger = logging.getLogger(__name__)
+
 
 # --- SQL helpers ---------------------------------------------------------------------------------
 
 
-def _as_datetime(value):
-    if value is None or isinstance(value, datetime):
-        return value if value is None or timezone.is_aware(value) else timezone.make_aware(value, dt_timezone.utc)
-    parsed = parse_datetime(str(value))
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, dt_timezone.utc)
-
-
-def _connection():
-    """Where these statements run: where the ORM reads devices (a read replica for the pages that
-    allow one, factory/replica.py), so a status read and its raw SQL use the same copy."""
-    return connections[router.db_for_read(Device)]
+_as_datetime = as_datetime
+_connection = connection_for_reads
 
 
 def _rows(sql, params):
@@ -70,81 +72,9 @@ def _rows(sql, params):
         return cursor.fetchall()
 
 
-# Per device that reported on the wave's version since the wave was created, or was staged on
-# its own: the furthest step reported (1 download, 2 install), its last success and last failure,
-# the last report, and when it was staged. One subquery, so the pass over the devices probes a
-# single hash table.
-_ACTIVITY = f"""
-SELECT device_id, MAX(progress) AS progress, MAX(last_success) AS last_success, MAX(last_failure) AS last_failure,
-       MAX(last_report) AS last_report, MAX(staged_at) AS staged_at
-  FROM (
-    SELECT e.device_id,
-           CASE WHEN e.event_type IN ('install-started', 'install-applied', 'install-completed') THEN 2 ELSE 1 END AS progress,
-           CASE WHEN {success_sql("e")} THEN e.reported_at END AS last_success,
-           CASE WHEN {failure_sql("e")} THEN e.reported_at END AS last_failure,
-           e.reported_at AS last_report,
-           NULL AS staged_at
-      FROM devices_deviceevent e
-     WHERE {wave_report_sql("e")}
-    UNION ALL
-    SELECT wd.device_id, NULL, NULL, NULL, NULL, r.created_at
-      FROM waves_wavedevice wd JOIN waves_rollout r ON r.id = wd.rollout_id
-     WHERE wd.wave_id = %(wave)s
-  ) activity
- GROUP BY device_id
-"""
-
 _STAGED_GROUPS = """
 SELECT wg.group_id, wg.rollout_id, r.created_at FROM waves_wavegroup wg JOIN waves_rollout r ON r.id = wg.rollout_id WHERE wg.wave_id = %(wave)s
 """
-
-# Most devices of a fleet have no activity in the wave: no report on its version, no staging of
-# their own. Their state follows from a few columns (version, online, fetched the wave's
-# targets, joined before the stuck threshold) and whether their group was fully rolled out, so
-# the pass over the fleet only counts devices per group and such "cell"; the devices with
-# activity, looked up by primary key, are counted apart with their exact state, and are taken
-# out of their cell. One statement (UNION ALL), so both parts see the same database.
-#
-# cell = online * 1 + fetched the wave's targets * 2 + joined before the stuck threshold * 4
-# code = state * 4 + online * 2 + stuck
-_CELL = f"""
-       CASE WHEN d.last_seen >= %(cutoff)s THEN 1 ELSE 0 END
-       + CASE WHEN {fetched_sql("d")} THEN 2 ELSE 0 END
-       + CASE WHEN d.created_at < %(stuck_cutoff)s THEN 4 ELSE 0 END"""
-
-_STATES_SQL = """
-SELECT 0, d.group_id, d.target_version, {cell}, NULL, COUNT(*), NULL
-  FROM devices_device d
- WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
- GROUP BY 1, 2, 3, 4
-UNION ALL
-SELECT 1, d.group_id, d.target_version, {cell},
-       CASE
-         WHEN {is_updated} THEN {updated}
-         WHEN {is_failed} THEN {failed}
-         WHEN {held} THEN {held_code}
-         WHEN a.progress = 2 THEN {installing}
-         WHEN a.progress = 1 THEN {downloading}
-         WHEN d.last_seen IS NULL OR d.last_seen < %(cutoff)s THEN {offline}
-         WHEN {scheduled} THEN {scheduled_code}
-         ELSE {not_scheduled}
-       END * 4
-       + CASE WHEN d.last_seen >= %(cutoff)s THEN 2 ELSE 0 END
-       + CASE
-           WHEN ({scheduled})
-            AND NOT {is_updated}
-            AND NOT {is_failed}
-            AND COALESCE(a.last_report, {waiting_since}) < %(stuck_cutoff)s THEN 1
-           ELSE 0
-         END,
-       COUNT(*),
-       MIN(a.staged_at)
-  FROM ({activity}) a
-  JOIN devices_device d ON d.id = a.device_id
- WHERE d.factory_id = %(factory)s AND d.is_production AND d.tag = %(tag)s
- GROUP BY 1, 2, 3, 4, 5
-"""
-STATE_CODES = {state: code for code, state in enumerate(STATES)}
 
 # The latest outcome of each failed device: its failure. A success at the same moment wins, as
 # in waves/outcomes.py.
@@ -204,35 +134,16 @@ def _nearest_rank(p, n):
 # --- snapshots -------------------------------------------------------------------------------
 
 
-def _state_conditions(wave, staged_groups, params):
-    """SQL for "scheduled", "held" and since when a device has been waiting, by the wave's
-    status; `staged_groups` ({group id: rollout time}) go into `params`."""
-    if staged_groups:
-        ids = ", ".join(str(int(group_id)) for group_id in staged_groups)
-        whens = []
-        for group_id, created_at in staged_groups.items():
-            params[f"group_{int(group_id)}"] = sql_time(created_at)
-            whens.append(f"WHEN {int(group_id)} THEN %(group_{int(group_id)})s")
-        in_group, group_time = f"d.group_id IN ({ids})", f"CASE d.group_id {' '.join(whens)} END"
-    else:
-        in_group, group_time = "1 = 0", "NULL"
-    staged = f"(a.staged_at IS NOT NULL OR {in_group})"
-    # A device that joined a fully rolled-out group later was staged when it joined.
-    staged_at = f"COALESCE(a.staged_at, CASE WHEN d.created_at > {group_time} THEN d.created_at ELSE {group_time} END)"
-    if wave.status == Wave.Status.ACTIVE:
-        return {"scheduled": staged, "held": "1 = 0", "waiting_since": staged_at}
-    if wave.status == Wave.Status.COMPLETE:
-        # The wave's targets are the tag's production targets: every device on the tag gets them.
-        return {"scheduled": "1 = 1", "held": "1 = 0", "waiting_since": f"COALESCE({staged_at}, %(finished)s)"}
-    held = f"{staged} AND {fetched_sql('d')}" if wave.status == Wave.Status.CANCELED else "1 = 0"
-    return {"scheduled": "1 = 0", "held": held, "waiting_since": staged_at}
-
-
 def _params(wave, *, now, cutoff, stuck_cutoff):
+    # Whole minutes, the granularity of the counts (waves/status_counts.py), so counted and
+    # recounted states agree to the device.
+    cutoff, stuck_cutoff = minute_floor(cutoff), minute_floor(stuck_cutoff)
     return {
         **outcome_params(wave),
         "cutoff": sql_time(cutoff),
         "stuck_cutoff": sql_time(stuck_cutoff),
+        "cutoff_at": cutoff,
+        "stuck_cutoff_at": stuck_cutoff,
         "finished": sql_time(wave.finished_at or now),
     }
 
@@ -241,13 +152,18 @@ def _empty_states():
     return {state: 0 for state in STATES}
 
 
+def _scheduled(wave, staged):
+    """Whether a device staged (or not) in the wave is scheduled to update, by the wave's status."""
+    return wave.status == Wave.Status.COMPLETE or (wave.status == Wave.Status.ACTIVE and staged)
+
+
 def _default_state(wave, group_staged, version, cell):
-    """(state, waiting to update) of a device with no activity in the wave, from its cell: the
-    rules of the SQL above for a device without reports and without a staging of its own."""
+    """(state, waiting to update) of a device with no activity in the wave, from its cell: version,
+    online (1), fetched the wave's targets (2), and whether its group was fully rolled out."""
     online, fetched = bool(cell & 1), bool(cell & 2)
     if version_updated(version, wave):
         return "updated", False
-    scheduled = (wave.status == Wave.Status.ACTIVE and group_staged is not None) or wave.status == Wave.Status.COMPLETE
+    scheduled = _scheduled(wave, group_staged is not None)
     if wave.status == Wave.Status.CANCELED and group_staged is not None and fetched:
         state = "held"
     elif not online:
@@ -257,52 +173,120 @@ def _default_state(wave, group_staged, version, cell):
     return state, scheduled
 
 
-def _states(wave, params):
+def _activity_state(wave, version, cell, progress, failed, staged):
+    """(state, scheduled) of a device with activity in the wave: its reports' furthest step and
+    outcome, and whether it was staged (on its own or with its group). The states exclude each
+    other in this order (waves/states.py)."""
+    scheduled = _scheduled(wave, staged)
+    if version_updated(version, wave):
+        return "updated", scheduled
+    if failed:
+        return "failed", scheduled
+    if wave.status == Wave.Status.CANCELED and staged and cell & 2:
+        return "held", scheduled
+    if progress == 2:
+        return "installing", scheduled
+    if progress == 1:
+        return "downloading", scheduled
+    if not cell & 1:
+        return "offline", scheduled
+    return ("scheduled" if scheduled else "not_scheduled"), scheduled
+
+
+_ROLLOUTS = "SELECT r.id, r.created_at FROM waves_rollout r WHERE r.wave_id = %(wave)s"
+
+
+def _states(wave, params, *, counted=None):
+    """{group id: row} of `group_states`, from the counts the database keeps for the wave or, with
+    `counted` false (or where none are kept), recounted from the rows."""
+    if counted is None:
+        counted = counts_kept(wave, _connection())
+    fleet, defaults, activity = parts_counted(params) if counted else parts_recounted(params)
     staged_groups = {group_id: _as_datetime(created_at) for group_id, _, created_at in _rows(_STAGED_GROUPS, params)}
-    params = dict(params)
-    conditions = _state_conditions(wave, staged_groups, params)
-    codes = {name: STATE_CODES[name] for name in ("updated", "failed", "installing", "downloading", "offline", "not_scheduled")}
-    codes.update(held_code=STATE_CODES["held"], scheduled_code=STATE_CODES["scheduled"])
-    sql = _STATES_SQL.format(activity=_ACTIVITY, cell=_CELL, is_updated=updated_sql("d"), is_failed=failed_sql("a"), **codes, **conditions)
+    rollout_times = {rollout_id: _as_datetime(created_at) for rollout_id, created_at in _rows(_ROLLOUTS, params)}
+    stuck_cutoff = params["stuck_cutoff_at"]
+    finished = wave.finished_at or _as_datetime(params["finished"])
     groups = defaultdict(lambda: {"states": _empty_states(), "total": 0, "online": 0, "stuck": 0, "versions": defaultdict(int), "rollout_time": None})
-    cells, active = defaultdict(int), defaultdict(int)
-    for part, group_id, version, cell, code, count, staged_at in _rows(sql, params):
-        if part == 0:
-            cells[(group_id, version, cell)] += count
-            continue
-        active[(group_id, version, cell)] += count
-        row = groups[group_id]
-        row["states"][STATES[code // 4]] += count
-        row["stuck"] += count if code & 1 else 0
-        staged_at = _as_datetime(staged_at)
-        if staged_at is not None and (row["rollout_time"] is None or staged_at < row["rollout_time"]):
-            row["rollout_time"] = staged_at
-    stuck_cutoff = _as_datetime(params["stuck_cutoff"])
-    finished_long_ago = wave.finished_at is not None and wave.finished_at < stuck_cutoff
-    for (group_id, version, cell), count in cells.items():
+    for (group_id, version, cell), count in fleet.items():
         row = groups[group_id]
         row["total"] += count
         row["online"] += count if cell & 1 else 0
         row["versions"]["none" if version is None else str(version)] += count
-        rest = count - active[(group_id, version, cell)]
-        if not rest:
-            continue
+    finished_long_ago = wave.finished_at is not None and wave.finished_at < stuck_cutoff
+    for (group_id, version, cell), count in defaults.items():
+        row = groups[group_id]
         group_time = staged_groups.get(group_id)
         state, waiting = _default_state(wave, group_time, version, cell)
-        row["states"][state] += rest
+        row["states"][state] += count
         if waiting:
-            # Staged with the group: waiting since the rollout, or since joining the group later.
+            # Staged with the group: waiting since the rollout, or since joining the group later (4).
             if group_time is not None:
                 stuck = group_time < stuck_cutoff and bool(cell & 4)
             else:
                 stuck = finished_long_ago
-            row["stuck"] += rest if stuck else 0
+            row["stuck"] += count if stuck else 0
+    for (group_id, version, cell, progress, failed, rollout_id, stuck_by_report), count in activity.items():
+        row = groups[group_id]
+        staged_at = rollout_times.get(rollout_id)
+        group_time = staged_groups.get(group_id)
+        state, scheduled = _activity_state(wave, version, cell, progress, failed, staged_at is not None or group_time is not None)
+        row["states"][state] += count
+        if scheduled and state not in ("updated", "failed"):
+            # Stuck: nothing reported since the stuck threshold, or nothing at all since staged.
+            if stuck_by_report is None:
+                since = staged_at or group_time or (finished if wave.status == Wave.Status.COMPLETE else None)
+                stuck_by_report = since is not None and since < stuck_cutoff
+            row["stuck"] += count if stuck_by_report else 0
+        if staged_at is not None and (row["rollout_time"] is None or staged_at < row["rollout_time"]):
+            row["rollout_time"] = staged_at
     for group_id, created_at in staged_groups.items():
         # The group's rollout time: its earliest rollout, of the whole group or of some devices.
         row = groups.get(group_id)
         if row is not None and (row["rollout_time"] is None or created_at < row["rollout_time"]):
             row["rollout_time"] = created_at
     return groups
+
+
+def wave_counts_check(*, wave, now=None, repair=True):
+    """Prove the wave's counts: the states read from them against a full recount, in one snapshot
+    of the database. Returns the differences ({} when they agree); with `repair`, counts that
+    disagree are rebuilt (and the disagreement logged: it means a write the triggers missed)."""
+    now = now or timezone.now()
+    if not counts_kept(wave, _connection()):
+        return {}
+    params = _params(wave, now=now, cutoff=offline_cutoff(), stuck_cutoff=now - timedelta(minutes=float(settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES)))
+    connection = _connection()
+    own = not connection.in_atomic_block
+    with transaction.atomic(using=connection.alias):
+        with connection.cursor() as cursor:
+            if own:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            fleet_counted, _, _ = parts_counted(params)
+            fleet_recounted, _, _ = parts_recounted(params)
+            counted, recounted = _states(wave, params, counted=True), _states(wave, params, counted=False)
+    differences = {}
+    if dict(fleet_counted) != dict(fleet_recounted):
+        differences["fleet"] = _differences(fleet_counted, fleet_recounted)
+    for group_id in set(counted) | set(recounted):
+        mine, theirs = _comparable(counted.get(group_id)), _comparable(recounted.get(group_id))
+        if mine != theirs:
+            differences[group_id] = {"counted": mine, "recounted": theirs}
+    if differences and repair:
+        logger.warning("the status counts of wave %s disagreed with a recount and were rebuilt: %r", wave.pk, differences)
+        if "fleet" in differences:
+            fleet_counts_rebuild(factory_id=wave.factory_id)
+        wave_counts_rebuild(wave=wave)
+    return differences
+
+
+def _differences(counted, recounted):
+    return {repr(key): (counted.get(key, 0), recounted.get(key, 0)) for key in set(counted) | set(recounted) if counted.get(key, 0) != recounted.get(key, 0)}
+
+
+def _comparable(row):
+    if row is None:
+        return None
+    return {**row, "versions": dict(row["versions"])}
 
 
 def group_states(*, wave, cutoff, now=None, stuck_after_minutes=None):
@@ -531,6 +515,37 @@ def wave_is_followed(wave, *, now=None):
     return wave.status == Wave.Status.ACTIVE or (
         wave.status in (Wave.Status.COMPLETE, Wave.Status.CANCELED) and wave.finished_at is not None and wave.finished_at >= now - FOLLOW_FINISHED
     )
+
+
+def status_counts_upkeep(*, now=None):
+    """Once an interval: fold the counts' delta rows and stop keeping the counts of waves the
+    status no longer follows (their rows would only slow every device write)."""
+    now = now or timezone.now()
+    dropped = 0
+    for wave in Wave.objects.filter(counts_ready=True).exclude(pk__in=waves_followed(now=now).values("pk")).only("pk"):
+        wave_counts_drop(wave=wave)
+        dropped += 1
+    counts_compact(now=now)
+    return dropped
+
+
+def wave_counts_ready(*, wave, now=None):
+    """Have the database keep a followed wave's counts (a wave from before they were kept, or
+    dropped and followed again): rebuilt once, then kept as rows are written."""
+    if not wave.counts_ready and wave_is_followed(wave, now=now) and _connection().vendor == "postgresql":
+        wave_counts_rebuild(wave=wave)
+    return wave.counts_ready
+
+
+def status_counts_check_all(*, now=None):
+    """The periodic proof: every followed wave's counts against a full recount, repaired where
+    they differ. Returns {wave id: differences} of the waves that differed."""
+    out = {}
+    for wave in waves_followed(now=now):
+        differences = wave_counts_check(wave=wave, now=now)
+        if differences:
+            out[wave.pk] = differences
+    return out
 
 
 # --- the factory status, kept warm -------------------------------------------------------------

@@ -5,7 +5,9 @@ Beat runs `wave_status_schedule` every BREAKWATER_STATUS_INTERVAL_SECONDS; it se
 `factory_status_refresh` per factory. A sample is once-only per
 (wave, interval), so these tasks are safe to retry, duplicate and redeliver: that is why
 `wave_status_aggregate` acknowledges late and asks to be redelivered if its worker dies.
-The background rollouts' task lives with its job, in waves/rollout_jobs.py.
+The schedule also folds the status counts' delta rows, and `status_counts_check` (hourly)
+proves the counts against a full recount (waves/status_counts.py). The background rollouts' task
+lives with its job, in waves/rollout_jobs.py.
 """
 import logging
 
@@ -42,6 +44,7 @@ def wave_status_schedule():
     for factory_id in Factory.objects.values_list("id", flat=True):
         transaction.on_commit(lambda factory_id=factory_id: factory_status_refresh.apply_async((factory_id,), expires=expires))
     rollouts_uncounted_send(wave_ids=wave_ids)
+    status.status_counts_upkeep()
     return len(wave_ids)
 
 
@@ -55,10 +58,18 @@ def wave_status_aggregate(wave_id, bucket):
     if age > stale_after_seconds():
         logger.info("skipping the status sample of wave %s for an interval %.0f s old", wave.name, age)
         return "stale"
+    status.wave_counts_ready(wave=wave)
     _, created = status.wave_status_sample_take(wave=wave, bucket=bucket)
     # Warm the dashboard's status table for this interval, so no page view computes it.
     cached_wave_status(wave)
     return "created" if created else "exists"
+
+
+@shared_task(name="waves.tasks.status_counts_check", ignore_result=True)
+def status_counts_check():
+    """Prove the followed waves' status counts against a full recount; rebuild any that differ."""
+    differing = status.status_counts_check_all()
+    return f"{len(differing)} differed" if differing else "agreed"
 
 
 @shared_task(name="waves.tasks.factory_status_refresh", ignore_result=True)

@@ -260,6 +260,8 @@ BREAKWATER_STATUS_INTERVAL_SECONDS = float(os.environ.get("BREAKWATER_STATUS_INT
 # A staged device with no progress for this long counts as stuck in the wave status.
 BREAKWATER_STATUS_STUCK_AFTER_MINUTES = float(os.environ.get("BREAKWATER_STATUS_STUCK_AFTER_MINUTES", 240))
 CELERY_BEAT_SCHEDULE["wave-status"] = {"task": "waves.tasks.wave_status_schedule", "schedule": BREAKWATER_STATUS_INTERVAL_SECONDS}
+# The full recount that proves the status counts (waves/status_counts.py) against the rows.
+CELERY_BEAT_SCHEDULE["status-counts-check"] = {"task": "waves.tasks.status_counts_check", "schedule": 3600.0, "options": {"expires": 3000}}
 CELERY_BEAT_SCHEDULE["rollout-plans"] = {"task": "waves.plan_tasks.plans_evaluate", "schedule": 60.0, "options": {"expires": 55}}
 # Device events are deleted this many days after the gateway received them (0 keeps them for
 # ever), except the reports waves still read (waves/event_retention.py); the purge runs hourly.
