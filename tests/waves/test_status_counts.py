@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from devices.checkins import Checkin, checkins_write, events_write
+from devices.checkins import Checkin, checkins_write
 from devices.models import Device, DeviceGroup, FleetCount
 from devices.services import device_delete, devices_assign_group
 from waves import status
@@ -20,6 +20,7 @@ from waves.services import wave_cancel, wave_complete, wave_rollout
 from waves.status_counts import counts_compact, counts_kept, wave_counts_drop
 
 from .conftest import TAG, make_wave, seed
+from .test_status_aggregation import report
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -43,23 +44,6 @@ def assert_counts_equal_recount(wave):
     assert {g: status._comparable(r) for g, r in counted.items()} == {g: status._comparable(r) for g, r in recounted.items()}
     assert status.wave_counts_check(wave=wave, repair=False) == {}
     return counted
-
-
-def report(device, event_type, *, success=None, at=None, version=42, detail=""):
-    events_write(
-        [
-            {
-                "factory_id": device.factory_id,
-                "device_id": device.id,
-                "event_type": event_type,
-                "target_name": f"{device.hardware_id}-lmp-{version}",
-                "target_version": version,
-                "success": success,
-                "detail": detail,
-                "reported_at": (at or timezone.now()).isoformat(),
-            }
-        ]
-    )
 
 
 def check_in(devices, *, version=None, targets_version=None, seen=None):

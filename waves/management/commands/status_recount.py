@@ -1,7 +1,7 @@
 """Prove the status counts the database keeps (waves/status_counts.py) against a full recount of
 the devices, events and stagings, and rebuild the counts that differ (the hourly beat task does
 it too); or rebuild a wave's counts outright."""
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from factory.management.commands._base import application_errors, get_factory
 from waves.selectors import wave_get
@@ -19,6 +19,8 @@ class Command(BaseCommand):
         parser.add_argument("--rebuild", action="store_true", help="rebuild the wave's counts without comparing")
 
     def handle(self, *args, factory, wave, check_only, rebuild, **options):
+        if wave and not factory:
+            raise CommandError("--wave needs --factory: wave names are per factory")
         with application_errors():
             if wave:
                 waves = [wave_get(factory=get_factory(factory), name=wave)]
