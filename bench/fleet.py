@@ -90,6 +90,9 @@ def bench_fleet(total=None, groups=100, big_group=None, online_ratio=0.9, versio
     now = timezone.now()
     online_seen = now - timedelta(minutes=5)
     offline_seen = now - timedelta(days=3)
+    # Registered a month ago: devices that joined a rolled-out group within the stuck threshold
+    # are few in a live fleet, and the wave status looks each of them up.
+    registered = now - timedelta(days=30)
     rng = random.Random(42)
     columns = (
         "factory_id, uuid, name, is_production, tag, group_id, hardware_id, target_name, target_version, "
@@ -105,7 +108,7 @@ def bench_fleet(total=None, groups=100, big_group=None, online_ratio=0.9, versio
                         (
                             factory.id, uuid.UUID(int=rng.getrandbits(128), version=4), f"dev-{n:07d}", True, BENCH_TAG, group_id,
                             hwid, f"{hwid}-lmp-{version}", version,
-                            online_seen if rng.random() < online_ratio else offline_seen, "", now, rng.random(), "",
+                            online_seen if rng.random() < online_ratio else offline_seen, "", registered, rng.random(), "",
                         )
                     )
                     n += 1
