@@ -62,12 +62,8 @@ logger = logging.getLogger(__name__)
 # --- SQL helpers ---------------------------------------------------------------------------------
 
 
-_as_datetime = as_datetime
-_connection = connection_for_reads
-
-
 def _rows(sql, params):
-    with _connection().cursor() as cursor:
+    with connection_for_reads().cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -200,12 +196,12 @@ def _states(wave, params, *, counted=None):
     """{group id: row} of `group_states`, from the counts the database keeps for the wave or, with
     `counted` false (or where none are kept), recounted from the rows."""
     if counted is None:
-        counted = counts_kept(wave, _connection())
+        counted = counts_kept(wave, connection_for_reads())
     fleet, defaults, activity = parts_counted(params) if counted else parts_recounted(params)
-    staged_groups = {group_id: _as_datetime(created_at) for group_id, _, created_at in _rows(_STAGED_GROUPS, params)}
-    rollout_times = {rollout_id: _as_datetime(created_at) for rollout_id, created_at in _rows(_ROLLOUTS, params)}
+    staged_groups = {group_id: as_datetime(created_at) for group_id, _, created_at in _rows(_STAGED_GROUPS, params)}
+    rollout_times = {rollout_id: as_datetime(created_at) for rollout_id, created_at in _rows(_ROLLOUTS, params)}
     stuck_cutoff = params["stuck_cutoff_at"]
-    finished = wave.finished_at or _as_datetime(params["finished"])
+    finished = wave.finished_at or as_datetime(params["finished"])
     groups = defaultdict(lambda: {"states": _empty_states(), "total": 0, "online": 0, "stuck": 0, "versions": defaultdict(int), "rollout_time": None})
     for (group_id, version, cell), count in fleet.items():
         row = groups[group_id]
@@ -252,10 +248,10 @@ def wave_counts_check(*, wave, now=None, repair=True):
     of the database. Returns the differences ({} when they agree); with `repair`, counts that
     disagree are rebuilt (and the disagreement logged: it means a write the triggers missed)."""
     now = now or timezone.now()
-    if not counts_kept(wave, _connection()):
+    if not counts_kept(wave, connection_for_reads()):
         return {}
     params = _params(wave, now=now, cutoff=offline_cutoff(), stuck_cutoff=now - timedelta(minutes=float(settings.BREAKWATER_STATUS_STUCK_AFTER_MINUTES)))
-    connection = _connection()
+    connection = connection_for_reads()
     own = not connection.in_atomic_block
     with transaction.atomic(using=connection.alias):
         with connection.cursor() as cursor:
@@ -333,7 +329,7 @@ def wave_update_times(*, wave, params=None, now=None):
     whens = []
     for group_id, rollout_id, created_at in _rows(_STAGED_GROUPS, params):
         # Devices that joined a fully rolled-out group later did not start with its phase.
-        params[f"phase_group_{int(group_id)}"] = sql_time(_as_datetime(created_at))
+        params[f"phase_group_{int(group_id)}"] = sql_time(as_datetime(created_at))
         whens.append(f"WHEN {int(group_id)} THEN CASE WHEN d.created_at <= %(phase_group_{int(group_id)})s THEN {int(rollout_id)} END")
     group_phase = f"(SELECT CASE d.group_id {' '.join(whens)} END {_DEVICE_ON_TAG})" if whens else "NULL"
     after_complete = "NULL"
@@ -347,7 +343,7 @@ def wave_update_times(*, wave, params=None, now=None):
     for phase, rn, n, at in _rows(sql, params):
         if phase is None:
             continue
-        picked[phase][rn] = _as_datetime(at)
+        picked[phase][rn] = as_datetime(at)
         sizes[phase] = n
     out = {}
     for p in phases:
@@ -397,7 +393,7 @@ def wave_snapshot(*, wave, now=None, offline_threshold_hours=None, stuck_after_m
     def read():
         return _states(wave, params), _failures(params), wave_update_times(wave=wave, params=params, now=now)
 
-    connection = _connection()
+    connection = connection_for_reads()
     if connection.vendor == "postgresql":
         own = not connection.in_atomic_block
         with transaction.atomic(using=connection.alias):
@@ -532,7 +528,7 @@ def status_counts_upkeep(*, now=None):
 def wave_counts_ready(*, wave, now=None):
     """Have the database keep a followed wave's counts (a wave from before they were kept, or
     dropped and followed again): rebuilt once, then kept as rows are written."""
-    if not wave.counts_ready and wave_is_followed(wave, now=now) and _connection().vendor == "postgresql":
+    if not wave.counts_ready and wave_is_followed(wave, now=now) and connection_for_reads().vendor == "postgresql":
         wave_counts_rebuild(wave=wave)
     return wave.counts_ready
 
@@ -592,7 +588,7 @@ def _groups_from_sample(groups):
     rows = []
     for name, row in groups.items():
         rollout_time = row.get("rollout_time")
-        rows.append({**row, "group": name, "rollout_time": _as_datetime(rollout_time) if rollout_time else None})
+        rows.append({**row, "group": name, "rollout_time": as_datetime(rollout_time) if rollout_time else None})
     return sorted(rows, key=lambda r: r.get("position", 0))
 
 
