@@ -134,7 +134,10 @@ _COUNTED_CELL = "CASE WHEN c.seen_minute >= %(cutoff_minute)s THEN 1 ELSE 0 END 
 # Part 0: the tag's fleet counts by cell; part 1: the wave's activity counts by key; part 2: the
 # devices of fully rolled-out groups that joined after the stuck threshold and have no activity,
 # by index (device_group_joined): a device's join time is not in the counts, and it decides
-# whether such a device is stuck. One statement, so the parts see the same database.
+# whether such a device is stuck. The join time is asked apart (OFFSET 0 keeps the planner from
+# merging it into the tag's conditions), so only that index can answer it: led by the tag, the
+# planner would read a whole group to find the few that joined lately. One statement, so the
+# parts see the same database.
 _COUNTED_SQL = f"""
 SELECT 0, NULLIF(c.group_id, 0), NULLIF(c.target_version, -1), {_COUNTED_CELL}, NULL, NULL, NULL, NULL, SUM(c.n)::bigint
   FROM devices_fleetcount c
@@ -150,8 +153,10 @@ SELECT 1, NULLIF(c.group_id, 0), NULLIF(c.target_version, -1), {_COUNTED_CELL}, 
 HAVING SUM(c.n) <> 0
 UNION ALL
 SELECT 2, d.group_id, d.target_version, {_CELL}, NULL, NULL, NULL, NULL, COUNT(*)
-  FROM devices_device d
- WHERE d.group_id IN (SELECT wg.group_id FROM waves_wavegroup wg WHERE wg.wave_id = %(wave)s) AND d.created_at >= %(stuck_cutoff)s AND {_ON_TAG}
+  FROM (SELECT j.* FROM devices_device j
+         WHERE j.group_id IN (SELECT wg.group_id FROM waves_wavegroup wg WHERE wg.wave_id = %(wave)s) AND j.created_at >= %(stuck_cutoff)s
+        OFFSET 0) d
+ WHERE {_ON_TAG}
    AND NOT EXISTS (SELECT 1 FROM waves_waveactivity a WHERE a.device_id = d.id AND a.wave_id = %(wave)s)
  GROUP BY 1, 2, 3, 4
 """
