@@ -19,7 +19,6 @@ counts are right (`status.wave_counts_check`).
 Cutoffs are whole minutes (`minute_floor`), the granularity of the counts, so both ways agree
 to the device.
 """
-import logging
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone as dt_timezone
 
@@ -32,7 +31,6 @@ from devices.models import Device
 from .models import Wave
 from .outcomes import failed_sql, failure_sql, fetched_sql, outcome_params, success_sql, wave_report_sql
 
-logger = logging.getLogger(__name__)
 
 # Counts of devices last seen, or last reporting, before this long ago are folded into minute 0:
 # older than any offline threshold (at most a year) or stuck threshold a read can ask for.
